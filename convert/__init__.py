@@ -1,0 +1,1 @@
+"""SafeTensors checkpoint to GGUF conversion."""
