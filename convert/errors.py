@@ -1,0 +1,56 @@
+"""Conversion errors: one base class, one subclass per kind of problem.
+
+Detection problems (missing config.json, unknown architecture, truncated safetensors) raise
+llorch.detector.DetectionError subclasses; MODEL_ERRORS catches both families.
+"""
+
+from __future__ import annotations
+
+from llorch.detector.errors import DetectionError
+
+
+class ConversionError(Exception):
+    """Base class: the checkpoint was identified but could not be converted."""
+
+
+class MissingTokenizerError(ConversionError):
+    """No usable tokenizer.model / tokenizer.json next to the weights."""
+
+
+class TokenizerError(ConversionError):
+    """The tokenizer files are present but cannot be represented in GGUF."""
+
+
+class UnknownPreTokenizerError(TokenizerError):
+    """The BPE pre-tokenizer does not match any llama.cpp pre-tokenizer."""
+
+
+class UnmappedTensorError(ConversionError):
+    """A checkpoint tensor has no GGUF name for this architecture."""
+
+
+class ShapeMismatchError(ConversionError):
+    """A tensor's shape disagrees with config.json."""
+
+
+class ConfigError(ConversionError):
+    """config.json lacks a value the architecture needs, or has one we cannot honour."""
+
+
+class OutputError(ConversionError):
+    """The output file cannot be written (unwritable folder, disk full)."""
+
+
+class OutTypeError(ConversionError):
+    """The requested --outtype is not a known type."""
+
+
+class QuantizeError(ConversionError):
+    """llama.cpp's quantizer failed."""
+
+
+class VerificationError(ConversionError):
+    """The written GGUF does not reproduce the source tokenizer."""
+
+
+MODEL_ERRORS: tuple[type[Exception], ...] = (DetectionError, ConversionError)

@@ -1,0 +1,130 @@
+"""Thin wrappers over llama-cpp-python's low-level ctypes API.
+
+Used for verification (vocab-only loading and tokenization), quantization through llama.cpp's
+own quantizer, and full-model logits (tests and `verify_logits`). llama.cpp's log output is
+silenced unless LLORCH_LLAMA_LOG=1, so the converter's --json output stays clean.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert.errors import ConversionError, QuantizeError
+
+_initialised = False
+_log_callback: Any = None  # kept referenced: llama.cpp holds the pointer
+
+
+def _lib() -> Any:
+    global _initialised, _log_callback
+    import llama_cpp
+
+    if not _initialised:
+        if os.environ.get("LLORCH_LLAMA_LOG") != "1":
+
+            def _quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+                del level, text, user_data
+
+            _log_callback = llama_cpp.llama_log_callback(_quiet)
+            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _initialised = True
+    return llama_cpp
+
+
+@contextmanager
+def load_model(path: Path, *, vocab_only: bool = False) -> Iterator[Any]:
+    lib = _lib()
+    params = lib.llama_model_default_params()
+    params.vocab_only = vocab_only
+    params.n_gpu_layers = 0
+    model = lib.llama_model_load_from_file(os.fsencode(path), params)
+    if not model:
+        raise ConversionError(f"{path}: llama.cpp could not load the written GGUF")
+    try:
+        yield model
+    finally:
+        lib.llama_model_free(model)
+
+
+def tokenize(model: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    lib = _lib()
+    vocab = lib.llama_model_get_vocab(model)
+    data = text.encode("utf-8")
+    capacity = len(data) + 8
+    buf = (lib.llama_token * capacity)()
+    n = lib.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+    if n < 0:
+        capacity = -n
+        buf = (lib.llama_token * capacity)()
+        n = lib.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+    return list(buf[:n])
+
+
+def n_vocab(model: Any) -> int:
+    lib = _lib()
+    return int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)))
+
+
+def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarray:
+    """Logits for every position of one sequence: shape (len(tokens), n_vocab)."""
+    lib = _lib()
+    n = len(tokens)
+    with load_model(path) as model:
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = max(n, 8)
+        cparams.n_batch = max(n, 8)
+        cparams.n_ubatch = max(n, 8)
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        ctx = lib.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise ConversionError(f"{path}: llama.cpp could not create a context")
+        batch = lib.llama_batch_init(n, 0, 1)
+        try:
+            for i, tok in enumerate(tokens):
+                batch.token[i] = int(tok)
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            batch.n_tokens = n
+            rc = lib.llama_decode(ctx, batch)
+            if rc != 0:
+                raise ConversionError(f"{path}: llama_decode failed with {rc}")
+            vocab_n = n_vocab(model)
+            out = np.empty((n, vocab_n), dtype=np.float32)
+            for i in range(n):
+                ptr = lib.llama_get_logits_ith(ctx, i)
+                out[i] = np.ctypeslib.as_array(ptr, shape=(vocab_n,))
+            return out
+        finally:
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
+
+
+def ftype_constants() -> dict[str, int]:
+    """llama.cpp file types by lower-case name (q4_k_m -> LLAMA_FTYPE_MOSTLY_Q4_K_M)."""
+    lib = _lib()
+    out: dict[str, int] = {}
+    for name in dir(lib):
+        if name.startswith("LLAMA_FTYPE_MOSTLY_"):
+            out[name.removeprefix("LLAMA_FTYPE_MOSTLY_").lower()] = int(getattr(lib, name))
+    return out
+
+
+def quantize(src: Path, dst: Path, ftype: int, *, n_threads: int = 0) -> None:
+    lib = _lib()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = n_threads
+    rc = lib.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    if rc != 0:
+        raise QuantizeError(f"{src}: llama.cpp quantization to ftype {ftype} failed (rc={rc})")

@@ -1,0 +1,239 @@
+"""Build the GGUF vocabulary from a Hugging Face folder's tokenizer files.
+
+SentencePiece `tokenizer.model` becomes llama.cpp's "llama" (SPM) vocabulary; byte-level BPE
+`tokenizer.json` becomes "gpt2" with merges and a pre-tokenizer name (convert/pretokenizer.py).
+Special token ids, add_bos/add_eos and the chat template come from tokenizer_config.json,
+config.json, generation_config.json, chat_template.jinja and chat_template.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from convert import pretokenizer
+from convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
+from convert.spm import read_spm
+from llorch.detector import read_json
+
+_T = gguf.TokenType
+
+
+@dataclass(frozen=True)
+class Vocab:
+    kind: str  # "sentencepiece" or "bpe"
+    ggml_model: str  # tokenizer.ggml.model: "llama" or "gpt2"
+    tokens: tuple[str, ...]
+    types: tuple[int, ...]
+    scores: tuple[float, ...] | None
+    merges: tuple[str, ...]
+    pre: str | None
+    special_ids: dict[str, int]  # bos, eos, unk, pad, ...
+    add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool | None
+    chat_template: str | list[dict[str, str]] | None
+    files: tuple[Path, ...]  # the files the reference tokenizer is loaded from
+    notes: tuple[str, ...] = field(default=())
+
+
+def _content(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def _added_tokens(folder: Path, tok_json: dict[str, Any], tok_cfg: dict[str, Any]) -> dict:
+    """id -> (content, special) from tokenizer.json, tokenizer_config.json, added_tokens.json."""
+    added: dict[int, tuple[str, bool]] = {}
+    for entry in tok_json.get("added_tokens", []):
+        added[int(entry["id"])] = (entry["content"], bool(entry.get("special", False)))
+    for key, entry in tok_cfg.get("added_tokens_decoder", {}).items():
+        added.setdefault(int(key), (entry["content"], bool(entry.get("special", False))))
+    for content, idx in _optional_json(folder / "added_tokens.json").items():
+        added.setdefault(int(idx), (content, False))
+    return added
+
+
+def _chat_template(folder: Path, tok_cfg: dict[str, Any]) -> str | list[dict[str, str]] | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    as_json = folder / "chat_template.json"
+    if as_json.is_file():
+        value = read_json(as_json).get("chat_template")
+    else:
+        value = tok_cfg.get("chat_template")
+    if isinstance(value, str) or value is None:
+        return value
+    if isinstance(value, list):
+        return [{"name": str(v["name"]), "template": str(v["template"])} for v in value]
+    raise TokenizerError(f"{folder}: chat_template must be a string or a list of named templates")
+
+
+def _post_processor_adds(tok_json: dict[str, Any]) -> tuple[bool, bool]:
+    """(adds bos, adds eos) judged from a TemplateProcessing post-processor."""
+    node = tok_json.get("post_processor") or {}
+    nodes = node.get("processors", [node]) if node.get("type") == "Sequence" else [node]
+    for n in nodes:
+        if n.get("type") == "TemplateProcessing":
+            single = n.get("single", [])
+            first = bool(single) and "SpecialToken" in single[0]
+            last = bool(single) and "SpecialToken" in single[-1]
+            return first, last
+    return False, False
+
+
+def load_vocab(folder: Path, n_vocab: int, *, pre_override: str | None = None) -> Vocab:
+    tok_cfg = _optional_json(folder / "tokenizer_config.json")
+    spm_path, json_path = folder / "tokenizer.model", folder / "tokenizer.json"
+    tok_json = read_json(json_path) if json_path.is_file() else {}
+    notes: list[str] = []
+    if spm_path.is_file():
+        spm = read_spm(spm_path)
+        tokens, types = list(spm.pieces), list(spm.types)
+        scores: list[float] | None = list(spm.scores)
+        merges: list[str] = []
+        kind, ggml_model, pre, files = "sentencepiece", "llama", None, (spm_path,)
+        add_space_prefix: bool | None = spm.add_dummy_prefix
+        default_bos, default_eos = True, False
+    elif json_path.is_file():
+        where = str(json_path)
+        pretokenizer.require_byte_level(tok_json, where=where)
+        pre = pretokenizer.identify(tok_json, where=where, override=pre_override)
+        model = tok_json["model"]
+        vocab_map: dict[str, int] = model["vocab"]
+        size = max(vocab_map.values()) + 1 if vocab_map else 0
+        tokens = [""] * size
+        for text, idx in vocab_map.items():
+            tokens[idx] = text
+        types = [_T.NORMAL] * size
+        scores = None
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        kind, ggml_model, files = "bpe", "gpt2", (json_path,)
+        add_space_prefix = None
+        default_bos, default_eos = _post_processor_adds(tok_json)
+    else:
+        raise MissingTokenizerError(
+            f"{folder}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found"
+        )
+    for idx, (content, special) in sorted(_added_tokens(folder, tok_json, tok_cfg).items()):
+        while idx >= len(tokens):
+            tokens.append("")
+            types.append(_T.UNUSED)
+            if scores is not None:
+                scores.append(-1000.0)
+        if kind == "sentencepiece" and tokens[idx] == content and types[idx] != _T.NORMAL:
+            continue  # the model's own control/user-defined piece
+        tokens[idx] = content
+        types[idx] = _T.CONTROL if special else _T.USER_DEFINED
+    if len(tokens) > n_vocab:
+        raise ShapeMismatchError(
+            f"{files[0]}: tokenizer has {len(tokens)} tokens but the embedding has {n_vocab} rows"
+        )
+    while len(tokens) < n_vocab:
+        tokens.append("")
+        types.append(_T.UNUSED)
+        if scores is not None:
+            scores.append(-1000.0)
+    for i, text in enumerate(tokens):
+        if text == "":  # ids without a token: llama.cpp needs distinct, unused entries
+            tokens[i] = f"[PAD{i}]"
+            types[i] = _T.UNUSED
+    lookup = {text: i for i, text in enumerate(tokens)}
+    special_ids = _special_ids(folder, tok_cfg, lookup, notes)
+    if kind == "sentencepiece":
+        for i, t in enumerate(types):
+            if t == _T.UNKNOWN:
+                special_ids.setdefault("unk", i)
+    add_bos = tok_cfg.get("add_bos_token", default_bos)
+    add_eos = tok_cfg.get("add_eos_token", default_eos)
+    return Vocab(
+        kind=kind,
+        ggml_model=ggml_model,
+        tokens=tuple(tokens),
+        types=tuple(int(t) for t in types),
+        scores=tuple(scores) if scores is not None else None,
+        merges=tuple(merges),
+        pre=pre,
+        special_ids=special_ids,
+        add_bos=bool(add_bos),
+        add_eos=bool(add_eos),
+        add_space_prefix=add_space_prefix,
+        chat_template=_chat_template(folder, tok_cfg),
+        files=files,
+        notes=tuple(notes),
+    )
+
+
+def _special_ids(
+    folder: Path, tok_cfg: dict[str, Any], lookup: dict[str, int], notes: list[str]
+) -> dict[str, int]:
+    config = _optional_json(folder / "config.json")
+    generation = _optional_json(folder / "generation_config.json")
+    ids: dict[str, int] = {}
+    for name in ("bos", "eos", "unk", "pad"):
+        text = _content(tok_cfg.get(f"{name}_token"))
+        if text is not None:
+            if text not in lookup:
+                raise TokenizerError(
+                    f"{folder / 'tokenizer_config.json'}: {name}_token {text!r} is not in the "
+                    "vocabulary"
+                )
+            ids[name] = lookup[text]
+            continue
+        for source in (generation, config):
+            value = source.get(f"{name}_token_id")
+            if isinstance(value, list) and value:
+                if len(value) > 1:
+                    notes.append(f"{name}_token_id lists {value}; GGUF stores the first")
+                value = value[0]
+            if isinstance(value, int) and 0 <= value < len(lookup):
+                ids[name] = value
+                break
+    return ids
+
+
+def write_vocab(vocab: Vocab, writer: gguf.GGUFWriter) -> None:
+    writer.add_tokenizer_model(vocab.ggml_model)
+    if vocab.pre is not None:
+        writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(list(vocab.tokens))
+    writer.add_token_types(list(vocab.types))
+    if vocab.scores is not None:
+        writer.add_token_scores(list(vocab.scores))
+    if vocab.merges:
+        writer.add_token_merges(list(vocab.merges))
+    setters = {
+        "bos": writer.add_bos_token_id,
+        "eos": writer.add_eos_token_id,
+        "unk": writer.add_unk_token_id,
+        "pad": writer.add_pad_token_id,
+    }
+    for name, idx in vocab.special_ids.items():
+        setters[name](idx)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.chat_template is not None:
+        writer.add_chat_template(vocab.chat_template)
+
+
+def special_texts(vocab: Vocab) -> list[str]:
+    """Tokens llama.cpp matches in text when parsing specials (control and user-defined)."""
+    wanted = {int(_T.CONTROL), int(_T.USER_DEFINED), int(_T.UNKNOWN)}
+    return [t for t, k in zip(vocab.tokens, vocab.types, strict=True) if k in wanted and t]
+
+
+__all__ = ["Vocab", "json", "load_vocab", "special_texts", "write_vocab"]

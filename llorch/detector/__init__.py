@@ -1,0 +1,209 @@
+"""Tell what a model source is: an HF SafeTensors folder, a GGUF file, or a cached HF repo id.
+
+Shared by the converter (which needs the architecture row to pick a family module) and the
+worker (which needs to know whether a source must be converted before serving).
+
+Architecture support is the SUPPORTED table below: one row per accepted Hugging Face
+`architectures` name, alias rows spelled out. A row is added only together with a logits
+parity test in tests/convert (tests/llorch/test_detector.py checks that every row has one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from llorch.detector.errors import (
+    DetectionError,
+    InvalidFileError,
+    MissingFileError,
+    SourceNotFoundError,
+    UnsupportedArchitectureError,
+)
+from llorch.detector.safetensors import Checkpoint
+from llorch.detector.table import _BY_NAME, SUPPORTED, ArchRow, lookup, supported_names
+
+
+@dataclass(frozen=True)
+class Detection:
+    source: str  # what the caller passed
+    path: Path  # resolved folder or file
+    format: str  # "hf-safetensors" or "gguf"
+    hf_architecture: str | None
+    model_type: str | None
+    llama_arch: str | None
+    family: str | None
+    parameters: int | None
+    dtype: str | None  # dominant tensor dtype: F32, F16, BF16 (GGUF: file type name)
+    tokenizer: str | None  # "sentencepiece", "bpe", or None when absent
+    supported: bool
+    reason: str | None  # why not supported; None when supported
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "path": str(self.path),
+            "format": self.format,
+            "hf_architecture": self.hf_architecture,
+            "model_type": self.model_type,
+            "llama_arch": self.llama_arch,
+            "family": self.family,
+            "parameters": self.parameters,
+            "dtype": self.dtype,
+            "tokenizer": self.tokenizer,
+            "supported": self.supported,
+            "reason": self.reason,
+        }
+
+
+def resolve_source(source: str | os.PathLike[str]) -> Path:
+    """A local path as is; otherwise a repo id looked up offline in the HF cache."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    text = os.fspath(source)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(repo_id=text, local_files_only=True))
+        except Exception as exc:  # the hub raises several offline/not-found types
+            raise SourceNotFoundError(
+                f"{text!r} is neither a local path nor a repo id in the local Hugging Face "
+                f"cache ({type(exc).__name__})"
+            ) from exc
+    raise SourceNotFoundError(f"{text!r} does not exist")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise MissingFileError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidFileError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def text_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The language-model part of a config: nested `text_config` for multimodal wrappers."""
+    nested = config.get("text_config")
+    merged = dict(config)
+    if isinstance(nested, dict):
+        merged.update(nested)
+    return merged
+
+
+def tokenizer_kind(folder: Path) -> str | None:
+    if (folder / "tokenizer.model").is_file():
+        return "sentencepiece"
+    if (folder / "tokenizer.json").is_file():
+        return "bpe"
+    return None
+
+
+def detect(source: str | os.PathLike[str]) -> Detection:
+    path = resolve_source(source)
+    if path.is_file():
+        if path.suffix == ".gguf" or path.read_bytes()[:4] == b"GGUF":
+            return _detect_gguf(os.fspath(source), path)
+        raise InvalidFileError(f"{path}: not a GGUF file and not a folder")
+    return _detect_hf(os.fspath(source), path)
+
+
+def _detect_hf(source: str, folder: Path) -> Detection:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise MissingFileError(f"{config_path}: config.json not found; not a Hugging Face folder")
+    config = read_json(config_path)
+    archs = config.get("architectures") or []
+    hf_arch = archs[0] if isinstance(archs, list) and archs else None
+    model_type = config.get("model_type")
+    params: int | None = None
+    dtype: str | None = None
+    weights_problem: str | None = None
+    try:
+        ckpt = Checkpoint(folder)
+        params, dtype = ckpt.n_parameters(), ckpt.dominant_dtype()
+    except DetectionError as exc:
+        weights_problem = str(exc)
+    tok = tokenizer_kind(folder)
+    row = _BY_NAME.get(hf_arch) if isinstance(hf_arch, str) else None
+    reason: str | None = None
+    if weights_problem is not None:
+        reason = weights_problem
+    elif hf_arch is None:
+        reason = f"config.json has no 'architectures' (model_type={model_type!r})"
+    elif row is None:
+        reason = f"unsupported architecture {hf_arch!r}; supported: {', '.join(supported_names())}"
+    elif tok is None:
+        reason = "no tokenizer.model or tokenizer.json in the folder"
+    return Detection(
+        source=source,
+        path=folder,
+        format="hf-safetensors",
+        hf_architecture=hf_arch,
+        model_type=model_type if isinstance(model_type, str) else None,
+        llama_arch=row.llama_arch if row else None,
+        family=row.family if row else None,
+        parameters=params,
+        dtype=dtype,
+        tokenizer=tok,
+        supported=reason is None,
+        reason=reason,
+    )
+
+
+def _detect_gguf(source: str, path: Path) -> Detection:
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError/IndexError/struct errors
+        raise InvalidFileError(f"{path}: not a readable GGUF file ({exc})") from exc
+
+    def field(key: str) -> Any:
+        f = reader.get_field(key)
+        return None if f is None else f.contents()
+
+    arch = field(gguf.Keys.General.ARCHITECTURE)
+    ftype = field(gguf.Keys.General.FILE_TYPE)
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    tok_model = field(gguf.Keys.Tokenizer.MODEL)
+    dtype = gguf.LlamaFileType(ftype).name if isinstance(ftype, int) else None
+    return Detection(
+        source=source,
+        path=path,
+        format="gguf",
+        hf_architecture=None,
+        model_type=None,
+        llama_arch=arch,
+        family=None,
+        parameters=params,
+        dtype=dtype,
+        tokenizer={"llama": "sentencepiece", "gpt2": "bpe"}.get(tok_model, tok_model),
+        supported=True,  # llama.cpp decides at load time; it knows more arches than we convert
+        reason=None,
+    )
+
+
+__all__ = [
+    "SUPPORTED",
+    "ArchRow",
+    "Detection",
+    "DetectionError",
+    "InvalidFileError",
+    "MissingFileError",
+    "SourceNotFoundError",
+    "UnsupportedArchitectureError",
+    "detect",
+    "lookup",
+    "supported_names",
+    "text_config",
+]

@@ -1,0 +1,51 @@
+"""The architecture support table: HF `architectures` name -> llama.cpp arch, family module.
+
+Alias rows are explicit: a name that reuses another row's converter has its own row with
+`alias_of` set, so the accepted names are exactly the rows listed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import gguf
+
+from llorch.detector.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class ArchRow:
+    """One accepted HF architecture name and how it converts."""
+
+    hf_name: str
+    arch: gguf.MODEL_ARCH
+    family: str  # module under convert.families
+    alias_of: str | None = None  # the canonical row this one reuses, if any
+
+    @property
+    def llama_arch(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.arch]
+
+
+_A = gguf.MODEL_ARCH
+SUPPORTED: tuple[ArchRow, ...] = (
+    ArchRow("LlamaForCausalLM", _A.LLAMA, "llama"),
+    # Mistral 7B v0.1-v0.3 is the Llama graph with sliding window unused by llama.cpp.
+    ArchRow("MistralForCausalLM", _A.LLAMA, "llama", alias_of="LlamaForCausalLM"),
+)
+_BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
+
+
+def supported_names() -> list[str]:
+    return [row.hf_name for row in SUPPORTED]
+
+
+def lookup(hf_name: str) -> ArchRow:
+    """The table row for an HF architecture name, or an error listing every accepted name."""
+    row = _BY_NAME.get(hf_name)
+    if row is None:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {hf_name!r}; supported: {', '.join(supported_names())}"
+        )
+    return row

@@ -1,0 +1,1 @@
+"""The llorch worker: a llama.cpp model behind a scheduler thread and an HTTP surface."""

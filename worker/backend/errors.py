@@ -1,0 +1,45 @@
+"""Typed errors of the worker; the HTTP layer maps each class to a status code in one place."""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Base of every error the worker reports to a client."""
+
+    code = "INFERENCE_FAILED"
+
+
+class ModelLoadError(WorkerError):
+    code = "MODEL_LOAD_FAILED"
+
+
+class ContextOverflowError(WorkerError):
+    """The prompt, or the prompt plus max_tokens, does not fit the context."""
+
+    code = "INVALID_REQUEST"
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        if prompt_tokens >= n_ctx:
+            what = f"the prompt is {prompt_tokens} tokens, the context holds {n_ctx}"
+        else:
+            what = (
+                f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
+                f"{prompt_tokens + max_tokens} exceeds the context of {n_ctx} tokens; "
+                f"max_tokens can be at most {n_ctx - prompt_tokens}"
+            )
+        super().__init__(what)
+
+
+class NotReadyError(WorkerError):
+    code = "NOT_READY"
+
+
+class InferenceError(WorkerError):
+    code = "INFERENCE_FAILED"
+
+
+class ShuttingDownError(WorkerError):
+    code = "SHUTTING_DOWN"

@@ -1,0 +1,135 @@
+"""The boundary between the worker and an inference library.
+
+Everything here is plain data: the HTTP layer and the scheduler depend on this module only,
+never on the library a backend wraps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+
+class StopReason(StrEnum):
+    MAX_TOKENS = "MAX_TOKENS"
+    EOS = "EOS"
+    STOP_SEQUENCE = "STOP_SEQUENCE"
+    CANCELLED = "CANCELLED"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Parameters of llama.cpp's sampler chain; the defaults leave the distribution untouched."""
+
+    temperature: float = 1.0  # 0 selects greedy decoding
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # None: a fresh random seed per request
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    ctx_size: int = 4096  # 0: the model's training context
+    n_gpu_layers: int = 0  # -1: all layers
+    threads: int | None = None  # None: the number of physical cores
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_tokens: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token. `text` is the text it completes, which may be empty while a
+    multi-byte character or a possible stop sequence is still being held back."""
+
+    index: int
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    stop_reason: StopReason
+    tokens_out: int
+    decode_time_ms: float
+    prompt_tokens: int
+    seed: int | None = None
+    stop_sequence_matched: str | None = None
+    prompt_time_ms: float = 0.0
+
+
+GenerationEvent = TokenEvent | FinishEvent
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    kind: str  # "cpu", "gpu", "igpu", "accel"
+    memory_total_bytes: int = 0
+    memory_free_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    library: str
+    version: str
+    preset: str | None
+    gpu_offload: bool
+    devices: tuple[Device, ...]
+    system_info: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    architecture: str
+    name: str
+    description: str
+    size_bytes: int  # size of the GGUF file
+    n_params: int
+    n_ctx_train: int
+    n_ctx: int  # context of the loaded instance
+    n_vocab: int
+    n_gpu_layers: int
+    sha256: str
+    chat_template: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class ModelBackend(Protocol):
+    """A loaded model that generates text. Not thread-safe: one thread owns an instance."""
+
+    def load(self, path: Path, options: LoadOptions) -> ModelInfo: ...
+
+    def info(self) -> ModelInfo: ...
+
+    def backend_info(self) -> BackendInfo: ...
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    def generate(
+        self, request: GenerationRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[GenerationEvent]:
+        """Yield one TokenEvent per generated token, then exactly one FinishEvent."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,98 @@
+"""`llorch serve` and `llorch info`. The serve flags are generated from WorkerSettings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from worker.settings import WorkerSettings
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per settings field; unset flags stay None so LLORCH_* variables and the
+    field defaults apply."""
+    for name, field in WorkerSettings.model_fields.items():
+        annotation = field.annotation
+        kind: type = int if annotation in (int, int | None) else str
+        default = field.get_default(call_default_factory=False)
+        shown = "generated" if field.default_factory else default
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            type=kind,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description} [env LLORCH_{name.upper()}; default: {shown}]",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    given = {
+        name: getattr(args, name)
+        for name in WorkerSettings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return WorkerSettings(**given)
+
+
+def _settings_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(p) for p in error["loc"])
+        lines.append(f"{_flag(name)} {error.get('input')!r}: {error['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"llorch serve: {_settings_error(exc)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from worker.server import serve
+
+    return serve(settings)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from worker.backend import system
+
+    info = system.backend_info()
+    body: dict[str, Any] = dataclasses.asdict(info)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"llama-cpp-python {info.version} (preset: {info.preset or 'unknown'})")
+    print(f"GPU offload: {'yes' if info.gpu_offload else 'no'}")
+    print("devices:")
+    for d in info.devices:
+        memory = f", {d.memory_total_bytes / 2**30:.1f} GiB" if d.memory_total_bytes else ""
+        print(f"  {d.name} ({d.kind}): {d.description}{memory}")
+    print(f"system: {info.system_info}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="serve a model over HTTP", description="Serve a model over HTTP."
+    )
+    add_settings_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    info = subparsers.add_parser("info", help="show the compiled llama.cpp backend and its devices")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_info)

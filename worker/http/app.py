@@ -1,0 +1,238 @@
+"""The worker's HTTP surface: the worker contract (`/execute`, `/health`, `/ready`).
+
+The app talks to the model only through the Scheduler, and to llama.cpp never: the backend is
+handed in, which keeps this layer testable with a fake backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from worker.backend.errors import NotReadyError
+from worker.backend.protocol import (
+    FinishEvent,
+    LoadOptions,
+    ModelBackend,
+    SamplingParams,
+    TokenEvent,
+)
+from worker.http import errors
+from worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
+from worker.http.sse import frame
+from worker.models import resolve_model
+from worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("llorch.http")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def create_app(
+    backend: ModelBackend,
+    settings: WorkerSettings,
+    model_path: Callable[[], Path] | None = None,
+) -> FastAPI:
+    """Build the app. The model loads on the scheduler thread when the app starts up, so the
+    server answers `/ready` with `loading` while it does."""
+    options = LoadOptions(
+        ctx_size=settings.ctx_size, n_gpu_layers=settings.n_gpu_layers, threads=settings.threads
+    )
+    scheduler = Scheduler(backend, model_path or (lambda: resolve_model(settings.model)), options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(scheduler.stop)
+
+    app = FastAPI(title="llorch worker", lifespan=lifespan)
+    app.state.scheduler = scheduler
+    app.state.settings = settings
+    errors.install(app)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse(health_body(scheduler, settings))
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        state = scheduler.state
+        body: dict[str, Any] = {"ready": state is State.READY, "state": state.value}
+        if state is State.ERROR:
+            body["reason"] = scheduler.error
+        return JSONResponse(body, status_code=200 if state is State.READY else 503)
+
+    @app.post("/execute")
+    async def execute(request: Request) -> StreamingResponse:
+        body = ExecuteRequest.model_validate(errors.parse_json(await request.body()))
+        sampling = SamplingParams(
+            temperature=body.temperature,
+            top_k=body.top_k,
+            top_p=body.top_p,
+            min_p=body.min_p,
+            repetition_penalty=body.repetition_penalty,
+            seed=body.seed,
+        )
+        gen = await asyncio.to_thread(
+            scheduler.admit, body.prompt, body.max_tokens, sampling, tuple(body.stop)
+        )
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[JobEvent] = asyncio.Queue()
+
+        def sink(event: JobEvent) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                job.cancel()
+
+        job = scheduler.submit(body.job_id, gen, sink)
+        model_name = scheduler.model.name if scheduler.model else ""
+        return StreamingResponse(
+            _stream(job.job_id, model_name, events, job.cancel),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> JSONResponse:
+        body = TokenizeRequest.model_validate(errors.parse_json(await request.body()))
+        tokens = await asyncio.to_thread(scheduler.tokenize, body.content, body.add_special)
+        return JSONResponse({"tokens": tokens})
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> JSONResponse:
+        body = DetokenizeRequest.model_validate(errors.parse_json(await request.body()))
+        if scheduler.model is None:
+            raise NotReadyError(f"the model is not ready (state: {scheduler.state})")
+        bad = [t for t in body.tokens if not 0 <= t < scheduler.model.n_vocab]
+        if bad:
+            raise errors.BadRequest(
+                [
+                    {
+                        "field": "tokens",
+                        "constraint": f"0 <= id < {scheduler.model.n_vocab}",
+                        "message": f"token ids out of the vocabulary: {bad[:10]}",
+                        "value": bad[:10],
+                    }
+                ]
+            )
+        text = await asyncio.to_thread(scheduler.detokenize, body.tokens)
+        return JSONResponse({"content": text})
+
+    return app
+
+
+async def _stream(
+    job_id: str,
+    model_name: str,
+    events: asyncio.Queue[JobEvent],
+    cancel: Callable[[], None],
+) -> AsyncIterator[bytes]:
+    """SSE events of one job. Leaving early (client gone, server stopping) cancels the job."""
+    finished = False
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, JobStarted):
+                yield frame(
+                    {
+                        "type": "started",
+                        "job_id": job_id,
+                        "model": model_name,
+                        "started_at": _iso(event.started_at),
+                    }
+                )
+            elif isinstance(event, TokenEvent):
+                yield frame({"type": "token", "t": event.text, "i": event.index})
+            elif isinstance(event, FinishEvent):
+                finished = True
+                seconds = event.decode_time_ms / 1000.0
+                yield frame(
+                    {
+                        "type": "metrics",
+                        "tokens_per_sec": event.tokens_out / seconds if seconds > 0 else 0.0,
+                        "prompt_tokens": event.prompt_tokens,
+                        "prompt_time_ms": round(event.prompt_time_ms, 3),
+                        "seed": event.seed,
+                    }
+                )
+                end: dict[str, Any] = {
+                    "type": "end",
+                    "tokens_out": event.tokens_out,
+                    "decode_time_ms": round(event.decode_time_ms, 3),
+                    "stop_reason": event.stop_reason.value,
+                }
+                if event.stop_sequence_matched is not None:
+                    end["stop_sequence_matched"] = event.stop_sequence_matched
+                yield frame(end)
+                return
+            elif isinstance(event, JobFailed):
+                finished = True
+                yield frame(
+                    {"type": "error", "code": event.error.code, "message": str(event.error)}
+                )
+                return
+    finally:
+        if not finished:
+            cancel()
+
+
+def health_body(scheduler: Scheduler, settings: WorkerSettings) -> dict[str, Any]:
+    """Built only from data cached at load time: it never waits on the model thread."""
+    state = scheduler.state
+    body: dict[str, Any] = {
+        "status": "healthy" if state in (State.READY, State.LOADING) else "unhealthy",
+        "state": state.value,
+        "worker_id": settings.worker_id,
+        "uptime_s": round(time.monotonic() - _STARTED, 3),
+        "queue_depth": scheduler.queue_depth,
+        "active_job": scheduler.active_job_id,
+    }
+    if state is State.ERROR:
+        body["reason"] = scheduler.error
+    model = scheduler.model
+    if model is not None:
+        body["model"] = {
+            "path": str(model.path),
+            "name": model.name,
+            "architecture": model.architecture,
+            "description": model.description,
+            "size_bytes": model.size_bytes,
+            "sha256": model.sha256,
+            "n_params": model.n_params,
+            "n_ctx": model.n_ctx,
+            "n_ctx_train": model.n_ctx_train,
+            "n_vocab": model.n_vocab,
+            "load_seconds": scheduler.load_seconds,
+        }
+    info = scheduler.backend_info
+    if info is not None:
+        body["backend"] = {
+            "library": info.library,
+            "version": info.version,
+            "preset": info.preset,
+            "gpu_offload": info.gpu_offload,
+            "n_gpu_layers": model.n_gpu_layers if model else None,
+            "system_info": info.system_info,
+        }
+        body["devices"] = [dataclasses.asdict(d) for d in info.devices]
+    return body
+
+
+_STARTED = time.monotonic()

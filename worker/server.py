@@ -1,0 +1,108 @@
+"""Running the worker: uvicorn, the ready callback, and a clean exit on Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+import uvicorn
+
+from worker.backend.protocol import ModelBackend
+from worker.http.app import create_app
+from worker.scheduler import Scheduler, State
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("llorch.worker")
+
+CALLBACK_ATTEMPTS = 6
+CALLBACK_FIRST_DELAY_S = 0.5
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, cancelling in-flight generations as soon as a stop is asked for,
+    so open streams end (with stop_reason CANCELLED) instead of holding the shutdown up."""
+
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler) -> None:
+        super().__init__(config)
+        self.scheduler = scheduler
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.scheduler.cancel_all()
+        super().handle_exit(sig, frame)
+
+
+def callback_payload(settings: WorkerSettings, scheduler: Scheduler) -> dict[str, Any]:
+    info = scheduler.backend_info
+    model = scheduler.model
+    gpu = [d for d in (info.devices if info else ()) if d.kind in ("gpu", "igpu")]
+    return {
+        "worker_id": settings.worker_id,
+        "url": settings.public_url,
+        "model": str(model.path) if model else None,
+        "backend": (info.preset or ("gpu" if info.gpu_offload else "cpu")) if info else None,
+        # Memory the device reports in use (total - free): the model and context on the GPU.
+        "vram_bytes": sum(d.memory_total_bytes - d.memory_free_bytes for d in gpu),
+    }
+
+
+async def _send_ready_callback(
+    server: uvicorn.Server, scheduler: Scheduler, settings: WorkerSettings
+) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(scheduler.wait_loaded)
+    if scheduler.state is not State.READY:
+        log.error("not calling back %s: the model failed to load", settings.callback_url)
+        return
+    payload = callback_payload(settings, scheduler)
+    delay = CALLBACK_FIRST_DELAY_S
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
+            try:
+                response = await client.post(str(settings.callback_url), json=payload)
+                response.raise_for_status()
+                log.info("ready callback to %s accepted", settings.callback_url)
+                return
+            except httpx.HTTPError as exc:
+                log.warning(
+                    "ready callback attempt %d/%d failed: %s", attempt, CALLBACK_ATTEMPTS, exc
+                )
+            if attempt < CALLBACK_ATTEMPTS:
+                await asyncio.sleep(delay)
+                delay *= 2
+    log.error("ready callback to %s failed; the worker keeps serving", settings.callback_url)
+
+
+async def _serve(server: _Server, settings: WorkerSettings) -> None:
+    task = None
+    if settings.callback_url is not None:
+        task = asyncio.create_task(_send_ready_callback(server, server.scheduler, settings))
+    try:
+        await server.serve()
+    finally:
+        if task is not None:
+            task.cancel()
+
+
+def serve(settings: WorkerSettings, backend: ModelBackend | None = None) -> int:
+    """Serve until Ctrl-C or SIGTERM; returns the exit status."""
+    if backend is None:
+        from worker.backend.llama import LlamaCppBackend
+
+        backend = LlamaCppBackend()
+    app = create_app(backend, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+    )
+    server = _Server(config, app.state.scheduler)
+    asyncio.run(_serve(server, settings))
+    return 0

