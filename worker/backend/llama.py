@@ -32,14 +32,24 @@ from worker.backend.protocol import (
 from worker.backend.text import IncrementalText
 
 _backend_initialised = False
-# llama-cpp-python prints every llama.cpp log line (model loading alone is hundreds) unless its
-# logger's level is raised; keep warnings and errors.
-logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
+_native_log = logging.getLogger("llorch.llama_cpp")
+# ggml_log_level: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the previous line.
+# Loading a model alone logs over a thousand lines, warnings included (unused tokens, ...),
+# so only errors reach the default log level.
+_NATIVE_LEVELS = {3: logging.ERROR}
+
+
+@ll.llama_log_callback
+def _forward_native_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    line = text.decode("utf-8", "replace").rstrip()
+    if line:
+        _native_log.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", line)
 
 
 def _init_backend() -> None:
     global _backend_initialised
     if not _backend_initialised:
+        ll.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
         ll.llama_backend_init()
         _backend_initialised = True
 
@@ -57,6 +67,26 @@ def default_threads() -> int:
     # siblings, which slow decoding down when oversubscribed.
     count = os.cpu_count() or 1
     return max(1, count // 2) if count > 4 else count
+
+
+def _kv_overrides(
+    items: Sequence[tuple[str, int | float | bool | str]],
+) -> ctypes.Array[ll.llama_model_kv_override] | None:
+    """A llama_model_kv_override array, terminated by an entry with an empty key (llama.h)."""
+    if not items:
+        return None
+    array = (ll.llama_model_kv_override * (len(items) + 1))()
+    for entry, (key, value) in zip(array, items, strict=False):
+        entry.key = key.encode()
+        if isinstance(value, bool):
+            entry.tag, entry.value.val_bool = ll.LLAMA_KV_OVERRIDE_TYPE_BOOL, value
+        elif isinstance(value, int):
+            entry.tag, entry.value.val_i64 = ll.LLAMA_KV_OVERRIDE_TYPE_INT, value
+        elif isinstance(value, float):
+            entry.tag, entry.value.val_f64 = ll.LLAMA_KV_OVERRIDE_TYPE_FLOAT, value
+        else:
+            entry.tag, entry.value.val_str = ll.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()
+    return array
 
 
 class LlamaCppBackend:
@@ -80,6 +110,9 @@ class LlamaCppBackend:
         _init_backend()
         model_params = ll.llama_model_default_params()
         model_params.n_gpu_layers = options.n_gpu_layers
+        overrides = _kv_overrides(options.metadata_overrides)
+        if overrides is not None:
+            model_params.kv_overrides = overrides
         model = ll.llama_model_load_from_file(str(path).encode(), model_params)
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {path} (not a GGUF it supports?)")
@@ -166,7 +199,7 @@ class LlamaCppBackend:
         # A token covers at least one byte, plus room for BOS/EOS.
         capacity = len(raw) + 8
         tokens = (ll.llama_token * capacity)()
-        n = ll.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, False)
+        n = ll.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, True)
         if n < 0:
             raise InferenceError(f"tokenization needs {-n} tokens, more than {capacity}")
         return list(tokens[:n])
@@ -196,9 +229,9 @@ class LlamaCppBackend:
         assert batch is not None
         for i, token in enumerate(tokens):
             batch.token[i] = token
-            batch.pos[i] = start_pos + i
+            batch.pos[i] = start_pos + i  # type: ignore[call-overload]
             batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0  # type: ignore[call-overload]
+            batch.seq_id[i][0] = 0
             batch.logits[i] = 0
         if logits_last:
             batch.logits[len(tokens) - 1] = 1

@@ -43,6 +43,9 @@ class LoadOptions:
     n_gpu_layers: int = 0  # -1: all layers
     threads: int | None = None  # None: the number of physical cores
     batch_size: int = 512
+    # GGUF metadata replaced at load time, as llama.cpp's --override-kv does
+    # (e.g. ("tokenizer.ggml.eos_token_id", 107)).
+    metadata_overrides: tuple[tuple[str, int | float | bool | str], ...] = ()
 
 
 @dataclass(frozen=True)

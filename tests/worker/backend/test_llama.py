@@ -1,0 +1,191 @@
+"""The llama.cpp backend against the real default model (Gemma 3 270M Q4_K_M)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from support import FRANCE
+
+from worker.backend.errors import ContextOverflowError
+from worker.backend.llama import LlamaCppBackend
+from worker.backend.protocol import (
+    FinishEvent,
+    GenerationRequest,
+    LoadOptions,
+    SamplingParams,
+    StopReason,
+    TokenEvent,
+)
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def run(
+    backend: LlamaCppBackend,
+    prompt: str,
+    max_tokens: int = 16,
+    sampling: SamplingParams = GREEDY,
+    stop: tuple[str, ...] = (),
+    cancelled: Callable[[], bool] = lambda: False,
+) -> tuple[list[TokenEvent], FinishEvent]:
+    request = GenerationRequest(tuple(backend.tokenize(prompt)), max_tokens, sampling, stop)
+    events = list(backend.generate(request, cancelled))
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent)
+    assert all(isinstance(e, TokenEvent) for e in events[:-1])
+    assert [t.index for t in tokens] == list(range(len(tokens)))
+    return tokens, finish
+
+
+def text_of(tokens: list[TokenEvent]) -> str:
+    return "".join(t.text for t in tokens)
+
+
+def test_model_info(backend):
+    info = backend.info()
+    assert info.architecture == "gemma3"
+    assert info.n_vocab == 262144
+    assert info.n_ctx == 1024
+    assert len(info.sha256) == 64
+    assert info.size_bytes > 100_000_000
+
+
+def test_greedy_completion_says_paris(backend):
+    tokens, finish = run(backend, FRANCE, max_tokens=8)
+    assert text_of(tokens).startswith(" Paris")
+    assert finish.stop_reason is StopReason.MAX_TOKENS
+
+
+def test_max_tokens_is_exact(backend):
+    for n in (1, 5, 17):
+        tokens, finish = run(backend, "Once upon a time", max_tokens=n)
+        assert len(tokens) == n == finish.tokens_out
+        assert finish.stop_reason is StopReason.MAX_TOKENS
+
+
+def test_token_texts_concatenate_to_the_detokenized_output(backend):
+    # Emoji and CJK make tokens that end inside multi-byte characters likely.
+    for prompt in ("Emoji: 😀🎉🚀 and more emoji:", "日本語の文章を書きます。", FRANCE):
+        tokens, _ = run(backend, prompt, max_tokens=40, sampling=SamplingParams(seed=7))
+        assert text_of(tokens) == backend.detokenize([t.token_id for t in tokens])
+
+
+def test_stop_sequence_ends_generation_and_is_not_in_the_output(backend):
+    free, _ = run(backend, FRANCE, max_tokens=12)
+    assert "\nQuestion" in text_of(free)  # what the model says without a stop sequence
+    tokens, finish = run(backend, FRANCE, max_tokens=12, stop=("\nQuestion",))
+    assert finish.stop_reason is StopReason.STOP_SEQUENCE
+    assert finish.stop_sequence_matched == "\nQuestion"
+    assert text_of(tokens) == text_of(free).split("\nQuestion")[0]
+
+
+def test_stop_sequence_matched_across_token_boundaries(backend):
+    free, _ = run(backend, FRANCE, max_tokens=12)
+    ids = [t.token_id for t in free]
+    # A stop string that starts inside one token and ends inside a later one.
+    first, second = backend.token_bytes(ids[0]).decode(), backend.token_bytes(ids[1]).decode()
+    stop = first[-2:] + second[:1]
+    tokens, finish = run(backend, FRANCE, max_tokens=12, stop=(stop,))
+    assert finish.stop_reason is StopReason.STOP_SEQUENCE
+    assert text_of(tokens) == (first + second).split(stop)[0]
+
+
+def test_end_of_generation_token_stops_with_eos(model_path):
+    # Make "\n" the EOS token through a metadata override: the base model then "ends" right
+    # after " Paris", which exercises llama_vocab_is_eog on the real vocabulary.
+    backend = LlamaCppBackend()
+    newline = 107  # Gemma 3's "\n"
+    backend.load(
+        model_path,
+        LoadOptions(ctx_size=256, metadata_overrides=(("tokenizer.ggml.eos_token_id", newline),)),
+    )
+    try:
+        assert backend.token_bytes(newline) == b"\n"
+        tokens, finish = run(backend, FRANCE, max_tokens=30)
+        assert finish.stop_reason is StopReason.EOS
+        assert text_of(tokens) == " Paris"
+        assert finish.tokens_out == len(tokens) == 1
+    finally:
+        backend.close()
+
+
+def test_cancellation_stops_within_one_token(backend):
+    seen = []
+
+    def cancelled() -> bool:
+        seen.append(1)
+        return len(seen) > 4
+
+    tokens, finish = run(backend, "Once upon a time", max_tokens=50, cancelled=cancelled)
+    assert finish.stop_reason is StopReason.CANCELLED
+    assert 1 <= len(tokens) <= 4
+
+
+def test_kv_cache_is_cleared_between_requests(backend):
+    alone, _ = run(backend, FRANCE, max_tokens=10)
+    run(backend, "A long unrelated story about dragons and castles begins", max_tokens=20)
+    after, _ = run(backend, FRANCE, max_tokens=10)
+    assert text_of(after) == text_of(alone)
+
+
+def test_prompt_plus_max_tokens_beyond_the_context_is_refused(backend):
+    prompt_tokens = backend.tokenize(FRANCE)
+    with pytest.raises(ContextOverflowError) as info:
+        list(backend.generate(GenerationRequest(tuple(prompt_tokens), 1024, GREEDY), lambda: False))
+    assert info.value.n_ctx == 1024
+    assert "max_tokens can be at most" in str(info.value)
+
+
+def test_prompt_longer_than_the_context_is_refused(backend):
+    prompt = tuple(backend.tokenize("word " * 1100))
+    with pytest.raises(ContextOverflowError, match="the prompt is"):
+        list(backend.generate(GenerationRequest(prompt, 1, GREEDY), lambda: False))
+
+
+def test_long_prompt_is_ingested_in_several_batches(backend):
+    # 700 tokens > the 512-token batch: positions must continue across chunks.
+    prompt = "The quick brown fox jumps over the lazy dog. " * 70 + FRANCE
+    tokens, _ = run(backend, prompt, max_tokens=4)
+    assert text_of(tokens).startswith(" Paris")
+
+
+# -- every sampling parameter has an effect ------------------------------------------------
+
+HOT = dict(temperature=1.5)
+
+
+def test_same_seed_same_text_and_different_seeds_differ(backend):
+    a, fa = run(backend, "Once upon a time", 24, SamplingParams(seed=42, **HOT))
+    b, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=42, **HOT))
+    c, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=43, **HOT))
+    assert fa.seed == 42
+    assert text_of(a) == text_of(b)
+    assert text_of(a) != text_of(c)
+
+
+def test_temperature_changes_the_output(backend):
+    greedy, _ = run(backend, "Once upon a time", 24)
+    hot, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=42, **HOT))
+    assert text_of(greedy) != text_of(hot)
+
+
+@pytest.mark.parametrize(
+    "narrowing", [dict(top_k=1), dict(top_p=0.001), dict(min_p=1.0)], ids=lambda d: next(iter(d))
+)
+def test_narrowing_parameters_turn_hot_sampling_into_greedy(backend, narrowing):
+    greedy, _ = run(backend, "Once upon a time", 24)
+    for seed in (1, 2):
+        narrowed, _ = run(
+            backend, "Once upon a time", 24, SamplingParams(seed=seed, **HOT, **narrowing)
+        )
+        assert text_of(narrowed) == text_of(greedy)
+
+
+def test_repetition_penalty_changes_a_repetitive_greedy_output(backend):
+    plain, _ = run(backend, FRANCE, 30)
+    assert text_of(plain).count("Paris") >= 2  # the base model repeats the Q/A pattern
+    penalised, _ = run(backend, FRANCE, 30, SamplingParams(temperature=0.0, repetition_penalty=1.8))
+    assert text_of(penalised) != text_of(plain)
+    assert text_of(penalised).count("Paris") < text_of(plain).count("Paris")
