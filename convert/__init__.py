@@ -1,1 +1,13 @@
-"""SafeTensors checkpoint to GGUF conversion."""
+"""SafeTensors checkpoint to GGUF conversion: convert(), cached_gguf(), and their errors."""
+
+from convert.api import ConversionReport, convert
+from convert.cache import cached_gguf
+from convert.errors import MODEL_ERRORS, ConversionError
+
+__all__ = [
+    "MODEL_ERRORS",
+    "ConversionError",
+    "ConversionReport",
+    "cached_gguf",
+    "convert",
+]

@@ -1,13 +1,125 @@
-"""CLI for detection and conversion (filled in by the converter)."""
+"""`llorch detect` and `llorch convert`: thin CLI over llorch.detector.detect and convert.convert.
+
+Exit codes: 0 success; 1 `detect` found an unsupported model; 2 a detection or conversion
+error (one line on stderr naming the file and the problem, or a JSON object with --json).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
+
+from convert.errors import MODEL_ERRORS
 
 
 def register(subparsers: Any) -> None:
-    del subparsers  # no converter commands yet
+    detect = subparsers.add_parser(
+        "detect",
+        help="identify an HF folder, GGUF file or cached repo id (prints JSON)",
+        description="Identify a model source and say whether llorch can convert/serve it.",
+    )
+    detect.add_argument("path", help="HF folder, .gguf file, or repo id in the local HF cache")
+    detect.set_defaults(func=run_detect)
+
+    conv = subparsers.add_parser(
+        "convert",
+        help="convert an HF SafeTensors folder to GGUF",
+        description="Convert an HF SafeTensors checkpoint to GGUF and verify its tokenizer.",
+    )
+    conv.add_argument("src", help="HF folder or repo id in the local HF cache")
+    conv.add_argument(
+        "-o", "--output", help="output file or folder (default: <name>-<size>-<type>.gguf here)"
+    )
+    conv.add_argument(
+        "--outtype",
+        default="f16",
+        help="f32, f16, bf16, q8_0 (written directly) or a llama.cpp quantization type "
+        "such as q4_k_m, q5_k_m, q6_k, q4_0, iq4_xs (default: f16)",
+    )
+    conv.add_argument(
+        "--pre", metavar="NAME", help="llama.cpp pre-tokenizer name, when not recognized"
+    )
+    conv.add_argument(
+        "--no-verify", action="store_true", help="skip tokenizer verification (not recommended)"
+    )
+    conv.add_argument("--json", action="store_true", help="print the report as JSON")
+    conv.set_defaults(func=run_convert)
 
 
-__all__ = ["argparse", "register"]
+def _fail(args: argparse.Namespace, command: str, exc: Exception) -> int:
+    if getattr(args, "json", False) or command == "detect":
+        print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+    print(f"llorch {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from llorch.detector import detect
+
+    try:
+        det = detect(args.path)
+    except MODEL_ERRORS as exc:
+        return _fail(args, "detect", exc)
+    print(json.dumps(det.to_json(), indent=2))
+    return 0 if det.supported else 1
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from convert.api import convert
+
+    bar: Any = None
+    progress = sys.stderr.isatty() and not args.json
+
+    def on_plan(n: int) -> None:
+        nonlocal bar
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, unit="tensor", desc="converting", file=sys.stderr)
+
+    def on_tensor(plan: Any) -> None:
+        if bar is not None:
+            bar.set_postfix_str(plan.name, refresh=False)
+            bar.update(1)
+
+    if args.no_verify:
+        print(
+            "llorch convert: WARNING: --no-verify: the tokenizer is NOT checked against the "
+            "source; a wrong pre-tokenizer would go unnoticed",
+            file=sys.stderr,
+        )
+    try:
+        report = convert(
+            args.src,
+            args.output,
+            outtype=args.outtype,
+            verify=not args.no_verify,
+            pre=args.pre,
+            on_tensor=on_tensor,
+            on_plan=on_plan,
+        )
+    except MODEL_ERRORS as exc:
+        return _fail(args, "convert", exc)
+    except KeyboardInterrupt:
+        print("llorch convert: interrupted; no output written", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        verified = (
+            f"tokenizer verified on {report.verify_strings} strings"
+            if report.verified
+            else "tokenizer NOT verified"
+        )
+        print(
+            f"{report.output}: {report.llama_arch} {report.outtype}, {report.n_tensors} tensors, "
+            f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s; {verified}"
+        )
+        for note in report.notes:
+            print(f"note: {note}")
+    return 0

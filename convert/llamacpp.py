@@ -74,7 +74,11 @@ def n_vocab(model: Any) -> int:
 
 
 def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarray:
-    """Logits for every position of one sequence: shape (len(tokens), n_vocab)."""
+    """Logits for every position of one sequence: shape (len(tokens), n_vocab).
+
+    The KV cache is F32 and flash attention off, so an F32 GGUF is compared without the F16
+    rounding llama.cpp's default cache would add.
+    """
     lib = _lib()
     n = len(tokens)
     with load_model(path) as model:
@@ -84,6 +88,9 @@ def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarr
         cparams.n_ubatch = max(n, 8)
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
+        cparams.type_k = lib.GGML_TYPE_F32
+        cparams.type_v = lib.GGML_TYPE_F32
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = lib.llama_init_from_model(model, cparams)
         if not ctx:
             raise ConversionError(f"{path}: llama.cpp could not create a context")

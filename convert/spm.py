@@ -1,7 +1,8 @@
 """Read a SentencePiece `tokenizer.model` without protobuf.
 
 The file is a serialized sentencepiece.ModelProto (sentencepiece_model.proto): field 1 is
-the repeated SentencePiece {1: piece, 2: score (float), 3: type (enum)}, field 3 the
+the repeated SentencePiece {1: piece, 2: score (float), 3: type (enum)}, field 2 the
+TrainerSpec {3: model_type}, field 3 the
 NormalizerSpec {2: precompiled_charsmap, 3: add_dummy_prefix, 4: remove_extra_whitespaces}.
 The piece type enum (NORMAL=1 ... BYTE=6) has the same values as gguf.TokenType.
 """
@@ -14,12 +15,16 @@ from pathlib import Path
 
 from convert.errors import TokenizerError
 
+UNIGRAM, BPE = 1, 2
+MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+
 
 @dataclass(frozen=True)
 class SpmModel:
     pieces: tuple[str, ...]
     scores: tuple[float, ...]
     types: tuple[int, ...]
+    model_type: int  # TrainerSpec.model_type: 1 UNIGRAM, 2 BPE, 3 WORD, 4 CHAR
     add_dummy_prefix: bool
     remove_extra_whitespaces: bool
     precompiled_charsmap: bytes
@@ -70,6 +75,7 @@ def read_spm(path: Path) -> SpmModel:
     scores: list[float] = []
     types: list[int] = []
     add_dummy_prefix, remove_ws, charsmap = True, True, b""
+    model_type = UNIGRAM  # the proto default
     for field, value in top:
         if field == 1 and isinstance(value, bytes):
             piece, score, kind = "", 0.0, 1
@@ -83,6 +89,10 @@ def read_spm(path: Path) -> SpmModel:
             pieces.append(piece)
             scores.append(score)
             types.append(kind)
+        elif field == 2 and isinstance(value, bytes):
+            for f, v in _fields(value):
+                if f == 3 and isinstance(v, int):
+                    model_type = v
         elif field == 3 and isinstance(value, bytes):
             for f, v in _fields(value):
                 if f == 2 and isinstance(v, bytes):
@@ -94,5 +104,11 @@ def read_spm(path: Path) -> SpmModel:
     if not pieces:
         raise TokenizerError(f"{path}: SentencePiece model has no pieces")
     return SpmModel(
-        tuple(pieces), tuple(scores), tuple(types), add_dummy_prefix, remove_ws, charsmap
+        tuple(pieces),
+        tuple(scores),
+        tuple(types),
+        model_type,
+        add_dummy_prefix,
+        remove_ws,
+        charsmap,
     )

@@ -34,12 +34,12 @@ CORPUS: tuple[str, ...] = (
     "tabs\tand\t\tnew\nlines\n\n\nend",
     "\n\n\n",
     "   ",
-    "中文测试：你好，世界！",
+    "中文测试：你好，世界！",  # noqa: RUF001 (full-width punctuation on purpose)
     "日本語のテキストです。カタカナも。",
     "한국어 문장입니다.",
     "emoji 🦙🚀👍🏽 and flags 🇫🇷",
     "Ünïcödé àccents naïve café résumé",
-    "Привет, мир! Γειά σου Κόσμε",
+    "Привет, мир! Γειά σου Κόσμε",  # noqa: RUF001 (Greek on purpose)
     "mixed\u00a0nbsp and\u200bzero-width",
     "",
 )

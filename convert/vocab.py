@@ -8,7 +8,6 @@ config.json, generation_config.json, chat_template.jinja and chat_template.json.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import gguf
 
 from convert import pretokenizer
 from convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
-from convert.spm import read_spm
+from convert.spm import BPE, MODEL_TYPES, read_spm
 from llorch.detector import read_json
 
 _T = gguf.TokenType
@@ -101,6 +100,13 @@ def load_vocab(folder: Path, n_vocab: int, *, pre_override: str | None = None) -
     notes: list[str] = []
     if spm_path.is_file():
         spm = read_spm(spm_path)
+        if spm.model_type != BPE:
+            # llama.cpp's SPM tokenizer merges pieces by score (BPE); a unigram model's
+            # Viterbi segmentation differs, so it would tokenize differently.
+            raise TokenizerError(
+                f"{spm_path}: SentencePiece model type {MODEL_TYPES.get(spm.model_type)!r} is "
+                "not supported; llama.cpp's SentencePiece tokenizer reproduces BPE models only"
+            )
         tokens, types = list(spm.pieces), list(spm.types)
         scores: list[float] | None = list(spm.scores)
         merges: list[str] = []
@@ -236,4 +242,4 @@ def special_texts(vocab: Vocab) -> list[str]:
     return [t for t, k in zip(vocab.tokens, vocab.types, strict=True) if k in wanted and t]
 
 
-__all__ = ["Vocab", "json", "load_vocab", "special_texts", "write_vocab"]
+__all__ = ["Vocab", "load_vocab", "special_texts", "write_vocab"]

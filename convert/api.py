@@ -1,0 +1,160 @@
+"""Library entry point: convert(src, dst, outtype=..., verify=True) -> ConversionReport."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from convert import writer as gw
+from convert.errors import ConversionError, MissingTokenizerError, OutputError
+from convert.families import load_family
+from convert.families.base import ModelInput, PlannedTensor
+from convert.verify import verify_tokenizer
+from convert.vocab import load_vocab, write_vocab
+from llorch.detector import Detection, detect, lookup, read_json, text_config
+from llorch.detector.errors import InvalidFileError
+from llorch.detector.safetensors import Checkpoint
+
+DEFAULT_OUTTYPE = "f16"
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    source: str
+    output: str
+    hf_architecture: str
+    llama_arch: str
+    outtype: str
+    tokenizer: str
+    pre_tokenizer: str | None
+    n_tensors: int
+    parameters: int
+    bytes: int
+    seconds: float
+    verified: bool
+    verify_strings: int
+    notes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+
+def _model_input(det: Detection) -> ModelInput:
+    if det.format != "hf-safetensors":
+        raise InvalidFileError(f"{det.path}: already GGUF; nothing to convert")
+    folder = det.path
+    config = text_config(read_json(folder / "config.json"))
+    if det.hf_architecture is None:
+        raise InvalidFileError(f"{folder / 'config.json'}: no 'architectures' entry")
+    row = lookup(det.hf_architecture)
+    ckpt = Checkpoint(folder)  # re-raises the precise missing-shard / truncation error
+    if det.tokenizer is None:
+        raise MissingTokenizerError(
+            f"{folder}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found"
+        )
+    n_vocab = config.get("vocab_size")
+    if not isinstance(n_vocab, int):
+        raise ConversionError(f"{folder / 'config.json'}: missing integer vocab_size")
+    return ModelInput(folder, det.hf_architecture, row.arch, config, ckpt, n_vocab)
+
+
+def model_name(model: ModelInput) -> str:
+    name = model.config.get("_name_or_path")
+    if isinstance(name, str) and name and not name.startswith(("/", ".")):
+        return name.rstrip("/").split("/")[-1]
+    return model.folder.name if model.folder.name != "" else "model"
+
+
+def default_output_name(model: ModelInput, outtype: str) -> str:
+    """GGUF naming convention: <name>-<size>-<type>.gguf (gguf-py's naming_convention)."""
+    size = gguf.size_label(model.ckpt.n_parameters(), 0, 0, 0)
+    stem = gguf.naming_convention(model_name(model), None, None, None, size, outtype.upper())
+    return f"{stem}.gguf"
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    outtype: str = DEFAULT_OUTTYPE,
+    verify: bool = True,
+    pre: str | None = None,
+    on_tensor: Callable[[PlannedTensor], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> ConversionReport:
+    """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
+
+    Every tensor is mapped before anything is written; the output appears at `dst` only after
+    it has been written completely (and verified, unless verify=False).
+    """
+    start = time.monotonic()
+    outtype = gw.check_outtype(outtype)
+    det = detect(src)
+    model = _model_input(det)
+    family = load_family(lookup(model.hf_architecture).family)
+    vocab = load_vocab(model.folder, model.n_vocab, pre_override=pre)
+    plans = family.plan(model)
+    out = Path(dst) if dst is not None else Path.cwd() / default_output_name(model, outtype)
+    if out.is_dir():
+        out = out / default_output_name(model, outtype)
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: output folder does not exist")
+    if on_plan is not None:
+        on_plan(len(plans))
+    direct = outtype in gw.DIRECT
+    stage_type = outtype if direct else ("bf16" if det.dtype == "BF16" else "f16")
+    notes = list(vocab.notes)
+    with gw.temp_path(out) as tmp:
+        w = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[model.arch])
+        w.add_name(model_name(model))
+        w.add_size_label(gguf.size_label(model.ckpt.n_parameters(), 0, 0, 0))
+        family.write_hparams(model, w)
+        w.add_file_type(gw.DIRECT[stage_type][1])
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        write_vocab(vocab, w)
+        stats = gw.write_gguf(tmp, w, plans, stage_type, on_tensor=on_tensor)
+        final = tmp
+        with gw.temp_path(out, ".quant.tmp") as qtmp:
+            if not direct:
+                from convert import llamacpp
+
+                llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype])
+                final = qtmp
+            checked = 0
+            if verify:
+                checked = verify_tokenizer(final, vocab).strings
+            else:
+                notes.append("tokenizer verification skipped (--no-verify)")
+            try:
+                os.replace(final, out)
+            except OSError as exc:
+                raise OutputError(f"{out}: cannot move the finished file here ({exc})") from exc
+    return ConversionReport(
+        source=str(src),
+        output=str(out),
+        hf_architecture=model.hf_architecture,
+        llama_arch=gguf.MODEL_ARCH_NAMES[model.arch],
+        outtype=outtype,
+        tokenizer=vocab.kind,
+        pre_tokenizer=vocab.pre,
+        n_tensors=stats.n_tensors,
+        parameters=model.ckpt.n_parameters(),
+        bytes=out.stat().st_size,
+        seconds=round(time.monotonic() - start, 3),
+        verified=verify,
+        verify_strings=checked,
+        notes=tuple(notes),
+    )
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,197 @@
+"""Fixtures for converter tests: tiny tokenizers and checkpoints built offline, and parity checks.
+
+Checkpoints are random tiny models built with transformers (a test-only dependency) and saved
+as safetensors; parity compares llama.cpp's logits on the converted GGUF with transformers'
+logits on the same tokens at every position.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+
+import numpy as np
+import pytest
+
+CORPUS = [
+    "hello world this is a test of the tokenizer, with code: def f(x): return x + 1",
+    "the quick brown fox jumps over the lazy dog 123 4567 3.14",
+    "中文测试 日本語 emoji 🦙🚀 Привет   spaces\n\nnewlines\ttabs",
+    "I'm sure they've said it's fine; we'll see. {\"json\": [1, 2]}",
+] * 40
+
+
+def make_spm(folder: Path, *, vocab_size: int = 400, model_type: str = "bpe") -> int:
+    import sentencepiece as spm
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        user_defined_symbols=["<tool>"],
+        minloglevel=2,
+        hard_vocab_limit=False,
+    )
+    corpus.unlink()
+    (folder / "tokenizer.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    )
+    return int(spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
+
+
+def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import pre_tokenizers as pt
+
+    from convert.pretokenizer import LLAMA3_REGEX, QWEN2_REGEX
+
+    tok = Tokenizer(models.BPE())
+    bytes_only = pt.ByteLevel(add_prefix_space=False, use_regex=False)
+    if kind == "gpt2":
+        tok.pre_tokenizer = pt.ByteLevel(add_prefix_space=False)
+    elif kind == "llama3":
+        tok.pre_tokenizer = pt.Sequence([pt.Split(Regex(LLAMA3_REGEX), "isolated"), bytes_only])
+    elif kind == "qwen2":
+        tok.pre_tokenizer = pt.Sequence([pt.Split(Regex(QWEN2_REGEX), "isolated"), bytes_only])
+        tok.normalizer = normalizers.NFC()
+    elif kind == "starcoder":
+        tok.pre_tokenizer = pt.Sequence(
+            [pt.Digits(individual_digits=True), pt.ByteLevel(add_prefix_space=False)]
+        )
+    elif kind == "whitespace":  # not byte-level-regex compatible with any llama.cpp name
+        tok.pre_tokenizer = pt.Sequence([pt.WhitespaceSplit(), bytes_only])
+    else:
+        raise ValueError(kind)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
+        initial_alphabet=pt.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.add_tokens(["<tool_call>"])
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = {
+        "bos_token": "<|bos|>",
+        "eos_token": "<|eos|>",
+        "pad_token": "<|pad|>",
+        "add_bos_token": True,
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>"
+        "{% endfor %}",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return int(tok.get_vocab_size())
+
+
+@dataclass(frozen=True)
+class Built:
+    folder: Path
+    n_vocab: int
+
+
+def build_checkpoint(
+    folder: Path,
+    model_cls: str,
+    config_cls: str,
+    config: dict[str, Any],
+    *,
+    tokenizer: str = "spm",
+    dtype: str = "float32",
+    shard_size: str | None = None,
+    seed: int = 0,
+) -> Built:
+    import torch
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n_vocab = make_spm(folder) if tokenizer == "spm" else make_bpe(folder, tokenizer)
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config_cls)(vocab_size=n_vocab, **config)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init: logits far from ties
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.08)
+            else:
+                p.add_(torch.randn_like(p) * 0.1)
+    model = model.to(getattr(torch, dtype))
+    kwargs: dict[str, Any] = {}
+    if shard_size is not None:
+        kwargs["max_shard_size"] = shard_size
+    model.save_pretrained(folder, **kwargs)
+    return Built(folder, n_vocab)
+
+
+def reference_logits(folder: Path, tokens: list[int]) -> np.ndarray:
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def sample_tokens(n_vocab: int, n: int = 24, seed: int = 1) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(3, n_vocab, size=n)]
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_diff: float
+    scale: float
+    argmax_equal: bool
+    argmax_agree: float  # fraction of positions with the same argmax
+
+    @property
+    def relative(self) -> float:
+        return self.max_diff / self.scale
+
+
+def parity(folder: Path, gguf_path: Path, n_vocab: int) -> Parity:
+    from convert import llamacpp
+
+    tokens = sample_tokens(n_vocab)
+    ref = reference_logits(folder, tokens)
+    got = llamacpp.logits(gguf_path, tokens)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    agree = got.argmax(axis=1) == ref.argmax(axis=1)
+    return Parity(
+        max_diff=float(np.abs(got - ref).max()),
+        scale=float(np.abs(ref).max()),
+        argmax_equal=bool(agree.all()),
+        argmax_agree=float(agree.mean()),
+    )
+
+
+@pytest.fixture
+def helpers() -> Any:
+    """This module, so tests (imported with importlib mode) can reach the helpers."""
+    import sys
+
+    return sys.modules[__name__]
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Callable[..., Built]:
+    def make(model_cls: str, config_cls: str, config: dict[str, Any], **kw: Any) -> Built:
+        return build_checkpoint(tmp_path / "hf", model_cls, config_cls, config, **kw)
+
+    return make
