@@ -167,12 +167,14 @@ def main() -> None:
     parser.add_argument(
         "--if-missing",
         action="store_true",
-        help="do nothing when the venv already has llama-cpp-python from this preset",
+        help="do nothing when the venv already has llama.cpp from any preset (set-up keeps "
+        "a backend chosen earlier with `make backend PRESET=...`)",
     )
     ns = parser.parse_args()
     try:
-        if ns.if_missing and installed_preset(ns.python) == ns.preset and not ns.force:
-            print(f"[backend] preset {ns.preset!r} already installed", flush=True)
+        current = installed_preset(ns.python)
+        if ns.if_missing and current is not None and not ns.force:
+            print(f"[backend] llama.cpp for preset {current!r} already installed", flush=True)
             return
         wheel = build(ns.preset, ns.python, ns.force)
     except PresetError as exc:

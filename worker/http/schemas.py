@@ -64,6 +64,8 @@ def _constraint(error: Any) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     name = _CONSTRAINTS.get(kind, kind)
+    if kind in ("too_long", "too_short"):
+        return f"{name} {ctx.get('max_length', ctx.get('min_length'))}"
     for key in ("ge", "gt", "le", "lt", "min_length", "max_length"):
         if key in ctx:
             return f"{name} {ctx[key]}" if name in ("ge", "gt", "le", "lt") else f"{key} {ctx[key]}"

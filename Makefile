@@ -1,0 +1,40 @@
+# llorch: the two entry points are `make serve` and `make test`; both set everything up first.
+# Set-up is idempotent: the venv, the compiled llama.cpp (kept per preset in ~/.cache/llorch)
+# and the installed package are reused when already there.
+
+PYTHON ?= python3
+PRESET ?= cpu
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: setup backend serve test lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip>=24" setuptools wheel
+
+# Compile llama.cpp (llama-cpp-python from source) for $(PRESET) and install it into the venv;
+# a preset compiled before on this machine is reinstalled from ~/.cache/llorch in seconds.
+backend: $(PY)
+	$(PY) build/backend.py --preset $(PRESET) --python $(PY)
+
+$(VENV)/.llorch-installed: $(PY) pyproject.toml
+	$(PY) build/backend.py --preset $(PRESET) --python $(PY) --if-missing
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.llorch-installed
+	$(PY) build/backend.py --preset $(PRESET) --python $(PY) --if-missing
+
+serve: setup
+	$(VENV)/bin/llorch serve $(ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check llorch worker convert tests build
+	$(VENV)/bin/ruff format --check llorch worker convert tests build
+	$(VENV)/bin/mypy
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) build/out

@@ -1,0 +1,104 @@
+"""A scripted ModelBackend for HTTP and scheduler tests: no llama.cpp, deterministic output."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from worker.backend.errors import ContextOverflowError, ModelLoadError
+from worker.backend.protocol import (
+    BackendInfo,
+    Device,
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    LoadOptions,
+    ModelInfo,
+    StopReason,
+    TokenEvent,
+)
+
+
+class FakeBackend:
+    """Tokens are characters (id = code point); generation spells out `script` one character
+    per token, with `delay` seconds between tokens."""
+
+    def __init__(
+        self,
+        script: str = "Hello world",
+        delay: float = 0.0,
+        load_gate: threading.Event | None = None,
+        load_error: str | None = None,
+        n_ctx: int = 64,
+    ) -> None:
+        self.script = script
+        self.delay = delay
+        self.load_gate = load_gate
+        self.load_error = load_error
+        self.n_ctx = n_ctx
+        self.loaded = False
+        self.closed = False
+        self.requests: list[GenerationRequest] = []
+
+    def load(self, path: Path, options: LoadOptions) -> ModelInfo:
+        if self.load_gate is not None:
+            self.load_gate.wait(10)
+        if self.load_error:
+            raise ModelLoadError(self.load_error)
+        self.loaded = True
+        return self.info()
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            path=Path("/models/fake.gguf"),
+            architecture="fake",
+            name="fake",
+            description="scripted",
+            size_bytes=1,
+            n_params=1,
+            n_ctx_train=self.n_ctx,
+            n_ctx=self.n_ctx,
+            n_vocab=0x110000,
+            n_gpu_layers=0,
+            sha256="0" * 64,
+        )
+
+    def backend_info(self) -> BackendInfo:
+        return BackendInfo("fake", "0", "cpu", False, (Device("CPU", "fake cpu", "cpu"),), "")
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return "".join(chr(t) for t in tokens)
+
+    def generate(
+        self, request: GenerationRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[GenerationEvent]:
+        if len(request.prompt_tokens) + request.max_tokens > self.n_ctx:
+            raise ContextOverflowError(len(request.prompt_tokens), request.max_tokens, self.n_ctx)
+        self.requests.append(request)
+        out = ""
+        for i, ch in enumerate(self.script[: request.max_tokens]):
+            if cancelled():
+                yield FinishEvent(StopReason.CANCELLED, i, 1.0, len(request.prompt_tokens))
+                return
+            if self.delay:
+                time.sleep(self.delay)
+            out += ch
+            for stop in request.stop:
+                if stop in out:
+                    yield TokenEvent(i, ord(ch), "")
+                    yield FinishEvent(
+                        StopReason.STOP_SEQUENCE, i + 1, 1.0, 0, stop_sequence_matched=stop
+                    )
+                    return
+            yield TokenEvent(i, ord(ch), ch)
+        n = min(len(self.script), request.max_tokens)
+        reason = StopReason.MAX_TOKENS if n == request.max_tokens else StopReason.EOS
+        yield FinishEvent(reason, n, 2.0, len(request.prompt_tokens), seed=request.sampling.seed)
+
+    def close(self) -> None:
+        self.closed = True

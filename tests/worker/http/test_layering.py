@@ -1,0 +1,50 @@
+"""worker/http must never import llama_cpp: it talks to a ModelBackend, not to llama.cpp."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import worker.http
+
+HTTP_DIR = Path(worker.http.__file__).parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_module_of_worker_http_imports_llama_cpp():
+    files = sorted(HTTP_DIR.rglob("*.py"))
+    assert files, "worker/http has no modules?"
+    offenders = {
+        str(f.relative_to(HTTP_DIR)): sorted(
+            n for n in imported_modules(f) if n.split(".")[0] == "llama_cpp"
+        )
+        for f in files
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_importing_the_app_loads_no_llama_cpp():
+    code = (
+        "import sys, worker.http.app;"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'llama_cpp'];"
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_check_would_catch_an_import(tmp_path):
+    offender = tmp_path / "bad.py"
+    offender.write_text("from llama_cpp import llama_decode\nimport llama_cpp.llama_cpp as ll\n")
+    assert {"llama_cpp", "llama_cpp.llama_cpp"} <= imported_modules(offender)
