@@ -1,0 +1,77 @@
+"""`llorch convert` output modes, default naming, llama.cpp-quantized types, and cached_gguf."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+
+from convert import cached_gguf
+from llorch.cli import main
+
+TINY = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def test_convert_json_and_default_name(
+    checkpoint: Any, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["convert", str(built.folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    out = Path(report["output"])
+    assert out.parent == work and out.name == f"hf-{_size(report['parameters'])}-F16.gguf"
+    assert report["verified"] is True and report["outtype"] == "f16"
+    assert report["llama_arch"] == "llama" and report["n_tensors"] > 0
+
+
+def _size(n: int) -> str:
+    return gguf.size_label(n, 0, 0, 0)
+
+
+@pytest.mark.parametrize("outtype", ["q4_k_m", "q6_k", "iq4_xs"])
+def test_llama_cpp_quantized_types(
+    outtype: str, checkpoint: Any, helpers: Any, tmp_path: Path, capsys: Any
+) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    out = tmp_path / "q.gguf"
+    assert main(["convert", str(built.folder), "-o", str(out), "--outtype", outtype]) == 0
+    assert "tokenizer verified" in capsys.readouterr().out
+    reader = gguf.GGUFReader(out)
+    ftype = reader.get_field(gguf.Keys.General.FILE_TYPE).contents()
+    assert gguf.LlamaFileType(ftype).name == f"MOSTLY_{outtype.upper()}"
+    kinds = {t.tensor_type.name for t in reader.tensors}
+    assert kinds - {"F32"}, kinds  # something was quantized
+    result = helpers.parity(built.folder, out, built.n_vocab)
+    print(f"{outtype}: rel={result.relative:.3g} argmax_agree={result.argmax_agree:.2f}")
+    # random Gaussian weights are the worst case for 4-bit codes: a smoke bound, not accuracy
+    assert np.isfinite(result.max_diff) and result.relative < 0.6
+
+
+def test_cached_gguf_reuses_and_rekeys(checkpoint: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "cache"))
+    first = cached_gguf(built.folder)
+    assert first.is_file() and first.is_relative_to(tmp_path / "cache")
+    stamp = first.stat().st_mtime_ns
+    again = cached_gguf(str(built.folder))
+    assert again == first and again.stat().st_mtime_ns == stamp
+    q8 = cached_gguf(built.folder, outtype="q8_0")
+    assert q8 != first and q8.parent != first.parent
+    config = json.loads((built.folder / "config.json").read_text())
+    (built.folder / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    changed = cached_gguf(built.folder)
+    assert changed.parent != first.parent
+    assert cached_gguf(changed) == changed  # a GGUF is returned as it is

@@ -1,0 +1,118 @@
+"""Tokenizer conversion: SentencePiece and BPE tokenizers with different pre-tokenizers,
+trained in the test, converted, verified through llama.cpp, and their metadata checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import gguf
+import pytest
+
+from convert import convert
+from convert.errors import TokenizerError, UnknownPreTokenizerError, VerificationError
+
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
+
+
+def _fields(path: Path) -> dict[str, Any]:
+    reader = gguf.GGUFReader(path)
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
+@pytest.mark.parametrize(
+    ("kind", "pre"),
+    [("gpt2", "gpt-2"), ("llama3", "llama-bpe"), ("qwen2", "qwen2"), ("starcoder", "starcoder")],
+)
+def test_bpe_pre_tokenizers_convert_and_verify(
+    kind: str, pre: str, checkpoint: Any, tmp_path: Path
+) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY, tokenizer=kind)
+    out = tmp_path / "out.gguf"
+    report = convert(built.folder, out, outtype="f32")
+    assert report.pre_tokenizer == pre
+    assert report.verified and report.verify_strings >= 20
+    f = _fields(out)
+    tok = json.loads((built.folder / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    assert f[gguf.Keys.Tokenizer.MODEL] == "gpt2"
+    assert f[gguf.Keys.Tokenizer.PRE] == pre
+    assert len(f[gguf.Keys.Tokenizer.MERGES]) == len(tok["model"]["merges"])
+    assert f[gguf.Keys.Tokenizer.BOS_ID] == vocab["<|bos|>"]
+    assert f[gguf.Keys.Tokenizer.EOS_ID] == vocab["<|eos|>"]
+    assert f[gguf.Keys.Tokenizer.PAD_ID] == vocab["<|pad|>"]
+    assert f[gguf.Keys.Tokenizer.ADD_BOS] is True
+    assert "<|im_start|>" in f[gguf.Keys.Tokenizer.CHAT_TEMPLATE]
+    tokens = f[gguf.Keys.Tokenizer.LIST]
+    types = f[gguf.Keys.Tokenizer.TOKEN_TYPE]
+    assert types[tokens.index("<|im_end|>")] == gguf.TokenType.CONTROL
+    assert types[tokens.index("<tool_call>")] == gguf.TokenType.USER_DEFINED
+
+
+def test_sentencepiece_metadata(checkpoint: Any, tmp_path: Path) -> None:
+    import sentencepiece
+
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    (built.folder / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    gen = json.loads((built.folder / "generation_config.json").read_text())
+    (built.folder / "generation_config.json").write_text(
+        json.dumps({**gen, "eos_token_id": [2, 3]})
+    )
+    out = tmp_path / "out.gguf"
+    report = convert(built.folder, out, outtype="f32")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(built.folder / "tokenizer.model"))
+    f = _fields(out)
+    assert f[gguf.Keys.Tokenizer.MODEL] == "llama"
+    tokens = f[gguf.Keys.Tokenizer.LIST]
+    assert tokens[: sp.vocab_size()] == [sp.id_to_piece(i) for i in range(sp.vocab_size())]
+    scores = f[gguf.Keys.Tokenizer.SCORES]
+    assert abs(scores[10] - sp.get_score(10)) < 1e-6
+    types = f[gguf.Keys.Tokenizer.TOKEN_TYPE]
+    assert types[tokens.index("<0x41>")] == gguf.TokenType.BYTE
+    assert types[tokens.index("<tool>")] == gguf.TokenType.USER_DEFINED
+    assert (f[gguf.Keys.Tokenizer.BOS_ID], f[gguf.Keys.Tokenizer.EOS_ID]) == (1, 2)
+    assert f[gguf.Keys.Tokenizer.UNK_ID] == 0
+    assert f[gguf.Keys.Tokenizer.ADD_PREFIX] is True
+    assert f[gguf.Keys.Tokenizer.CHAT_TEMPLATE] == "{{ messages[0]['content'] }}"
+    assert report.verified
+
+
+def test_unknown_pre_tokenizer_names_what_it_saw(checkpoint: Any, tmp_path: Path) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY, tokenizer="whitespace")
+    out = tmp_path / "out.gguf"
+    with pytest.raises(UnknownPreTokenizerError) as err:
+        convert(built.folder, out)
+    message = str(err.value)
+    assert "tokenizer.json" in message and "WhitespaceSplit" in message
+    assert "--pre NAME" in message and "llama-bpe" in message
+    assert not out.exists()
+
+
+def test_wrong_pre_override_fails_verification(checkpoint: Any, tmp_path: Path) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY, tokenizer="llama3")
+    out = tmp_path / "out.gguf"
+    with pytest.raises(VerificationError) as err:
+        convert(built.folder, out, pre="gpt-2")
+    assert "differently" in str(err.value) and "first difference" in str(err.value)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [built.folder]  # no temporary file left either
+    report = convert(built.folder, out, pre="gpt-2", verify=False)
+    assert not report.verified and out.exists()
+
+
+def test_unigram_sentencepiece_is_refused(checkpoint: Any, helpers: Any, tmp_path: Path) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    spare = tmp_path / "spare"
+    spare.mkdir()
+    helpers.make_spm(spare, model_type="unigram", vocab_size=built.n_vocab)
+    shutil.copy(spare / "tokenizer.model", built.folder / "tokenizer.model")
+    with pytest.raises(TokenizerError, match="unigram"):
+        convert(built.folder, tmp_path / "out.gguf")
