@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +20,7 @@ from worker.settings import WorkerSettings
 
 log = logging.getLogger("llorch.worker")
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CALLBACK_ATTEMPTS = 6
 CALLBACK_FIRST_DELAY_S = 0.5
 
@@ -31,6 +36,21 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.scheduler.cancel_all()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the captured signal once it has shut down, so the process ends
+        # "killed by SIGTERM" (status 143). A worker that was asked to stop and stopped
+        # cleanly exits 0 instead, which is what supervisors expect.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def callback_payload(settings: WorkerSettings, scheduler: Scheduler) -> dict[str, Any]:
