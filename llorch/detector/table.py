@@ -33,6 +33,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("LlamaForCausalLM", _A.LLAMA, "llama"),
     # Mistral 7B v0.1-v0.3 is the Llama graph with sliding window unused by llama.cpp.
     ArchRow("MistralForCausalLM", _A.LLAMA, "llama", alias_of="LlamaForCausalLM"),
+    ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen"),
+    ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 

@@ -65,6 +65,15 @@ CASES: dict[str, Case] = {
     ),
     "llama-sharded": Case("LlamaForCausalLM", "LlamaConfig", SMALL, shard_size="100KB"),
     "mistral": Case("MistralForCausalLM", "MistralConfig", SMALL),
+    "qwen2-biases": Case(
+        "Qwen2ForCausalLM", "Qwen2Config", SMALL, tokenizer="qwen2", outtypes=("f32", "q8_0")
+    ),
+    "qwen2-tied": Case(
+        "Qwen2ForCausalLM", "Qwen2Config", {**SMALL, "tie_word_embeddings": True}, "qwen2"
+    ),
+    "qwen3-qk-norm": Case(
+        "Qwen3ForCausalLM", "Qwen3Config", {**SMALL, "head_dim": 32}, tokenizer="qwen2"
+    ),
 }
 
 
