@@ -35,6 +35,9 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("MistralForCausalLM", _A.LLAMA, "llama", alias_of="LlamaForCausalLM"),
     ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen"),
     ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen"),
+    ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma"),
+    ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma"),
+    ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 

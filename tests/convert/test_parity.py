@@ -74,6 +74,30 @@ CASES: dict[str, Case] = {
     "qwen3-qk-norm": Case(
         "Qwen3ForCausalLM", "Qwen3Config", {**SMALL, "head_dim": 32}, tokenizer="qwen2"
     ),
+    "gemma": Case(
+        "GemmaForCausalLM", "GemmaConfig", {**SMALL, "head_dim": 16}, outtypes=("f32", "f16")
+    ),
+    "gemma2-softcap-swa": Case(
+        "Gemma2ForCausalLM",
+        "Gemma2Config",
+        {**SMALL, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8},
+    ),
+    "gemma3-local-rope-swa": Case(
+        "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        {
+            **SMALL,
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {
+                "full_attention": {"rope_theta": 1e6, "rope_type": "linear", "factor": 8.0},
+                "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+            },
+        },
+        outtypes=("f32", "q8_0"),
+    ),
 }
 
 
