@@ -38,6 +38,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma"),
     ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma"),
     ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma"),
+    ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 

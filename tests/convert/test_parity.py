@@ -98,6 +98,32 @@ CASES: dict[str, Case] = {
         },
         outtypes=("f32", "q8_0"),
     ),
+    "phi3-fused": Case(
+        "Phi3ForCausalLM",
+        "Phi3Config",
+        {**SMALL, "sliding_window": None, "pad_token_id": 0},
+        tokenizer="llama3",
+        outtypes=("f32", "q8_0"),
+    ),
+    "phi3.5-longrope-partial-rotary": Case(
+        "Phi3ForCausalLM",
+        "Phi3Config",
+        {
+            **SMALL,
+            "sliding_window": None,
+            "pad_token_id": 0,
+            "partial_rotary_factor": 0.5,
+            # llama.cpp pads the context to 256 and picks the long factors above the
+            # original length; HF picks by sequence length. Keep both on the short ones.
+            "max_position_embeddings": 4096,
+            "original_max_position_embeddings": 512,
+            "rope_scaling": {
+                "type": "longrope",
+                "long_factor": [1.0, 1.5, 2.0, 4.0],
+                "short_factor": [1.0, 1.1, 1.2, 1.5],
+            },
+        },
+    ),
 }
 
 
