@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from worker.backend.errors import ContextOverflowError, ModelLoadError
+from worker.backend.errors import ContextOverflowError, ModelLoadError, NoChatTemplateError
 from worker.backend.protocol import (
     BackendInfo,
+    ChatMessage,
     Device,
     FinishEvent,
     GenerationEvent,
@@ -32,7 +33,11 @@ class FakeBackend:
         load_gate: threading.Event | None = None,
         load_error: str | None = None,
         n_ctx: int = 64,
+        builtin_template: bool = True,
+        chat_template: str | None = None,
     ) -> None:
+        self.builtin_template = builtin_template
+        self.chat_template = chat_template
         self.script = script
         self.delay = delay
         self.load_gate = load_gate
@@ -63,6 +68,7 @@ class FakeBackend:
             n_vocab=0x110000,
             n_gpu_layers=0,
             sha256="0" * 64,
+            chat_template=self.chat_template,
         )
 
     def backend_info(self) -> BackendInfo:
@@ -99,6 +105,14 @@ class FakeBackend:
         n = min(len(self.script), request.max_tokens)
         reason = StopReason.MAX_TOKENS if n == request.max_tokens else StopReason.EOS
         yield FinishEvent(reason, n, 2.0, len(request.prompt_tokens), seed=request.sampling.seed)
+
+    def builtin_chat_template(
+        self, messages: Sequence[ChatMessage], add_generation_prompt: bool
+    ) -> str:
+        if not self.builtin_template:
+            raise NoChatTemplateError("the fake model has no chat template")
+        turns = "".join(f"<{m.role}>{m.content}</{m.role}>" for m in messages)
+        return turns + ("<assistant>" if add_generation_prompt else "")
 
     def close(self) -> None:
         self.closed = True

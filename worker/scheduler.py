@@ -11,20 +11,24 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from worker.backend.errors import (
     ContextOverflowError,
+    DeadlineExceededError,
+    DrainingError,
     InferenceError,
     NotReadyError,
+    QueueFullError,
     ShuttingDownError,
     WorkerError,
 )
 from worker.backend.protocol import (
     BackendInfo,
+    ChatMessage,
     FinishEvent,
     GenerationEvent,
     GenerationRequest,
@@ -41,8 +45,29 @@ log = logging.getLogger("llorch.scheduler")
 class State(StrEnum):
     LOADING = "loading"
     READY = "ready"
+    DRAINING = "draining"  # finishing in-flight work, admitting nothing new
     ERROR = "error"
     STOPPED = "stopped"
+
+
+class CancelReason(StrEnum):
+    CLIENT = "client"  # DELETE /jobs/{id} or the client went away: ends with CANCELLED
+    TIMEOUT = "timeout"  # the request's deadline passed: ends with an error event TIMEOUT
+    SHUTDOWN = "shutdown"  # the worker is stopping: ends with CANCELLED
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What an orchestrator routes on (GET /capacity)."""
+
+    state: str
+    slots_total: int
+    slots_busy: int
+    queue_depth: int
+    queue_max: int
+    kv_used: int  # KV cells holding tokens of live sequences
+    kv_total: int
+    ctx_per_slot: int
 
 
 @dataclass(frozen=True)
@@ -65,13 +90,20 @@ class Job:
     job_id: str
     request: GenerationRequest
     sink: Sink
+    deadline: float | None = None  # time.monotonic() value
+    cancel_reason: CancelReason | None = None
     _cancel: threading.Event = field(default_factory=threading.Event)
 
-    def cancel(self) -> None:
+    def cancel(self, reason: CancelReason = CancelReason.CLIENT) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
         self._cancel.set()
 
     @property
     def cancelled(self) -> bool:
+        expired = self.deadline is not None and time.monotonic() >= self.deadline
+        if expired and not self._cancel.is_set():
+            self.cancel(CancelReason.TIMEOUT)
         return self._cancel.is_set()
 
 
@@ -83,6 +115,8 @@ class Scheduler:
         backend: ModelBackend,
         model_path: Callable[[], Path],
         options: LoadOptions,
+        *,
+        max_queue: int = 64,
     ) -> None:
         self._backend = backend
         self._model_path = model_path
@@ -95,6 +129,11 @@ class Scheduler:
         self._stopping = threading.Event()
         self._active: Job | None = None
         self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}  # queued and running, by job id
+        self._active_kv_cells = 0
+        self._draining = False
+        self._idle = threading.Condition(self._lock)
+        self.max_queue = max_queue
         self.model: ModelInfo | None = None
         self.backend_info: BackendInfo | None = None
         self.load_seconds: float | None = None
@@ -106,6 +145,8 @@ class Scheduler:
 
     @property
     def state(self) -> State:
+        if self._state is State.READY and self._draining:
+            return State.DRAINING
         return self._state
 
     @property
@@ -119,8 +160,43 @@ class Scheduler:
         """Refuse new jobs and cancel the running and queued ones (a stop was asked for)."""
         self._stopping.set()
         with self._lock:
-            if self._active is not None:
-                self._active.cancel()
+            for job in self._jobs.values():
+                job.cancel(CancelReason.SHUTDOWN)
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False when no such job is in flight."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        job.cancel(CancelReason.CLIENT)
+        return True
+
+    def drain(self) -> None:
+        """Admit nothing new; queued and running jobs finish."""
+        self._draining = True
+
+    def wait_drained(self, timeout: float | None = None) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._jobs, timeout)
+
+    def capacity(self) -> Capacity:
+        model = self.model
+        with self._lock:
+            busy = 1 if self._active is not None else 0
+            queued = len(self._jobs) - busy
+            kv_used = self._active_kv_cells
+        n_ctx = model.n_ctx if model else 0
+        return Capacity(
+            state=self.state.value,
+            slots_total=1,
+            slots_busy=busy,
+            queue_depth=queued,
+            queue_max=self.max_queue,
+            kv_used=kv_used,
+            kv_total=n_ctx,
+            ctx_per_slot=n_ctx,
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel queued and running jobs, close the model, and join the thread."""
@@ -134,26 +210,62 @@ class Scheduler:
 
     # -- requests --------------------------------------------------------------------------
 
+    def _check_admitting(self) -> None:
+        if self._stopping.is_set():
+            raise ShuttingDownError("the worker is shutting down")
+        if self._draining:
+            raise DrainingError("the worker is draining and admits no new requests")
+        if self._state is not State.READY or self.model is None:
+            raise NotReadyError(f"the model is not ready (state: {self.state})")
+
     def admit(
         self, prompt: str, max_tokens: int, sampling: SamplingParams, stop: tuple[str, ...]
     ) -> GenerationRequest:
         """Tokenize and check that the request fits. Safe from any thread once loaded: the
         vocabulary is read-only (llama-server tokenizes on its HTTP threads the same way)."""
-        if self._stopping.is_set():
-            raise ShuttingDownError("the worker is shutting down")
-        if self._state is not State.READY or self.model is None:
-            raise NotReadyError(f"the model is not ready (state: {self._state})")
+        self._check_admitting()
         tokens = self._backend.tokenize(prompt, add_special=True)
-        if len(tokens) + max_tokens > self.model.n_ctx:
-            raise ContextOverflowError(len(tokens), max_tokens, self.model.n_ctx)
+        return self.admit_tokens(tokens, max_tokens, sampling, stop)
+
+    def admit_tokens(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        sampling: SamplingParams,
+        stop: tuple[str, ...],
+    ) -> GenerationRequest:
+        self._check_admitting()
+        assert self.model is not None
+        n_ctx = self.capacity().ctx_per_slot
+        if len(tokens) + max_tokens > n_ctx:
+            raise ContextOverflowError(len(tokens), max_tokens, n_ctx)
         return GenerationRequest(tuple(tokens), max_tokens, sampling, stop)
 
-    def submit(self, job_id: str, request: GenerationRequest, sink: Sink) -> Job:
-        if self._stopping.is_set():
-            raise ShuttingDownError("the worker is shutting down")
-        job = Job(job_id, request, sink)
+    def submit(
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        sink: Sink,
+        timeout_s: float | None = None,
+    ) -> Job:
+        """Queue a job. Raises QueueFullError when max_queue requests already wait."""
+        self._check_admitting()
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        job = Job(job_id, request, sink, deadline)
+        with self._lock:
+            waiting = len(self._jobs) - (1 if self._active is not None else 0)
+            if waiting >= self.max_queue:
+                raise QueueFullError(waiting, self.max_queue)
+            self._jobs[job_id] = job
         self._queue.put(job)
         return job
+
+    def builtin_chat_template(
+        self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
+    ) -> str:
+        if self._state is not State.READY:
+            raise NotReadyError(f"the model is not ready (state: {self.state})")
+        return self._backend.builtin_chat_template(messages, add_generation_prompt)
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         if self._state is not State.READY:
@@ -215,7 +327,10 @@ class Scheduler:
     def _execute(self, job: Job) -> None:
         with self._lock:
             self._active = job
+            self._active_kv_cells = len(job.request.prompt_tokens)
         try:
+            if job.cancelled and job.cancel_reason is CancelReason.TIMEOUT:
+                raise DeadlineExceededError("the request's timeout passed while it was queued")
             if job.cancelled:
                 # Cancelled while queued: report it without touching the model.
                 job.sink(JobStarted(job.job_id, time.time()))
@@ -224,6 +339,12 @@ class Scheduler:
             job.sink(JobStarted(job.job_id, time.time()))
             cancelled = lambda: job.cancelled or self._stopping.is_set()  # noqa: E731
             for event in self._backend.generate(job.request, cancelled):
+                if isinstance(event, FinishEvent) and job.cancel_reason is CancelReason.TIMEOUT:
+                    raise DeadlineExceededError(
+                        f"the request's timeout passed after {event.tokens_out} tokens"
+                    )
+                if not isinstance(event, FinishEvent):
+                    self._active_kv_cells += 1
                 job.sink(event)
         except WorkerError as exc:
             self._fail(job, exc)
@@ -233,8 +354,16 @@ class Scheduler:
         finally:
             with self._lock:
                 self._active = None
+                self._active_kv_cells = 0
+                if self._jobs.get(job.job_id) is job:
+                    del self._jobs[job.job_id]
+                self._idle.notify_all()
 
     def _fail(self, job: Job, error: WorkerError) -> None:
+        with self._lock:
+            if self._jobs.get(job.job_id) is job:
+                del self._jobs[job.job_id]
+            self._idle.notify_all()
         try:
             job.sink(JobFailed(error))
         except Exception:

@@ -43,3 +43,37 @@ class InferenceError(WorkerError):
 
 class ShuttingDownError(WorkerError):
     code = "SHUTTING_DOWN"
+
+
+class QueueFullError(WorkerError):
+    """Admission refused: the queue of waiting requests is full."""
+
+    code = "QUEUE_FULL"
+
+    def __init__(self, depth: int, limit: int, retry_after_s: int = 1) -> None:
+        self.depth = depth
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the queue is full ({depth} requests waiting, the limit is {limit})")
+
+
+class DrainingError(WorkerError):
+    """Admission refused: the worker is draining and takes no new work."""
+
+    code = "DRAINING"
+
+
+class DeadlineExceededError(WorkerError):
+    """The request's timeout_ms passed before it finished."""
+
+    code = "TIMEOUT"
+
+
+class OutOfMemoryError(WorkerError):
+    """llama.cpp could not allocate memory (device or host) for the model or a batch."""
+
+    code = "VRAM_OOM"
+
+
+class NoChatTemplateError(WorkerError):
+    code = "INVALID_REQUEST"

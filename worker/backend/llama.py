@@ -21,6 +21,7 @@ from worker.backend import sampling, system
 from worker.backend.errors import ContextOverflowError, InferenceError, ModelLoadError
 from worker.backend.protocol import (
     BackendInfo,
+    ChatMessage,
     FinishEvent,
     GenerationEvent,
     GenerationRequest,
@@ -323,6 +324,15 @@ class LlamaCppBackend:
         if pending is not None:
             yield replace(pending, text=pending.text + text.flush())
         yield finish(reason, n_out, decode_started)
+
+    # -- chat ------------------------------------------------------------------------------
+
+    def builtin_chat_template(
+        self, messages: Sequence[ChatMessage], add_generation_prompt: bool
+    ) -> str:
+        from worker.backend import chat_native
+
+        return chat_native.apply_builtin_template(self.info(), messages, add_generation_prompt)
 
     # -- teardown --------------------------------------------------------------------------
 

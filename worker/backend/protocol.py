@@ -31,6 +31,11 @@ class SamplingParams:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     seed: int | None = None  # None: a fresh random seed per request
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    typical_p: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -inf bans a token
+    grammar: str | None = None  # GBNF; JSON schemas are converted to GBNF before this point
 
     @property
     def greedy(self) -> bool:
@@ -116,6 +121,12 @@ class ModelInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
 class ModelBackend(Protocol):
     """A loaded model that generates text. Not thread-safe: one thread owns an instance."""
 
@@ -133,6 +144,13 @@ class ModelBackend(Protocol):
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[GenerationEvent]:
         """Yield one TokenEvent per generated token, then exactly one FinishEvent."""
+        ...
+
+    def builtin_chat_template(
+        self, messages: Sequence[ChatMessage], add_generation_prompt: bool
+    ) -> str:
+        """The prompt from llama.cpp's built-in chat template for this model's family (used
+        when the GGUF carries no template). Raises NoChatTemplateError when there is none."""
         ...
 
     def close(self) -> None: ...

@@ -159,7 +159,9 @@ async def _stream(
                     }
                 )
             elif isinstance(event, TokenEvent):
-                yield frame({"type": "token", "t": event.text, "i": event.index})
+                yield frame(
+                    {"type": "token", "t": event.text, "i": event.index, "id": event.token_id}
+                )
             elif isinstance(event, FinishEvent):
                 finished = True
                 seconds = event.decode_time_ms / 1000.0

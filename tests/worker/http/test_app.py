@@ -45,7 +45,9 @@ def test_execute_streams_started_tokens_metrics_end(client):
     assert [e["type"] for e in events] == ["started"] + ["token"] * 5 + ["metrics", "end"]
     assert events[0]["job_id"] == "j1" and events[0]["model"] == "fake"
     assert events[0]["started_at"].endswith("Z")
-    assert [(e["t"], e["i"]) for e in events[1:6]] == [(c, i) for i, c in enumerate("Hello")]
+    assert [(e["t"], e["i"], e["id"]) for e in events[1:6]] == [
+        (c, i, ord(c)) for i, c in enumerate("Hello")
+    ]
     assert events[-1] == {
         "type": "end",
         "tokens_out": 5,
