@@ -83,6 +83,15 @@ def rope_params(model: ModelInput) -> dict[str, Any]:
     return params
 
 
+def rotary_dims(model: ModelInput, head_dim: int) -> int:
+    """Rotated dimensions per head: `partial_rotary_factor` at the top level or (transformers
+    5) inside rope_parameters."""
+    factor = rope_params(model).get("partial_rotary_factor")
+    if factor is None:
+        factor = model.config.get("partial_rotary_factor") or 1.0
+    return int(head_dim * float(factor))
+
+
 @dataclass(frozen=True)
 class Dims:
     n_layer: int
@@ -100,7 +109,7 @@ def dims(model: ModelInput) -> Dims:
     return Dims(
         n_layer=cfg_int(model, "num_hidden_layers", "n_layer"),
         n_embd=n_embd,
-        n_ff=cfg_int(model, "intermediate_size", "n_inner", default=4 * n_embd),
+        n_ff=cfg_int(model, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * n_embd),
         n_head=n_head,
         n_head_kv=cfg_int(model, "num_key_value_heads", default=n_head),
         head_dim=int(head_dim),
@@ -118,7 +127,7 @@ def write_common(model: ModelInput, w: gguf.GGUFWriter, *, rms: bool = True) -> 
     w.add_key_length(d.head_dim)
     w.add_value_length(d.head_dim)
     w.add_vocab_size(model.n_vocab)
-    eps_keys = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps")
+    eps_keys = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps", "norm_epsilon")
     if rms:
         w.add_layer_norm_rms_eps(cfg_float(model, *eps_keys))
     else:

@@ -28,6 +28,7 @@ from convert.families.base import (
     expected_shapes,
     map_tensors,
     rope_params,
+    rotary_dims,
     write_common,
 )
 
@@ -35,11 +36,7 @@ _T = gguf.MODEL_TENSOR
 
 
 def rope_dims(model: ModelInput) -> int:
-    d = dims(model)
-    factor = float(model.config.get("partial_rotary_factor") or 1.0)
-    rp = rope_params(model)
-    factor = float(rp.get("partial_rotary_factor", factor))
-    return int(d.head_dim * factor)
+    return rotary_dims(model, dims(model).head_dim)
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:

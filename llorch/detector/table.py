@@ -39,6 +39,9 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma"),
     ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma"),
     ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3"),
+    ArchRow("PhiForCausalLM", _A.PHI2, "phi2"),
+    ArchRow("StableLmForCausalLM", _A.STABLELM, "stablelm"),
+    ArchRow("Starcoder2ForCausalLM", _A.STARCODER2, "starcoder2"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 

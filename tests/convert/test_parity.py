@@ -2,7 +2,8 @@
 
 For each case a tiny random checkpoint is built with transformers, converted to GGUF, and
 llama.cpp's logits for every position are compared with transformers' on the same tokens.
-Bounds (relative to the largest reference logit): F32 1e-3 with identical argmax everywhere;
+Bounds (relative to the largest reference logit): F32 1e-3 with identical argmax everywhere
+(a flip is tolerated only at a near tie: top-2 margin below twice the measured difference);
 F16 1e-2 and BF16 2e-2 with identical argmax at >= 90% of positions; Q8_0 5e-2 with >= 75%.
 llama.cpp runs with an F32 KV cache (convert.llamacpp.logits), so F32 differences are
 float rounding only (about 1e-6 relative in practice).
@@ -124,6 +125,32 @@ CASES: dict[str, Case] = {
             },
         },
     ),
+    "phi2-partial-rotary": Case(
+        "PhiForCausalLM",
+        "PhiConfig",
+        {**SMALL, "num_key_value_heads": 4, "partial_rotary_factor": 0.5},
+        tokenizer="gpt2",
+        outtypes=("f32", "q8_0"),
+    ),
+    "stablelm": Case(
+        "StableLmForCausalLM",
+        "StableLmConfig",
+        {**SMALL, "partial_rotary_factor": 0.25, "use_qkv_bias": True},
+        tokenizer="gpt2",
+    ),
+    "stablelm-parallel-residual": Case(
+        "StableLmForCausalLM",
+        "StableLmConfig",
+        {**SMALL, "partial_rotary_factor": 0.5, "use_parallel_residual": True},
+        tokenizer="gpt2",
+    ),
+    "starcoder2-tied": Case(
+        "Starcoder2ForCausalLM",
+        "Starcoder2Config",
+        {**SMALL, "sliding_window": None},
+        tokenizer="starcoder",
+        outtypes=("f32", "q8_0"),
+    ),
 }
 
 
@@ -159,6 +186,10 @@ def test_logits_parity(case_id: str, checkpoint: Any, helpers: Any, tmp_path: Pa
         )
         assert result.relative <= bound, result
         if outtype == "f32":
-            assert result.argmax_equal, result
+            # Same argmax everywhere, except where the reference's top two logits are closer
+            # than twice the measured difference (GELU models: llama.cpp's CPU GELU uses an
+            # F16 lookup table, about 3e-4 relative); at most one such tie per case.
+            assert result.unexplained_flips == 0, result
+            assert result.argmax_agree >= 1 - 1.5 / len(helpers.sample_tokens(built.n_vocab))
         else:
             assert result.argmax_agree >= agree, result

@@ -1,0 +1,36 @@
+"""Phi-1/1.5/2 (`PhiForCausalLM`, llama.cpp arch `phi2`).
+
+Facts from transformers' modeling_phi and llama.cpp's src/models/phi2.cpp: one LayerNorm per
+block feeding attention and MLP in parallel; biases on every projection and on lm_head;
+GELU (tanh) MLP fc1/fc2; rotate-half RoPE over `partial_rotary_factor` of each head, which
+llama.cpp runs as NEOX rope over rope_dimension_count dimensions, so no permutation.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+from convert.errors import ConfigError
+from convert.families.base import (
+    ModelInput,
+    PlannedTensor,
+    dims,
+    expected_shapes,
+    map_tensors,
+    rotary_dims,
+    write_common,
+)
+
+
+def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
+    if model.config.get("qk_layernorm"):
+        raise ConfigError(
+            f"{model.folder / 'config.json'}: qk_layernorm=true is not supported for "
+            "PhiForCausalLM (llama.cpp's phi2 graph has no per-head Q/K norms)"
+        )
+    d = write_common(model, w, rms=False)
+    w.add_rope_dimension_count(rotary_dims(model, d.head_dim))
+
+
+def plan(model: ModelInput) -> list[PlannedTensor]:
+    return map_tensors(model, expected=expected_shapes(model, dims(model)))

@@ -1,0 +1,38 @@
+"""StableLM 2 / StableLM-3B-4E1T (`StableLmForCausalLM`, llama.cpp arch `stablelm`).
+
+Facts from transformers' modeling_stablelm and llama.cpp's src/models/stablelm.cpp:
+LayerNorm with bias, SwiGLU MLP, optional q/k/v biases (`use_qkv_bias`), rotate-half RoPE
+over `partial_rotary_factor` of each head (NEOX in llama.cpp, no permutation), and an
+optional parallel residual (`use_parallel_residual`: llama.cpp takes it when the block has no
+ffn_norm). Per-head Q/K LayerNorms (`qk_layernorm`, StableLM 2 12B) are not supported.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+from convert.errors import ConfigError
+from convert.families.base import (
+    ModelInput,
+    PlannedTensor,
+    dims,
+    expected_shapes,
+    map_tensors,
+    rotary_dims,
+    write_common,
+)
+
+
+def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
+    if model.config.get("qk_layernorm"):
+        raise ConfigError(
+            f"{model.folder / 'config.json'}: qk_layernorm=true (StableLM 2 12B) is not "
+            "supported yet"
+        )
+    d = write_common(model, w, rms=False)
+    w.add_rope_dimension_count(rotary_dims(model, d.head_dim))
+    w.add_parallel_residual(bool(model.config.get("use_parallel_residual", False)))
+
+
+def plan(model: ModelInput) -> list[PlannedTensor]:
+    return map_tensors(model, expected=expected_shapes(model, dims(model)))
