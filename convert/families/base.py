@@ -102,6 +102,15 @@ class Dims:
     head_dim: int
 
 
+def _n_head_kv(model: ModelInput, n_head: int) -> int:
+    cfg = model.config
+    if cfg.get("new_decoder_architecture"):  # Falcon 40B/180B
+        return cfg_int(model, "num_kv_heads")
+    if cfg.get("multi_query"):  # Falcon 7B
+        return 1
+    return cfg_int(model, "num_key_value_heads", "num_kv_heads", default=n_head)
+
+
 def dims(model: ModelInput) -> Dims:
     n_embd = cfg_int(model, "hidden_size", "n_embd", "d_model")
     n_head = cfg_int(model, "num_attention_heads", "n_head")
@@ -111,7 +120,7 @@ def dims(model: ModelInput) -> Dims:
         n_embd=n_embd,
         n_ff=cfg_int(model, "intermediate_size", "ffn_hidden_size", "n_inner", default=4 * n_embd),
         n_head=n_head,
-        n_head_kv=cfg_int(model, "num_key_value_heads", default=n_head),
+        n_head_kv=_n_head_kv(model, n_head),
         head_dim=int(head_dim),
     )
 

@@ -42,6 +42,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("PhiForCausalLM", _A.PHI2, "phi2"),
     ArchRow("StableLmForCausalLM", _A.STABLELM, "stablelm"),
     ArchRow("Starcoder2ForCausalLM", _A.STARCODER2, "starcoder2"),
+    ArchRow("FalconForCausalLM", _A.FALCON, "falcon"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 

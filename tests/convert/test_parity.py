@@ -151,6 +151,25 @@ CASES: dict[str, Case] = {
         tokenizer="starcoder",
         outtypes=("f32", "q8_0"),
     ),
+    "falcon-7b-multi-query": Case(
+        "FalconForCausalLM",
+        "FalconConfig",
+        {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+        tokenizer="gpt2",
+        outtypes=("f32", "q8_0"),
+    ),
+    "falcon-40b-grouped-qkv": Case(
+        "FalconForCausalLM",
+        "FalconConfig",
+        {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_kv_heads": 2,
+            "new_decoder_architecture": True,
+        },
+        tokenizer="gpt2",
+    ),
 }
 
 
