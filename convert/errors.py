@@ -29,6 +29,10 @@ class UnmappedTensorError(ConversionError):
     """A checkpoint tensor has no GGUF name for this architecture."""
 
 
+class MissingExpertError(ConversionError):
+    """A mixture-of-experts layer lacks some experts' weights."""
+
+
 class ShapeMismatchError(ConversionError):
     """A tensor's shape disagrees with config.json."""
 

@@ -171,14 +171,21 @@ def map_tensors(
     *,
     transforms: Mapping[_T, Transform] | None = None,
     expected: Mapping[_T, tuple[int, ...]] | None = None,
-    keep_f32: frozenset[_T] = frozenset(),
+    keep_f32: frozenset[_T] = frozenset({_T.FFN_GATE_INP}),
+    claimed: frozenset[str] = frozenset(),
 ) -> list[PlannedTensor]:
-    """One output tensor per checkpoint tensor, named through gguf's tensor-name map."""
+    """One output tensor per checkpoint tensor, named through gguf's tensor-name map.
+
+    `claimed` names are built by the family itself (e.g. stacked experts) and skipped here.
+    The MoE router stays F32 as in llama.cpp's converter.
+    """
     n_layer = dims(model).n_layer
     tmap = gguf.get_tensor_name_map(model.arch, n_layer)
     transforms = transforms or {}
     plans: list[PlannedTensor] = []
     for ref in model.ckpt:
+        if ref.name in claimed:
+            continue
         found = tmap.get_type_and_name(ref.name, try_suffixes=(".weight", ".bias"))
         if found is None:
             raise UnmappedTensorError(

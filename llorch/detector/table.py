@@ -33,6 +33,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("LlamaForCausalLM", _A.LLAMA, "llama"),
     # Mistral 7B v0.1-v0.3 is the Llama graph with sliding window unused by llama.cpp.
     ArchRow("MistralForCausalLM", _A.LLAMA, "llama", alias_of="LlamaForCausalLM"),
+    # Mixtral runs as llama.cpp `llama` with experts (stacked by convert/families/llama.py).
+    ArchRow("MixtralForCausalLM", _A.LLAMA, "llama", alias_of="LlamaForCausalLM"),
     ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen"),
     ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen"),
     ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma"),

@@ -162,6 +162,11 @@ class Parity:
     # positions whose argmax differs although the reference's top-2 margin exceeds twice the
     # largest difference: a real disagreement rather than a near tie flipped by rounding
     unexplained_flips: int
+    per_position: tuple[float, ...]  # max |difference| at each position
+
+    def fraction_within(self, relative_bound: float) -> float:
+        limit = relative_bound * self.scale
+        return sum(d <= limit for d in self.per_position) / len(self.per_position)
 
     @property
     def relative(self) -> float:
@@ -185,6 +190,7 @@ def parity(folder: Path, gguf_path: Path, n_vocab: int) -> Parity:
         argmax_equal=bool(agree.all()),
         argmax_agree=float(agree.mean()),
         unexplained_flips=int((~agree & (margin > 2 * max_diff)).sum()),
+        per_position=tuple(float(x) for x in np.abs(got - ref).max(axis=1)),
     )
 
 

@@ -170,6 +170,12 @@ CASES: dict[str, Case] = {
         },
         tokenizer="gpt2",
     ),
+    "mixtral-moe": Case(
+        "MixtralForCausalLM",
+        "MixtralConfig",
+        {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2},
+        outtypes=("f32", "q8_0"),
+    ),
 }
 
 
@@ -203,7 +209,12 @@ def test_logits_parity(case_id: str, checkpoint: Any, helpers: Any, tmp_path: Pa
             f"{case_id} {outtype}: max|diff|={result.max_diff:.3g} scale={result.scale:.3g} "
             f"rel={result.relative:.3g} argmax_agree={result.argmax_agree:.2f}"
         )
-        assert result.relative <= bound, result
+        if case.config.get("num_local_experts") and outtype != "f32":
+            # Quantized experts can flip the router's top-k at a near tie, which changes that
+            # position's output wholesale; the other positions must meet the dense bound.
+            assert result.fraction_within(bound) >= 0.9, result
+        else:
+            assert result.relative <= bound, result
         if outtype == "f32":
             # Same argmax everywhere, except where the reference's top two logits are closer
             # than twice the measured difference (GELU models: llama.cpp's CPU GELU uses an
