@@ -5,16 +5,21 @@ src/llama-vocab.cpp (llm_tokenizer_bpe) and selects them by `tokenizer.ggml.pre`
 own converter picks the name by hashing the tokenization of a fixed text, which fails on every
 fine-tune whose hash it has not seen. We instead reduce tokenizer.json's `normalizer` and
 `pre_tokenizer` to a signature (the regex splits, digit and punctuation steps, byte-level
-mapping, normalizer type) and look that up. Verification after conversion then checks the
-choice on a corpus, so a wrong table row cannot pass silently.
+mapping, normalizer type) and look that up, with llama.cpp's known-hash table
+(convert/pre_hashes.py) as cross-check and fallback. Verification after conversion then checks
+the choice on a corpus, so a wrong table row cannot pass silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from convert.errors import TokenizerError, UnknownPreTokenizerError
+from convert.pre_hashes import CHECK_TEXT, HASHES
 
 # Regexes as they appear in tokenizer.json `Split` steps (upstream tokenizer files).
 LLAMA3_REGEX = (
@@ -102,21 +107,54 @@ def describe(sig: tuple[str | None, tuple[Step, ...]]) -> str:
     return f"normalizer={norm or 'none'}; pre_tokenizer=[{' | '.join(parts)}]"
 
 
-def identify(tokenizer_json: Mapping[str, Any], *, where: str, override: str | None) -> str:
-    """The llama.cpp pre-tokenizer name, or UnknownPreTokenizerError naming what was seen."""
+@dataclass(frozen=True)
+class Identified:
+    name: str
+    method: str  # "structure", "hash", or "override"
+    note: str | None  # disagreement between structure and hash, if any
+
+
+def check_hash(path: Path) -> str | None:
+    """llama.cpp's pre-tokenizer hash of this tokenizer.json (None if it cannot load)."""
+    try:
+        import tokenizers
+
+        tok = tokenizers.Tokenizer.from_file(str(path))
+    except Exception:  # tokenizers raises plain Exception for unreadable files
+        return None
+    ids = tok.encode(CHECK_TEXT).ids
+    return hashlib.sha256(str(ids).encode()).hexdigest()
+
+
+def identify(tokenizer_json: Mapping[str, Any], *, path: Path, override: str | None) -> Identified:
+    """The llama.cpp pre-tokenizer name, or UnknownPreTokenizerError naming what was seen.
+
+    Structure decides; the known-hash table is the cross-check, and the fallback when the
+    structure is unknown. Verification then tests whichever name was chosen.
+    """
     if override:
-        return override
+        return Identified(override, "override", None)
     sig = signature(tokenizer_json)
-    name = KNOWN.get(sig)
-    if name is None:
-        known = sorted(set(KNOWN.values()))
-        raise UnknownPreTokenizerError(
-            f"{where}: pre-tokenizer not recognized: {describe(sig)}. Known llama.cpp "
-            f"pre-tokenizers matched by structure: {', '.join(known)}. If you know which "
-            "llama.cpp pre-tokenizer reproduces it, pass --pre NAME (verification still "
-            "checks the result)."
-        )
-    return name
+    by_structure = KNOWN.get(sig)
+    by_hash = HASHES.get(check_hash(path) or "")
+    if by_structure is not None:
+        note = None
+        if by_hash is not None and by_hash != by_structure:
+            note = (
+                f"pre-tokenizer: structure says {by_structure!r}, llama.cpp's hash table says "
+                f"{by_hash!r}; using {by_structure!r} (verified below)"
+            )
+        return Identified(by_structure, "structure", note)
+    if by_hash is not None:
+        note = f"pre-tokenizer {by_hash!r} identified by llama.cpp's hash table ({describe(sig)})"
+        return Identified(by_hash, "hash", note)
+    known = sorted(set(KNOWN.values()))
+    raise UnknownPreTokenizerError(
+        f"{path}: pre-tokenizer not recognized: {describe(sig)}. Known llama.cpp "
+        f"pre-tokenizers matched by structure: {', '.join(known)} (and {len(set(HASHES.values()))} "
+        "more by the hash of unmodified upstream tokenizers). If you know which llama.cpp "
+        "pre-tokenizer reproduces it, pass --pre NAME (verification still checks the result)."
+    )
 
 
 def require_byte_level(tokenizer_json: Mapping[str, Any], *, where: str) -> None:

@@ -116,7 +116,10 @@ def load_vocab(folder: Path, n_vocab: int, *, pre_override: str | None = None) -
     elif json_path.is_file():
         where = str(json_path)
         pretokenizer.require_byte_level(tok_json, where=where)
-        pre = pretokenizer.identify(tok_json, where=where, override=pre_override)
+        found = pretokenizer.identify(tok_json, path=json_path, override=pre_override)
+        pre = found.name
+        if found.note:
+            notes.append(found.note)
         model = tok_json["model"]
         vocab_map: dict[str, int] = model["vocab"]
         size = max(vocab_map.values()) + 1 if vocab_map else 0

@@ -116,3 +116,27 @@ def test_unigram_sentencepiece_is_refused(checkpoint: Any, helpers: Any, tmp_pat
     shutil.copy(spare / "tokenizer.model", built.folder / "tokenizer.model")
     with pytest.raises(TokenizerError, match="unigram"):
         convert(built.folder, tmp_path / "out.gguf")
+
+
+def test_known_hash_cross_checks_and_falls_back(
+    checkpoint: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from convert import pretokenizer
+
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY, tokenizer="llama3")
+    digest = pretokenizer.check_hash(built.folder / "tokenizer.json")
+    assert digest is not None
+    # the hash table disagrees with the structure: structure wins, the report says so
+    monkeypatch.setitem(pretokenizer.HASHES, digest, "qwen2")
+    report = convert(built.folder, tmp_path / "a.gguf", outtype="f32")
+    assert report.pre_tokenizer == "llama-bpe" and report.verified
+    assert any("hash table says 'qwen2'" in note for note in report.notes)
+    # an unrecognised structure falls back to the hash table; verification still decides
+    tok = json.loads((built.folder / "tokenizer.json").read_text())
+    split = tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    split["Regex"] = f"(?:{split['Regex']})"  # same behaviour, unknown spelling
+    (built.folder / "tokenizer.json").write_text(json.dumps(tok))
+    monkeypatch.setitem(pretokenizer.HASHES, digest, "llama-bpe")
+    report = convert(built.folder, tmp_path / "b.gguf", outtype="f32")
+    assert report.pre_tokenizer == "llama-bpe" and report.verified
+    assert any("identified by llama.cpp's hash table" in note for note in report.notes)
