@@ -118,6 +118,8 @@ class ModelInfo:
     n_gpu_layers: int
     sha256: str
     chat_template: str | None = None
+    bos_token: str | None = None  # text of the BOS/EOS tokens, for chat templates
+    eos_token: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
 

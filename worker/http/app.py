@@ -27,7 +27,7 @@ from worker.backend.protocol import (
     SamplingParams,
     TokenEvent,
 )
-from worker.http import errors
+from worker.http import errors, openai
 from worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from worker.http.sse import frame
 from worker.models import resolve_model
@@ -135,6 +135,7 @@ def create_app(
         text = await asyncio.to_thread(scheduler.detokenize, body.tokens)
         return JSONResponse({"content": text})
 
+    app.include_router(openai.build_router(scheduler))
     return app
 
 

@@ -1,0 +1,342 @@
+"""The OpenAI-compatible routes with a scripted backend: shapes, streaming, usage, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import pytest
+from fakes import FakeBackend
+from fastapi.testclient import TestClient
+
+from worker.backend.errors import QueueFullError
+from worker.http.app import create_app
+from worker.settings import WorkerSettings
+
+GEMMA_STYLE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def client_for(backend: FakeBackend) -> TestClient:
+    app = create_app(backend, WorkerSettings(worker_id="w-test"), model_path=lambda: __file__)
+    return TestClient(app)
+
+
+@pytest.fixture
+def backend():
+    return FakeBackend(n_ctx=256)
+
+
+@pytest.fixture
+def client(backend):
+    with client_for(backend) as c:
+        assert c.app.state.scheduler.wait_loaded(5)
+        yield c
+
+
+def chunks_of(response) -> list[dict | str]:
+    """The SSE data of a stream; the closing `[DONE]` stays a string."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    frames = response.text.split("\n\n")
+    assert frames[-1] == ""
+    out: list[dict | str] = []
+    for f in frames[:-1]:
+        assert f.startswith("data: ") and "\n" not in f
+        data = f.removeprefix("data: ")
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def assert_error(response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if status == 400:
+        assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+# -- completions -----------------------------------------------------------------------------
+
+
+def test_completion_shape_usage_and_length(client):
+    response = client.post("/v1/completions", json={"model": "x", "prompt": "Hi", "max_tokens": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert body["model"] == "fake" and isinstance(body["created"], int)
+    assert body["choices"] == [
+        {"index": 0, "text": "Hello", "logprobs": None, "finish_reason": "length"}
+    ]
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+
+
+def test_completion_default_max_tokens_is_16(client, backend):
+    backend.script = "x" * 40
+    body = client.post("/v1/completions", json={"prompt": "Hi"}).json()
+    assert body["usage"]["completion_tokens"] == 16
+    assert backend.requests[0].max_tokens == 16
+
+
+def test_eos_and_stop_sequence_finish_with_stop(client):
+    body = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 50}).json()
+    assert body["choices"][0] == {
+        "index": 0,
+        "text": "Hello world",
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
+    body = client.post("/v1/completions", json={"prompt": "Hi", "stop": "wor"}).json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["text"].startswith("Hello ")  # the fake holds nothing back
+
+
+@pytest.mark.parametrize("prompt", [["Hi"], [72, 105], [[72, 105]]])
+def test_prompt_forms(client, backend, prompt):
+    assert client.post("/v1/completions", json={"prompt": prompt}).status_code == 200
+    assert backend.requests[0].prompt_tokens == (72, 105)
+
+
+def test_completion_stream_chunks_then_done(client):
+    body = {"prompt": "Hi", "max_tokens": 5, "stream": True}
+    chunks = chunks_of(client.post("/v1/completions", json=body))
+    assert chunks[-1] == "[DONE]"
+    pieces = chunks[:-1]
+    assert all(c["object"] == "text_completion" for c in pieces)
+    assert len({c["id"] for c in pieces}) == 1
+    assert "".join(c["choices"][0]["text"] for c in pieces) == "Hello"
+    assert [c["choices"][0]["finish_reason"] for c in pieces] == [None] * 5 + ["length"]
+    assert all("usage" not in c for c in pieces)
+
+
+def test_stream_include_usage_adds_a_last_usage_chunk(client):
+    body = {
+        "prompt": "Hi",
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    chunks = chunks_of(client.post("/v1/completions", json=body))
+    *pieces, usage, done = chunks
+    assert done == "[DONE]"
+    assert usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert all(c["usage"] is None for c in pieces)
+
+
+def test_sampling_fields_reach_the_backend(client, backend):
+    body = {
+        "prompt": "Hi",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "seed": 7,
+        "stop": ["zz", "yy"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "logit_bias": {"65": -3, "66": False},
+        "top_k": 40,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+        "typical_p": 0.8,
+        "grammar": 'root ::= "a"',
+        "user": "ignored",
+    }
+    assert client.post("/v1/completions", json=body).status_code == 200
+    request = backend.requests[0]
+    s = request.sampling
+    assert (s.temperature, s.top_p, s.seed, s.top_k, s.min_p) == (0.5, 0.9, 7, 40, 0.05)
+    assert (s.presence_penalty, s.frequency_penalty, s.typical_p) == (0.5, -0.5, 0.8)
+    assert s.repetition_penalty == 1.1 and s.grammar == 'root ::= "a"'
+    assert s.logit_bias[0] == (65, -3.0)
+    assert s.logit_bias[1][0] == 66 and s.logit_bias[1][1] == -math.inf
+    assert request.stop == ("zz", "yy")
+
+
+def test_response_format_becomes_a_grammar(client, backend):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    body = {
+        "prompt": "Hi",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    }
+    assert client.post("/v1/completions", json=body).status_code == 200
+    assert '"\\"city\\""' in backend.requests[0].sampling.grammar
+    body["response_format"] = {"type": "json_object"}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    assert "root ::= object" in backend.requests[1].sampling.grammar
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+def test_chat_uses_the_builtin_template_and_rest_of_context(client, backend):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    body = client.post("/v1/chat/completions", json={"messages": messages}).json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello world"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
+    prompt = "<system>Be brief.</system><user>Hi</user><assistant>"
+    assert backend.requests[0].prompt_tokens == tuple(ord(c) for c in prompt)
+    assert backend.requests[0].max_tokens == 256 - len(prompt)
+    assert body["usage"]["prompt_tokens"] == len(prompt)
+
+
+def test_chat_uses_the_models_jinja_template():
+    backend = FakeBackend(n_ctx=256, chat_template=GEMMA_STYLE)
+    with client_for(backend) as c:
+        c.app.state.scheduler.wait_loaded(5)
+        messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+        body = {"messages": messages, "max_completion_tokens": 3, "max_tokens": 9}
+        assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == {
+            "role": "assistant",
+            "content": "Hel",
+        }
+    prompt = "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    assert backend.requests[0].prompt_tokens == tuple(ord(c) for c in prompt)
+
+
+def test_chat_stream_role_then_content_then_finish(client):
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": True}
+    chunks = chunks_of(client.post("/v1/chat/completions", json=body))
+    assert chunks[-1] == "[DONE]"
+    pieces = chunks[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in pieces)
+    assert pieces[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in pieces) == "Hell"
+    assert pieces[-1]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
+
+
+def test_no_chat_template_is_a_400():
+    with client_for(FakeBackend(builtin_template=False)) as c:
+        c.app.state.scheduler.wait_loaded(5)
+        response = c.post("/v1/chat/completions", json={"messages": [{"role": "user"}]})
+        assert "no chat template" in assert_error(response, 400)["message"]
+
+
+def test_template_raise_exception_is_a_400():
+    template = "{{ raise_exception('roles must alternate') }}"
+    with client_for(FakeBackend(chat_template=template)) as c:
+        c.app.state.scheduler.wait_loaded(5)
+        body = {"messages": [{"role": "user", "content": "x"}]}
+        error = assert_error(c.post("/v1/chat/completions", json=body), 400)
+        assert "roles must alternate" in error["message"]
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "Hi", "n": 2}, "n"),
+        ({"prompt": "Hi", "temperature": 3}, "temperature"),
+        ({"prompt": "Hi", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"prompt": "Hi", "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"prompt": "Hi", "seed": -5}, "seed"),
+        ({}, "prompt"),
+        ({"prompt": "Hi", "logprobs": 3}, None),
+        ({"prompt": "Hi", "grammar": "x", "response_format": {"type": "json_object"}}, None),
+        ({"prompt": "Hi", "response_format": {"type": "json_schema"}}, "response_format"),
+    ],
+)
+def test_validation_errors_are_400_in_openai_shape(client, body, param):
+    error = assert_error(client.post("/v1/completions", json=body), 400)
+    if param is not None:
+        assert error["param"].split(".")[0] == param
+    assert "n=1" in error["message"] if param == "n" else True
+
+
+def test_chat_validation(client):
+    assert_error(client.post("/v1/chat/completions", json={"messages": []}), 400, "messages")
+    body = {"messages": [{"role": "wizard", "content": "x"}]}
+    assert_error(client.post("/v1/chat/completions", json=body), 400)
+    image = [{"type": "image_url", "image_url": {"url": "data:"}}]
+    body = {"messages": [{"role": "user", "content": image}]}
+    assert "text" in assert_error(client.post("/v1/chat/completions", json=body), 400)["message"]
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}
+    assert_error(client.post("/v1/chat/completions", json=body), 400)
+
+
+def test_malformed_json_and_out_of_vocab_ids(client):
+    response = client.post("/v1/completions", content=b"{nope")
+    assert "JSON" in assert_error(response, 400)["message"]
+    assert_error(client.post("/v1/completions", json={"prompt": [-1]}), 400, "prompt")
+    body = {"prompt": "Hi", "logit_bias": {str(0x110000): 1}}
+    assert_error(client.post("/v1/completions", json=body), 400, "logit_bias")
+
+
+def test_bad_json_schema_is_a_400(client):
+    fmt = {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}
+    response = client.post("/v1/completions", json={"prompt": "Hi", "response_format": fmt})
+    assert "grammar" in assert_error(response, 400)["message"]
+
+
+def test_context_overflow(client):
+    response = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 255})
+    error = assert_error(response, 400, "max_tokens")
+    assert error["code"] == "context_length_exceeded"
+    body = {"messages": [{"role": "user", "content": "x" * 300}]}
+    error = assert_error(client.post("/v1/chat/completions", json=body), 400, "messages")
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_not_ready_is_503():
+    gate = threading.Event()
+    with client_for(FakeBackend(load_gate=gate)) as c:
+        assert assert_error(c.get("/v1/models"), 503)["type"] == "unavailable_error"
+        assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 503)
+        gate.set()
+        c.app.state.scheduler.wait_loaded(5)
+
+
+def test_queue_full_is_429_with_retry_after(client, monkeypatch):
+    def full(*args, **kwargs):
+        raise QueueFullError(64, 64)
+
+    monkeypatch.setattr(client.app.state.scheduler, "submit", full)
+    response = client.post("/v1/completions", json={"prompt": "Hi"})
+    error = assert_error(response, 429)
+    assert error["code"] == "queue_full" and response.headers["retry-after"] == "1"
+
+
+def test_models(client):
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    [card] = body["data"]
+    assert card["id"] == "fake" and card["object"] == "model"
+    assert client.get("/v1/models/fake").json() == card
+    assert assert_error(client.get("/v1/models/other"), 404)["code"] == "model_not_found"
+
+
+def test_a_closed_stream_cancels_the_job():
+    backend = FakeBackend(script="x" * 2000, delay=0.01, n_ctx=4096)
+    with client_for(backend) as c:
+        scheduler = c.app.state.scheduler
+        scheduler.wait_loaded(5)
+        body = {"prompt": "Hi", "max_tokens": 2000, "stream": True}
+        with c.stream("POST", "/v1/completions", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    break
+        # The whole script takes 20 s; a cancelled job ends at its next token.
+        assert scheduler.wait_drained(3)

@@ -1,0 +1,127 @@
+"""Chat messages to a prompt: the model's own Jinja template, or llama.cpp's built-in one.
+
+GGUF files carry the Hugging Face chat template as `tokenizer.chat_template`. It is rendered the
+way transformers renders it (a sandbox, trim_blocks/lstrip_blocks, the same globals), so a
+template behaves as it does in transformers. Models without one fall back to the built-in
+template of their family, which the backend applies through llama.cpp.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, NoReturn, Protocol
+
+import jinja2
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from worker.backend.errors import WorkerError
+from worker.backend.protocol import ChatMessage, ModelInfo
+
+
+class ChatTemplateError(WorkerError):
+    """The template refused the conversation (raise_exception) or failed to render."""
+
+    code = "INVALID_REQUEST"
+
+
+class ChatSource(Protocol):
+    """What prompt building needs from the scheduler."""
+
+    def builtin_chat_template(
+        self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
+    ) -> str: ...
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+
+
+def _raise_exception(message: str) -> NoReturn:
+    # Templates call this to reject a conversation (e.g. roles that do not alternate).
+    raise ChatTemplateError(f"the chat template refused the messages: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, sort_keys: bool = False
+) -> str:
+    # transformers' tojson: no HTML escaping (Jinja's own filter would turn "<" into \u003c).
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, sort_keys=sort_keys)
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateError as exc:
+        raise ChatTemplateError(f"the model's chat template does not compile: {exc}") from None
+
+
+def render_template(
+    source: str,
+    messages: Sequence[ChatMessage],
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render a Hugging Face chat template."""
+    template = _compile(source)
+    try:
+        return template.render(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            bos_token=bos_token or "",
+            eos_token=eos_token or "",
+            add_generation_prompt=add_generation_prompt,
+        )
+    except ChatTemplateError:
+        raise
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise ChatTemplateError(f"the model's chat template failed: {exc}") from None
+
+
+def render_chat(
+    info: ModelInfo,
+    messages: Sequence[ChatMessage],
+    builtin: Callable[[Sequence[ChatMessage], bool], str],
+    add_generation_prompt: bool = True,
+) -> str:
+    """The prompt text: the GGUF's template when it has one, else `builtin` (llama.cpp's)."""
+    if info.chat_template:
+        return render_template(
+            info.chat_template,
+            messages,
+            bos_token=info.bos_token,
+            eos_token=info.eos_token,
+            add_generation_prompt=add_generation_prompt,
+        )
+    return builtin(messages, add_generation_prompt)
+
+
+def chat_prompt_tokens(
+    source: ChatSource, info: ModelInfo, messages: Sequence[ChatMessage]
+) -> list[int]:
+    """The tokens of the chat prompt, ready to generate the assistant's turn.
+
+    Templates usually write the BOS token themselves (`{{ bos_token }}`), and tokenizing with
+    add_special adds the model's BOS too: a doubled BOS degrades the output, so one is dropped.
+    Tokenizing with add_special still matters for templates without BOS (llama.cpp's built-in
+    ones) and for models that want no BOS at all (then it adds nothing).
+    """
+    text = render_chat(info, messages, source.builtin_chat_template)
+    tokens = source.tokenize(text, True)
+    bos = source.tokenize("", True)
+    if len(bos) == 1 and tokens[:2] == bos * 2:
+        del tokens[0]
+    return tokens

@@ -1,0 +1,257 @@
+"""Request bodies of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions).
+
+Unknown fields are ignored, as OpenAI-compatible servers do (clients send `user`, `store`, ...),
+but fields that would change the answer in a way the worker cannot honour (n > 1, logprobs,
+tools, echo, ...) are refused with a 400 rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from worker.http.schemas import MAX_SEED, MAX_STOP_BYTES, MAX_STOP_SEQUENCES
+
+# Fields whose non-default values ask for something the worker does not do.
+_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "function_call": (None, "none"),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('response_format of type "json_schema" needs a json_schema object')
+        return self
+
+
+class SamplingFields(BaseModel):
+    """The fields both routes share: sampling, stops, streaming."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model: str | None = None  # informational: the worker serves one model
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    # Token id (as a string, JSON keys are strings) -> bias added to its logit; false bans it.
+    logit_bias: dict[str, float | Literal[False]] | None = None
+    # llama.cpp extras
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    # llama.cpp divides positive logits by the penalty, so 0 is refused.
+    repeat_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    typical_p: float = Field(1.0, gt=0.0, le=1.0)
+    grammar: str | None = Field(None, min_length=1, max_length=1 << 16)
+    response_format: ResponseFormat | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(f"only n=1 is supported (one choice per request), got n={n}")
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+        for s in stops:
+            if not s:
+                raise ValueError("stop sequences must be non-empty")
+            if len(s.encode()) > MAX_STOP_BYTES:
+                raise ValueError(f"stop sequences are at most {MAX_STOP_BYTES} bytes")
+        return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(
+        cls, bias: dict[str, float | Literal[False]] | None
+    ) -> dict[str, float | Literal[False]] | None:
+        for key in bias or {}:
+            if not key.strip().isdigit():
+                raise ValueError(f"logit_bias keys are token ids, got {key!r}")
+        return bias
+
+    @model_validator(mode="after")
+    def _supported(self) -> SamplingFields:
+        extra = self.model_extra or {}
+        for name, defaults in _UNSUPPORTED_DEFAULTS.items():
+            if name in extra and extra[name] not in defaults:
+                raise ValueError(f"{name} is not supported by this server")
+        json_format = self.response_format is not None and self.response_format.type != "text"
+        if self.grammar is not None and json_format:
+            raise ValueError("give either grammar or a JSON response_format, not both")
+        return self
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return tuple(self.stop or ())  # a list once validated
+
+    @property
+    def penalty(self) -> float:
+        if self.repetition_penalty is not None:
+            return self.repetition_penalty
+        return self.repeat_penalty if self.repeat_penalty is not None else 1.0
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(SamplingFields):
+    # A string, a list of one string, token ids, or a list of one list of token ids.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1, le=1 << 20)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str] | list[int] | list[list[int]]) -> str | list[int]:
+        if isinstance(prompt, str):
+            return prompt
+        if prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise ValueError(f"only one prompt per request is supported, got {len(prompt)}")
+            return prompt[0]
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        return prompt  # type: ignore[return-value]
+
+
+class ChatContentPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ChatContentPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, content: str | list[ChatContentPart] | None) -> str:
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        for part in content:
+            if part.type != "text" or part.text is None:
+                raise ValueError(f"only text content parts are supported, got {part.type!r}")
+        return "".join(part.text or "" for part in content)
+
+    @property
+    def text(self) -> str:
+        return str(self.content or "")
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=1 << 20)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1 << 20)
+
+    @property
+    def token_limit(self) -> int | None:
+        """max_completion_tokens (the current name) wins over max_tokens (the old one)."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+class Reply:
+    """The response shapes of one request: the whole answer, or its stream of chunks."""
+
+    def __init__(self, prefix: str, model: str, *, chat: bool) -> None:
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.model = model
+        self.chat = chat
+        self.created = int(time.time())
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    @staticmethod
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    def whole(
+        self, text: str, finish: str, prompt_tokens: int, completion_tokens: int
+    ) -> dict[str, Any]:
+        if self.chat:
+            choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
+            body = self._head("chat.completion")
+        else:
+            choice = {"text": text}
+            body = self._head("text_completion")
+        choice = {"index": 0, **choice, "logprobs": None, "finish_reason": finish}
+        return body | {"choices": [choice], "usage": self.usage(prompt_tokens, completion_tokens)}
+
+    def chunk(
+        self, text: str | None, finish: str | None = None, *, role: bool = False
+    ) -> dict[str, Any]:
+        """One streamed piece: `text` (None in the closing chunk), or the chat's opening
+        chunk that names the role."""
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta}
+            body = self._head("chat.completion.chunk")
+        else:
+            choice = {"index": 0, "text": text or ""}
+            body = self._head("text_completion")
+        choice |= {"logprobs": None, "finish_reason": finish}
+        return body | {"choices": [choice]}
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        """The last chunk when stream_options.include_usage is set: no choices, the usage."""
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return self._head(obj) | {
+            "choices": [],
+            "usage": self.usage(prompt_tokens, completion_tokens),
+        }
