@@ -115,12 +115,14 @@ def chat_prompt_tokens(
     """The tokens of the chat prompt, ready to generate the assistant's turn.
 
     Templates usually write the BOS token themselves (`{{ bos_token }}`), and tokenizing with
-    add_special adds the model's BOS too: a doubled BOS degrades the output, so one is dropped.
-    Tokenizing with add_special still matters for templates without BOS (llama.cpp's built-in
-    ones) and for models that want no BOS at all (then it adds nothing).
+    add_special adds the model's BOS too: a doubled BOS degrades the output. So a text that
+    starts with the BOS is tokenized without add_special, and a doubled BOS left anyway (the
+    BOS text unknown) loses one. Templates without BOS (llama.cpp's built-in ones) get the
+    model's own from add_special, which adds none to models that want none.
     """
     text = render_chat(info, messages, source.builtin_chat_template)
-    tokens = source.tokenize(text, True)
+    has_bos = bool(info.bos_token) and text.startswith(str(info.bos_token))
+    tokens = source.tokenize(text, not has_bos)
     bos = source.tokenize("", True)
     if len(bos) == 1 and tokens[:2] == bos * 2:
         del tokens[0]

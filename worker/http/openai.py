@@ -118,9 +118,13 @@ def error_status(exc: Exception) -> tuple[int, str | None, str | None]:
     if isinstance(exc, ContextOverflowError):
         param = "messages" if exc.prompt_tokens >= exc.n_ctx else "max_tokens"
         return 400, param, "context_length_exceeded"
-    status = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS), 500)
-    code = exc.code.lower() if isinstance(exc, WorkerError) else None
-    return status, None, code
+    if not isinstance(exc, WorkerError):
+        return 500, None, None
+    status = next((_STATUS[c] for c in type(exc).__mro__ if c in _STATUS), None)
+    if status is None:
+        # The error classes carry their contract code: any INVALID_REQUEST is the client's.
+        status = 400 if exc.code == "INVALID_REQUEST" else 500
+    return status, None, exc.code.lower()
 
 
 def error_message(exc: Exception) -> str:

@@ -1,0 +1,93 @@
+"""End to end: the official `openai` client against `llorch serve` with the real default model."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from support import FRANCE, WorkerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def client(worker: WorkerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{worker.url}/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+def test_models_lists_the_served_model(client):
+    [model] = client.models.list().data
+    assert model.id and model.object == "model"
+    assert client.models.retrieve(model.id).id == model.id
+
+
+def test_completion_greedy_paris(client):
+    completion = client.completions.create(
+        model="default", prompt=FRANCE, max_tokens=8, temperature=0
+    )
+    choice = completion.choices[0]
+    assert choice.text.startswith(" Paris"), choice.text
+    assert choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage is not None and usage.completion_tokens <= 8
+    assert usage.prompt_tokens > 5
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_completion_stream_matches_the_whole_answer(client):
+    whole = client.completions.create(model="m", prompt=FRANCE, max_tokens=12, temperature=0)
+    stream = client.completions.create(
+        model="m",
+        prompt=FRANCE,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text and text.startswith(" Paris")
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and set(finishes[:-1]) == {None}
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_max_tokens_gives_length(client):
+    completion = client.completions.create(
+        model="m", prompt="Once upon a time", max_tokens=3, temperature=0
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+
+
+def test_chat_with_the_builtin_gemma_template(client):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(
+        model="m", messages=messages, max_tokens=24, temperature=0, seed=1
+    )
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    # The prompt went through the template: far more tokens than the question alone.
+    assert reply.usage.prompt_tokens >= 15
+    assert "<start_of_turn>" not in choice.message.content
+
+
+def test_chat_stream(client):
+    messages = [{"role": "user", "content": "Name a color."}]
+    kwargs = {"model": "m", "messages": messages, "max_tokens": 10, "temperature": 0}
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_errors_arrive_as_openai_errors(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="m", prompt="Hi", n=2)
+    assert "n=1" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="m", prompt="Hi", max_tokens=1 << 19)
+    assert info.value.code == "context_length_exceeded"
