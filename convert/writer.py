@@ -84,6 +84,9 @@ def temp_path(dst: Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise OutputError(f"{dst.parent}: cannot write output here ({exc.strerror})") from exc
     os.close(fd)
     path = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # mkstemp makes 0600; the result should be a normal file
     try:
         yield path
     finally:

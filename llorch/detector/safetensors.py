@@ -168,8 +168,11 @@ class Checkpoint:
         ref = self.refs[name]
         data = self.raw(name)
         if ref.dtype == "BF16":
-            return (data.astype(np.uint32) << 16).view(np.float32)
-        return np.asarray(data, dtype=np.float32).copy()
+            wide = np.empty(ref.shape, dtype=np.uint32)
+            wide[...] = data  # widen in place, then shift: one uint32 buffer, no temporaries
+            wide <<= 16
+            return wide.view(np.float32)
+        return np.array(data, dtype=np.float32)
 
     def dominant_dtype(self) -> str | None:
         counts: dict[str, int] = {}
