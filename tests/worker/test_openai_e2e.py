@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from support import FRANCE, WorkerProcess
@@ -91,3 +93,21 @@ def test_errors_arrive_as_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="m", prompt="Hi", max_tokens=1 << 19)
     assert info.value.code == "context_length_exceeded"
+
+
+def test_json_schema_response_format_constrains_the_output(client):
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "string", "maxLength": 12}},
+        "required": ["capital"],
+        "additionalProperties": False,
+    }
+    completion = client.completions.create(
+        model="m",
+        prompt=FRANCE,
+        max_tokens=24,
+        temperature=0,
+        extra_body={"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}},
+    )
+    document = json.loads(completion.choices[0].text)
+    assert set(document) == {"capital"} and len(document["capital"]) <= 12

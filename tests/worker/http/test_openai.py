@@ -340,3 +340,25 @@ def test_a_closed_stream_cancels_the_job():
                     break
         # The whole script takes 20 s; a cancelled job ends at its next token.
         assert scheduler.wait_drained(3)
+
+
+class FailingBackend(FakeBackend):
+    """Generates two tokens, then fails."""
+
+    def generate(self, request, cancelled):
+        events = super().generate(request, cancelled)
+        yield next(events)
+        yield next(events)
+        raise RuntimeError("the device fell over")
+
+
+def test_a_failure_mid_generation():
+    with client_for(FailingBackend(n_ctx=256)) as c:
+        c.app.state.scheduler.wait_loaded(5)
+        error = assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 500)
+        assert error["type"] == "server_error" and "fell over" in error["message"]
+        body = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+        chunks = chunks_of(c.post("/v1/chat/completions", json=body))
+        assert "[DONE]" not in chunks  # the stream ends with the error, as OpenAI's does
+        assert chunks[-1]["error"]["type"] == "server_error"
+        assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks[:-1]) == "He"
