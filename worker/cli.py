@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from worker.settings import WorkerSettings
 
@@ -22,7 +22,12 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     field defaults apply."""
     for name, field in WorkerSettings.model_fields.items():
         annotation = field.annotation
-        kind: type = int if annotation in (int, int | None) else str
+        # Secrets and everything else arrive as strings; pydantic converts and validates them.
+        kind: type = str
+        if annotation in (int, int | None):
+            kind = int
+        elif annotation in (float, float | None):
+            kind = float
         default = field.get_default(call_default_factory=False)
         shown = "generated" if field.default_factory else default
         parser.add_argument(
@@ -44,11 +49,17 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(**given)
 
 
+def _is_secret(name: str) -> bool:
+    field = WorkerSettings.model_fields.get(name)
+    return field is not None and field.annotation in (SecretStr, SecretStr | None)
+
+
 def _settings_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         name = ".".join(str(p) for p in error["loc"])
-        lines.append(f"{_flag(name)} {error.get('input')!r}: {error['msg']}")
+        shown = "'***'" if _is_secret(name) else repr(error.get("input"))
+        lines.append(f"{_flag(name)} {shown}: {error['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
@@ -57,6 +68,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValidationError as exc:
         print(f"llorch serve: {_settings_error(exc)}", file=sys.stderr)
+        return 2
+    if settings.api_token is None and not settings.loopback_only:
+        print(
+            f"llorch serve: refusing to listen on {settings.host} without an API token: anyone "
+            "who can reach it could use the model. Set --api-token (or LLORCH_API_TOKEN), or "
+            "listen on a loopback address (--host 127.0.0.1).",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,4 +1,4 @@
-"""Running the worker: uvicorn, the ready callback, and a clean exit on Ctrl-C / SIGTERM."""
+"""Running the worker: uvicorn, the ready callback, and a graceful exit on Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -26,16 +26,41 @@ CALLBACK_FIRST_DELAY_S = 0.5
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, cancelling in-flight generations as soon as a stop is asked for,
-    so open streams end (with stop_reason CANCELLED) instead of holding the shutdown up."""
+    """uvicorn's server with a draining stop.
 
-    def __init__(self, config: uvicorn.Config, scheduler: Scheduler) -> None:
+    The first Ctrl-C / SIGTERM drains: the worker keeps listening (new requests get 503
+    DRAINING, probes keep answering) while in-flight jobs finish, for up to drain_timeout
+    seconds; then what is left is cancelled (streams end with stop_reason CANCELLED) and
+    uvicorn shuts down. A second signal cancels everything at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler, drain_timeout: float) -> None:
         super().__init__(config)
         self.scheduler = scheduler
+        self.drain_timeout = drain_timeout
+        self._draining = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        self.scheduler.cancel_all()
-        super().handle_exit(sig, frame)
+        if self._draining or self.should_exit:
+            log.warning("stop asked again: cancelling in-flight work")
+            self.scheduler.cancel_all()
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self.scheduler.drain()
+        log.info("draining: finishing in-flight work (at most %.0fs)", self.drain_timeout)
+        # A signal handler must not block the event loop; waiting happens on a thread.
+        threading.Thread(target=self._exit_when_drained, name="llorch-drain", daemon=True).start()
+
+    def _exit_when_drained(self) -> None:
+        if not self.scheduler.wait_drained(self.drain_timeout):
+            log.warning(
+                "drain timeout of %.0fs passed: cancelling what is left", self.drain_timeout
+            )
+            self.scheduler.cancel_all()
+            # Let the cancelled streams send their end event before connections close.
+            self.scheduler.wait_drained(5.0)
+        self.should_exit = True  # uvicorn's main loop polls this flag
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -123,6 +148,6 @@ def serve(settings: WorkerSettings, backend: ModelBackend | None = None) -> int:
         timeout_graceful_shutdown=30,
         lifespan="on",
     )
-    server = _Server(config, app.state.scheduler)
+    server = _Server(config, app.state.scheduler, settings.drain_timeout)
     asyncio.run(_serve(server, settings))
     return 0

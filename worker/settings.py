@@ -5,9 +5,10 @@ The `serve` flags are generated from these fields (worker/cli.py), so the two ne
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 
-from pydantic import AnyHttpUrl, Field
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +39,39 @@ class WorkerSettings(BaseSettings):
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads (default: the physical cores)"
     )
+    max_queue: int = Field(
+        64, ge=1, le=1 << 20, description="requests that may wait for the model (more get 429)"
+    )
+    drain_timeout: float = Field(
+        30.0,
+        ge=0.0,
+        le=86400.0,
+        description="seconds SIGTERM waits for in-flight work before cancelling it",
+    )
+    # SecretStr: the token never shows in a repr, a log line or an error message.
+    api_token: SecretStr | None = Field(
+        None,
+        description="bearer token every route but /health and /ready requires "
+        "(required when --host is not a loopback address)",
+    )
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, token: SecretStr | None) -> SecretStr | None:
+        # An empty LLORCH_API_TOKEN= would otherwise silently turn authentication off.
+        if token is not None and not token.get_secret_value().strip():
+            raise ValueError("the API token must not be empty")
+        return token
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the server listens only on a loopback address (no token needed there)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
 
     @property
     def public_url(self) -> str:

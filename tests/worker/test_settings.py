@@ -82,3 +82,78 @@ def test_non_numeric_port_is_rejected_by_the_parser(capsys):
         parse("--port", "http")
     assert info.value.code == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_control_flags(monkeypatch):
+    monkeypatch.delenv("LLORCH_API_TOKEN", raising=False)
+    settings = settings_from_args(
+        parse("--max-queue", "3", "--drain-timeout", "2.5", "--api-token", "zq-9")
+    )
+    assert settings.max_queue == 3 and settings.drain_timeout == 2.5
+    assert settings.api_token is not None and settings.api_token.get_secret_value() == "zq-9"
+    assert "zq-9" not in repr(settings)
+
+
+def test_control_defaults(monkeypatch):
+    for name in ("MAX_QUEUE", "DRAIN_TIMEOUT", "API_TOKEN"):
+        monkeypatch.delenv(f"LLORCH_{name}", raising=False)
+    settings = settings_from_args(parse())
+    assert (settings.max_queue, settings.drain_timeout, settings.api_token) == (64, 30.0, None)
+
+
+def test_api_token_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LLORCH_API_TOKEN", "from-env")
+    settings = settings_from_args(parse())
+    assert settings.api_token is not None
+    assert settings.api_token.get_secret_value() == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--max-queue", "0"], "--max-queue 0"),
+        (["--drain-timeout", "-1"], "--drain-timeout -1.0"),
+    ],
+)
+def test_bad_control_values_exit_2(argv, needle, capsys):
+    assert main(["serve", *argv]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_an_empty_token_is_refused_without_echoing_it(monkeypatch, capsys):
+    monkeypatch.setenv("LLORCH_API_TOKEN", "   ")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "--api-token '***'" in err and "must not be empty" in err
+
+
+def test_a_bad_token_is_never_echoed(capsys):
+    # The token is valid but another flag is not: the message must not show the token.
+    assert main(["serve", "--api-token", "hunter2", "--port", "0"]) == 2
+    assert "hunter2" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "worker.internal"])
+def test_non_loopback_host_without_token_exits_2(host, monkeypatch, capsys):
+    monkeypatch.delenv("LLORCH_API_TOKEN", raising=False)
+    assert main(["serve", "--host", host]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to listen on {host} without an API token" in err
+    assert "--api-token" in err
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("127.0.0.2", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("example.org", False),
+    ],
+)
+def test_loopback_only(host, loopback):
+    assert WorkerSettings(host=host).loopback_only is loopback

@@ -1,4 +1,5 @@
-"""The worker's HTTP surface: the worker contract (`/execute`, `/health`, `/ready`).
+"""The worker's HTTP surface: the worker contract (`/execute`, `/health`, `/ready`) and the
+controls an orchestrator needs (`DELETE /jobs/{id}`, `/capacity`, `/drain`, `/metrics`).
 
 The app talks to the model only through the Scheduler, and to llama.cpp never: the backend is
 handed in, which keeps this layer testable with a fake backend.
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
-from worker.backend.errors import NotReadyError
+from worker.backend.errors import NotReadyError, WorkerError
 from worker.backend.protocol import (
     FinishEvent,
     LoadOptions,
@@ -28,6 +30,8 @@ from worker.backend.protocol import (
     TokenEvent,
 )
 from worker.http import errors, openai
+from worker.http.auth import BearerAuth
+from worker.http.metrics import CONTENT_TYPE, TokenTimer, WorkerMetrics
 from worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from worker.http.sse import frame
 from worker.models import resolve_model
@@ -51,7 +55,13 @@ def create_app(
     options = LoadOptions(
         ctx_size=settings.ctx_size, n_gpu_layers=settings.n_gpu_layers, threads=settings.threads
     )
-    scheduler = Scheduler(backend, model_path or (lambda: resolve_model(settings.model)), options)
+    scheduler = Scheduler(
+        backend,
+        model_path or (lambda: resolve_model(settings.model)),
+        options,
+        max_queue=settings.max_queue,
+    )
+    metrics = WorkerMetrics(scheduler)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,7 +74,10 @@ def create_app(
     app = FastAPI(title="llorch worker", lifespan=lifespan)
     app.state.scheduler = scheduler
     app.state.settings = settings
+    app.state.metrics = metrics
     errors.install(app)
+    if settings.api_token is not None:
+        app.add_middleware(BearerAuth, token=settings.api_token)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -76,10 +89,20 @@ def create_app(
         body: dict[str, Any] = {"ready": state is State.READY, "state": state.value}
         if state is State.ERROR:
             body["reason"] = scheduler.error
+        elif state is State.DRAINING and scheduler.wait_drained(0):
+            body["state"] = "drained"  # nothing left in flight: safe to stop the process
         return JSONResponse(body, status_code=200 if state is State.READY else 503)
 
     @app.post("/execute")
     async def execute(request: Request) -> StreamingResponse:
+        try:
+            return await _execute(request)
+        except (WorkerError, errors.BadRequest, ValidationError) as exc:
+            status = errors.status_of(exc) if isinstance(exc, WorkerError) else 400
+            metrics.rejected(status)
+            raise
+
+    async def _execute(request: Request) -> StreamingResponse:
         body = ExecuteRequest.model_validate(errors.parse_json(await request.body()))
         sampling = SamplingParams(
             temperature=body.temperature,
@@ -93,21 +116,47 @@ def create_app(
             scheduler.admit, body.prompt, body.max_tokens, sampling, tuple(body.stop)
         )
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        events: asyncio.Queue[_Timed] = asyncio.Queue()
 
         def sink(event: JobEvent) -> None:
+            # Stamped here, on the model thread, so latency metrics do not include the time
+            # the event waited for the event loop or a slow reader.
+            timed = (time.monotonic(), event)
             try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
+                loop.call_soon_threadsafe(events.put_nowait, timed)
             except RuntimeError:  # the event loop is gone: nobody is listening any more
                 job.cancel()
 
-        job = scheduler.submit(body.job_id, gen, sink)
+        timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
+        timer = TokenTimer(metrics, time.monotonic())
+        job = scheduler.submit(body.job_id, gen, sink, timeout_s=timeout_s)
+        metrics.prompt_tokens.inc(len(gen.prompt_tokens))
         model_name = scheduler.model.name if scheduler.model else ""
         return StreamingResponse(
-            _stream(job.job_id, model_name, events, job.cancel),
+            _stream(job.job_id, model_name, events, job.cancel, metrics, timer),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    @app.delete("/jobs/{job_id}", status_code=202)
+    async def cancel_job(job_id: str) -> JSONResponse:
+        # The job's own stream reports the end (stop_reason CANCELLED); this only asks for it.
+        if not scheduler.cancel_job(job_id):
+            raise errors.JobNotFound(f"no job {job_id!r} is queued or running")
+        return JSONResponse({"job_id": job_id, "state": "cancelling"}, status_code=202)
+
+    @app.get("/capacity")
+    async def capacity() -> JSONResponse:
+        return JSONResponse(capacity_body(scheduler))
+
+    @app.post("/drain", status_code=202)
+    async def drain() -> JSONResponse:
+        scheduler.drain()
+        return JSONResponse({"state": scheduler.state.value}, status_code=202)
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> JSONResponse:
@@ -139,17 +188,22 @@ def create_app(
     return app
 
 
+_Timed = tuple[float, JobEvent]  # (time.monotonic() when the model thread emitted it, event)
+
+
 async def _stream(
     job_id: str,
     model_name: str,
-    events: asyncio.Queue[JobEvent],
+    events: asyncio.Queue[_Timed],
     cancel: Callable[[], None],
+    metrics: WorkerMetrics,
+    timer: TokenTimer,
 ) -> AsyncIterator[bytes]:
     """SSE events of one job. Leaving early (client gone, server stopping) cancels the job."""
     finished = False
     try:
         while True:
-            event = await events.get()
+            at, event = await events.get()
             if isinstance(event, JobStarted):
                 yield frame(
                     {
@@ -160,11 +214,13 @@ async def _stream(
                     }
                 )
             elif isinstance(event, TokenEvent):
+                timer.token(at)
                 yield frame(
                     {"type": "token", "t": event.text, "i": event.index, "id": event.token_id}
                 )
             elif isinstance(event, FinishEvent):
                 finished = True
+                metrics.finished(event.stop_reason.value)
                 seconds = event.decode_time_ms / 1000.0
                 yield frame(
                     {
@@ -187,6 +243,7 @@ async def _stream(
                 return
             elif isinstance(event, JobFailed):
                 finished = True
+                metrics.failed(event.error.code)
                 yield frame(
                     {"type": "error", "code": event.error.code, "message": str(event.error)}
                 )
@@ -194,6 +251,20 @@ async def _stream(
     finally:
         if not finished:
             cancel()
+
+
+def capacity_body(scheduler: Scheduler) -> dict[str, Any]:
+    """What an orchestrator routes on; never waits on the model thread."""
+    capacity = scheduler.capacity()
+    model = scheduler.model
+    return {
+        "state": capacity.state,
+        "slots": {"total": capacity.slots_total, "busy": capacity.slots_busy},
+        "queue": {"depth": capacity.queue_depth, "max": capacity.queue_max},
+        "kv": {"used": capacity.kv_used, "total": capacity.kv_total},
+        "ctx_per_slot": capacity.ctx_per_slot,
+        "model": ({"sha256": model.sha256, "architecture": model.architecture} if model else None),
+    }
 
 
 def health_body(scheduler: Scheduler, settings: WorkerSettings) -> dict[str, Any]:

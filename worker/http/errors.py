@@ -12,8 +12,12 @@ from pydantic import ValidationError
 
 from worker.backend.errors import (
     ContextOverflowError,
+    DeadlineExceededError,
+    DrainingError,
     ModelLoadError,
     NotReadyError,
+    OutOfMemoryError,
+    QueueFullError,
     ShuttingDownError,
     WorkerError,
 )
@@ -21,11 +25,30 @@ from worker.http.schemas import validation_errors
 
 log = logging.getLogger("llorch.http")
 
+
+class Unauthorized(WorkerError):
+    """No bearer token, or not the worker's."""
+
+    code = "UNAUTHORIZED"
+
+
+class JobNotFound(WorkerError):
+    """No job with this id is queued or running."""
+
+    code = "NOT_FOUND"
+
+
 _STATUS: dict[type[WorkerError], int] = {
     ContextOverflowError: 400,
+    Unauthorized: 401,
+    JobNotFound: 404,
+    QueueFullError: 429,
     NotReadyError: 503,
     ShuttingDownError: 503,
+    DrainingError: 503,
     ModelLoadError: 503,
+    OutOfMemoryError: 503,
+    DeadlineExceededError: 504,
 }
 
 
@@ -57,6 +80,22 @@ def error_entry(exc: WorkerError) -> dict[str, Any]:
     return {"field": None, "constraint": None, "message": str(exc), "code": exc.code}
 
 
+def headers_of(exc: WorkerError) -> dict[str, str]:
+    """Headers that tell a client what to do next (when to retry, how to authenticate)."""
+    if isinstance(exc, QueueFullError):
+        return {"Retry-After": str(max(1, exc.retry_after_s))}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def response_for(exc: WorkerError) -> JSONResponse:
+    """The answer to an error raised before a stream started; middleware uses it too."""
+    return JSONResponse(
+        {"errors": [error_entry(exc)]}, status_code=status_of(exc), headers=headers_of(exc)
+    )
+
+
 def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -77,10 +116,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(WorkerError)
     async def _worker_error(request: Request, exc: WorkerError) -> JSONResponse:
-        status = status_of(exc)
-        if status >= 500:
+        if status_of(exc) >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"errors": [error_entry(exc)]}, status_code=status)
+        return response_for(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -29,6 +29,8 @@ class ExecuteRequest(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
+    # A deadline for the whole job, queueing included; None waits as long as it takes.
+    timeout_ms: int | None = Field(None, ge=1, le=86_400_000)
 
     @field_validator("stop")
     @classmethod

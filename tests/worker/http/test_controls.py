@@ -1,0 +1,345 @@
+"""Orchestrator controls with a scripted backend: auth, cancel by id, bounded admission,
+deadlines, drain, capacity, metrics and out-of-memory errors."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from fakes import FakeBackend
+from fastapi.testclient import TestClient
+
+from worker.backend.errors import OutOfMemoryError
+from worker.http.app import create_app
+from worker.settings import WorkerSettings
+
+VALID = {"job_id": "j1", "prompt": "Hi", "max_tokens": 5}
+TOKEN = "s3cret-token"
+LONG = "abcdefghij" * 5  # 50 tokens of the fake script
+
+
+def client_for(backend: FakeBackend, **settings) -> TestClient:
+    app = create_app(
+        backend, WorkerSettings(worker_id="w-test", **settings), model_path=lambda: __file__
+    )
+    return TestClient(app)
+
+
+@pytest.fixture
+def loaded() -> Iterator[Callable[..., TestClient]]:
+    """Opens clients (on a fresh app each) whose model has loaded; closes them after."""
+    opened: list[TestClient] = []
+
+    def open_client(backend: FakeBackend | None = None, **settings) -> TestClient:
+        client = client_for(backend or FakeBackend(), **settings).__enter__()
+        opened.append(client)
+        assert client.app.state.scheduler.wait_loaded(5)
+        return client
+
+    yield open_client
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+def events_of(response) -> list[dict]:
+    import json
+
+    frames = response.text.split("\n\n")[:-1]
+    return [json.loads(f.removeprefix("data: ")) for f in frames]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def in_background(client: TestClient, body: dict, **kwargs) -> tuple[threading.Thread, list]:
+    """POST /execute on a thread (the test client returns streams only once they end)."""
+    out: list = []
+    thread = threading.Thread(
+        target=lambda: out.append(client.post("/execute", json=body, **kwargs)), daemon=True
+    )
+    thread.start()
+    return thread, out
+
+
+# -- authentication -----------------------------------------------------------------------
+
+
+def test_routes_need_the_bearer_token(loaded):
+    client = loaded(api_token=TOKEN)
+    response = client.post("/execute", json=VALID)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    [error] = response.json()["errors"]
+    assert error["code"] == "UNAUTHORIZED" and error["message"] == "missing bearer token"
+    for headers in ({"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+        response = client.post("/execute", json=VALID, headers=headers)
+        assert response.status_code == 401
+        assert TOKEN not in response.text
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/execute", json=VALID, headers=good).status_code == 200
+    assert client.post("/execute", json=VALID, headers={"authorization": f"bearer {TOKEN}"})
+    for path in ("/capacity", "/metrics", "/docs", "/openapi.json", "/nowhere"):
+        assert client.get(path).status_code == 401, path
+    assert client.get("/capacity", headers=good).status_code == 200
+
+
+def test_health_and_ready_stay_open(loaded):
+    client = loaded(api_token=TOKEN)
+    assert client.get("/health").status_code == 200
+    assert client.get("/ready").json() == {"ready": True, "state": "ready"}
+
+
+def test_routes_added_later_are_covered_too(loaded):
+    client = loaded(api_token=TOKEN)
+
+    @client.app.get("/v1/added-later")
+    async def models() -> dict:
+        return {"data": []}
+
+    assert client.get("/v1/added-later").status_code == 401
+    assert client.get("/v1/added-later", headers={"Authorization": f"Bearer {TOKEN}"}).json() == {
+        "data": []
+    }
+
+
+def test_the_token_is_compared_in_constant_time(loaded, monkeypatch):
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+    client = loaded(api_token=TOKEN)
+    assert client.get("/capacity", headers={"Authorization": "Bearer guess"}).status_code == 401
+    assert calls == [(b"guess", TOKEN.encode())]
+
+
+def test_no_token_configured_means_open(loaded):
+    assert loaded().get("/capacity").status_code == 200
+
+
+def test_the_token_is_not_in_the_settings_repr():
+    settings = WorkerSettings(api_token=TOKEN)
+    assert TOKEN not in repr(settings) and TOKEN not in str(settings.model_dump())
+
+
+# -- cancel by id ---------------------------------------------------------------------------
+
+
+def test_delete_job_cancels_it(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02))
+    thread, out = in_background(client, VALID | {"max_tokens": 50})
+    wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
+    response = client.delete("/jobs/j1")
+    assert response.status_code == 202
+    assert response.json() == {"job_id": "j1", "state": "cancelling"}
+    thread.join(5)
+    events = events_of(out[0])
+    assert events[-1]["type"] == "end" and events[-1]["stop_reason"] == "CANCELLED"
+    assert events[-1]["tokens_out"] < 50
+
+
+def test_delete_a_queued_job(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02))
+    first, _ = in_background(client, VALID | {"max_tokens": 30})
+    wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
+    second, out = in_background(client, VALID | {"job_id": "j2"})
+    wait_for(lambda: client.get("/capacity").json()["queue"]["depth"] == 1)
+    assert client.delete("/jobs/j2").status_code == 202
+    second.join(5)
+    first.join(5)
+    assert events_of(out[0])[-1]["stop_reason"] == "CANCELLED"
+
+
+def test_delete_unknown_job_is_404(loaded):
+    response = loaded().delete("/jobs/nobody")
+    assert response.status_code == 404
+    [error] = response.json()["errors"]
+    assert error["code"] == "NOT_FOUND" and "nobody" in error["message"]
+
+
+# -- bounded admission ----------------------------------------------------------------------
+
+
+def test_full_queue_is_429_with_retry_after(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02), max_queue=1)
+    first, _ = in_background(client, VALID | {"max_tokens": 30})
+    wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
+    second, _ = in_background(client, VALID | {"job_id": "j2"})
+    wait_for(lambda: client.get("/capacity").json()["queue"]["depth"] == 1)
+    response = client.post("/execute", json=VALID | {"job_id": "j3"})
+    assert response.status_code == 429
+    assert int(response.headers["retry-after"]) >= 1
+    [error] = response.json()["errors"]
+    assert error["code"] == "QUEUE_FULL"
+    first.join(5)
+    second.join(5)
+    assert (
+        'llorch_requests_total{outcome="rejected",reason="429"} 1.0' in client.get("/metrics").text
+    )
+
+
+# -- deadlines ------------------------------------------------------------------------------
+
+
+def test_timeout_ends_the_stream_with_a_timeout_error(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02))
+    response = client.post("/execute", json=VALID | {"max_tokens": 50, "timeout_ms": 100})
+    assert response.status_code == 200
+    events = events_of(response)
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "TIMEOUT"
+    assert not any(e["type"] == "end" for e in events)
+
+
+def test_timeout_ms_must_be_positive(loaded):
+    response = loaded().post("/execute", json=VALID | {"timeout_ms": 0})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "timeout_ms"
+
+
+# -- drain ----------------------------------------------------------------------------------
+
+
+def test_drain_refuses_new_work_and_finishes_in_flight(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02))
+    thread, out = in_background(client, VALID | {"max_tokens": 20})
+    wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
+    assert client.post("/drain").status_code == 202
+    response = client.post("/execute", json=VALID | {"job_id": "late"})
+    assert response.status_code == 503
+    assert response.json()["errors"][0]["code"] == "DRAINING"
+    assert client.get("/capacity").json()["state"] == "draining"
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["state"] in ("draining", "drained")
+    thread.join(5)
+    events = events_of(out[0])
+    assert events[-1]["type"] == "end" and events[-1]["stop_reason"] == "MAX_TOKENS"
+    assert events[-1]["tokens_out"] == 20
+    wait_for(lambda: client.get("/ready").json()["state"] == "drained")
+    assert client.get("/ready").json() == {"ready": False, "state": "drained"}
+    assert client.get("/health").status_code == 200
+
+
+# -- capacity -------------------------------------------------------------------------------
+
+
+def test_capacity_shape(loaded):
+    body = loaded(max_queue=7).get("/capacity").json()
+    assert body == {
+        "state": "ready",
+        "slots": {"total": body["slots"]["total"], "busy": 0},
+        "queue": {"depth": 0, "max": 7},
+        "kv": {"used": 0, "total": body["kv"]["total"]},
+        "ctx_per_slot": 64,
+        "model": {"sha256": "0" * 64, "architecture": "fake"},
+    }
+    assert body["slots"]["total"] >= 1 and body["kv"]["total"] >= 64
+
+
+def test_capacity_while_loading():
+    gate = threading.Event()
+    with client_for(FakeBackend(load_gate=gate)) as client:
+        body = client.get("/capacity").json()
+        assert body["state"] == "loading" and body["model"] is None
+        gate.set()
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in metrics:\n{text}")
+
+
+def test_metrics_move_after_a_request(loaded):
+    client = loaded()
+    before = client.get("/metrics")
+    assert before.status_code == 200
+    assert before.headers["content-type"].startswith("text/plain")
+    assert sample(before.text, "llorch_generated_tokens_total") == 0
+    assert client.post("/execute", json=VALID).status_code == 200
+    assert client.post("/execute", json=VALID | {"max_tokens": 0}).status_code == 400
+    text = client.get("/metrics").text
+    assert sample(text, 'llorch_requests_total{outcome="finished",reason="MAX_TOKENS"}') == 1
+    assert sample(text, 'llorch_requests_total{outcome="rejected",reason="400"}') == 1
+    assert sample(text, "llorch_prompt_tokens_total") == 2
+    assert sample(text, "llorch_generated_tokens_total") == 5
+    assert sample(text, "llorch_time_to_first_token_seconds_count") == 1
+    assert sample(text, "llorch_inter_token_latency_seconds_count") == 4
+    assert sample(text, "llorch_queue_depth") == 0
+    assert sample(text, "llorch_slots_busy") == 0
+    assert sample(text, "llorch_kv_cells_used") == 0
+    capacity = client.get("/capacity").json()
+    assert sample(text, "llorch_kv_cells_total") == capacity["kv"]["total"]
+    assert sample(text, "llorch_slots_total") == capacity["slots"]["total"]
+    assert sample(text, "llorch_model_load_seconds") >= 0
+
+
+def test_gauges_are_read_at_scrape_time(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02))
+    thread, _ = in_background(client, VALID | {"max_tokens": 30})
+    wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
+    text = client.get("/metrics").text
+    assert sample(text, "llorch_slots_busy") == 1
+    assert sample(text, "llorch_queue_depth") == 0
+    thread.join(5)
+
+
+def test_two_apps_in_one_process_keep_their_own_metrics(loaded):
+    first, second = loaded(), loaded()
+    assert first.post("/execute", json=VALID).status_code == 200
+    assert sample(first.get("/metrics").text, "llorch_generated_tokens_total") == 5
+    assert sample(second.get("/metrics").text, "llorch_generated_tokens_total") == 0
+
+
+def test_failed_jobs_are_counted_by_code(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02))
+    client.post("/execute", json=VALID | {"max_tokens": 50, "timeout_ms": 50})
+    text = client.get("/metrics").text
+    assert sample(text, 'llorch_requests_total{outcome="failed",reason="TIMEOUT"}') == 1
+
+
+# -- out of memory --------------------------------------------------------------------------
+
+
+class _OomBackend(FakeBackend):
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        if self.when == "tokenize":
+            raise OutOfMemoryError("could not allocate the batch")
+        return super().tokenize(text, add_special)
+
+    def generate(self, request, cancelled):
+        if self.when == "generate":
+            raise OutOfMemoryError("could not allocate the KV cache")
+        yield from super().generate(request, cancelled)
+
+
+def test_out_of_memory_before_streaming_is_503(loaded):
+    response = loaded(_OomBackend("tokenize")).post("/execute", json=VALID)
+    assert response.status_code == 503
+    assert response.json()["errors"][0]["code"] == "VRAM_OOM"
+
+
+def test_out_of_memory_while_generating_is_an_error_event(loaded):
+    events = events_of(loaded(_OomBackend("generate")).post("/execute", json=VALID))
+    assert events[-1] == {
+        "type": "error",
+        "code": "VRAM_OOM",
+        "message": "could not allocate the KV cache",
+    }

@@ -1,0 +1,54 @@
+"""Bearer-token authentication for every route but the probes.
+
+It is ASGI middleware rather than a per-route dependency so that it covers every route of the
+app, including routers added later (/v1/...), the OpenAPI docs and unknown paths alike.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from pydantic import SecretStr
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from worker.http.errors import Unauthorized, response_for
+
+# Liveness and readiness probes come from supervisors that hold no token.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class BearerAuth:
+    def __init__(self, app: ASGIApp, token: SecretStr) -> None:
+        self.app = app
+        self._expected = token.get_secret_value().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        if not self._accepts(bearer_token(header)):
+            message = "missing bearer token" if header is None else "invalid bearer token"
+            await response_for(Unauthorized(message))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _accepts(self, token: str | None) -> bool:
+        if token is None:
+            return False
+        # Constant time: the comparison must not leak how much of a guess was right.
+        return hmac.compare_digest(token.encode(), self._expected)

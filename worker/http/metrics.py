@@ -1,0 +1,114 @@
+"""Prometheus metrics of one app (GET /metrics).
+
+Each app owns its CollectorRegistry, so two apps in one process (tests, several models) never
+share or collide on metrics. Counters and latency histograms are fed by the HTTP layer from
+each job's events; gauges are read from the scheduler when the registry is scraped, so they are
+never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker.scheduler import Scheduler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds. First tokens wait for the queue and the prompt; later ones only for one decode step.
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _SchedulerCollector(Collector):
+    """Gauges read from Scheduler.capacity() at scrape time."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        capacity = self._scheduler.capacity()
+        gauges = (
+            ("llorch_queue_depth", "Requests waiting for a slot", capacity.queue_depth),
+            (
+                "llorch_queue_max",
+                "Requests that may wait before new ones get 429",
+                capacity.queue_max,
+            ),
+            ("llorch_slots_busy", "Slots generating", capacity.slots_busy),
+            ("llorch_slots_total", "Slots (sequences generated at once)", capacity.slots_total),
+            ("llorch_kv_cells_used", "KV cache cells holding live tokens", capacity.kv_used),
+            ("llorch_kv_cells_total", "KV cache cells", capacity.kv_total),
+        )
+        for name, doc, value in gauges:
+            yield GaugeMetricFamily(name, doc, value=value)
+        load_seconds = self._scheduler.load_seconds
+        if load_seconds is not None:
+            yield GaugeMetricFamily(
+                "llorch_model_load_seconds", "Time the model took to load", value=load_seconds
+            )
+
+
+class WorkerMetrics:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llorch_requests",
+            "Generation requests by outcome: finished (reason: stop_reason), failed (reason: "
+            "error code) or rejected before streaming (reason: HTTP status)",
+            ("outcome", "reason"),
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "llorch_prompt_tokens", "Prompt tokens admitted", registry=self.registry
+        )
+        self.generated_tokens = Counter(
+            "llorch_generated_tokens", "Tokens generated", registry=self.registry
+        )
+        self.time_to_first_token = Histogram(
+            "llorch_time_to_first_token_seconds",
+            "From admission to the first generated token (queueing and prompt included)",
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token_latency = Histogram(
+            "llorch_inter_token_latency_seconds",
+            "Between consecutive generated tokens of one request",
+            buckets=_ITL_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_SchedulerCollector(scheduler))
+
+    def finished(self, stop_reason: str) -> None:
+        self.requests.labels("finished", stop_reason).inc()
+
+    def failed(self, code: str) -> None:
+        self.requests.labels("failed", code).inc()
+
+    def rejected(self, status: int) -> None:
+        self.requests.labels("rejected", str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class TokenTimer:
+    """Time-to-first-token and inter-token latency of one job, from the times its token events
+    left the model thread (stamped in the sink, so a slow reader does not skew them)."""
+
+    def __init__(self, metrics: WorkerMetrics, admitted_at: float) -> None:
+        self._metrics = metrics
+        self._last = admitted_at
+        self._first = True
+
+    def token(self, at: float) -> None:
+        self._metrics.generated_tokens.inc()
+        if self._first:
+            self._metrics.time_to_first_token.observe(max(0.0, at - self._last))
+            self._first = False
+        else:
+            self._metrics.inter_token_latency.observe(max(0.0, at - self._last))
+        self._last = at
