@@ -362,3 +362,10 @@ def test_a_failure_mid_generation():
         assert "[DONE]" not in chunks  # the stream ends with the error, as OpenAI's does
         assert chunks[-1]["error"]["type"] == "server_error"
         assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks[:-1]) == "He"
+
+
+def test_developer_role_is_the_system_role(client, backend):
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert client.post("/v1/chat/completions", json={"messages": messages}).status_code == 200
+    prompt = "".join(chr(t) for t in backend.requests[0].prompt_tokens)
+    assert prompt.startswith("<system>Be brief.</system>")
