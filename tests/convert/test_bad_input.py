@@ -167,3 +167,21 @@ def test_unknown_outtype(base: Path, tmp_path: Path, capsys: Any) -> None:
     assert main(["convert", str(src), "-o", str(out), "--outtype", "q9_z"]) == 2
     err = capsys.readouterr().err
     assert "'q9_z'" in err and "q4_k_m" in err and not out.exists()
+
+
+def test_missing_expert(tmp_path: Path, capsys: Any, helpers: Any) -> None:
+    built = helpers.build_checkpoint(
+        tmp_path / "moe",
+        "MixtralForCausalLM",
+        "MixtralConfig",
+        {**TINY, "num_local_experts": 2, "num_experts_per_tok": 1},
+    )
+    weights = built.folder / "model.safetensors"
+    from safetensors.numpy import load_file
+
+    tensors = load_file(weights)
+    del tensors["model.layers.1.block_sparse_moe.experts.1.w3.weight"]
+    save_file(tensors, weights)
+    capsys.readouterr()  # drop the checkpoint builder's progress output
+    line = _run(capsys, built.folder, tmp_path / "o.gguf")
+    assert "layer 1 lacks w3 of experts [1]" in line
