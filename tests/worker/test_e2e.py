@@ -186,12 +186,12 @@ def test_unreachable_callback_is_not_fatal(tmp_path):
         assert proc.stop() == 0
 
 
-def test_sigterm_cancels_in_flight_work_and_exits_0(tmp_path):
+def test_sigterm_drains_in_flight_work_and_exits_0(tmp_path):
     proc = start_worker(tmp_path)
     events: list[dict] = []
 
     def consume() -> None:
-        body = {"job_id": "long", "prompt": "Once upon a time", "max_tokens": 1500}
+        body = {"job_id": "long", "prompt": "Once upon a time", "max_tokens": 200}
         with httpx.stream("POST", f"{proc.url}/execute", json=body, timeout=60) as response:
             events.extend(sse_events(response))
 
@@ -200,7 +200,18 @@ def test_sigterm_cancels_in_flight_work_and_exits_0(tmp_path):
     while not any(e["type"] == "token" for e in events):
         time.sleep(0.01)
     proc.process.send_signal(signal.SIGTERM)
-    assert proc.process.wait(30) == 0
+    # Still listening while it drains: probes answer, new work is refused.
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{proc.url}/ready").json()["state"] != "draining":
+        assert time.monotonic() < deadline, "SIGTERM did not start a drain"
+        time.sleep(0.01)
+    late = httpx.post(
+        f"{proc.url}/execute", json={"job_id": "late", "prompt": "Hi", "max_tokens": 2}
+    )
+    assert late.status_code == 503 and late.json()["errors"][0]["code"] == "DRAINING"
+    assert proc.process.wait(60) == 0
     reader.join(10)
-    assert events[-1]["type"] == "end" and events[-1]["stop_reason"] == "CANCELLED"
+    # The in-flight generation finished on its own terms.
+    assert events[-1]["type"] == "end" and events[-1]["stop_reason"] in ("MAX_TOKENS", "EOS")
+    assert events[-1]["tokens_out"] == len([e for e in events if e["type"] == "token"])
     assert "Traceback" not in proc.output()
