@@ -17,9 +17,51 @@ from worker.backend.protocol import (
     GenerationRequest,
     LoadOptions,
     ModelInfo,
+    SequenceFailed,
     StopReason,
     TokenEvent,
 )
+
+
+class IteratorDecoder:
+    """A BatchDecoder over a backend's generate(): each step advances every sequence by one
+    event, round robin, the way the real decoder advances every sequence by one token."""
+
+    def __init__(self, backend: FakeBackend, n_slots: int) -> None:
+        self.backend = backend
+        self.n_slots = n_slots
+        self.ctx_per_slot = backend.n_ctx
+        self._live: dict[object, Iterator[GenerationEvent]] = {}
+        self._cancelled: set[object] = set()
+
+    def free_slots(self) -> int:
+        return self.n_slots - len(self._live)
+
+    def add(self, key: object, request: GenerationRequest) -> None:
+        assert self.free_slots() > 0
+        events = self.backend.generate(request, lambda: key in self._cancelled)
+        self._live[key] = events
+
+    def cancel(self, key: object) -> None:
+        self._cancelled.add(key)
+
+    def step(self) -> list[tuple[object, GenerationEvent | SequenceFailed]]:
+        out: list[tuple[object, GenerationEvent | SequenceFailed]] = []
+        for key, events in list(self._live.items()):
+            try:
+                event = next(events)
+            except Exception as exc:
+                del self._live[key]
+                out.append((key, SequenceFailed(exc)))
+                continue
+            out.append((key, event))
+            if isinstance(event, FinishEvent):
+                del self._live[key]
+                self._cancelled.discard(key)
+        return out
+
+    def kv_used(self) -> int:
+        return 0
 
 
 class FakeBackend:
@@ -34,6 +76,7 @@ class FakeBackend:
         load_error: str | None = None,
         n_ctx: int = 64,
         builtin_template: bool = True,
+        parallel: int = 1,
         chat_template: str | None = None,
     ) -> None:
         self.builtin_template = builtin_template
@@ -46,6 +89,8 @@ class FakeBackend:
         self.loaded = False
         self.closed = False
         self.requests: list[GenerationRequest] = []
+        self.parallel = parallel
+        self._decoder: IteratorDecoder | None = None
 
     def load(self, path: Path, options: LoadOptions) -> ModelInfo:
         if self.load_gate is not None:
@@ -105,6 +150,11 @@ class FakeBackend:
         n = min(len(self.script), request.max_tokens)
         reason = StopReason.MAX_TOKENS if n == request.max_tokens else StopReason.EOS
         yield FinishEvent(reason, n, 2.0, len(request.prompt_tokens), seed=request.sampling.seed)
+
+    def decoder(self) -> IteratorDecoder:
+        if self._decoder is None:
+            self._decoder = IteratorDecoder(self, self.parallel)
+        return self._decoder
 
     def builtin_chat_template(
         self, messages: Sequence[ChatMessage], add_generation_prompt: bool

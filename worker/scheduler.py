@@ -28,6 +28,7 @@ from worker.backend.errors import (
 )
 from worker.backend.protocol import (
     BackendInfo,
+    BatchDecoder,
     ChatMessage,
     FinishEvent,
     GenerationEvent,
@@ -36,6 +37,7 @@ from worker.backend.protocol import (
     ModelBackend,
     ModelInfo,
     SamplingParams,
+    SequenceFailed,
     StopReason,
 )
 
@@ -85,7 +87,7 @@ JobEvent = JobStarted | GenerationEvent | JobFailed
 Sink = Callable[[JobEvent], None]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a job is a key of the decoder's tables
 class Job:
     job_id: str
     request: GenerationRequest
@@ -127,10 +129,11 @@ class Scheduler:
         self._error: str | None = None
         self._ready = threading.Event()  # set once loading ended, well or not
         self._stopping = threading.Event()
-        self._active: Job | None = None
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}  # queued and running, by job id
-        self._active_kv_cells = 0
+        self._running: list[Job] = []  # jobs holding a slot, in admission order
+        self._kv_used = 0  # snapshot after each step, read by capacity()
+        self._slots_total = 1
         self._draining = False
         self._idle = threading.Condition(self._lock)
         self.max_queue = max_queue
@@ -183,27 +186,23 @@ class Scheduler:
     def capacity(self) -> Capacity:
         model = self.model
         with self._lock:
-            busy = 1 if self._active is not None else 0
+            busy = len(self._running)
             queued = len(self._jobs) - busy
-            kv_used = self._active_kv_cells
         n_ctx = model.n_ctx if model else 0
         return Capacity(
             state=self.state.value,
-            slots_total=1,
+            slots_total=self._slots_total,
             slots_busy=busy,
             queue_depth=queued,
             queue_max=self.max_queue,
-            kv_used=kv_used,
-            kv_total=n_ctx,
+            kv_used=self._kv_used,
+            kv_total=n_ctx * self._slots_total,
             ctx_per_slot=n_ctx,
         )
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel queued and running jobs, close the model, and join the thread."""
-        self._stopping.set()
-        with self._lock:
-            if self._active is not None:
-                self._active.cancel()
+        self.cancel_all()
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -253,7 +252,7 @@ class Scheduler:
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
         job = Job(job_id, request, sink, deadline)
         with self._lock:
-            waiting = len(self._jobs) - (1 if self._active is not None else 0)
+            waiting = len(self._jobs) - len(self._running)
             if waiting >= self.max_queue:
                 raise QueueFullError(waiting, self.max_queue)
             self._jobs[job_id] = job
@@ -279,12 +278,19 @@ class Scheduler:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        with self._lock:
+            return len(self._jobs) - len(self._running)
+
+    @property
+    def active_job_ids(self) -> list[str]:
+        with self._lock:
+            return [job.job_id for job in self._running]
 
     @property
     def active_job_id(self) -> str | None:
-        job = self._active
-        return job.job_id if job else None
+        """The oldest running job (None when idle)."""
+        ids = self.active_job_ids
+        return ids[0] if ids else None
 
     # -- the owner thread ------------------------------------------------------------------
 
@@ -316,54 +322,110 @@ class Scheduler:
             self._ready.set()
 
     def _serve(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None or self._stopping.is_set():
-                if job is not None:
-                    self._fail(job, ShuttingDownError("the worker is shutting down"))
-                return
-            self._execute(job)
+        """The engine loop: fill free slots from the queue, decode one step, route events."""
+        decoder = self._backend.decoder()
+        self._slots_total = decoder.n_slots
+        stop_seen = False
+        while not (stop_seen and not self._running):
+            while not stop_seen and decoder.free_slots() > 0:
+                try:
+                    # Block only when there is nothing to decode.
+                    job = self._queue.get(block=not self._running)
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop_seen = True
+                    break
+                self._start(decoder, job)
+            for job in self._running:
+                if job.cancelled or self._stopping.is_set():
+                    decoder.cancel(job)
+            if not self._running:
+                continue
+            try:
+                events = decoder.step()
+            except Exception as exc:  # a bug, not a request's fault: fail the batch, go on
+                log.exception("decode step failed")
+                for job in list(self._running):
+                    self._end(job, JobFailed(InferenceError(f"{type(exc).__name__}: {exc}")))
+                continue
+            for key, event in events:
+                self._route(key, event)
+            self._kv_used = decoder.kv_used()
 
-    def _execute(self, job: Job) -> None:
-        with self._lock:
-            self._active = job
-            self._active_kv_cells = len(job.request.prompt_tokens)
-        try:
-            if job.cancelled and job.cancel_reason is CancelReason.TIMEOUT:
-                raise DeadlineExceededError("the request's timeout passed while it was queued")
-            if job.cancelled:
+    def _start(self, decoder: BatchDecoder, job: Job) -> None:
+        if self._stopping.is_set():
+            self._fail(job, ShuttingDownError("the worker is shutting down"))
+            return
+        if job.cancelled:
+            if job.cancel_reason is CancelReason.TIMEOUT:
+                self._fail(job, DeadlineExceededError("the timeout passed while it was queued"))
+            else:
                 # Cancelled while queued: report it without touching the model.
                 job.sink(JobStarted(job.job_id, time.time()))
-                job.sink(FinishEvent(StopReason.CANCELLED, 0, 0.0, len(job.request.prompt_tokens)))
-                return
-            job.sink(JobStarted(job.job_id, time.time()))
-            cancelled = lambda: job.cancelled or self._stopping.is_set()  # noqa: E731
-            for event in self._backend.generate(job.request, cancelled):
-                if isinstance(event, FinishEvent) and job.cancel_reason is CancelReason.TIMEOUT:
-                    raise DeadlineExceededError(
-                        f"the request's timeout passed after {event.tokens_out} tokens"
-                    )
-                if not isinstance(event, FinishEvent):
-                    self._active_kv_cells += 1
-                job.sink(event)
+                prompt = len(job.request.prompt_tokens)
+                self._finish(job, FinishEvent(StopReason.CANCELLED, 0, 0.0, prompt))
+            return
+        try:
+            decoder.add(job, job.request)
         except WorkerError as exc:
             self._fail(job, exc)
+            return
         except Exception as exc:
-            log.exception("generation of job %s failed", job.job_id)
+            log.exception("could not start job %s", job.job_id)
             self._fail(job, InferenceError(f"{type(exc).__name__}: {exc}"))
-        finally:
-            with self._lock:
-                self._active = None
-                self._active_kv_cells = 0
-                if self._jobs.get(job.job_id) is job:
-                    del self._jobs[job.job_id]
-                self._idle.notify_all()
+            return
+        with self._lock:
+            self._running.append(job)
+        job.sink(JobStarted(job.job_id, time.time()))
 
-    def _fail(self, job: Job, error: WorkerError) -> None:
+    def _route(self, key: object, event: GenerationEvent | SequenceFailed) -> None:
+        assert isinstance(key, Job)
+        job = key
+        if isinstance(event, SequenceFailed):
+            error = event.error
+            if not isinstance(error, WorkerError):
+                error = InferenceError(f"{type(error).__name__}: {error}")
+            self._end(job, JobFailed(error))
+        elif isinstance(event, FinishEvent):
+            if job.cancel_reason is CancelReason.TIMEOUT:
+                timeout = DeadlineExceededError(
+                    f"the timeout passed after {event.tokens_out} generated tokens"
+                )
+                self._end(job, JobFailed(timeout))
+            else:
+                self._end(job, event)
+        else:
+            self._emit(job, event)
+
+    def _emit(self, job: Job, event: JobEvent) -> None:
+        try:
+            job.sink(event)
+        except Exception:
+            log.exception("the sink of job %s failed; cancelling it", job.job_id)
+            job.cancel()
+
+    def _end(self, job: Job, event: FinishEvent | JobFailed) -> None:
+        with self._lock:
+            if job in self._running:
+                self._running.remove(job)
+        if isinstance(event, JobFailed):
+            self._fail(job, event.error)
+        else:
+            self._finish(job, event)
+
+    def _finish(self, job: Job, event: FinishEvent) -> None:
+        self._forget(job)
+        self._emit(job, event)
+
+    def _forget(self, job: Job) -> None:
         with self._lock:
             if self._jobs.get(job.job_id) is job:
                 del self._jobs[job.job_id]
             self._idle.notify_all()
+
+    def _fail(self, job: Job, error: WorkerError) -> None:
+        self._forget(job)
         try:
             job.sink(JobFailed(error))
         except Exception:

@@ -77,3 +77,9 @@ class OutOfMemoryError(WorkerError):
 
 class NoChatTemplateError(WorkerError):
     code = "INVALID_REQUEST"
+
+
+class InvalidRequestError(WorkerError):
+    """A request that is well-formed JSON but that the model cannot run (bad grammar, ...)."""
+
+    code = "INVALID_REQUEST"

@@ -10,15 +10,19 @@ import ctypes
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as ll
 
-from worker.backend import sampling, system
-from worker.backend.errors import ContextOverflowError, InferenceError, ModelLoadError
+from worker.backend import system
+from worker.backend.batch import LlamaBatchDecoder
+from worker.backend.errors import (
+    ContextOverflowError,
+    InferenceError,
+    ModelLoadError,
+    OutOfMemoryError,
+)
 from worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
@@ -27,10 +31,8 @@ from worker.backend.protocol import (
     GenerationRequest,
     LoadOptions,
     ModelInfo,
-    StopReason,
-    TokenEvent,
+    SequenceFailed,
 )
-from worker.backend.text import IncrementalText
 
 _backend_initialised = False
 _native_log = logging.getLogger("llorch.llama_cpp")
@@ -97,7 +99,7 @@ class LlamaCppBackend:
         self._model: ll.llama_model_p | None = None
         self._ctx: ll.llama_context_p | None = None
         self._vocab: ll.llama_vocab_p | None = None
-        self._batch: ll.llama_batch | None = None
+        self._decoder: LlamaBatchDecoder | None = None
         self._n_batch = 0
         self._info: ModelInfo | None = None
 
@@ -129,25 +131,40 @@ class LlamaCppBackend:
     def _create_context(self, options: LoadOptions) -> None:
         assert self._model is not None
         n_ctx_train = ll.llama_model_n_ctx_train(self._model)
-        n_ctx = options.ctx_size or n_ctx_train
+        per_slot = options.ctx_size or n_ctx_train
+        parallel = max(1, options.parallel)
         threads = options.threads or default_threads()
         params = ll.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = min(options.batch_size, n_ctx)
-        params.n_ubatch = params.n_batch
-        params.n_seq_max = 1
+        params.n_ctx = per_slot * parallel
+        params.n_batch = options.batch_size
+        params.n_ubatch = options.batch_size
+        params.n_seq_max = parallel
+        # One KV stream per sequence: each slot owns exactly ctx_size cells, so a request
+        # admitted against ctx_size can never run out of room because of its neighbours.
+        params.kv_unified = False
+        # Keep the whole window of sliding-window layers (Gemma 2/3): dropping a cached
+        # suffix for prefix reuse needs it (llama.cpp PR 13194).
+        params.swa_full = True
         params.n_threads = threads
         params.n_threads_batch = threads
         ctx = ll.llama_init_from_model(self._model, params)
         if not ctx:
-            raise ModelLoadError(
-                f"llama.cpp could not create a context of {n_ctx} tokens "
-                "(out of memory? try a smaller --ctx-size)"
+            raise OutOfMemoryError(
+                f"llama.cpp could not create a context of {parallel} x {per_slot} tokens "
+                "(out of memory? try a smaller --ctx-size or --parallel)"
             )
         self._ctx = ctx
         self._vocab = ll.llama_model_get_vocab(self._model)
         self._n_batch = ll.llama_n_batch(ctx)
-        self._batch = ll.llama_batch_init(self._n_batch, 0, 1)
+        self._decoder = LlamaBatchDecoder(
+            ctx,
+            self._vocab,
+            ll.llama_vocab_n_tokens(self._vocab),
+            self._n_batch,
+            parallel,
+            ll.llama_n_ctx_seq(ctx),
+            self.token_bytes,
+        )
 
     def _meta(self, key: str) -> str:
         buf = ctypes.create_string_buffer(4096)
@@ -177,13 +194,21 @@ class LlamaCppBackend:
             size_bytes=path.stat().st_size,
             n_params=ll.llama_model_n_params(self._model),
             n_ctx_train=ll.llama_model_n_ctx_train(self._model),
-            n_ctx=ll.llama_n_ctx(self._ctx),
+            n_ctx=ll.llama_n_ctx_seq(self._ctx),
             n_vocab=ll.llama_vocab_n_tokens(self._vocab),
             n_gpu_layers=options.n_gpu_layers,
             sha256=file_sha256(path),
             chat_template=template.decode("utf-8", "replace") if template else None,
+            bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)),
+            eos_token=self._token_text(ll.llama_vocab_eos(self._vocab)),
             metadata=metadata,
         )
+
+    def _token_text(self, token: int) -> str | None:
+        if token < 0:  # LLAMA_TOKEN_NULL: the vocabulary has no such token
+            return None
+        text = ll.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", "replace") if text else None
 
     def info(self) -> ModelInfo:
         if self._info is None:
@@ -225,105 +250,31 @@ class LlamaCppBackend:
 
     # -- generation ------------------------------------------------------------------------
 
-    def _decode(self, tokens: Sequence[int], start_pos: int, logits_last: bool) -> None:
-        batch = self._batch
-        assert batch is not None
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = start_pos + i  # type: ignore[call-overload]
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = 0
-        if logits_last:
-            batch.logits[len(tokens) - 1] = 1
-        batch.n_tokens = len(tokens)
-        rc = ll.llama_decode(self._ctx, batch)
-        if rc != 0:
-            raise InferenceError(f"llama_decode failed with status {rc} at position {start_pos}")
+    def decoder(self) -> LlamaBatchDecoder:
+        if self._decoder is None:
+            raise ModelLoadError("no model loaded")
+        return self._decoder
 
     def generate(
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[GenerationEvent]:
-        info = self.info()
-        prompt = request.prompt_tokens
-        if not prompt:
-            raise InferenceError("empty prompt: nothing to condition on")
-        if len(prompt) + request.max_tokens > info.n_ctx:
-            raise ContextOverflowError(len(prompt), request.max_tokens, info.n_ctx)
-        chain = sampling.build_chain(request.sampling, info.n_vocab, info.n_ctx)
-        try:
-            yield from self._generate(request, chain, cancelled)
-        finally:
-            sampling.free_chain(chain)
-
-    def _generate(
-        self,
-        request: GenerationRequest,
-        chain: sampling.SamplerChain,
-        cancelled: Callable[[], bool],
-    ) -> Iterator[GenerationEvent]:
-        prompt = request.prompt_tokens
-        # A fresh KV cache per request: stale state from the last one must never leak in.
-        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
-        started = time.perf_counter()
-
-        def finish(reason: StopReason, n_out: int, t0: float, matched: str | None = None):
-            now = time.perf_counter()
-            return FinishEvent(
-                stop_reason=reason,
-                tokens_out=n_out,
-                decode_time_ms=(now - t0) * 1000.0,
-                prompt_tokens=len(prompt),
-                seed=chain.seed,
-                stop_sequence_matched=matched,
-                prompt_time_ms=(t0 - started) * 1000.0,
+        """One request on its own through the batch decoder (needs the decoder idle)."""
+        decoder = self.decoder()
+        if len(request.prompt_tokens) + request.max_tokens > decoder.ctx_per_slot:
+            raise ContextOverflowError(
+                len(request.prompt_tokens), request.max_tokens, decoder.ctx_per_slot
             )
-
-        for start in range(0, len(prompt), self._n_batch):
-            if cancelled():
-                yield finish(StopReason.CANCELLED, 0, time.perf_counter())
-                return
-            chunk = prompt[start : start + self._n_batch]
-            self._decode(chunk, start, logits_last=start + len(chunk) == len(prompt))
-        for token in prompt:
-            ll.llama_sampler_accept(chain.handle, token)  # the penalties window sees the prompt
-
-        decode_started = time.perf_counter()
-        text = IncrementalText(request.stop)
-        # A token event whose text is still held back (partial character or stop prefix) waits
-        # for the next token, so that text released at the very end has an event to ride on.
-        pending: TokenEvent | None = None
-        n_out = 0
+        key = object()
+        decoder.add(key, request)
         while True:
             if cancelled():
-                reason = StopReason.CANCELLED
-                break
-            token = ll.llama_sampler_sample(chain.handle, self._ctx, -1)
-            if ll.llama_vocab_is_eog(self._vocab, token):
-                reason = StopReason.EOS
-                break
-            released, matched = text.push(self.token_bytes(token))
-            if pending is not None:
-                yield pending
-                pending = None
-            event = TokenEvent(index=n_out, token_id=token, text=released)
-            n_out += 1
-            if matched is not None:
+                decoder.cancel(key)
+            for _, event in decoder.step():
+                if isinstance(event, SequenceFailed):
+                    raise event.error
                 yield event
-                yield finish(StopReason.STOP_SEQUENCE, n_out, decode_started, matched)
-                return
-            if n_out >= request.max_tokens:
-                yield replace(event, text=released + text.flush())
-                yield finish(StopReason.MAX_TOKENS, n_out, decode_started)
-                return
-            if text.holding:
-                pending = event
-            else:
-                yield event
-            self._decode([token], len(prompt) + n_out - 1, logits_last=True)
-        if pending is not None:
-            yield replace(pending, text=pending.text + text.flush())
-        yield finish(reason, n_out, decode_started)
+                if isinstance(event, FinishEvent):
+                    return
 
     # -- chat ------------------------------------------------------------------------------
 
@@ -337,9 +288,9 @@ class LlamaCppBackend:
     # -- teardown --------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._batch is not None:
-            ll.llama_batch_free(self._batch)
-            self._batch = None
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
         if self._ctx is not None:
             ll.llama_free(self._ctx)
             self._ctx = None

@@ -44,7 +44,8 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    ctx_size: int = 4096  # 0: the model's training context
+    ctx_size: int = 4096  # per sequence; 0: the model's training context
+    parallel: int = 1  # sequences decoded together (slots), each with ctx_size tokens
     n_gpu_layers: int = 0  # -1: all layers
     threads: int | None = None  # None: the number of physical cores
     batch_size: int = 512
@@ -80,6 +81,14 @@ class FinishEvent:
     seed: int | None = None
     stop_sequence_matched: str | None = None
     prompt_time_ms: float = 0.0
+    prompt_cached: int = 0  # prompt tokens found in the KV cache and not ingested again
+
+
+@dataclass(frozen=True)
+class SequenceFailed:
+    """The sequence could not go on (decode failure, bad grammar, out of memory)."""
+
+    error: Exception
 
 
 GenerationEvent = TokenEvent | FinishEvent
@@ -129,6 +138,33 @@ class ChatMessage:
     content: str
 
 
+class BatchDecoder(Protocol):
+    """Decodes several sequences together: each step() runs one llama_decode over a batch
+    holding one token of every generating sequence and chunks of prompts being ingested."""
+
+    @property
+    def n_slots(self) -> int: ...
+
+    @property
+    def ctx_per_slot(self) -> int: ...
+
+    def free_slots(self) -> int: ...
+
+    def add(self, key: object, request: GenerationRequest) -> None:
+        """Start a sequence; its events carry `key`. Needs a free slot."""
+        ...
+
+    def cancel(self, key: object) -> None:
+        """End a sequence now; its FinishEvent (CANCELLED) comes from the next step()."""
+        ...
+
+    def step(self) -> list[tuple[object, GenerationEvent | SequenceFailed]]: ...
+
+    def kv_used(self) -> int:
+        """KV cells holding tokens of live sequences."""
+        ...
+
+
 class ModelBackend(Protocol):
     """A loaded model that generates text. Not thread-safe: one thread owns an instance."""
 
@@ -146,6 +182,10 @@ class ModelBackend(Protocol):
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[GenerationEvent]:
         """Yield one TokenEvent per generated token, then exactly one FinishEvent."""
+        ...
+
+    def decoder(self) -> BatchDecoder:
+        """The batch decoder over this model's context (one per loaded model)."""
         ...
 
     def builtin_chat_template(

@@ -1,9 +1,10 @@
 """SamplingParams -> llama.cpp's native sampler chain.
 
-The order follows llama.cpp's own common sampler (penalties, top-k, top-p, min-p, temperature,
-then the final pick), so the same parameters select the same tokens as llama-cli / llama-server.
-A sampler is added only when its parameter changes anything: a disabled sampler still walks
-the whole vocabulary (262k entries for Gemma 3) on every token.
+The order follows llama.cpp's own common sampler (grammar, logit bias, penalties, top-k,
+typical, top-p, min-p, temperature, then the final pick), so the same parameters select the
+same tokens as llama-cli / llama-server. A sampler is added only when its parameter changes
+anything: a disabled sampler still walks the whole vocabulary (262k entries for Gemma 3) on
+every token.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import llama_cpp as ll
 
+from worker.backend.errors import InvalidRequestError
 from worker.backend.protocol import SamplingParams
 
 # llama.h: LLAMA_DEFAULT_SEED asks the dist sampler for a random seed; never pass it on purpose.
@@ -23,6 +25,9 @@ _LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 class SamplerChain:
     handle: ll.llama_sampler_p
     seed: int | None  # None for greedy chains, which draw nothing
+    # The penalties sampler inside the chain, fed the prompt tokens on their own: the grammar
+    # sampler must only ever see generated tokens.
+    penalties: ll.llama_sampler_p | None = None
 
 
 def resolve_seed(params: SamplingParams) -> int:
@@ -33,24 +38,75 @@ def resolve_seed(params: SamplingParams) -> int:
     return random.randrange(_LLAMA_DEFAULT_SEED)
 
 
-def build_chain(params: SamplingParams, n_vocab: int, penalty_window: int) -> SamplerChain:
+def _uses_penalties(params: SamplingParams) -> bool:
+    return (
+        params.repetition_penalty != 1.0
+        or params.presence_penalty != 0.0
+        or params.frequency_penalty != 0.0
+    )
+
+
+def build_chain(
+    params: SamplingParams,
+    n_vocab: int,
+    penalty_window: int,
+    vocab: ll.llama_vocab_p | None = None,
+) -> SamplerChain:
     chain_params = ll.llama_sampler_chain_default_params()
     chain_params.no_perf = True
     chain = ll.llama_sampler_chain_init(chain_params)
-    add = lambda sampler: ll.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+    try:
+        return _fill(chain, params, n_vocab, penalty_window, vocab)
+    except BaseException:
+        ll.llama_sampler_free(chain)
+        raise
 
-    if params.repetition_penalty != 1.0:
+
+def _fill(
+    chain: ll.llama_sampler_p,
+    params: SamplingParams,
+    n_vocab: int,
+    penalty_window: int,
+    vocab: ll.llama_vocab_p | None,
+) -> SamplerChain:
+    def add(sampler: ll.llama_sampler_p) -> ll.llama_sampler_p:
+        ll.llama_sampler_chain_add(chain, sampler)
+        return sampler
+
+    if params.grammar is not None:
+        if vocab is None:
+            raise InvalidRequestError("a grammar needs the model's vocabulary")
+        grammar = ll.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+        if not grammar:
+            raise InvalidRequestError("the grammar does not parse (GBNF with a `root` rule)")
+        add(grammar)
+    if params.logit_bias:
+        bad = [t for t, _ in params.logit_bias if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidRequestError(f"logit_bias token ids outside 0..{n_vocab - 1}: {bad[:5]}")
+        biases = (ll.llama_logit_bias * len(params.logit_bias))()
+        for entry, (token, bias) in zip(biases, params.logit_bias, strict=True):
+            entry.token, entry.bias = token, bias
+        add(ll.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
+    penalties = None
+    if _uses_penalties(params):
         # Whole-context window, as Hugging Face's repetition_penalty looks at every input id.
-        add(
+        penalties = add(
             ll.llama_sampler_init_penalties(
-                n_vocab, penalty_window, params.repetition_penalty, 0.0, 0.0
+                n_vocab,
+                penalty_window,
+                params.repetition_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
             )
         )
     if params.greedy:
         add(ll.llama_sampler_init_greedy())
-        return SamplerChain(chain, None)
+        return SamplerChain(chain, None, penalties)
     if params.top_k > 0:
         add(ll.llama_sampler_init_top_k(params.top_k))
+    if params.typical_p < 1.0:
+        add(ll.llama_sampler_init_typical(params.typical_p, 1))
     if params.top_p < 1.0:
         add(ll.llama_sampler_init_top_p(params.top_p, 1))
     if params.min_p > 0.0:
@@ -58,7 +114,14 @@ def build_chain(params: SamplingParams, n_vocab: int, penalty_window: int) -> Sa
     add(ll.llama_sampler_init_temp(params.temperature))
     seed = resolve_seed(params)
     add(ll.llama_sampler_init_dist(seed))
-    return SamplerChain(chain, seed)
+    return SamplerChain(chain, seed, penalties)
+
+
+def accept_prompt(chain: SamplerChain, tokens: tuple[int, ...] | list[int]) -> None:
+    """Let the penalties see the prompt (Hugging Face penalises prompt tokens too)."""
+    if chain.penalties is not None:
+        for token in tokens:
+            ll.llama_sampler_accept(chain.penalties, token)
 
 
 def chain_names(chain: SamplerChain) -> list[str]:

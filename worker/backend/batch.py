@@ -1,0 +1,287 @@
+"""Continuous batching over one llama.cpp context.
+
+Every step() is one llama_decode of a batch that holds the last sampled token of each
+generating sequence plus chunks of the prompts being ingested, each sequence under its own
+seq_id, so a new request joins at the next step instead of waiting for the others to finish.
+A slot remembers the tokens its sequence left in the KV cache; a new prompt that starts with
+them skips re-ingesting that prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp as ll
+
+from worker.backend import sampling
+from worker.backend.errors import InferenceError, OutOfMemoryError
+from worker.backend.protocol import (
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    SequenceFailed,
+    StopReason,
+    TokenEvent,
+)
+from worker.backend.text import IncrementalText
+
+Emitted = list[tuple[object, GenerationEvent | SequenceFailed]]
+
+
+@dataclass
+class _Sequence:
+    """The state of one request while it occupies a slot."""
+
+    key: object
+    request: GenerationRequest
+    chain: sampling.SamplerChain
+    to_ingest: list[int]
+    reused: int
+    added_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float = 0.0
+    next_token: int | None = None  # sampled, still to be decoded
+    text: IncrementalText = field(init=False)
+    # A token event whose text is held back (partial character or stop prefix) waits for the
+    # next token, so text released at the very end has an event to ride on.
+    pending: TokenEvent | None = None
+    n_out: int = 0
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.text = IncrementalText(self.request.stop)
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens in the KV cache, positions 0..n-1
+    seq: _Sequence | None = None
+
+
+def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class LlamaBatchDecoder:
+    def __init__(
+        self,
+        ctx: ll.llama_context_p,
+        vocab: ll.llama_vocab_p,
+        n_vocab: int,
+        n_batch: int,
+        n_slots: int,
+        ctx_per_slot: int,
+        token_bytes: Callable[[int], bytes],
+    ) -> None:
+        self._ctx = ctx
+        self._vocab = vocab
+        self._n_vocab = n_vocab
+        self._n_batch = n_batch
+        self._ctx_per_slot = ctx_per_slot
+        self._token_bytes = token_bytes
+        self._slots = [_Slot(i) for i in range(n_slots)]
+        self._by_key: dict[object, _Slot] = {}
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def ctx_per_slot(self) -> int:
+        return self._ctx_per_slot
+
+    def free_slots(self) -> int:
+        return sum(1 for s in self._slots if s.seq is None)
+
+    def kv_used(self) -> int:
+        return sum(len(s.cached) for s in self._slots if s.seq is not None)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+
+    # -- admission -------------------------------------------------------------------------
+
+    def add(self, key: object, request: GenerationRequest) -> None:
+        prompt = request.prompt_tokens
+        if not prompt:
+            raise InferenceError("empty prompt: nothing to condition on")
+        free = [s for s in self._slots if s.seq is None]
+        if not free:
+            raise InferenceError("no free slot")
+        # The slot whose cached tokens share the longest prefix with this prompt.
+        slot = max(free, key=lambda s: common_prefix(s.cached, prompt))
+        chain = sampling.build_chain(
+            request.sampling, self._n_vocab, self._ctx_per_slot, self._vocab
+        )
+        sampling.accept_prompt(chain, prompt)
+        # At least one prompt token is decoded again: its logits give the first token.
+        keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+        memory = ll.llama_get_memory(self._ctx)
+        if keep < len(slot.cached) and not ll.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
+            # Some caches cannot drop a tail (llama.h); start this sequence from scratch.
+            ll.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+            keep = 0
+        del slot.cached[keep:]
+        slot.seq = _Sequence(key, request, chain, list(prompt[keep:]), reused=keep)
+        self._by_key[key] = slot
+
+    def cancel(self, key: object) -> None:
+        slot = self._by_key.get(key)
+        if slot is not None and slot.seq is not None:
+            slot.seq.cancelled = True
+
+    # -- one decode step -------------------------------------------------------------------
+
+    def step(self) -> Emitted:
+        out: Emitted = []
+        for slot in self._slots:
+            if slot.seq is not None and slot.seq.cancelled:
+                self._finish(slot, StopReason.CANCELLED, out)
+        outputs = self._fill_batch()
+        if self._batch.n_tokens == 0:
+            return out
+        rc = ll.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            self._fail_batch(rc, out)
+            return out
+        now = time.perf_counter()
+        for slot, index in outputs:
+            seq = slot.seq
+            assert seq is not None
+            if seq.first_token_at == 0.0:
+                seq.first_token_at = now
+            token = ll.llama_sampler_sample(seq.chain.handle, self._ctx, index)
+            self._on_token(slot, token, out)
+        return out
+
+    def _fill_batch(self) -> list[tuple[_Slot, int]]:
+        batch = self._batch
+        n = 0
+        outputs: list[tuple[_Slot, int]] = []
+
+        def put(token: int, slot: _Slot, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = len(slot.cached)
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot.seq_id
+            batch.logits[n] = logits
+            slot.cached.append(token)
+            n += 1
+
+        # One token for every generating sequence first, so they never wait on prompts.
+        for slot in self._slots:
+            seq = slot.seq
+            if seq is not None and seq.next_token is not None:
+                outputs.append((slot, n))
+                put(seq.next_token, slot, True)
+                seq.next_token = None
+        # Then prompt chunks, in slot order, as far as the batch has room.
+        for slot in self._slots:
+            seq = slot.seq
+            if seq is None or not seq.to_ingest or n >= self._n_batch:
+                continue
+            chunk = seq.to_ingest[: self._n_batch - n]
+            del seq.to_ingest[: len(chunk)]
+            for j, token in enumerate(chunk):
+                last = j == len(chunk) - 1 and not seq.to_ingest
+                if last:
+                    outputs.append((slot, n))
+                put(token, slot, last)
+        batch.n_tokens = n
+        return outputs
+
+    def _fail_batch(self, rc: int, out: Emitted) -> None:
+        if rc == 1:
+            error: Exception = OutOfMemoryError(
+                "llama.cpp found no room in the KV cache for the batch (status 1)"
+            )
+        else:
+            error = InferenceError(f"llama_decode failed with status {rc}")
+        memory = ll.llama_get_memory(self._ctx)
+        for slot in self._slots:
+            if slot.seq is not None:
+                # The cache may hold part of this batch: forget the whole sequence.
+                ll.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+                slot.cached.clear()
+                out.append((slot.seq.key, SequenceFailed(error)))
+                self._release(slot)
+
+    # -- per-token bookkeeping ---------------------------------------------------------------
+
+    def _on_token(self, slot: _Slot, token: int, out: Emitted) -> None:
+        seq = slot.seq
+        assert seq is not None
+        if ll.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, StopReason.EOS, out)
+            return
+        released, matched = seq.text.push(self._token_bytes(token))
+        if seq.pending is not None:
+            out.append((seq.key, seq.pending))
+            seq.pending = None
+        event = TokenEvent(index=seq.n_out, token_id=token, text=released)
+        seq.n_out += 1
+        if matched is not None:
+            out.append((seq.key, event))
+            self._finish(slot, StopReason.STOP_SEQUENCE, out, matched)
+        elif seq.n_out >= seq.request.max_tokens:
+            seq.pending = event
+            self._finish(slot, StopReason.MAX_TOKENS, out)
+        elif seq.text.holding:
+            seq.pending = event
+        else:
+            out.append((seq.key, event))
+            seq.next_token = token
+            return
+        if slot.seq is not None:  # held back, still generating
+            seq.next_token = token
+
+    def _finish(
+        self, slot: _Slot, reason: StopReason, out: Emitted, matched: str | None = None
+    ) -> None:
+        seq = slot.seq
+        assert seq is not None
+        if seq.pending is not None:
+            tail = seq.text.flush() if matched is None else ""
+            out.append(
+                (
+                    seq.key,
+                    TokenEvent(seq.pending.index, seq.pending.token_id, seq.pending.text + tail),
+                )
+            )
+            seq.pending = None
+        now = time.perf_counter()
+        started = seq.first_token_at or now
+        out.append(
+            (
+                seq.key,
+                FinishEvent(
+                    stop_reason=reason,
+                    tokens_out=seq.n_out,
+                    decode_time_ms=(now - started) * 1000.0,
+                    prompt_tokens=len(seq.request.prompt_tokens),
+                    seed=seq.chain.seed,
+                    stop_sequence_matched=matched,
+                    prompt_time_ms=(started - seq.added_at) * 1000.0,
+                    prompt_cached=seq.reused,
+                ),
+            )
+        )
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        seq = slot.seq
+        if seq is None:
+            return
+        sampling.free_chain(seq.chain)
+        self._by_key.pop(seq.key, None)
+        slot.seq = None
