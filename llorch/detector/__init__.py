@@ -27,7 +27,14 @@ from llorch.detector.errors import (
     UnsupportedArchitectureError,
 )
 from llorch.detector.safetensors import Checkpoint
-from llorch.detector.table import _BY_NAME, SUPPORTED, ArchRow, lookup, supported_names
+from llorch.detector.table import (
+    _BY_NAME,
+    BY_MODEL_TYPE,
+    SUPPORTED,
+    ArchRow,
+    lookup,
+    supported_names,
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,8 @@ def _detect_hf(source: str, folder: Path) -> Detection:
     archs = config.get("architectures") or []
     hf_arch = archs[0] if isinstance(archs, list) and archs else None
     model_type = config.get("model_type")
+    if hf_arch is None and isinstance(model_type, str) and model_type in BY_MODEL_TYPE:
+        hf_arch = BY_MODEL_TYPE[model_type].hf_name  # older configs carry only model_type
     params: int | None = None
     dtype: str | None = None
     weights_problem: str | None = None

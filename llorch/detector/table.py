@@ -21,6 +21,7 @@ class ArchRow:
     hf_name: str
     arch: gguf.MODEL_ARCH
     family: str  # module under convert.families
+    model_type: str  # config.json `model_type`, used when `architectures` is absent
     alias_of: str | None = None  # the canonical row this one reuses, if any
 
     @property
@@ -30,23 +31,25 @@ class ArchRow:
 
 _A = gguf.MODEL_ARCH
 SUPPORTED: tuple[ArchRow, ...] = (
-    ArchRow("LlamaForCausalLM", _A.LLAMA, "llama"),
-    # Mistral 7B v0.1-v0.3 is the Llama graph with sliding window unused by llama.cpp.
-    ArchRow("MistralForCausalLM", _A.LLAMA, "llama", alias_of="LlamaForCausalLM"),
+    ArchRow("LlamaForCausalLM", _A.LLAMA, "llama", "llama"),
+    # Mistral 7B is the Llama graph. v0.1's 4096-token sliding window is not applied by
+    # llama.cpp's llama arch (v0.2 and later have none).
+    ArchRow("MistralForCausalLM", _A.LLAMA, "llama", "mistral", alias_of="LlamaForCausalLM"),
     # Mixtral runs as llama.cpp `llama` with experts (stacked by convert/families/llama.py).
-    ArchRow("MixtralForCausalLM", _A.LLAMA, "llama", alias_of="LlamaForCausalLM"),
-    ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen"),
-    ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen"),
-    ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma"),
-    ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma"),
-    ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma"),
-    ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3"),
-    ArchRow("PhiForCausalLM", _A.PHI2, "phi2"),
-    ArchRow("StableLmForCausalLM", _A.STABLELM, "stablelm"),
-    ArchRow("Starcoder2ForCausalLM", _A.STARCODER2, "starcoder2"),
-    ArchRow("FalconForCausalLM", _A.FALCON, "falcon"),
+    ArchRow("MixtralForCausalLM", _A.LLAMA, "llama", "mixtral", alias_of="LlamaForCausalLM"),
+    ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen", "qwen2"),
+    ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen", "qwen3"),
+    ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma", "gemma"),
+    ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma", "gemma2"),
+    ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma", "gemma3_text"),
+    ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3", "phi3"),
+    ArchRow("PhiForCausalLM", _A.PHI2, "phi2", "phi"),
+    ArchRow("StableLmForCausalLM", _A.STABLELM, "stablelm", "stablelm"),
+    ArchRow("Starcoder2ForCausalLM", _A.STARCODER2, "starcoder2", "starcoder2"),
+    ArchRow("FalconForCausalLM", _A.FALCON, "falcon", "falcon"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
+BY_MODEL_TYPE: Mapping[str, ArchRow] = {row.model_type: row for row in SUPPORTED}
 
 
 def supported_names() -> list[str]:

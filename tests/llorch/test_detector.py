@@ -58,7 +58,28 @@ def test_unknown_architecture_is_reported_with_every_supported_name(tmp_path: Pa
         lookup("FooForCausalLM")
 
 
-def test_nested_text_config_and_missing_pieces(tmp_path: Path) -> None:
+def test_model_type_when_architectures_is_absent(tmp_path: Path) -> None:
+    folder = _hf_folder(tmp_path / "m")
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    det = detect(folder)
+    assert (det.hf_architecture, det.llama_arch, det.supported) == (
+        "Qwen2ForCausalLM",
+        "qwen2",
+        True,
+    )
+    (folder / "config.json").write_text(json.dumps({"model_type": "mystery"}))
+    det = detect(folder)
+    assert not det.supported and det.reason and "model_type='mystery'" in det.reason
+
+
+def test_text_config_is_merged() -> None:
+    from llorch.detector import text_config
+
+    merged = text_config({"architectures": ["X"], "text_config": {"hidden_size": 8}})
+    assert merged["hidden_size"] == 8 and merged["architectures"] == ["X"]
+
+
+def test_missing_pieces(tmp_path: Path) -> None:
     folder = _hf_folder(tmp_path / "m")
     (folder / "tokenizer.json").unlink()
     det = detect(folder)
@@ -111,6 +132,7 @@ def test_table_rows_are_consistent() -> None:
     assert len(names) == len(set(names))
     for row in SUPPORTED:
         assert row.llama_arch == gguf.MODEL_ARCH_NAMES[row.arch]
+        assert row.model_type
         module = importlib.import_module(f"convert.families.{row.family}")
         assert callable(module.plan) and callable(module.write_hparams)
         if row.alias_of is not None:
