@@ -31,7 +31,10 @@ class WorkerSettings(BaseSettings):
         None, description="URL to POST {worker_id, url, model, backend, vram_bytes} to when ready"
     )
     ctx_size: int = Field(
-        4096, ge=0, le=1 << 20, description="context size in tokens (0: the model's own)"
+        4096, ge=0, le=1 << 20, description="context of each slot in tokens (0: the model's own)"
+    )
+    parallel: int = Field(
+        4, ge=1, le=256, description="slots: requests decoded together in one batch"
     )
     n_gpu_layers: int = Field(
         -1, ge=-1, description="layers to offload to the GPU (-1: all; ignored without a GPU)"

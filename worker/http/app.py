@@ -53,7 +53,10 @@ def create_app(
     """Build the app. The model loads on the scheduler thread when the app starts up, so the
     server answers `/ready` with `loading` while it does."""
     options = LoadOptions(
-        ctx_size=settings.ctx_size, n_gpu_layers=settings.n_gpu_layers, threads=settings.threads
+        ctx_size=settings.ctx_size,
+        parallel=settings.parallel,
+        n_gpu_layers=settings.n_gpu_layers,
+        threads=settings.threads,
     )
     scheduler = Scheduler(
         backend,
