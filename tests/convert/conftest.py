@@ -73,6 +73,15 @@ def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
         tok.pre_tokenizer = pt.Sequence(
             [pt.Digits(individual_digits=True), pt.ByteLevel(add_prefix_space=False)]
         )
+    elif kind == "falcon":  # Falcon's tokenizer.json pre-tokenizer sequence
+        tok.pre_tokenizer = pt.Sequence(
+            [
+                pt.Punctuation("contiguous"),
+                pt.ByteLevel(add_prefix_space=False),
+                pt.Digits(individual_digits=False),
+                pt.Split(Regex("[0-9][0-9][0-9]"), "isolated"),
+            ]
+        )
     elif kind == "whitespace":  # not byte-level-regex compatible with any llama.cpp name
         tok.pre_tokenizer = pt.Sequence([pt.WhitespaceSplit(), bytes_only])
     else:

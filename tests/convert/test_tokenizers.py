@@ -30,7 +30,13 @@ def _fields(path: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("kind", "pre"),
-    [("gpt2", "gpt-2"), ("llama3", "llama-bpe"), ("qwen2", "qwen2"), ("starcoder", "starcoder")],
+    [
+        ("gpt2", "gpt-2"),
+        ("llama3", "llama-bpe"),
+        ("qwen2", "qwen2"),
+        ("starcoder", "starcoder"),
+        ("falcon", "falcon"),
+    ],
 )
 def test_bpe_pre_tokenizers_convert_and_verify(
     kind: str, pre: str, checkpoint: Any, tmp_path: Path
