@@ -231,6 +231,7 @@ async def _stream(
                         "tokens_per_sec": event.tokens_out / seconds if seconds > 0 else 0.0,
                         "prompt_tokens": event.prompt_tokens,
                         "prompt_time_ms": round(event.prompt_time_ms, 3),
+                        "prompt_cached": event.prompt_cached,
                         "seed": event.seed,
                     }
                 )
@@ -270,11 +271,15 @@ def capacity_body(scheduler: Scheduler) -> dict[str, Any]:
     }
 
 
+# Draining is healthy: the process must not be restarted while it finishes its work.
+_HEALTHY = frozenset({State.LOADING, State.READY, State.DRAINING})
+
+
 def health_body(scheduler: Scheduler, settings: WorkerSettings) -> dict[str, Any]:
     """Built only from data cached at load time: it never waits on the model thread."""
     state = scheduler.state
     body: dict[str, Any] = {
-        "status": "healthy" if state in (State.READY, State.LOADING) else "unhealthy",
+        "status": "healthy" if state in _HEALTHY else "unhealthy",
         "state": state.value,
         "worker_id": settings.worker_id,
         "uptime_s": round(time.monotonic() - _STARTED, 3),

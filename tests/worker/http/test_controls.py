@@ -226,7 +226,9 @@ def test_drain_refuses_new_work_and_finishes_in_flight(loaded):
     assert events[-1]["tokens_out"] == 20
     wait_for(lambda: client.get("/ready").json()["state"] == "drained")
     assert client.get("/ready").json() == {"ready": False, "state": "drained"}
-    assert client.get("/health").status_code == 200
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "healthy"
+    assert health.json()["state"] == "draining"
 
 
 # -- capacity -------------------------------------------------------------------------------
