@@ -173,10 +173,13 @@ def map_tensors(
     expected: Mapping[_T, tuple[int, ...]] | None = None,
     keep_f32: frozenset[_T] = frozenset({_T.FFN_GATE_INP}),
     claimed: frozenset[str] = frozenset(),
+    rename: Callable[[str], str | None] | None = None,
 ) -> list[PlannedTensor]:
     """One output tensor per checkpoint tensor, named through gguf's tensor-name map.
 
     `claimed` names are built by the family itself (e.g. stacked experts) and skipped here.
+    `rename` maps a checkpoint name to the name to look up (None: deliberately not converted,
+    e.g. a multimodal wrapper's vision tower).
     The MoE router stays F32 as in llama.cpp's converter.
     """
     n_layer = dims(model).n_layer
@@ -186,7 +189,10 @@ def map_tensors(
     for ref in model.ckpt:
         if ref.name in claimed:
             continue
-        found = tmap.get_type_and_name(ref.name, try_suffixes=(".weight", ".bias"))
+        lookup_name = rename(ref.name) if rename is not None else ref.name
+        if lookup_name is None:
+            continue
+        found = tmap.get_type_and_name(lookup_name, try_suffixes=(".weight", ".bias"))
         if found is None:
             raise UnmappedTensorError(
                 f"{ref.file}: tensor {ref.name!r} {list(ref.shape)} has no GGUF name for "

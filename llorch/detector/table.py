@@ -42,6 +42,14 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma", "gemma"),
     ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma", "gemma2"),
     ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma", "gemma3_text"),
+    # Gemma 3 4B/12B/27B: the multimodal wrapper; its language model converts (text only).
+    ArchRow(
+        "Gemma3ForConditionalGeneration",
+        _A.GEMMA3,
+        "gemma",
+        "gemma3",
+        alias_of="Gemma3ForCausalLM",
+    ),
     ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3", "phi3"),
     ArchRow("PhiForCausalLM", _A.PHI2, "phi2", "phi"),
     ArchRow("StableLmForCausalLM", _A.STABLELM, "stablelm", "stablelm"),

@@ -132,7 +132,11 @@ def build_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     n_vocab = make_spm(folder) if tokenizer == "spm" else make_bpe(folder, tokenizer)
     torch.manual_seed(seed)
-    cfg = getattr(transformers, config_cls)(vocab_size=n_vocab, **config)
+    if "text_config" in config:  # multimodal wrapper: the vocabulary belongs to the text model
+        text = {**config["text_config"], "vocab_size": n_vocab}
+        cfg = getattr(transformers, config_cls)(**{**config, "text_config": text})
+    else:
+        cfg = getattr(transformers, config_cls)(vocab_size=n_vocab, **config)
     model = getattr(transformers, model_cls)(cfg).eval()
     with torch.no_grad():  # larger weights than the default init: logits far from ties
         for p in model.parameters():

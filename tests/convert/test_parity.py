@@ -176,6 +176,28 @@ CASES: dict[str, Case] = {
         {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2},
         outtypes=("f32", "q8_0"),
     ),
+    "gemma3-multimodal-text-part": Case(
+        "Gemma3ForConditionalGeneration",
+        "Gemma3Config",
+        {
+            "text_config": {
+                **SMALL,
+                "head_dim": 16,
+                "query_pre_attn_scalar": 16,
+                "sliding_window": 8,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+            "vision_config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 28,
+                "patch_size": 14,
+            },
+            "mm_tokens_per_image": 4,
+        },
+    ),
 }
 
 
