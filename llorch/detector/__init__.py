@@ -120,7 +120,9 @@ def tokenizer_kind(folder: Path) -> str | None:
 def detect(source: str | os.PathLike[str]) -> Detection:
     path = resolve_source(source)
     if path.is_file():
-        if path.suffix == ".gguf" or path.read_bytes()[:4] == b"GGUF":
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+        if path.suffix == ".gguf" or magic == b"GGUF":
             return _detect_gguf(os.fspath(source), path)
         raise InvalidFileError(f"{path}: not a GGUF file and not a folder")
     return _detect_hf(os.fspath(source), path)

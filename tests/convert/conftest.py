@@ -29,7 +29,9 @@ CORPUS = [
 ] * 40
 
 
-def make_spm(folder: Path, *, vocab_size: int = 400, model_type: str = "bpe") -> int:
+def make_spm(
+    folder: Path, *, vocab_size: int = 400, model_type: str = "bpe", dummy_prefix: bool = True
+) -> int:
     import sentencepiece as spm
 
     corpus = folder / "corpus.txt"
@@ -42,6 +44,7 @@ def make_spm(folder: Path, *, vocab_size: int = 400, model_type: str = "bpe") ->
         byte_fallback=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
+        add_dummy_prefix=dummy_prefix,
         user_defined_symbols=["<tool>"],
         minloglevel=2,
         hard_vocab_limit=False,
@@ -130,7 +133,12 @@ def build_checkpoint(
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
-    n_vocab = make_spm(folder) if tokenizer == "spm" else make_bpe(folder, tokenizer)
+    if tokenizer == "spm":
+        n_vocab = make_spm(folder)
+    elif tokenizer == "spm-no-prefix":  # Gemma-style: no dummy-prefix space
+        n_vocab = make_spm(folder, dummy_prefix=False)
+    else:
+        n_vocab = make_bpe(folder, tokenizer)
     torch.manual_seed(seed)
     if "text_config" in config:  # multimodal wrapper: the vocabulary belongs to the text model
         text = {**config["text_config"], "vocab_size": n_vocab}

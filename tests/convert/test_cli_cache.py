@@ -75,3 +75,14 @@ def test_cached_gguf_reuses_and_rekeys(checkpoint: Any, tmp_path: Path, monkeypa
     changed = cached_gguf(built.folder)
     assert changed.parent != first.parent
     assert cached_gguf(changed) == changed  # a GGUF is returned as it is
+
+
+def test_no_verify_is_loud(checkpoint: Any, tmp_path: Path, capsys: Any) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    out = tmp_path / "o.gguf"
+    assert main(["convert", str(built.folder), "-o", str(out), "--no-verify", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: --no-verify" in captured.err
+    report = json.loads(captured.out)
+    assert report["verified"] is False and report["verify_strings"] == 0
+    assert any("verification skipped" in note for note in report["notes"])

@@ -146,3 +146,13 @@ def test_known_hash_cross_checks_and_falls_back(
     report = convert(built.folder, tmp_path / "b.gguf", outtype="f32")
     assert report.pre_tokenizer == "llama-bpe" and report.verified
     assert any("identified by llama.cpp's hash table" in note for note in report.notes)
+
+
+def test_sentencepiece_without_dummy_prefix(checkpoint: Any, tmp_path: Path) -> None:
+    built = checkpoint(
+        "GemmaForCausalLM", "GemmaConfig", {**TINY, "head_dim": 16}, tokenizer="spm-no-prefix"
+    )
+    out = tmp_path / "out.gguf"
+    report = convert(built.folder, out, outtype="f32")
+    assert report.verified
+    assert _fields(out)[gguf.Keys.Tokenizer.ADD_PREFIX] is False
