@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def _size(n: int) -> str:
     return gguf.size_label(n, 0, 0, 0)
 
 
-@pytest.mark.parametrize("outtype", ["q4_k_m", "q6_k", "iq4_xs"])
+@pytest.mark.parametrize("outtype", ["q4_k_m", "q5_k_m", "q6_k", "q4_0", "iq4_xs"])
 def test_llama_cpp_quantized_types(
     outtype: str, checkpoint: Any, helpers: Any, tmp_path: Path, capsys: Any
 ) -> None:
@@ -86,3 +87,17 @@ def test_no_verify_is_loud(checkpoint: Any, tmp_path: Path, capsys: Any) -> None
     report = json.loads(captured.out)
     assert report["verified"] is False and report["verify_strings"] == 0
     assert any("verification skipped" in note for note in report["notes"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_read_only_output_folder(checkpoint: Any, tmp_path: Path, capsys: Any) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["convert", str(built.folder), "-o", str(locked / "o.gguf")]) == 2
+        assert "cannot write output here" in capsys.readouterr().err
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)

@@ -156,3 +156,24 @@ def test_sentencepiece_without_dummy_prefix(checkpoint: Any, tmp_path: Path) -> 
     report = convert(built.folder, out, outtype="f32")
     assert report.verified
     assert _fields(out)[gguf.Keys.Tokenizer.ADD_PREFIX] is False
+
+
+def test_legacy_string_merges_and_chat_template_json(checkpoint: Any, tmp_path: Path) -> None:
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY, tokenizer="llama3")
+    path = built.folder / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    pairs = tok["model"]["merges"]
+    assert isinstance(pairs[0], list)  # tokenizers >= 0.20 writes [left, right]
+    tok["model"]["merges"] = [" ".join(pair) for pair in pairs]  # the older "left right" form
+    path.write_text(json.dumps(tok))
+    templates = [
+        {"name": "default", "template": "{{ 'd' }}"},
+        {"name": "tool_use", "template": "t"},
+    ]
+    (built.folder / "chat_template.json").write_text(json.dumps({"chat_template": templates}))
+    out = tmp_path / "out.gguf"
+    assert convert(built.folder, out, outtype="f32").verified
+    f = _fields(out)
+    assert f[gguf.Keys.Tokenizer.MERGES] == [" ".join(pair) for pair in pairs]
+    assert f[gguf.Keys.Tokenizer.CHAT_TEMPLATE] == "{{ 'd' }}"
+    assert f[gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="tool_use")] == "t"
