@@ -13,7 +13,12 @@ from typing import Any
 import gguf
 
 from convert import writer as gw
-from convert.errors import ConversionError, MissingTokenizerError, OutputError
+from convert.errors import (
+    ConversionError,
+    MissingTensorError,
+    MissingTokenizerError,
+    OutputError,
+)
 from convert.families import load_family
 from convert.families.base import ModelInput, PlannedTensor
 from convert.verify import verify_tokenizer
@@ -67,6 +72,16 @@ def _model_input(det: Detection) -> ModelInput:
     return ModelInput(folder, det.hf_architecture, row.arch, config, ckpt, n_vocab)
 
 
+def _check_output_head(model: ModelInput, plans: list[PlannedTensor]) -> None:
+    """llama.cpp silently reuses token_embd when output.weight is absent: only right if tied."""
+    output = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
+    if model.config.get("tie_word_embeddings") is False and all(p.name != output for p in plans):
+        raise MissingTensorError(
+            f"{model.folder}: config.json has tie_word_embeddings=false but the checkpoint has "
+            "no lm_head.weight (the output projection)"
+        )
+
+
 def model_name(model: ModelInput) -> str:
     name = model.config.get("_name_or_path")
     if isinstance(name, str) and name and not name.startswith(("/", ".")):
@@ -103,6 +118,7 @@ def convert(
     family = load_family(lookup(model.hf_architecture).family)
     vocab = load_vocab(model.folder, model.n_vocab, pre_override=pre)
     plans = family.plan(model)
+    _check_output_head(model, plans)
     out = Path(dst) if dst is not None else Path.cwd() / default_output_name(model, outtype)
     if out.is_dir():
         out = out / default_output_name(model, outtype)
@@ -129,6 +145,9 @@ def convert(
 
                 llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype])
                 final = qtmp
+            from convert import llamacpp
+
+            llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
             if verify:
                 checked = verify_tokenizer(final, vocab).strings

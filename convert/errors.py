@@ -29,7 +29,11 @@ class UnmappedTensorError(ConversionError):
     """A checkpoint tensor has no GGUF name for this architecture."""
 
 
-class MissingExpertError(ConversionError):
+class MissingTensorError(ConversionError):
+    """A tensor the architecture needs is not in the checkpoint."""
+
+
+class MissingExpertError(MissingTensorError):
     """A mixture-of-experts layer lacks some experts' weights."""
 
 

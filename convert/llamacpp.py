@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,13 @@ from convert.errors import ConversionError, QuantizeError
 
 _initialised = False
 _log_callback: Any = None  # kept referenced: llama.cpp holds the pointer
+_recent: deque[str] = deque(maxlen=40)  # recent llama.cpp log text, for error messages
+
+
+def _last_error() -> str:
+    lines = "".join(_recent).splitlines()
+    errors = [line.strip() for line in lines if "error" in line.lower() or "missing" in line]
+    return errors[-1] if errors else ""
 
 
 def _lib() -> Any:
@@ -30,7 +38,8 @@ def _lib() -> Any:
         if os.environ.get("LLORCH_LLAMA_LOG") != "1":
 
             def _quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-                del level, text, user_data
+                del level, user_data
+                _recent.append(text.decode("utf-8", "replace"))
 
             _log_callback = llama_cpp.llama_log_callback(_quiet)
             llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
@@ -40,18 +49,35 @@ def _lib() -> Any:
 
 
 @contextmanager
-def load_model(path: Path, *, vocab_only: bool = False) -> Iterator[Any]:
+def load_model(path: Path, *, vocab_only: bool = False, no_alloc: bool = False) -> Iterator[Any]:
+    """A llama.cpp model; `no_alloc` checks every tensor's presence and shape without reading
+    or allocating the weights."""
     lib = _lib()
     params = lib.llama_model_default_params()
     params.vocab_only = vocab_only
     params.n_gpu_layers = 0
+    if no_alloc:
+        params.no_alloc = True
+        params.use_extra_bufts = False
+        params.load_mode = lib.LLAMA_LOAD_MODE_NONE  # the metadata-only pass cannot mmap
+    _recent.clear()
     model = lib.llama_model_load_from_file(os.fsencode(path), params)
     if not model:
-        raise ConversionError(f"{path}: llama.cpp could not load the written GGUF")
+        detail = _last_error()
+        raise ConversionError(
+            f"{path}: llama.cpp could not load the written GGUF"
+            + (f" ({detail})" if detail else "")
+        )
     try:
         yield model
     finally:
         lib.llama_model_free(model)
+
+
+def check_loads(path: Path) -> None:
+    """llama.cpp accepts the file: metadata, every required tensor present with its shape."""
+    with load_model(path, no_alloc=True):
+        pass
 
 
 def tokenize(model: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:

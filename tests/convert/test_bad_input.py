@@ -185,3 +185,32 @@ def test_missing_expert(tmp_path: Path, capsys: Any, helpers: Any) -> None:
     capsys.readouterr()  # drop the checkpoint builder's progress output
     line = _run(capsys, built.folder, tmp_path / "o.gguf")
     assert "layer 1 lacks w3 of experts [1]" in line
+
+
+def test_llama_cpp_refuses_an_incomplete_file(base: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """A family that forgot a tensor is caught by llama.cpp's own loader, before the rename."""
+    from convert.families import llama
+
+    src = _copy(base, tmp_path)
+    real_plan = llama.plan
+    monkeypatch.setattr(
+        llama, "plan", lambda model: [p for p in real_plan(model) if "attn_q." not in p.name]
+    )
+    out = tmp_path / "out" / "o.gguf"
+    out.parent.mkdir()
+    with pytest.raises(ConversionError, match="could not load the written GGUF") as err:
+        convert(src, out)
+    assert "attn_q" in str(err.value)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_missing_lm_head_when_untied(base: Path, tmp_path: Path, capsys: Any) -> None:
+    from safetensors.numpy import load_file
+
+    src = _copy(base, tmp_path)
+    assert json.loads((src / "config.json").read_text())["tie_word_embeddings"] is False
+    tensors = load_file(src / "model.safetensors")
+    del tensors["lm_head.weight"]
+    save_file(tensors, src / "model.safetensors")
+    line = _run(capsys, src, tmp_path / "o.gguf")
+    assert "tie_word_embeddings=false" in line and "lm_head.weight" in line
