@@ -32,7 +32,7 @@ class Stream:
 
     def _read(self, url: str, body: dict, headers: dict[str, str]) -> None:
         with httpx.stream(
-            "POST", f"{url}/execute", json=body, headers=headers, timeout=120
+            "POST", f"{url}/execute", json=body, headers=headers, timeout=300
         ) as response:
             self.status = response.status_code
             for event in sse_events(response):
@@ -188,7 +188,7 @@ def test_drain_finishes_in_flight_work_and_refuses_new(tmp_path):
         assert refused.status_code == 503
         assert refused.json()["errors"][0]["code"] == "DRAINING"
         assert httpx.get(f"{url}/capacity").json()["state"] == "draining"
-        events = stream.join(60)
+        events = stream.join(300)
         assert events[-1]["type"] == "end"
         assert events[-1]["stop_reason"] in ("MAX_TOKENS", "EOS")
         wait_until(lambda: httpx.get(f"{url}/ready").json()["state"] == "drained", 10)
