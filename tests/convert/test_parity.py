@@ -64,6 +64,9 @@ CASES: dict[str, Case] = {
     "llama-bf16": Case(
         "LlamaForCausalLM", "LlamaConfig", SMALL, dtype="bfloat16", outtypes=("f32", "bf16")
     ),
+    "llama-biases": Case(
+        "LlamaForCausalLM", "LlamaConfig", {**SMALL, "attention_bias": True, "mlp_bias": True}
+    ),
     "llama-f16-source": Case("LlamaForCausalLM", "LlamaConfig", SMALL, dtype="float16"),
     "llama-sharded": Case("LlamaForCausalLM", "LlamaConfig", SMALL, shard_size="100KB"),
     "mistral": Case("MistralForCausalLM", "MistralConfig", SMALL),
