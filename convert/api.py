@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -12,6 +11,7 @@ from typing import Any
 
 import gguf
 
+from convert import llamacpp
 from convert import writer as gw
 from convert.errors import (
     ConversionError,
@@ -141,12 +141,8 @@ def convert(
         final = tmp
         with gw.temp_path(out, ".quant.tmp") as qtmp:
             if not direct:
-                from convert import llamacpp
-
                 llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype])
                 final = qtmp
-            from convert import llamacpp
-
             llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
             if verify:
@@ -173,7 +169,3 @@ def convert(
         verify_strings=checked,
         notes=tuple(notes),
     )
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
