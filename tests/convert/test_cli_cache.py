@@ -51,7 +51,9 @@ def test_llama_cpp_quantized_types(
     assert main(["convert", str(built.folder), "-o", str(out), "--outtype", outtype]) == 0
     assert "tokenizer verified" in capsys.readouterr().out
     reader = gguf.GGUFReader(out)
-    ftype = reader.get_field(gguf.Keys.General.FILE_TYPE).contents()
+    field = reader.get_field(gguf.Keys.General.FILE_TYPE)
+    assert field is not None
+    ftype = field.contents()
     assert gguf.LlamaFileType(ftype).name == f"MOSTLY_{outtype.upper()}"
     kinds = {t.tensor_type.name for t in reader.tensors}
     assert kinds - {"F32"}, kinds  # something was quantized
