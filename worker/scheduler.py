@@ -8,6 +8,7 @@ event loop). Loading happens on the same thread, so the server can listen while 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from worker.backend.errors import (
     ContextOverflowError,
     DeadlineExceededError,
     DrainingError,
+    DuplicateJobError,
     InferenceError,
     NotReadyError,
     QueueFullError,
@@ -134,6 +136,7 @@ class Scheduler:
         self._running: list[Job] = []  # jobs holding a slot, in admission order
         self._kv_used = 0  # snapshot after each step, read by capacity()
         self._slots_total = 1
+        self._avg_job_s: float | None = None  # moving average of finished jobs' durations
         self._draining = False
         self._idle = threading.Condition(self._lock)
         self.max_queue = max_queue
@@ -252,12 +255,20 @@ class Scheduler:
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
         job = Job(job_id, request, sink, deadline)
         with self._lock:
+            if job_id in self._jobs:
+                raise DuplicateJobError(job_id)
             waiting = len(self._jobs) - len(self._running)
             if waiting >= self.max_queue:
-                raise QueueFullError(waiting, self.max_queue)
+                raise QueueFullError(waiting, self.max_queue, self._retry_after(waiting))
             self._jobs[job_id] = job
         self._queue.put(job)
         return job
+
+    def _retry_after(self, waiting: int) -> int:
+        """Seconds until a place in the queue is likely free: the jobs ahead, spread over the
+        slots, at the average duration of recent jobs (whole seconds, at least 1)."""
+        per_job = self._avg_job_s if self._avg_job_s is not None else 1.0
+        return max(1, math.ceil(per_job * (waiting + 1) / max(1, self._slots_total)))
 
     def builtin_chat_template(
         self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
@@ -415,6 +426,11 @@ class Scheduler:
             self._finish(job, event)
 
     def _finish(self, job: Job, event: FinishEvent) -> None:
+        seconds = (event.prompt_time_ms + event.decode_time_ms) / 1000.0
+        if self._avg_job_s is None:
+            self._avg_job_s = seconds
+        else:
+            self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * seconds
         self._forget(job)
         self._emit(job, event)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from fakes import FakeBackend
 
-from worker.backend.errors import ShuttingDownError
+from worker.backend.errors import DuplicateJobError, QueueFullError, ShuttingDownError
 from worker.backend.protocol import FinishEvent, LoadOptions, SamplingParams, StopReason, TokenEvent
 from worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
 
@@ -93,3 +94,37 @@ def test_stop_cancels_running_and_fails_queued_jobs():
     assert running.events[-1].stop_reason is StopReason.CANCELLED  # type: ignore[union-attr]
     assert isinstance(queued.events[-1], JobFailed)
     assert isinstance(queued.events[-1].error, ShuttingDownError)
+
+
+def test_a_job_id_already_in_flight_is_refused():
+    scheduler = started_scheduler(FakeBackend(script="w" * 100, delay=0.01))
+    sink = Collector()
+    scheduler.submit("same", scheduler.admit("p", 50, SamplingParams(), ()), sink)
+    with pytest.raises(DuplicateJobError, match="'same'"):
+        scheduler.submit("same", scheduler.admit("p", 5, SamplingParams(), ()), Collector())
+    assert scheduler.cancel_job("same")
+    assert sink.done.wait(5)
+    # Once it has ended, the id is free again.
+    again = Collector()
+    scheduler.submit("same", scheduler.admit("p", 3, SamplingParams(), ()), again)
+    assert again.done.wait(5) and again.text == "www"
+    scheduler.stop()
+
+
+def test_a_full_queue_is_refused_with_a_retry_estimate():
+    scheduler = started_scheduler(FakeBackend(script="v" * 40, delay=0.02))
+    scheduler.max_queue = 2
+    done = Collector()
+    scheduler.submit("warm", scheduler.admit("p", 40, SamplingParams(), ()), done)
+    assert done.done.wait(10)
+    running = Collector()
+    scheduler.submit("running", scheduler.admit("p", 40, SamplingParams(), ()), running)
+    while not running.events:
+        threading.Event().wait(0.005)
+    for i in range(2):
+        scheduler.submit(f"j{i}", scheduler.admit("p", 40, SamplingParams(), ()), Collector())
+    with pytest.raises(QueueFullError) as info:
+        scheduler.submit("over", scheduler.admit("p", 40, SamplingParams(), ()), Collector())
+    assert info.value.depth == 2 and info.value.limit == 2
+    assert info.value.retry_after_s >= 1
+    scheduler.stop()

@@ -83,3 +83,13 @@ class InvalidRequestError(WorkerError):
     """A request that is well-formed JSON but that the model cannot run (bad grammar, ...)."""
 
     code = "INVALID_REQUEST"
+
+
+class DuplicateJobError(WorkerError):
+    """A job with this id is already queued or running."""
+
+    code = "DUPLICATE_JOB"
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} is already in flight; job ids must be unique")

@@ -160,6 +160,18 @@ def test_delete_a_queued_job(loaded):
     assert events_of(out[0])[-1]["stop_reason"] == "CANCELLED"
 
 
+def test_a_job_id_in_flight_cannot_be_reused(loaded):
+    client = loaded(FakeBackend(script=LONG, delay=0.02))
+    thread, _ = in_background(client, VALID | {"max_tokens": 50})
+    wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
+    response = client.post("/execute", json=VALID)
+    assert response.status_code == 409
+    [error] = response.json()["errors"]
+    assert error["code"] == "DUPLICATE_JOB" and "j1" in error["message"]
+    client.delete("/jobs/j1")
+    thread.join(5)
+
+
 def test_delete_unknown_job_is_404(loaded):
     response = loaded().delete("/jobs/nobody")
     assert response.status_code == 404
