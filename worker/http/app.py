@@ -187,7 +187,7 @@ def create_app(
         text = await asyncio.to_thread(scheduler.detokenize, body.tokens)
         return JSONResponse({"content": text})
 
-    app.include_router(openai.build_router(scheduler))
+    app.include_router(openai.build_router(scheduler, metrics=metrics))
     return app
 
 

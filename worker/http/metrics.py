@@ -8,13 +8,15 @@ never stale.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.scheduler import Scheduler
+from worker.backend.protocol import FinishEvent, TokenEvent
+from worker.scheduler import JobEvent, JobFailed, Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -112,3 +114,21 @@ class TokenTimer:
         else:
             self._metrics.inter_token_latency.observe(max(0.0, at - self._last))
         self._last = at
+
+
+class JobObserver:
+    """Counts one job's events into the metrics, from the model thread's sink (so latencies
+    are stamped when events leave the model, not when a reader gets to them)."""
+
+    def __init__(self, metrics: WorkerMetrics, prompt_tokens: int) -> None:
+        self._metrics = metrics
+        self._timer = TokenTimer(metrics, time.monotonic())
+        metrics.prompt_tokens.inc(prompt_tokens)
+
+    def __call__(self, event: JobEvent) -> None:
+        if isinstance(event, TokenEvent):
+            self._timer.token(time.monotonic())
+        elif isinstance(event, FinishEvent):
+            self._metrics.finished(event.stop_reason.value)
+        elif isinstance(event, JobFailed):
+            self._metrics.failed(event.error.code)

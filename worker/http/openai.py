@@ -34,6 +34,7 @@ from worker.backend.protocol import (
 )
 from worker.chat import chat_prompt_tokens
 from worker.http import errors
+from worker.http.metrics import JobObserver, WorkerMetrics
 from worker.http.openai_errors import InvalidParam, ModelNotFound, OpenAIRoute, error_body
 from worker.http.openai_schemas import (
     ChatCompletionRequest,
@@ -58,7 +59,9 @@ _DONE = b"data: [DONE]\n\n"
 
 
 def build_router(
-    scheduler: Scheduler, json_grammar: JsonGrammar = grammar.json_grammar
+    scheduler: Scheduler,
+    json_grammar: JsonGrammar = grammar.json_grammar,
+    metrics: WorkerMetrics | None = None,
 ) -> APIRouter:
     """`json_grammar` turns a JSON schema (None: any object) into GBNF. It lives in the backend
     package, which imports llama_cpp only when a conversion runs."""
@@ -124,8 +127,11 @@ def build_router(
     ) -> Response:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        observe = JobObserver(metrics, len(gen.prompt_tokens)) if metrics else None
 
         def sink(event: JobEvent) -> None:
+            if observe is not None:
+                observe(event)
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
             except RuntimeError:  # the event loop is gone: nobody is listening any more

@@ -357,3 +357,14 @@ def test_out_of_memory_while_generating_is_an_error_event(loaded):
         "code": "VRAM_OOM",
         "message": "could not allocate the KV cache",
     }
+
+
+def test_openai_requests_count_in_the_metrics(loaded):
+    client = loaded()
+    body = {"model": "fake", "prompt": "Hi", "max_tokens": 4}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    text = client.get("/metrics").text
+    assert sample(text, 'llorch_requests_total{outcome="finished",reason="MAX_TOKENS"}') == 1
+    assert sample(text, "llorch_prompt_tokens_total") == 2
+    assert sample(text, "llorch_generated_tokens_total") == 4
+    assert sample(text, "llorch_time_to_first_token_seconds_count") == 1
