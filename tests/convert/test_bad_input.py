@@ -214,3 +214,26 @@ def test_missing_lm_head_when_untied(base: Path, tmp_path: Path, capsys: Any) ->
     save_file(tensors, src / "model.safetensors")
     line = _run(capsys, src, tmp_path / "o.gguf")
     assert "tie_word_embeddings=false" in line and "lm_head.weight" in line
+
+
+_INTERRUPT = """
+import os, signal, sys
+from convert import convert
+convert(sys.argv[1], sys.argv[2], on_tensor=lambda p: os.kill(os.getpid(), signal.SIGINT))
+"""
+
+
+def test_interrupt_leaves_nothing(base: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = _copy(base, tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT, str(src), str(out_dir / "o.gguf")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
+    assert list(out_dir.iterdir()) == []
