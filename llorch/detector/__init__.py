@@ -73,7 +73,7 @@ def resolve_source(source: str | os.PathLike[str]) -> Path:
     """A local path as is; otherwise a repo id looked up offline in the HF cache."""
     path = Path(source).expanduser()
     if path.exists():
-        return path
+        return path.absolute()
     text = os.fspath(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         from huggingface_hub import snapshot_download
