@@ -21,7 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from worker.backend import grammar
 from worker.backend.errors import NotReadyError, WorkerError
+from worker.backend.grammar import SchemaError
 from worker.backend.protocol import (
     FinishEvent,
     LoadOptions,
@@ -49,9 +51,11 @@ def create_app(
     backend: ModelBackend,
     settings: WorkerSettings,
     model_path: Callable[[], Path] | None = None,
+    json_grammar: Callable[[Any], str] = grammar.json_grammar,
 ) -> FastAPI:
     """Build the app. The model loads on the scheduler thread when the app starts up, so the
-    server answers `/ready` with `loading` while it does."""
+    server answers `/ready` with `loading` while it does. `json_grammar` turns a JSON schema
+    into GBNF (the backend's converter imports llama_cpp only when it runs)."""
     options = LoadOptions(
         ctx_size=settings.ctx_size,
         parallel=settings.parallel,
@@ -107,14 +111,7 @@ def create_app(
 
     async def _execute(request: Request) -> StreamingResponse:
         body = ExecuteRequest.model_validate(errors.parse_json(await request.body()))
-        sampling = SamplingParams(
-            temperature=body.temperature,
-            top_k=body.top_k,
-            top_p=body.top_p,
-            min_p=body.min_p,
-            repetition_penalty=body.repetition_penalty,
-            seed=body.seed,
-        )
+        sampling = await asyncio.to_thread(_sampling_of, body, scheduler, json_grammar)
         gen = await asyncio.to_thread(
             scheduler.admit, body.prompt, body.max_tokens, sampling, tuple(body.stop)
         )
@@ -273,6 +270,52 @@ def capacity_body(scheduler: Scheduler) -> dict[str, Any]:
 
 # Draining is healthy: the process must not be restarted while it finishes its work.
 _HEALTHY = frozenset({State.LOADING, State.READY, State.DRAINING})
+
+
+# A logit bias at or below this bans the token (OpenAI's convention for -100).
+_BAN = -100.0
+
+
+def _sampling_of(
+    body: ExecuteRequest, scheduler: Scheduler, json_grammar: Callable[[Any], str]
+) -> SamplingParams:
+    bias = []
+    n_vocab = scheduler.model.n_vocab if scheduler.model else 0
+    for key, value in body.logit_bias.items():
+        token = int(key)
+        if not 0 <= token < n_vocab:
+            raise errors.BadRequest(
+                [
+                    {
+                        "field": "logit_bias",
+                        "constraint": f"0 <= token id < {n_vocab}",
+                        "message": f"logit_bias: token id {token} is not in the vocabulary",
+                        "value": key,
+                    }
+                ]
+            )
+        bias.append((token, float("-inf") if value <= _BAN else value))
+    grammar_text = body.grammar
+    if body.json_schema is not None:
+        try:
+            grammar_text = json_grammar(body.json_schema)
+        except SchemaError as exc:
+            raise errors.BadRequest(
+                [{"field": "json_schema", "constraint": "JSON schema", "message": str(exc)}]
+            ) from None
+    return SamplingParams(
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        typical_p=body.typical_p,
+        logit_bias=tuple(bias),
+        grammar=grammar_text,
+    )
 
 
 def health_body(scheduler: Scheduler, settings: WorkerSettings) -> dict[str, Any]:

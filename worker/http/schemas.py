@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 MAX_SEED = 0xFFFFFFFE  # llama.h reserves 0xFFFFFFFF (LLAMA_DEFAULT_SEED) for "random"
 MAX_STOP_SEQUENCES = 4
@@ -31,6 +38,30 @@ class ExecuteRequest(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     # A deadline for the whole job, queueing included; None waits as long as it takes.
     timeout_ms: int | None = Field(None, ge=1, le=86_400_000)
+    # Beyond the original contract: the rest of llama.cpp's sampler chain.
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    typical_p: float = Field(1.0, gt=0.0, le=1.0)
+    # Token id (as a string: JSON keys are strings) -> added to its logit; -100 bans it.
+    logit_bias: dict[str, float] = Field(default_factory=dict, max_length=1024)
+    grammar: str | None = Field(None, min_length=1, max_length=65536)
+    json_schema: dict[str, Any] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, bias: dict[str, float]) -> dict[str, float]:
+        for key, value in bias.items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids, got {key!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"logit_bias of token {key} is {value}; valid: -100..100")
+        return bias
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> ExecuteRequest:
+        if self.grammar is not None and self.json_schema is not None:
+            raise ValueError("give either grammar or json_schema, not both")
+        return self
 
     @field_validator("stop")
     @classmethod

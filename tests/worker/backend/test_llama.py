@@ -189,3 +189,43 @@ def test_repetition_penalty_changes_a_repetitive_greedy_output(backend):
     penalised, _ = run(backend, FRANCE, 30, SamplingParams(temperature=0.0, repetition_penalty=1.8))
     assert text_of(penalised) != text_of(plain)
     assert text_of(penalised).count("Paris") < text_of(plain).count("Paris")
+
+
+def test_logit_bias_bans_a_token(backend):
+    greedy, _ = run(backend, FRANCE, 4)
+    paris = greedy[0].token_id
+    banned, _ = run(
+        backend, FRANCE, 4, SamplingParams(temperature=0.0, logit_bias=((paris, float("-inf")),))
+    )
+    assert banned[0].token_id != paris
+    boosted, _ = run(
+        backend, FRANCE, 1, SamplingParams(temperature=0.0, logit_bias=((paris + 1, 100.0),))
+    )
+    assert boosted[0].token_id == paris + 1
+
+
+def test_grammar_constrains_the_output(backend):
+    grammar = 'root ::= " Lyon" [.] "\\n"'
+    tokens, finish = run(backend, FRANCE, 12, SamplingParams(temperature=0.0, grammar=grammar))
+    assert text_of(tokens).startswith(" Lyon.")
+    assert finish.stop_reason in (StopReason.EOS, StopReason.MAX_TOKENS)
+
+
+def test_a_grammar_that_does_not_parse_is_an_invalid_request(backend):
+    from worker.backend.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="grammar"):
+        run(backend, FRANCE, 4, SamplingParams(grammar="root ::= ("))
+
+
+@pytest.mark.parametrize("penalty", [dict(presence_penalty=1.5), dict(frequency_penalty=1.5)])
+def test_presence_and_frequency_penalties_change_a_repetitive_output(backend, penalty):
+    plain, _ = run(backend, FRANCE, 30)
+    penalised, _ = run(backend, FRANCE, 30, SamplingParams(temperature=0.0, **penalty))
+    assert text_of(penalised) != text_of(plain)
+
+
+def test_typical_p_changes_hot_sampling(backend):
+    base, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=5, **HOT))
+    typical, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=5, typical_p=0.2, **HOT))
+    assert text_of(base) != text_of(typical)

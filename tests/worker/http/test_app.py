@@ -198,3 +198,57 @@ def test_tokenize_and_detokenize(client):
     assert client.post("/detokenize", json={"tokens": [97, 98]}).json() == {"content": "ab"}
     response = client.post("/detokenize", json={"tokens": [-1]})
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "tokens"
+
+
+def test_extended_sampling_fields_reach_the_backend():
+    backend = FakeBackend()
+    with client_for(backend) as c:
+        c.app.state.scheduler.wait_loaded(5)
+        body = VALID | {
+            "presence_penalty": 0.5,
+            "frequency_penalty": -0.25,
+            "typical_p": 0.9,
+            "logit_bias": {"65": 2.5, "66": -100},
+            "grammar": 'root ::= "a"',
+        }
+        assert c.post("/execute", json=body).status_code == 200
+    sampling = backend.requests[0].sampling
+    assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.25)
+    assert sampling.typical_p == 0.9
+    assert sampling.logit_bias == ((65, 2.5), (66, float("-inf")))
+    assert sampling.grammar == 'root ::= "a"'
+
+
+def test_json_schema_becomes_a_grammar():
+    backend = FakeBackend()
+    app = create_app(
+        backend,
+        WorkerSettings(worker_id="w"),
+        model_path=lambda: __file__,
+        json_grammar=lambda schema: f"root ::= {sorted(schema)}",
+    )
+    with TestClient(app) as c:
+        c.app.state.scheduler.wait_loaded(5)
+        assert (
+            c.post("/execute", json=VALID | {"json_schema": {"type": "object"}}).status_code == 200
+        )
+    assert backend.requests[0].sampling.grammar == "root ::= ['type']"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"logit_bias": {"x": 1.0}}, "logit_bias"),
+        ({"logit_bias": {"5": 101.0}}, "logit_bias"),
+        ({"logit_bias": {"99999999": 1.0}}, "logit_bias"),
+        ({"typical_p": 0.0}, "typical_p"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"grammar": ""}, "grammar"),
+        ({"grammar": "root ::= x", "json_schema": {}}, None),
+    ],
+)
+def test_extended_fields_are_validated(client, extra, field):
+    response = client.post("/execute", json=VALID | extra)
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert (error["field"] or None) == field or (field is None and "either" in error["message"])
