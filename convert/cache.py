@@ -3,6 +3,8 @@
 The key hashes every file conversion reads (config, tokenizer files, weights) by content, plus
 the options and the converter version. In a Hugging Face cache snapshot the files are links to
 blobs named by their content hash, which is used instead of rereading multi-GB weights.
+Elsewhere, digests are remembered in `<cache>/digests.json` by (path, size, mtime, inode), so
+a restart does not rehash unchanged weights; any change to those rehashes the file.
 """
 
 from __future__ import annotations
@@ -36,11 +38,7 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "llorch" / "gguf"
 
 
-def _file_digest(path: Path) -> str:
-    if path.is_symlink():
-        target = Path(os.readlink(path)).name
-        if len(target) in (40, 64) and all(c in "0123456789abcdef" for c in target):
-            return "blob:" + target  # HF cache blobs are named by git/sha256 content hash
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -48,9 +46,47 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def source_key(folder: Path, options: dict[str, object]) -> str:
+class _DigestMemo:
+    """Content digests remembered by file identity; a damaged memo is simply rebuilt."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "digests.json"
+        try:
+            self.entries: dict[str, list[object]] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    def digest(self, path: Path) -> str:
+        if path.is_symlink():
+            target = Path(os.readlink(path)).name
+            if len(target) in (40, 64) and all(c in "0123456789abcdef" for c in target):
+                return "blob:" + target  # HF cache blobs are named by git/sha256 content hash
+        st = path.stat()
+        identity = [st.st_size, st.st_mtime_ns, st.st_ino]
+        key = str(path.absolute())
+        known = self.entries.get(key)
+        if known is not None and known[:3] == identity:
+            return str(known[3])
+        value = _sha256(path)
+        self.entries[key] = [*identity, value]
+        self.changed = True
+        return value
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".digests.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+
+
+def source_key(folder: Path, options: dict[str, object], memo: _DigestMemo) -> str:
     files = sorted({p for p in folder.glob("*.safetensors")} | {folder / n for n in _READ})
-    entries = {p.name: _file_digest(p) for p in files if p.is_file()}
+    entries = {p.name: memo.digest(p) for p in files if p.is_file()}
+    memo.save()
     blob = json.dumps(
         {"files": entries, "options": options, "version": CONVERTER_VERSION}, sort_keys=True
     )
@@ -73,8 +109,8 @@ def cached_gguf(
     if det.format == "gguf":
         return det.path
     options: dict[str, object] = {"outtype": outtype.lower()}
-    key = source_key(det.path, options)
     folder = Path(cache_dir) if cache_dir is not None else cache_root()
+    key = source_key(det.path, options, _DigestMemo(folder))
     target_dir = folder / key
     existing = sorted(target_dir.glob("*.gguf")) if target_dir.is_dir() else []
     if existing:

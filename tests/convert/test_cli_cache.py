@@ -103,3 +103,28 @@ def test_read_only_output_folder(checkpoint: Any, tmp_path: Path, capsys: Any) -
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
+
+
+def test_cached_gguf_does_not_rehash_unchanged_weights(
+    checkpoint: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from convert import cache
+
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    hashed: list[str] = []
+    real = cache._sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(cache, "_sha256", counting)
+    first = cached_gguf(built.folder, cache_dir=tmp_path / "c")
+    assert "model.safetensors" in hashed
+    hashed.clear()
+    assert cached_gguf(built.folder, cache_dir=tmp_path / "c") == first
+    assert hashed == []
+    weights = built.folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # same content, new mtime: rehashed, same key
+    assert cached_gguf(built.folder, cache_dir=tmp_path / "c") == first
+    assert hashed == ["model.safetensors"]
