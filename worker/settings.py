@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from typing import Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,11 @@ class WorkerSettings(BaseSettings):
     )
     parallel: int = Field(
         4, ge=1, le=256, description="slots: requests decoded together in one batch"
+    )
+    backend_sampling: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="sample inside llama.cpp's graph when a request's samplers allow it "
+        "(auto: when layers are offloaded to a GPU)",
     )
     n_gpu_layers: int = Field(
         -1, ge=-1, description="layers to offload to the GPU (-1: all; ignored without a GPU)"

@@ -48,6 +48,7 @@ class _Sequence:
     pending: TokenEvent | None = None
     n_out: int = 0
     cancelled: bool = False
+    in_graph: bool = False  # sampled inside llama.cpp's graph (backend sampling)
 
     def __post_init__(self) -> None:
         self.text = IncrementalText(self.request.stop)
@@ -78,6 +79,7 @@ class LlamaBatchDecoder:
         n_slots: int,
         ctx_per_slot: int,
         token_bytes: Callable[[int], bytes],
+        backend_sampling: bool = False,
     ) -> None:
         self._ctx = ctx
         self._vocab = vocab
@@ -85,6 +87,7 @@ class LlamaBatchDecoder:
         self._n_batch = n_batch
         self._ctx_per_slot = ctx_per_slot
         self._token_bytes = token_bytes
+        self._backend_sampling = backend_sampling
         self._slots = [_Slot(i) for i in range(n_slots)]
         self._by_key: dict[object, _Slot] = {}
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
@@ -133,6 +136,8 @@ class LlamaBatchDecoder:
         del slot.cached[keep:]
         slot.seq = _Sequence(key, request, chain, list(prompt[keep:]), reused=keep)
         self._by_key[key] = slot
+        if self._backend_sampling and sampling.runs_in_graph(chain):
+            slot.seq.in_graph = bool(ll.llama_set_sampler(self._ctx, slot.seq_id, chain.handle))
 
     def cancel(self, key: object) -> None:
         slot = self._by_key.get(key)
@@ -159,9 +164,19 @@ class LlamaBatchDecoder:
             assert seq is not None
             if seq.first_token_at == 0.0:
                 seq.first_token_at = now
-            token = ll.llama_sampler_sample(seq.chain.handle, self._ctx, index)
+            token = self._sample(seq, index)
             self._on_token(slot, token, out)
         return out
+
+    def _sample(self, seq: _Sequence, index: int) -> int:
+        if seq.in_graph:
+            token = ll.llama_get_sampled_token_ith(self._ctx, index)
+            if token >= 0:
+                # The chain's state advances on accept, not when the token is read (llama.h).
+                ll.llama_sampler_accept(seq.chain.handle, token)
+                return int(token)
+            # LLAMA_TOKEN_NULL: the graph sampled nothing for this output; do it here.
+        return int(ll.llama_sampler_sample(seq.chain.handle, self._ctx, index))
 
     def _fill_batch(self) -> list[tuple[_Slot, int]]:
         batch = self._batch
@@ -282,6 +297,8 @@ class LlamaBatchDecoder:
         seq = slot.seq
         if seq is None:
             return
+        if seq.in_graph:  # detach before freeing: the context keeps the pointer
+            ll.llama_set_sampler(self._ctx, slot.seq_id, None)
         sampling.free_chain(seq.chain)
         self._by_key.pop(seq.key, None)
         slot.seq = None

@@ -164,7 +164,16 @@ class LlamaCppBackend:
             parallel,
             ll.llama_n_ctx_seq(ctx),
             self.token_bytes,
+            backend_sampling=self._use_backend_sampling(options),
         )
+
+    @staticmethod
+    def _use_backend_sampling(options: LoadOptions) -> bool:
+        if options.backend_sampling is not None:
+            return options.backend_sampling
+        # Worth it where logits live on a GPU: reading 262k logits back per token costs more
+        # than sampling them in place. On the CPU the chain runs on the same data either way.
+        return bool(ll.llama_supports_gpu_offload()) and options.n_gpu_layers != 0
 
     def _meta(self, key: str) -> str:
         buf = ctypes.create_string_buffer(4096)

@@ -49,6 +49,9 @@ class LoadOptions:
     n_gpu_layers: int = 0  # -1: all layers
     threads: int | None = None  # None: the number of physical cores
     batch_size: int = 512
+    # Sample inside llama.cpp's graph when a request's samplers allow it (llama.cpp's
+    # experimental backend sampling); None: only when layers are offloaded to a GPU.
+    backend_sampling: bool | None = None
     # GGUF metadata replaced at load time, as llama.cpp's --override-kv does
     # (e.g. ("tokenizer.ggml.eos_token_id", 107)).
     metadata_overrides: tuple[tuple[str, int | float | bool | str], ...] = ()

@@ -117,6 +117,16 @@ def _fill(
     return SamplerChain(chain, seed, penalties)
 
 
+# Samplers with a graph implementation in llama.cpp's backend sampling (names as
+# llama_sampler_name reports them). Penalties, grammar, typical and logit bias keep the chain
+# on the CPU: a chain runs in the graph only when every one of its samplers can.
+_IN_GRAPH = frozenset({"greedy", "top-k", "top-p", "min-p", "?temp", "temp", "dist"})
+
+
+def runs_in_graph(chain: SamplerChain) -> bool:
+    return all(name in _IN_GRAPH for name in chain_names(chain))
+
+
 def accept_prompt(chain: SamplerChain, tokens: tuple[int, ...] | list[int]) -> None:
     """Let the penalties see the prompt (Hugging Face penalises prompt tokens too)."""
     if chain.penalties is not None:

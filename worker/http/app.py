@@ -59,6 +59,7 @@ def create_app(
     options = LoadOptions(
         ctx_size=settings.ctx_size,
         parallel=settings.parallel,
+        backend_sampling={"auto": None, "on": True, "off": False}[settings.backend_sampling],
         n_gpu_layers=settings.n_gpu_layers,
         threads=settings.threads,
     )

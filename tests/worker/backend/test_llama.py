@@ -229,3 +229,38 @@ def test_typical_p_changes_hot_sampling(backend):
     base, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=5, **HOT))
     typical, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=5, typical_p=0.2, **HOT))
     assert text_of(base) != text_of(typical)
+
+
+@pytest.fixture(scope="module")
+def in_graph(model_path):
+    instance = LlamaCppBackend()
+    instance.load(model_path, LoadOptions(ctx_size=512, parallel=2, backend_sampling=True))
+    yield instance
+    instance.close()
+
+
+def test_backend_sampling_gives_the_greedy_tokens_of_the_cpu_chain(backend, in_graph):
+    cpu, _ = run(backend, FRANCE, 16)
+    graph, _ = run(in_graph, FRANCE, 16)
+    assert [t.token_id for t in graph] == [t.token_id for t in cpu]
+
+
+def test_backend_sampling_is_reproducible_with_a_seed(in_graph):
+    params = SamplingParams(seed=11, temperature=0.8, top_k=40)
+    first, _ = run(in_graph, "Once upon a time", 16, params)
+    second, _ = run(in_graph, "Once upon a time", 16, params)
+    assert text_of(first) == text_of(second)
+
+
+def test_chains_the_graph_cannot_run_fall_back_to_the_cpu(backend, in_graph):
+    from worker.backend import sampling
+
+    penalised = SamplingParams(temperature=0.0, repetition_penalty=1.8)
+    chain = sampling.build_chain(penalised, 1000, 64)
+    try:
+        assert not sampling.runs_in_graph(chain)
+    finally:
+        sampling.free_chain(chain)
+    cpu, _ = run(backend, FRANCE, 20, penalised)
+    graph, _ = run(in_graph, FRANCE, 20, penalised)
+    assert [t.token_id for t in graph] == [t.token_id for t in cpu]
