@@ -55,11 +55,14 @@ def _is_secret(name: str) -> bool:
 
 
 def _settings_error(exc: ValidationError) -> str:
-    lines = []
+    # A field of several types (e.g. an int or "auto") fails once per type: one line per
+    # field, its messages joined with "or".
+    by_field: dict[str, tuple[str, list[str]]] = {}
     for error in exc.errors(include_url=False):
-        name = ".".join(str(p) for p in error["loc"])
+        name = str(error["loc"][0]) if error["loc"] else ""
         shown = "'***'" if _is_secret(name) else repr(error.get("input"))
-        lines.append(f"{_flag(name)} {shown}: {error['msg']}")
+        by_field.setdefault(name, (shown, []))[1].append(error["msg"])
+    lines = [f"{_flag(n)} {shown}: {' or '.join(msgs)}" for n, (shown, msgs) in by_field.items()]
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,8 +42,10 @@ class WorkerSettings(BaseSettings):
         description="sample inside llama.cpp's graph when a request's samplers allow it "
         "(auto: when layers are offloaded to a GPU)",
     )
-    n_gpu_layers: int = Field(
-        -1, ge=-1, description="layers to offload to the GPU (-1: all; ignored without a GPU)"
+    n_gpu_layers: Annotated[int, Field(ge=-1)] | Literal["auto"] = Field(
+        -1,
+        description="layers to offload to the GPU (-1: all; auto: as many as fit in free GPU "
+        "memory; ignored without a GPU)",
     )
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads (default: the physical cores)"

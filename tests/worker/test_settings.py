@@ -69,7 +69,8 @@ def test_flags_map_to_fields():
         (["--port", "70000"], "--port 70000"),
         (["--callback-url", "not a url"], "--callback-url 'not a url'"),
         (["--threads", "0"], "--threads 0"),
-        (["--n-gpu-layers", "-2"], "--n-gpu-layers -2"),
+        (["--n-gpu-layers", "-2"], "--n-gpu-layers '-2'"),
+        (["--n-gpu-layers", "most"], "or Input should be 'auto'"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag(argv, needle, capsys):

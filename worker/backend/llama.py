@@ -11,11 +11,12 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as ll
 
-from worker.backend import system
+from worker.backend import offload, system
 from worker.backend.batch import LlamaBatchDecoder
 from worker.backend.errors import (
     ContextOverflowError,
@@ -35,6 +36,7 @@ from worker.backend.protocol import (
 )
 
 _backend_initialised = False
+log = logging.getLogger("llorch.backend")
 _native_log = logging.getLogger("llorch.llama_cpp")
 # ggml_log_level: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the previous line.
 # Loading a model alone logs over a thousand lines, warnings included (unused tokens, ...),
@@ -111,6 +113,9 @@ class LlamaCppBackend:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         _init_backend()
+        if options.n_gpu_layers == "auto":
+            options = replace(options, n_gpu_layers=self._fit_gpu_layers(path, options))
+        assert isinstance(options.n_gpu_layers, int)
         model_params = ll.llama_model_default_params()
         model_params.n_gpu_layers = options.n_gpu_layers
         overrides = _kv_overrides(options.metadata_overrides)
@@ -168,6 +173,23 @@ class LlamaCppBackend:
         )
 
     @staticmethod
+    def _fit_gpu_layers(path: Path, options: LoadOptions) -> int:
+        gpus = [d for d in system.devices() if d.kind in ("gpu", "igpu")]
+        if not gpus or not ll.llama_supports_gpu_offload():
+            return 0
+        try:
+            model = offload.footprint(path)
+        except Exception as exc:  # not a GGUF the reader understands: llama.cpp will say so
+            log.warning("cannot size %s for GPU offload (%s); offloading nothing", path, exc)
+            return 0
+        n_ctx_total = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
+        # llama.cpp fills the first device first; size against the one with most room.
+        free = max(d.memory_free_bytes for d in gpus)
+        layers = offload.fit_layers(model, free, n_ctx_total)
+        log.info("--n-gpu-layers auto: %d of %d layers fit", layers, len(model.layer_bytes) + 1)
+        return layers
+
+    @staticmethod
     def _use_backend_sampling(options: LoadOptions) -> bool:
         if options.backend_sampling is not None:
             return options.backend_sampling
@@ -205,7 +227,7 @@ class LlamaCppBackend:
             n_ctx_train=ll.llama_model_n_ctx_train(self._model),
             n_ctx=ll.llama_n_ctx_seq(self._ctx),
             n_vocab=ll.llama_vocab_n_tokens(self._vocab),
-            n_gpu_layers=options.n_gpu_layers,
+            n_gpu_layers=options.n_gpu_layers if isinstance(options.n_gpu_layers, int) else 0,
             sha256=file_sha256(path),
             chat_template=template.decode("utf-8", "replace") if template else None,
             bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)),

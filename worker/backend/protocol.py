@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 class StopReason(StrEnum):
@@ -46,7 +46,7 @@ class SamplingParams:
 class LoadOptions:
     ctx_size: int = 4096  # per sequence; 0: the model's training context
     parallel: int = 1  # sequences decoded together (slots), each with ctx_size tokens
-    n_gpu_layers: int = 0  # -1: all layers
+    n_gpu_layers: int | Literal["auto"] = 0  # -1: all layers; auto: as many as fit
     threads: int | None = None  # None: the number of physical cores
     batch_size: int = 512
     # Sample inside llama.cpp's graph when a request's samplers allow it (llama.cpp's

@@ -1,0 +1,75 @@
+"""`--n-gpu-layers auto`: the largest number of layers whose weights and KV cache fit the GPU.
+
+The estimate reads the GGUF's header (no weights): the bytes of each `blk.N.*` tensor group,
+of the tensors outside the blocks (offloaded with the last "layer", as llama.cpp counts the
+output layer as layer n_layer), and the KV cache of each layer at the requested context. A
+margin is kept for llama.cpp's compute buffers, which grow with the batch and the vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import GGUFReader
+
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+# Compute buffers: about 0.5 GiB for a batch of 512 over a 128k vocabulary, plus slack for
+# the CUDA context and fragmentation.
+COMPUTE_RESERVE_BYTES = 768 << 20
+KV_BYTES_PER_VALUE = 2  # the default F16 KV cache
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    layer_bytes: tuple[int, ...]  # weights of each block
+    other_bytes: int  # embeddings, output norm and head: offloaded with the last layer
+    kv_bytes_per_token_per_layer: int
+    n_ctx_train: int
+
+
+def _field_int(reader: GGUFReader, key: str, default: int = 0) -> int:
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return int(field.parts[-1][0])
+
+
+def footprint(path: Path) -> ModelFootprint:
+    reader = GGUFReader(str(path))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    per_block: dict[int, int] = defaultdict(int)
+    other = 0
+    for tensor in reader.tensors:
+        match = _BLOCK.match(tensor.name)
+        if match:
+            per_block[int(match.group(1))] += int(tensor.n_bytes)
+        else:
+            other += int(tensor.n_bytes)
+    n_layer = _field_int(reader, f"{arch}.block_count", len(per_block))
+    n_head = _field_int(reader, f"{arch}.attention.head_count", 1)
+    n_head_kv = _field_int(reader, f"{arch}.attention.head_count_kv", n_head)
+    n_embd = _field_int(reader, f"{arch}.embedding_length")
+    head_k = _field_int(reader, f"{arch}.attention.key_length", n_embd // max(1, n_head))
+    head_v = _field_int(reader, f"{arch}.attention.value_length", head_k)
+    kv = n_head_kv * (head_k + head_v) * KV_BYTES_PER_VALUE
+    n_ctx_train = _field_int(reader, f"{arch}.context_length", 4096)
+    return ModelFootprint(tuple(per_block[i] for i in range(n_layer)), other, kv, n_ctx_train)
+
+
+def fit_layers(model: ModelFootprint, free_bytes: int, n_ctx_total: int) -> int:
+    """How many layers to offload (n_layer + 1 means everything, output included)."""
+    budget = free_bytes - COMPUTE_RESERVE_BYTES
+    kv_per_layer = model.kv_bytes_per_token_per_layer * n_ctx_total
+    used = 0
+    fitted = 0
+    for layer in model.layer_bytes:
+        if used + layer + kv_per_layer > budget:
+            return fitted
+        used += layer + kv_per_layer
+        fitted += 1
+    if used + model.other_bytes <= budget:
+        return fitted + 1
+    return fitted
