@@ -1,8 +1,10 @@
 """The one thread that owns the model.
 
-Requests reach it through a queue and are generated one at a time; each job's events go out
-through the job's own sink, a callable the caller provides (the HTTP layer forwards them to its
-event loop). Loading happens on the same thread, so the server can listen while it runs.
+Requests reach it through a queue. The thread moves them into the backend's batch decoder as
+slots free up, runs one decode step at a time over every live sequence (continuous batching),
+and sends each job's events out through the job's own sink, a callable the caller provides (the
+HTTP layer forwards them to its event loop). Loading happens on the same thread, so the server
+can listen while it runs.
 """
 
 from __future__ import annotations
