@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup backend serve test lint clean
+.PHONY: setup backend serve test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ backend: $(PY)
 
 $(VENV)/.llorch-installed: $(PY) pyproject.toml
 	$(PY) build/backend.py --preset $(PRESET) --python $(PY) --if-missing
+	$(PY) -m pip install -e .
+	touch $@
+
+# The test tools and the reference implementation (torch, transformers) only for `make test`.
+$(VENV)/.llorch-test-installed: $(VENV)/.llorch-installed pyproject.toml
 	$(PY) -m pip install -e ".[test]"
 	touch $@
 
@@ -30,7 +35,7 @@ setup: $(VENV)/.llorch-installed
 serve: setup
 	$(VENV)/bin/llorch serve $(ARGS)
 
-test: setup
+test: setup $(VENV)/.llorch-test-installed
 	$(VENV)/bin/ruff check llorch worker convert tests build
 	$(VENV)/bin/ruff format --check llorch worker convert tests build
 	$(VENV)/bin/mypy
