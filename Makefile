@@ -36,8 +36,8 @@ serve: setup
 	$(VENV)/bin/llorch serve $(ARGS)
 
 test: setup $(VENV)/.llorch-test-installed
-	$(VENV)/bin/ruff check llorch worker convert tests build
-	$(VENV)/bin/ruff format --check llorch worker convert tests build
+	$(VENV)/bin/ruff check llorch worker convert tests build bench
+	$(VENV)/bin/ruff format --check llorch worker convert tests build bench
 	$(VENV)/bin/mypy
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(ARGS)
 
