@@ -38,11 +38,10 @@ def resolve_model(spec: str | None) -> Path:
         return path
     if path.suffix == ".gguf":
         raise ModelLoadError(f"model file not found: {path}")
+    # Imported here: the converter is only needed for Hugging Face folders and repo ids.
+    from convert import MODEL_ERRORS, cached_gguf
+
     try:
-        import convert
-    except ImportError as exc:  # pragma: no cover - the converter ships with llorch
-        raise ModelLoadError(f"{spec} is not a GGUF file and the converter is missing") from exc
-    cached = getattr(convert, "cached_gguf", None)
-    if cached is None:
-        raise ModelLoadError(f"{spec} is not a GGUF file (Hugging Face folders need the converter)")
-    return Path(cached(spec))
+        return Path(cached_gguf(spec))
+    except MODEL_ERRORS as exc:  # the message names the file and the problem
+        raise ModelLoadError(str(exc)) from exc

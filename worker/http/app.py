@@ -81,6 +81,7 @@ def create_app(
 
     app = FastAPI(title="llorch worker", lifespan=lifespan)
     app.state.scheduler = scheduler
+    app.state.started = time.monotonic()
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)
@@ -89,7 +90,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse(health_body(scheduler, settings))
+        return JSONResponse(health_body(scheduler, settings, app.state.started))
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -319,14 +320,14 @@ def _sampling_of(
     )
 
 
-def health_body(scheduler: Scheduler, settings: WorkerSettings) -> dict[str, Any]:
+def health_body(scheduler: Scheduler, settings: WorkerSettings, started: float) -> dict[str, Any]:
     """Built only from data cached at load time: it never waits on the model thread."""
     state = scheduler.state
     body: dict[str, Any] = {
         "status": "healthy" if state in _HEALTHY else "unhealthy",
         "state": state.value,
         "worker_id": settings.worker_id,
-        "uptime_s": round(time.monotonic() - _STARTED, 3),
+        "uptime_s": round(time.monotonic() - started, 3),
         "queue_depth": scheduler.queue_depth,
         "active_job": scheduler.active_job_id,
     }
@@ -359,6 +360,3 @@ def health_body(scheduler: Scheduler, settings: WorkerSettings) -> dict[str, Any
         }
         body["devices"] = [dataclasses.asdict(d) for d in info.devices]
     return body
-
-
-_STARTED = time.monotonic()
