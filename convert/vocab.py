@@ -204,13 +204,33 @@ def _special_ids(
         for source in (generation, config):
             value = source.get(f"{name}_token_id")
             if isinstance(value, list) and value:
-                if len(value) > 1:
-                    notes.append(f"{name}_token_id lists {value}; GGUF stores the first")
                 value = value[0]
             if isinstance(value, int) and 0 <= value < len(lookup):
                 ids[name] = value
                 break
+    # Every id of an eos_token_id list ends generation, whichever one eos_token named.
+    for source in (generation, config):
+        listed = source.get("eos_token_id")
+        if isinstance(listed, list):
+            _extra_eos([v for v in listed if v != ids.get("eos")], ids, len(lookup), notes)
+            break
     return ids
+
+
+def _extra_eos(extra: list[Any], ids: dict[str, int], n_vocab: int, notes: list[str]) -> None:
+    """Ids after the first of an eos_token_id list (Llama 3.1: end_of_text, eom_id, eot_id).
+
+    GGUF has one eos id, plus eot and eom ids; llama.cpp stops on all three
+    (llama_vocab_is_eog), so the rest of the list goes there, in order.
+    """
+    slots = ["eot", "eom"]
+    for value in extra:
+        if not (isinstance(value, int) and 0 <= value < n_vocab):
+            continue
+        if not slots:
+            notes.append(f"eos_token_id {value} has no GGUF key left (eos, eot, eom are taken)")
+            continue
+        ids.setdefault(slots.pop(0), value)
 
 
 def write_vocab(vocab: Vocab, writer: gguf.GGUFWriter) -> None:
@@ -228,6 +248,8 @@ def write_vocab(vocab: Vocab, writer: gguf.GGUFWriter) -> None:
         "eos": writer.add_eos_token_id,
         "unk": writer.add_unk_token_id,
         "pad": writer.add_pad_token_id,
+        "eot": writer.add_eot_token_id,
+        "eom": writer.add_eom_token_id,
     }
     for name, idx in vocab.special_ids.items():
         setters[name](idx)

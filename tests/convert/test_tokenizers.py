@@ -177,3 +177,24 @@ def test_legacy_string_merges_and_chat_template_json(checkpoint: Any, tmp_path: 
     assert f[gguf.Keys.Tokenizer.MERGES] == [" ".join(pair) for pair in pairs]
     assert f[gguf.Keys.Tokenizer.CHAT_TEMPLATE] == "{{ 'd' }}"
     assert f[gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="tool_use")] == "t"
+
+
+def test_every_id_of_an_eos_list_ends_generation(checkpoint: Any, tmp_path: Path) -> None:
+    from convert import llamacpp
+
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    gen = json.loads((built.folder / "generation_config.json").read_text())
+    (built.folder / "generation_config.json").write_text(
+        json.dumps({**gen, "eos_token_id": [2, 5, 7]})
+    )
+    out = tmp_path / "out.gguf"
+    convert(built.folder, out, outtype="f32")
+    f = _fields(out)
+    assert f[gguf.Keys.Tokenizer.EOS_ID] == 2
+    assert (f[gguf.Keys.Tokenizer.EOT_ID], f[gguf.Keys.Tokenizer.EOM_ID]) == (5, 7)
+    import llama_cpp as ll
+
+    with llamacpp.load_model(out, vocab_only=True) as model:
+        vocab = ll.llama_model_get_vocab(model)
+        assert all(ll.llama_vocab_is_eog(vocab, t) for t in (2, 5, 7))
+        assert not ll.llama_vocab_is_eog(vocab, 9)
