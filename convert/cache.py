@@ -18,7 +18,7 @@ from pathlib import Path
 from convert.api import DEFAULT_OUTTYPE, convert
 from llorch.detector import detect
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: eos lists into eot/eom
 _READ = (
     "config.json",
     "generation_config.json",
