@@ -33,7 +33,7 @@ from worker.backend.protocol import (
 )
 from worker.http import errors, openai
 from worker.http.auth import BearerAuth
-from worker.http.metrics import CONTENT_TYPE, TokenTimer, WorkerMetrics
+from worker.http.metrics import CONTENT_TYPE, JobObserver, WorkerMetrics
 from worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from worker.http.sse import frame
 from worker.models import resolve_model
@@ -118,24 +118,21 @@ def create_app(
             scheduler.admit, body.prompt, body.max_tokens, sampling, tuple(body.stop)
         )
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[_Timed] = asyncio.Queue()
+        events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        observe = JobObserver(metrics, len(gen.prompt_tokens))
 
         def sink(event: JobEvent) -> None:
-            # Stamped here, on the model thread, so latency metrics do not include the time
-            # the event waited for the event loop or a slow reader.
-            timed = (time.monotonic(), event)
+            observe(event)
             try:
-                loop.call_soon_threadsafe(events.put_nowait, timed)
+                loop.call_soon_threadsafe(events.put_nowait, event)
             except RuntimeError:  # the event loop is gone: nobody is listening any more
                 job.cancel()
 
         timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
-        timer = TokenTimer(metrics, time.monotonic())
         job = scheduler.submit(body.job_id, gen, sink, timeout_s=timeout_s)
-        metrics.prompt_tokens.inc(len(gen.prompt_tokens))
         model_name = scheduler.model.name if scheduler.model else ""
         return StreamingResponse(
-            _stream(job.job_id, model_name, events, job.cancel, metrics, timer),
+            _stream(job.job_id, model_name, events, job.cancel),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -190,22 +187,17 @@ def create_app(
     return app
 
 
-_Timed = tuple[float, JobEvent]  # (time.monotonic() when the model thread emitted it, event)
-
-
 async def _stream(
     job_id: str,
     model_name: str,
-    events: asyncio.Queue[_Timed],
+    events: asyncio.Queue[JobEvent],
     cancel: Callable[[], None],
-    metrics: WorkerMetrics,
-    timer: TokenTimer,
 ) -> AsyncIterator[bytes]:
     """SSE events of one job. Leaving early (client gone, server stopping) cancels the job."""
     finished = False
     try:
         while True:
-            at, event = await events.get()
+            event = await events.get()
             if isinstance(event, JobStarted):
                 yield frame(
                     {
@@ -216,13 +208,11 @@ async def _stream(
                     }
                 )
             elif isinstance(event, TokenEvent):
-                timer.token(at)
                 yield frame(
                     {"type": "token", "t": event.text, "i": event.index, "id": event.token_id}
                 )
             elif isinstance(event, FinishEvent):
                 finished = True
-                metrics.finished(event.stop_reason.value)
                 seconds = event.decode_time_ms / 1000.0
                 yield frame(
                     {
@@ -246,7 +236,6 @@ async def _stream(
                 return
             elif isinstance(event, JobFailed):
                 finished = True
-                metrics.failed(event.error.code)
                 yield frame(
                     {"type": "error", "code": event.error.code, "message": str(event.error)}
                 )

@@ -118,14 +118,21 @@ class TokenTimer:
 
 class JobObserver:
     """Counts one job's events into the metrics, from the model thread's sink (so latencies
-    are stamped when events leave the model, not when a reader gets to them)."""
+    are stamped when events leave the model, not when a reader gets to them).
+
+    The prompt is counted with the first event: a sink only hears from jobs that were
+    admitted, so a request refused at submission (queue full) counts no prompt tokens.
+    """
 
     def __init__(self, metrics: WorkerMetrics, prompt_tokens: int) -> None:
         self._metrics = metrics
         self._timer = TokenTimer(metrics, time.monotonic())
-        metrics.prompt_tokens.inc(prompt_tokens)
+        self._prompt_tokens: int | None = prompt_tokens
 
     def __call__(self, event: JobEvent) -> None:
+        if self._prompt_tokens is not None:
+            self._metrics.prompt_tokens.inc(self._prompt_tokens)
+            self._prompt_tokens = None
         if isinstance(event, TokenEvent):
             self._timer.token(time.monotonic())
         elif isinstance(event, FinishEvent):
