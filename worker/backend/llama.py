@@ -7,7 +7,6 @@ scheduler guarantees that a single thread calls it.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ from worker.backend.protocol import (
     ModelInfo,
     SequenceFailed,
 )
+from worker.models import file_sha256
 
 _backend_initialised = False
 log = logging.getLogger("llorch.backend")
@@ -57,14 +57,6 @@ def _init_backend() -> None:
         ll.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
         ll.llama_backend_init()
         _backend_initialised = True
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_threads() -> int:
