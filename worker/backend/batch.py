@@ -248,17 +248,16 @@ class LlamaBatchDecoder:
         if matched is not None:
             out.append((seq.key, event))
             self._finish(slot, StopReason.STOP_SEQUENCE, out, matched)
-        elif seq.n_out >= seq.request.max_tokens:
-            seq.pending = event
+            return
+        if seq.n_out >= seq.request.max_tokens:
+            seq.pending = event  # _finish releases what is held onto this last event
             self._finish(slot, StopReason.MAX_TOKENS, out)
-        elif seq.text.holding:
+            return
+        if seq.text.holding:
             seq.pending = event
         else:
             out.append((seq.key, event))
-            seq.next_token = token
-            return
-        if slot.seq is not None:  # held back, still generating
-            seq.next_token = token
+        seq.next_token = token
 
     def _finish(
         self, slot: _Slot, reason: StopReason, out: Emitted, matched: str | None = None
