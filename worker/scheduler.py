@@ -240,7 +240,7 @@ class Scheduler:
     ) -> GenerationRequest:
         self._check_admitting()
         assert self.model is not None
-        n_ctx = self.capacity().ctx_per_slot
+        n_ctx = self.model.n_ctx  # each slot's context (ModelInfo.n_ctx is per slot)
         if len(tokens) + max_tokens > n_ctx:
             raise ContextOverflowError(len(tokens), max_tokens, n_ctx)
         return GenerationRequest(tuple(tokens), max_tokens, sampling, stop)
