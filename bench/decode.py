@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 import llama_cpp as ll
 
-from worker.backend.llama import LlamaCppBackend
-from worker.backend.protocol import GenerationRequest, LoadOptions, SamplingParams, TokenEvent
-from worker.models import resolve_model
+from llorch.worker.backend.llama import LlamaCppBackend
+from llorch.worker.backend.protocol import GenerationRequest, LoadOptions, SamplingParams, TokenEvent
+from llorch.worker.models import resolve_model
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle.\n\n"
 

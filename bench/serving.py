@@ -40,7 +40,7 @@ from types import ModuleType
 
 import httpx
 
-from worker.models import resolve_model
+from llorch.worker.models import resolve_model
 
 REPO = Path(__file__).resolve().parent.parent
 # llama-server as the cpu preset builds llama.cpp (-march=native, OpenMP), statically linked;

@@ -1,8 +1,8 @@
 """SafeTensors checkpoint to GGUF conversion: convert(), cached_gguf(), and their errors."""
 
-from convert.api import ConversionReport, convert
-from convert.cache import cached_gguf
-from convert.errors import MODEL_ERRORS, ConversionError
+from llorch.convert.api import ConversionReport, convert
+from llorch.convert.cache import cached_gguf
+from llorch.convert.errors import MODEL_ERRORS, ConversionError
 
 __all__ = [
     "MODEL_ERRORS",

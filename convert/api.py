@@ -11,18 +11,18 @@ from typing import Any
 
 import gguf
 
-from convert import llamacpp
-from convert import writer as gw
-from convert.errors import (
+from llorch.convert import llamacpp
+from llorch.convert import writer as gw
+from llorch.convert.errors import (
     ConversionError,
     MissingTensorError,
     MissingTokenizerError,
     OutputError,
 )
-from convert.families import load_family
-from convert.families.base import ModelInput, PlannedTensor
-from convert.verify import verify_tokenizer
-from convert.vocab import load_vocab, write_vocab
+from llorch.convert.families import load_family
+from llorch.convert.families.base import ModelInput, PlannedTensor
+from llorch.convert.verify import verify_tokenizer
+from llorch.convert.vocab import load_vocab, write_vocab
 from llorch.detector import Detection, detect, lookup, read_json, text_config
 from llorch.detector.errors import InvalidFileError
 from llorch.detector.safetensors import Checkpoint

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from convert.api import DEFAULT_OUTTYPE, convert
+from llorch.convert.api import DEFAULT_OUTTYPE, convert
 from llorch.detector import detect
 
 CONVERTER_VERSION = "2"  # 2: eos lists into eot/eom

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from convert.errors import MODEL_ERRORS
+from llorch.convert.errors import MODEL_ERRORS
 
 
 def register(subparsers: Any) -> None:
@@ -67,7 +67,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from convert.api import convert
+    from llorch.convert.api import convert
 
     bar: Any = None
     progress = sys.stderr.isatty() and not args.json

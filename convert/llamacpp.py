@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.errors import ConversionError, QuantizeError
+from llorch.convert.errors import ConversionError, QuantizeError
 
 _initialised = False
 _log_callback: Any = None  # kept referenced: llama.cpp holds the pointer

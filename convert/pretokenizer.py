@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from convert.errors import TokenizerError, UnknownPreTokenizerError
-from convert.pre_hashes import CHECK_TEXT, HASHES
+from llorch.convert.errors import TokenizerError, UnknownPreTokenizerError
+from llorch.convert.pre_hashes import CHECK_TEXT, HASHES
 
 # Regexes as they appear in tokenizer.json `Split` steps (upstream tokenizer files).
 LLAMA3_REGEX = (

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.errors import TokenizerError
+from llorch.convert.errors import TokenizerError
 
 UNIGRAM, BPE = 1, 2
 MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert import llamacpp
-from convert.errors import VerificationError
-from convert.vocab import Vocab, special_texts
+from llorch.convert import llamacpp
+from llorch.convert.errors import VerificationError
+from llorch.convert.vocab import Vocab, special_texts
 
 CORPUS: tuple[str, ...] = (
     "Hello world",

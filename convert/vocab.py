@@ -14,9 +14,9 @@ from typing import Any
 
 import gguf
 
-from convert import pretokenizer
-from convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
-from convert.spm import BPE, MODEL_TYPES, read_spm
+from llorch.convert import pretokenizer
+from llorch.convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
+from llorch.convert.spm import BPE, MODEL_TYPES, read_spm
 from llorch.detector import read_json
 
 _T = gguf.TokenType

@@ -18,8 +18,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from convert.errors import OutputError, OutTypeError, ShapeMismatchError
-from convert.families.base import PlannedTensor
+from llorch.convert.errors import OutputError, OutTypeError, ShapeMismatchError
+from llorch.convert.families.base import PlannedTensor
 
 _Q = gguf.GGMLQuantizationType
 _F = gguf.LlamaFileType
@@ -33,7 +33,7 @@ DIRECT: dict[str, tuple[_Q, _F]] = {
 
 def quantizer_types() -> dict[str, int]:
     """Types written by llama.cpp's quantizer (everything it knows but the direct ones)."""
-    from convert import llamacpp
+    from llorch.convert import llamacpp
 
     return {k: v for k, v in llamacpp.ftype_constants().items() if k not in DIRECT}
 

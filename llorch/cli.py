@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("worker.cli", "convert.cli")
+COMMAND_MODULES = ("llorch.worker.cli", "llorch.convert.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,15 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    from worker.models import default_model_path
+    from llorch.worker.models import default_model_path
 
     return default_model_path()
 
 
 @pytest.fixture(scope="session")
 def backend(model_path: Path) -> Iterator[object]:
-    from worker.backend.llama import LlamaCppBackend
-    from worker.backend.protocol import LoadOptions
+    from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.protocol import LoadOptions
 
     instance = LlamaCppBackend()
     instance.load(model_path, LoadOptions(ctx_size=1024, threads=2))

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from worker.backend.errors import ContextOverflowError, ModelLoadError, NoChatTemplateError
-from worker.backend.protocol import (
+from llorch.worker.backend.errors import ContextOverflowError, ModelLoadError, NoChatTemplateError
+from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
     Device,

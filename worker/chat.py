@@ -18,8 +18,8 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from worker.backend.errors import WorkerError
-from worker.backend.protocol import ChatMessage, ModelInfo
+from llorch.worker.backend.errors import WorkerError
+from llorch.worker.backend.protocol import ChatMessage, ModelInfo
 
 
 class ChatTemplateError(WorkerError):

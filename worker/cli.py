@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from worker.settings import WorkerSettings
+from llorch.worker.settings import WorkerSettings
 
 
 def _flag(name: str) -> str:
@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from worker.server import serve
+    from llorch.worker.server import serve
 
     return serve(settings)
 
@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from worker.backend import system
+    from llorch.worker.backend import system
 
     info = system.backend_info()
     body: dict[str, Any] = dataclasses.asdict(info)

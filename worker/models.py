@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from worker.backend.errors import ModelLoadError
+from llorch.worker.backend.errors import ModelLoadError
 
 _digests: dict[tuple[str, int, int], str] = {}
 _digests_lock = threading.Lock()
@@ -62,7 +62,7 @@ def resolve_model(spec: str | None) -> Path:
     if path.suffix == ".gguf":
         raise ModelLoadError(f"model file not found: {path}")
     # Imported here: the converter is only needed for Hugging Face folders and repo ids.
-    from convert import MODEL_ERRORS, cached_gguf
+    from llorch.convert import MODEL_ERRORS, cached_gguf
 
     try:
         return Path(cached_gguf(spec))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from worker.backend.errors import (
+from llorch.worker.backend.errors import (
     ContextOverflowError,
     DeadlineExceededError,
     DrainingError,
@@ -30,7 +30,7 @@ from worker.backend.errors import (
     ShuttingDownError,
     WorkerError,
 )
-from worker.backend.protocol import (
+from llorch.worker.backend.protocol import (
     BackendInfo,
     BatchDecoder,
     ChatMessage,

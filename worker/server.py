@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-from worker.backend.protocol import ModelBackend
-from worker.http.app import create_app
-from worker.scheduler import Scheduler, State
-from worker.settings import WorkerSettings
+from llorch.worker.backend.protocol import ModelBackend
+from llorch.worker.http.app import create_app
+from llorch.worker.scheduler import Scheduler, State
+from llorch.worker.settings import WorkerSettings
 
 log = logging.getLogger("llorch.worker")
 
@@ -136,7 +136,7 @@ async def _serve(server: _Server, settings: WorkerSettings) -> None:
 def serve(settings: WorkerSettings, backend: ModelBackend | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the exit status."""
     if backend is None:
-        from worker.backend.llama import LlamaCppBackend
+        from llorch.worker.backend.llama import LlamaCppBackend
 
         backend = LlamaCppBackend()
     app = create_app(backend, settings)

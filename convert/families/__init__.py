@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
-from convert.families.base import Family
+from llorch.convert.families.base import Family
 
 
 def load_family(name: str) -> Family:
-    return cast(Family, importlib.import_module(f"convert.families.{name}"))
+    return cast(Family, importlib.import_module(f"llorch.convert.families.{name}"))

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import gguf
 import numpy as np
 
-from convert.errors import ConfigError, ShapeMismatchError, UnmappedTensorError
+from llorch.convert.errors import ConfigError, ShapeMismatchError, UnmappedTensorError
 from llorch.detector.safetensors import Checkpoint
 
 _T = gguf.MODEL_TENSOR

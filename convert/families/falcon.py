@@ -17,8 +17,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from convert.errors import ConfigError
-from convert.families.base import (
+from llorch.convert.errors import ConfigError
+from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
     dims,

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import gguf
 import numpy as np
 
-from convert.errors import ConfigError, MissingExpertError, ShapeMismatchError
-from convert.families.base import (
+from llorch.convert.errors import ConfigError, MissingExpertError, ShapeMismatchError
+from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
     cfg_int,

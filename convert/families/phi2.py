@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gguf
 
-from convert.errors import ConfigError
-from convert.families.base import (
+from llorch.convert.errors import ConfigError
+from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
     dims,

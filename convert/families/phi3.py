@@ -18,8 +18,8 @@ import math
 import gguf
 import numpy as np
 
-from convert.errors import ConfigError
-from convert.families.base import (
+from llorch.convert.errors import ConfigError
+from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
     cfg_int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gguf
 
-from convert.families.base import (
+from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
     dims,

@@ -61,7 +61,7 @@ def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, trainers
     from tokenizers import pre_tokenizers as pt
 
-    from convert.pretokenizer import LLAMA3_REGEX, QWEN2_REGEX
+    from llorch.convert.pretokenizer import LLAMA3_REGEX, QWEN2_REGEX
 
     tok = Tokenizer(models.BPE())
     bytes_only = pt.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -195,7 +195,7 @@ class Parity:
 
 
 def parity(folder: Path, gguf_path: Path, n_vocab: int) -> Parity:
-    from convert import llamacpp
+    from llorch.convert import llamacpp
 
     tokens = sample_tokens(n_vocab)
     ref = reference_logits(folder, tokens)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from convert import convert
-from convert.errors import ConversionError
+from llorch.convert import convert
+from llorch.convert.errors import ConversionError
 from llorch.cli import main
 
 TINY = {
@@ -140,7 +140,7 @@ def test_output_folder_missing_or_a_file(base: Path, tmp_path: Path, capsys: Any
 
 
 def test_failure_mid_write_leaves_nothing(base: Path, tmp_path: Path, monkeypatch: Any) -> None:
-    from convert.families import llama
+    from llorch.convert.families import llama
 
     src = _copy(base, tmp_path)
     real_plan = llama.plan
@@ -189,7 +189,7 @@ def test_missing_expert(tmp_path: Path, capsys: Any, helpers: Any) -> None:
 
 def test_llama_cpp_refuses_an_incomplete_file(base: Path, tmp_path: Path, monkeypatch: Any) -> None:
     """A family that forgot a tensor is caught by llama.cpp's own loader, before the rename."""
-    from convert.families import llama
+    from llorch.convert.families import llama
 
     src = _copy(base, tmp_path)
     real_plan = llama.plan
@@ -218,7 +218,7 @@ def test_missing_lm_head_when_untied(base: Path, tmp_path: Path, capsys: Any) ->
 
 _INTERRUPT = """
 import os, signal, sys
-from convert import convert
+from llorch.convert import convert
 convert(sys.argv[1], sys.argv[2], on_tensor=lambda p: os.kill(os.getpid(), signal.SIGINT))
 """
 

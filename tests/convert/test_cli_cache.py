@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 
-from convert import cached_gguf
+from llorch.convert import cached_gguf
 from llorch.cli import main
 
 TINY = {
@@ -108,7 +108,7 @@ def test_read_only_output_folder(checkpoint: Any, tmp_path: Path, capsys: Any) -
 def test_cached_gguf_does_not_rehash_unchanged_weights(
     checkpoint: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from convert import cache
+    from llorch.convert import cache
 
     built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
     hashed: list[str] = []

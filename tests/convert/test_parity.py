@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from convert import convert
+from llorch.convert import convert
 from llorch.detector import SUPPORTED
 
 SMALL = {

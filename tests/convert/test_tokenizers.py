@@ -11,8 +11,8 @@ from typing import Any
 import gguf
 import pytest
 
-from convert import convert
-from convert.errors import TokenizerError, UnknownPreTokenizerError, VerificationError
+from llorch.convert import convert
+from llorch.convert.errors import TokenizerError, UnknownPreTokenizerError, VerificationError
 
 TINY = {
     "hidden_size": 32,
@@ -127,7 +127,7 @@ def test_unigram_sentencepiece_is_refused(checkpoint: Any, helpers: Any, tmp_pat
 def test_known_hash_cross_checks_and_falls_back(
     checkpoint: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from convert import pretokenizer
+    from llorch.convert import pretokenizer
 
     built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY, tokenizer="llama3")
     digest = pretokenizer.check_hash(built.folder / "tokenizer.json")
@@ -180,7 +180,7 @@ def test_legacy_string_merges_and_chat_template_json(checkpoint: Any, tmp_path: 
 
 
 def test_every_id_of_an_eos_list_ends_generation(checkpoint: Any, tmp_path: Path) -> None:
-    from convert import llamacpp
+    from llorch.convert import llamacpp
 
     built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
     gen = json.loads((built.folder / "generation_config.json").read_text())

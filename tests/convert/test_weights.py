@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from convert import convert
+from llorch.convert import convert
 
 TINY = {
     "hidden_size": 64,
@@ -41,7 +41,7 @@ def test_bf16_to_bf16_is_bit_exact(checkpoint: Any, tmp_path: Path) -> None:
 
 
 def test_f32_tensors_round_trip_through_permutation(checkpoint: Any, tmp_path: Path) -> None:
-    from convert.families.llama import permute_rope
+    from llorch.convert.families.llama import permute_rope
 
     built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
     out = tmp_path / "o.gguf"
@@ -60,7 +60,7 @@ def test_f32_tensors_round_trip_through_permutation(checkpoint: Any, tmp_path: P
 # from the forking pytest process, torch and the reference model included.
 _MEASURE = """
 import json, re, sys
-from convert import convert
+from llorch.convert import convert
 convert(sys.argv[1], sys.argv[2], outtype="f16")
 status = open("/proc/self/status").read()
 print(json.dumps({"hwm_kb": int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1))}))

@@ -133,7 +133,7 @@ def test_table_rows_are_consistent() -> None:
     for row in SUPPORTED:
         assert row.llama_arch == gguf.MODEL_ARCH_NAMES[row.arch]
         assert row.model_type
-        module = importlib.import_module(f"convert.families.{row.family}")
+        module = importlib.import_module(f"llorch.convert.families.{row.family}")
         assert callable(module.plan) and callable(module.write_hparams)
         if row.alias_of is not None:
             assert lookup(row.alias_of).family == row.family

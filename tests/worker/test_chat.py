@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.backend.errors import NoChatTemplateError
-from worker.backend.protocol import ChatMessage, ModelInfo
-from worker.chat import ChatTemplateError, chat_prompt_tokens, render_chat, render_template
+from llorch.worker.backend.errors import NoChatTemplateError
+from llorch.worker.backend.protocol import ChatMessage, ModelInfo
+from llorch.worker.chat import ChatTemplateError, chat_prompt_tokens, render_chat, render_template
 
 # Gemma's template as it ships in tokenizer_config.json, abridged to text content.
 GEMMA_TEMPLATE = (
@@ -144,7 +144,7 @@ def test_chat_prompt_tokens_have_one_bos(backend):
 
 
 def test_unknown_family_has_no_builtin_template():
-    from worker.backend.chat_native import apply_builtin_template
+    from llorch.worker.backend.chat_native import apply_builtin_template
 
     with pytest.raises(NoChatTemplateError, match=r"architecture 'bert'.*supported families"):
         apply_builtin_template(info(architecture="bert"), MESSAGES, True)
@@ -152,7 +152,7 @@ def test_unknown_family_has_no_builtin_template():
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "phi3", "gemma2"])
 def test_builtin_templates_of_other_families_apply(architecture):
-    from worker.backend.chat_native import apply_builtin_template
+    from llorch.worker.backend.chat_native import apply_builtin_template
 
     text = apply_builtin_template(info(architecture=architecture), MESSAGES, True)
     assert "Capital of France?" in text and "Be brief." in text

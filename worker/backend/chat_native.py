@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import llama_cpp.llama_cpp as ll
 
-from worker.backend.errors import NoChatTemplateError
-from worker.backend.protocol import ChatMessage, ModelInfo
+from llorch.worker.backend.errors import NoChatTemplateError
+from llorch.worker.backend.protocol import ChatMessage, ModelInfo
 
 # llama.cpp architecture name (general.architecture) -> llama.cpp built-in template name.
 # The names on the right are those of llama_chat_builtin_templates().

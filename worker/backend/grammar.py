@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from worker.backend.errors import WorkerError
+from llorch.worker.backend.errors import WorkerError
 
 
 class SchemaError(WorkerError):

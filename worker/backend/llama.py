@@ -15,15 +15,15 @@ from pathlib import Path
 
 import llama_cpp as ll
 
-from worker.backend import offload, system
-from worker.backend.batch import LlamaBatchDecoder
-from worker.backend.errors import (
+from llorch.worker.backend import offload, system
+from llorch.worker.backend.batch import LlamaBatchDecoder
+from llorch.worker.backend.errors import (
     ContextOverflowError,
     InferenceError,
     ModelLoadError,
     OutOfMemoryError,
 )
-from worker.backend.protocol import (
+from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
     FinishEvent,
@@ -33,7 +33,7 @@ from worker.backend.protocol import (
     ModelInfo,
     SequenceFailed,
 )
-from worker.models import file_sha256
+from llorch.worker.models import file_sha256
 
 _backend_initialised = False
 log = logging.getLogger("llorch.backend")
@@ -304,7 +304,7 @@ class LlamaCppBackend:
     def builtin_chat_template(
         self, messages: Sequence[ChatMessage], add_generation_prompt: bool
     ) -> str:
-        from worker.backend import chat_native
+        from llorch.worker.backend import chat_native
 
         return chat_native.apply_builtin_template(self.info(), messages, add_generation_prompt)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import llama_cpp as ll
 
-from worker.backend.errors import InvalidRequestError
-from worker.backend.protocol import SamplingParams
+from llorch.worker.backend.errors import InvalidRequestError
+from llorch.worker.backend.protocol import SamplingParams
 
 # llama.h: LLAMA_DEFAULT_SEED asks the dist sampler for a random seed; never pass it on purpose.
 _LLAMA_DEFAULT_SEED = 0xFFFFFFFF

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import llama_cpp as ll
 
-from worker.backend.protocol import BackendInfo, Device
+from llorch.worker.backend.protocol import BackendInfo, Device
 
 # Written by build/backend.py next to the venv's interpreter prefix.
 PRESET_MARKER = Path(sys.prefix) / "llorch-backend.json"

@@ -21,24 +21,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from worker.backend import grammar
-from worker.backend.errors import NotReadyError, WorkerError
-from worker.backend.grammar import SchemaError
-from worker.backend.protocol import (
+from llorch.worker.backend import grammar
+from llorch.worker.backend.errors import NotReadyError, WorkerError
+from llorch.worker.backend.grammar import SchemaError
+from llorch.worker.backend.protocol import (
     FinishEvent,
     LoadOptions,
     ModelBackend,
     SamplingParams,
     TokenEvent,
 )
-from worker.http import errors, openai
-from worker.http.auth import BearerAuth
-from worker.http.metrics import CONTENT_TYPE, JobObserver, WorkerMetrics
-from worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
-from worker.http.sse import frame
-from worker.models import resolve_model
-from worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
-from worker.settings import WorkerSettings
+from llorch.worker.http import errors, openai
+from llorch.worker.http.auth import BearerAuth
+from llorch.worker.http.metrics import CONTENT_TYPE, JobObserver, WorkerMetrics
+from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
+from llorch.worker.http.sse import frame
+from llorch.worker.models import resolve_model
+from llorch.worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
+from llorch.worker.settings import WorkerSettings
 
 log = logging.getLogger("llorch.http")
 

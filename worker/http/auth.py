@@ -11,7 +11,7 @@ import hmac
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.http.errors import Unauthorized, response_for
+from llorch.worker.http.errors import Unauthorized, response_for
 
 # Liveness and readiness probes come from supervisors that hold no token.
 OPEN_PATHS = frozenset({"/health", "/ready"})

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from worker.backend.errors import (
+from llorch.worker.backend.errors import (
     ContextOverflowError,
     DeadlineExceededError,
     DrainingError,
@@ -22,7 +22,7 @@ from worker.backend.errors import (
     ShuttingDownError,
     WorkerError,
 )
-from worker.http.schemas import validation_errors
+from llorch.worker.http.schemas import validation_errors
 
 log = logging.getLogger("llorch.http")
 

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.backend.protocol import FinishEvent, TokenEvent
-from worker.scheduler import JobEvent, JobFailed, Scheduler
+from llorch.worker.backend.protocol import FinishEvent, TokenEvent
+from llorch.worker.scheduler import JobEvent, JobFailed, Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -15,15 +15,15 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from worker.backend import grammar
-from worker.backend.errors import (
+from llorch.worker.backend import grammar
+from llorch.worker.backend.errors import (
     DeadlineExceededError,
     InferenceError,
     NotReadyError,
     ShuttingDownError,
     WorkerError,
 )
-from worker.backend.protocol import (
+from llorch.worker.backend.protocol import (
     ChatMessage,
     FinishEvent,
     GenerationRequest,
@@ -32,18 +32,18 @@ from worker.backend.protocol import (
     StopReason,
     TokenEvent,
 )
-from worker.chat import chat_prompt_tokens
-from worker.http import errors
-from worker.http.metrics import JobObserver, WorkerMetrics
-from worker.http.openai_errors import InvalidParam, ModelNotFound, OpenAIRoute, error_body
-from worker.http.openai_schemas import (
+from llorch.worker.chat import chat_prompt_tokens
+from llorch.worker.http import errors
+from llorch.worker.http.metrics import JobObserver, WorkerMetrics
+from llorch.worker.http.openai_errors import InvalidParam, ModelNotFound, OpenAIRoute, error_body
+from llorch.worker.http.openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     Reply,
     SamplingFields,
 )
-from worker.http.sse import frame
-from worker.scheduler import CancelReason, Job, JobEvent, JobFailed, JobStarted, Scheduler
+from llorch.worker.http.sse import frame
+from llorch.worker.scheduler import CancelReason, Job, JobEvent, JobFailed, JobStarted, Scheduler
 
 JsonGrammar = Callable[[dict[str, Any] | None], str]
 

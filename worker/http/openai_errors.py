@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from worker.backend.errors import (
+from llorch.worker.backend.errors import (
     ContextOverflowError,
     DeadlineExceededError,
     DrainingError,
@@ -29,9 +29,9 @@ from worker.backend.errors import (
     ShuttingDownError,
     WorkerError,
 )
-from worker.backend.grammar import SchemaError
-from worker.chat import ChatTemplateError
-from worker.http import errors
+from llorch.worker.backend.grammar import SchemaError
+from llorch.worker.chat import ChatTemplateError
+from llorch.worker.http import errors
 
 log = logging.getLogger("llorch.http")
 

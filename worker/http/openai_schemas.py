@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker.http.schemas import MAX_SEED, MAX_STOP_BYTES, MAX_STOP_SEQUENCES
+from llorch.worker.http.schemas import MAX_SEED, MAX_STOP_BYTES, MAX_STOP_SEQUENCES
 
 # Fields whose non-default values ask for something the worker does not do.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {

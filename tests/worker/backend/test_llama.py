@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 from support import FRANCE
 
-from worker.backend.errors import ContextOverflowError
-from worker.backend.llama import LlamaCppBackend
-from worker.backend.protocol import (
+from llorch.worker.backend.errors import ContextOverflowError
+from llorch.worker.backend.llama import LlamaCppBackend
+from llorch.worker.backend.protocol import (
     FinishEvent,
     GenerationRequest,
     LoadOptions,
@@ -212,7 +212,7 @@ def test_grammar_constrains_the_output(backend):
 
 
 def test_a_grammar_that_does_not_parse_is_an_invalid_request(backend):
-    from worker.backend.errors import InvalidRequestError
+    from llorch.worker.backend.errors import InvalidRequestError
 
     with pytest.raises(InvalidRequestError, match="grammar"):
         run(backend, FRANCE, 4, SamplingParams(grammar="root ::= ("))
@@ -253,7 +253,7 @@ def test_backend_sampling_is_reproducible_with_a_seed(in_graph):
 
 
 def test_chains_the_graph_cannot_run_fall_back_to_the_cpu(backend, in_graph):
-    from worker.backend import sampling
+    from llorch.worker.backend import sampling
 
     penalised = SamplingParams(temperature=0.0, repetition_penalty=1.8)
     chain = sampling.build_chain(penalised, 1000, 64)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.backend import offload
-from worker.backend.offload import COMPUTE_RESERVE_BYTES, ModelFootprint
+from llorch.worker.backend import offload
+from llorch.worker.backend.offload import COMPUTE_RESERVE_BYTES, ModelFootprint
 
 MiB = 1 << 20
 MODEL = ModelFootprint(
@@ -47,8 +47,8 @@ def test_footprint_of_the_default_model(model_path):
 
 
 def test_auto_without_a_gpu_offloads_nothing(model_path):
-    from worker.backend.llama import LlamaCppBackend
-    from worker.backend.protocol import LoadOptions
+    from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.protocol import LoadOptions
 
     backend = LlamaCppBackend()
     try:

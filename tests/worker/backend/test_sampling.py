@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.backend import sampling
-from worker.backend.protocol import SamplingParams
+from llorch.worker.backend import sampling
+from llorch.worker.backend.protocol import SamplingParams
 
 
 def names(params: SamplingParams) -> list[str]:

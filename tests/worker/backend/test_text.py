@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.backend.text import IncrementalText
+from llorch.worker.backend.text import IncrementalText
 
 
 def feed(pieces: list[bytes], stops: tuple[str, ...] = ()) -> tuple[list[str], str | None, str]:

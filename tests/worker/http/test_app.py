@@ -9,8 +9,8 @@ import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
 
-from worker.http.app import create_app
-from worker.settings import WorkerSettings
+from llorch.worker.http.app import create_app
+from llorch.worker.settings import WorkerSettings
 
 VALID = {"job_id": "j1", "prompt": "Hi", "max_tokens": 5}
 

@@ -12,9 +12,9 @@ import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
 
-from worker.backend.errors import OutOfMemoryError
-from worker.http.app import create_app
-from worker.settings import WorkerSettings
+from llorch.worker.backend.errors import OutOfMemoryError
+from llorch.worker.http.app import create_app
+from llorch.worker.settings import WorkerSettings
 
 VALID = {"job_id": "j1", "prompt": "Hi", "max_tokens": 5}
 TOKEN = "s3cret-token"

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import worker.http
+import llorch.worker.http
 
-HTTP_DIR = Path(worker.http.__file__).parent
+HTTP_DIR = Path(llorch.worker.http.__file__).parent
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -36,7 +36,7 @@ def test_no_module_of_worker_http_imports_llama_cpp():
 
 def test_importing_the_app_loads_no_llama_cpp():
     code = (
-        "import sys, worker.http.app;"
+        "import sys, llorch.worker.http.app;"
         "loaded = [m for m in sys.modules if m.split('.')[0] == 'llama_cpp'];"
         "print(loaded); sys.exit(1 if loaded else 0)"
     )

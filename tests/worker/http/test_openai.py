@@ -10,9 +10,9 @@ import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
 
-from worker.backend.errors import QueueFullError
-from worker.http.app import create_app
-from worker.settings import WorkerSettings
+from llorch.worker.backend.errors import QueueFullError
+from llorch.worker.http.app import create_app
+from llorch.worker.settings import WorkerSettings
 
 GEMMA_STYLE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
