@@ -8,6 +8,7 @@ config.json, generation_config.json, chat_template.jinja and chat_template.json.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,14 @@ def _post_processor_adds(tok_json: dict[str, Any]) -> tuple[bool, bool]:
     return False, False
 
 
-def load_vocab(folder: Path, n_vocab: int, *, pre_override: str | None = None) -> Vocab:
+def load_vocab(
+    folder: Path,
+    n_vocab: int,
+    *,
+    pre_override: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Vocab:
+    """`config`: config.json as already read (by detection), so it is not read again."""
     tok_cfg = _optional_json(folder / "tokenizer_config.json")
     spm_path, json_path = folder / "tokenizer.model", folder / "tokenizer.json"
     tok_json = read_json(json_path) if json_path.is_file() else {}
@@ -160,7 +168,7 @@ def load_vocab(folder: Path, n_vocab: int, *, pre_override: str | None = None) -
             tokens[i] = f"[PAD{i}]"
             types[i] = _T.UNUSED
     lookup = {text: i for i, text in enumerate(tokens)}
-    special_ids = _special_ids(folder, tok_cfg, lookup, notes)
+    special_ids = _special_ids(folder, tok_cfg, lookup, notes, config)
     if kind == "sentencepiece":
         for i, t in enumerate(types):
             if t == _T.UNKNOWN:
@@ -186,9 +194,13 @@ def load_vocab(folder: Path, n_vocab: int, *, pre_override: str | None = None) -
 
 
 def _special_ids(
-    folder: Path, tok_cfg: dict[str, Any], lookup: dict[str, int], notes: list[str]
+    folder: Path,
+    tok_cfg: dict[str, Any],
+    lookup: dict[str, int],
+    notes: list[str],
+    known_config: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
-    config = _optional_json(folder / "config.json")
+    config = known_config if known_config is not None else _optional_json(folder / "config.json")
     generation = _optional_json(folder / "generation_config.json")
     ids: dict[str, int] = {}
     for name in ("bos", "eos", "unk", "pad"):
