@@ -18,6 +18,7 @@ from llorch.convert.errors import (
     MissingTensorError,
     MissingTokenizerError,
     OutputError,
+    OutputExistsError,
 )
 from llorch.convert.families import load_family
 from llorch.convert.families.base import ModelInput, PlannedTensor
@@ -54,14 +55,18 @@ class ConversionReport:
 
 
 def _model_input(det: Detection) -> ModelInput:
+    """The model as detection read it: config.json and the safetensors headers are not read
+    again (a Detection built without them reads them here)."""
     if det.format != "hf-safetensors":
         raise InvalidFileError(f"{det.path}: already GGUF; nothing to convert")
     folder = det.path
-    config = text_config(read_json(folder / "config.json"))
+    raw = det.config if det.config is not None else read_json(folder / "config.json")
+    config = text_config(raw)
     if det.hf_architecture is None:
         raise InvalidFileError(f"{folder / 'config.json'}: no 'architectures' entry")
     row = lookup(det.hf_architecture)
-    ckpt = Checkpoint(folder)  # re-raises the precise missing-shard / truncation error
+    # Without headers, detection met a weights problem: reading them again raises it, typed.
+    ckpt = det.checkpoint if det.checkpoint is not None else Checkpoint(folder)
     if det.tokenizer is None:
         raise MissingTokenizerError(
             f"{folder}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found"
@@ -96,34 +101,44 @@ def default_output_name(model: ModelInput, outtype: str) -> str:
     return f"{stem}.gguf"
 
 
-def convert(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str] | None = None,
-    *,
-    outtype: str = DEFAULT_OUTTYPE,
-    verify: bool = True,
-    pre: str | None = None,
-    on_tensor: Callable[[PlannedTensor], None] | None = None,
-    on_plan: Callable[[int], None] | None = None,
-) -> ConversionReport:
-    """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
-
-    Every tensor is mapped before anything is written; the output appears at `dst` only after
-    it has been written completely (and verified, unless verify=False).
-    """
-    start = time.monotonic()
-    outtype = gw.check_outtype(outtype)
-    det = detect(src)
-    model = _model_input(det)
-    family = load_family(lookup(model.hf_architecture).family)
-    vocab = load_vocab(model.folder, model.n_vocab, pre_override=pre)
-    plans = family.plan(model)
-    _check_output_head(model, plans)
+def _output_path(model: ModelInput, dst: str | os.PathLike[str] | None, outtype: str) -> Path:
     out = Path(dst) if dst is not None else Path.cwd() / default_output_name(model, outtype)
     if out.is_dir():
         out = out / default_output_name(model, outtype)
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: output folder does not exist")
+    return out
+
+
+def convert(
+    src: str | os.PathLike[str] | Detection,
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    outtype: str = DEFAULT_OUTTYPE,
+    verify: bool = True,
+    pre: str | None = None,
+    overwrite: bool = False,
+    on_tensor: Callable[[PlannedTensor], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> ConversionReport:
+    """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
+
+    `src` may be what llorch.detector.detect returned for it, which is then not detected (nor
+    its config and headers read) again. Every tensor is mapped before anything is written; the
+    output appears at `dst` only after it has been written completely (and verified, unless
+    verify=False). An existing output file raises OutputExistsError unless `overwrite`.
+    """
+    start = time.monotonic()
+    outtype = gw.check_outtype(outtype)
+    det = src if isinstance(src, Detection) else detect(src)
+    model = _model_input(det)
+    family = load_family(lookup(model.hf_architecture).family)
+    out = _output_path(model, dst, outtype)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out)  # before the work, not after it
+    vocab = load_vocab(model.folder, model.n_vocab, pre_override=pre, config=det.config)
+    plans = family.plan(model)
+    _check_output_head(model, plans)
     if on_plan is not None:
         on_plan(len(plans))
     direct = outtype in gw.DIRECT
@@ -149,12 +164,14 @@ def convert(
                 checked = verify_tokenizer(final, vocab).strings
             else:
                 notes.append("tokenizer verification skipped (--no-verify)")
+            if out.exists() and not overwrite:
+                raise OutputExistsError(out)  # it appeared while this conversion ran
             try:
                 os.replace(final, out)
             except OSError as exc:
                 raise OutputError(f"{out}: cannot move the finished file here ({exc})") from exc
     return ConversionReport(
-        source=str(src),
+        source=det.source,
         output=str(out),
         hf_architecture=model.hf_architecture,
         llama_arch=gguf.MODEL_ARCH_NAMES[model.arch],

@@ -1,17 +1,23 @@
 """`llorch detect` and `llorch convert`: thin CLI over llorch.detector.detect and convert.convert.
 
 Exit codes: 0 success; 1 `detect` found an unsupported model; 2 a detection or conversion
-error (one line on stderr naming the file and the problem, or a JSON object with --json).
+error (one line on stderr naming the file and the problem, or a JSON object with --json),
+including an existing output file without --force; 130 Ctrl-C, 143 SIGTERM (no output and no
+temporary file left).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
-from llorch.convert.errors import MODEL_ERRORS
+from llorch.convert.errors import MODEL_ERRORS, OutputExistsError
 
 
 def register(subparsers: Any) -> None:
@@ -44,8 +50,33 @@ def register(subparsers: Any) -> None:
     conv.add_argument(
         "--no-verify", action="store_true", help="skip tokenizer verification (not recommended)"
     )
+    conv.add_argument("--force", action="store_true", help="replace the output file if it exists")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.set_defaults(func=run_convert)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, like KeyboardInterrupt, so that no `except Exception`
+    stops it on its way out through the `finally` blocks that remove temporary files."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM's default action ends the process on the spot, leaving temporary files behind;
+    raised as an exception instead, it unwinds through their clean-up first."""
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        del frame
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(args: argparse.Namespace, command: str, exc: Exception) -> int:
@@ -91,20 +122,27 @@ def run_convert(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        report = convert(
-            args.src,
-            args.output,
-            outtype=args.outtype,
-            verify=not args.no_verify,
-            pre=args.pre,
-            on_tensor=on_tensor,
-            on_plan=on_plan,
-        )
+        with _sigterm_unwinds():
+            report = convert(
+                args.src,
+                args.output,
+                outtype=args.outtype,
+                verify=not args.no_verify,
+                pre=args.pre,
+                overwrite=args.force,
+                on_tensor=on_tensor,
+                on_plan=on_plan,
+            )
+    except OutputExistsError as exc:
+        return _fail(args, "convert", OutputExistsError(exc.path, "--force"))
     except MODEL_ERRORS as exc:
         return _fail(args, "convert", exc)
     except KeyboardInterrupt:
         print("llorch convert: interrupted; no output written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("llorch convert: terminated; no output written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
         if bar is not None:
             bar.close()

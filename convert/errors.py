@@ -49,6 +49,14 @@ class OutputError(ConversionError):
     """The output file cannot be written (unwritable folder, disk full)."""
 
 
+class OutputExistsError(OutputError):
+    """The output file exists and overwriting was not asked for."""
+
+    def __init__(self, path: object, how: str = "overwrite=True") -> None:
+        super().__init__(f"{path}: already exists; not overwritten without {how}")
+        self.path = path
+
+
 class OutTypeError(ConversionError):
     """The requested --outtype is not a known type."""
 

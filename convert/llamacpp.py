@@ -13,11 +13,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llorch.convert.errors import ConversionError, QuantizeError
+
+if TYPE_CHECKING:
+    from llorch.vocab import LlamaVocab
 
 _initialised = False
 _log_callback: Any = None  # kept referenced: llama.cpp holds the pointer
@@ -80,23 +83,13 @@ def check_loads(path: Path) -> None:
         pass
 
 
-def tokenize(model: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-    lib = _lib()
-    vocab = lib.llama_model_get_vocab(model)
-    data = text.encode("utf-8")
-    capacity = len(data) + 8
-    buf = (lib.llama_token * capacity)()
-    n = lib.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
-    if n < 0:
-        capacity = -n
-        buf = (lib.llama_token * capacity)()
-        n = lib.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
-    return list(buf[:n])
+def vocab(model: Any) -> LlamaVocab:
+    """The model's tokenizer (llorch.vocab.LlamaVocab), imported here so that importing the
+    converter does not load llama.cpp's libraries."""
+    from llorch.vocab import LlamaVocab
 
-
-def n_vocab(model: Any) -> int:
-    lib = _lib()
-    return int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)))
+    _lib()
+    return LlamaVocab.of_model(model)
 
 
 def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarray:
@@ -132,7 +125,7 @@ def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarr
             rc = lib.llama_decode(ctx, batch)
             if rc != 0:
                 raise ConversionError(f"{path}: llama_decode failed with {rc}")
-            vocab_n = n_vocab(model)
+            vocab_n = vocab(model).n_tokens
             out = np.empty((n, vocab_n), dtype=np.float32)
             for i in range(n):
                 ptr = lib.llama_get_logits_ith(ctx, i)

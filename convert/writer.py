@@ -9,8 +9,6 @@ others go through llama.cpp's quantizer from a temporary F16 or BF16 file. As in
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from llorch import atomic
 from llorch.convert.errors import OutputError, OutTypeError, ShapeMismatchError
 from llorch.convert.families.base import PlannedTensor
 
@@ -77,21 +76,13 @@ def _info(plan: PlannedTensor, qtype: _Q) -> tuple[tuple[int, ...], np.dtype, in
 
 @contextlib.contextmanager
 def temp_path(dst: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary file next to dst (same filesystem, so rename is atomic); removed on exit."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
-    except OSError as exc:
-        raise OutputError(f"{dst.parent}: cannot write output here ({exc.strerror})") from exc
-    os.close(fd)
-    path = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # mkstemp makes 0600; the result should be a normal file
-    try:
+    """A temporary file next to dst (llorch.atomic: removed on exit, even at interpreter exit)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(atomic.temp_path(dst, suffix))
+        except OSError as exc:
+            raise OutputError(f"{dst.parent}: cannot write output here ({exc.strerror})") from exc
         yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 @dataclass(frozen=True)

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
 from pathlib import Path
 
+from llorch import atomic
+from llorch.digests import file_sha256
 from llorch.worker.backend.errors import ModelLoadError
 
-_digests: dict[tuple[str, int, int], str] = {}
-_digests_lock = threading.Lock()
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256, computed once per process for a given (path, size, mtime): start-up
-    checks the default model and /health reports the hash, and 250 MB need hashing only once."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _digests_lock:
-        if key in _digests:
-            return _digests[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    with _digests_lock:
-        _digests[key] = digest.hexdigest()
-    return _digests[key]
+__all__ = ["default_model_path", "file_sha256", "resolve_model"]
 
 
 def default_model_path() -> Path:
@@ -42,12 +23,11 @@ def default_model_path() -> Path:
     target = gemma.default_output_path()
     if target.exists() and file_sha256(target) == gemma.EXPECTED_SHA256:
         return target
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The model thread is a daemon: if the process exits mid-assembly, atomic's exit hook
+    # removes the partial file that a `finally` on that thread would never get to.
+    with atomic.atomic_output(target, ".partial") as partial:
         gemma.assemble(partial, overwrite=True)
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 

