@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from llorch.cli import main
 from llorch.convert import convert
 from llorch.convert.errors import ConversionError
-from llorch.cli import main
 
 TINY = {
     "hidden_size": 32,
