@@ -4,7 +4,7 @@
 
 Three ways to generate the same greedy tokens from the same prompt:
   direct   llama-cpp-python's low-level API in a minimal loop (batch_get_one + greedy sampler)
-  backend  llorch's LlamaCppBackend.generate (UTF-8 holding, stop matching, events)
+  backend  llorch's batch decoder, one request alone (UTF-8 holding, stop matching, events)
   http     a `llorch serve` process, POST /execute over a socket, SSE parsed by the client
 Rounds are interleaved so that drift of the machine hits all three alike; the median round is
 reported with the ratio to `direct`. Decode speed counts from the first generated token to the
@@ -28,7 +28,13 @@ import httpx
 import llama_cpp as ll
 
 from llorch.worker.backend.llama import LlamaCppBackend
-from llorch.worker.backend.protocol import GenerationRequest, LoadOptions, SamplingParams, TokenEvent
+from llorch.worker.backend.protocol import (
+    GenerationRequest,
+    LoadOptions,
+    SamplingParams,
+    TokenEvent,
+)
+from llorch.worker.backend.single import generate
 from llorch.worker.models import resolve_model
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle.\n\n"
@@ -79,7 +85,7 @@ def backend(path: Path, threads: int, n_tokens: int, ctx_size: int) -> tuple[flo
         t0 = time.perf_counter()
         first = end = 0.0
         count = 0
-        for event in b.generate(request, lambda: False):
+        for event in generate(b.decoder(), request):
             if isinstance(event, TokenEvent):
                 count += 1
                 end = time.perf_counter()

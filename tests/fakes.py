@@ -1,13 +1,19 @@
-"""A scripted ModelBackend for HTTP and scheduler tests: no llama.cpp, deterministic output."""
+"""A scripted ModelBackend for HTTP and scheduler tests: no llama.cpp, deterministic output.
+
+The fake stands in for llama.cpp only: its decoder implements the BatchDecoder the scheduler
+really drives, and each token's bytes go through the production SequenceText (UTF-8 holding,
+stop sequences, max_tokens), so HTTP tests of those run the product's code.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from llorch.worker.backend.errors import ContextOverflowError, ModelLoadError, NoChatTemplateError
+from llorch.worker.backend.errors import ModelLoadError, NoChatTemplateError
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
@@ -19,54 +25,91 @@ from llorch.worker.backend.protocol import (
     ModelInfo,
     SequenceFailed,
     StopReason,
-    TokenEvent,
 )
+from llorch.worker.backend.text import Emitted, SequenceText
+
+# Tokens past Unicode's last code point are single raw bytes: id BYTE_BASE + b.
+BYTE_BASE = 0x110000
+N_VOCAB = BYTE_BASE + 256
 
 
-class IteratorDecoder:
-    """A BatchDecoder over a backend's generate(): each step advances every sequence by one
-    event, round robin, the way the real decoder advances every sequence by one token."""
+@dataclass
+class _Live:
+    request: GenerationRequest
+    output: SequenceText
+    cancelled: bool = False
+
+
+class FakeDecoder:
+    """Each step advances every live sequence by one token of the backend's script, the way
+    the real decoder advances every sequence by one token per llama_decode."""
 
     def __init__(self, backend: FakeBackend, n_slots: int) -> None:
         self.backend = backend
         self.n_slots = n_slots
         self.ctx_per_slot = backend.n_ctx
-        self._live: dict[object, Iterator[GenerationEvent]] = {}
-        self._cancelled: set[object] = set()
+        self._live: dict[object, _Live] = {}
+        self.steps = 0
+        self.max_live = 0  # the most sequences decoded together in one step
 
     def free_slots(self) -> int:
         return self.n_slots - len(self._live)
 
     def add(self, key: object, request: GenerationRequest) -> None:
-        assert self.free_slots() > 0
-        events = self.backend.generate(request, lambda: key in self._cancelled)
-        self._live[key] = events
+        assert self.free_slots() > 0, "the scheduler added a sequence without a free slot"
+        self.backend.requests.append(request)
+        self._live[key] = _Live(request, SequenceText(key, request.stop, request.max_tokens))
 
     def cancel(self, key: object) -> None:
-        self._cancelled.add(key)
-
-    def step(self) -> list[tuple[object, GenerationEvent | SequenceFailed]]:
-        out: list[tuple[object, GenerationEvent | SequenceFailed]] = []
-        for key, events in list(self._live.items()):
-            try:
-                event = next(events)
-            except Exception as exc:
-                del self._live[key]
-                out.append((key, SequenceFailed(exc)))
-                continue
-            out.append((key, event))
-            if isinstance(event, FinishEvent):
-                del self._live[key]
-                self._cancelled.discard(key)
-        return out
+        if key in self._live:
+            self._live[key].cancelled = True
 
     def kv_used(self) -> int:
-        return 0
+        return sum(len(s.request.prompt_tokens) + s.output.n_out for s in self._live.values())
+
+    def step(self) -> list[tuple[object, GenerationEvent | SequenceFailed]]:
+        out: Emitted = []
+        self.steps += 1
+        self.max_live = max(self.max_live, len(self._live))
+        if self.backend.delay and self._live:
+            time.sleep(self.backend.delay)
+        for key, seq in list(self._live.items()):
+            index = seq.output.n_out
+            if seq.cancelled:
+                self._finish(key, StopReason.CANCELLED, out)
+            elif self.backend.fail is not None and index == self.backend.fail_at:
+                del self._live[key]
+                out.append((key, SequenceFailed(self.backend.fail)))
+            elif index >= len(self.backend.tokens):
+                self._finish(key, StopReason.EOS, out)
+            else:
+                token = self.backend.tokens[index]
+                ended = seq.output.push(token, self.backend.token_bytes(token), out)
+                if ended is not None:
+                    self._finish(key, ended[0], out, ended[1])
+        return out
+
+    def _finish(
+        self, key: object, reason: StopReason, out: Emitted, matched: str | None = None
+    ) -> None:
+        seq = self._live.pop(key)
+        seq.output.close(out, matched)
+        event = FinishEvent(
+            stop_reason=reason,
+            tokens_out=seq.output.n_out,
+            decode_time_ms=2.0,
+            prompt_tokens=len(seq.request.prompt_tokens),
+            seed=seq.request.sampling.seed,
+            stop_sequence_matched=matched,
+        )
+        out.append((key, event))
 
 
 class FakeBackend:
-    """Tokens are characters (id = code point); generation spells out `script` one character
-    per token, with `delay` seconds between tokens."""
+    """Tokens are characters (id = code point); generation spells out `script`, one
+    character per token, then ends with EOS. `pieces` replaces the script with raw byte
+    tokens (to split UTF-8 characters across tokens). `delay`: seconds per decode step.
+    `fail` is raised for a sequence at its token `fail_at`."""
 
     def __init__(
         self,
@@ -78,19 +121,36 @@ class FakeBackend:
         builtin_template: bool = True,
         parallel: int = 1,
         chat_template: str | None = None,
+        pieces: Sequence[bytes] | None = None,
+        fail: Exception | None = None,
+        fail_at: int = 0,
+        control_tokens: Sequence[str] = (),
     ) -> None:
         self.builtin_template = builtin_template
         self.chat_template = chat_template
         self.script = script
+        self.pieces = pieces
         self.delay = delay
         self.load_gate = load_gate
         self.load_error = load_error
         self.n_ctx = n_ctx
+        self.fail = fail
+        self.fail_at = fail_at
+        # Text that tokenizes to one control token when special tokens are parsed (ids past
+        # the byte tokens), as `<end_of_turn>` does in Gemma's vocabulary.
+        self.control_tokens = list(control_tokens)
         self.loaded = False
         self.closed = False
         self.requests: list[GenerationRequest] = []
         self.parallel = parallel
-        self._decoder: IteratorDecoder | None = None
+        self._decoder: FakeDecoder | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids generation spells out."""
+        if self.pieces is not None:
+            return [BYTE_BASE + b for piece in self.pieces for b in piece]
+        return [ord(c) for c in self.script]
 
     def load(self, path: Path, options: LoadOptions) -> ModelInfo:
         if self.load_gate is not None:
@@ -110,7 +170,7 @@ class FakeBackend:
             n_params=1,
             n_ctx_train=self.n_ctx,
             n_ctx=self.n_ctx,
-            n_vocab=0x110000,
+            n_vocab=N_VOCAB + len(self.control_tokens),
             n_gpu_layers=0,
             sha256="0" * 64,
             chat_template=self.chat_template,
@@ -119,41 +179,36 @@ class FakeBackend:
     def backend_info(self) -> BackendInfo:
         return BackendInfo("fake", "0", "cpu", False, (Device("CPU", "fake cpu", "cpu"),), "")
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return [ord(c) for c in text]
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        tokens: list[int] = []
+        at = 0
+        while at < len(text):
+            control = next(
+                (c for c in self.control_tokens if parse_special and text.startswith(c, at)), None
+            )
+            if control is not None:
+                tokens.append(N_VOCAB + self.control_tokens.index(control))
+                at += len(control)
+            else:
+                tokens.append(ord(text[at]))
+                at += 1
+        return tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        if token >= N_VOCAB:
+            return self.control_tokens[token - N_VOCAB].encode()
+        if token >= BYTE_BASE:
+            return bytes([token - BYTE_BASE])
+        return chr(token).encode()
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return "".join(chr(t) for t in tokens)
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
 
-    def generate(
-        self, request: GenerationRequest, cancelled: Callable[[], bool]
-    ) -> Iterator[GenerationEvent]:
-        if len(request.prompt_tokens) + request.max_tokens > self.n_ctx:
-            raise ContextOverflowError(len(request.prompt_tokens), request.max_tokens, self.n_ctx)
-        self.requests.append(request)
-        out = ""
-        for i, ch in enumerate(self.script[: request.max_tokens]):
-            if cancelled():
-                yield FinishEvent(StopReason.CANCELLED, i, 1.0, len(request.prompt_tokens))
-                return
-            if self.delay:
-                time.sleep(self.delay)
-            out += ch
-            for stop in request.stop:
-                if stop in out:
-                    yield TokenEvent(i, ord(ch), "")
-                    yield FinishEvent(
-                        StopReason.STOP_SEQUENCE, i + 1, 1.0, 0, stop_sequence_matched=stop
-                    )
-                    return
-            yield TokenEvent(i, ord(ch), ch)
-        n = min(len(self.script), request.max_tokens)
-        reason = StopReason.MAX_TOKENS if n == request.max_tokens else StopReason.EOS
-        yield FinishEvent(reason, n, 2.0, len(request.prompt_tokens), seed=request.sampling.seed)
-
-    def decoder(self) -> IteratorDecoder:
+    def decoder(self) -> FakeDecoder:
         if self._decoder is None:
-            self._decoder = IteratorDecoder(self, self.parallel)
+            self._decoder = FakeDecoder(self, self.parallel)
         return self._decoder
 
     def builtin_chat_template(

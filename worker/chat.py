@@ -9,6 +9,8 @@ template of their family, which the backend applies through llama.cpp.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -18,14 +20,12 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from llorch.worker.backend.errors import WorkerError
+from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.protocol import ChatMessage, ModelInfo
 
 
-class ChatTemplateError(WorkerError):
+class ChatTemplateError(InvalidRequestError):
     """The template refused the conversation (raise_exception) or failed to render."""
-
-    code = "INVALID_REQUEST"
 
 
 class ChatSource(Protocol):
@@ -35,7 +35,9 @@ class ChatSource(Protocol):
         self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
     ) -> str: ...
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]: ...
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -114,6 +116,12 @@ def chat_prompt_tokens(
 ) -> list[int]:
     """The tokens of the chat prompt, ready to generate the assistant's turn.
 
+    Only the template's own markup becomes control tokens: text in a message that reads like
+    one (`<end_of_turn>`) is tokenized as the text it is, so a message cannot forge a turn.
+    A conversation without such text is tokenized in one piece, exactly as before; one with
+    it is tokenized piecewise, the template's pieces with control tokens parsed and the
+    messages' text without.
+
     Templates usually write the BOS token themselves (`{{ bos_token }}`), and tokenizing with
     add_special adds the model's BOS too: a doubled BOS degrades the output. So a text that
     starts with the BOS is tokenized without add_special, and a doubled BOS left anyway (the
@@ -121,9 +129,46 @@ def chat_prompt_tokens(
     model's own from add_special, which adds none to models that want none.
     """
     text = render_chat(info, messages, source.builtin_chat_template)
-    has_bos = bool(info.bos_token) and text.startswith(str(info.bos_token))
-    tokens = source.tokenize(text, not has_bos)
+    add_special = not (bool(info.bos_token) and text.startswith(str(info.bos_token)))
+    if any(_reads_as_control(source, m.content) for m in messages):
+        tokens = _tokenize_guarded(source, info, messages, add_special)
+    else:
+        tokens = source.tokenize(text, add_special)
     bos = source.tokenize("", True)
     if len(bos) == 1 and tokens[:2] == bos * 2:
         del tokens[0]
+    return tokens
+
+
+def _reads_as_control(source: ChatSource, text: str) -> bool:
+    """Whether `text` holds the text of a control token (it tokenizes differently when
+    control tokens are parsed)."""
+    return bool(text) and source.tokenize(text, False, True) != source.tokenize(text, False, False)
+
+
+def _tokenize_guarded(
+    source: ChatSource, info: ModelInfo, messages: Sequence[ChatMessage], add_special: bool
+) -> list[int]:
+    """Render the template over placeholders, then tokenize its pieces with control tokens
+    and the messages' text without. Each placeholder is padded with a space on both sides:
+    where the template trims a message (`| trim`), the pads are gone and the text goes in
+    trimmed too; elsewhere it goes in as it is."""
+    nonce = secrets.token_hex(8)
+    stand_ins = [ChatMessage(m.role, f" \ue000{nonce}{i}\ue001 ") for i, m in enumerate(messages)]
+    layout = render_chat(info, stand_ins, source.builtin_chat_template)
+    pattern = re.compile(f"( ?)\ue000{nonce}(\\d+)\ue001( ?)")
+    tokens: list[int] = []
+    at = 0
+    for match in pattern.finditer(layout):
+        markup = layout[at : match.start()]
+        if markup:
+            tokens += source.tokenize(markup, add_special and not tokens, True)
+        content = messages[int(match.group(2))].content
+        if not (match.group(1) and match.group(3)):
+            content = content.strip()
+        if content:
+            tokens += source.tokenize(content, add_special and not tokens, False)
+        at = match.end()
+    if layout[at:]:
+        tokens += source.tokenize(layout[at:], add_special and not tokens, True)
     return tokens

@@ -1,20 +1,23 @@
 """The one thread that owns the model.
 
-Requests reach it through a queue. The thread moves them into the backend's batch decoder as
-slots free up, runs one decode step at a time over every live sequence (continuous batching),
-and sends each job's events out through the job's own sink, a callable the caller provides (the
-HTTP layer forwards them to its event loop). Loading happens on the same thread, so the server
-can listen while it runs.
+Requests wait in a queue. The thread moves them into the backend's batch decoder as slots free
+up, runs one decode step at a time over every live sequence (continuous batching), and sends
+each job's events out through the job's own sink, a callable the caller provides (the engine
+forwards them to its event loop). Loading happens on the same thread, so the server can listen
+while it runs. A job cancelled or expired while it still waits leaves the queue at once: it
+never waits for a slot only to be thrown away.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
-import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +28,7 @@ from llorch.worker.backend.errors import (
     DrainingError,
     DuplicateJobError,
     InferenceError,
+    ModelLoadError,
     NotReadyError,
     QueueFullError,
     ShuttingDownError,
@@ -101,6 +105,8 @@ class Job:
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self, reason: CancelReason = CancelReason.CLIENT) -> None:
+        """Mark the job; the model thread ends it at its next step. Callers outside the
+        scheduler use Scheduler.cancel, which also takes a waiting job off the queue."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
         self._cancel.set()
@@ -111,6 +117,10 @@ class Job:
         if expired and not self._cancel.is_set():
             self.cancel(CancelReason.TIMEOUT)
         return self._cancel.is_set()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_tokens)
 
 
 class Scheduler:
@@ -127,20 +137,24 @@ class Scheduler:
         self._backend = backend
         self._model_path = model_path
         self._options = options
-        self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="llorch-model", daemon=True)
         self._state = State.LOADING
-        self._error: str | None = None
+        self._error: WorkerError | None = None
         self._ready = threading.Event()  # set once loading ended, well or not
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()  # a stop was asked for (loading watches it too)
         self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)  # new work, or a stop
+        self._idle = threading.Condition(self._lock)  # a job left
         self._jobs: dict[str, Job] = {}  # queued and running, by job id
+        self._waiting: deque[Job] = deque()  # queued, in submission order
         self._running: list[Job] = []  # jobs holding a slot, in admission order
+        self._stop_seen = False
+        self._users = 0  # threads using the backend's vocabulary outside the model thread
+        self._deadlines = _Deadlines(self._expire)
         self._kv_used = 0  # snapshot after each step, read by capacity()
         self._slots_total = 1
         self._avg_job_s: float | None = None  # moving average of finished jobs' durations
         self._draining = False
-        self._idle = threading.Condition(self._lock)
         self.max_queue = max_queue
         self.model: ModelInfo | None = None
         self.backend_info: BackendInfo | None = None
@@ -158,7 +172,8 @@ class Scheduler:
         return self._state
 
     @property
-    def error(self) -> str | None:
+    def error(self) -> WorkerError | None:
+        """Why loading failed (state ERROR)."""
         return self._error
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
@@ -166,19 +181,34 @@ class Scheduler:
 
     def cancel_all(self) -> None:
         """Refuse new jobs and cancel the running and queued ones (a stop was asked for)."""
-        self._stopping.set()
+        self.stopping.set()
         with self._lock:
-            for job in self._jobs.values():
-                job.cancel(CancelReason.SHUTDOWN)
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            self.cancel(job, CancelReason.SHUTDOWN)
 
-    def cancel_job(self, job_id: str) -> bool:
+    def cancel_job(self, job_id: str, reason: CancelReason = CancelReason.CLIENT) -> bool:
         """Cancel a queued or running job; False when no such job is in flight."""
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
             return False
-        job.cancel(CancelReason.CLIENT)
+        self.cancel(job, reason)
         return True
+
+    def cancel(self, job: Job, reason: CancelReason = CancelReason.CLIENT) -> None:
+        """End a job: a waiting one leaves the queue now, with its end reported from here; a
+        running one ends at the model thread's next step."""
+        job.cancel(reason)
+        with self._lock:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return  # running, or already taken by the model thread, which reports it
+        self._report_cancelled(job)
+
+    def _expire(self, job: Job) -> None:
+        self.cancel(job, CancelReason.TIMEOUT)
 
     def drain(self) -> None:
         """Admit nothing new; queued and running jobs finish."""
@@ -192,7 +222,7 @@ class Scheduler:
         model = self.model
         with self._lock:
             busy = len(self._running)
-            queued = len(self._jobs) - busy
+            queued = len(self._waiting)
         n_ctx = model.n_ctx if model else 0
         return Capacity(
             state=self.state.value,
@@ -208,14 +238,17 @@ class Scheduler:
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel queued and running jobs, close the model, and join the thread."""
         self.cancel_all()
-        self._queue.put(None)
+        with self._wakeup:
+            self._stop_seen = True
+            self._wakeup.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._deadlines.close()
 
     # -- requests --------------------------------------------------------------------------
 
     def _check_admitting(self) -> None:
-        if self._stopping.is_set():
+        if self.stopping.is_set():
             raise ShuttingDownError("the worker is shutting down")
         if self._draining:
             raise DrainingError("the worker is draining and admits no new requests")
@@ -223,24 +256,27 @@ class Scheduler:
             raise NotReadyError(f"the model is not ready (state: {self.state})")
 
     def admit(
-        self, prompt: str, max_tokens: int, sampling: SamplingParams, stop: tuple[str, ...]
+        self, prompt: str, max_tokens: int | None, sampling: SamplingParams, stop: tuple[str, ...]
     ) -> GenerationRequest:
-        """Tokenize and check that the request fits. Safe from any thread once loaded: the
-        vocabulary is read-only (llama-server tokenizes on its HTTP threads the same way)."""
-        self._check_admitting()
-        tokens = self._backend.tokenize(prompt, add_special=True)
+        """Tokenize (special tokens parsed) and check that the request fits. Safe from any
+        thread once loaded: the vocabulary is read-only (llama-server tokenizes on its HTTP
+        threads the same way)."""
+        tokens = self.tokenize(prompt, add_special=True)
         return self.admit_tokens(tokens, max_tokens, sampling, stop)
 
     def admit_tokens(
         self,
-        tokens: list[int],
-        max_tokens: int,
+        tokens: Sequence[int],
+        max_tokens: int | None,
         sampling: SamplingParams,
         stop: tuple[str, ...],
     ) -> GenerationRequest:
+        """`max_tokens` None: the rest of the slot's context."""
         self._check_admitting()
         assert self.model is not None
         n_ctx = self.model.n_ctx  # each slot's context (ModelInfo.n_ctx is per slot)
+        if max_tokens is None:
+            max_tokens = max(1, n_ctx - len(tokens))
         if len(tokens) + max_tokens > n_ctx:
             raise ContextOverflowError(len(tokens), max_tokens, n_ctx)
         return GenerationRequest(tuple(tokens), max_tokens, sampling, stop)
@@ -259,11 +295,14 @@ class Scheduler:
         with self._lock:
             if job_id in self._jobs:
                 raise DuplicateJobError(job_id)
-            waiting = len(self._jobs) - len(self._running)
+            waiting = len(self._waiting)
             if waiting >= self.max_queue:
                 raise QueueFullError(waiting, self.max_queue, self._retry_after(waiting))
             self._jobs[job_id] = job
-        self._queue.put(job)
+            self._waiting.append(job)
+            self._wakeup.notify()
+        if deadline is not None:
+            self._deadlines.add(deadline, job)
         return job
 
     def _retry_after(self, waiting: int) -> int:
@@ -272,27 +311,42 @@ class Scheduler:
         per_job = self._avg_job_s if self._avg_job_s is not None else 1.0
         return max(1, math.ceil(per_job * (waiting + 1) / max(1, self._slots_total)))
 
+    @contextmanager
+    def _vocabulary(self) -> Iterator[ModelBackend]:
+        """The backend, for read-only vocabulary calls from other threads. The model thread
+        leaves READY and waits for these calls to end before it frees the model, so no call
+        can reach freed handles."""
+        with self._lock:
+            if self._state is not State.READY:
+                raise NotReadyError(f"the model is not ready (state: {self.state})")
+            self._users += 1
+        try:
+            yield self._backend
+        finally:
+            with self._lock:
+                self._users -= 1
+                self._idle.notify_all()
+
     def builtin_chat_template(
         self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
     ) -> str:
-        if self._state is not State.READY:
-            raise NotReadyError(f"the model is not ready (state: {self.state})")
-        return self._backend.builtin_chat_template(messages, add_generation_prompt)
+        with self._vocabulary() as backend:
+            return backend.builtin_chat_template(messages, add_generation_prompt)
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        if self._state is not State.READY:
-            raise NotReadyError(f"the model is not ready (state: {self._state})")
-        return self._backend.tokenize(text, add_special)
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        with self._vocabulary() as backend:
+            return backend.tokenize(text, add_special, parse_special)
 
-    def detokenize(self, tokens: list[int]) -> str:
-        if self._state is not State.READY:
-            raise NotReadyError(f"the model is not ready (state: {self._state})")
-        return self._backend.detokenize(tokens)
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        with self._vocabulary() as backend:
+            return backend.detokenize(tokens)
 
     @property
     def queue_depth(self) -> int:
         with self._lock:
-            return len(self._jobs) - len(self._running)
+            return len(self._waiting)
 
     @property
     def active_job_ids(self) -> list[str]:
@@ -313,19 +367,27 @@ class Scheduler:
             if self._state is State.READY:
                 self._serve()
         finally:
-            self._drain()
+            self._fail_waiting()
+            failed = self._state is State.ERROR
+            with self._lock:
+                # Leave READY first, then wait for vocabulary calls in flight: only then free.
+                self._state = State.STOPPED if not failed else State.ERROR
+                self._idle.wait_for(lambda: self._users == 0)
             self._backend.close()
-            self._state = State.STOPPED if self._state is not State.ERROR else State.ERROR
 
     def _load(self) -> None:
         started = time.monotonic()
         try:
             path = self._model_path()
+            if self.stopping.is_set():
+                raise ShuttingDownError("the worker stopped while the model was being prepared")
             self.model = self._backend.load(path, self._options)
             self.backend_info = self._backend.backend_info()
         except Exception as exc:
             log.exception("model loading failed")
-            self._error = str(exc) or type(exc).__name__
+            if not isinstance(exc, WorkerError):
+                exc = ModelLoadError(str(exc) or type(exc).__name__)
+            self._error = exc
             self._state = State.ERROR
         else:
             self.load_seconds = time.monotonic() - started
@@ -334,24 +396,29 @@ class Scheduler:
         finally:
             self._ready.set()
 
+    def _next_waiting(self, block: bool) -> Job | None:
+        """The next queued job; waits for one when `block` (nothing to decode meanwhile)."""
+        with self._wakeup:
+            while not self._waiting and not self._stop_seen:
+                if not block:
+                    return None
+                self._wakeup.wait()
+            if self._stop_seen:
+                return None
+            return self._waiting.popleft()
+
     def _serve(self) -> None:
         """The engine loop: fill free slots from the queue, decode one step, route events."""
         decoder = self._backend.decoder()
         self._slots_total = decoder.n_slots
-        stop_seen = False
-        while not (stop_seen and not self._running):
-            while not stop_seen and decoder.free_slots() > 0:
-                try:
-                    # Block only when there is nothing to decode.
-                    job = self._queue.get(block=not self._running)
-                except queue.Empty:
-                    break
+        while not (self._stop_seen and not self._running):
+            while not self._stop_seen and decoder.free_slots() > 0:
+                job = self._next_waiting(block=not self._running)
                 if job is None:
-                    stop_seen = True
                     break
                 self._start(decoder, job)
             for job in self._running:
-                if job.cancelled or self._stopping.is_set():
+                if job.cancelled or self.stopping.is_set():
                     decoder.cancel(job)
             if not self._running:
                 continue
@@ -367,17 +434,11 @@ class Scheduler:
             self._kv_used = decoder.kv_used()
 
     def _start(self, decoder: BatchDecoder, job: Job) -> None:
-        if self._stopping.is_set():
+        if self.stopping.is_set():
             self._fail(job, ShuttingDownError("the worker is shutting down"))
             return
         if job.cancelled:
-            if job.cancel_reason is CancelReason.TIMEOUT:
-                self._fail(job, DeadlineExceededError("the timeout passed while it was queued"))
-            else:
-                # Cancelled while queued: report it without touching the model.
-                job.sink(JobStarted(job.job_id, time.time()))
-                prompt = len(job.request.prompt_tokens)
-                self._finish(job, FinishEvent(StopReason.CANCELLED, 0, 0.0, prompt))
+            self._report_cancelled(job)
             return
         try:
             decoder.add(job, job.request)
@@ -391,6 +452,18 @@ class Scheduler:
         with self._lock:
             self._running.append(job)
         job.sink(JobStarted(job.job_id, time.time()))
+
+    def _report_cancelled(self, job: Job) -> None:
+        """The end of a job cancelled before it reached a slot; the model is not touched."""
+        if job.cancel_reason is CancelReason.TIMEOUT:
+            self._fail(job, DeadlineExceededError("the timeout passed while it was queued"))
+            return
+        if job.cancel_reason is CancelReason.SHUTDOWN:
+            self._fail(job, ShuttingDownError("the worker stopped before the job started"))
+            return
+        self._forget(job)
+        self._emit(job, JobStarted(job.job_id, time.time()))
+        self._emit(job, FinishEvent(StopReason.CANCELLED, 0, 0.0, job.prompt_tokens))
 
     def _route(self, key: object, event: GenerationEvent | SequenceFailed) -> None:
         assert isinstance(key, Job)
@@ -437,6 +510,7 @@ class Scheduler:
         self._emit(job, event)
 
     def _forget(self, job: Job) -> None:
+        self._deadlines.discard(job)
         with self._lock:
             if self._jobs.get(job.job_id) is job:
                 del self._jobs[job.job_id]
@@ -449,11 +523,64 @@ class Scheduler:
         except Exception:
             log.exception("could not report the failure of job %s", job.job_id)
 
-    def _drain(self) -> None:
+    def _fail_waiting(self) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for job in waiting:
+            self._fail(job, ShuttingDownError("the worker is shutting down"))
+
+
+class _Deadlines:
+    """One thread that expires jobs at their deadlines, queued ones included: a job waiting
+    for a slot must not wait for a decode step to learn that its time is up."""
+
+    def __init__(self, expire: Callable[[Job], None]) -> None:
+        self._expire = expire
+        self._heap: list[tuple[float, int, Job]] = []
+        self._live: set[Job] = set()  # jobs whose deadline has not passed and that go on
+        self._count = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, job: Job) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="llorch-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._count += 1
+            heapq.heappush(self._heap, (deadline, self._count, job))
+            self._live.add(job)
+            self._cond.notify()
+
+    def discard(self, job: Job) -> None:
+        """The job ended before its deadline."""
+        with self._cond:
+            self._live.discard(job)
+            # Entries of ended jobs are skipped when they come up; rebuild before they pile up
+            # (a deadline can be a day away).
+            if len(self._heap) > 2 * len(self._live) + 64:
+                self._heap = [entry for entry in self._heap if entry[2] in self._live]
+                heapq.heapify(self._heap)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
         while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                self._fail(job, ShuttingDownError("the worker is shutting down"))
+            with self._cond:
+                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._closed:
+                    return
+                _, _, job = heapq.heappop(self._heap)
+                due = job in self._live
+                self._live.discard(job)
+            if due:
+                self._expire(job)

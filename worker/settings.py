@@ -6,6 +6,7 @@ The `serve` flags are generated from these fields (worker/cli.py), so the two ne
 from __future__ import annotations
 
 import ipaddress
+import socket
 import uuid
 from typing import Annotated, Literal
 
@@ -59,6 +60,16 @@ class WorkerSettings(BaseSettings):
         le=86400.0,
         description="seconds SIGTERM waits for in-flight work before cancelling it",
     )
+    advertise_url: AnyHttpUrl | None = Field(
+        None,
+        description="URL the ready callback advertises (default: http://HOST:PORT, with the "
+        "machine's host name for a wildcard --host)",
+    )
+    cors_origins: str = Field(
+        "",
+        description="comma-separated origins browsers may call from (e.g. "
+        "http://localhost:3000; * for any; default: none)",
+    )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(
         None,
@@ -86,7 +97,18 @@ class WorkerSettings(BaseSettings):
 
     @property
     def public_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        """The URL an orchestrator reaches this worker at: --advertise-url, else the bound
+        address, with the machine's host name for a wildcard bind (0.0.0.0 or :: is not an
+        address anyone can call)."""
+        if self.advertise_url is not None:
+            return str(self.advertise_url).rstrip("/")
+        host = self.host.strip("[]")
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

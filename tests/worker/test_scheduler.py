@@ -9,7 +9,13 @@ import pytest
 from fakes import FakeBackend
 
 from llorch.worker.backend.errors import DuplicateJobError, QueueFullError, ShuttingDownError
-from llorch.worker.backend.protocol import FinishEvent, LoadOptions, SamplingParams, StopReason, TokenEvent
+from llorch.worker.backend.protocol import (
+    FinishEvent,
+    LoadOptions,
+    SamplingParams,
+    StopReason,
+    TokenEvent,
+)
 from llorch.worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
 
 

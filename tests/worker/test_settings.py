@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 import pytest
 
@@ -60,7 +61,8 @@ def test_flags_map_to_fields():
     assert settings.model == "/m.gguf" and settings.worker_id == "w7"
     assert str(settings.callback_url) == "http://orch:1/cb"
     assert (settings.n_gpu_layers, settings.threads, settings.port) == (10, 3, 1234)
-    assert settings.public_url == "http://127.0.0.1:1234"
+    # A wildcard bind is no address to call: the machine's host name is advertised.
+    assert settings.public_url == f"http://{socket.gethostname()}:1234"
 
 
 @pytest.mark.parametrize(

@@ -19,15 +19,11 @@ from llorch.worker.backend import sampling
 from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
 from llorch.worker.backend.protocol import (
     FinishEvent,
-    GenerationEvent,
     GenerationRequest,
     SequenceFailed,
     StopReason,
-    TokenEvent,
 )
-from llorch.worker.backend.text import IncrementalText
-
-Emitted = list[tuple[object, GenerationEvent | SequenceFailed]]
+from llorch.worker.backend.text import Emitted, SequenceText
 
 
 @dataclass
@@ -42,16 +38,12 @@ class _Sequence:
     added_at: float = field(default_factory=time.perf_counter)
     first_token_at: float = 0.0
     next_token: int | None = None  # sampled, still to be decoded
-    text: IncrementalText = field(init=False)
-    # A token event whose text is held back (partial character or stop prefix) waits for the
-    # next token, so text released at the very end has an event to ride on.
-    pending: TokenEvent | None = None
-    n_out: int = 0
+    output: SequenceText = field(init=False)
     cancelled: bool = False
     in_graph: bool = False  # sampled inside llama.cpp's graph (backend sampling)
 
     def __post_init__(self) -> None:
-        self.text = IncrementalText(self.request.stop)
+        self.output = SequenceText(self.key, self.request.stop, self.request.max_tokens)
 
 
 @dataclass
@@ -80,7 +72,9 @@ class LlamaBatchDecoder:
         ctx_per_slot: int,
         token_bytes: Callable[[int], bytes],
         backend_sampling: bool = False,
+        decode: Callable[[ll.llama_context_p, ll.llama_batch], int] = ll.llama_decode,
     ) -> None:
+        self._decode = decode  # llama_decode; tests pass a wrapper to make it fail
         self._ctx = ctx
         self._vocab = vocab
         self._n_vocab = n_vocab
@@ -151,13 +145,27 @@ class LlamaBatchDecoder:
         for slot in self._slots:
             if slot.seq is not None and slot.seq.cancelled:
                 self._finish(slot, StopReason.CANCELLED, out)
-        outputs = self._fill_batch()
-        if self._batch.n_tokens == 0:
-            return out
-        rc = ll.llama_decode(self._ctx, self._batch)
-        if rc != 0:
-            self._fail_batch(rc, out)
-            return out
+        budget = self._n_batch
+        while True:
+            outputs, placed = self._fill_batch(budget)
+            n_tokens = self._batch.n_tokens
+            if n_tokens == 0:
+                return out
+            rc = self._decode(self._ctx, self._batch)
+            if rc == 0:
+                break
+            self._take_back(placed)
+            if rc != 1:
+                self._fail_all(InferenceError(f"llama_decode failed with status {rc}"), out)
+                return out
+            # No room in the KV cache for this batch (status 1): as llama-server does, retry
+            # with half the tokens; a single token that finds no room means its sequence can
+            # never go on, and only that sequence ends with an error.
+            if n_tokens == 1:
+                self._fail(placed[0][0], out)
+                budget = self._n_batch
+            else:
+                budget = max(1, n_tokens // 2)
         now = time.perf_counter()
         for slot, index in outputs:
             seq = slot.seq
@@ -178,10 +186,14 @@ class LlamaBatchDecoder:
             # LLAMA_TOKEN_NULL: the graph sampled nothing for this output; do it here.
         return int(ll.llama_sampler_sample(seq.chain.handle, self._ctx, index))
 
-    def _fill_batch(self) -> list[tuple[_Slot, int]]:
+    def _fill_batch(self, budget: int) -> tuple[list[tuple[_Slot, int]], list[tuple[_Slot, int]]]:
+        """Put at most `budget` tokens into the batch. Returns the (slot, batch index) pairs
+        whose logits are read, and (slot, cached length before) for every slot that got
+        tokens, so that a failed decode can take them back."""
         batch = self._batch
         n = 0
         outputs: list[tuple[_Slot, int]] = []
+        placed: list[tuple[_Slot, int]] = []
 
         def put(token: int, slot: _Slot, logits: bool) -> None:
             nonlocal n
@@ -196,16 +208,18 @@ class LlamaBatchDecoder:
         # One token for every generating sequence first, so they never wait on prompts.
         for slot in self._slots:
             seq = slot.seq
-            if seq is not None and seq.next_token is not None:
+            if seq is not None and seq.next_token is not None and n < budget:
+                placed.append((slot, len(slot.cached)))
                 outputs.append((slot, n))
                 put(seq.next_token, slot, True)
                 seq.next_token = None
         # Then prompt chunks, in slot order, as far as the batch has room.
         for slot in self._slots:
             seq = slot.seq
-            if seq is None or not seq.to_ingest or n >= self._n_batch:
+            if seq is None or not seq.to_ingest or n >= budget:
                 continue
-            chunk = seq.to_ingest[: self._n_batch - n]
+            placed.append((slot, len(slot.cached)))
+            chunk = seq.to_ingest[: budget - n]
             del seq.to_ingest[: len(chunk)]
             for j, token in enumerate(chunk):
                 last = j == len(chunk) - 1 and not seq.to_ingest
@@ -213,15 +227,37 @@ class LlamaBatchDecoder:
                     outputs.append((slot, n))
                 put(token, slot, last)
         batch.n_tokens = n
-        return outputs
+        return outputs, placed
 
-    def _fail_batch(self, rc: int, out: Emitted) -> None:
-        if rc == 1:
-            error: Exception = OutOfMemoryError(
-                "llama.cpp found no room in the KV cache for the batch (status 1)"
-            )
-        else:
-            error = InferenceError(f"llama_decode failed with status {rc}")
+    def _take_back(self, placed: list[tuple[_Slot, int]]) -> None:
+        """Undo _fill_batch after a failed decode: the tokens go back to where they came
+        from. llama.cpp restores the cache itself on failure (llama.h); the removal makes
+        sure no cell of the failed batch stays behind."""
+        memory = ll.llama_get_memory(self._ctx)
+        for slot, before in placed:
+            seq = slot.seq
+            assert seq is not None
+            tokens = slot.cached[before:]
+            del slot.cached[before:]
+            ll.llama_memory_seq_rm(memory, slot.seq_id, before, -1)
+            if seq.output.n_out == 0:
+                seq.to_ingest[:0] = tokens  # a prompt chunk: nothing generated yet
+            else:
+                seq.next_token = tokens[0]  # the one generated token
+
+    def _fail(self, slot: _Slot, out: Emitted) -> None:
+        seq = slot.seq
+        assert seq is not None
+        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
+        slot.cached.clear()
+        error = OutOfMemoryError(
+            "the KV cache has no room for this sequence: llama_decode found no cell for its "
+            "next token even alone in the batch (status 1)"
+        )
+        out.append((seq.key, SequenceFailed(error)))
+        self._release(slot)
+
+    def _fail_all(self, error: Exception, out: Emitted) -> None:
         memory = ll.llama_get_memory(self._ctx)
         for slot in self._slots:
             if slot.seq is not None:
@@ -239,40 +275,18 @@ class LlamaBatchDecoder:
         if ll.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, StopReason.EOS, out)
             return
-        released, matched = seq.text.push(self._token_bytes(token))
-        if seq.pending is not None:
-            out.append((seq.key, seq.pending))
-            seq.pending = None
-        event = TokenEvent(index=seq.n_out, token_id=token, text=released)
-        seq.n_out += 1
-        if matched is not None:
-            out.append((seq.key, event))
-            self._finish(slot, StopReason.STOP_SEQUENCE, out, matched)
-            return
-        if seq.n_out >= seq.request.max_tokens:
-            seq.pending = event  # _finish releases what is held onto this last event
-            self._finish(slot, StopReason.MAX_TOKENS, out)
-            return
-        if seq.text.holding:
-            seq.pending = event
+        ended = seq.output.push(token, self._token_bytes(token), out)
+        if ended is not None:
+            self._finish(slot, ended[0], out, ended[1])
         else:
-            out.append((seq.key, event))
-        seq.next_token = token
+            seq.next_token = token
 
     def _finish(
         self, slot: _Slot, reason: StopReason, out: Emitted, matched: str | None = None
     ) -> None:
         seq = slot.seq
         assert seq is not None
-        if seq.pending is not None:
-            tail = seq.text.flush() if matched is None else ""
-            out.append(
-                (
-                    seq.key,
-                    TokenEvent(seq.pending.index, seq.pending.token_id, seq.pending.text + tail),
-                )
-            )
-            seq.pending = None
+        seq.output.close(out, matched)
         now = time.perf_counter()
         started = seq.first_token_at or now
         out.append(
@@ -280,7 +294,7 @@ class LlamaBatchDecoder:
                 seq.key,
                 FinishEvent(
                     stop_reason=reason,
-                    tokens_out=seq.n_out,
+                    tokens_out=seq.output.n_out,
                     decode_time_ms=(now - started) * 1000.0,
                     prompt_tokens=len(seq.request.prompt_tokens),
                     seed=seq.chain.seed,

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llorch.worker.backend.errors import WorkerError
+from llorch.worker.backend.errors import InvalidRequestError
 
 
-class SchemaError(WorkerError):
+class SchemaError(InvalidRequestError):
     """A JSON schema the converter cannot turn into a grammar (a client error)."""
-
-    code = "INVALID_REQUEST"
 
 
 # "json_object" asks for any JSON object. The converter's object rule keeps whitespace to one

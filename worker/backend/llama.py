@@ -9,7 +9,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,20 +19,16 @@ import llama_cpp as ll
 from llorch.worker.backend import offload, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.errors import (
-    ContextOverflowError,
     InferenceError,
     ModelLoadError,
     OutOfMemoryError,
+    WorkerError,
 )
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
-    FinishEvent,
-    GenerationEvent,
-    GenerationRequest,
     LoadOptions,
     ModelInfo,
-    SequenceFailed,
 )
 from llorch.worker.models import file_sha256
 
@@ -44,11 +41,18 @@ _native_log = logging.getLogger("llorch.llama_cpp")
 _NATIVE_LEVELS = {3: logging.ERROR}
 
 
+# llama.cpp's last error lines: quoted in a load failure's message, for the operator only
+# (what the failure is comes from numbers, never from this text).
+_native_errors: deque[str] = deque(maxlen=4)
+
+
 @ll.llama_log_callback
 def _forward_native_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     line = text.decode("utf-8", "replace").rstrip()
     if line:
         _native_log.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", line)
+        if level == 3:
+            _native_errors.append(line)
 
 
 def _init_backend() -> None:
@@ -86,6 +90,24 @@ def _kv_overrides(
     return array
 
 
+def _gpu_offload() -> bool:
+    return bool(ll.llama_supports_gpu_offload())
+
+
+def _gib(n: int | None) -> str:
+    return "an unknown amount" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _out_of_memory(what: str, device: str, needed: int, free: int) -> OutOfMemoryError:
+    return OutOfMemoryError(
+        f"out of memory: {what} need {_gib(needed)} on the {device}, {_gib(free)} is free; "
+        "offload fewer layers (--n-gpu-layers) or use a smaller quantization",
+        device=device,
+        needed_bytes=needed,
+        free_bytes=free,
+    )
+
+
 class LlamaCppBackend:
     """A GGUF model loaded through llama.cpp."""
 
@@ -113,19 +135,20 @@ class LlamaCppBackend:
         overrides = _kv_overrides(options.metadata_overrides)
         if overrides is not None:
             model_params.kv_overrides = overrides
+        _native_errors.clear()
         model = ll.llama_model_load_from_file(str(path).encode(), model_params)
         if not model:
-            raise ModelLoadError(f"llama.cpp could not load {path} (not a GGUF it supports?)")
+            raise self._load_failure(path, options.n_gpu_layers)
         self._model = model
         try:
-            self._create_context(options)
+            self._create_context(path, options)
             self._info = self._describe(path, options)
         except BaseException:
             self.close()
             raise
         return self._info
 
-    def _create_context(self, options: LoadOptions) -> None:
+    def _create_context(self, path: Path, options: LoadOptions) -> None:
         assert self._model is not None
         n_ctx_train = ll.llama_model_n_ctx_train(self._model)
         per_slot = options.ctx_size or n_ctx_train
@@ -144,12 +167,10 @@ class LlamaCppBackend:
         params.swa_full = True
         params.n_threads = threads
         params.n_threads_batch = threads
+        _native_errors.clear()
         ctx = ll.llama_init_from_model(self._model, params)
         if not ctx:
-            raise OutOfMemoryError(
-                f"llama.cpp could not create a context of {parallel} x {per_slot} tokens "
-                "(out of memory? try a smaller --ctx-size or --parallel)"
-            )
+            raise self._context_failure(path, parallel, per_slot)
         self._ctx = ctx
         self._vocab = ll.llama_model_get_vocab(self._model)
         self._n_batch = ll.llama_n_batch(ctx)
@@ -162,6 +183,41 @@ class LlamaCppBackend:
             ll.llama_n_ctx_seq(ctx),
             self.token_bytes,
             backend_sampling=self._use_backend_sampling(options),
+        )
+
+    @staticmethod
+    def _load_failure(path: Path, n_gpu_layers: int) -> WorkerError:
+        """Out of memory when the weights bound for a device exceed its free memory;
+        otherwise a file llama.cpp refused, with its own words."""
+        said = f": {_native_errors[-1]}" if _native_errors else ""
+        try:
+            model = offload.footprint(path)
+        except Exception as exc:
+            return ModelLoadError(f"{path} is not a GGUF file llama.cpp can read ({exc}){said}")
+        on_gpu, _ = offload.weight_bytes(model, n_gpu_layers if _gpu_offload() else 0)
+        gpus = [d for d in system.devices() if d.kind in ("gpu", "igpu")]
+        gpu_free = max((d.memory_free_bytes for d in gpus), default=0)
+        if on_gpu and gpus and on_gpu > gpu_free:
+            return _out_of_memory("the model's weights", "gpu", on_gpu, gpu_free)
+        return ModelLoadError(f"llama.cpp could not load {path}{said}")
+
+    @staticmethod
+    def _context_failure(path: Path, parallel: int, per_slot: int) -> WorkerError:
+        """A context llama.cpp could not create: sized from the GGUF header, so the message
+        says how much the KV cache asked for and how much the machine had."""
+        said = f" (llama.cpp: {_native_errors[-1]})" if _native_errors else ""
+        try:
+            needed = offload.kv_cache_bytes(offload.footprint(path), parallel * per_slot)
+        except Exception:
+            needed = None
+        free = system.host_memory_available()
+        return OutOfMemoryError(
+            f"out of memory: llama.cpp could not create a context of {parallel} slots x "
+            f"{per_slot} tokens; its KV cache needs {_gib(needed)}, {_gib(free)} of memory is "
+            f"available{said}; try a smaller --ctx-size or --parallel",
+            device="host",
+            needed_bytes=needed,
+            free_bytes=free,
         )
 
     @staticmethod
@@ -243,12 +299,16 @@ class LlamaCppBackend:
 
     # -- text ------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         raw = text.encode()
         # A token covers at least one byte, plus room for BOS/EOS.
         capacity = len(raw) + 8
         tokens = (ll.llama_token * capacity)()
-        n = ll.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, True)
+        n = ll.llama_tokenize(
+            self._vocab, raw, len(raw), tokens, capacity, add_special, parse_special
+        )
         if n < 0:
             raise InferenceError(f"tokenization needs {-n} tokens, more than {capacity}")
         return list(tokens[:n])
@@ -277,27 +337,6 @@ class LlamaCppBackend:
         if self._decoder is None:
             raise ModelLoadError("no model loaded")
         return self._decoder
-
-    def generate(
-        self, request: GenerationRequest, cancelled: Callable[[], bool]
-    ) -> Iterator[GenerationEvent]:
-        """One request on its own through the batch decoder (needs the decoder idle)."""
-        decoder = self.decoder()
-        if len(request.prompt_tokens) + request.max_tokens > decoder.ctx_per_slot:
-            raise ContextOverflowError(
-                len(request.prompt_tokens), request.max_tokens, decoder.ctx_per_slot
-            )
-        key = object()
-        decoder.add(key, request)
-        while True:
-            if cancelled():
-                decoder.cancel(key)
-            for _, event in decoder.step():
-                if isinstance(event, SequenceFailed):
-                    raise event.error
-                yield event
-                if isinstance(event, FinishEvent):
-                    return
 
     # -- chat ------------------------------------------------------------------------------
 

@@ -73,3 +73,19 @@ def fit_layers(model: ModelFootprint, free_bytes: int, n_ctx_total: int) -> int:
     if used + model.other_bytes <= budget:
         return fitted + 1
     return fitted
+
+
+def kv_cache_bytes(model: ModelFootprint, n_ctx_total: int) -> int:
+    """The KV cache of every layer at `n_ctx_total` cells (all slots together)."""
+    return model.kv_bytes_per_token_per_layer * len(model.layer_bytes) * n_ctx_total
+
+
+def weight_bytes(model: ModelFootprint, n_gpu_layers: int) -> tuple[int, int]:
+    """(bytes on the GPU, bytes on the host) of the weights with `n_gpu_layers` offloaded
+    (-1: all; n_layer + 1 counts the output layer too, as llama.cpp does)."""
+    n_layer = len(model.layer_bytes)
+    offloaded = n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layer + 1)
+    gpu = sum(model.layer_bytes[n_layer - min(offloaded, n_layer) :])
+    if offloaded > n_layer:
+        gpu += model.other_bytes
+    return gpu, sum(model.layer_bytes) + model.other_bytes - gpu

@@ -6,7 +6,7 @@ never on the library a backend wraps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -169,7 +169,8 @@ class BatchDecoder(Protocol):
 
 
 class ModelBackend(Protocol):
-    """A loaded model that generates text. Not thread-safe: one thread owns an instance."""
+    """A loaded model that generates text through its batch decoder. Not thread-safe: one
+    thread owns an instance (tokenize and detokenize only read the vocabulary)."""
 
     def load(self, path: Path, options: LoadOptions) -> ModelInfo: ...
 
@@ -177,15 +178,14 @@ class ModelBackend(Protocol):
 
     def backend_info(self) -> BackendInfo: ...
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """Token ids of `text`. `parse_special`: text of control tokens (`<start_of_turn>`)
+        becomes those tokens; off, it is tokenized as the plain text it is."""
+        ...
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
-
-    def generate(
-        self, request: GenerationRequest, cancelled: Callable[[], bool]
-    ) -> Iterator[GenerationEvent]:
-        """Yield one TokenEvent per generated token, then exactly one FinishEvent."""
-        ...
 
     def decoder(self) -> BatchDecoder:
         """The batch decoder over this model's context (one per loaded model)."""

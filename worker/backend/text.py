@@ -10,6 +10,15 @@ from __future__ import annotations
 import codecs
 from collections.abc import Sequence
 
+from llorch.worker.backend.protocol import (
+    GenerationEvent,
+    SequenceFailed,
+    StopReason,
+    TokenEvent,
+)
+
+Emitted = list[tuple[object, GenerationEvent | SequenceFailed]]
+
 
 class IncrementalText:
     """Feed token bytes with push(); it returns the text that is now final."""
@@ -61,3 +70,48 @@ class IncrementalText:
                     best = n
                     break
         return best
+
+
+class SequenceText:
+    """The token events of one sequence: each token's bytes go through IncrementalText, and
+    a token whose text is held back (part of a character, a possible stop sequence) rides on
+    the next event, so text released at the very end has an event to carry it.
+
+    Both the llama.cpp batch decoder and the test decoder drive this, so stop sequences and
+    UTF-8 behave in tests as they do in production.
+    """
+
+    def __init__(self, key: object, stops: Sequence[str], max_tokens: int) -> None:
+        self.key = key
+        self.max_tokens = max_tokens
+        self.n_out = 0
+        self._text = IncrementalText(stops)
+        self._pending: TokenEvent | None = None
+
+    def push(self, token: int, piece: bytes, out: Emitted) -> tuple[StopReason, str | None] | None:
+        """Add a generated token (not an end-of-generation one). Returns (reason, matched stop
+        sequence) when the sequence ends with it, else None."""
+        released, matched = self._text.push(piece)
+        if self._pending is not None:
+            out.append((self.key, self._pending))
+            self._pending = None
+        event = TokenEvent(index=self.n_out, token_id=token, text=released)
+        self.n_out += 1
+        if matched is not None:
+            out.append((self.key, event))
+            return StopReason.STOP_SEQUENCE, matched
+        if self.n_out >= self.max_tokens or self._text.holding:
+            self._pending = event  # close() releases what is held onto this last event
+            if self.n_out >= self.max_tokens:
+                return StopReason.MAX_TOKENS, None
+            return None
+        out.append((self.key, event))
+        return None
+
+    def close(self, out: Emitted, matched: str | None) -> None:
+        """Release the held event, with the held text unless a stop sequence ended it."""
+        if self._pending is not None:
+            tail = self._text.flush() if matched is None else ""
+            held = self._pending
+            out.append((self.key, TokenEvent(held.index, held.token_id, held.text + tail)))
+            self._pending = None

@@ -43,7 +43,7 @@ class BearerAuth:
                 break
         if not self._accepts(bearer_token(header)):
             message = "missing bearer token" if header is None else "invalid bearer token"
-            await response_for(Unauthorized(message))(scope, receive, send)
+            await response_for(Unauthorized(message), scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -1,129 +1,180 @@
-"""Every exception the worker raises, mapped to an HTTP answer in this one place."""
+"""Every exception the app raises, answered in one place, in the shape of the surface asked.
+
+The status and code come from the exception's class (worker/backend/errors.py); this module
+only chooses the shape: the worker contract's `{"errors": [{field, constraint, message, value,
+code}]}`, or OpenAI's `{"error": {message, type, param, code}}` for every path under `/v1/`,
+unknown routes, wrong methods and a refused token included, since OpenAI's clients parse that
+shape whatever went wrong.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
-from llorch.worker.backend.errors import (
-    ContextOverflowError,
-    DeadlineExceededError,
-    DrainingError,
-    DuplicateJobError,
-    ModelLoadError,
-    NotReadyError,
-    OutOfMemoryError,
-    QueueFullError,
-    ShuttingDownError,
-    WorkerError,
-)
+from llorch.worker.backend.errors import InferenceError, InvalidRequestError, WorkerError
 from llorch.worker.http.schemas import validation_errors
 
 log = logging.getLogger("llorch.http")
+
+OPENAI_PREFIX = "/v1/"
 
 
 class Unauthorized(WorkerError):
     """No bearer token, or not the worker's."""
 
     code = "UNAUTHORIZED"
+    status = 401
+    openai_code = "invalid_api_key"
 
-
-class JobNotFound(WorkerError):
-    """No job with this id is queued or running."""
-
-    code = "NOT_FOUND"
-
-
-_STATUS: dict[type[WorkerError], int] = {
-    ContextOverflowError: 400,
-    Unauthorized: 401,
-    JobNotFound: 404,
-    QueueFullError: 429,
-    DuplicateJobError: 409,
-    NotReadyError: 503,
-    ShuttingDownError: 503,
-    DrainingError: 503,
-    ModelLoadError: 503,
-    OutOfMemoryError: 503,
-    DeadlineExceededError: 504,
-}
-
-
-class BadRequest(Exception):
-    """A request the worker refuses, with entries in the contract's error shape."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(errors[0]["message"] if errors else "bad request")
-        self.errors = errors
-
-
-def status_of(exc: WorkerError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
-    return 500
-
-
-def error_entry(exc: WorkerError) -> dict[str, Any]:
-    if isinstance(exc, ContextOverflowError):
-        field = "prompt" if exc.prompt_tokens >= exc.n_ctx else "max_tokens"
-        return {
-            "field": field,
-            "constraint": f"prompt_tokens + max_tokens <= {exc.n_ctx}",
-            "message": str(exc),
-            "value": exc.prompt_tokens if field == "prompt" else exc.max_tokens,
-            "code": exc.code,
-        }
-    return {"field": None, "constraint": None, "message": str(exc), "code": exc.code}
-
-
-def headers_of(exc: WorkerError) -> dict[str, str]:
-    """Headers that tell a client what to do next (when to retry, how to authenticate)."""
-    if isinstance(exc, QueueFullError):
-        return {"Retry-After": str(max(1, exc.retry_after_s))}
-    if isinstance(exc, Unauthorized):
+    @property
+    def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
-    return {}
 
 
-def response_for(exc: WorkerError) -> JSONResponse:
-    """The answer to an error raised before a stream started; middleware uses it too."""
-    return JSONResponse(
-        {"errors": [error_entry(exc)]}, status_code=status_of(exc), headers=headers_of(exc)
-    )
+class ModelNotFound(WorkerError):
+    code = "MODEL_NOT_FOUND"
+    status = 404
+
+    def __init__(self, model_id: str, served: str) -> None:
+        super().__init__(
+            f"the model {model_id!r} does not exist; this worker serves {served!r}",
+            param="model",
+            value=model_id,
+        )
+
+
+class RouteNotFound(WorkerError):
+    code = "NOT_FOUND"
+    status = 404
+
+
+class MethodNotAllowed(WorkerError):
+    code = "METHOD_NOT_ALLOWED"
+    status = 405
 
 
 def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(
-            [{"field": None, "constraint": "JSON", "message": f"malformed JSON body: {exc}"}]
-        ) from None
+        raise InvalidRequestError(f"malformed JSON body: {exc}", constraint="JSON") from None
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(BadRequest)
-    async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"errors": exc.errors}, status_code=400)
+# -- the worker contract's shape -------------------------------------------------------------
 
-    @app.exception_handler(ValidationError)
-    async def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse({"errors": validation_errors(exc)}, status_code=400)
 
-    @app.exception_handler(WorkerError)
-    async def _worker_error(request: Request, exc: WorkerError) -> JSONResponse:
-        if status_of(exc) >= 500:
-            log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return response_for(exc)
+def contract_entry(exc: WorkerError) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "field": exc.param,
+        "constraint": exc.constraint,
+        "message": str(exc),
+        "code": exc.code,
+    }
+    if exc.value is not None:
+        entry["value"] = exc.value
+    return entry
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+
+def contract_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, ValidationError | RequestValidationError):
+        entries = validation_errors(exc)
+        for entry in entries:
+            entry["code"] = InvalidRequestError.code
+        return JSONResponse({"errors": entries}, status_code=400)
+    if not isinstance(exc, WorkerError):
         entry = {"field": None, "constraint": None, "message": "internal error", "code": "INTERNAL"}
         return JSONResponse({"errors": [entry]}, status_code=500)
+    return JSONResponse(
+        {"errors": [contract_entry(exc)]}, status_code=exc.status, headers=exc.headers
+    )
+
+
+# -- OpenAI's shape --------------------------------------------------------------------------
+
+# OpenAI's and llama-server's names of the error kinds.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "unavailable_error",
+    504: "timeout_error",
+}
+
+
+def openai_body(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of an exception in OpenAI's shape."""
+    if isinstance(exc, ValidationError | RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first["loc"] if p != "body"]
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: "
+            f"{e['msg'].removeprefix('Value error, ')}".removeprefix(": ")
+            for e in errors
+        )
+        status, param, code = 400, ".".join(loc) or None, None
+    elif isinstance(exc, WorkerError):
+        status, param, message = exc.status, exc.param, str(exc)
+        code = exc.openai_code or exc.code.lower()
+    else:
+        status, param, code, message = 500, None, None, "internal error"
+    kind = _OPENAI_TYPES.get(status, "server_error")
+    return status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def openai_response(exc: Exception) -> JSONResponse:
+    status, body = openai_body(exc)
+    headers = exc.headers if isinstance(exc, WorkerError) else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# -- one handler for the app -----------------------------------------------------------------
+
+
+def response_for(exc: Exception, path: str) -> JSONResponse:
+    """The answer to an error raised before a response started, in the path's surface."""
+    if path.startswith(OPENAI_PREFIX) or path == OPENAI_PREFIX.rstrip("/"):
+        return openai_response(exc)
+    return contract_response(exc)
+
+
+def install(app: FastAPI, rejected: Callable[[str, int], None] | None = None) -> None:
+    """Answer every exception of the app; `rejected(path, status)` hears of each refusal."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, HTTPException):  # routing: unknown path, method not allowed
+            exc = _route_error(request, exc.status_code)
+        status = exc.status if isinstance(exc, WorkerError) else 400
+        if not isinstance(exc, WorkerError | ValidationError | RequestValidationError):
+            status = 500
+        if rejected is not None:
+            rejected(request.url.path, status)
+        if not isinstance(exc, WorkerError | ValidationError | RequestValidationError):
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+        elif status >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return response_for(exc, request.url.path)
+
+    for kind in (WorkerError, ValidationError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, handle)
+
+
+def _route_error(request: Request, status: int) -> WorkerError:
+    if status == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    if status == 404:
+        return RouteNotFound(f"no route {request.method} {request.url.path}")
+    return InferenceError(f"HTTP {status} on {request.url.path}")

@@ -1,9 +1,9 @@
 """Prometheus metrics of one app (GET /metrics).
 
 Each app owns its CollectorRegistry, so two apps in one process (tests, several models) never
-share or collide on metrics. Counters and latency histograms are fed by the HTTP layer from
-each job's events; gauges are read from the scheduler when the registry is scraped, so they are
-never stale.
+share or collide on metrics. Counters and latency histograms are fed from each job's events on
+the model thread (the engine calls the observer); gauges are read from the engine when the
+registry is scraped, so they are never stale.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llorch.worker.backend.protocol import FinishEvent, TokenEvent
-from llorch.worker.scheduler import JobEvent, JobFailed, Scheduler
+from llorch.worker.engine import Engine
+from llorch.worker.scheduler import JobEvent, JobFailed
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,14 +26,14 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class _SchedulerCollector(Collector):
-    """Gauges read from Scheduler.capacity() at scrape time."""
+class _EngineCollector(Collector):
+    """Gauges read from the engine at scrape time."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self._scheduler = scheduler
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        capacity = self._scheduler.capacity()
+        capacity = self._engine.capacity()
         gauges = (
             ("llorch_queue_depth", "Requests waiting for a slot", capacity.queue_depth),
             (
@@ -47,7 +48,7 @@ class _SchedulerCollector(Collector):
         )
         for name, doc, value in gauges:
             yield GaugeMetricFamily(name, doc, value=value)
-        load_seconds = self._scheduler.load_seconds
+        load_seconds = self._engine.health().load_seconds
         if load_seconds is not None:
             yield GaugeMetricFamily(
                 "llorch_model_load_seconds", "Time the model took to load", value=load_seconds
@@ -55,7 +56,10 @@ class _SchedulerCollector(Collector):
 
 
 class WorkerMetrics:
-    def __init__(self, scheduler: Scheduler) -> None:
+    """Built before the engine (it observes the engine's jobs), then `watch`es it for the
+    gauges."""
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "llorch_requests",
@@ -82,7 +86,12 @@ class WorkerMetrics:
             buckets=_ITL_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_SchedulerCollector(scheduler))
+
+    def watch(self, engine: Engine) -> None:
+        self.registry.register(_EngineCollector(engine))
+
+    def job_observer(self, prompt_tokens: int) -> JobObserver:
+        return JobObserver(self, prompt_tokens)
 
     def finished(self, stop_reason: str) -> None:
         self.requests.labels("finished", stop_reason).inc()

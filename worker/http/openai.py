@@ -1,51 +1,38 @@
 """OpenAI-compatible routes: /v1/completions, /v1/chat/completions, /v1/models.
 
-They run on the same Scheduler as /execute. Errors take OpenAI's shape, not the worker
-contract's: the routes' class maps every exception (worker/http/openai_errors.py).
+They run on the same engine as /execute; errors take OpenAI's shape (worker/http/errors.py
+answers every path under /v1/ that way).
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llorch.worker.backend import grammar
 from llorch.worker.backend.errors import (
+    ContextOverflowError,
     DeadlineExceededError,
     InferenceError,
-    NotReadyError,
     ShuttingDownError,
     WorkerError,
 )
-from llorch.worker.backend.protocol import (
-    ChatMessage,
-    FinishEvent,
-    GenerationRequest,
-    ModelInfo,
-    SamplingParams,
-    StopReason,
-    TokenEvent,
-)
-from llorch.worker.chat import chat_prompt_tokens
-from llorch.worker.http import errors
-from llorch.worker.http.metrics import JobObserver, WorkerMetrics
-from llorch.worker.http.openai_errors import InvalidParam, ModelNotFound, OpenAIRoute, error_body
+from llorch.worker.backend.protocol import ChatMessage, FinishEvent, ModelInfo, StopReason
+from llorch.worker.backend.protocol import TokenEvent as Token
+from llorch.worker.engine import Engine, JobRequest, JobStream
+from llorch.worker.http.errors import ModelNotFound, openai_body, parse_json
 from llorch.worker.http.openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     Reply,
     SamplingFields,
 )
-from llorch.worker.http.sse import frame
-from llorch.worker.scheduler import CancelReason, Job, JobEvent, JobFailed, JobStarted, Scheduler
-
-JsonGrammar = Callable[[dict[str, Any] | None], str]
+from llorch.worker.http.sampling import sampling_params
+from llorch.worker.http.sse import SSE_HEADERS, frame
+from llorch.worker.scheduler import CancelReason, JobFailed
 
 _FINISH_REASONS = {
     StopReason.EOS: "stop",
@@ -53,157 +40,105 @@ _FINISH_REASONS = {
     StopReason.MAX_TOKENS: "length",
 }
 _DONE = b"data: [DONE]\n\n"
+_DISCONNECT_POLL_S = 1.0
 
 
-# -- routes ----------------------------------------------------------------------------------
+def fingerprint(model: ModelInfo) -> str:
+    """OpenAI's system_fingerprint: what served the request (this model file, this worker)."""
+    return f"llorch-{model.sha256[:12]}"
 
 
-def build_router(
-    scheduler: Scheduler,
-    json_grammar: JsonGrammar = grammar.json_grammar,
-    metrics: WorkerMetrics | None = None,
-) -> APIRouter:
-    """`json_grammar` turns a JSON schema (None: any object) into GBNF. It lives in the backend
-    package, which imports llama_cpp only when a conversion runs."""
-    router = APIRouter(route_class=OpenAIRoute)
+def build_router(engine: Engine) -> APIRouter:
+    router = APIRouter()
     created = int(time.time())
-
-    def loaded() -> ModelInfo:
-        if scheduler.model is None:
-            raise NotReadyError(f"the model is not ready (state: {scheduler.state})")
-        return scheduler.model
 
     def card(model: ModelInfo) -> dict[str, Any]:
         return {"id": model.name, "object": "model", "created": created, "owned_by": "llorch"}
 
     @router.get("/v1/models")
     async def list_models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [card(loaded())]})
+        return JSONResponse({"object": "list", "data": [card(engine.loaded())]})
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> JSONResponse:
-        model = loaded()
+        model = engine.loaded()
         if model_id != model.name:
-            raise ModelNotFound(model_id)
+            raise ModelNotFound(model_id, model.name)
         return JSONResponse(card(model))
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = CompletionRequest.model_validate(errors.parse_json(await request.body()))
-        model = loaded()
-        sampling = await asyncio.to_thread(sampling_of, body, model, json_grammar)
-        max_tokens = body.max_tokens or 16  # OpenAI's default for completions
-        prompt = body.prompt
-        if isinstance(prompt, str):
-            gen = await asyncio.to_thread(scheduler.admit, prompt, max_tokens, sampling, body.stops)
-        else:
-            bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < model.n_vocab]
-            if bad:
-                raise InvalidParam("prompt", f"token ids out of the vocabulary: {bad[:10]}")
-            ids = [t for t in prompt if isinstance(t, int)]
-            gen = scheduler.admit_tokens(ids, max_tokens, sampling, body.stops)
-        if not gen.prompt_tokens:
-            raise InvalidParam("prompt", "the prompt is empty (it has no tokens)")
-        return await run(request, body, gen, Reply("cmpl", model.name, chat=False))
+        body = CompletionRequest.model_validate(parse_json(await request.body()))
+        model = engine.loaded()
+        reply = Reply("cmpl", model.name, fingerprint(model), chat=False)
+        job = JobRequest(
+            job_id=reply.id,
+            prompt=body.one_prompt,
+            max_tokens=body.max_tokens or 16,  # OpenAI's default for completions
+            sampling=await sampling_params(body, engine),
+            stop=body.stops,
+        )
+        return await _answer(request, body, await engine.generate(job), reply)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = ChatCompletionRequest.model_validate(errors.parse_json(await request.body()))
-        model = loaded()
-        sampling = await asyncio.to_thread(sampling_of, body, model, json_grammar)
+        body = ChatCompletionRequest.model_validate(parse_json(await request.body()))
+        model = engine.loaded()
+        reply = Reply("chatcmpl", model.name, fingerprint(model), chat=True)
+        sampling = await sampling_params(body, engine)
         # "developer" is the newer name of "system"; templates know only the latter.
         messages = [
             ChatMessage("system" if m.role == "developer" else m.role, m.text)
             for m in body.messages
         ]
-        tokens = await asyncio.to_thread(chat_prompt_tokens, scheduler, model, messages)
-        # Without a limit the answer may use the rest of the context (OpenAI's chat default).
-        limit = body.token_limit or max(1, scheduler.capacity().ctx_per_slot - len(tokens))
-        gen = scheduler.admit_tokens(tokens, limit, sampling, body.stops)
-        return await run(request, body, gen, Reply("chatcmpl", model.name, chat=True))
-
-    async def run(
-        request: Request, body: SamplingFields, gen: GenerationRequest, reply: Reply
-    ) -> Response:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[JobEvent] = asyncio.Queue()
-        observe = JobObserver(metrics, len(gen.prompt_tokens)) if metrics else None
-
-        def sink(event: JobEvent) -> None:
-            if observe is not None:
-                observe(event)
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the event loop is gone: nobody is listening any more
-                job.cancel()
-
-        job = scheduler.submit(reply.id, gen, sink)
-        n_prompt = len(gen.prompt_tokens)
-        if body.stream:
-            return StreamingResponse(
-                _stream(reply, events, job, n_prompt, body.include_usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        text, finish = await _collect(request, events, job)
-        return JSONResponse(reply.whole(text, finish[0], n_prompt, finish[1]))
+        job = JobRequest(
+            job_id=reply.id,
+            prompt=await engine.chat_prompt(messages),
+            # Without a limit the answer may use the rest of the context (OpenAI's default).
+            max_tokens=body.token_limit,
+            sampling=sampling,
+            stop=body.stops,
+        )
+        try:
+            stream = await engine.generate(job)
+        except ContextOverflowError as exc:
+            if exc.param == "prompt":  # the prompt of a chat is its messages
+                exc.param = "messages"
+            raise
+        return await _answer(request, body, stream, reply)
 
     return router
 
 
-def sampling_of(
-    body: SamplingFields, model: ModelInfo, json_grammar: JsonGrammar
-) -> SamplingParams:
-    bias = []
-    for key, value in (body.logit_bias or {}).items():
-        token = int(key)
-        if not 0 <= token < model.n_vocab:
-            raise InvalidParam(
-                "logit_bias", f"token id {token} is not in the vocabulary (0..{model.n_vocab - 1})"
-            )
-        bias.append((token, -math.inf if value is False else float(value)))
-    grammar_text = body.grammar
-    fmt = body.response_format
-    if fmt is not None and fmt.type == "json_object":
-        grammar_text = json_grammar(None)
-    elif fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
-        grammar_text = json_grammar(fmt.json_schema.schema_)
-    return SamplingParams(
-        temperature=body.temperature,
-        top_k=body.top_k,
-        top_p=body.top_p,
-        min_p=body.min_p,
-        repetition_penalty=body.penalty,
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        typical_p=body.typical_p,
-        logit_bias=tuple(bias),
-        grammar=grammar_text,
-    )
+async def _answer(
+    request: Request, body: SamplingFields, stream: JobStream, reply: Reply
+) -> Response:
+    if body.stream:
+        return StreamingResponse(
+            _chunks(reply, stream, body.include_usage),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    async with stream:
+        text, finish = await _collect(request, stream)
+    return JSONResponse(reply.whole(text, _finish_reason(finish, stream), finish))
 
 
-# -- answers ---------------------------------------------------------------------------------
-
-
-def _finished(event: FinishEvent, job: Job) -> str:
+def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
     """The finish_reason; a generation that did not end by itself is an error to report."""
     reason = _FINISH_REASONS.get(event.stop_reason)
     if reason is not None:
         return reason
     if event.stop_reason is StopReason.CANCELLED:
-        if job.cancel_reason is CancelReason.TIMEOUT:
+        if stream.job is not None and stream.job.cancel_reason is CancelReason.TIMEOUT:
             raise DeadlineExceededError("the request's timeout passed")
         raise ShuttingDownError("the generation was cancelled: the worker is stopping")
     raise InferenceError("the generation failed")
 
 
-async def _stream(
-    reply: Reply, events: asyncio.Queue[JobEvent], job: Job, n_prompt: int, include_usage: bool
-) -> AsyncIterator[bytes]:
+async def _chunks(reply: Reply, stream: JobStream, include_usage: bool) -> AsyncIterator[bytes]:
     """SSE chunks of one job, then `[DONE]`; a failure becomes an `{"error": ...}` event
     (what OpenAI's clients raise on). Leaving early (client gone) cancels the job."""
-    finished = False
 
     def chunk(text: str | None, finish: str | None = None, role: bool = False) -> bytes:
         body = reply.chunk(text, finish, role=role)
@@ -211,61 +146,40 @@ async def _stream(
             body["usage"] = None  # as OpenAI: every chunk but the last has a null usage
         return frame(body)
 
-    try:
+    async with stream:
         if reply.chat:
             yield chunk(None, role=True)
-        while True:
-            event = await events.get()
-            if isinstance(event, JobStarted):
-                continue
-            if isinstance(event, TokenEvent):
+        async for event in stream:
+            if isinstance(event, Token):
                 if event.text:  # empty while text is held back (UTF-8, a possible stop)
                     yield chunk(event.text)
-                continue
-            finished = True
-            if isinstance(event, JobFailed):
-                yield frame(error_body(event.error))
-                return
-            try:
-                reason = _finished(event, job)
-            except WorkerError as exc:
-                yield frame(error_body(exc))
-                return
-            yield chunk(None, reason)
-            if include_usage:
-                yield frame(reply.usage_chunk(n_prompt, event.tokens_out))
-            yield _DONE
-            return
-    finally:
-        if not finished:
-            job.cancel()
-
-
-async def _collect(
-    request: Request, events: asyncio.Queue[JobEvent], job: Job
-) -> tuple[str, tuple[str, int]]:
-    """The whole text, the finish_reason and the number of generated tokens. A client that
-    goes away before the end cancels the job (checked every second while waiting)."""
-    parts: list[str] = []
-    finished = False
-    try:
-        while True:
-            # One get() task across waits: cancelling a get() could lose an event.
-            get = asyncio.ensure_future(events.get())
-            while not get.done():
-                await asyncio.wait({get}, timeout=1.0)
-                if not get.done() and await request.is_disconnected():
-                    get.cancel()
-                    raise ShuttingDownError("the client went away")
-            event = get.result()
-            if isinstance(event, TokenEvent):
-                parts.append(event.text)
             elif isinstance(event, JobFailed):
-                finished = True
-                raise event.error
+                yield frame(openai_body(event.error)[1])
             elif isinstance(event, FinishEvent):
-                finished = True
-                return "".join(parts), (_finished(event, job), event.tokens_out)
-    finally:
-        if not finished:
-            job.cancel()
+                try:
+                    reason = _finish_reason(event, stream)
+                except WorkerError as exc:
+                    yield frame(openai_body(exc)[1])
+                    return
+                yield chunk(None, reason)
+                if include_usage:
+                    yield frame(reply.usage_chunk(event))
+                yield _DONE
+
+
+async def _collect(request: Request, stream: JobStream) -> tuple[str, FinishEvent]:
+    """The whole text and the finish event. A client that goes away before the end cancels
+    the job (checked every second while waiting)."""
+    parts: list[str] = []
+    while True:
+        event = await stream.next_within(_DISCONNECT_POLL_S)
+        if event is None:
+            if await request.is_disconnected():
+                raise ShuttingDownError("the client went away")
+            continue
+        if isinstance(event, Token):
+            parts.append(event.text)
+        elif isinstance(event, JobFailed):
+            raise event.error
+        elif isinstance(event, FinishEvent):
+            return "".join(parts), event

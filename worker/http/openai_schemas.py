@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llorch.worker.http.schemas import MAX_SEED, MAX_STOP_BYTES, MAX_STOP_SEQUENCES
+from llorch.worker.backend.protocol import FinishEvent
+from llorch.worker.http.sampling import SamplingBody, check_stops
 
 # Fields whose non-default values ask for something the worker does not do.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
@@ -53,31 +54,19 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(SamplingBody):
     """The fields both routes share: sampling, stops, streaming."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     model: str | None = None  # informational: the worker serves one model
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, ge=0.0, le=1.0)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    # Token id (as a string, JSON keys are strings) -> bias added to its logit; false bans it.
-    logit_bias: dict[str, float | Literal[False]] | None = None
-    # llama.cpp extras
-    top_k: int = Field(0, ge=0)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
     # llama.cpp divides positive logits by the penalty, so 0 is refused.
     repeat_penalty: float | None = Field(None, gt=0.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    typical_p: float = Field(1.0, gt=0.0, le=1.0)
-    grammar: str | None = Field(None, min_length=1, max_length=1 << 16)
     response_format: ResponseFormat | None = None
 
     @field_validator("n")
@@ -90,25 +79,7 @@ class SamplingFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> list[str]:
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
-        for s in stops:
-            if not s:
-                raise ValueError("stop sequences must be non-empty")
-            if len(s.encode()) > MAX_STOP_BYTES:
-                raise ValueError(f"stop sequences are at most {MAX_STOP_BYTES} bytes")
-        return stops
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_ids(
-        cls, bias: dict[str, float | Literal[False]] | None
-    ) -> dict[str, float | Literal[False]] | None:
-        for key in bias or {}:
-            if not key.strip().isdigit():
-                raise ValueError(f"logit_bias keys are token ids, got {key!r}")
-        return bias
+        return check_stops([stop] if isinstance(stop, str) else list(stop or []))
 
     @model_validator(mode="after")
     def _supported(self) -> SamplingFields:
@@ -125,11 +96,18 @@ class SamplingFields(BaseModel):
     def stops(self) -> tuple[str, ...]:
         return tuple(self.stop or ())  # a list once validated
 
-    @property
     def penalty(self) -> float:
         if self.repetition_penalty is not None:
             return self.repetition_penalty
         return self.repeat_penalty if self.repeat_penalty is not None else 1.0
+
+    def json_constraint(self) -> tuple[str, dict[str, Any] | None] | None:
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_schema" and fmt.json_schema is not None:
+            return "response_format", fmt.json_schema.schema_
+        return "response_format", None
 
     @property
     def include_usage(self) -> bool:
@@ -153,6 +131,11 @@ class CompletionRequest(SamplingFields):
         if not prompt:
             raise ValueError("the prompt is empty")
         return prompt  # type: ignore[return-value]
+
+    @property
+    def one_prompt(self) -> str | list[int]:
+        """The prompt once validated: text, or token ids."""
+        return self.prompt  # type: ignore[return-value]
 
 
 class ChatContentPart(BaseModel):
@@ -202,34 +185,41 @@ class ChatCompletionRequest(SamplingFields):
 class Reply:
     """The response shapes of one request: the whole answer, or its stream of chunks."""
 
-    def __init__(self, prefix: str, model: str, *, chat: bool) -> None:
+    def __init__(self, prefix: str, model: str, fingerprint: str, *, chat: bool) -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.model = model
+        self.fingerprint = fingerprint
         self.chat = chat
         self.created = int(time.time())
 
     def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-    @staticmethod
-    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
         }
 
-    def whole(
-        self, text: str, finish: str, prompt_tokens: int, completion_tokens: int
-    ) -> dict[str, Any]:
+    @staticmethod
+    def usage(finish: FinishEvent) -> dict[str, Any]:
+        return {
+            "prompt_tokens": finish.prompt_tokens,
+            "completion_tokens": finish.tokens_out,
+            "total_tokens": finish.prompt_tokens + finish.tokens_out,
+            # Prompt tokens found in the KV cache and not read again.
+            "prompt_tokens_details": {"cached_tokens": finish.prompt_cached},
+        }
+
+    def whole(self, text: str, finish_reason: str, finish: FinishEvent) -> dict[str, Any]:
         if self.chat:
             choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
             body = self._head("chat.completion")
         else:
             choice = {"text": text}
             body = self._head("text_completion")
-        choice = {"index": 0, **choice, "logprobs": None, "finish_reason": finish}
-        return body | {"choices": [choice], "usage": self.usage(prompt_tokens, completion_tokens)}
+        choice = {"index": 0, **choice, "logprobs": None, "finish_reason": finish_reason}
+        return body | {"choices": [choice], "usage": self.usage(finish)}
 
     def chunk(
         self, text: str | None, finish: str | None = None, *, role: bool = False
@@ -248,10 +238,7 @@ class Reply:
         choice |= {"logprobs": None, "finish_reason": finish}
         return body | {"choices": [choice]}
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def usage_chunk(self, finish: FinishEvent) -> dict[str, Any]:
         """The last chunk when stream_options.include_usage is set: no choices, the usage."""
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return self._head(obj) | {
-            "choices": [],
-            "usage": self.usage(prompt_tokens, completion_tokens),
-        }
+        return self._head(obj) | {"choices": [], "usage": self.usage(finish)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -17,45 +18,23 @@ from pydantic import (
     model_validator,
 )
 
-MAX_SEED = 0xFFFFFFFE  # llama.h reserves 0xFFFFFFFF (LLAMA_DEFAULT_SEED) for "random"
-MAX_STOP_SEQUENCES = 4
-MAX_STOP_BYTES = 100
+from llorch.worker.http.sampling import MAX_STOP_SEQUENCES, SamplingBody, check_stops
 
 
-class ExecuteRequest(BaseModel):
+class ExecuteRequest(SamplingBody):
+    """The worker contract's /execute body: strict types, no unknown fields."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     job_id: str = Field(min_length=1, max_length=256)
     prompt: str = Field(min_length=1, max_length=32768)
     max_tokens: int = Field(ge=1, le=1 << 20)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    top_p: float = Field(1.0, ge=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
     # llama.cpp divides positive logits by the penalty: 0 is not a valid value there.
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
     # A deadline for the whole job, queueing included; None waits as long as it takes.
     timeout_ms: int | None = Field(None, ge=1, le=86_400_000)
-    # Beyond the original contract: the rest of llama.cpp's sampler chain.
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    typical_p: float = Field(1.0, gt=0.0, le=1.0)
-    # Token id (as a string: JSON keys are strings) -> added to its logit; -100 bans it.
-    logit_bias: dict[str, float] = Field(default_factory=dict, max_length=1024)
-    grammar: str | None = Field(None, min_length=1, max_length=65536)
     json_schema: dict[str, Any] | None = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _logit_bias(cls, bias: dict[str, float]) -> dict[str, float]:
-        for key, value in bias.items():
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys are token ids, got {key!r}")
-            if not -100.0 <= value <= 100.0:
-                raise ValueError(f"logit_bias of token {key} is {value}; valid: -100..100")
-        return bias
 
     @model_validator(mode="after")
     def _one_constraint(self) -> ExecuteRequest:
@@ -66,15 +45,13 @@ class ExecuteRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop_sequences(cls, stops: list[str]) -> list[str]:
-        for s in stops:
-            if not s:
-                raise ValueError("stop sequences must be non-empty")
-            if len(s.encode()) > MAX_STOP_BYTES:
-                raise ValueError(
-                    f"stop sequence {s[:20]!r}... is {len(s.encode())} bytes; "
-                    f"at most {MAX_STOP_BYTES} are allowed"
-                )
-        return stops
+        return check_stops(stops)
+
+    def penalty(self) -> float:
+        return self.repetition_penalty
+
+    def json_constraint(self) -> tuple[str, dict[str, Any] | None] | None:
+        return None if self.json_schema is None else ("json_schema", self.json_schema)
 
 
 # pydantic error type -> the constraint we name in the error entry.
@@ -107,10 +84,10 @@ def _constraint(error: Any) -> str:
     return name
 
 
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+def validation_errors(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
     errors = []
-    for error in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in error["loc"])
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"] if part != "body")
         entry: dict[str, Any] = {
             "field": loc or None,
             "constraint": _constraint(error),

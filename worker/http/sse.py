@@ -12,3 +12,8 @@ def frame(event: dict[str, Any]) -> bytes:
     return (
         b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
     )
+
+
+# No caching, and no buffering by proxies (nginx honours X-Accel-Buffering): tokens must
+# reach the client as they are made.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

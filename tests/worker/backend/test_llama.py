@@ -9,6 +9,7 @@ from support import FRANCE
 
 from llorch.worker.backend.errors import ContextOverflowError
 from llorch.worker.backend.llama import LlamaCppBackend
+from llorch.worker.backend.single import generate
 from llorch.worker.backend.protocol import (
     FinishEvent,
     GenerationRequest,
@@ -30,7 +31,7 @@ def run(
     cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple[list[TokenEvent], FinishEvent]:
     request = GenerationRequest(tuple(backend.tokenize(prompt)), max_tokens, sampling, stop)
-    events = list(backend.generate(request, cancelled))
+    events = list(generate(backend.decoder(), request, cancelled))
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     finish = events[-1]
     assert isinstance(finish, FinishEvent)
@@ -133,7 +134,7 @@ def test_kv_cache_is_cleared_between_requests(backend):
 def test_prompt_plus_max_tokens_beyond_the_context_is_refused(backend):
     prompt_tokens = backend.tokenize(FRANCE)
     with pytest.raises(ContextOverflowError) as info:
-        list(backend.generate(GenerationRequest(tuple(prompt_tokens), 1024, GREEDY), lambda: False))
+        list(generate(backend.decoder(), GenerationRequest(tuple(prompt_tokens), 1024, GREEDY)))
     assert info.value.n_ctx == 1024
     assert "max_tokens can be at most" in str(info.value)
 
@@ -141,7 +142,7 @@ def test_prompt_plus_max_tokens_beyond_the_context_is_refused(backend):
 def test_prompt_longer_than_the_context_is_refused(backend):
     prompt = tuple(backend.tokenize("word " * 1100))
     with pytest.raises(ContextOverflowError, match="the prompt is"):
-        list(backend.generate(GenerationRequest(prompt, 1, GREEDY), lambda: False))
+        list(generate(backend.decoder(), GenerationRequest(prompt, 1, GREEDY)))
 
 
 def test_long_prompt_is_ingested_in_several_batches(backend):

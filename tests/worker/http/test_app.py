@@ -9,14 +9,14 @@ import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
 
-from llorch.worker.http.app import create_app
+from llorch.worker.server import build_app
 from llorch.worker.settings import WorkerSettings
 
 VALID = {"job_id": "j1", "prompt": "Hi", "max_tokens": 5}
 
 
 def client_for(backend: FakeBackend) -> TestClient:
-    app = create_app(backend, WorkerSettings(worker_id="w-test"), model_path=lambda: __file__)
+    app = build_app(backend, WorkerSettings(worker_id="w-test"), model_path=lambda: __file__)
     return TestClient(app)
 
 
@@ -24,7 +24,7 @@ def client_for(backend: FakeBackend) -> TestClient:
 def client():
     backend = FakeBackend()
     with client_for(backend) as c:
-        assert c.app.state.scheduler.wait_loaded(5)
+        assert c.app.state.engine.scheduler.wait_loaded(5)
         yield c
 
 
@@ -66,7 +66,7 @@ def test_stop_sequence_matched_is_reported(client):
 def test_sampling_fields_reach_the_backend():
     backend = FakeBackend()
     with client_for(backend) as c:
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
         body = VALID | {
             "temperature": 0.5,
             "top_p": 0.9,
@@ -171,7 +171,7 @@ def test_ready_and_health_while_loading_then_ready():
         assert c.get("/health").json()["status"] == "healthy"
         assert c.post("/execute", json=VALID).status_code == 503
         gate.set()
-        assert c.app.state.scheduler.wait_loaded(5)
+        assert c.app.state.engine.scheduler.wait_loaded(5)
         assert c.get("/ready").json() == {"ready": True, "state": "ready"}
         health = c.get("/health").json()
         assert health["model"]["architecture"] == "fake"
@@ -185,7 +185,7 @@ def test_ready_and_health_while_loading_then_ready():
 def test_ready_reports_load_failure_with_reason():
     backend = FakeBackend(load_error="bad magic in /models/x.gguf")
     with client_for(backend) as c:
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
         response = c.get("/ready")
         assert response.status_code == 503
         assert response.json()["state"] == "error"
@@ -203,7 +203,7 @@ def test_tokenize_and_detokenize(client):
 def test_extended_sampling_fields_reach_the_backend():
     backend = FakeBackend()
     with client_for(backend) as c:
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
         body = VALID | {
             "presence_penalty": 0.5,
             "frequency_penalty": -0.25,
@@ -221,14 +221,14 @@ def test_extended_sampling_fields_reach_the_backend():
 
 def test_json_schema_becomes_a_grammar():
     backend = FakeBackend()
-    app = create_app(
+    app = build_app(
         backend,
         WorkerSettings(worker_id="w"),
         model_path=lambda: __file__,
         json_grammar=lambda schema: f"root ::= {sorted(schema)}",
     )
     with TestClient(app) as c:
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
         assert (
             c.post("/execute", json=VALID | {"json_schema": {"type": "object"}}).status_code == 200
         )

@@ -13,7 +13,7 @@ from fakes import FakeBackend
 from fastapi.testclient import TestClient
 
 from llorch.worker.backend.errors import OutOfMemoryError
-from llorch.worker.http.app import create_app
+from llorch.worker.server import build_app
 from llorch.worker.settings import WorkerSettings
 
 VALID = {"job_id": "j1", "prompt": "Hi", "max_tokens": 5}
@@ -22,7 +22,7 @@ LONG = "abcdefghij" * 5  # 50 tokens of the fake script
 
 
 def client_for(backend: FakeBackend, **settings) -> TestClient:
-    app = create_app(
+    app = build_app(
         backend, WorkerSettings(worker_id="w-test", **settings), model_path=lambda: __file__
     )
     return TestClient(app)
@@ -36,7 +36,7 @@ def loaded() -> Iterator[Callable[..., TestClient]]:
     def open_client(backend: FakeBackend | None = None, **settings) -> TestClient:
         client = client_for(backend or FakeBackend(), **settings).__enter__()
         opened.append(client)
-        assert client.app.state.scheduler.wait_loaded(5)
+        assert client.app.state.engine.scheduler.wait_loaded(5)
         return client
 
     yield open_client
@@ -328,30 +328,20 @@ def test_failed_jobs_are_counted_by_code(loaded):
 # -- out of memory --------------------------------------------------------------------------
 
 
-class _OomBackend(FakeBackend):
-    def __init__(self, when: str) -> None:
-        super().__init__()
-        self.when = when
-
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        if self.when == "tokenize":
-            raise OutOfMemoryError("could not allocate the batch")
-        return super().tokenize(text, add_special)
-
-    def generate(self, request, cancelled):
-        if self.when == "generate":
-            raise OutOfMemoryError("could not allocate the KV cache")
-        yield from super().generate(request, cancelled)
+class _OomTokenizing(FakeBackend):
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True):
+        raise OutOfMemoryError("could not allocate the batch")
 
 
 def test_out_of_memory_before_streaming_is_503(loaded):
-    response = loaded(_OomBackend("tokenize")).post("/execute", json=VALID)
+    response = loaded(_OomTokenizing()).post("/execute", json=VALID)
     assert response.status_code == 503
     assert response.json()["errors"][0]["code"] == "VRAM_OOM"
 
 
 def test_out_of_memory_while_generating_is_an_error_event(loaded):
-    events = events_of(loaded(_OomBackend("generate")).post("/execute", json=VALID))
+    backend = FakeBackend(fail=OutOfMemoryError("could not allocate the KV cache"))
+    events = events_of(loaded(backend).post("/execute", json=VALID))
     assert events[-1] == {
         "type": "error",
         "code": "VRAM_OOM",

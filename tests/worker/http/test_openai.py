@@ -7,11 +7,11 @@ import math
 import threading
 
 import pytest
-from fakes import FakeBackend
+from fakes import N_VOCAB, FakeBackend
 from fastapi.testclient import TestClient
 
 from llorch.worker.backend.errors import QueueFullError
-from llorch.worker.http.app import create_app
+from llorch.worker.server import build_app
 from llorch.worker.settings import WorkerSettings
 
 GEMMA_STYLE = (
@@ -22,7 +22,7 @@ GEMMA_STYLE = (
 
 
 def client_for(backend: FakeBackend) -> TestClient:
-    app = create_app(backend, WorkerSettings(worker_id="w-test"), model_path=lambda: __file__)
+    app = build_app(backend, WorkerSettings(worker_id="w-test"), model_path=lambda: __file__)
     return TestClient(app)
 
 
@@ -34,7 +34,7 @@ def backend():
 @pytest.fixture
 def client(backend):
     with client_for(backend) as c:
-        assert c.app.state.scheduler.wait_loaded(5)
+        assert c.app.state.engine.scheduler.wait_loaded(5)
         yield c
 
 
@@ -76,7 +76,13 @@ def test_completion_shape_usage_and_length(client):
     assert body["choices"] == [
         {"index": 0, "text": "Hello", "logprobs": None, "finish_reason": "length"}
     ]
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+    assert body["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 5,
+        "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    assert body["system_fingerprint"] == "llorch-" + "0" * 12
 
 
 def test_completion_default_max_tokens_is_16(client, backend):
@@ -128,7 +134,12 @@ def test_stream_include_usage_adds_a_last_usage_chunk(client):
     *pieces, usage, done = chunks
     assert done == "[DONE]"
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert usage["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 3,
+        "total_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert all(c["usage"] is None for c in pieces)
 
 
@@ -197,7 +208,7 @@ def test_chat_uses_the_builtin_template_and_rest_of_context(client, backend):
 def test_chat_uses_the_models_jinja_template():
     backend = FakeBackend(n_ctx=256, chat_template=GEMMA_STYLE)
     with client_for(backend) as c:
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
         messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
         body = {"messages": messages, "max_completion_tokens": 3, "max_tokens": 9}
         assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == {
@@ -226,7 +237,7 @@ def test_chat_stream_role_then_content_then_finish(client):
 
 def test_no_chat_template_is_a_400():
     with client_for(FakeBackend(builtin_template=False)) as c:
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
         response = c.post("/v1/chat/completions", json={"messages": [{"role": "user"}]})
         assert "no chat template" in assert_error(response, 400)["message"]
 
@@ -234,7 +245,7 @@ def test_no_chat_template_is_a_400():
 def test_template_raise_exception_is_a_400():
     template = "{{ raise_exception('roles must alternate') }}"
     with client_for(FakeBackend(chat_template=template)) as c:
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
         body = {"messages": [{"role": "user", "content": "x"}]}
         error = assert_error(c.post("/v1/chat/completions", json=body), 400)
         assert "roles must alternate" in error["message"]
@@ -281,7 +292,7 @@ def test_malformed_json_and_out_of_vocab_ids(client):
     response = client.post("/v1/completions", content=b"{nope")
     assert "JSON" in assert_error(response, 400)["message"]
     assert_error(client.post("/v1/completions", json={"prompt": [-1]}), 400, "prompt")
-    body = {"prompt": "Hi", "logit_bias": {str(0x110000): 1}}
+    body = {"prompt": "Hi", "logit_bias": {str(N_VOCAB): 1}}
     assert_error(client.post("/v1/completions", json=body), 400, "logit_bias")
 
 
@@ -306,17 +317,17 @@ def test_not_ready_is_503():
         assert assert_error(c.get("/v1/models"), 503)["type"] == "unavailable_error"
         assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 503)
         gate.set()
-        c.app.state.scheduler.wait_loaded(5)
+        c.app.state.engine.scheduler.wait_loaded(5)
 
 
 def test_queue_full_is_429_with_retry_after(client, monkeypatch):
     def full(*args, **kwargs):
         raise QueueFullError(64, 64)
 
-    monkeypatch.setattr(client.app.state.scheduler, "submit", full)
+    monkeypatch.setattr(client.app.state.engine.scheduler, "submit", full)
     response = client.post("/v1/completions", json={"prompt": "Hi"})
     error = assert_error(response, 429)
-    assert error["code"] == "queue_full" and response.headers["retry-after"] == "1"
+    assert error["code"] == "rate_limit_exceeded" and response.headers["retry-after"] == "1"
 
 
 def test_models(client):
@@ -331,7 +342,7 @@ def test_models(client):
 def test_a_closed_stream_cancels_the_job():
     backend = FakeBackend(script="x" * 2000, delay=0.01, n_ctx=4096)
     with client_for(backend) as c:
-        scheduler = c.app.state.scheduler
+        scheduler = c.app.state.engine.scheduler
         scheduler.wait_loaded(5)
         body = {"prompt": "Hi", "max_tokens": 2000, "stream": True}
         with c.stream("POST", "/v1/completions", json=body) as response:
@@ -342,19 +353,12 @@ def test_a_closed_stream_cancels_the_job():
         assert scheduler.wait_drained(3)
 
 
-class FailingBackend(FakeBackend):
-    """Generates two tokens, then fails."""
-
-    def generate(self, request, cancelled):
-        events = super().generate(request, cancelled)
-        yield next(events)
-        yield next(events)
-        raise RuntimeError("the device fell over")
-
-
 def test_a_failure_mid_generation():
-    with client_for(FailingBackend(n_ctx=256)) as c:
-        c.app.state.scheduler.wait_loaded(5)
+    # Two tokens, then the sequence fails.
+    with client_for(
+        FakeBackend(n_ctx=256, fail=RuntimeError("the device fell over"), fail_at=2)
+    ) as c:
+        c.app.state.engine.scheduler.wait_loaded(5)
         error = assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 500)
         assert error["type"] == "server_error" and "fell over" in error["message"]
         body = {"messages": [{"role": "user", "content": "x"}], "stream": True}

@@ -1,0 +1,295 @@
+"""The engine: the model thread's async face, and the one object the HTTP layer talks to.
+
+Routes call `generate`, `abort`, `tokenize`, `detokenize`, `chat_prompt`, `capacity`, `health`
+and `drain`; they never touch the scheduler's queue, a job's sink or the event loop. The bridge
+from the model thread to the event loop lives here once: each job's events cross with
+`call_soon_threadsafe` into an asyncio queue that its JobStream reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from llorch.worker import chat
+from llorch.worker.backend import grammar
+from llorch.worker.backend.errors import InvalidRequestError, NotReadyError, WorkerError
+from llorch.worker.backend.protocol import (
+    BackendInfo,
+    ChatMessage,
+    FinishEvent,
+    GenerationRequest,
+    ModelInfo,
+    SamplingParams,
+)
+from llorch.worker.scheduler import (
+    Capacity,
+    Job,
+    JobEvent,
+    JobFailed,
+    Scheduler,
+    State,
+)
+
+log = logging.getLogger("llorch.engine")
+
+# Observes each job's events on the model thread (metrics); built per job from its prompt size.
+JobObserverFactory = Callable[[int], Callable[[JobEvent], None]]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a route asks the engine to generate."""
+
+    job_id: str
+    prompt: str | Sequence[int]  # text (control tokens parsed, as documented) or token ids
+    max_tokens: int | None  # None: the rest of the slot's context
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    timeout_s: float | None = None  # for the whole job, queueing included
+
+
+@dataclass(frozen=True)
+class Health:
+    """Everything /health shows; built from data cached at load time, never waiting on the
+    model thread."""
+
+    state: State
+    error: WorkerError | None
+    queue_depth: int
+    active_job: str | None
+    model: ModelInfo | None
+    backend: BackendInfo | None
+    load_seconds: float | None
+    uptime_s: float
+
+
+class JobStream:
+    """The events of one admitted job, as an async iterator that ends after the job's last
+    event (FinishEvent or JobFailed). Leaving it early (`aclose`, or the `async with` block)
+    cancels the job."""
+
+    def __init__(self, scheduler: Scheduler, request: GenerationRequest) -> None:
+        self._scheduler = scheduler
+        self.request = request
+        self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._finished = False
+        self._get: asyncio.Future[JobEvent] | None = None
+        self.job: Job | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_tokens)
+
+    @property
+    def job_id(self) -> str:
+        assert self.job is not None
+        return self.job.job_id
+
+    def sink(self, event: JobEvent) -> None:
+        """Called on the model thread (or wherever the scheduler ends a queued job)."""
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            if self.job is not None:
+                self._scheduler.cancel(self.job)
+
+    def __aiter__(self) -> JobStream:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        event = await self.next_within(None)
+        assert event is not None
+        return event
+
+    async def next_within(self, seconds: float | None) -> JobEvent | None:
+        """The next event, or None when none came within `seconds`; the wait is kept, so no
+        event is lost between calls (cancelling a queue's get() could lose one)."""
+        if self._finished:
+            raise StopAsyncIteration
+        if self._get is None:
+            self._get = asyncio.ensure_future(self._events.get())
+        done, _ = await asyncio.wait({self._get}, timeout=seconds)
+        if not done:
+            return None
+        event = self._get.result()
+        self._get = None
+        if isinstance(event, FinishEvent | JobFailed):
+            self._finished = True
+        return event
+
+    def cancel(self) -> None:
+        if self._get is not None:
+            self._get.cancel()
+            self._get = None
+        if not self._finished and self.job is not None:
+            self._scheduler.cancel(self.job)
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> JobStream:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+class Engine:
+    """Backend → scheduler → engine; the composition root (server.py) builds the chain."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        observe_job: JobObserverFactory | None = None,
+        json_grammar: Callable[[dict[str, Any] | None], str] = grammar.json_grammar,
+    ) -> None:
+        self.scheduler = scheduler
+        self._observe_job = observe_job
+        # JSON schema (None: any object) -> GBNF; the converter is llama.cpp's, imported only
+        # when it runs, so that importing the HTTP layer loads no llama_cpp.
+        self._json_grammar = json_grammar
+        self._started = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.scheduler.stop)
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        return self.scheduler.wait_loaded(timeout)
+
+    def drain(self) -> State:
+        """Admit nothing new; what is queued and running finishes."""
+        self.scheduler.drain()
+        return self.scheduler.state
+
+    def drained(self) -> bool:
+        """Draining and nothing left in flight: safe to stop the process."""
+        return self.scheduler.state is State.DRAINING and self.scheduler.wait_drained(0)
+
+    def cancel_all(self) -> None:
+        self.scheduler.cancel_all()
+
+    def wait_drained(self, timeout: float | None = None) -> bool:
+        return self.scheduler.wait_drained(timeout)
+
+    # -- what the routes read --------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.scheduler.state
+
+    @property
+    def model(self) -> ModelInfo | None:
+        return self.scheduler.model
+
+    def loaded(self) -> ModelInfo:
+        """The model, or NotReadyError while there is none."""
+        model = self.scheduler.model
+        if model is None or self.scheduler.state not in (State.READY, State.DRAINING):
+            raise NotReadyError(f"the model is not ready (state: {self.scheduler.state})")
+        return model
+
+    def capacity(self) -> Capacity:
+        return self.scheduler.capacity()
+
+    def health(self) -> Health:
+        scheduler = self.scheduler
+        return Health(
+            state=scheduler.state,
+            error=scheduler.error,
+            queue_depth=scheduler.queue_depth,
+            active_job=scheduler.active_job_id,
+            model=scheduler.model,
+            backend=scheduler.backend_info,
+            load_seconds=scheduler.load_seconds,
+            uptime_s=time.monotonic() - self._started,
+        )
+
+    # -- text ------------------------------------------------------------------------------
+
+    async def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        return await asyncio.to_thread(self.scheduler.tokenize, text, add_special, parse_special)
+
+    async def detokenize(self, tokens: Sequence[int], param: str = "tokens") -> str:
+        self.check_token_ids(tokens, param)
+        return await asyncio.to_thread(self.scheduler.detokenize, tokens)
+
+    def check_token_ids(self, tokens: Sequence[int], param: str) -> None:
+        n_vocab = self.loaded().n_vocab
+        bad = [t for t in tokens if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"token ids out of the vocabulary (0..{n_vocab - 1}): {bad[:10]}",
+                param=param,
+                constraint=f"0 <= id < {n_vocab}",
+                value=bad[:10],
+            )
+
+    async def chat_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The tokens of a chat prompt, ready for the assistant's turn. Only the template's
+        own markup becomes control tokens; the messages' text is tokenized as text."""
+        model = self.loaded()
+        return await asyncio.to_thread(chat.chat_prompt_tokens, self.scheduler, model, messages)
+
+    async def json_grammar(self, schema: dict[str, Any] | None, param: str) -> str:
+        """The grammar of JSON documents valid under `schema` (None: any object), built off
+        the event loop and the model thread."""
+        try:
+            return await asyncio.to_thread(self._json_grammar, schema)
+        except InvalidRequestError as exc:
+            exc.param = exc.param or param
+            raise
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def generate(self, request: JobRequest) -> JobStream:
+        """Admit and queue a job; its events come from the returned stream. Admission
+        errors (context overflow, queue full, draining, duplicate id) raise here, before
+        anything streams."""
+        self.loaded()
+        if isinstance(request.prompt, str):
+            tokens = await self.tokenize(request.prompt, add_special=True)
+        else:
+            tokens = list(request.prompt)
+            self.check_token_ids(tokens, "prompt")
+        if not tokens:
+            raise InvalidRequestError(
+                "the prompt is empty (it has no tokens)", param="prompt", constraint="min 1 token"
+            )
+        gen = self.scheduler.admit_tokens(
+            tokens, request.max_tokens, request.sampling, request.stop
+        )
+        stream = JobStream(self.scheduler, gen)
+        observe = self._observe_job(len(tokens)) if self._observe_job else None
+
+        def sink(event: JobEvent) -> None:
+            if observe is not None:
+                observe(event)
+            stream.sink(event)
+
+        stream.job = self.scheduler.submit(request.job_id, gen, sink, timeout_s=request.timeout_s)
+        return stream
+
+    def abort(self, job_id: str) -> bool:
+        """Cancel a queued or running job: a queued one ends at once (CANCELLED), a running
+        one at the next decode step. False when no such job is in flight."""
+        return self.scheduler.cancel_job(job_id)

@@ -1,0 +1,113 @@
+"""The worker contract: `POST /execute` (SSE), `DELETE /jobs/{id}`, `/tokenize`, `/detokenize`.
+
+Each route turns HTTP into an engine call and the engine's events back into the contract's
+frames; errors are raised as typed exceptions and answered by the app's one handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from llorch.worker.backend.errors import JobNotFoundError
+from llorch.worker.backend.protocol import FinishEvent, TokenEvent
+from llorch.worker.engine import Engine, JobRequest, JobStream
+from llorch.worker.http.errors import parse_json
+from llorch.worker.http.sampling import sampling_params
+from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
+from llorch.worker.http.sse import SSE_HEADERS, frame
+from llorch.worker.scheduler import JobFailed, JobStarted
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def build_router(engine: Engine) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/execute")
+    async def execute(request: Request) -> StreamingResponse:
+        body = ExecuteRequest.model_validate(parse_json(await request.body()))
+        job = JobRequest(
+            job_id=body.job_id,
+            prompt=body.prompt,
+            max_tokens=body.max_tokens,
+            sampling=await sampling_params(body, engine),
+            stop=tuple(body.stop),
+            timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
+        )
+        stream = await engine.generate(job)
+        model = engine.model.name if engine.model else ""
+        return StreamingResponse(
+            _frames(stream, model), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+
+    @router.delete("/jobs/{job_id}", status_code=202)
+    async def cancel_job(job_id: str) -> JSONResponse:
+        # The job's own stream reports the end (stop_reason CANCELLED); this only asks for it.
+        if not engine.abort(job_id):
+            raise JobNotFoundError(f"no job {job_id!r} is queued or running", param="job_id")
+        return JSONResponse({"job_id": job_id, "state": "cancelling"}, status_code=202)
+
+    @router.post("/tokenize")
+    async def tokenize(request: Request) -> JSONResponse:
+        body = TokenizeRequest.model_validate(parse_json(await request.body()))
+        return JSONResponse({"tokens": await engine.tokenize(body.content, body.add_special)})
+
+    @router.post("/detokenize")
+    async def detokenize(request: Request) -> JSONResponse:
+        body = DetokenizeRequest.model_validate(parse_json(await request.body()))
+        return JSONResponse({"content": await engine.detokenize(body.tokens)})
+
+    return router
+
+
+async def _frames(stream: JobStream, model: str) -> AsyncIterator[bytes]:
+    """SSE frames of one job. Leaving early (client gone, server stopping) cancels it."""
+    async with stream:
+        async for event in stream:
+            if isinstance(event, JobStarted):
+                yield frame(
+                    {
+                        "type": "started",
+                        "job_id": event.job_id,
+                        "model": model,
+                        "started_at": _iso(event.started_at),
+                    }
+                )
+            elif isinstance(event, TokenEvent):
+                yield frame(
+                    {"type": "token", "t": event.text, "i": event.index, "id": event.token_id}
+                )
+            elif isinstance(event, FinishEvent):
+                yield frame(_metrics_frame(event))
+                end: dict[str, Any] = {
+                    "type": "end",
+                    "tokens_out": event.tokens_out,
+                    "decode_time_ms": round(event.decode_time_ms, 3),
+                    "stop_reason": event.stop_reason.value,
+                }
+                if event.stop_sequence_matched is not None:
+                    end["stop_sequence_matched"] = event.stop_sequence_matched
+                yield frame(end)
+            elif isinstance(event, JobFailed):
+                yield frame(
+                    {"type": "error", "code": event.error.code, "message": str(event.error)}
+                )
+
+
+def _metrics_frame(event: FinishEvent) -> dict[str, Any]:
+    seconds = event.decode_time_ms / 1000.0
+    return {
+        "type": "metrics",
+        "tokens_per_sec": event.tokens_out / seconds if seconds > 0 else 0.0,
+        "prompt_tokens": event.prompt_tokens,
+        "prompt_time_ms": round(event.prompt_time_ms, 3),
+        "prompt_cached": event.prompt_cached,
+        "seed": event.seed,
+    }

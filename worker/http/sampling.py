@@ -1,0 +1,113 @@
+"""The sampling fields every generation request shares, and the one translator from them to
+the engine's SamplingParams: `/execute` and the OpenAI routes accept the same values and mean
+the same by them (logit_bias included)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from llorch.worker.backend.errors import InvalidRequestError
+from llorch.worker.backend.protocol import SamplingParams
+from llorch.worker.engine import Engine
+
+MAX_SEED = 0xFFFFFFFE  # llama.h reserves 0xFFFFFFFF (LLAMA_DEFAULT_SEED) for "random"
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_BYTES = 100
+# A logit bias at or below this bans the token (OpenAI's convention for -100); so does false.
+BAN = -100.0
+MAX_BIAS = 100.0
+# Token ids as JSON keys: ASCII digits only, and no more than llama_token (int32) can hold.
+_MAX_ID_DIGITS = 10
+
+LogitBias = dict[str, float | Literal[False]]
+
+
+class SamplingBody(BaseModel):
+    """Fields of llama.cpp's sampler chain, as both surfaces accept them."""
+
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    typical_p: float = Field(1.0, gt=0.0, le=1.0)
+    # Token id (as a string: JSON keys are strings) -> added to its logit; -100 or false bans.
+    logit_bias: LogitBias | None = Field(None, max_length=1024)
+    grammar: str | None = Field(None, min_length=1, max_length=1 << 16)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, bias: LogitBias | None) -> LogitBias | None:
+        for key, value in (bias or {}).items():
+            digits = key.strip()
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= _MAX_ID_DIGITS):
+                raise ValueError(f"logit_bias keys are token ids, got {key[:20]!r}")
+            if value is not False and not (-MAX_BIAS <= value <= MAX_BIAS):
+                raise ValueError(
+                    f"logit_bias of token {digits} is {value}; valid: -100..100 or false"
+                )
+        return bias
+
+    # What the two surfaces name differently.
+    def penalty(self) -> float:
+        """The repetition penalty (1: none)."""
+        return 1.0
+
+    def json_constraint(self) -> tuple[str, dict[str, Any] | None] | None:
+        """(the field that asked, the schema or None for any object) when the output must be
+        JSON; None when it need not."""
+        return None
+
+
+async def sampling_params(body: SamplingBody, engine: Engine) -> SamplingParams:
+    """The request's sampler chain. Token ids are checked against the loaded vocabulary and
+    a JSON schema becomes a grammar here, before the job is queued."""
+    n_vocab = engine.loaded().n_vocab
+    bias = []
+    for key, value in (body.logit_bias or {}).items():
+        token = int(key)
+        if not 0 <= token < n_vocab:
+            raise InvalidRequestError(
+                f"logit_bias: token id {token} is not in the vocabulary (0..{n_vocab - 1})",
+                param="logit_bias",
+                constraint=f"0 <= token id < {n_vocab}",
+                value=key,
+            )
+        ban = value is False or value <= BAN
+        bias.append((token, -math.inf if ban else float(value)))
+    grammar = body.grammar
+    constraint = body.json_constraint()
+    if constraint is not None:
+        grammar = await engine.json_grammar(constraint[1], param=constraint[0])
+    return SamplingParams(
+        temperature=body.temperature,
+        top_k=body.top_k,
+        top_p=body.top_p,
+        min_p=body.min_p,
+        repetition_penalty=body.penalty(),
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        typical_p=body.typical_p,
+        logit_bias=tuple(bias),
+        grammar=grammar,
+    )
+
+
+def check_stops(stops: list[str]) -> list[str]:
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+    for s in stops:
+        if not s:
+            raise ValueError("stop sequences must be non-empty")
+        if len(s.encode()) > MAX_STOP_BYTES:
+            raise ValueError(
+                f"stop sequence {s[:20]!r}... is {len(s.encode())} bytes; "
+                f"at most {MAX_STOP_BYTES} are allowed"
+            )
+    return stops
