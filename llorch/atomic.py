@@ -13,7 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import tempfile
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,29 +38,35 @@ def remove_open_temporaries() -> None:
             _remove(path)
 
 
-def open_temporaries() -> list[Path]:
-    with _lock:
-        return sorted(_open)
-
-
-def _umask() -> int:
-    # Read by setting: there is no other portable way; set back at once.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create(dst: Path, suffix: str) -> Path:
+    """A new empty file next to dst, registered *before* it exists: whatever interrupts after
+    it was created (a signal raised as an exception included), the exit hook knows its name."""
+    folder = dst.parent.absolute()  # the exit hook may run after a change of folder
+    for _ in range(100):
+        path = folder / f".{dst.name}.{secrets.token_hex(6)}{suffix}"
+        with _lock:
+            _open.add(path)
+        try:
+            # O_EXCL: never someone else's file. 0o666 less the umask: a normal file.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            with _lock:
+                _open.discard(path)
+        except BaseException:
+            with _lock:
+                _open.discard(path)
+            _remove(path)  # not another's: O_EXCL would have raised FileExistsError
+            raise
+    raise FileExistsError(f"{folder}: no free temporary name for {dst.name}")
 
 
 @contextlib.contextmanager
 def temp_path(dst: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """An empty file `.<dst name>.<random><suffix>` next to dst, removed when the block ends
     unless it has been renamed away. Raises OSError when the folder cannot be written."""
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent)
-    os.close(fd)
-    path = Path(name)
-    with _lock:
-        _open.add(path)
+    path = _create(dst, suffix)
     try:
-        os.chmod(path, 0o666 & ~_umask())  # mkstemp makes 0600; the result is a normal file
         yield path
     finally:
         with _lock:
