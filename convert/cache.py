@@ -12,9 +12,11 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from llorch.convert.api import DEFAULT_OUTTYPE, convert
+from llorch.convert.errors import ConversionCancelled
 from llorch.detector import detect
 from llorch.digests import cache_home, file_sha256
 
@@ -53,11 +55,14 @@ def cached_gguf(
     outtype: str = DEFAULT_OUTTYPE,
     verify: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> Path:
     """The GGUF for an HF folder or cached repo id, converting on first use.
 
     GGUF files are returned as they are. Raises llorch.detector.DetectionError or
     convert.ConversionError subclasses (convert.MODEL_ERRORS) with a message naming the file.
+    `stopping`: checked after each tensor; when it answers True the conversion ends with
+    ConversionCancelled and leaves no file (a worker asked to stop while converting).
     """
     det = detect(source)
     if det.format == "gguf":
@@ -70,10 +75,17 @@ def cached_gguf(
     if existing:
         return existing[0]
     target_dir.mkdir(parents=True, exist_ok=True)
+
+    def check(_: object) -> None:
+        if stopping is not None and stopping():
+            raise ConversionCancelled(f"{det.path}: conversion stopped: the worker is stopping")
+
     try:
         # The detection is passed on: the folder's config and headers are read once. An
         # entry of this key is the cache's own file, so it may be replaced.
-        report = convert(det, target_dir, outtype=outtype, verify=verify, overwrite=True)
+        report = convert(
+            det, target_dir, outtype=outtype, verify=verify, overwrite=True, on_tensor=check
+        )
     except BaseException:
         with contextlib.suppress(OSError):
             target_dir.rmdir()  # only if empty: a concurrent success stays

@@ -13,6 +13,10 @@ class ConversionError(Exception):
     """Base class: the checkpoint was identified but could not be converted."""
 
 
+class ConversionCancelled(ConversionError):
+    """The caller asked the conversion to stop; nothing was written."""
+
+
 class MissingTokenizerError(ConversionError):
     """No usable tokenizer.model / tokenizer.json next to the weights."""
 

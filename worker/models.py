@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from llorch import atomic
@@ -31,9 +32,10 @@ def default_model_path() -> Path:
     return target
 
 
-def resolve_model(spec: str | None) -> Path:
+def resolve_model(spec: str | None, stopping: Callable[[], bool] | None = None) -> Path:
     """A GGUF path for `spec`: None (the default model), a GGUF file, or anything the
-    converter accepts (a Hugging Face folder or a repo id in the local cache)."""
+    converter accepts (a Hugging Face folder or a repo id in the local cache). A conversion
+    ends early, leaving no file, once `stopping` answers True."""
     if spec is None:
         return default_model_path()
     path = Path(spec).expanduser()
@@ -45,6 +47,6 @@ def resolve_model(spec: str | None) -> Path:
     from llorch.convert import MODEL_ERRORS, cached_gguf
 
     try:
-        return Path(cached_gguf(spec))
+        return Path(cached_gguf(spec, stopping=stopping))
     except MODEL_ERRORS as exc:  # the message names the file and the problem
         raise ModelLoadError(str(exc)) from exc

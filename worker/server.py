@@ -50,7 +50,7 @@ def build_app(
     )
 
     def resolve() -> Path:
-        return resolve_model(settings.model)
+        return resolve_model(settings.model, stopping=scheduler.stopping.is_set)
 
     scheduler = Scheduler(backend, model_path or resolve, options, max_queue=settings.max_queue)
     metrics = WorkerMetrics()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -85,3 +86,41 @@ def test_an_unsupported_folder_reports_why_on_ready(tmp_path: Path, monkeypatch:
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+# Large enough that writing takes a while: tensors of ~1M elements each.
+LARGE = {
+    "hidden_size": 1024,
+    "intermediate_size": 2816,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+}
+
+
+def test_sigterm_while_serve_converts_leaves_no_file(
+    checkpoint: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The worker converts on its model thread; SIGTERM stops the conversion at its next
+    tensor, and the process exits 0 with nothing left in the cache."""
+    built = checkpoint("LlamaForCausalLM", "LlamaConfig", LARGE)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLORCH_CACHE", str(cache))
+    log = (tmp_path / "worker.log").open("wb")
+    cmd = [sys.executable, "-m", "llorch.cli", "serve", "--model", str(built.folder)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(free_port())], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not any(p.is_file() for p in cache.rglob("*")):
+            assert time.monotonic() < deadline, "the conversion never started"
+            time.sleep(0.01)  # the temporary appears when writing starts
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, (tmp_path / "worker.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = [p for p in cache.rglob("*") if p.is_file() and p.name != "digests.json"]
+    assert left == []

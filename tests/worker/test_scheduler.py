@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend
 
-from llorch.worker.backend.errors import DuplicateJobError, QueueFullError, ShuttingDownError
+from llorch.worker.backend.errors import (
+    DeadlineExceededError,
+    DuplicateJobError,
+    NotReadyError,
+    QueueFullError,
+    ShuttingDownError,
+)
 from llorch.worker.backend.protocol import (
     FinishEvent,
     LoadOptions,
@@ -134,3 +140,144 @@ def test_a_full_queue_is_refused_with_a_retry_estimate():
     assert info.value.depth == 2 and info.value.limit == 2
     assert info.value.retry_after_s >= 1
     scheduler.stop()
+
+
+# -- a queued job ends at once (issue: cancel and deadline of jobs still waiting) ----------
+
+
+def _hold_the_slot(scheduler: Scheduler) -> Collector:
+    """A job that holds the only slot for a long time (500 steps of 10 ms)."""
+    running = Collector()
+    scheduler.submit("holder", scheduler.admit("p", 500, SamplingParams(), ()), running)
+    while not any(isinstance(e, TokenEvent) for e in running.events):
+        threading.Event().wait(0.005)
+    return running
+
+
+def test_cancelling_a_queued_job_ends_it_while_the_slot_stays_busy():
+    backend = FakeBackend(script="h" * 500, delay=0.01, n_ctx=1024)
+    scheduler = started_scheduler(backend)
+    scheduler.max_queue = 1
+    running = _hold_the_slot(scheduler)
+    queued = Collector()
+    scheduler.submit("waiting", scheduler.admit("q", 5, SamplingParams(), ()), queued)
+    assert scheduler.capacity().queue_depth == 1
+    assert scheduler.cancel_job("waiting")
+    # Reported from the cancel itself: no slot had to free up.
+    assert queued.done.is_set() and not running.done.is_set()
+    assert isinstance(queued.events[0], JobStarted)
+    finish = queued.events[-1]
+    assert isinstance(finish, FinishEvent) and finish.stop_reason is StopReason.CANCELLED
+    # Its place in the queue is free again: max_queue is 1 and another job is admitted.
+    assert scheduler.capacity().queue_depth == 0
+    scheduler.submit("next", scheduler.admit("q", 5, SamplingParams(), ()), Collector())
+    assert not running.done.is_set()
+    assert len(backend.requests) == 1  # the cancelled job never reached the model
+    scheduler.stop()
+
+
+def test_a_queued_job_times_out_while_the_slot_stays_busy():
+    scheduler = started_scheduler(FakeBackend(script="t" * 500, delay=0.01, n_ctx=1024))
+    scheduler.max_queue = 1
+    running = _hold_the_slot(scheduler)
+    queued = Collector()
+    request = scheduler.admit("q", 5, SamplingParams(), ())
+    scheduler.submit("late", request, queued, timeout_s=0.05)
+    assert queued.done.wait(4)
+    assert not running.done.is_set()
+    assert isinstance(queued.events[-1], JobFailed)
+    assert isinstance(queued.events[-1].error, DeadlineExceededError)
+    assert scheduler.capacity().queue_depth == 0
+    scheduler.submit("next", scheduler.admit("q", 5, SamplingParams(), ()), Collector())
+    scheduler.stop()
+
+
+def test_a_job_that_ends_before_its_deadline_is_not_expired():
+    scheduler = started_scheduler(FakeBackend(script="abc"))
+    sink = Collector()
+    scheduler.submit("quick", scheduler.admit("p", 3, SamplingParams(), ()), sink, timeout_s=0.2)
+    assert sink.done.wait(5)
+    threading.Event().wait(0.3)  # past the deadline: nothing more may arrive
+    assert isinstance(sink.events[-1], FinishEvent) and sink.text == "abc"
+    assert sum(isinstance(e, FinishEvent | JobFailed) for e in sink.events) == 1
+    scheduler.stop()
+
+
+# -- several slots ------------------------------------------------------------------------
+
+
+def test_several_slots_decode_together_and_queue_the_rest():
+    backend = FakeBackend(script="abcdefgh", delay=0.005, parallel=3)
+    scheduler = started_scheduler(backend)
+    sinks = [Collector() for _ in range(5)]
+    for i, sink in enumerate(sinks):
+        scheduler.submit(f"j{i}", scheduler.admit("p", 8, SamplingParams(), ()), sink)
+    for sink in sinks:
+        assert sink.done.wait(10)
+        assert sink.text == "abcdefgh"
+    decoder = backend.decoder()
+    assert decoder.max_live == 3  # never more than the slots, and the slots were shared
+    # Five jobs of 8 tokens on 3 slots take fewer steps than one after another (40 + 5).
+    assert decoder.steps < 40
+    assert scheduler.capacity().slots_total == 3
+    scheduler.stop()
+
+
+def test_cancelling_one_of_several_running_jobs_leaves_the_others():
+    backend = FakeBackend(script="x" * 300, delay=0.005, parallel=2, n_ctx=1024)
+    scheduler = started_scheduler(backend)
+    kept, cancelled = Collector(), Collector()
+    scheduler.submit("kept", scheduler.admit("p", 40, SamplingParams(), ()), kept)
+    scheduler.submit("gone", scheduler.admit("p", 300, SamplingParams(), ()), cancelled)
+    while not any(isinstance(e, TokenEvent) for e in cancelled.events):
+        threading.Event().wait(0.005)
+    assert scheduler.cancel_job("gone")
+    assert cancelled.done.wait(5) and kept.done.wait(10)
+    assert cancelled.events[-1].stop_reason is StopReason.CANCELLED  # type: ignore[union-attr]
+    assert kept.events[-1].stop_reason is StopReason.MAX_TOKENS  # type: ignore[union-attr]
+    assert kept.text == "x" * 40
+    scheduler.stop()
+
+
+# -- shutdown never frees what a call is using ---------------------------------------------
+
+
+class _SlowTokenizer(FakeBackend):
+    """tokenize() blocks until released; close() records whether a call was still inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.closed_while_inside = False
+        self._busy = False
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True):
+        self._busy = True
+        self.inside.set()
+        self.release.wait(5)
+        self._busy = False
+        return super().tokenize(text, add_special, parse_special)
+
+    def close(self) -> None:
+        self.closed_while_inside = self._busy
+        super().close()
+
+
+def test_the_model_is_freed_only_after_calls_in_flight_and_refused_after():
+    backend = _SlowTokenizer()
+    scheduler = started_scheduler(backend)
+    caller = threading.Thread(target=scheduler.tokenize, args=("hello",))
+    caller.start()
+    assert backend.inside.wait(5)
+    stopper = threading.Thread(target=scheduler.stop)
+    stopper.start()
+    threading.Event().wait(0.1)
+    assert scheduler.state is not State.READY  # no new call gets in...
+    assert not backend.closed  # ...and the model is not freed under the one inside
+    with pytest.raises(NotReadyError):
+        scheduler.tokenize("more")
+    backend.release.set()
+    caller.join(5)
+    stopper.join(5)
+    assert backend.closed and not backend.closed_while_inside

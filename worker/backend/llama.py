@@ -205,7 +205,6 @@ class LlamaCppBackend:
     def _context_failure(path: Path, parallel: int, per_slot: int) -> WorkerError:
         """A context llama.cpp could not create: sized from the GGUF header, so the message
         says how much the KV cache asked for and how much the machine had."""
-        said = f" (llama.cpp: {_native_errors[-1]})" if _native_errors else ""
         try:
             needed = offload.kv_cache_bytes(offload.footprint(path), parallel * per_slot)
         except Exception:
@@ -214,7 +213,7 @@ class LlamaCppBackend:
         return OutOfMemoryError(
             f"out of memory: llama.cpp could not create a context of {parallel} slots x "
             f"{per_slot} tokens; its KV cache needs {_gib(needed)}, {_gib(free)} of memory is "
-            f"available{said}; try a smaller --ctx-size or --parallel",
+            "available; try a smaller --ctx-size or --parallel",
             device="host",
             needed_bytes=needed,
             free_bytes=free,
