@@ -224,3 +224,36 @@ def test_second_sigterm_cancels_at_once(tmp_path):
     events = stream.join(10)
     assert events[-1]["type"] == "end" and events[-1]["stop_reason"] == "CANCELLED"
     assert stream.ended_at is not None and stream.ended_at - signalled < 10
+
+
+def test_a_context_too_large_for_memory_is_reported_as_such(tmp_path):
+    """64 slots of 1M tokens: a KV cache of about 1.1 TiB, which llama.cpp cannot allocate.
+    /ready and /health say it is out of memory and by how much, not that the file is bad."""
+    from support import free_port
+
+    port = free_port()
+    log = (tmp_path / "oom.log").open("wb")
+    cmd = [sys.executable, "-m", "llorch.cli", "serve", "--port", str(port)]
+    args = ["--ctx-size", "1048576", "--parallel", "64", "--threads", "1"]
+    proc = subprocess.Popen([*cmd, *args], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        body: dict = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and body.get("state") != "error":
+            try:
+                body = httpx.get(f"{url}/ready").json()
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert body["state"] == "error", (tmp_path / "oom.log").read_text()
+        assert body["code"] == "VRAM_OOM" and "out of memory" in body["reason"]
+        memory = body["memory"]
+        assert memory["needed_bytes"] > 1 << 40  # the KV cache asked for, from the header
+        assert 0 < memory["free_bytes"] < memory["needed_bytes"]
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "unhealthy" and health["code"] == "VRAM_OOM"
+        assert health["memory"] == memory
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -166,7 +166,13 @@ def test_ready_callback_after_listening_with_retries(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", port), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     proc = start_worker(
-        tmp_path, "--worker-id", "w-cb", "--callback-url", f"http://127.0.0.1:{port}/ready"
+        tmp_path,
+        "--worker-id",
+        "w-cb",
+        "--callback-url",
+        f"http://127.0.0.1:{port}/ready",
+        "--advertise-url",
+        "http://worker-7.internal:9000",
     )
     try:
         deadline = time.monotonic() + 20
@@ -174,7 +180,7 @@ def test_ready_callback_after_listening_with_retries(tmp_path):
             time.sleep(0.05)
         [payload] = _Receiver.received
         assert payload["worker_id"] == "w-cb"
-        assert payload["url"] == proc.url
+        assert payload["url"] == "http://worker-7.internal:9000"  # as --advertise-url says
         assert payload["model"].endswith(".gguf")
         assert payload["backend"] in ("cpu", "cuda", "metal", "vulkan")
         assert isinstance(payload["vram_bytes"], int)

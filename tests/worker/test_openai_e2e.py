@@ -111,3 +111,19 @@ def test_json_schema_response_format_constrains_the_output(client):
     )
     document = json.loads(completion.choices[0].text)
     assert set(document) == {"capital"} and len(document["capital"]) <= 12
+
+
+def test_cached_prompt_tokens_and_fingerprint_are_reported(client):
+    system = "You are a terse assistant. " * 20
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+    first = client.chat.completions.create(
+        model="m", messages=messages, max_tokens=2, temperature=0
+    )
+    second = client.chat.completions.create(
+        model="m", messages=messages, max_tokens=2, temperature=0
+    )
+    assert first.system_fingerprint and first.system_fingerprint == second.system_fingerprint
+    details = second.usage.prompt_tokens_details
+    assert details is not None
+    # The second reads the shared prefix from the cache: all of it but the last token.
+    assert details.cached_tokens == second.usage.prompt_tokens - 1

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import llama_cpp as ll
 
+from llorch.vocab import LlamaVocab
 from llorch.worker.backend import offload, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.errors import (
-    InferenceError,
     ModelLoadError,
     OutOfMemoryError,
     WorkerError,
@@ -115,6 +115,7 @@ class LlamaCppBackend:
         self._model: ll.llama_model_p | None = None
         self._ctx: ll.llama_context_p | None = None
         self._vocab: ll.llama_vocab_p | None = None
+        self._text: LlamaVocab | None = None  # tokenizing, over the same vocabulary
         self._decoder: LlamaBatchDecoder | None = None
         self._n_batch = 0
         self._info: ModelInfo | None = None
@@ -173,6 +174,7 @@ class LlamaCppBackend:
             raise self._context_failure(path, parallel, per_slot)
         self._ctx = ctx
         self._vocab = ll.llama_model_get_vocab(self._model)
+        self._text = LlamaVocab(self._vocab)
         self._n_batch = ll.llama_n_batch(ctx)
         self._decoder = LlamaBatchDecoder(
             ctx,
@@ -277,16 +279,10 @@ class LlamaCppBackend:
             n_gpu_layers=options.n_gpu_layers if isinstance(options.n_gpu_layers, int) else 0,
             sha256=file_sha256(path),
             chat_template=template.decode("utf-8", "replace") if template else None,
-            bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)),
-            eos_token=self._token_text(ll.llama_vocab_eos(self._vocab)),
+            bos_token=self._words().token_text(self._words().bos()),
+            eos_token=self._words().token_text(self._words().eos()),
             metadata=metadata,
         )
-
-    def _token_text(self, token: int) -> str | None:
-        if token < 0:  # LLAMA_TOKEN_NULL: the vocabulary has no such token
-            return None
-        text = ll.llama_vocab_get_text(self._vocab, token)
-        return text.decode("utf-8", "replace") if text else None
 
     def info(self) -> ModelInfo:
         if self._info is None:
@@ -301,34 +297,18 @@ class LlamaCppBackend:
     def tokenize(
         self, text: str, add_special: bool = True, parse_special: bool = True
     ) -> list[int]:
-        raw = text.encode()
-        # A token covers at least one byte, plus room for BOS/EOS.
-        capacity = len(raw) + 8
-        tokens = (ll.llama_token * capacity)()
-        n = ll.llama_tokenize(
-            self._vocab, raw, len(raw), tokens, capacity, add_special, parse_special
-        )
-        if n < 0:
-            raise InferenceError(f"tokenization needs {-n} tokens, more than {capacity}")
-        return list(tokens[:n])
+        return self._words().tokenize(text, add_special, parse_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        arr = (ll.llama_token * max(1, len(tokens)))(*tokens)
-        capacity = 64 + 32 * len(tokens)
-        buf = ctypes.create_string_buffer(capacity)
-        n = ll.llama_detokenize(self._vocab, arr, len(tokens), buf, capacity, False, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = ll.llama_detokenize(self._vocab, arr, len(tokens), buf, -n, False, False)
-        return buf.raw[:n].decode("utf-8", "replace")
+        return self._words().detokenize(tokens)
 
     def token_bytes(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = ll.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-        return buf.raw[:n]
+        return self._words().token_bytes(token)
+
+    def _words(self) -> LlamaVocab:
+        if self._text is None:
+            raise ModelLoadError("no model loaded")
+        return self._text
 
     # -- generation ------------------------------------------------------------------------
 
@@ -359,4 +339,5 @@ class LlamaCppBackend:
             ll.llama_model_free(self._model)
             self._model = None
         self._vocab = None
+        self._text = None
         self._info = None
