@@ -3,6 +3,7 @@ over a real socket (cancel by id, deadlines, drain, SIGTERM, auth, capacity, met
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -241,10 +242,8 @@ def test_a_context_too_large_for_memory_is_reported_as_such(tmp_path):
         body: dict = {}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and body.get("state") != "error":
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 body = httpx.get(f"{url}/ready").json()
-            except httpx.TransportError:
-                pass
             time.sleep(0.1)
         assert body["state"] == "error", (tmp_path / "oom.log").read_text()
         assert body["code"] == "VRAM_OOM" and "out of memory" in body["reason"]
