@@ -48,3 +48,25 @@ def test_the_check_would_catch_an_import(tmp_path):
     offender = tmp_path / "bad.py"
     offender.write_text("from llama_cpp import llama_decode\nimport llama_cpp.llama_cpp as ll\n")
     assert {"llama_cpp", "llama_cpp.llama_cpp"} <= imported_modules(offender)
+
+
+def constructed(path: Path) -> set[str]:
+    """Names of the classes a module calls (constructs)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            names.add(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""))
+    return names
+
+
+def test_the_http_layer_builds_no_engine_scheduler_or_backend():
+    # The composition root (worker/server.py) builds backend -> scheduler -> engine -> app;
+    # the routes only translate.
+    built = {
+        str(f.relative_to(HTTP_DIR)): constructed(f) & {"Engine", "Scheduler", "LlamaCppBackend"}
+        for f in sorted(HTTP_DIR.rglob("*.py"))
+    }
+    assert not {k: v for k, v in built.items() if v}
+    server = HTTP_DIR.parent / "server.py"
+    assert {"Engine", "Scheduler"} <= constructed(server)
