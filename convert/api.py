@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,15 @@ def _output_path(model: ModelInput, dst: str | os.PathLike[str] | None, outtype:
     return out
 
 
+def _add_metadata(w: gguf.GGUFWriter, metadata: Mapping[str, str | Sequence[str]]) -> None:
+    for key, value in metadata.items():
+        w.kv_data[0].pop(key, None)  # replaced on purpose: no duplicate-key warning
+        if isinstance(value, str):
+            w.add_string(key, value)
+        else:
+            w.add_array(key, list(value))
+
+
 def convert(
     src: str | os.PathLike[str] | Detection,
     dst: str | os.PathLike[str] | None = None,
@@ -120,6 +129,7 @@ def convert(
     overwrite: bool = False,
     on_tensor: Callable[[PlannedTensor], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    metadata: Mapping[str, str | Sequence[str]] | None = None,
 ) -> ConversionReport:
     """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
 
@@ -127,6 +137,8 @@ def convert(
     its config and headers read) again. Every tensor is mapped before anything is written; the
     output appears at `dst` only after it has been written completely (and verified, unless
     verify=False). An existing output file raises OutputExistsError unless `overwrite`.
+    `metadata`: GGUF keys (string or string-array values) written after the converter's own,
+    replacing any of them (e.g. `general.name`); provenance, for batch conversion.
     """
     start = time.monotonic()
     outtype = gw.check_outtype(outtype)
@@ -152,6 +164,7 @@ def convert(
         w.add_file_type(gw.DIRECT[stage_type][1])
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(vocab, w)
+        _add_metadata(w, metadata or {})
         stats = gw.write_gguf(tmp, w, plans, stage_type, on_tensor=on_tensor)
         final = tmp
         with gw.temp_path(out, ".quant.tmp") as qtmp:

@@ -1,0 +1,208 @@
+"""One batch job, run in its own process: a source converted once, then quantized.
+
+The high-precision output (f32, bf16 or f16 as asked, preferred in that order, or a temporary
+F16/BF16 intermediate when only quantized types are asked) is written by llorch's converter;
+every other outtype is made from it by llama.cpp's quantizer, so the weights are read once.
+Each output is renamed into place complete, then its provenance sidecar is written.
+
+Run as `python -m llorch.convert.batch.job SPEC_JSON`: events go out as JSON lines on the
+original stdout (fd 1 is pointed at stderr, so stray native prints cannot corrupt them); when
+stdin reaches end of file (the batch process died) the job stops as on SIGTERM, removing its
+temporaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from llorch.convert import llamacpp
+from llorch.convert import writer as gw
+from llorch.convert.api import convert
+from llorch.convert.batch import provenance
+from llorch.convert.batch.plan import HIGH_PRECISION
+from llorch.convert.verify import verify_tokenizer
+from llorch.convert.vocab import load_vocab
+from llorch.detector import Detection, detect, text_config
+from llorch.digests import file_sha256
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def base_type(outtypes: list[str], dtype: str | None) -> tuple[str, bool]:
+    """(type of the one conversion, whether it is itself an asked output)."""
+    for t in HIGH_PRECISION:
+        if t in outtypes:
+            return t, True
+    return ("bf16" if dtype == "BF16" else "f16"), False
+
+
+def output_name(det: Detection, spec: dict[str, Any], outtype: str) -> str:
+    """GGUF naming convention, through gguf-py's helper."""
+    size = gguf.size_label(det.parameters or 0, 0, 0, 0)
+    over = spec["overrides"]
+    stem = gguf.naming_convention(
+        model_name(det, spec),
+        None,
+        over.get("finetune"),
+        over.get("version"),
+        size,
+        outtype.upper(),
+    )
+    return f"{stem}.gguf"
+
+
+def model_name(det: Detection, spec: dict[str, Any]) -> str:
+    if "name" in spec["overrides"]:
+        return str(spec["overrides"]["name"])
+    if spec["source"].get("repo_id"):  # a snapshot folder is named by its commit
+        return str(spec["source"]["repo_id"]).split("/")[-1]
+    name = (det.config or {}).get("_name_or_path")
+    if isinstance(name, str) and name and not name.startswith(("/", ".")):
+        return name.rstrip("/").split("/")[-1]
+    return det.path.name
+
+
+def _metadata(spec: dict[str, Any], name: str, files: dict[str, str]) -> dict[str, Any]:
+    over = spec["overrides"]
+    by = over.get("quantized_by") or f"llorch {provenance.versions()['llorch']}"
+    meta: dict[str, Any] = {gguf.Keys.General.NAME: name}
+    for key, gkey in (("finetune", "FINETUNE"), ("version", "VERSION"), ("license", "LICENSE")):
+        if key in over:
+            meta[getattr(gguf.Keys.General, gkey)] = over[key]
+    return {**meta, **provenance.gguf_metadata(spec["source"], files, by)}
+
+
+def _finish(
+    spec: dict[str, Any], outtype: str, out: Path, base: str, files: dict[str, str], verify: dict
+) -> dict[str, Any]:
+    record = {
+        **provenance.expected(spec["id"], outtype, files, spec["options"]),
+        "format": provenance.FORMAT,
+        "file": out.name,
+        "bytes": out.stat().st_size,
+        "sha256": file_sha256(out),
+        "from": None if outtype == base else base,
+        "source": spec["source"],
+        "verification": verify,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    provenance.write_sidecar(out, record)
+    return record
+
+
+def run(spec: dict[str, Any], emit: Emit) -> None:
+    job, out_dir = spec["id"], Path(spec["out_dir"])
+    det = detect(spec["source"]["folder"])
+    files = provenance.source_files(det.path)
+    outtypes: list[str] = spec["outtypes"]
+    todo: list[str] = spec["todo"]
+    base, asked = base_type(outtypes, det.dtype)
+    name = model_name(det, spec)
+    names = {t: output_name(det, spec, t) for t in {*outtypes, base}}
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        current = out_dir / names[base]
+        if not (asked and base not in todo):  # else: the finished base output is reused
+            dst = current if asked else stack.enter_context(gw.temp_path(current, ".base.tmp"))
+            emit({"event": "stage", "job": job, "stage": f"convert {base}"})
+            done = [0]
+
+            def on_tensor(_: object) -> None:
+                done[0] += 1
+                emit({"event": "tensor", "job": job, "done": done[0]})
+
+            report = convert(
+                det,
+                dst,
+                outtype=base,
+                verify=spec["verify"],
+                pre=spec["pre"],
+                overwrite=True,
+                on_plan=lambda n: emit({"event": "plan", "job": job, "tensors": n}),
+                on_tensor=on_tensor,
+                metadata=_metadata(spec, name, files),
+            )
+            current = dst
+            verified = {
+                "tokenizer": report.verified,
+                "strings": report.verify_strings,
+                "notes": list(report.notes),
+            }
+            if asked:
+                record = _finish(spec, base, dst, base, files, verified)
+                emit({"event": "output", "job": job, "seconds": _since(started), **record})
+        vocab = None
+        for outtype in (t for t in todo if t != base):
+            emit({"event": "stage", "job": job, "stage": f"quantize {outtype}"})
+            t0 = time.monotonic()
+            final = out_dir / names[outtype]
+            with gw.temp_path(final, ".quant.tmp") as tmp:
+                ftype = llamacpp.ftype_constants()[outtype]
+                llamacpp.quantize(current, tmp, ftype, n_threads=spec.get("threads", 0))
+                llamacpp.check_loads(tmp)
+                verified = {"tokenizer": False, "strings": 0, "notes": ["not verified"]}
+                if spec["verify"]:
+                    if vocab is None:
+                        n_vocab = int(text_config(det.config or {})["vocab_size"])
+                        vocab = load_vocab(
+                            det.path, n_vocab, pre_override=spec["pre"], config=det.config
+                        )
+                    checked = verify_tokenizer(tmp, vocab)
+                    verified = {"tokenizer": True, "strings": checked.strings, "notes": []}
+                os.replace(tmp, final)
+            record = _finish(spec, outtype, final, base, files, verified)
+            emit({"event": "output", "job": job, "seconds": _since(t0), **record})
+
+
+def _since(t0: float) -> float:
+    return round(time.monotonic() - t0, 3)
+
+
+def _stop_when_orphaned() -> None:
+    """The batch keeps our stdin open; end of file means it is gone, so stop as on SIGTERM."""
+
+    def watch() -> None:
+        # The raw descriptor, not sys.stdin: a daemon thread blocked inside a buffered reader
+        # holds its lock, and the interpreter aborts when it meets that lock at exit.
+        while os.read(0, 1 << 12):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    from llorch.convert.cli import Terminated, _sigterm_unwinds
+
+    events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    spec = json.loads(argv[0])
+
+    def emit(event: dict[str, Any]) -> None:
+        events.write(json.dumps(event) + "\n")
+
+    _stop_when_orphaned()
+    try:
+        with _sigterm_unwinds():
+            run(spec, emit)
+    except Terminated:
+        return 128 + signal.SIGTERM
+    except Exception as exc:  # the job's error, reported to the batch; the batch goes on
+        emit({"event": "error", "job": spec["id"], "type": type(exc).__name__, "message": str(exc)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
