@@ -95,9 +95,17 @@ class LocalExecutor:
                             )
                         continue
                     pending.remove(task)
-                    running[task.id] = (self._start(task, inbox), task, {"out", "err"})
+                    proc = self._start(task, inbox)
+                    running[task.id] = (proc, task, {"out", "err"})
                     used += task.estimate
-                    on_event({"event": "job_start", "job": task.id, "estimate": task.estimate})
+                    on_event(
+                        {
+                            "event": "job_start",
+                            "job": task.id,
+                            "pid": proc.pid,
+                            "estimate": task.estimate,
+                        }
+                    )
                 tag, job, line = inbox.get()
                 proc, task, open_streams = running[job]
                 if line is None:
