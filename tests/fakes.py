@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llorch.worker.backend.errors import ModelLoadError, NoChatTemplateError
+from llorch.worker.backend.grammar import GrammarError
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
@@ -205,6 +206,10 @@ class FakeBackend:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def check_grammar(self, grammar: str) -> None:
+        if "root" not in grammar:  # llama.cpp needs a root rule
+            raise GrammarError("the grammar does not parse (GBNF with a `root` rule)")
 
     def decoder(self) -> FakeDecoder:
         if self._decoder is None:

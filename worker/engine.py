@@ -251,13 +251,26 @@ class Engine:
         return await asyncio.to_thread(chat.chat_prompt_tokens, self.scheduler, model, messages)
 
     async def json_grammar(self, schema: dict[str, Any] | None, param: str) -> str:
-        """The grammar of JSON documents valid under `schema` (None: any object), built off
-        the event loop and the model thread."""
+        """The grammar of JSON documents valid under `schema` (None: any object), built and
+        parsed at admission, off the event loop and the model thread."""
         try:
-            return await asyncio.to_thread(self._json_grammar, schema)
+            text = await asyncio.to_thread(self._json_grammar, schema)
+            await asyncio.to_thread(self.scheduler.check_grammar, text)
         except InvalidRequestError as exc:
-            exc.param = exc.param or param
+            exc.param = param
             raise
+        return text
+
+    async def grammar(self, text: str, param: str = "grammar") -> str:
+        """A GBNF grammar checked at admission: bounded (grammar.check_gbnf), then parsed by
+        llama.cpp off the model thread, so a bad one is a 400 and never reaches the model."""
+        grammar.check_gbnf(text, param)
+        try:
+            await asyncio.to_thread(self.scheduler.check_grammar, text)
+        except InvalidRequestError as exc:
+            exc.param = param
+            raise
+        return text
 
     # -- generation ------------------------------------------------------------------------
 

@@ -343,6 +343,10 @@ class Scheduler:
         with self._vocabulary() as backend:
             return backend.detokenize(tokens)
 
+    def check_grammar(self, grammar: str) -> None:
+        with self._vocabulary() as backend:
+            backend.check_grammar(grammar)
+
     @property
     def queue_depth(self) -> int:
         with self._lock:

@@ -70,6 +70,15 @@ class WorkerSettings(BaseSettings):
         description="comma-separated origins browsers may call from (e.g. "
         "http://localhost:3000; * for any; default: none)",
     )
+    allowed_hosts: str = Field(
+        "",
+        description="comma-separated extra host names clients may use in the Host header "
+        "(loopback names, IP addresses and the worker's own names are always accepted; * for "
+        "any)",
+    )
+    max_body_bytes: int = Field(
+        4 << 20, ge=1024, le=1 << 30, description="largest request body accepted (bytes)"
+    )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(
         None,
@@ -108,6 +117,10 @@ class WorkerSettings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:

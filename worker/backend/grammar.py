@@ -1,12 +1,20 @@
-"""JSON schemas to GBNF grammars, with llama.cpp's own converter.
+"""Grammars as the worker accepts them: JSON schemas to GBNF with llama.cpp's own converter,
+and bounds on what may reach llama.cpp's grammar code.
+
+llama.cpp parses and runs a grammar by recursion, once per nested group: a grammar nested
+32,000 deep, or a JSON schema whose `maxLength` of 20,000 the converter writes as 20,000 nested
+groups, overflows the model thread's stack and kills the process (measured on the vended
+build: 16,000 levels ran, 32,000 crashed). So nesting and repetition counts are bounded here,
+far below that, before anything reaches llama.cpp, and the bad request gets a 400.
 
 llama_cpp is imported when a conversion runs, not when this module is imported: the HTTP layer
-is handed `json_grammar` and must not load llama_cpp just by being imported.
+must not load llama_cpp just by being imported.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from llorch.worker.backend.errors import InvalidRequestError
@@ -21,15 +29,109 @@ class SchemaError(InvalidRequestError):
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
+# Bounds: a sixteenth of the depth that crashed, and counts no sensible schema needs.
+MAX_NESTING = 1024
+MAX_REPEAT = 1024
+MAX_SCHEMA_NODES = 4096
+# Schema keywords the converter expands into one grammar element per unit.
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+class GrammarError(InvalidRequestError):
+    """A grammar llama.cpp must not be given (too deep, too many repetitions) or cannot
+    parse."""
+
+
+def check_gbnf(text: str, param: str = "grammar") -> None:
+    """Refuse a GBNF grammar nested deeper than MAX_NESTING groups or with a repetition
+    count over MAX_REPEAT. String literals, character classes and comments are skipped."""
+    depth = deepest = 0
+    outside: list[str] = []  # the grammar without its literals, for the repetition counts
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in '"[':
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        else:
+            outside.append(c)
+            if c == "(":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif c == ")":
+                depth -= 1
+        i += 1
+    if deepest > MAX_NESTING:
+        raise GrammarError(
+            f"the grammar nests {deepest} groups deep; at most {MAX_NESTING} are allowed",
+            param=param,
+            constraint=f"nesting <= {MAX_NESTING}",
+        )
+    _check_repeats("".join(outside), param, "the grammar")
+
+
+def _check_repeats(text: str, param: str, what: str) -> None:
+    for match in _REPEAT.finditer(text):
+        count = max(int(match.group(1)), int(match.group(2) or 0))
+        if count > MAX_REPEAT:
+            raise GrammarError(
+                f"{what} repeats an element {count} times ({match.group(0)}); at most "
+                f"{MAX_REPEAT} are allowed",
+                param=param,
+                constraint=f"repetition <= {MAX_REPEAT}",
+            )
+
+
+def check_schema(schema: Any, param: str = "json_schema") -> None:
+    """Refuse a JSON schema whose grammar would be too large or too deep: counts (maxLength,
+    minItems, ...) and pattern repetitions over MAX_REPEAT, or over MAX_SCHEMA_NODES nodes."""
+    stack = [schema]
+    nodes = 0
+    while stack:
+        node = stack.pop()
+        nodes += 1
+        if nodes > MAX_SCHEMA_NODES:
+            raise SchemaError(
+                f"the JSON schema has more than {MAX_SCHEMA_NODES} nodes", param=param
+            )
+        if isinstance(node, dict):
+            for key in _COUNTS:
+                value = node.get(key)
+                if isinstance(value, int | float) and value > MAX_REPEAT:
+                    raise SchemaError(
+                        f"{key} is {value} in the JSON schema; at most {MAX_REPEAT} is allowed "
+                        "(each unit becomes a grammar element)",
+                        param=param,
+                        constraint=f"{key} <= {MAX_REPEAT}",
+                    )
+            pattern = node.get("pattern")
+            if isinstance(pattern, str):
+                _check_repeats(pattern, param, "the schema's pattern")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def json_grammar(schema: dict[str, Any] | None) -> str:
-    """The GBNF grammar of documents valid under `schema`; None: any JSON object."""
+    """The GBNF grammar of documents valid under `schema`; None: any JSON object. The schema
+    and the grammar made from it are checked against the bounds above."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    if schema is not None:
+        check_schema(schema)
     try:
         text = json.dumps(_ANY_OBJECT if schema is None else schema)
-        return str(json_schema_to_gbnf(text))
+        grammar = str(json_schema_to_gbnf(text))
     except RecursionError:
         raise SchemaError("the JSON schema nests too deeply to convert to a grammar") from None
     except Exception as exc:  # the converter raises bare ValueErrors, KeyErrors, ...
         detail = str(exc) or type(exc).__name__
         raise SchemaError(f"the JSON schema cannot be converted to a grammar: {detail}") from None
+    check_gbnf(grammar, param="json_schema")
+    return grammar

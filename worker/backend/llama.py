@@ -24,6 +24,7 @@ from llorch.worker.backend.errors import (
     OutOfMemoryError,
     WorkerError,
 )
+from llorch.worker.backend.grammar import GrammarError
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
@@ -176,6 +177,15 @@ class LlamaCppBackend:
         self._vocab = ll.llama_model_get_vocab(self._model)
         self._text = LlamaVocab(self._vocab)
         self._n_batch = ll.llama_n_batch(ctx)
+        actual = ll.llama_n_ctx_seq(ctx)
+        if actual != per_slot:
+            # llama.cpp rounds the context up (to a multiple of 256 cells): say so, since
+            # admission and /health use the context each slot really has.
+            log.warning(
+                "--ctx-size %d became %d tokens per slot (llama.cpp rounds the context up)",
+                per_slot,
+                actual,
+            )
         self._decoder = LlamaBatchDecoder(
             ctx,
             self._vocab,
@@ -304,6 +314,14 @@ class LlamaCppBackend:
 
     def token_bytes(self, token: int) -> bytes:
         return self._words().token_bytes(token)
+
+    def check_grammar(self, grammar: str) -> None:
+        sampler = ll.llama_sampler_init_grammar(self._words().pointer, grammar.encode(), b"root")
+        if not sampler:
+            raise GrammarError(
+                "the grammar does not parse (GBNF with a `root` rule)", param="grammar"
+            )
+        ll.llama_sampler_free(sampler)
 
     def _words(self) -> LlamaVocab:
         if self._text is None:

@@ -187,6 +187,11 @@ class ModelBackend(Protocol):
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
+    def check_grammar(self, grammar: str) -> None:
+        """Parse a GBNF grammar against the vocabulary, off the model thread (it only reads
+        the vocabulary). Raises InvalidRequestError when llama.cpp refuses it."""
+        ...
+
     def decoder(self) -> BatchDecoder:
         """The batch decoder over this model's context (one per loaded model)."""
         ...

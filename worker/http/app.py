@@ -18,9 +18,12 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from llorch.worker.engine import Engine
-from llorch.worker.http import contract, errors, openai, ops
+from llorch.worker.http import contract, errors, openai, openapi, ops
 from llorch.worker.http.auth import BearerAuth
+from llorch.worker.http.guard import RequestGuard
 from llorch.worker.http.metrics import WorkerMetrics
+from llorch.worker.http.openai_schemas import ChatCompletionRequest, CompletionRequest
+from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from llorch.worker.settings import WorkerSettings
 
 # Requests that ask for a generation: refusals of these count in llorch_requests.
@@ -52,8 +55,19 @@ def create_app(engine: Engine, settings: WorkerSettings, metrics: WorkerMetrics)
     app.include_router(contract.build_router(engine))
     app.include_router(openai.build_router(engine))
     app.include_router(ops.build_router(engine, settings, metrics))
-    # Middleware added last runs first: CORS answers preflights before the token check (a
-    # browser never sends credentials on a preflight).
+    openapi.install(
+        app,
+        [
+            ExecuteRequest,
+            TokenizeRequest,
+            DetokenizeRequest,
+            CompletionRequest,
+            ChatCompletionRequest,
+        ],
+    )
+    # Middleware added last runs first: the request guard (Host, Origin, Content-Type, body
+    # size), then CORS, which answers preflights before the token check (a browser never sends
+    # credentials on a preflight), then the token.
     if settings.api_token is not None:
         app.add_middleware(BearerAuth, token=settings.api_token)
     origins = settings.cors_origin_list
@@ -65,4 +79,5 @@ def create_app(engine: Engine, settings: WorkerSettings, metrics: WorkerMetrics)
             allow_headers=["authorization", "content-type", "accept"],
             max_age=600,
         )
+    app.add_middleware(RequestGuard, settings=settings)
     return app

@@ -52,3 +52,13 @@ class BearerAuth:
             return False
         # Constant time: the comparison must not leak how much of a guess was right.
         return hmac.compare_digest(token.encode(), self._expected)
+
+
+def holds_token(authorization: str | None, expected: SecretStr | None) -> bool:
+    """Whether a request may see what the token guards (always, when no token is set)."""
+    if expected is None:
+        return True
+    token = bearer_token(authorization)
+    return token is not None and hmac.compare_digest(
+        token.encode(), expected.get_secret_value().encode()
+    )

@@ -11,15 +11,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from llorch.worker.backend.errors import JobNotFoundError
 from llorch.worker.backend.protocol import FinishEvent, TokenEvent
 from llorch.worker.engine import Engine, JobRequest, JobStream
-from llorch.worker.http.errors import parse_json
+from llorch.worker.http import openapi
+from llorch.worker.http.body import parse_json
 from llorch.worker.http.sampling import sampling_params
 from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
-from llorch.worker.http.sse import SSE_HEADERS, frame
+from llorch.worker.http.sse import SSE_HEADERS, EventStream, frame
 from llorch.worker.scheduler import JobFailed, JobStarted
 
 
@@ -30,8 +31,13 @@ def _iso(ts: float) -> str:
 def build_router(engine: Engine) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/execute")
-    async def execute(request: Request) -> StreamingResponse:
+    @router.post(
+        "/execute",
+        openapi_extra=openapi.body(ExecuteRequest) | openapi.STREAM_ONLY,
+        responses=openapi.stream("events: started, token…, metrics, end (or error)")
+        | openapi.errors(400, 401, 403, 409, 413, 415, 421, 429, 503),
+    )
+    async def execute(request: Request) -> EventStream:
         body = ExecuteRequest.model_validate(parse_json(await request.body()))
         job = JobRequest(
             job_id=body.job_id,
@@ -43,23 +49,29 @@ def build_router(engine: Engine) -> APIRouter:
         )
         stream = await engine.generate(job)
         model = engine.model.name if engine.model else ""
-        return StreamingResponse(
-            _frames(stream, model), media_type="text/event-stream", headers=SSE_HEADERS
-        )
+        return EventStream(_frames(stream, model), headers=SSE_HEADERS)
 
-    @router.delete("/jobs/{job_id}", status_code=202)
+    @router.delete("/jobs/{job_id}", status_code=202, responses=openapi.errors(401, 403, 404, 421))
     async def cancel_job(job_id: str) -> JSONResponse:
         # The job's own stream reports the end (stop_reason CANCELLED); this only asks for it.
         if not engine.abort(job_id):
             raise JobNotFoundError(f"no job {job_id!r} is queued or running", param="job_id")
         return JSONResponse({"job_id": job_id, "state": "cancelling"}, status_code=202)
 
-    @router.post("/tokenize")
+    @router.post(
+        "/tokenize",
+        openapi_extra=openapi.body(TokenizeRequest),
+        responses=openapi.errors(400, 401, 403, 413, 415, 421, 503),
+    )
     async def tokenize(request: Request) -> JSONResponse:
         body = TokenizeRequest.model_validate(parse_json(await request.body()))
         return JSONResponse({"tokens": await engine.tokenize(body.content, body.add_special)})
 
-    @router.post("/detokenize")
+    @router.post(
+        "/detokenize",
+        openapi_extra=openapi.body(DetokenizeRequest),
+        responses=openapi.errors(400, 401, 403, 413, 415, 421, 503),
+    )
     async def detokenize(request: Request) -> JSONResponse:
         body = DetokenizeRequest.model_validate(parse_json(await request.body()))
         return JSONResponse({"content": await engine.detokenize(body.tokens)})

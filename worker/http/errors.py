@@ -9,7 +9,6 @@ shape whatever went wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from llorch.worker.backend.errors import InferenceError, InvalidRequestError, WorkerError
-from llorch.worker.http.schemas import validation_errors
+from llorch.worker.http.body import quote
+from llorch.worker.http.schemas import field_path, validation_errors
 
 log = logging.getLogger("llorch.http")
 
@@ -62,13 +62,6 @@ class MethodNotAllowed(WorkerError):
     status = 405
 
 
-def parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequestError(f"malformed JSON body: {exc}", constraint="JSON") from None
-
-
 # -- the worker contract's shape -------------------------------------------------------------
 
 
@@ -80,7 +73,7 @@ def contract_entry(exc: WorkerError) -> dict[str, Any]:
         "code": exc.code,
     }
     if exc.value is not None:
-        entry["value"] = exc.value
+        entry["value"] = quote(exc.value)
     return entry
 
 
@@ -119,13 +112,11 @@ def openai_body(exc: Exception) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, ValidationError | RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first["loc"] if p != "body"]
         message = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: "
-            f"{e['msg'].removeprefix('Value error, ')}".removeprefix(": ")
+            f"{field_path(e['loc'])}: {e['msg'].removeprefix('Value error, ')}".removeprefix(": ")
             for e in errors
         )
-        status, param, code = 400, ".".join(loc) or None, None
+        status, param, code = 400, field_path(first["loc"]) or None, None
     elif isinstance(exc, WorkerError):
         status, param, message = exc.status, exc.param, str(exc)
         code = exc.openai_code or exc.code.lower()

@@ -23,7 +23,9 @@ from llorch.worker.backend.errors import (
 from llorch.worker.backend.protocol import ChatMessage, FinishEvent, ModelInfo, StopReason
 from llorch.worker.backend.protocol import TokenEvent as Token
 from llorch.worker.engine import Engine, JobRequest, JobStream
-from llorch.worker.http.errors import ModelNotFound, openai_body, parse_json
+from llorch.worker.http import openapi
+from llorch.worker.http.body import parse_json
+from llorch.worker.http.errors import ModelNotFound, openai_body
 from llorch.worker.http.openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -41,6 +43,7 @@ _FINISH_REASONS = {
 }
 _DONE = b"data: [DONE]\n\n"
 _DISCONNECT_POLL_S = 1.0
+_GENERATION_ERRORS = (400, 401, 403, 413, 415, 421, 429, 503, 504)
 
 
 def fingerprint(model: ModelInfo) -> str:
@@ -55,18 +58,25 @@ def build_router(engine: Engine) -> APIRouter:
     def card(model: ModelInfo) -> dict[str, Any]:
         return {"id": model.name, "object": "model", "created": created, "owned_by": "llorch"}
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", responses=openapi.errors(401, 421, 503, openai=True))
     async def list_models() -> JSONResponse:
         return JSONResponse({"object": "list", "data": [card(engine.loaded())]})
 
-    @router.get("/v1/models/{model_id:path}")
+    @router.get(
+        "/v1/models/{model_id:path}", responses=openapi.errors(401, 404, 421, 503, openai=True)
+    )
     async def get_model(model_id: str) -> JSONResponse:
         model = engine.loaded()
         if model_id != model.name:
             raise ModelNotFound(model_id, model.name)
         return JSONResponse(card(model))
 
-    @router.post("/v1/completions")
+    @router.post(
+        "/v1/completions",
+        openapi_extra=openapi.body(CompletionRequest),
+        responses=openapi.stream("the completion; chunks then [DONE] with stream: true")
+        | openapi.errors(*_GENERATION_ERRORS, openai=True),
+    )
     async def completions(request: Request) -> Response:
         body = CompletionRequest.model_validate(parse_json(await request.body()))
         model = engine.loaded()
@@ -80,7 +90,12 @@ def build_router(engine: Engine) -> APIRouter:
         )
         return await _answer(request, body, await engine.generate(job), reply)
 
-    @router.post("/v1/chat/completions")
+    @router.post(
+        "/v1/chat/completions",
+        openapi_extra=openapi.body(ChatCompletionRequest),
+        responses=openapi.stream("the completion; chunks then [DONE] with stream: true")
+        | openapi.errors(*_GENERATION_ERRORS, openai=True),
+    )
     async def chat_completions(request: Request) -> Response:
         body = ChatCompletionRequest.model_validate(parse_json(await request.body()))
         model = engine.loaded()

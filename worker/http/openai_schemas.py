@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llorch.worker.backend.protocol import FinishEvent
 from llorch.worker.http.sampling import SamplingBody, check_stops
+
+# Text limits: a prompt, a message and all messages together. A request that long is far past
+# any context this worker serves; the limit keeps tokenizing it from holding the CPU.
+MAX_TEXT_CHARS = 1 << 18
+MAX_MESSAGES = 1024
+MAX_PROMPT_TOKENS = 1 << 18
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
 
 # Fields whose non-default values ask for something the worker does not do.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
@@ -57,9 +65,9 @@ class ResponseFormat(BaseModel):
 class SamplingFields(SamplingBody):
     """The fields both routes share: sampling, stops, streaming."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
-    model: str | None = None  # informational: the worker serves one model
+    model: str | None = Field(None, max_length=256)  # informational: one model is served
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -116,12 +124,12 @@ class SamplingFields(SamplingBody):
 
 class CompletionRequest(SamplingFields):
     # A string, a list of one string, token ids, or a list of one list of token ids.
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | TokenIds | list[TokenIds]
     max_tokens: int | None = Field(16, ge=1, le=1 << 20)
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[str] | list[int] | list[list[int]]) -> str | list[int]:
+    def _one_prompt(cls, prompt: Any) -> str | list[int]:
         if isinstance(prompt, str):
             return prompt
         if prompt and isinstance(prompt[0], str | list):
@@ -139,7 +147,7 @@ class CompletionRequest(SamplingFields):
 
 
 class ChatContentPart(BaseModel):
-    type: str
+    type: str = Field(max_length=64)
     text: str | None = None
 
 
@@ -147,7 +155,7 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ChatContentPart] | None = None
+    content: Text | list[ChatContentPart] | None = Field(None)
 
     @field_validator("content")
     @classmethod
@@ -159,7 +167,10 @@ class ChatMessageIn(BaseModel):
         for part in content:
             if part.type != "text" or part.text is None:
                 raise ValueError(f"only text content parts are supported, got {part.type!r}")
-        return "".join(part.text or "" for part in content)
+        text = "".join(part.text or "" for part in content)
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"a message is at most {MAX_TEXT_CHARS} characters")
+        return text
 
     @property
     def text(self) -> str:
@@ -167,9 +178,19 @@ class ChatMessageIn(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1, le=1 << 20)
     max_completion_tokens: int | None = Field(None, ge=1, le=1 << 20)
+
+    @field_validator("messages")
+    @classmethod
+    def _total_text(cls, messages: list[ChatMessageIn]) -> list[ChatMessageIn]:
+        total = sum(len(m.text) for m in messages)
+        if total > MAX_TEXT_CHARS:
+            raise ValueError(
+                f"the messages hold {total} characters; at most {MAX_TEXT_CHARS} in all"
+            )
+        return messages
 
     @property
     def token_limit(self) -> int | None:

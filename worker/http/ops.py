@@ -6,14 +6,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from llorch.worker.backend.errors import OutOfMemoryError, WorkerError
 from llorch.worker.engine import Engine, Health
+from llorch.worker.http import openapi
+from llorch.worker.http.auth import holds_token
 from llorch.worker.http.metrics import CONTENT_TYPE, WorkerMetrics
 from llorch.worker.scheduler import State
 from llorch.worker.settings import WorkerSettings
+
+
+class PrometheusText(Response):
+    media_type = CONTENT_TYPE
+
 
 # Draining is healthy: the process must not be restarted while it finishes its work.
 _HEALTHY = frozenset({State.LOADING, State.READY, State.DRAINING})
@@ -23,10 +30,14 @@ def build_router(engine: Engine, settings: WorkerSettings, metrics: WorkerMetric
     router = APIRouter()
 
     @router.get("/health")
-    async def health() -> JSONResponse:
-        return JSONResponse(health_body(engine.health(), settings))
+    async def health(request: Request) -> JSONResponse:
+        body = health_body(engine.health(), settings)
+        if not holds_token(request.headers.get("authorization"), settings.api_token):
+            # Probes hold no token: they get the status, not the model's path or the machine.
+            body = {key: body[key] for key in ("status", "state")}
+        return JSONResponse(body)
 
-    @router.get("/ready")
+    @router.get("/ready", responses={503: {"description": "not ready: loading, error, draining"}})
     async def ready() -> JSONResponse:
         state = engine.state
         body: dict[str, Any] = {"ready": state is State.READY, "state": state.value}
@@ -37,17 +48,17 @@ def build_router(engine: Engine, settings: WorkerSettings, metrics: WorkerMetric
             body["state"] = "drained"  # nothing left in flight: safe to stop the process
         return JSONResponse(body, status_code=200 if state is State.READY else 503)
 
-    @router.get("/capacity")
+    @router.get("/capacity", responses=openapi.errors(401, 421))
     async def capacity() -> JSONResponse:
         return JSONResponse(capacity_body(engine))
 
-    @router.post("/drain", status_code=202)
+    @router.post("/drain", status_code=202, responses=openapi.errors(401, 403, 421))
     async def drain() -> JSONResponse:
         return JSONResponse({"state": engine.drain().value}, status_code=202)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PrometheusText, responses=openapi.errors(401, 421))
     async def metrics_text() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return PrometheusText(metrics.render())
 
     return router
 

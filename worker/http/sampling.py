@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.protocol import SamplingParams
@@ -26,7 +26,10 @@ LogitBias = dict[str, float | Literal[False]]
 
 
 class SamplingBody(BaseModel):
-    """Fields of llama.cpp's sampler chain, as both surfaces accept them."""
+    """Fields of llama.cpp's sampler chain, as both surfaces accept them. Strict types: `true`
+    is not a seed and `"0.5"` is not a temperature."""
+
+    model_config = ConfigDict(strict=True)
 
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, ge=0.0, le=1.0)
@@ -80,7 +83,7 @@ async def sampling_params(body: SamplingBody, engine: Engine) -> SamplingParams:
             )
         ban = value is False or value <= BAN
         bias.append((token, -math.inf if ban else float(value)))
-    grammar = body.grammar
+    grammar = None if body.grammar is None else await engine.grammar(body.grammar)
     constraint = body.json_constraint()
     if constraint is not None:
         grammar = await engine.json_grammar(constraint[1], param=constraint[0])

@@ -6,6 +6,7 @@ Validation collects every problem at once (pydantic does), and each becomes one 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from llorch.worker.http.body import quote
 from llorch.worker.http.sampling import MAX_STOP_SEQUENCES, SamplingBody, check_stops
 
 
@@ -84,17 +86,30 @@ def _constraint(error: Any) -> str:
     return name
 
 
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """The request field of a pydantic error location, without FastAPI's `body` prefix and
+    pydantic's names of union members (`prompt.constrained-str` → `prompt`)."""
+    return ".".join(
+        str(part)
+        for part in loc
+        if isinstance(part, int) or (part != "body" and _FIELD.match(part))
+    )
+
+
 def validation_errors(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
     errors = []
     for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"] if part != "body")
+        loc = field_path(error["loc"])
         entry: dict[str, Any] = {
             "field": loc or None,
             "constraint": _constraint(error),
             "message": f"{loc}: {error['msg']}" if loc else error["msg"],
         }
         if error["type"] != "missing":
-            entry["value"] = error.get("input")
+            entry["value"] = quote(error.get("input"))
         errors.append(entry)
     return errors
 

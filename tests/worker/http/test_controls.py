@@ -25,7 +25,7 @@ def client_for(backend: FakeBackend, **settings) -> TestClient:
     app = build_app(
         backend, WorkerSettings(worker_id="w-test", **settings), model_path=lambda: __file__
     )
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture

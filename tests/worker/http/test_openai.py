@@ -23,7 +23,7 @@ GEMMA_STYLE = (
 
 def client_for(backend: FakeBackend) -> TestClient:
     app = build_app(backend, WorkerSettings(worker_id="w-test"), model_path=lambda: __file__)
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture
@@ -289,7 +289,9 @@ def test_chat_validation(client):
 
 
 def test_malformed_json_and_out_of_vocab_ids(client):
-    response = client.post("/v1/completions", content=b"{nope")
+    response = client.post(
+        "/v1/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert "JSON" in assert_error(response, 400)["message"]
     assert_error(client.post("/v1/completions", json={"prompt": [-1]}), 400, "prompt")
     body = {"prompt": "Hi", "logit_bias": {str(N_VOCAB): 1}}

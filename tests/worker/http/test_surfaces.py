@@ -30,7 +30,7 @@ def open_client() -> Iterator:
             WorkerSettings(worker_id="w-test", **settings),
             model_path=lambda: __file__,
         )
-        client = TestClient(app).__enter__()
+        client = TestClient(app, base_url="http://127.0.0.1").__enter__()
         opened.append(client)
         assert app.state.engine.wait_loaded(5)
         return client
