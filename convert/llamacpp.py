@@ -154,3 +154,52 @@ def quantize(src: Path, dst: Path, ftype: int, *, n_threads: int = 0) -> None:
     rc = lib.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
         raise QuantizeError(f"{src}: llama.cpp quantization to ftype {ftype} failed (rc={rc})")
+
+
+def embeddings(
+    path: Path, texts: Sequence[Sequence[int]], *, per_token: bool, n_threads: int = 2
+) -> list[np.ndarray]:
+    """Embeddings of each token list, one sequence at a time: per token (n, n_embd), pooling
+    off; or pooled by the model's own pooling type (n_embd,), not normalised."""
+    lib = _lib()
+    longest = max((len(t) for t in texts), default=1)
+    with load_model(path) as model:
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = max(longest, 8)
+        cparams.n_threads = cparams.n_threads_batch = n_threads
+        cparams.embeddings = True
+        cparams.pooling_type = (
+            lib.LLAMA_POOLING_TYPE_NONE if per_token else lib.LLAMA_POOLING_TYPE_UNSPECIFIED
+        )
+        cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        ctx = lib.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise ConversionError(f"{path}: llama.cpp could not create a context")
+        n_embd = int(lib.llama_model_n_embd(model))
+        batch = lib.llama_batch_init(longest, 0, 1)
+        out: list[np.ndarray] = []
+        try:
+            for tokens in texts:
+                for i, tok in enumerate(tokens):
+                    batch.token[i], batch.pos[i] = int(tok), i
+                    batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = 1, 0, 1
+                batch.n_tokens = len(tokens)
+                memory = lib.llama_get_memory(ctx)  # None for encoders, which keep no cache
+                if memory:
+                    lib.llama_memory_clear(memory, True)
+                rc = lib.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise ConversionError(f"{path}: llama_decode failed with {rc}")
+                if per_token:
+                    rows = [lib.llama_get_embeddings_ith(ctx, i) for i in range(len(tokens))]
+                    out.append(np.stack([np.ctypeslib.as_array(p, shape=(n_embd,)) for p in rows]))
+                else:
+                    ptr = lib.llama_get_embeddings_seq(ctx, 0)
+                    if not ptr:
+                        raise ConversionError(f"{path}: the model has no pooling type")
+                    out.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy())
+            return out
+        finally:
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)

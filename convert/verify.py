@@ -80,6 +80,8 @@ def _bpe_reference(vocab: Vocab) -> Callable[[str], list[int]]:
     import tokenizers
 
     tok = tokenizers.Tokenizer.from_file(str(vocab.files[0]))
+    tok.no_padding()  # a tokenizer.json may pad or truncate every encoding (BERT's often do)
+    tok.no_truncation()
     return lambda text: list(tok.encode(text, add_special_tokens=False).ids)
 
 
@@ -96,7 +98,7 @@ def corpus_for(vocab: Vocab) -> list[str]:
 
 def verify_tokenizer(gguf_path: Path, vocab: Vocab, extra: Sequence[str] = ()) -> VerifyResult:
     reference = _spm_reference(vocab) if vocab.kind == "sentencepiece" else _bpe_reference(vocab)
-    texts = corpus_for(vocab) + list(extra)
+    texts = [t for t in corpus_for(vocab) + list(extra) if vocab.verifiable(t)]
     total = 0
     with llamacpp.load_model(gguf_path, vocab_only=True) as model:
         tokenizer = llamacpp.vocab(model)

@@ -11,7 +11,9 @@ parity test in tests/convert (tests/llorch/test_detector.py checks that every ro
 from __future__ import annotations
 
 import json
+import mmap
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,7 @@ class Detection:
     family: str | None
     parameters: int | None
     dtype: str | None  # dominant tensor dtype: F32, F16, BF16 (GGUF: file type name)
-    tokenizer: str | None  # "sentencepiece", "bpe", or None when absent
+    tokenizer: str | None  # "sentencepiece", "bpe", "wordpiece", or None when absent
     supported: bool
     reason: str | None  # why not supported; None when supported
     # What detection already read, for the converter to reuse instead of reading it again:
@@ -113,11 +115,24 @@ def text_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# tokenizers writes the model last, its "type" first; a vocabulary maps strings to numbers, so
+# this cannot match inside one. Searched in the mapped file rather than parsing it all.
+_WORDPIECE = re.compile(rb'"model"\s*:\s*\{\s*"type"\s*:\s*"WordPiece"')
+
+
+GGUF_TOKENIZERS = {"llama": "sentencepiece", "gpt2": "bpe", "bert": "wordpiece"}
+
+
 def tokenizer_kind(folder: Path) -> str | None:
     if (folder / "tokenizer.model").is_file():
         return "sentencepiece"
-    if (folder / "tokenizer.json").is_file():
-        return "bpe"
+    path = folder / "tokenizer.json"
+    if path.is_file():
+        try:
+            with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return "wordpiece" if _WORDPIECE.search(m) else "bpe"
+        except (OSError, ValueError):  # empty or unreadable: the converter reports it
+            return "bpe"
     return None
 
 
@@ -205,7 +220,7 @@ def _detect_gguf(source: str, path: Path) -> Detection:
         family=None,
         parameters=params,
         dtype=dtype,
-        tokenizer={"llama": "sentencepiece", "gpt2": "bpe"}.get(tok_model, tok_model),
+        tokenizer=GGUF_TOKENIZERS.get(tok_model, tok_model),
         supported=True,  # llama.cpp decides at load time; it knows more arches than we convert
         reason=None,
     )

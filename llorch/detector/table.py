@@ -55,6 +55,12 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("StableLmForCausalLM", _A.STABLELM, "stablelm", "stablelm"),
     ArchRow("Starcoder2ForCausalLM", _A.STARCODER2, "starcoder2", "starcoder2"),
     ArchRow("FalconForCausalLM", _A.FALCON, "falcon", "falcon"),
+    # Mixture of experts: every layer sparse; experts stacked by convert/families/moe.py.
+    ArchRow("Qwen3MoeForCausalLM", _A.QWEN3MOE, "qwen_moe", "qwen3_moe"),
+    ArchRow("Qwen2MoeForCausalLM", _A.QWEN2MOE, "qwen_moe", "qwen2_moe"),
+    ArchRow("OlmoeForCausalLM", _A.OLMOE, "olmoe", "olmoe"),
+    # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
+    ArchRow("BertModel", _A.BERT, "bert", "bert"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 BY_MODEL_TYPE: Mapping[str, ArchRow] = {row.model_type: row for row in SUPPORTED}

@@ -112,6 +112,44 @@ def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
     return int(tok.get_vocab_size())
 
 
+def make_wordpiece(folder: Path, *, vocab_size: int = 400, lowercase: bool = True) -> int:
+    """A BERT tokenizer (BertNormalizer, BertPreTokenizer, WordPiece, [CLS] x [SEP])."""
+    from tokenizers import Tokenizer, models, normalizers, processors, trainers
+    from tokenizers import pre_tokenizers as pt
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pt.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False
+    )
+    tok.train_from_iterator(CORPUS + [text.upper() for text in CORPUS[:4]], trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok.enable_padding(length=64, pad_token="[PAD]")  # as in some released tokenizer.json
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = {f"{name.strip('[]').lower()}_token": name for name in specials}
+    (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "do_lower_case": lowercase}))
+    return int(tok.get_vocab_size())
+
+
+def write_pooling(folder: Path, mode: str | None) -> None:
+    """sentence-transformers modules.json and 1_Pooling/config.json (mode None: no pooling)."""
+    kind = "sentence_transformers.models."
+    modules = [{"idx": 0, "name": "0", "path": "", "type": kind + "Transformer"}]
+    if mode is not None:
+        modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": kind + "Pooling"})
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        flags = {f"pooling_mode_{m}": m == mode for m in ("cls_token", "mean_tokens", "lasttoken")}
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(flags))
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+
 @dataclass(frozen=True)
 class Built:
     folder: Path
@@ -137,6 +175,8 @@ def build_checkpoint(
         n_vocab = make_spm(folder)
     elif tokenizer == "spm-no-prefix":  # Gemma-style: no dummy-prefix space
         n_vocab = make_spm(folder, dummy_prefix=False)
+    elif tokenizer in ("wordpiece", "wordpiece-cased"):
+        n_vocab = make_wordpiece(folder, lowercase=tokenizer == "wordpiece")
     else:
         n_vocab = make_bpe(folder, tokenizer)
     torch.manual_seed(seed)
@@ -174,8 +214,15 @@ def sample_tokens(n_vocab: int, n: int = 24, seed: int = 1) -> list[int]:
     return [int(t) for t in rng.integers(3, n_vocab, size=n)]
 
 
+def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row."""
+    dot = (got * ref).sum(axis=-1)
+    return dot / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+
+
 @dataclass(frozen=True)
 class Parity:
+    cos_min: float  # smallest cosine similarity of a position's logits (or hidden state)
     max_diff: float
     scale: float
     argmax_equal: bool
@@ -206,6 +253,7 @@ def parity(folder: Path, gguf_path: Path, n_vocab: int) -> Parity:
     top2 = np.sort(ref, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     return Parity(
+        cos_min=float(cosines(got, ref).min()),
         max_diff=max_diff,
         scale=float(np.abs(ref).max()),
         argmax_equal=bool(agree.all()),
@@ -213,6 +261,37 @@ def parity(folder: Path, gguf_path: Path, n_vocab: int) -> Parity:
         unexplained_flips=int((~agree & (margin > 2 * max_diff)).sum()),
         per_position=tuple(float(x) for x in np.abs(got - ref).max(axis=1)),
     )
+
+
+def reference_hidden(folder: Path, tokens: list[int]) -> np.ndarray:
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).last_hidden_state[0].float().numpy()
+
+
+def embedding_parity(folder: Path, gguf_path: Path, n_vocab: int) -> tuple[Parity, np.ndarray]:
+    """Per-token hidden states (llama.cpp pooling off) vs transformers' last_hidden_state, and
+    llama.cpp's pooled vector with the reference's hidden states for the pooling test."""
+    from llorch.convert import llamacpp
+
+    tokens = sample_tokens(n_vocab)
+    ref = reference_hidden(folder, tokens)
+    (got,) = llamacpp.embeddings(gguf_path, [tokens], per_token=True)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    diff = np.abs(got - ref)
+    result = Parity(
+        cos_min=float(cosines(got, ref).min()),
+        max_diff=float(diff.max()),
+        scale=float(np.abs(ref).max()),
+        argmax_equal=True,
+        argmax_agree=1.0,
+        unexplained_flips=0,
+        per_position=tuple(float(x) for x in diff.max(axis=1)),
+    )
+    return result, ref
 
 
 @pytest.fixture

@@ -6,7 +6,12 @@ Bounds (relative to the largest reference logit): F32 1e-3 with identical argmax
 (a flip is tolerated only at a near tie: top-2 margin below twice the measured difference);
 F16 1e-2 and BF16 2e-2 with identical argmax at >= 90% of positions; Q8_0 5e-2 with >= 75%.
 llama.cpp runs with an F32 KV cache (convert.llamacpp.logits), so F32 differences are
-float rounding only (about 1e-6 relative in practice).
+float rounding only (about 1e-6 relative in practice); F32 also needs a cosine similarity of
+at least 0.9999 at every position.
+Encoders (BERT) have no logits: their per-token hidden states (llama.cpp embeddings with
+pooling off) are compared with transformers' last_hidden_state by the same bounds, and the
+pooled vector (the pooling type written from the sentence-transformers config) with the
+reference's hidden states pooled the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from llorch.convert import convert
@@ -29,6 +35,7 @@ SMALL = {
     "max_position_embeddings": 256,
 }
 BOUNDS = {"f32": (1e-3, 1.0), "f16": (1e-2, 0.9), "bf16": (2e-2, 0.9), "q8_0": (5e-2, 0.75)}
+COS_MIN = 0.9999  # F32: smallest cosine similarity allowed at any position
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Case:
     shard_size: str | None = None
     outtypes: tuple[str, ...] = ("f32",)
     extra: dict[str, Any] = field(default_factory=dict)
+    pooling: str | None = None  # encoders: the sentence-transformers pooling mode written
 
 
 LLAMA3_ROPE = {
@@ -205,6 +213,93 @@ CASES: dict[str, Case] = {
 }
 
 
+# all-MiniLM-L6-v2 / bge-small ratios: head_dim 32, intermediate 4x, post-norm, type_vocab 2
+BERT = {
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+}
+CASES.update(
+    {
+        "bert-mean-pooling": Case(
+            "BertModel",
+            "BertConfig",
+            BERT,
+            "wordpiece",
+            pooling="mean_tokens",
+            outtypes=("f32", "f16"),
+        ),
+        "bert-cls-pooling-cased": Case(
+            "BertModel", "BertConfig", BERT, "wordpiece-cased", pooling="cls_token"
+        ),
+    }
+)
+# Released configs scaled down (ratios kept): Qwen3-30B-A3B (head_dim 2x hidden/heads, GQA 8:1,
+# norm_topk_prob, untied), Qwen1.5-MoE-A2.7B (qkv biases, shared expert 4x an expert, its
+# sigmoid gate), OLMoE-1B-7B (full-width q/k norms, no GQA, experts half the hidden width).
+MOE_ATTN = {"hidden_size": 64, "num_hidden_layers": 2, "max_position_embeddings": 256}
+CASES.update(
+    {
+        "qwen3moe": Case(
+            "Qwen3MoeForCausalLM",
+            "Qwen3MoeConfig",
+            {
+                **MOE_ATTN,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "intermediate_size": 192,
+                "moe_intermediate_size": 24,
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+                "norm_topk_prob": True,
+                "rope_theta": 1e6,
+            },
+            tokenizer="qwen2",
+        ),
+        "qwen2moe-shared-expert": Case(
+            "Qwen2MoeForCausalLM",
+            "Qwen2MoeConfig",
+            {
+                **MOE_ATTN,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 4,
+                "intermediate_size": 176,
+                "moe_intermediate_size": 44,
+                "shared_expert_intermediate_size": 176,
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+            },
+            tokenizer="qwen2",
+        ),
+        "olmoe": Case(
+            "OlmoeForCausalLM",
+            "OlmoeConfig",
+            {
+                **MOE_ATTN,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 4,
+                "intermediate_size": 32,
+                "num_experts": 16,
+                "num_experts_per_tok": 2,
+                "pad_token_id": 1,
+                "eos_token_id": 2,
+            },
+            tokenizer="gpt2",
+        ),
+    }
+)
+POOL = {
+    "mean_tokens": lambda h: h.mean(axis=0),
+    "cls_token": lambda h: h[0],
+    "lasttoken": lambda h: h[-1],
+}
+
+
 def test_every_table_row_has_a_parity_case() -> None:
     covered = {case.model_cls for case in CASES.values()}
     missing = [row.hf_name for row in SUPPORTED if row.hf_name not in covered]
@@ -225,23 +320,32 @@ def test_logits_parity(case_id: str, checkpoint: Any, helpers: Any, tmp_path: Pa
     )
     if case.shard_size is not None:
         assert (built.folder / "model.safetensors.index.json").is_file()
+    if case.pooling is not None:
+        helpers.write_pooling(built.folder, case.pooling)
     for outtype in case.outtypes:
         out = tmp_path / f"{case_id}-{outtype}.gguf"
         report = convert(built.folder, out, outtype=outtype)
         assert report.verified and out.is_file()
-        result = helpers.parity(built.folder, out, built.n_vocab)
+        if case.pooling is not None:
+            result, hidden = helpers.embedding_parity(built.folder, out, built.n_vocab)
+            _check_pooled(out, helpers, built.n_vocab, hidden, case.pooling, BOUNDS[outtype][0])
+        else:
+            result = helpers.parity(built.folder, out, built.n_vocab)
         bound, agree = BOUNDS.get(outtype, BOUNDS["f16"])
         print(
-            f"{case_id} {outtype}: max|diff|={result.max_diff:.3g} scale={result.scale:.3g} "
-            f"rel={result.relative:.3g} argmax_agree={result.argmax_agree:.2f}"
+            f"PARITY {case_id} {outtype}: cos_min={result.cos_min:.7f} "
+            f"max|diff|={result.max_diff:.3g} scale={result.scale:.3g} rel={result.relative:.3g} "
+            f"argmax_agree={result.argmax_agree:.2f} convert={report.seconds:.2f}s"
         )
-        if case.config.get("num_local_experts") and outtype != "f32":
+        moe = case.config.get("num_local_experts") or case.config.get("num_experts")
+        if moe and outtype != "f32":
             # Quantized experts can flip the router's top-k at a near tie, which changes that
             # position's output wholesale; the other positions must meet the dense bound.
             assert result.fraction_within(bound) >= 0.9, result
         else:
             assert result.relative <= bound, result
         if outtype == "f32":
+            assert result.cos_min >= COS_MIN, result
             # Same argmax everywhere, except where the reference's top two logits are closer
             # than twice the measured difference (GELU models: llama.cpp's CPU GELU uses an
             # F16 lookup table, about 3e-4 relative); at most one such tie per case.
@@ -249,3 +353,16 @@ def test_logits_parity(case_id: str, checkpoint: Any, helpers: Any, tmp_path: Pa
             assert result.argmax_agree >= 1 - 1.5 / len(helpers.sample_tokens(built.n_vocab))
         else:
             assert result.argmax_agree >= agree, result
+
+
+def _check_pooled(
+    out: Path, helpers: Any, n_vocab: int, hidden: np.ndarray, mode: str, bound: float
+) -> None:
+    """llama.cpp pools by the GGUF's pooling type as sentence-transformers' Pooling does."""
+    from llorch.convert import llamacpp
+
+    want = POOL[mode](hidden)
+    (got,) = llamacpp.embeddings(out, [helpers.sample_tokens(n_vocab)], per_token=False)
+    assert float(np.abs(got - want).max()) <= bound * float(np.abs(hidden).max())
+    if bound <= BOUNDS["f32"][0]:
+        assert float(helpers.cosines(got, want)) >= COS_MIN

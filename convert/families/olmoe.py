@@ -1,0 +1,63 @@
+"""OLMoE (`OlmoeForCausalLM`, llama.cpp arch `olmoe`).
+
+Facts from transformers' modeling_olmoe and llama.cpp's src/models/olmoe.cpp:
+- Llama-style blocks with RMS norms over the whole Q and K projections (q_norm of hidden_size,
+  k_norm of kv heads x head_dim) before RoPE; llama.cpp's tensors are n_embd wide for both,
+  so only checkpoints without grouped-query attention fit (as released: 16 heads, 16 kv heads).
+- Rotate-half RoPE, run as NEOX by llama.cpp: no Q/K permutation.
+- Every layer is sparse: softmax router (`mlp.gate`, kept F32), top-k experts of
+  `intermediate_size` (llama.cpp's n_ff), stacked by convert/families/moe.py, never
+  renormalised (`norm_topk_prob` must be false). `clip_qkv` has no llama.cpp counterpart here.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+from llorch.convert.errors import ConfigError
+from llorch.convert.families.base import (
+    ModelInput,
+    PlannedTensor,
+    cfg_int,
+    dims,
+    expected_shapes,
+    map_tensors,
+    write_common,
+)
+from llorch.convert.families.moe import Experts, claimed, expert_plans
+from llorch.convert.families.qwen_moe import ROUTER_F32, check_sparse_layers
+
+_T = gguf.MODEL_TENSOR
+
+
+def _check(model: ModelInput) -> None:
+    where = model.folder / "config.json"
+    check_sparse_layers(model, norm_topk=False)
+    if model.config.get("clip_qkv") is not None:
+        raise ConfigError(f"{where}: clip_qkv is not supported by llama.cpp's olmoe graph")
+    d = dims(model)
+    if d.n_head_kv != d.n_head:
+        raise ConfigError(
+            f"{where}: num_key_value_heads={d.n_head_kv} != num_attention_heads={d.n_head}: "
+            "llama.cpp's olmoe graph normalises K over the full hidden width (no GQA)"
+        )
+
+
+def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
+    _check(model)
+    write_common(model, w)
+    w.add_expert_count(cfg_int(model, "num_experts", "num_local_experts"))
+    w.add_expert_used_count(cfg_int(model, "num_experts_per_tok"))
+
+
+def plan(model: ModelInput) -> list[PlannedTensor]:
+    _check(model)
+    d = dims(model)
+    n_expert = cfg_int(model, "num_experts", "num_local_experts")
+    stacked = expert_plans(model, Experts(d.n_layer, n_expert, d.n_embd, d.n_ff))
+    expected = expected_shapes(model, d)
+    expected[_T.FFN_GATE_INP] = (n_expert, d.n_embd)
+    expected[_T.ATTN_Q_NORM] = (d.n_head * d.head_dim,)
+    expected[_T.ATTN_K_NORM] = (d.n_head_kv * d.head_dim,)
+    plans = map_tensors(model, expected=expected, keep_f32=ROUTER_F32, claimed=claimed(stacked))
+    return plans + stacked
