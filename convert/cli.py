@@ -54,6 +54,10 @@ def register(subparsers: Any) -> None:
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.set_defaults(func=run_convert)
 
+    from llorch.convert.batch.cli import register as register_batch
+
+    register_batch(subparsers)
+
 
 class Terminated(BaseException):
     """SIGTERM arrived. A BaseException, like KeyboardInterrupt, so that no `except Exception`

@@ -1,0 +1,112 @@
+"""`llorch convert-batch`: the CLI over convert_batch (registered by llorch.convert.cli).
+
+Exit status: 0 every job succeeded (skipped outputs included), 1 at least one job failed (the
+others were done), 2 the plan could not be built (bad manifest, unknown outtype, missing
+folder, output folder in use), 130 Ctrl-C, 143 SIGTERM (jobs stopped, no partial output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from llorch.convert.batch.plan import DEFAULT_OUTTYPES
+
+EXECUTORS = ("local", "ray")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "convert-batch",
+        help="convert many HF checkpoints to many GGUF types, resumably",
+        description="Convert the sources of a manifest (TOML or JSON), or every HF folder in "
+        "the given folders, to GGUF: each source read once, every other type quantized from "
+        "it, finished outputs (matching provenance) skipped.",
+    )
+    p.add_argument("sources", nargs="+", metavar="MANIFEST|DIR", help="a manifest, or folders")
+    p.add_argument("-o", "--out", help="output folder (default: the manifest's `out`)")
+    p.add_argument(
+        "--outtypes",
+        help=f"comma-separated types (default: the manifest's, else {','.join(DEFAULT_OUTTYPES)})",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="jobs run at the same time (default 1)")
+    p.add_argument(
+        "--max-ram",
+        metavar="SIZE",
+        help="memory the running jobs may use together, e.g. 16G (default: 80%% of available)",
+    )
+    p.add_argument("--executor", choices=EXECUTORS, default="local", help="where jobs run")
+    p.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout, even on a terminal")
+    p.set_defaults(func=run_batch)
+
+
+def _fail(message: str) -> int:
+    print(f"llorch convert-batch: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    from llorch.convert.batch.plan import load_manifest, plan_from_dirs
+
+    types = args.outtypes.split(",") if args.outtypes else None
+    first = args.sources[0]
+    if len(args.sources) == 1 and os.path.isfile(first):
+        return load_manifest(first, outtypes=types)
+    return plan_from_dirs(args.sources, types or DEFAULT_OUTTYPES)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from llorch.convert.batch.api import convert_batch
+    from llorch.convert.batch.memory import parse_size
+    from llorch.convert.batch.progress import JsonLines, ProgressBars, summary_table
+    from llorch.convert.cli import Terminated, _sigterm_unwinds
+    from llorch.convert.errors import MODEL_ERRORS
+
+    if args.jobs < 1:
+        return _fail(f"--jobs {args.jobs}: must be at least 1")
+    try:
+        plan = _plan(args)
+        out = args.out or plan.out
+        if out is None:
+            return _fail("no output folder: give --out (or `out` in the manifest)")
+        max_ram = parse_size(args.max_ram) if args.max_ram else None
+        executor = None
+        if args.executor == "ray":
+            from llorch.convert.batch.ray_executor import RayExecutor
+
+            executor = RayExecutor(address=args.address, max_ram=max_ram)
+    except MODEL_ERRORS as exc:
+        return _fail(str(exc))
+    terminal = sys.stdout.isatty() and not args.json
+    sink: Any = ProgressBars() if terminal else JsonLines(sys.stdout)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    try:
+        with _sigterm_unwinds():
+            report = convert_batch(
+                plan,
+                out,
+                jobs=args.jobs,
+                max_ram=max_ram,
+                threads=threads,
+                on_event=sink,
+                executor=executor,
+            )
+    except MODEL_ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("llorch convert-batch: interrupted; finished outputs kept", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("llorch convert-batch: terminated; finished outputs kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        sink.close()
+    if not terminal:
+        print(json.dumps({"event": "report", **report.to_json()}), flush=True)
+    print(summary_table(report), file=sys.stdout if terminal else sys.stderr)
+    return 0 if report.ok else 1
