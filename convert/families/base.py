@@ -127,7 +127,7 @@ def dims(model: ModelInput) -> Dims:
 
 def write_common(model: ModelInput, w: gguf.GGUFWriter, *, rms: bool = True) -> Dims:
     d = dims(model)
-    w.add_context_length(cfg_int(model, "max_position_embeddings", default=4096))
+    w.add_context_length(cfg_int(model, "max_position_embeddings", "n_positions", default=4096))
     w.add_embedding_length(d.n_embd)
     w.add_block_count(d.n_layer)
     w.add_feed_forward_length(d.n_ff)

@@ -59,6 +59,10 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Qwen3MoeForCausalLM", _A.QWEN3MOE, "qwen_moe", "qwen3_moe"),
     ArchRow("Qwen2MoeForCausalLM", _A.QWEN2MOE, "qwen_moe", "qwen2_moe"),
     ArchRow("OlmoeForCausalLM", _A.OLMOE, "olmoe", "olmoe"),
+    ArchRow("SmolLM3ForCausalLM", _A.SMOLLM3, "smollm3", "smollm3"),
+    ArchRow("Olmo2ForCausalLM", _A.OLMO2, "olmo2", "olmo2"),
+    ArchRow("GraniteForCausalLM", _A.GRANITE, "granite", "granite"),
+    ArchRow("GPTBigCodeForCausalLM", _A.STARCODER, "starcoder", "gpt_bigcode"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
 )

@@ -293,6 +293,59 @@ CASES.update(
         ),
     }
 )
+# Dense rows of 2025, from the released configs scaled down: SmolLM3-3B (GQA 4:1, no RoPE on
+# every 4th layer, so 4 layers; tied), OLMo-2 (post-norms, full-width q/k norms; GQA as in
+# the 32B), Granite 3.1 2B (multipliers, attention_multiplier = 1/head_dim, tied), StarCoder 1
+# (multi-query fused c_attn, learned positions).
+CASES.update(
+    {
+        "smollm3-no-rope-every-4th": Case(
+            "SmolLM3ForCausalLM",
+            "SmolLM3Config",
+            {
+                **SMALL,
+                "num_hidden_layers": 4,
+                "num_key_value_heads": 1,
+                "intermediate_size": 344,
+                "tie_word_embeddings": True,
+                "rope_theta": 5e6,
+                "pad_token_id": 2,
+                "bos_token_id": 0,
+                "eos_token_id": 1,
+            },
+            tokenizer="llama3",
+        ),
+        "olmo2-post-norms": Case(
+            "Olmo2ForCausalLM",
+            "Olmo2Config",
+            {**SMALL, "intermediate_size": 172, "rope_theta": 5e5, "pad_token_id": 1},
+            tokenizer="gpt2",
+        ),
+        "granite-multipliers": Case(
+            "GraniteForCausalLM",
+            "GraniteConfig",
+            {
+                **SMALL,
+                "num_key_value_heads": 1,
+                "intermediate_size": 256,
+                "embedding_multiplier": 12.0,
+                "residual_multiplier": 0.22,
+                "attention_multiplier": 1 / 16,
+                "logits_scaling": 8.0,
+                "tie_word_embeddings": True,
+                "rope_theta": 5e6,
+            },
+            tokenizer="gpt2",
+        ),
+        "starcoder1-multi-query": Case(
+            "GPTBigCodeForCausalLM",
+            "GPTBigCodeConfig",
+            {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_positions": 256, "multi_query": True},
+            tokenizer="starcoder",
+            outtypes=("f32", "q8_0"),
+        ),
+    }
+)
 POOL = {
     "mean_tokens": lambda h: h.mean(axis=0),
     "cls_token": lambda h: h[0],

@@ -1,0 +1,84 @@
+"""Configurations llama.cpp's graph would compute differently are refused, naming the setting.
+
+Each case builds a valid tiny checkpoint, changes one config.json value to what llama.cpp's
+graph for that architecture does not compute, and expects a ConfigError naming it (and no
+output file).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llorch.convert import convert
+from llorch.convert.errors import ConfigError
+
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
+MOE = {**TINY, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
+
+CASES = {
+    "qwen2moe-renormalised-top-k": (
+        "Qwen2MoeForCausalLM",
+        "Qwen2MoeConfig",
+        {**MOE, "shared_expert_intermediate_size": 32},
+        {"norm_topk_prob": True},
+        "norm_topk_prob",
+    ),
+    "qwen3moe-dense-layers": (
+        "Qwen3MoeForCausalLM",
+        "Qwen3MoeConfig",
+        {**MOE, "norm_topk_prob": True},
+        {"mlp_only_layers": [1]},
+        "mlp_only_layers",
+    ),
+    "olmoe-grouped-query": (
+        "OlmoeForCausalLM",
+        "OlmoeConfig",
+        {**MOE, "num_key_value_heads": 1},
+        {},
+        "num_key_value_heads",
+    ),
+    "smollm3-other-no-rope-pattern": (
+        "SmolLM3ForCausalLM",
+        "SmolLM3Config",
+        {**TINY, "pad_token_id": 0},
+        {"no_rope_layers": [0, 1]},
+        "no_rope_layers",
+    ),
+    "starcoder1-without-multi-query": (
+        "GPTBigCodeForCausalLM",
+        "GPTBigCodeConfig",
+        {"n_embd": 32, "n_head": 2, "n_layer": 1},
+        {"multi_query": False},
+        "multi_query",
+    ),
+    "bert-relative-positions": (
+        "BertModel",
+        "BertConfig",
+        {**TINY, "max_position_embeddings": 32},
+        {"position_embedding_type": "relative_key"},
+        "position_embedding_type",
+    ),
+}
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_refused(case_id: str, checkpoint: Any, tmp_path: Path) -> None:
+    model_cls, config_cls, config, change, match = CASES[case_id]
+    tokenizer = "wordpiece" if model_cls == "BertModel" else "gpt2"
+    built = checkpoint(model_cls, config_cls, config, tokenizer=tokenizer)
+    path = built.folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    out = tmp_path / "o.gguf"
+    with pytest.raises(ConfigError, match=match):
+        convert(built.folder, out, outtype="f32")
+    assert not out.exists()
