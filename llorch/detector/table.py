@@ -63,6 +63,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Olmo2ForCausalLM", _A.OLMO2, "olmo2", "olmo2"),
     ArchRow("GraniteForCausalLM", _A.GRANITE, "granite", "granite"),
     ArchRow("GPTBigCodeForCausalLM", _A.STARCODER, "starcoder", "gpt_bigcode"),
+    ArchRow("Glm4ForCausalLM", _A.GLM4, "glm4", "glm4"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
 )

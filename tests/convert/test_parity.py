@@ -337,6 +337,23 @@ CASES.update(
             },
             tokenizer="gpt2",
         ),
+        # GLM-4-9B-0414: GQA 16:1, head_dim 128 (hidden/heads), half-rotary, biases, untied
+        "glm4-half-rotary-sandwich-norms": Case(
+            "Glm4ForCausalLM",
+            "Glm4Config",
+            {
+                **SMALL,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "intermediate_size": 214,
+                "partial_rotary_factor": 0.5,
+                "attention_bias": True,
+                "pad_token_id": 2,
+                "eos_token_id": 1,
+            },
+            tokenizer="gpt2",
+        ),
         "starcoder1-multi-query": Case(
             "GPTBigCodeForCausalLM",
             "GPTBigCodeConfig",
