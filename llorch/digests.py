@@ -13,12 +13,14 @@ their content, so the name is the digest and the file is not read at all.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 MEMO_NAME = "digests.json"
@@ -85,10 +87,24 @@ def _remembered(memo: Path, ident: _Identity) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _merge_lock(memo: Path) -> Iterator[None]:
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    # The folder itself is locked: the memo is replaced by renames, and no lock file is left.
+    fd = os.open(memo.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        yield
+    finally:
+        os.close(fd)
+
+
 def _remember(memo: Path, ident: _Identity, digest: str) -> None:
     """Merge one entry into the memo on disk: re-read, update, write to a temp file, rename.
-    Entries of files that no longer exist are dropped so the memo does not grow forever."""
-    with contextlib.suppress(OSError):
+    Entries of files that no longer exist are dropped so the memo does not grow forever.
+    The merge holds an flock: processes hashing at the same time (parallel conversion jobs)
+    would otherwise each write back what they read, losing the other's entries."""
+    with contextlib.suppress(OSError), _merge_lock(memo):
         entries = {k: v for k, v in _load(memo).items() if os.path.exists(k)}
         entries[ident[0]] = [*ident[1:], digest]
         memo.parent.mkdir(parents=True, exist_ok=True)

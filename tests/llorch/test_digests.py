@@ -121,3 +121,25 @@ def test_same_process_remembers_in_memory(tmp_path: Path, cache: Path) -> None:
     (cache / digests.MEMO_NAME).unlink()  # the memory answers without the memo
     assert digests.file_sha256(data) == hashlib.sha256(b"one").hexdigest()
     assert not (cache / digests.MEMO_NAME).exists()
+
+
+def test_processes_hashing_at_once_keep_every_entry(tmp_path: Path, cache: Path) -> None:
+    """Parallel conversion jobs hash their sources at the same time; no entry may be lost."""
+    groups = []
+    for g in range(4):
+        files = [tmp_path / f"g{g}-{i}.bin" for i in range(6)]
+        for f in files:
+            f.write_bytes(os.urandom(1 << 10))
+        groups.append(files)
+    script = (
+        "import sys\nfrom llorch.digests import file_sha256\n"
+        "for p in sys.argv[1:]: file_sha256(p)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, *map(str, files)], env=os.environ.copy())
+        for files in groups
+    ]
+    assert [p.wait() for p in procs] == [0] * len(procs)
+    memo = json.loads((cache / digests.MEMO_NAME).read_text())
+    want = {str(f.resolve()) for files in groups for f in files}
+    assert want <= set(memo)
