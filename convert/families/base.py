@@ -73,9 +73,12 @@ def cfg_float(model: ModelInput, *keys: str, default: float | None = None) -> fl
 
 
 def rope_params(model: ModelInput) -> dict[str, Any]:
-    """transformers 5 `rope_parameters`, or the older `rope_theta` + `rope_scaling` pair."""
+    """transformers 5 `rope_parameters` (the full-attention layers' when given per layer
+    type), or the older `rope_theta` + `rope_scaling` pair."""
     params = dict(model.config.get("rope_scaling") or {})
     params.update(model.config.get("rope_parameters") or {})
+    if isinstance(params.get("full_attention"), dict):  # transformers 5, per layer type
+        params = dict(params["full_attention"])
     if "rope_theta" not in params and "rope_theta" in model.config:
         params["rope_theta"] = model.config["rope_theta"]
     if "type" in params and "rope_type" not in params:

@@ -1,13 +1,18 @@
-"""OLMo 2 (`Olmo2ForCausalLM`, llama.cpp arch `olmo2`).
+"""OLMo 2 and OLMo 3 (`Olmo2ForCausalLM`, `Olmo3ForCausalLM`; llama.cpp arch `olmo2`).
 
 Facts from transformers' modeling_olmo2 and llama.cpp's src/models/olmo2.cpp: norms after
 attention and after the MLP instead of before (`post_attention_layernorm` ->
 attn_post_norm, `post_feedforward_layernorm` -> ffn_post_norm), RMS norms over the whole Q
 (n_embd) and K (kv heads x head_dim) projections before RoPE, rotate-half RoPE (NEOX in
 llama.cpp: no Q/K permutation), untied output.
+OLMo 3 adds sliding-window attention on the layers `layer_types` names (three of every four
+in the released models), written as llama.cpp's sliding window and per-layer pattern, with
+the sliding layers' own RoPE base when transformers gives RoPE parameters per layer type.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import gguf
 
@@ -25,14 +30,33 @@ from llorch.convert.families.base import (
 _T = gguf.MODEL_TENSOR
 
 
+def _sliding_rope(model: ModelInput) -> dict[str, Any]:
+    params = model.config.get("rope_parameters") or {}
+    return dict(params.get("sliding_attention") or rope_params(model))
+
+
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
-    kind = rope_params(model).get("rope_type", "default")
-    if kind != "default":
-        raise ConfigError(
-            f"{model.folder / 'config.json'}: rope_type {kind!r} is not supported for "
-            f"{model.hf_architecture} (supported: default)"
-        )
-    write_common(model, w)
+    for params in (rope_params(model), _sliding_rope(model)):
+        kind = params.get("rope_type", "default")
+        if kind != "default":
+            raise ConfigError(
+                f"{model.folder / 'config.json'}: rope_type {kind!r} is not supported for "
+                f"{model.hf_architecture} (supported: default)"
+            )
+    d = write_common(model, w)
+    types = model.config.get("layer_types")
+    window = model.config.get("sliding_window")
+    if window and isinstance(types, list) and "sliding_attention" in types:
+        if len(types) != d.n_layer:
+            raise ConfigError(
+                f"{model.folder / 'config.json'}: layer_types has {len(types)} entries for "
+                f"{d.n_layer} layers"
+            )
+        w.add_sliding_window(int(window))
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in types])
+        theta = _sliding_rope(model).get("rope_theta")
+        if theta is not None:
+            w.add_rope_freq_base_swa(float(theta))
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:

@@ -61,6 +61,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("OlmoeForCausalLM", _A.OLMOE, "olmoe", "olmoe"),
     ArchRow("SmolLM3ForCausalLM", _A.SMOLLM3, "smollm3", "smollm3"),
     ArchRow("Olmo2ForCausalLM", _A.OLMO2, "olmo2", "olmo2"),
+    # OLMo 3: the OLMo 2 graph plus sliding-window layers (convert/families/olmo2.py)
+    ArchRow("Olmo3ForCausalLM", _A.OLMO2, "olmo2", "olmo3", alias_of="Olmo2ForCausalLM"),
     ArchRow("GraniteForCausalLM", _A.GRANITE, "granite", "granite"),
     ArchRow("GPTBigCodeForCausalLM", _A.STARCODER, "starcoder", "gpt_bigcode"),
     ArchRow("Glm4ForCausalLM", _A.GLM4, "glm4", "glm4"),

@@ -321,6 +321,21 @@ CASES.update(
             {**SMALL, "intermediate_size": 172, "rope_theta": 5e5, "pad_token_id": 1},
             tokenizer="gpt2",
         ),
+        # OLMo 3 7B: sliding window on 3 of every 4 layers (window 8 < 24 tokens here)
+        "olmo3-sliding-window": Case(
+            "Olmo3ForCausalLM",
+            "Olmo3Config",
+            {
+                **SMALL,
+                "num_hidden_layers": 4,
+                "num_key_value_heads": 4,
+                "intermediate_size": 172,
+                "sliding_window": 8,
+                "rope_theta": 5e5,
+                "pad_token_id": 1,
+            },
+            tokenizer="gpt2",
+        ),
         "granite-multipliers": Case(
             "GraniteForCausalLM",
             "GraniteConfig",
