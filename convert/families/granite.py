@@ -1,4 +1,5 @@
-"""IBM Granite 3.x dense (`GraniteForCausalLM`, llama.cpp arch `granite`).
+"""IBM Granite 3.x (`GraniteForCausalLM`, `GraniteMoeForCausalLM`; llama.cpp arches `granite`,
+`granitemoe`).
 
 Facts from transformers' modeling_granite and llama.cpp's src/models/granite.cpp and its
 converter (GraniteModel): the Llama block (Q/K permuted for llama.cpp's RoPE layout) with four
@@ -6,6 +7,9 @@ multipliers, written under llama.cpp's names: `embedding_multiplier` -> embeddin
 (input embeddings times it), `residual_multiplier` -> residual_scale (each block's output
 times it before the residual add), `attention_multiplier` -> attention.scale (replaces
 1/sqrt(head_dim)), `logits_scaling` -> logit_scale (logits divided by it).
+GraniteMoE: every layer sparse, softmax over the top-k router logits (llama.cpp: softmax, top-k,
+renormalised: the same weights), experts of `intermediate_size` fused as [gate; up]
+(`input_linear`) and `output_linear`, stacked by convert/families/moe.py.
 """
 
 from __future__ import annotations
@@ -13,7 +17,19 @@ from __future__ import annotations
 import gguf
 
 from llorch.convert.families import llama
-from llorch.convert.families.base import ModelInput, PlannedTensor, cfg_float
+from llorch.convert.families.base import (
+    ModelInput,
+    PlannedTensor,
+    cfg_float,
+    cfg_int,
+    dims,
+    expected_shapes,
+    map_tensors,
+)
+from llorch.convert.families.moe import Experts, claimed, expert_plans
+from llorch.convert.families.qwen_moe import ROUTER_F32
+
+_T = gguf.MODEL_TENSOR
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
@@ -25,4 +41,22 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
-    return llama.plan(model)
+    if model.arch != gguf.MODEL_ARCH.GRANITE_MOE:
+        return llama.plan(model)
+    d = dims(model)
+    n_expert = cfg_int(model, "num_local_experts")
+    stacked = expert_plans(model, Experts(d.n_layer, n_expert, d.n_embd, d.n_ff))
+    expected = expected_shapes(model, d)
+    expected[_T.FFN_GATE_INP] = (n_expert, d.n_embd)
+    transforms = {
+        _T.ATTN_Q: lambda name, w: llama.permute_rope(w, d.n_head),
+        _T.ATTN_K: lambda name, w: llama.permute_rope(w, d.n_head_kv),
+    }
+    plans = map_tensors(
+        model,
+        transforms=transforms,
+        expected=expected,
+        keep_f32=ROUTER_F32,
+        claimed=claimed(stacked),
+    )
+    return plans + stacked

@@ -5,7 +5,8 @@ modeling_qwen3_moe, modeling_olmoe and llama.cpp's convert_hf_to_gguf.py Qwen2Mo
 - one matrix per expert and projection, `<layer>.mlp.experts.<e>.{gate,up,down}_proj.weight`
   (every released Qwen-MoE and OLMoE checkpoint);
 - transformers 5's fused parameters, `<layer>.mlp.experts.gate_up_proj` [E, 2F, D] (gate rows
-  first, then up) and `<layer>.mlp.experts.down_proj` [E, D, F].
+  first, then up) and `<layer>.mlp.experts.down_proj` [E, D, F]; GraniteMoE stores the same
+  layout as `<layer>.block_sparse_moe.input_linear.weight` / `output_linear.weight`.
 Both become ffn_gate_exps / ffn_up_exps [E, F, D] and ffn_down_exps [E, D, F]. A stacked tensor
 is allocated once and filled one expert at a time from the memory-mapped file, so a layer's
 experts are never held twice (the output plus at most one expert's matrix).
@@ -28,7 +29,12 @@ _T = gguf.MODEL_TENSOR
 PER_EXPERT = re.compile(
     r"(?:.*\.)?layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight"
 )
-FUSED = re.compile(r"(?:.*\.)?layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)(?:\.weight)?")
+FUSED = re.compile(
+    r"(?:.*\.)?layers\.(\d+)\.(?:mlp\.experts|block_sparse_moe)\."
+    r"(gate_up_proj|down_proj|input_linear|output_linear)(?:\.weight)?"
+)
+# GraniteMoE (JetMoE's parallel experts) names the same fused layout differently
+FUSED_ALIASES = {"input_linear": "gate_up_proj", "output_linear": "down_proj"}
 KIND = {"gate_proj": _T.FFN_GATE_EXP, "up_proj": _T.FFN_UP_EXP, "down_proj": _T.FFN_DOWN_EXP}
 
 
@@ -87,7 +93,7 @@ def expert_plans(model: ModelInput, ex: Experts) -> list[PlannedTensor]:
         if m := PER_EXPERT.fullmatch(name):
             per.setdefault((int(m[1]), m[3]), {})[int(m[2])] = name
         elif m := FUSED.fullmatch(name):
-            fused[(int(m[1]), m[2])] = name
+            fused[(int(m[1]), FUSED_ALIASES.get(m[2], m[2]))] = name
     if not per and not fused:
         return []
     plans: list[PlannedTensor] = []

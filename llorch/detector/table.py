@@ -64,6 +64,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # OLMo 3: the OLMo 2 graph plus sliding-window layers (convert/families/olmo2.py)
     ArchRow("Olmo3ForCausalLM", _A.OLMO2, "olmo2", "olmo3", alias_of="Olmo2ForCausalLM"),
     ArchRow("GraniteForCausalLM", _A.GRANITE, "granite", "granite"),
+    ArchRow("GraniteMoeForCausalLM", _A.GRANITE_MOE, "granite", "granitemoe"),
     ArchRow("GPTBigCodeForCausalLM", _A.STARCODER, "starcoder", "gpt_bigcode"),
     ArchRow("Glm4ForCausalLM", _A.GLM4, "glm4", "glm4"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.

@@ -369,6 +369,26 @@ CASES.update(
             },
             tokenizer="gpt2",
         ),
+        # Granite 3.1 3B-A800M: 40 experts top-8 (scaled 8 / top-2), experts 512 wide of 1536
+        "granitemoe": Case(
+            "GraniteMoeForCausalLM",
+            "GraniteMoeConfig",
+            {
+                **SMALL,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 1,
+                "intermediate_size": 24,
+                "num_local_experts": 8,
+                "num_experts_per_tok": 2,
+                "embedding_multiplier": 12.0,
+                "residual_multiplier": 0.22,
+                "attention_multiplier": 1 / 16,
+                "logits_scaling": 6.0,
+                "tie_word_embeddings": True,
+                "pad_token_id": 1,
+            },
+            tokenizer="gpt2",
+        ),
         "starcoder1-multi-query": Case(
             "GPTBigCodeForCausalLM",
             "GPTBigCodeConfig",
