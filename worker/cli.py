@@ -1,4 +1,5 @@
-"""`llorch serve` and `llorch info`. The serve flags are generated from WorkerSettings."""
+"""`llorch serve`, `llorch info` and `llorch rpc-server`. The serve flags are generated from
+WorkerSettings."""
 
 from __future__ import annotations
 
@@ -108,6 +109,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from llorch.worker.rpc import RpcServeError, serve_rpc
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    names = [n.strip() for n in (args.device or "").split(",") if n.strip()]
+    try:
+        serve_rpc(
+            args.host,
+            args.port,
+            threads=args.threads,
+            devices=names,
+            allow_remote=args.allow_remote,
+            stop=stop,
+            announce=lambda line: print(f"llorch rpc-server: {line}", file=sys.stderr, flush=True),
+        )
+    except RpcServeError as exc:
+        print(f"llorch rpc-server: {exc}", file=sys.stderr)
+        return 2
+    print("llorch rpc-server: stopped", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # ggml's server thread cannot be stopped and may be serving a client: leave without
+    # running C++ destructors under it.
+    os._exit(0)
+
+
 def register(subparsers: Any) -> None:
     serve = subparsers.add_parser(
         "serve", help="serve a model over HTTP", description="Serve a model over HTTP."
@@ -118,3 +150,30 @@ def register(subparsers: Any) -> None:
     info = subparsers.add_parser("info", help="show the compiled llama.cpp backend and its devices")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
+
+    from llorch.worker.backend.rpc import DEFAULT_PORT
+
+    rpc_server = subparsers.add_parser(
+        "rpc-server",
+        help="serve this machine's CPU or GPU to workers on other machines (llama.cpp RPC)",
+        description="Serve this machine's CPU or GPU to other workers (`llorch serve --rpc`) "
+        "through llama.cpp's RPC server. The protocol has no authentication: it listens on "
+        "loopback unless --allow-remote is given.",
+    )
+    rpc_server.add_argument("--host", default="127.0.0.1", help="IPv4 address to listen on")
+    rpc_server.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    rpc_server.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: the physical cores)"
+    )
+    rpc_server.add_argument(
+        "--device",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="devices to serve, as `llorch info` names them (default: every GPU, else the CPU)",
+    )
+    rpc_server.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host that is not loopback (the protocol has no authentication)",
+    )
+    rpc_server.set_defaults(func=cmd_rpc_server)

@@ -52,6 +52,8 @@ class JobRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     timeout_s: float | None = None  # for the whole job, queueing included
+    logprobs: int | None = None  # alternatives per token (0: the chosen one's); None: none
+    echo: bool = False  # score the prompt too (max_tokens 0: only that)
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,12 @@ class Engine:
                 "the prompt is empty (it has no tokens)", param="prompt", constraint="min 1 token"
             )
         gen = self.scheduler.admit_tokens(
-            tokens, request.max_tokens, request.sampling, request.stop
+            tokens,
+            request.max_tokens,
+            request.sampling,
+            request.stop,
+            logprobs=request.logprobs,
+            echo=request.echo,
         )
         stream = JobStream(self.scheduler, gen)
         observe = self._observe_job(len(tokens)) if self._observe_job else None

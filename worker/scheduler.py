@@ -270,6 +270,9 @@ class Scheduler:
         max_tokens: int | None,
         sampling: SamplingParams,
         stop: tuple[str, ...],
+        *,
+        logprobs: int | None = None,
+        echo: bool = False,
     ) -> GenerationRequest:
         """`max_tokens` None: the rest of the slot's context."""
         self._check_admitting()
@@ -279,7 +282,9 @@ class Scheduler:
             max_tokens = max(1, n_ctx - len(tokens))
         if len(tokens) + max_tokens > n_ctx:
             raise ContextOverflowError(len(tokens), max_tokens, n_ctx)
-        return GenerationRequest(tuple(tokens), max_tokens, sampling, stop)
+        return GenerationRequest(
+            tuple(tokens), max_tokens, sampling, stop, logprobs=logprobs, echo=echo
+        )
 
     def submit(
         self,

@@ -47,6 +47,8 @@ def build_app(
         backend_sampling={"auto": None, "on": True, "off": False}[settings.backend_sampling],
         n_gpu_layers=settings.n_gpu_layers,
         threads=settings.threads,
+        rpc_servers=settings.rpc_servers,
+        tensor_split=settings.tensor_split_shares,
     )
 
     def resolve() -> Path:

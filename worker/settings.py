@@ -79,6 +79,16 @@ class WorkerSettings(BaseSettings):
     max_body_bytes: int = Field(
         4 << 20, ge=1024, le=1 << 30, description="largest request body accepted (bytes)"
     )
+    rpc: str = Field(
+        "",
+        description="comma-separated HOST:PORT of `llorch rpc-server`s whose devices hold "
+        "layers of the model (the protocol has no authentication: use a trusted network)",
+    )
+    tensor_split: str = Field(
+        "",
+        description="comma-separated shares of the offloaded layers per device, rpc servers "
+        "first, then local GPUs (e.g. 3,1; default: by free memory)",
+    )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(
         None,
@@ -93,6 +103,29 @@ class WorkerSettings(BaseSettings):
         if token is not None and not token.get_secret_value().strip():
             raise ValueError("the API token must not be empty")
         return token
+
+    @field_validator("rpc")
+    @classmethod
+    def _rpc_endpoints(cls, value: str) -> str:
+        from llorch.worker.backend.rpc import parse_endpoints
+
+        return ",".join(str(e) for e in parse_endpoints(value))
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _split_shares(cls, value: str) -> str:
+        shares = _shares(value)
+        if shares and not any(shares):
+            raise ValueError("at least one share must be above 0")
+        return ",".join(f"{s:g}" for s in shares)
+
+    @property
+    def rpc_servers(self) -> tuple[str, ...]:
+        return tuple(e for e in self.rpc.split(",") if e)
+
+    @property
+    def tensor_split_shares(self) -> tuple[float, ...]:
+        return _shares(self.tensor_split)
 
     @property
     def loopback_only(self) -> bool:
@@ -125,3 +158,17 @@ class WorkerSettings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    """`3,1` → (3.0, 1.0); at most 16 (llama.cpp's device limit), none negative."""
+    parts = [p.strip() for p in text.split(",")] if text.strip() else []
+    try:
+        shares = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of numbers") from None
+    if any(not 0.0 <= s < float("inf") for s in shares):
+        raise ValueError(f"{text!r}: every share must be a finite number >= 0")
+    if len(shares) > 16:
+        raise ValueError(f"{text!r}: at most 16 shares (llama.cpp's device limit)")
+    return shares

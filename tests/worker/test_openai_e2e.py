@@ -127,3 +127,45 @@ def test_cached_prompt_tokens_and_fingerprint_are_reported(client):
     assert details is not None
     # The second reads the shared prefix from the cache: all of it but the last token.
     assert details.cached_tokens == second.usage.prompt_tokens - 1
+
+
+def test_completion_logprobs_and_echo_for_likelihoods(client):
+    # What lm-evaluation-harness sends for loglikelihood: echo, max_tokens 0, logprobs 1.
+    scored = client.completions.create(
+        model="m", prompt=FRANCE + " Paris", max_tokens=0, echo=True, logprobs=1, temperature=0
+    )
+    choice = scored.choices[0]
+    assert choice.text == FRANCE + " Paris"
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.token_logprobs[0] is None
+    assert logprobs.tokens[-1] == " Paris" and -3.0 < logprobs.token_logprobs[-1] <= 0.0
+    assert all(v is not None and v <= 0.0 for v in logprobs.token_logprobs[1:])
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    # " Paris" is the greedy continuation: it is the top alternative at its position.
+    top = logprobs.top_logprobs[-1]
+    assert max(top, key=top.get) == " Paris"
+    # Generating with logprobs: the greedy tokens are the top alternatives.
+    answer = client.completions.create(
+        model="m", prompt=FRANCE, max_tokens=3, logprobs=3, temperature=0
+    )
+    lp = answer.choices[0].logprobs
+    assert "".join(lp.tokens) == answer.choices[0].text
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert max(top, key=top.get) == token and top[token] == value
+
+
+def test_chat_logprobs_shape(client):
+    completion = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = completion.choices[0].logprobs.content
+    assert len(content) == completion.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0.0 and bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].token == entry.token  # greedy

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
-from llorch.worker.backend import sampling
+from llorch.worker.backend import logprobs, sampling
 from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
 from llorch.worker.backend.protocol import (
     FinishEvent,
     GenerationRequest,
+    PromptScores,
+    Scored,
     SequenceFailed,
     StopReason,
+    TokenLogprob,
 )
 from llorch.worker.backend.text import Emitted, SequenceText
 
@@ -41,6 +44,10 @@ class _Sequence:
     output: SequenceText = field(init=False)
     cancelled: bool = False
     in_graph: bool = False  # sampled inside llama.cpp's graph (backend sampling)
+    # Echo: (batch index, the prompt token its logits predict) of this step, and the scores
+    # of the prompt so far (its first token has none: nothing predicts it).
+    to_score: list[tuple[int, int]] = field(default_factory=list)
+    prompt_scores: list[Scored] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.output = SequenceText(self.key, self.request.stop, self.request.max_tokens)
@@ -120,8 +127,9 @@ class LlamaBatchDecoder:
             request.sampling, self._n_vocab, self._ctx_per_slot, self._vocab
         )
         sampling.accept_prompt(chain, prompt)
-        # At least one prompt token is decoded again: its logits give the first token.
-        keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+        # At least one prompt token is decoded again: its logits give the first token. Echo
+        # scores every prompt token, so it reads the whole prompt.
+        keep = 0 if request.echo else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
         memory = ll.llama_get_memory(self._ctx)
         if keep < len(slot.cached) and not ll.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
             # Some caches cannot drop a tail (llama.h); start this sequence from scratch.
@@ -130,7 +138,12 @@ class LlamaBatchDecoder:
         del slot.cached[keep:]
         slot.seq = _Sequence(key, request, chain, list(prompt[keep:]), reused=keep)
         self._by_key[key] = slot
-        if self._backend_sampling and sampling.runs_in_graph(chain):
+        if request.echo:
+            first = TokenLogprob(prompt[0], self._token_bytes(prompt[0]), None)
+            slot.seq.prompt_scores.append(Scored(first))
+        # Log-probabilities need the logits on the host: such a chain is never moved.
+        scores = request.logprobs is not None or request.echo
+        if self._backend_sampling and sampling.runs_in_graph(chain) and not scores:
             slot.seq.in_graph = bool(ll.llama_set_sampler(self._ctx, slot.seq_id, chain.handle))
 
     def cancel(self, key: object) -> None:
@@ -167,14 +180,37 @@ class LlamaBatchDecoder:
             else:
                 budget = max(1, n_tokens // 2)
         now = time.perf_counter()
+        for slot in self._slots:
+            if slot.seq is not None and slot.seq.to_score:
+                self._score_prompt(slot.seq)
         for slot, index in outputs:
             seq = slot.seq
             assert seq is not None
             if seq.first_token_at == 0.0:
                 seq.first_token_at = now
+                if seq.request.echo:  # the prompt is read: its scores go before any token
+                    out.append((seq.key, PromptScores(tuple(seq.prompt_scores))))
+                if seq.request.max_tokens == 0:
+                    self._finish(slot, StopReason.MAX_TOKENS, out)
+                    continue
             token = self._sample(seq, index)
-            self._on_token(slot, token, out)
+            scored = None
+            if seq.request.logprobs is not None:
+                distribution = logprobs.log_softmax(self._ctx, index, self._n_vocab)
+                scored = logprobs.score(
+                    distribution, token, seq.request.logprobs, self._token_bytes
+                )
+            self._on_token(slot, token, out, scored)
         return out
+
+    def _score_prompt(self, seq: _Sequence) -> None:
+        top = seq.request.logprobs or 0
+        for index, predicted in seq.to_score:
+            distribution = logprobs.log_softmax(self._ctx, index, self._n_vocab)
+            seq.prompt_scores.append(
+                logprobs.score(distribution, predicted, top, self._token_bytes)
+            )
+        seq.to_score.clear()
 
     def _sample(self, seq: _Sequence, index: int) -> int:
         if seq.in_graph:
@@ -221,11 +257,14 @@ class LlamaBatchDecoder:
             placed.append((slot, len(slot.cached)))
             chunk = seq.to_ingest[: budget - n]
             del seq.to_ingest[: len(chunk)]
+            prompt = seq.request.prompt_tokens
             for j, token in enumerate(chunk):
                 last = j == len(chunk) - 1 and not seq.to_ingest
                 if last:
                     outputs.append((slot, n))
-                put(token, slot, last)
+                elif seq.request.echo:  # these logits score the next prompt token
+                    seq.to_score.append((n, prompt[len(slot.cached) + 1]))
+                put(token, slot, last or seq.request.echo)
         batch.n_tokens = n
         return outputs, placed
 
@@ -239,6 +278,7 @@ class LlamaBatchDecoder:
             assert seq is not None
             tokens = slot.cached[before:]
             del slot.cached[before:]
+            seq.to_score.clear()
             ll.llama_memory_seq_rm(memory, slot.seq_id, before, -1)
             if seq.output.n_out == 0:
                 seq.to_ingest[:0] = tokens  # a prompt chunk: nothing generated yet
@@ -269,13 +309,15 @@ class LlamaBatchDecoder:
 
     # -- per-token bookkeeping ---------------------------------------------------------------
 
-    def _on_token(self, slot: _Slot, token: int, out: Emitted) -> None:
+    def _on_token(
+        self, slot: _Slot, token: int, out: Emitted, scored: Scored | None = None
+    ) -> None:
         seq = slot.seq
         assert seq is not None
         if ll.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, StopReason.EOS, out)
             return
-        ended = seq.output.push(token, self._token_bytes(token), out)
+        ended = seq.output.push(token, self._token_bytes(token), out, scored)
         if ended is not None:
             self._finish(slot, ended[0], out, ended[1])
         else:

@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp as ll
 
 from llorch.vocab import LlamaVocab
-from llorch.worker.backend import offload, system
+from llorch.worker.backend import offload, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.errors import (
     ModelLoadError,
@@ -92,7 +92,9 @@ def _kv_overrides(
 
 
 def _gpu_offload() -> bool:
-    return bool(ll.llama_supports_gpu_offload())
+    # Not llama_supports_gpu_offload(): a build with the RPC backend says yes to that on a
+    # machine without a GPU.
+    return system.has_gpu()
 
 
 def _gib(n: int | None) -> str:
@@ -120,6 +122,7 @@ class LlamaCppBackend:
         self._decoder: LlamaBatchDecoder | None = None
         self._n_batch = 0
         self._info: ModelInfo | None = None
+        self._placement: rpc.Placement | None = None  # devices of other machines (--rpc)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -134,6 +137,10 @@ class LlamaCppBackend:
         assert isinstance(options.n_gpu_layers, int)
         model_params = ll.llama_model_default_params()
         model_params.n_gpu_layers = options.n_gpu_layers
+        # Before the load: an unreachable rpc server makes ggml abort the process.
+        endpoints = [rpc.parse_endpoint(e) for e in options.rpc_servers]
+        self._placement = rpc.place(endpoints, options.tensor_split, ll.llama_max_devices())
+        self._placement.apply(model_params)
         overrides = _kv_overrides(options.metadata_overrides)
         if overrides is not None:
             model_params.kv_overrides = overrides
@@ -234,7 +241,7 @@ class LlamaCppBackend:
     @staticmethod
     def _fit_gpu_layers(path: Path, options: LoadOptions) -> int:
         gpus = [d for d in system.devices() if d.kind in ("gpu", "igpu")]
-        if not gpus or not ll.llama_supports_gpu_offload():
+        if not gpus or not _gpu_offload():
             return 0
         try:
             model = offload.footprint(path)
@@ -254,7 +261,7 @@ class LlamaCppBackend:
             return options.backend_sampling
         # Worth it where logits live on a GPU: reading 262k logits back per token costs more
         # than sampling them in place. On the CPU the chain runs on the same data either way.
-        return bool(ll.llama_supports_gpu_offload()) and options.n_gpu_layers != 0
+        return _gpu_offload() and options.n_gpu_layers != 0
 
     def _meta(self, key: str) -> str:
         buf = ctypes.create_string_buffer(4096)
@@ -300,7 +307,7 @@ class LlamaCppBackend:
         return self._info
 
     def backend_info(self) -> BackendInfo:
-        return system.backend_info()
+        return rpc.with_remote(system.backend_info(), self._placement)
 
     # -- text ------------------------------------------------------------------------------
 
@@ -359,3 +366,4 @@ class LlamaCppBackend:
         self._vocab = None
         self._text = None
         self._info = None
+        self._placement = None

@@ -55,14 +55,39 @@ class LoadOptions:
     # GGUF metadata replaced at load time, as llama.cpp's --override-kv does
     # (e.g. ("tokenizer.ggml.eos_token_id", 107)).
     metadata_overrides: tuple[tuple[str, int | float | bool | str], ...] = ()
+    # llama.cpp rpc servers ("HOST:PORT") whose devices take layers, before local GPUs.
+    rpc_servers: tuple[str, ...] = ()
+    # Share of the offloaded layers per device (rpc servers, then local GPUs); (): by free memory.
+    tensor_split: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt_tokens: tuple[int, ...]
-    max_tokens: int
+    max_tokens: int  # 0 only with echo: score the prompt, generate nothing
     sampling: SamplingParams = SamplingParams()
     stop: tuple[str, ...] = ()
+    # Log-probabilities of each generated token and of this many alternatives (0: only the
+    # chosen token's); None: none. Of the model's raw distribution (log-softmax of the logits,
+    # before any sampling transform), as OpenAI defines them.
+    logprobs: int | None = None
+    # Score the prompt too: one PromptScores event with each prompt token's log-probability.
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    piece: bytes  # the token's bytes (a piece may end inside a multi-byte character)
+    logprob: float | None  # None for the first prompt token, which nothing predicts
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A token's log-probability and the most likely alternatives at its position."""
+
+    token: TokenLogprob
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,15 @@ class TokenEvent:
     index: int
     token_id: int
     text: str
+    scored: Scored | None = None  # when the request asked for logprobs
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """The prompt's tokens with their log-probabilities (a request with echo), sent once the
+    prompt is read, before any generated token."""
+
+    tokens: tuple[Scored, ...]
 
 
 @dataclass(frozen=True)
@@ -94,7 +128,7 @@ class SequenceFailed:
     error: Exception
 
 
-GenerationEvent = TokenEvent | FinishEvent
+GenerationEvent = TokenEvent | FinishEvent | PromptScores
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,12 @@ def devices() -> tuple[Device, ...]:
     return tuple(found)
 
 
+def has_gpu() -> bool:
+    """Whether this machine has a GPU llama.cpp can offload to. llama_supports_gpu_offload()
+    also says yes for any build with the RPC backend, GPU or not."""
+    return any(d.kind in ("gpu", "igpu") for d in devices())
+
+
 @cache
 def _library_version() -> str:
     try:
@@ -81,7 +87,7 @@ def backend_info() -> BackendInfo:
         library="llama-cpp-python",
         version=_library_version(),
         preset=installed_preset(),
-        gpu_offload=bool(ll.llama_supports_gpu_offload()),
+        gpu_offload=has_gpu(),
         devices=devices(),
         system_info=ll.llama_print_system_info().decode("utf-8", "replace").strip(),
     )

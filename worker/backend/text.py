@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from llorch.worker.backend.protocol import (
     GenerationEvent,
+    Scored,
     SequenceFailed,
     StopReason,
     TokenEvent,
@@ -88,14 +89,16 @@ class SequenceText:
         self._text = IncrementalText(stops)
         self._pending: TokenEvent | None = None
 
-    def push(self, token: int, piece: bytes, out: Emitted) -> tuple[StopReason, str | None] | None:
+    def push(
+        self, token: int, piece: bytes, out: Emitted, scored: Scored | None = None
+    ) -> tuple[StopReason, str | None] | None:
         """Add a generated token (not an end-of-generation one). Returns (reason, matched stop
         sequence) when the sequence ends with it, else None."""
         released, matched = self._text.push(piece)
         if self._pending is not None:
             out.append((self.key, self._pending))
             self._pending = None
-        event = TokenEvent(index=self.n_out, token_id=token, text=released)
+        event = TokenEvent(index=self.n_out, token_id=token, text=released, scored=scored)
         self.n_out += 1
         if matched is not None:
             out.append((self.key, event))
@@ -113,5 +116,7 @@ class SequenceText:
         if self._pending is not None:
             tail = self._text.flush() if matched is None else ""
             held = self._pending
-            out.append((self.key, TokenEvent(held.index, held.token_id, held.text + tail)))
+            out.append(
+                (self.key, TokenEvent(held.index, held.token_id, held.text + tail, held.scored))
+            )
             self._pending = None

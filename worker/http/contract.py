@@ -46,6 +46,7 @@ def build_router(engine: Engine) -> APIRouter:
             sampling=await sampling_params(body, engine),
             stop=tuple(body.stop),
             timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
+            logprobs=body.top_logprobs,
         )
         stream = await engine.generate(job)
         model = engine.model.name if engine.model else ""
@@ -93,9 +94,23 @@ async def _frames(stream: JobStream, model: str) -> AsyncIterator[bytes]:
                     }
                 )
             elif isinstance(event, TokenEvent):
-                yield frame(
-                    {"type": "token", "t": event.text, "i": event.index, "id": event.token_id}
-                )
+                token: dict[str, Any] = {
+                    "type": "token",
+                    "t": event.text,
+                    "i": event.index,
+                    "id": event.token_id,
+                }
+                if event.scored is not None:
+                    token["logprob"] = event.scored.token.logprob
+                    token["top_logprobs"] = [
+                        {
+                            "id": t.token_id,
+                            "t": t.piece.decode("utf-8", "replace"),
+                            "logprob": t.logprob,
+                        }
+                        for t in event.scored.top
+                    ]
+                yield frame(token)
             elif isinstance(event, FinishEvent):
                 yield frame(_metrics_frame(event))
                 end: dict[str, Any] = {

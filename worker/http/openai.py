@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,10 +21,17 @@ from llorch.worker.backend.errors import (
     ShuttingDownError,
     WorkerError,
 )
-from llorch.worker.backend.protocol import ChatMessage, FinishEvent, ModelInfo, StopReason
+from llorch.worker.backend.protocol import (
+    ChatMessage,
+    FinishEvent,
+    ModelInfo,
+    PromptScores,
+    Scored,
+    StopReason,
+)
 from llorch.worker.backend.protocol import TokenEvent as Token
 from llorch.worker.engine import Engine, JobRequest, JobStream
-from llorch.worker.http import openapi
+from llorch.worker.http import logprob_shapes, openapi
 from llorch.worker.http.body import parse_json
 from llorch.worker.http.errors import ModelNotFound, openai_body
 from llorch.worker.http.openai_schemas import (
@@ -81,14 +89,22 @@ def build_router(engine: Engine) -> APIRouter:
         body = CompletionRequest.model_validate(parse_json(await request.body()))
         model = engine.loaded()
         reply = Reply("cmpl", model.name, fingerprint(model), chat=False)
+        prompt = body.one_prompt
         job = JobRequest(
             job_id=reply.id,
-            prompt=body.one_prompt,
-            max_tokens=body.max_tokens or 16,  # OpenAI's default for completions
+            prompt=prompt,
+            # OpenAI's default for completions is 16; 0 (with echo) scores the prompt only.
+            max_tokens=16 if body.max_tokens is None else body.max_tokens,
             sampling=await sampling_params(body, engine),
             stop=body.stops,
+            logprobs=body.logprobs,
+            echo=body.echo and body.logprobs is not None,
         )
-        return await _answer(request, body, await engine.generate(job), reply)
+        stream = await engine.generate(job)
+        shape = _Shape(chat=False, logprobs=body.logprobs is not None)
+        if body.echo:
+            shape.echo = prompt if isinstance(prompt, str) else await engine.detokenize(prompt)
+        return await _answer(request, body, stream, reply, shape)
 
     @router.post(
         "/v1/chat/completions",
@@ -113,6 +129,7 @@ def build_router(engine: Engine) -> APIRouter:
             max_tokens=body.token_limit,
             sampling=sampling,
             stop=body.stops,
+            logprobs=body.logprob_alternatives,
         )
         try:
             stream = await engine.generate(job)
@@ -120,23 +137,47 @@ def build_router(engine: Engine) -> APIRouter:
             if exc.param == "prompt":  # the prompt of a chat is its messages
                 exc.param = "messages"
             raise
-        return await _answer(request, body, stream, reply)
+        return await _answer(
+            request, body, stream, reply, _Shape(chat=True, logprobs=body.logprobs)
+        )
 
     return router
 
 
+@dataclass
+class _Shape:
+    """What an answer carries besides its text."""
+
+    chat: bool
+    logprobs: bool  # log-probabilities, in the surface's shape
+    echo: str | None = None  # the prompt's text, returned before the answer (completions)
+    offset: int = 0  # characters of the answer so far (the legacy shape's text_offset)
+
+    def render(self, scored: list[Scored]) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        if self.chat:
+            return logprob_shapes.chat_logprobs(scored)
+        shaped = logprob_shapes.completion_logprobs(scored, self.offset)
+        self.offset += sum(len(t) for t in shaped["tokens"])
+        return shaped
+
+
 async def _answer(
-    request: Request, body: SamplingFields, stream: JobStream, reply: Reply
+    request: Request, body: SamplingFields, stream: JobStream, reply: Reply, shape: _Shape
 ) -> Response:
     if body.stream:
         return StreamingResponse(
-            _chunks(reply, stream, body.include_usage),
+            _chunks(reply, stream, body.include_usage, shape),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
     async with stream:
-        text, finish = await _collect(request, stream)
-    return JSONResponse(reply.whole(text, _finish_reason(finish, stream), finish))
+        text, scored, finish = await _collect(request, stream)
+    reason = _finish_reason(finish, stream)
+    return JSONResponse(
+        reply.whole((shape.echo or "") + text, reason, finish, shape.render(scored))
+    )
 
 
 def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
@@ -151,12 +192,18 @@ def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
     raise InferenceError("the generation failed")
 
 
-async def _chunks(reply: Reply, stream: JobStream, include_usage: bool) -> AsyncIterator[bytes]:
+async def _chunks(
+    reply: Reply, stream: JobStream, include_usage: bool, shape: _Shape
+) -> AsyncIterator[bytes]:
     """SSE chunks of one job, then `[DONE]`; a failure becomes an `{"error": ...}` event
-    (what OpenAI's clients raise on). Leaving early (client gone) cancels the job."""
+    (what OpenAI's clients raise on). Leaving early (client gone) cancels the job. Scored
+    tokens whose text is held back ride on the next chunk that has text."""
+    scored: list[Scored] = []
 
     def chunk(text: str | None, finish: str | None = None, role: bool = False) -> bytes:
-        body = reply.chunk(text, finish, role=role)
+        logprobs = shape.render(scored) if scored else None
+        scored.clear()
+        body = reply.chunk(text, finish, role=role, logprobs=logprobs)
         if include_usage:
             body["usage"] = None  # as OpenAI: every chunk but the last has a null usage
         return frame(body)
@@ -164,8 +211,15 @@ async def _chunks(reply: Reply, stream: JobStream, include_usage: bool) -> Async
     async with stream:
         if reply.chat:
             yield chunk(None, role=True)
+        elif shape.echo is not None and not shape.logprobs:
+            yield chunk(shape.echo)
         async for event in stream:
-            if isinstance(event, Token):
+            if isinstance(event, PromptScores):
+                scored.extend(event.tokens)
+                yield chunk(shape.echo or "")
+            elif isinstance(event, Token):
+                if event.scored is not None:
+                    scored.append(event.scored)
                 if event.text:  # empty while text is held back (UTF-8, a possible stop)
                     yield chunk(event.text)
             elif isinstance(event, JobFailed):
@@ -182,19 +236,24 @@ async def _chunks(reply: Reply, stream: JobStream, include_usage: bool) -> Async
                 yield _DONE
 
 
-async def _collect(request: Request, stream: JobStream) -> tuple[str, FinishEvent]:
-    """The whole text and the finish event. A client that goes away before the end cancels
-    the job (checked every second while waiting)."""
+async def _collect(request: Request, stream: JobStream) -> tuple[str, list[Scored], FinishEvent]:
+    """The whole text, the scored tokens (the prompt's first, with echo) and the finish event.
+    A client that goes away before the end cancels the job (checked every second)."""
     parts: list[str] = []
+    scored: list[Scored] = []
     while True:
         event = await stream.next_within(_DISCONNECT_POLL_S)
         if event is None:
             if await request.is_disconnected():
                 raise ShuttingDownError("the client went away")
             continue
-        if isinstance(event, Token):
+        if isinstance(event, PromptScores):
+            scored.extend(event.tokens)
+        elif isinstance(event, Token):
             parts.append(event.text)
+            if event.scored is not None:
+                scored.append(event.scored)
         elif isinstance(event, JobFailed):
             raise event.error
         elif isinstance(event, FinishEvent):
-            return "".join(parts), event
+            return "".join(parts), scored, event

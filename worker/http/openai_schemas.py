@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions).
 
 Unknown fields are ignored, as OpenAI-compatible servers do (clients send `user`, `store`, ...),
-but fields that would change the answer in a way the worker cannot honour (n > 1, logprobs,
-tools, echo, ...) are refused with a 400 rather than silently dropped.
+but fields that would change the answer in a way the worker cannot honour (n > 1, tools,
+suffix, ...) are refused with a 400 rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from llorch.worker.backend.protocol import FinishEvent
 from llorch.worker.http.sampling import SamplingBody, check_stops
@@ -21,14 +28,12 @@ from llorch.worker.http.sampling import SamplingBody, check_stops
 MAX_TEXT_CHARS = 1 << 18
 MAX_MESSAGES = 1024
 MAX_PROMPT_TOKENS = 1 << 18
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
 
 # Fields whose non-default values ask for something the worker does not do.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "echo": (None, False),
     "suffix": (None, ""),
     "best_of": (None, 1),
     "tools": (None, []),
@@ -125,7 +130,19 @@ class SamplingFields(SamplingBody):
 class CompletionRequest(SamplingFields):
     # A string, a list of one string, token ids, or a list of one list of token ids.
     prompt: Text | list[Text] | TokenIds | list[TokenIds]
-    max_tokens: int | None = Field(16, ge=1, le=1 << 20)
+    # The prompt comes back before the answer (with its log-probabilities when asked): with
+    # max_tokens 0, only the prompt is scored, as lm-evaluation-harness asks for likelihoods.
+    echo: bool = False
+    max_tokens: int | None = Field(16, ge=0, le=1 << 20)  # 0 only with echo
+    # The legacy shape: log-probabilities of each token and of this many alternatives.
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _something_to_do(cls, max_tokens: int | None, info: ValidationInfo) -> int | None:
+        if max_tokens == 0 and not info.data.get("echo", False):
+            raise ValueError("max_tokens 0 asks for nothing; it is only valid with echo")
+        return max_tokens
 
     @field_validator("prompt")
     @classmethod
@@ -138,7 +155,7 @@ class CompletionRequest(SamplingFields):
             return prompt[0]
         if not prompt:
             raise ValueError("the prompt is empty")
-        return prompt  # type: ignore[return-value]
+        return prompt
 
     @property
     def one_prompt(self) -> str | list[int]:
@@ -179,6 +196,8 @@ class ChatMessageIn(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     max_tokens: int | None = Field(None, ge=1, le=1 << 20)
     max_completion_tokens: int | None = Field(None, ge=1, le=1 << 20)
 
@@ -191,6 +210,16 @@ class ChatCompletionRequest(SamplingFields):
                 f"the messages hold {total} characters; at most {MAX_TEXT_CHARS} in all"
             )
         return messages
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def logprob_alternatives(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def token_limit(self) -> int | None:
@@ -232,18 +261,29 @@ class Reply:
             "prompt_tokens_details": {"cached_tokens": finish.prompt_cached},
         }
 
-    def whole(self, text: str, finish_reason: str, finish: FinishEvent) -> dict[str, Any]:
+    def whole(
+        self,
+        text: str,
+        finish_reason: str,
+        finish: FinishEvent,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         if self.chat:
             choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
             body = self._head("chat.completion")
         else:
             choice = {"text": text}
             body = self._head("text_completion")
-        choice = {"index": 0, **choice, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, **choice, "logprobs": logprobs, "finish_reason": finish_reason}
         return body | {"choices": [choice], "usage": self.usage(finish)}
 
     def chunk(
-        self, text: str | None, finish: str | None = None, *, role: bool = False
+        self,
+        text: str | None,
+        finish: str | None = None,
+        *,
+        role: bool = False,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One streamed piece: `text` (None in the closing chunk), or the chat's opening
         chunk that names the role."""
@@ -256,7 +296,7 @@ class Reply:
         else:
             choice = {"index": 0, "text": text or ""}
             body = self._head("text_completion")
-        choice |= {"logprobs": None, "finish_reason": finish}
+        choice |= {"logprobs": logprobs, "finish_reason": finish}
         return body | {"choices": [choice]}
 
     def usage_chunk(self, finish: FinishEvent) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Validation collects every problem at once (pydantic does), and each becomes one 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +38,8 @@ class ExecuteRequest(SamplingBody):
     # A deadline for the whole job, queueing included; None waits as long as it takes.
     timeout_ms: int | None = Field(None, ge=1, le=86_400_000)
     json_schema: dict[str, Any] | None = None
+    # Each token event carries the token's log-probability and this many alternatives.
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @model_validator(mode="after")
     def _one_constraint(self) -> ExecuteRequest:
@@ -89,7 +92,7 @@ def _constraint(error: Any) -> str:
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+def field_path(loc: Sequence[Any]) -> str:
     """The request field of a pydantic error location, without FastAPI's `body` prefix and
     pydantic's names of union members (`prompt.constrained-str` → `prompt`)."""
     return ".".join(

@@ -93,7 +93,9 @@ def test_no_request_breaks_the_worker(worker_url: str, mode: GenerationMode) -> 
             nonlocal counted
             counted += 1
             response = case.call(base_url=worker_url, timeout=30)
-            case.validate_response(response, checks=CHECKS)
+            # 413 refuses a body too large to read: a rejection schemathesis does not list.
+            checks = CHECKS if response.status_code != 413 else CHECKS[:-1]
+            case.validate_response(response, checks=checks)
 
         try:
             fuzz()

@@ -265,7 +265,7 @@ def test_template_raise_exception_is_a_400():
         ({"prompt": "Hi", "logit_bias": {"abc": 1}}, "logit_bias"),
         ({"prompt": "Hi", "seed": -5}, "seed"),
         ({}, "prompt"),
-        ({"prompt": "Hi", "logprobs": 3}, None),
+        ({"prompt": "Hi", "logprobs": 21}, "logprobs"),
         ({"prompt": "Hi", "grammar": "x", "response_format": {"type": "json_object"}}, None),
         ({"prompt": "Hi", "response_format": {"type": "json_schema"}}, "response_format"),
     ],
