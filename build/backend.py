@@ -410,14 +410,28 @@ def write_marker(python: str, preset: str, wheel: Path, args: list[str]) -> None
     tmp.replace(Path(prefix) / MARKER_NAME)
 
 
-def installed_preset(python: str) -> str | None:
+def installed_marker(python: str) -> dict | None:
     prefix = subprocess.run(
         [python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True
     ).stdout.strip()
     marker = Path(prefix) / MARKER_NAME
     if not marker.exists():
         return None
-    return json.loads(marker.read_text()).get("preset")
+    return json.loads(marker.read_text())
+
+
+def outdated_arguments(marker: dict) -> list[str]:
+    """The installed preset's current arguments that its installed build lacks: non-empty when
+    CMakePresets.json changed since (e.g. a backend was added), so set-up rebuilds it."""
+    preset = marker.get("preset")
+    if not preset:
+        return []
+    try:
+        wanted = cmake_args(preset)
+    except (PresetError, KeyError):
+        return []  # a preset no longer in the file: keep what is installed
+    built = set(marker.get("cmake_args", []))
+    return [a for a in wanted if a not in built]
 
 
 def main() -> None:
@@ -442,10 +456,20 @@ def main() -> None:
         if ns.configure_only:
             configure_only(ns.preset, ns.python)
             return
-        current = installed_preset(ns.python)
-        if ns.if_missing and current is not None and not ns.force:
-            print(f"[backend] llama.cpp for preset {current!r} already installed", flush=True)
-            return
+        marker = installed_marker(ns.python)
+        current = marker.get("preset") if marker else None
+        if ns.if_missing and marker is not None and current is not None and not ns.force:
+            missing = outdated_arguments(marker)
+            if not missing:
+                print(f"[backend] llama.cpp for preset {current!r} already installed", flush=True)
+                return
+            # The installed build predates a change of its preset: rebuild that preset.
+            print(
+                f"[backend] preset {current!r} changed since it was built "
+                f"({shlex.join(missing)} missing); rebuilding it",
+                flush=True,
+            )
+            ns.preset = current
         wheel, args = build(ns.preset, ns.python, ns.force)
     except PresetError as exc:
         raise SystemExit(f"[backend] {exc}") from None
