@@ -119,7 +119,8 @@ def _plus_one(name: str, w: np.ndarray) -> np.ndarray:
 MULTIMODAL_SKIP = ("vision_tower.", "multi_modal_projector.")
 
 
-def _text_only(name: str) -> str | None:
+def text_only(name: str) -> str | None:
+    """A multimodal wrapper's language-model tensor name (None: vision, not converted)."""
     if name.startswith(MULTIMODAL_SKIP):
         return None
     for prefix, repl in (
@@ -144,7 +145,7 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
             _T.ATTN_K_NORM: (d.head_dim,),
         }
     )
-    rename = _text_only if model.hf_architecture.endswith("ForConditionalGeneration") else None
+    rename = text_only if model.hf_architecture.endswith("ForConditionalGeneration") else None
     plans = map_tensors(
         model, transforms=dict.fromkeys(NORMS, _plus_one), expected=expected, rename=rename
     )

@@ -67,7 +67,9 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
         )
 
 
-def plan(model: ModelInput) -> list[PlannedTensor]:
+def plan(
+    model: ModelInput, rename: Callable[[str], str | None] | None = None
+) -> list[PlannedTensor]:
     d = dims(model)
     transforms = {
         _T.ATTN_Q: lambda name, w: permute_rope(w, d.n_head),
@@ -76,7 +78,11 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     experts = _expert_plans(model, d.n_layer, d.n_embd, d.n_ff)
     claimed = frozenset(name for p in experts for name in p.sources)
     plans = map_tensors(
-        model, transforms=transforms, expected=expected_shapes(model, d), claimed=claimed
+        model,
+        transforms=transforms,
+        expected=expected_shapes(model, d),
+        claimed=claimed,
+        rename=rename,
     )
     plans.extend(experts)
     factors = llama3_rope_factors(model, d.head_dim)

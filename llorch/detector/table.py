@@ -67,6 +67,15 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("GraniteMoeForCausalLM", _A.GRANITE_MOE, "granite", "granitemoe"),
     ArchRow("GPTBigCodeForCausalLM", _A.STARCODER, "starcoder", "gpt_bigcode"),
     ArchRow("Glm4ForCausalLM", _A.GLM4, "glm4", "glm4"),
+    ArchRow("Ministral3ForCausalLM", _A.MISTRAL3, "ministral3", "ministral3"),
+    # Ministral 3 / Mistral Small 3.x with vision: the language model converts (text only).
+    ArchRow(
+        "Mistral3ForConditionalGeneration",
+        _A.MISTRAL3,
+        "ministral3",
+        "mistral3",
+        alias_of="Ministral3ForCausalLM",
+    ),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
 )

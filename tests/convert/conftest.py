@@ -204,7 +204,9 @@ def reference_logits(folder: Path, tokens: list[int]) -> np.ndarray:
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    # the checkpoint's own class: AutoModelForCausalLM does not take every multimodal wrapper
+    arch = json.loads((folder / "config.json").read_text())["architectures"][0]
+    model = getattr(transformers, arch).from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         return model(torch.tensor([tokens])).logits[0].float().numpy()
 
