@@ -22,7 +22,7 @@ from llorch.convert.errors import (
 )
 from llorch.convert.families import load_family
 from llorch.convert.families.base import ModelInput, PlannedTensor
-from llorch.convert.verify import verify_tokenizer
+from llorch.convert.verify import TokenDifference, verify_tokenizer
 from llorch.convert.vocab import load_vocab, write_vocab
 from llorch.detector import Detection, detect, lookup, read_json, text_config
 from llorch.detector.errors import InvalidFileError
@@ -47,10 +47,13 @@ class ConversionReport:
     verified: bool
     verify_strings: int
     notes: tuple[str, ...]
+    # known tokenizer-library differences verification found and accepted (TokenDifference)
+    verify_differences: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["notes"] = list(self.notes)
+        out["verify_differences"] = list(self.verify_differences)
         return out
 
 
@@ -173,8 +176,11 @@ def convert(
                 final = qtmp
             llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
+            differences: tuple[TokenDifference, ...] = ()
             if verify:
-                checked = verify_tokenizer(final, vocab).strings
+                result = verify_tokenizer(final, vocab)
+                checked, differences = result.strings, result.differences
+                notes.extend(d.note() for d in differences)
             else:
                 notes.append("tokenizer verification skipped (--no-verify)")
             if out.exists() and not overwrite:
@@ -198,4 +204,5 @@ def convert(
         verified=verify,
         verify_strings=checked,
         notes=tuple(notes),
+        verify_differences=tuple(d.to_json() for d in differences),
     )

@@ -92,6 +92,23 @@ def vocab(model: Any) -> LlamaVocab:
     return LlamaVocab.of_model(model)
 
 
+def strip_attributes(
+    tokenizer: LlamaVocab, tokens: Sequence[str], specials: Sequence[str]
+) -> dict[str, tuple[bool, bool]]:
+    """(lstrip, rstrip) of each special token as llama.cpp set them on load: they come from
+    llama.cpp's own per-model rules (Phi-3's, by model name), not from the GGUF."""
+    lib = _lib()
+    ids = {t: i for i, t in enumerate(tokens)}
+    out: dict[str, tuple[bool, bool]] = {}
+    for text in specials:
+        attr = int(lib.llama_vocab_get_attr(tokenizer.pointer, ids[text]))
+        out[text] = (
+            bool(attr & lib.LLAMA_TOKEN_ATTR_LSTRIP),
+            bool(attr & lib.LLAMA_TOKEN_ATTR_RSTRIP),
+        )
+    return out
+
+
 def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarray:
     """Logits for every position of one sequence: shape (len(tokens), n_vocab).
 

@@ -138,6 +138,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 "tokenizer": report.verified,
                 "strings": report.verify_strings,
                 "notes": list(report.notes),
+                "differences": list(report.verify_differences),
             }
             if asked:
                 record = _finish(spec, base, dst, base, files, verified)
@@ -159,7 +160,12 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                             det.path, n_vocab, pre_override=spec["pre"], config=det.config
                         )
                     checked = verify_tokenizer(tmp, vocab)
-                    verified = {"tokenizer": True, "strings": checked.strings, "notes": []}
+                    verified = {
+                        "tokenizer": True,
+                        "strings": checked.strings,
+                        "notes": [d.note() for d in checked.differences],
+                        "differences": [d.to_json() for d in checked.differences],
+                    }
                 os.replace(tmp, final)
             record = _finish(spec, outtype, final, base, files, verified)
             emit({"event": "output", "job": job, "seconds": _since(t0), **record})
