@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +37,7 @@ from llorch.worker.scheduler import (
 )
 
 log = logging.getLogger("llorch.engine")
+_SEEDS = 0xFFFFFFFF  # seeds are 0..0xFFFFFFFE: llama.h reserves the last for "random"
 
 # Observes each job's events on the model thread (metrics); built per job from its prompt size.
 JobObserverFactory = Callable[[int], Callable[[JobEvent], None]]
@@ -308,6 +309,29 @@ class Engine:
 
         stream.job = self.scheduler.submit(request.job_id, gen, sink, timeout_s=request.timeout_s)
         return stream
+
+    async def generate_choices(self, request: JobRequest, n: int) -> list[JobStream]:
+        """n jobs of one prompt (job ids `ID`, `ID-1`, ...), each with its own seed (the
+        request's seed + i when one is given). Queued together, they are decoded together and
+        the prompt is read once: the others copy its KV cache. Refused as a whole."""
+        if n > 1 and isinstance(request.prompt, str):
+            request = replace(request, prompt=await self.tokenize(request.prompt))
+        streams: list[JobStream] = []
+        try:
+            for i in range(n):
+                seed = request.sampling.seed
+                sampling = replace(
+                    request.sampling, seed=None if seed is None else (seed + i) % _SEEDS
+                )
+                job_id = request.job_id if i == 0 else f"{request.job_id}-{i}"
+                streams.append(
+                    await self.generate(replace(request, job_id=job_id, sampling=sampling))
+                )
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
 
     def abort(self, job_id: str) -> bool:
         """Cancel a queued or running job: a queued one ends at once (CANCELLED), a running

@@ -169,3 +169,26 @@ def test_chat_logprobs_shape(client):
         assert entry.logprob <= 0.0 and bytes(entry.bytes).decode("utf-8", "replace") == entry.token
         assert len(entry.top_logprobs) == 2
         assert entry.top_logprobs[0].token == entry.token  # greedy
+
+
+def test_n_choices_with_the_official_client(client):
+    completion = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=5,
+        n=3,
+        seed=11,
+        temperature=1.0,
+    )
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert all(c.message.content for c in completion.choices)
+    assert completion.usage.completion_tokens >= 3  # counted over all choices
+    stream = client.completions.create(
+        model="m", prompt=FRANCE, max_tokens=4, n=2, temperature=0, stream=True
+    )
+    texts = {0: "", 1: ""}
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    # Greedy: both choices are the same text, read from one prompt.
+    assert texts[0] == texts[1] and texts[0].startswith(" Paris")

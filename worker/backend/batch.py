@@ -48,6 +48,10 @@ class _Sequence:
     # of the prompt so far (its first token has none: nothing predicts it).
     to_score: list[tuple[int, int]] = field(default_factory=list)
     prompt_scores: list[Scored] = field(default_factory=list)
+    # The same prompt as a sequence still reading it (n > 1, or identical requests): this one
+    # waits, then copies the leader's KV cache instead of reading the prompt again.
+    leader: _Slot | None = None
+    followers: list[_Slot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.output = SequenceText(self.key, self.request.stop, self.request.max_tokens)
@@ -127,6 +131,10 @@ class LlamaBatchDecoder:
             request.sampling, self._n_vocab, self._ctx_per_slot, self._vocab
         )
         sampling.accept_prompt(chain, prompt)
+        leader = None if request.echo else self._reading(prompt)
+        if leader is not None:
+            self._follow(leader, slot, key, request, chain)
+            return
         # At least one prompt token is decoded again: its logits give the first token. Echo
         # scores every prompt token, so it reads the whole prompt.
         keep = 0 if request.echo else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
@@ -145,6 +153,52 @@ class LlamaBatchDecoder:
         scores = request.logprobs is not None or request.echo
         if self._backend_sampling and sampling.runs_in_graph(chain) and not scores:
             slot.seq.in_graph = bool(ll.llama_set_sampler(self._ctx, slot.seq_id, chain.handle))
+
+    def _reading(self, prompt: tuple[int, ...]) -> _Slot | None:
+        """A sequence still reading exactly this prompt, whose cache a new one can copy."""
+        for slot in self._slots:
+            seq = slot.seq
+            if (
+                seq is not None
+                and seq.request.prompt_tokens == prompt
+                and seq.first_token_at == 0.0
+                and seq.leader is None
+                and not seq.in_graph  # its logits must be on the host to sample from
+                and not seq.request.echo
+            ):
+                return slot
+        return None
+
+    def _follow(
+        self,
+        leader: _Slot,
+        slot: _Slot,
+        key: object,
+        request: GenerationRequest,
+        chain: sampling.SamplerChain,
+    ) -> None:
+        # The copy replaces the whole of this slot's cache stream (llama.cpp copies streams
+        # whole when the KV cache is not unified).
+        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
+        slot.cached.clear()
+        slot.seq = _Sequence(key, request, chain, [], reused=len(request.prompt_tokens))
+        slot.seq.leader = leader
+        assert leader.seq is not None
+        leader.seq.followers.append(slot)
+        self._by_key[key] = slot
+
+    def _fork(self, leader: _Slot, follower: _Slot, index: int, out: Emitted, now: float) -> None:
+        """The leader has read the prompt: copy its cache, and sample the follower's first
+        token from the same logits with the follower's own chain (its own seed)."""
+        seq = follower.seq
+        assert seq is not None
+        ll.llama_memory_seq_cp(
+            ll.llama_get_memory(self._ctx), leader.seq_id, follower.seq_id, -1, -1
+        )
+        follower.cached = list(leader.cached)
+        seq.leader = None
+        seq.first_token_at = now
+        self._sample_and_emit(follower, index, out)
 
     def cancel(self, key: object) -> None:
         slot = self._by_key.get(key)
@@ -193,15 +247,21 @@ class LlamaBatchDecoder:
                 if seq.request.max_tokens == 0:
                     self._finish(slot, StopReason.MAX_TOKENS, out)
                     continue
-            token = self._sample(seq, index)
-            scored = None
-            if seq.request.logprobs is not None:
-                distribution = logprobs.log_softmax(self._ctx, index, self._n_vocab)
-                scored = logprobs.score(
-                    distribution, token, seq.request.logprobs, self._token_bytes
-                )
-            self._on_token(slot, token, out, scored)
+                for follower in seq.followers:
+                    self._fork(slot, follower, index, out, now)
+                seq.followers.clear()
+            self._sample_and_emit(slot, index, out)
         return out
+
+    def _sample_and_emit(self, slot: _Slot, index: int, out: Emitted) -> None:
+        seq = slot.seq
+        assert seq is not None
+        token = self._sample(seq, index)
+        scored = None
+        if seq.request.logprobs is not None:
+            distribution = logprobs.log_softmax(self._ctx, index, self._n_vocab)
+            scored = logprobs.score(distribution, token, seq.request.logprobs, self._token_bytes)
+        self._on_token(slot, token, out, scored)
 
     def _score_prompt(self, seq: _Sequence) -> None:
         top = seq.request.logprobs or 0
@@ -354,6 +414,14 @@ class LlamaBatchDecoder:
             return
         if seq.in_graph:  # detach before freeing: the context keeps the pointer
             ll.llama_set_sampler(self._ctx, slot.seq_id, None)
+        for follower in seq.followers:  # the leader left before its prompt was read
+            waiting = follower.seq
+            assert waiting is not None
+            waiting.leader, waiting.reused = None, 0
+            waiting.to_ingest = list(waiting.request.prompt_tokens)
+        seq.followers.clear()
+        if seq.leader is not None and seq.leader.seq is not None:
+            seq.leader.seq.followers.remove(slot)
         sampling.free_chain(seq.chain)
         self._by_key.pop(seq.key, None)
         slot.seq = None

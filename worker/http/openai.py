@@ -6,6 +6,7 @@ answers every path under /v1/ that way).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,13 +37,14 @@ from llorch.worker.http.body import parse_json
 from llorch.worker.http.errors import ModelNotFound, openai_body
 from llorch.worker.http.openai_schemas import (
     ChatCompletionRequest,
+    Choice,
     CompletionRequest,
     Reply,
     SamplingFields,
 )
 from llorch.worker.http.sampling import sampling_params
 from llorch.worker.http.sse import SSE_HEADERS, frame
-from llorch.worker.scheduler import CancelReason, JobFailed
+from llorch.worker.scheduler import CancelReason, JobEvent, JobFailed
 
 _FINISH_REASONS = {
     StopReason.EOS: "stop",
@@ -100,11 +102,14 @@ def build_router(engine: Engine) -> APIRouter:
             logprobs=body.logprobs,
             echo=body.echo and body.logprobs is not None,
         )
-        stream = await engine.generate(job)
-        shape = _Shape(chat=False, logprobs=body.logprobs is not None)
+        streams = await engine.generate_choices(job, body.n)
+        echo = None
         if body.echo:
-            shape.echo = prompt if isinstance(prompt, str) else await engine.detokenize(prompt)
-        return await _answer(request, body, stream, reply, shape)
+            echo = prompt if isinstance(prompt, str) else await engine.detokenize(prompt)
+        shapes = [
+            _Shape(chat=False, logprobs=body.logprobs is not None, echo=echo) for _ in streams
+        ]
+        return await _answer(request, body, streams, reply, shapes)
 
     @router.post(
         "/v1/chat/completions",
@@ -132,14 +137,13 @@ def build_router(engine: Engine) -> APIRouter:
             logprobs=body.logprob_alternatives,
         )
         try:
-            stream = await engine.generate(job)
+            streams = await engine.generate_choices(job, body.n)
         except ContextOverflowError as exc:
             if exc.param == "prompt":  # the prompt of a chat is its messages
                 exc.param = "messages"
             raise
-        return await _answer(
-            request, body, stream, reply, _Shape(chat=True, logprobs=body.logprobs)
-        )
+        shapes = [_Shape(chat=True, logprobs=body.logprobs) for _ in streams]
+        return await _answer(request, body, streams, reply, shapes)
 
     return router
 
@@ -164,20 +168,28 @@ class _Shape:
 
 
 async def _answer(
-    request: Request, body: SamplingFields, stream: JobStream, reply: Reply, shape: _Shape
+    request: Request,
+    body: SamplingFields,
+    streams: list[JobStream],
+    reply: Reply,
+    shapes: list[_Shape],
 ) -> Response:
     if body.stream:
         return StreamingResponse(
-            _chunks(reply, stream, body.include_usage, shape),
+            _chunks(reply, streams, body.include_usage, shapes),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    async with stream:
-        text, scored, finish = await _collect(request, stream)
-    reason = _finish_reason(finish, stream)
-    return JSONResponse(
-        reply.whole((shape.echo or "") + text, reason, finish, shape.render(scored))
-    )
+    try:
+        collected = await asyncio.gather(*(_collect(request, s) for s in streams))
+    finally:
+        for stream in streams:
+            stream.cancel()  # nothing, once each has finished
+    choices = [
+        Choice((shape.echo or "") + text, _finish_reason(finish, stream), shape.render(scored))
+        for (text, scored, finish), stream, shape in zip(collected, streams, shapes, strict=True)
+    ]
+    return JSONResponse(reply.whole(choices, [finish for _, _, finish in collected]))
 
 
 def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
@@ -192,48 +204,79 @@ def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
     raise InferenceError("the generation failed")
 
 
-async def _chunks(
-    reply: Reply, stream: JobStream, include_usage: bool, shape: _Shape
-) -> AsyncIterator[bytes]:
-    """SSE chunks of one job, then `[DONE]`; a failure becomes an `{"error": ...}` event
-    (what OpenAI's clients raise on). Leaving early (client gone) cancels the job. Scored
-    tokens whose text is held back ride on the next chunk that has text."""
-    scored: list[Scored] = []
+async def _merged(streams: list[JobStream]) -> AsyncIterator[tuple[int, JobEvent]]:
+    """The events of several streams as they come, each with its stream's index."""
+    queue: asyncio.Queue[tuple[int, JobEvent | None]] = asyncio.Queue()
 
-    def chunk(text: str | None, finish: str | None = None, role: bool = False) -> bytes:
-        logprobs = shape.render(scored) if scored else None
-        scored.clear()
-        body = reply.chunk(text, finish, role=role, logprobs=logprobs)
+    async def pump(index: int, stream: JobStream) -> None:
+        async for event in stream:
+            await queue.put((index, event))
+        await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, event = await queue.get()
+            if event is None:
+                running -= 1
+            else:
+                yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _chunks(
+    reply: Reply, streams: list[JobStream], include_usage: bool, shapes: list[_Shape]
+) -> AsyncIterator[bytes]:
+    """SSE chunks of the choices as they come, then `[DONE]`; a failure becomes an
+    `{"error": ...}` event (what OpenAI's clients raise on) and ends the stream. Leaving
+    early (client gone) cancels every job. Scored tokens whose text is held back ride on
+    the next chunk of their choice that has text."""
+    scored: list[list[Scored]] = [[] for _ in streams]
+    finishes: list[FinishEvent] = []
+
+    def chunk(i: int, text: str | None, finish: str | None = None, role: bool = False) -> bytes:
+        logprobs = shapes[i].render(scored[i]) if scored[i] else None
+        scored[i].clear()
+        body = reply.chunk(text, finish, role=role, logprobs=logprobs, index=i)
         if include_usage:
             body["usage"] = None  # as OpenAI: every chunk but the last has a null usage
         return frame(body)
 
-    async with stream:
-        if reply.chat:
-            yield chunk(None, role=True)
-        elif shape.echo is not None and not shape.logprobs:
-            yield chunk(shape.echo)
-        async for event in stream:
+    try:
+        for i, shape in enumerate(shapes):
+            if reply.chat:
+                yield chunk(i, None, role=True)
+            elif shape.echo is not None and not shape.logprobs:
+                yield chunk(i, shape.echo)
+        async for i, event in _merged(streams):
             if isinstance(event, PromptScores):
-                scored.extend(event.tokens)
-                yield chunk(shape.echo or "")
+                scored[i].extend(event.tokens)
+                yield chunk(i, shapes[i].echo or "")
             elif isinstance(event, Token):
                 if event.scored is not None:
-                    scored.append(event.scored)
+                    scored[i].append(event.scored)
                 if event.text:  # empty while text is held back (UTF-8, a possible stop)
-                    yield chunk(event.text)
+                    yield chunk(i, event.text)
             elif isinstance(event, JobFailed):
                 yield frame(openai_body(event.error)[1])
+                return
             elif isinstance(event, FinishEvent):
                 try:
-                    reason = _finish_reason(event, stream)
+                    reason = _finish_reason(event, streams[i])
                 except WorkerError as exc:
                     yield frame(openai_body(exc)[1])
                     return
-                yield chunk(None, reason)
-                if include_usage:
-                    yield frame(reply.usage_chunk(event))
-                yield _DONE
+                finishes.append(event)
+                yield chunk(i, None, reason)
+        if include_usage:
+            yield frame(reply.usage_chunk(finishes))
+        yield _DONE
+    finally:
+        for stream in streams:
+            stream.cancel()
 
 
 async def _collect(request: Request, stream: JobStream) -> tuple[str, list[Scored], FinishEvent]:

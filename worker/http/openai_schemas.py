@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,6 +31,7 @@ MAX_TEXT_CHARS = 1 << 18
 MAX_MESSAGES = 1024
 MAX_PROMPT_TOKENS = 1 << 18
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
+MAX_CHOICES = 16
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
 
@@ -73,7 +76,8 @@ class SamplingFields(SamplingBody):
     model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
     model: str | None = Field(None, max_length=256)  # informational: one model is served
-    n: int = 1
+    # Choices: n sequences decoded together, the prompt read once and its cache copied.
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -81,13 +85,6 @@ class SamplingFields(SamplingBody):
     repeat_penalty: float | None = Field(None, gt=0.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
     response_format: ResponseFormat | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError(f"only n=1 is supported (one choice per request), got n={n}")
-        return n
 
     @field_validator("stop")
     @classmethod
@@ -252,30 +249,36 @@ class Reply:
         }
 
     @staticmethod
-    def usage(finish: FinishEvent) -> dict[str, Any]:
+    def usage(finishes: Sequence[FinishEvent]) -> dict[str, Any]:
+        """One prompt (read once, shared by the choices), and every choice's tokens."""
+        prompt = finishes[0].prompt_tokens
+        completion = sum(f.tokens_out for f in finishes)
         return {
-            "prompt_tokens": finish.prompt_tokens,
-            "completion_tokens": finish.tokens_out,
-            "total_tokens": finish.prompt_tokens + finish.tokens_out,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             # Prompt tokens found in the KV cache and not read again.
-            "prompt_tokens_details": {"cached_tokens": finish.prompt_cached},
+            "prompt_tokens_details": {"cached_tokens": finishes[0].prompt_cached},
         }
 
-    def whole(
-        self,
-        text: str,
-        finish_reason: str,
-        finish: FinishEvent,
-        logprobs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        if self.chat:
-            choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
-            body = self._head("chat.completion")
-        else:
-            choice = {"text": text}
-            body = self._head("text_completion")
-        choice = {"index": 0, **choice, "logprobs": logprobs, "finish_reason": finish_reason}
-        return body | {"choices": [choice], "usage": self.usage(finish)}
+    def whole(self, choices: Sequence[Choice], finishes: Sequence[FinishEvent]) -> dict[str, Any]:
+        body = self._head("chat.completion" if self.chat else "text_completion")
+        shaped = []
+        for index, choice in enumerate(choices):
+            content: dict[str, Any] = (
+                {"message": {"role": "assistant", "content": choice.text}}
+                if self.chat
+                else {"text": choice.text}
+            )
+            shaped.append(
+                {
+                    "index": index,
+                    **content,
+                    "logprobs": choice.logprobs,
+                    "finish_reason": choice.finish_reason,
+                }
+            )
+        return body | {"choices": shaped, "usage": self.usage(finishes)}
 
     def chunk(
         self,
@@ -284,22 +287,30 @@ class Reply:
         *,
         role: bool = False,
         logprobs: dict[str, Any] | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
-        """One streamed piece: `text` (None in the closing chunk), or the chat's opening
-        chunk that names the role."""
+        """One streamed piece of choice `index`: `text` (None in the closing chunk), or the
+        chat's opening chunk that names the role."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text is not None:
                 delta["content"] = text
-            choice: dict[str, Any] = {"index": 0, "delta": delta}
+            choice: dict[str, Any] = {"index": index, "delta": delta}
             body = self._head("chat.completion.chunk")
         else:
-            choice = {"index": 0, "text": text or ""}
+            choice = {"index": index, "text": text or ""}
             body = self._head("text_completion")
         choice |= {"logprobs": logprobs, "finish_reason": finish}
         return body | {"choices": [choice]}
 
-    def usage_chunk(self, finish: FinishEvent) -> dict[str, Any]:
+    def usage_chunk(self, finishes: Sequence[FinishEvent]) -> dict[str, Any]:
         """The last chunk when stream_options.include_usage is set: no choices, the usage."""
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return self._head(obj) | {"choices": [], "usage": self.usage(finish)}
+        return self._head(obj) | {"choices": [], "usage": self.usage(finishes)}
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str
+    finish_reason: str
+    logprobs: dict[str, Any] | None

@@ -23,6 +23,7 @@ from llorch.worker.backend.protocol import (
     StopReason,
     TokenEvent,
 )
+from llorch.worker.backend.single import generate
 
 GREEDY = SamplingParams(temperature=0.0)
 PROMPTS = (FRANCE, "The opposite of hot is", "One, two, three,")
@@ -107,3 +108,37 @@ def test_only_the_sequence_that_cannot_fit_fails(three_slots):
         assert isinstance(end, FinishEvent) and end.stop_reason is StopReason.MAX_TOKENS
     assert result["texts"][FRANCE].startswith(" Paris")
     assert decoder.free_slots() == 3
+
+
+def test_one_prompt_is_read_once_for_several_sequences(three_slots):
+    """Three sequences of one prompt (n > 1): the first reads it, the others copy its KV
+    cache; with greedy sampling all three give the text the prompt gives alone."""
+    decoder = three_slots.decoder()
+    prompt = tuple(three_slots.tokenize("Count with me: one, two, three, four,"))
+    counting = RefusingDecode(lambda batch: False)
+    decoder._decode = counting  # type: ignore[attr-defined]
+    try:
+        for key in ("a", "b", "c"):
+            decoder.add(key, GenerationRequest(prompt, 6, GREEDY))
+        texts = {"a": "", "b": "", "c": ""}
+        ends: dict[str, FinishEvent] = {}
+        while len(ends) < 3:
+            for key, event in decoder.step():
+                if isinstance(event, TokenEvent):
+                    texts[key] += event.text
+                else:
+                    assert isinstance(event, FinishEvent), event
+                    ends[key] = event
+    finally:
+        decoder._decode = ll.llama_decode  # type: ignore[attr-defined]
+    # One decode read the prompt; every later one holds a token of each sequence at most.
+    assert counting.sizes[0] == len(prompt) - ends["a"].prompt_cached
+    assert max(counting.sizes[1:]) <= 3
+    assert ends["b"].prompt_cached == ends["c"].prompt_cached == len(prompt)
+    alone = three_slots.decoder()
+    reference = "".join(
+        e.text
+        for e in generate(alone, GenerationRequest(prompt, 6, GREEDY))
+        if isinstance(e, TokenEvent)
+    )
+    assert texts["a"] == texts["b"] == texts["c"] == reference
