@@ -44,6 +44,7 @@ class Experts:
     n_expert: int
     n_embd: int
     n_ff: int  # per expert
+    first: int = 0  # leading dense layers (DeepSeek's first_k_dense_replace) have no experts
 
     def shape(self, proj: str) -> tuple[int, int]:
         return (self.n_embd, self.n_ff) if proj == "down_proj" else (self.n_ff, self.n_embd)
@@ -97,7 +98,7 @@ def expert_plans(model: ModelInput, ex: Experts) -> list[PlannedTensor]:
     if not per and not fused:
         return []
     plans: list[PlannedTensor] = []
-    for layer in range(ex.n_layer):
+    for layer in range(ex.first, ex.n_layer):
         for proj, kind in KIND.items():
             shape = ex.shape(proj)
             fused_name = fused.get((layer, "down_proj" if proj == "down_proj" else "gate_up_proj"))

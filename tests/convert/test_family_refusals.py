@@ -25,6 +25,17 @@ TINY = {
 }
 MOE = {**TINY, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16}
 
+DEEPSEEK = {
+    **MOE,
+    "n_routed_experts": 4,
+    "n_shared_experts": 1,
+    "kv_lora_rank": 16,
+    "qk_nope_head_dim": 8,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 8,
+    "first_k_dense_replace": 1,
+}
+
 CASES = {
     "qwen2moe-renormalised-top-k": (
         "Qwen2MoeForCausalLM",
@@ -60,6 +71,20 @@ CASES = {
         {"n_embd": 32, "n_head": 2, "n_layer": 1},
         {"multi_query": False},
         "multi_query",
+    ),
+    "deepseek-v2-no-q-lora-at-another-depth": (
+        "DeepseekV2ForCausalLM",
+        "DeepseekV2Config",
+        {**DEEPSEEK, "q_lora_rank": None},
+        {},
+        "q_lora_rank",
+    ),
+    "deepseek-v2-group-limited-greedy": (
+        "DeepseekV2ForCausalLM",
+        "DeepseekV2Config",
+        {**DEEPSEEK, "q_lora_rank": 16},
+        {"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1},
+        "group_limited_greedy",
     ),
     "bert-relative-positions": (
         "BertModel",
