@@ -11,7 +11,7 @@ from typing import Any
 
 import gguf
 
-from llorch.convert import llamacpp
+from llorch.convert import llamacpp, verify_logits
 from llorch.convert import writer as gw
 from llorch.convert.errors import (
     ConversionError,
@@ -49,6 +49,8 @@ class ConversionReport:
     notes: tuple[str, ...]
     # known tokenizer-library differences verification found and accepted (TokenDifference)
     verify_differences: tuple[dict[str, Any], ...] = ()
+    # verify_logits.LogitsCheck as JSON, when logits verification was asked for
+    logits: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -133,6 +135,7 @@ def convert(
     on_tensor: Callable[[PlannedTensor], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
     metadata: Mapping[str, str | Sequence[str]] | None = None,
+    check_logits: bool = False,
 ) -> ConversionReport:
     """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
 
@@ -142,6 +145,8 @@ def convert(
     verify=False). An existing output file raises OutputExistsError unless `overwrite`.
     `metadata`: GGUF keys (string or string-array values) written after the converter's own,
     replacing any of them (e.g. `general.name`); provenance, for batch conversion.
+    `check_logits`: also compare llama.cpp's logits on the output with transformers' on the
+    checkpoint (convert/verify_logits.py; needs torch and transformers).
     """
     start = time.monotonic()
     outtype = gw.check_outtype(outtype)
@@ -183,6 +188,10 @@ def convert(
                 notes.extend(d.note() for d in differences)
             else:
                 notes.append("tokenizer verification skipped (--no-verify)")
+            logits = None
+            if check_logits:
+                found = verify_logits.verify(final, model.folder, model.hf_architecture, outtype)
+                logits = found.to_json()
             if out.exists() and not overwrite:
                 raise OutputExistsError(out)  # it appeared while this conversion ran
             try:
@@ -205,4 +214,5 @@ def convert(
         verify_strings=checked,
         notes=tuple(notes),
         verify_differences=tuple(d.to_json() for d in differences),
+        logits=logits,
     )

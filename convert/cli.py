@@ -19,6 +19,8 @@ from typing import Any
 
 from llorch.convert.errors import MODEL_ERRORS, OutputExistsError
 
+VERIFY_CHOICES = ("tokenizer", "logits")
+
 
 def register(subparsers: Any) -> None:
     detect = subparsers.add_parser(
@@ -49,6 +51,13 @@ def register(subparsers: Any) -> None:
     )
     conv.add_argument(
         "--no-verify", action="store_true", help="skip tokenizer verification (not recommended)"
+    )
+    conv.add_argument(
+        "--verify",
+        choices=VERIFY_CHOICES,
+        default="tokenizer",
+        help="tokenizer (default), or logits: also compare llama.cpp's logits on a short "
+        "prompt with transformers' (needs torch and transformers)",
     )
     conv.add_argument("--force", action="store_true", help="replace the output file if it exists")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -119,6 +128,9 @@ def run_convert(args: argparse.Namespace) -> int:
             bar.set_postfix_str(plan.name, refresh=False)
             bar.update(1)
 
+    if args.no_verify and args.verify == "logits":
+        print("llorch convert: error: --no-verify and --verify logits contradict", file=sys.stderr)
+        return 2
     if args.no_verify:
         print(
             "llorch convert: WARNING: --no-verify: the tokenizer is NOT checked against the "
@@ -136,6 +148,7 @@ def run_convert(args: argparse.Namespace) -> int:
                 overwrite=args.force,
                 on_tensor=on_tensor,
                 on_plan=on_plan,
+                check_logits=args.verify == "logits",
             )
     except OutputExistsError as exc:
         return _fail(args, "convert", OutputExistsError(exc.path, "--force"))
@@ -162,6 +175,12 @@ def run_convert(args: argparse.Namespace) -> int:
             f"{report.output}: {report.llama_arch} {report.outtype}, {report.n_tensors} tensors, "
             f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s; {verified}"
         )
+        if report.logits is not None:
+            lg = report.logits
+            print(
+                f"logits vs {lg['reference']}: cosine min {lg['cosine_min']:.6f}, top-1 "
+                f"agreement {lg['top1_agreement']:.0%} over {lg['tokens']} positions"
+            )
         for note in report.notes:
             print(f"note: {note}")
     return 0

@@ -147,6 +147,7 @@ def convert_batch(
                     "outtypes": list(job.outtypes),
                     "todo": todo,
                     "verify": job.verify,
+                    "verify_logits": job.verify_logits,
                     "pre": job.pre,
                     "overrides": job.overrides,
                     "options": job.options(),

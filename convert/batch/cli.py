@@ -8,6 +8,7 @@ folder, output folder in use), 130 Ctrl-C, 143 SIGTERM (jobs stopped, no partial
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -39,6 +40,12 @@ def register(subparsers: Any) -> None:
         metavar="SIZE",
         help="memory the running jobs may use together, e.g. 16G (default: 80%% of available)",
     )
+    p.add_argument(
+        "--verify",
+        choices=("tokenizer", "logits"),
+        help="logits: also compare each output's logits with transformers' on a short prompt "
+        "(needs torch and transformers); default: the manifest's `verify`, else tokenizer",
+    )
     p.add_argument("--executor", choices=EXECUTORS, default="local", help="where jobs run")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout, even on a terminal")
@@ -56,8 +63,13 @@ def _plan(args: argparse.Namespace) -> Any:
     types = args.outtypes.split(",") if args.outtypes else None
     first = args.sources[0]
     if len(args.sources) == 1 and os.path.isfile(first):
-        return load_manifest(first, outtypes=types)
-    return plan_from_dirs(args.sources, types or DEFAULT_OUTTYPES)
+        plan = load_manifest(first, outtypes=types)
+    else:
+        plan = plan_from_dirs(args.sources, types or DEFAULT_OUTTYPES)
+    if args.verify == "logits":  # the flag wins over the manifest, for every job
+        jobs = tuple(dataclasses.replace(j, verify=True, verify_logits=True) for j in plan.jobs)
+        plan = dataclasses.replace(plan, jobs=jobs)
+    return plan
 
 
 def run_batch(args: argparse.Namespace) -> int:

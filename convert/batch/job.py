@@ -26,7 +26,7 @@ from typing import Any
 
 import gguf
 
-from llorch.convert import llamacpp
+from llorch.convert import llamacpp, verify_logits
 from llorch.convert import writer as gw
 from llorch.convert.api import convert
 from llorch.convert.batch import provenance
@@ -132,6 +132,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 on_plan=lambda n: emit({"event": "plan", "job": job, "tensors": n}),
                 on_tensor=on_tensor,
                 metadata=_metadata(spec, name, files),
+                check_logits=spec.get("verify_logits", False),
             )
             current = dst
             verified = {
@@ -140,6 +141,8 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 "notes": list(report.notes),
                 "differences": list(report.verify_differences),
             }
+            if report.logits is not None:
+                verified["logits"] = report.logits
             if asked:
                 record = _finish(spec, base, dst, base, files, verified)
                 emit({"event": "output", "job": job, "seconds": _since(started), **record})
@@ -166,6 +169,9 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                         "notes": [d.note() for d in checked.differences],
                         "differences": [d.to_json() for d in checked.differences],
                     }
+                if spec.get("verify_logits"):
+                    found = verify_logits.verify(tmp, det.path, str(det.hf_architecture), outtype)
+                    verified["logits"] = found.to_json()
                 os.replace(tmp, final)
             record = _finish(spec, outtype, final, base, files, verified)
             emit({"event": "output", "job": job, "seconds": _since(t0), **record})

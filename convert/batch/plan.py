@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,7 +31,8 @@ HIGH_PRECISION = ("f32", "bf16", "f16")
 class _Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
     outtypes: list[str] | None = Field(default=None, min_length=1)
-    verify: bool | None = None
+    # true/false: tokenizer verification on or off; "logits": tokenizer and logits
+    verify: bool | Literal["logits"] | None = None
     quantized_by: str | None = None
     license: str | None = None
 
@@ -59,18 +60,22 @@ class JobSpec:
     outtypes: tuple[str, ...]
     verify: bool = True
     pre: str | None = None
+    verify_logits: bool = False  # also compare logits with transformers' (verify_logits.py)
     # GGUF naming and metadata overrides: name, finetune, version, license, quantized_by
     overrides: dict[str, str] = field(default_factory=dict)
 
     def options(self) -> dict[str, Any]:
         """What changes the bytes of an output (besides the source files and versions)."""
-        return {
+        options = {
             "verify": self.verify,
             "pre": self.pre,
             "overrides": dict(sorted(self.overrides.items())),
             # which of them is converted (and the rest quantized from) depends on this set
             "high_precision": [t for t in HIGH_PRECISION if t in self.outtypes],
         }
+        if self.verify_logits:  # only when asked, so earlier records still match without it
+            options["verify_logits"] = True
+        return options
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,9 @@ def load_manifest(path: str | os.PathLike[str], *, outtypes: Sequence[str] | Non
                 id=_unique_id(entry.id or source.default_id, taken),
                 source=source,
                 outtypes=types,
-                verify=True if verify is None else verify,
+                verify=verify is not False,
                 pre=entry.pre,
+                verify_logits=verify == "logits",
                 overrides=overrides,
             )
         )
