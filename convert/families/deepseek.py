@@ -40,10 +40,9 @@ from llorch.convert.families.base import (
     map_tensors,
     rope_params,
 )
-from llorch.convert.families.moe import Experts, claimed, expert_plans
+from llorch.convert.families.moe import Experts, claimed, expert_plans, trunk_rename
 
 _T = gguf.MODEL_TENSOR
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 KV_B = re.compile(r"model\.layers\.(\d+)\.self_attn\.kv_b_proj\.weight")
 
 
@@ -208,19 +207,11 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     stacked = expert_plans(model, Experts(n_layer, n_expert, n_embd, moe_ff, first=first_dense))
     mla = _mla_plans(model, n_layer)
 
-    def rename(name: str) -> str | None:
-        m = _LAYER.match(name)
-        if m and int(m[1]) >= n_layer:
-            return None  # the MTP layer
-        if name.endswith(".e_score_correction_bias"):  # gguf maps `e_score_correction` + .bias
-            return name.removesuffix("_bias") + ".bias"
-        return name
-
     plans = map_tensors(
         model,
         expected=expected,
         keep_f32=frozenset({_T.FFN_GATE_INP, _T.FFN_EXP_PROBS_B}),
         claimed=claimed(stacked) | claimed(mla),
-        rename=rename,
+        rename=trunk_rename(n_layer),
     )
     return plans + mla + stacked

@@ -136,3 +136,22 @@ def expert_plans(model: ModelInput, ex: Experts) -> list[PlannedTensor]:
 
 def claimed(plans: list[PlannedTensor]) -> frozenset[str]:
     return frozenset(name for p in plans for name in p.sources)
+
+
+_LAYER = re.compile(r"(?:.*\.)?layers\.(\d+)\.")
+
+
+def trunk_rename(n_layer: int) -> Callable[[str], str | None]:
+    """Leave out layers past num_hidden_layers (the multi-token-prediction layer of DeepSeek-V3
+    and GLM-4.5, which llama.cpp's graphs here do not run), and name the router's score
+    correction bias as gguf's map expects (`e_score_correction` + `.bias`)."""
+
+    def rename(name: str) -> str | None:
+        m = _LAYER.match(name)
+        if m and int(m[1]) >= n_layer:
+            return None
+        if name.endswith(".e_score_correction_bias"):
+            return name.removesuffix("_bias") + ".bias"
+        return name
+
+    return rename

@@ -69,6 +69,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("GraniteMoeForCausalLM", _A.GRANITE_MOE, "granite", "granitemoe"),
     ArchRow("GPTBigCodeForCausalLM", _A.STARCODER, "starcoder", "gpt_bigcode"),
     ArchRow("Glm4ForCausalLM", _A.GLM4, "glm4", "glm4"),
+    ArchRow("Glm4MoeForCausalLM", _A.GLM4_MOE, "glm4moe", "glm4_moe"),
     ArchRow("Ministral3ForCausalLM", _A.MISTRAL3, "ministral3", "ministral3"),
     # Ministral 3 / Mistral Small 3.x with vision: the language model converts (text only).
     ArchRow(

@@ -138,3 +138,33 @@ def test_experts_stream_one_stacked_tensor_at_a_time(checkpoint: Any, tmp_path: 
     # a layer's three projections held at once (or twice) would pass 3 x stacked_f32
     assert peak < baseline + 2.5 * stacked_f32
     assert peak < experts_f32 / 2
+
+
+def test_multi_token_prediction_layer_is_left_out(checkpoint: Any, tmp_path: Path) -> None:
+    """GLM-4.5 and DeepSeek-V3 ship an MTP layer after num_hidden_layers; llama.cpp's graphs
+    here do not run it, so its tensors are not converted (and nothing else is lost)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    config = {
+        **QWEN3_MOE,
+        "n_routed_experts": 4,
+        "n_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "pad_token_id": 1,
+    }
+    built = checkpoint("Glm4MoeForCausalLM", "Glm4MoeConfig", config, tokenizer="gpt2")
+    plain = tmp_path / "plain.gguf"
+    convert(built.folder, plain, outtype="f32")
+    weights = load_file(built.folder / "model.safetensors")
+    weights["model.layers.2.eh_proj.weight"] = torch.zeros(64, 128)
+    weights["model.layers.2.mlp.gate.e_score_correction_bias"] = torch.zeros(4)
+    save_file(weights, built.folder / "model.safetensors", metadata={"format": "pt"})
+    with_mtp = tmp_path / "mtp.gguf"
+    convert(built.folder, with_mtp, outtype="f32")
+    want, got = _tensors(plain), _tensors(with_mtp)
+    assert want.keys() == got.keys()
+    assert "blk.1.exp_probs_b.bias" in got and not any(k.startswith("blk.2.") for k in got)

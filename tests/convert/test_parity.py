@@ -342,6 +342,33 @@ CASES.update(
             },
             tokenizer="llama3",
         ),
+        # GLM-4.5-Air: GQA 12:1 (96 heads / 8 kv, head_dim 128), half-rotary, biases, 128
+        # experts top-8 (sigmoid + correction bias, scaling 1.0, norm_topk), 1 shared expert,
+        # 1 leading dense layer; scaled: 16 experts top-4, 8 heads / 2 kv
+        "glm4moe": Case(
+            "Glm4MoeForCausalLM",
+            "Glm4MoeConfig",
+            {
+                **MOE_ATTN,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "partial_rotary_factor": 0.5,
+                "attention_bias": True,
+                "intermediate_size": 160,
+                "moe_intermediate_size": 24,
+                "n_routed_experts": 16,
+                "num_experts_per_tok": 4,
+                "n_shared_experts": 1,
+                "first_k_dense_replace": 1,
+                "routed_scaling_factor": 1.0,
+                "norm_topk_prob": True,
+                "pad_token_id": 1,
+                "eos_token_id": 2,
+            },
+            tokenizer="gpt2",
+        ),
         "olmoe": Case(
             "OlmoeForCausalLM",
             "OlmoeConfig",
