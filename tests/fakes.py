@@ -126,6 +126,7 @@ class FakeBackend:
         fail: Exception | None = None,
         fail_at: int = 0,
         control_tokens: Sequence[str] = (),
+        embedding_only: bool = False,
     ) -> None:
         self.builtin_template = builtin_template
         self.chat_template = chat_template
@@ -140,6 +141,8 @@ class FakeBackend:
         # Text that tokenizes to one control token when special tokens are parsed (ids past
         # the byte tokens), as `<end_of_turn>` does in Gemma's vocabulary.
         self.control_tokens = list(control_tokens)
+        self.embedding_only = embedding_only
+        self.embedded: list[list[int]] = []
         self.loaded = False
         self.closed = False
         self.requests: list[GenerationRequest] = []
@@ -175,6 +178,8 @@ class FakeBackend:
             n_gpu_layers=0,
             sha256="0" * 64,
             chat_template=self.chat_template,
+            embedding_only=self.embedding_only,
+            n_ctx_embed=self.n_ctx,
         )
 
     def backend_info(self) -> BackendInfo:
@@ -206,6 +211,11 @@ class FakeBackend:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """A made-up vector per input: its length, and its first and last token."""
+        self.embedded.extend(list(tokens) for tokens in inputs)
+        return [[float(len(t)), float(t[0]), float(t[-1]), 1.0] for t in inputs]
 
     def check_grammar(self, grammar: str) -> None:
         if "root" not in grammar:  # llama.cpp needs a root rule

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from llorch.worker import chat
 from llorch.worker.backend import grammar
 from llorch.worker.backend.errors import InvalidRequestError, NotReadyError, WorkerError
@@ -70,6 +72,12 @@ class Health:
     backend: BackendInfo | None
     load_seconds: float | None
     uptime_s: float
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # (inputs, dimensions), float32
+    prompt_tokens: int
 
 
 class JobStream:
@@ -332,6 +340,38 @@ class Engine:
                 stream.cancel()
             raise
         return streams
+
+    async def embed(
+        self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = False, param: str = "input"
+    ) -> Embeddings:
+        """A vector per input (texts tokenized with the model's special tokens, or token
+        ids), normalised (L2) unless the model's own config says not to. An input longer
+        than the model takes is a 400 naming the limit, or cut to it when `truncate`."""
+        model = self.loaded()
+        token_lists: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            tokens = await self.tokenize(item) if isinstance(item, str) else list(item)
+            if not isinstance(item, str):
+                self.check_token_ids(tokens, f"{param}[{i}]")
+            if not tokens:
+                raise InvalidRequestError(f"input {i} is empty", param=f"{param}[{i}]")
+            if len(tokens) > model.n_ctx_embed:
+                if not truncate:
+                    raise InvalidRequestError(
+                        f"input {i} is {len(tokens)} tokens; {model.name} embeds at most "
+                        f"{model.n_ctx_embed} (or ask for truncate: true)",
+                        param=f"{param}[{i}]",
+                        constraint=f"tokens <= {model.n_ctx_embed}",
+                    )
+                tokens = tokens[: model.n_ctx_embed]
+            token_lists.append(tokens)
+        vectors = np.asarray(
+            await asyncio.to_thread(self.scheduler.embed, token_lists), dtype=np.float32
+        )
+        if model.normalize_embeddings:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        return Embeddings(vectors, sum(len(t) for t in token_lists))
 
     def abort(self, job_id: str) -> bool:
         """Cancel a queued or running job: a queued one ends at once (CANCELLED), a running

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +29,7 @@ from llorch.worker.backend.errors import (
     DrainingError,
     DuplicateJobError,
     InferenceError,
+    InvalidRequestError,
     ModelLoadError,
     NotReadyError,
     QueueFullError,
@@ -151,6 +153,7 @@ class Scheduler:
         self._stop_seen = False
         self._users = 0  # threads using the backend's vocabulary outside the model thread
         self._deadlines = _Deadlines(self._expire)
+        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llorch-embed")
         self._kv_used = 0  # snapshot after each step, read by capacity()
         self._slots_total = 1
         self._avg_job_s: float | None = None  # moving average of finished jobs' durations
@@ -277,6 +280,12 @@ class Scheduler:
         """`max_tokens` None: the rest of the slot's context."""
         self._check_admitting()
         assert self.model is not None
+        if self.model.embedding_only:
+            raise InvalidRequestError(
+                f"{self.model.name} is an embedding model (an encoder): it computes "
+                "embeddings (POST /v1/embeddings) and cannot generate text",
+                param="model",
+            )
         n_ctx = self.model.n_ctx  # each slot's context (ModelInfo.n_ctx is per slot)
         if max_tokens is None:
             max_tokens = max(1, n_ctx - len(tokens))
@@ -348,6 +357,12 @@ class Scheduler:
         with self._vocabulary() as backend:
             return backend.detokenize(tokens)
 
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Pooled vectors of `inputs`, computed on the embedding thread, which owns the
+        embedding context (apart from the generation batch and its thread)."""
+        with self._vocabulary() as backend:
+            return self._embedding.submit(backend.embed, inputs).result()
+
     def check_grammar(self, grammar: str) -> None:
         with self._vocabulary() as backend:
             backend.check_grammar(grammar)
@@ -382,6 +397,7 @@ class Scheduler:
                 # Leave READY first, then wait for vocabulary calls in flight: only then free.
                 self._state = State.STOPPED if not failed else State.ERROR
                 self._idle.wait_for(lambda: self._users == 0)
+            self._embedding.shutdown(wait=True)
             self._backend.close()
 
     def _load(self) -> None:
@@ -418,6 +434,11 @@ class Scheduler:
 
     def _serve(self) -> None:
         """The engine loop: fill free slots from the queue, decode one step, route events."""
+        assert self.model is not None
+        if self.model.embedding_only:  # nothing to generate: wait for the stop
+            with self._wakeup:
+                self._wakeup.wait_for(lambda: self._stop_seen)
+            return
         decoder = self._backend.decoder()
         self._slots_total = decoder.n_slots
         while not (self._stop_seen and not self._running):

@@ -19,6 +19,7 @@ import llama_cpp as ll
 from llorch.vocab import LlamaVocab
 from llorch.worker.backend import offload, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
+from llorch.worker.backend.embed import LlamaEmbedder
 from llorch.worker.backend.errors import (
     ModelLoadError,
     OutOfMemoryError,
@@ -33,6 +34,9 @@ from llorch.worker.backend.protocol import (
 )
 from llorch.worker.models import file_sha256
 
+# Written by the converter from the sentence-transformers config: "false" when the model has
+# no Normalize module (its vectors are meant unnormalised).
+NORMALIZE_KEY = "llorch.embedding.normalize"
 _backend_initialised = False
 log = logging.getLogger("llorch.backend")
 _native_log = logging.getLogger("llorch.llama_cpp")
@@ -123,6 +127,8 @@ class LlamaCppBackend:
         self._n_batch = 0
         self._info: ModelInfo | None = None
         self._placement: rpc.Placement | None = None  # devices of other machines (--rpc)
+        self._embedder: LlamaEmbedder | None = None  # created on the first embedding
+        self._options: LoadOptions | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -283,6 +289,10 @@ class LlamaCppBackend:
             if k.startswith("tokenizer.ggml.") or k == "tokenizer.chat_template":
                 continue  # vocabularies and templates are large and not metadata to show
             metadata[k] = val.value.decode("utf-8", "replace")
+        arch = self._meta("general.architecture")
+        encoder = self._meta(f"{arch}.attention.causal") == "false"
+        n_ctx = ll.llama_n_ctx_seq(self._ctx)
+        self._options = options
         return ModelInfo(
             path=path.resolve(),
             architecture=self._meta("general.architecture"),
@@ -291,7 +301,7 @@ class LlamaCppBackend:
             size_bytes=path.stat().st_size,
             n_params=ll.llama_model_n_params(self._model),
             n_ctx_train=ll.llama_model_n_ctx_train(self._model),
-            n_ctx=ll.llama_n_ctx_seq(self._ctx),
+            n_ctx=n_ctx,
             n_vocab=ll.llama_vocab_n_tokens(self._vocab),
             n_gpu_layers=options.n_gpu_layers if isinstance(options.n_gpu_layers, int) else 0,
             sha256=file_sha256(path),
@@ -299,6 +309,10 @@ class LlamaCppBackend:
             bos_token=self._words().token_text(self._words().bos()),
             eos_token=self._words().token_text(self._words().eos()),
             metadata=metadata,
+            embedding_only=encoder,
+            # An encoder reads each input whole: its training context is the bound.
+            n_ctx_embed=ll.llama_model_n_ctx_train(self._model) if encoder else n_ctx,
+            normalize_embeddings=self._meta(NORMALIZE_KEY) != "false",
         )
 
     def info(self) -> ModelInfo:
@@ -351,9 +365,27 @@ class LlamaCppBackend:
 
         return chat_native.apply_builtin_template(self.info(), messages, add_generation_prompt)
 
+    # -- embeddings ------------------------------------------------------------------------
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        if self._embedder is None:
+            info, options = self.info(), self._options
+            assert self._model is not None and options is not None
+            pooling = None if info.embedding_only else options.embedding_pooling
+            self._embedder = LlamaEmbedder(
+                self._model,
+                n_ctx=info.n_ctx_embed,
+                threads=options.threads or default_threads(),
+                pooling=pooling,
+            )
+        return [vector.tolist() for vector in self._embedder.embed(inputs)]
+
     # -- teardown --------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
         if self._decoder is not None:
             self._decoder.close()
             self._decoder = None

@@ -52,6 +52,9 @@ class LoadOptions:
     # Sample inside llama.cpp's graph when a request's samplers allow it (llama.cpp's
     # experimental backend sampling); None: only when layers are offloaded to a GPU.
     backend_sampling: bool | None = None
+    # Pooling of a generative model's embeddings: "last" (token) or "mean"; an embedding
+    # model's own pooling always wins.
+    embedding_pooling: str = "last"
     # GGUF metadata replaced at load time, as llama.cpp's --override-kv does
     # (e.g. ("tokenizer.ggml.eos_token_id", 107)).
     metadata_overrides: tuple[tuple[str, int | float | bool | str], ...] = ()
@@ -167,6 +170,10 @@ class ModelInfo:
     bos_token: str | None = None  # text of the BOS/EOS tokens, for chat templates
     eos_token: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # An encoder (non-causal attention, e.g. BERT): it embeds and cannot generate.
+    embedding_only: bool = False
+    n_ctx_embed: int = 0  # the longest input an embedding takes, in tokens
+    normalize_embeddings: bool = True  # L2, unless the model's own config says not to
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,12 @@ class ModelBackend(Protocol):
     def check_grammar(self, grammar: str) -> None:
         """Parse a GBNF grammar against the vocabulary, off the model thread (it only reads
         the vocabulary). Raises InvalidRequestError when llama.cpp refuses it."""
+        ...
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One pooled, unnormalised vector per input, from an embedding context of its own
+        (created on first use; the thread that calls this owns it). Each input fits
+        ModelInfo.n_ctx_embed."""
         ...
 
     def decoder(self) -> BatchDecoder:

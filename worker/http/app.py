@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from llorch.worker.engine import Engine
-from llorch.worker.http import contract, errors, openai, openapi, ops
+from llorch.worker.http import contract, embeddings, errors, openai, openapi, ops
 from llorch.worker.http.auth import BearerAuth
 from llorch.worker.http.guard import RequestGuard
 from llorch.worker.http.metrics import WorkerMetrics
@@ -54,6 +54,7 @@ def create_app(engine: Engine, settings: WorkerSettings, metrics: WorkerMetrics)
     errors.install(app, rejected)
     app.include_router(contract.build_router(engine))
     app.include_router(openai.build_router(engine))
+    app.include_router(embeddings.build_router(engine))
     app.include_router(ops.build_router(engine, settings, metrics))
     openapi.install(
         app,
@@ -63,6 +64,8 @@ def create_app(engine: Engine, settings: WorkerSettings, metrics: WorkerMetrics)
             DetokenizeRequest,
             CompletionRequest,
             ChatCompletionRequest,
+            embeddings.EmbeddingRequest,
+            embeddings.EmbedRequest,
         ],
     )
     # Middleware added last runs first: the request guard (Host, Origin, Content-Type, body

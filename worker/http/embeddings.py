@@ -1,0 +1,121 @@
+"""Embeddings: `POST /v1/embeddings` in OpenAI's shape and `POST /embed` in the worker
+contract's. Both run on the engine's embedding context, never in the generation batch."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llorch.worker.engine import Embeddings, Engine
+from llorch.worker.http import openapi
+from llorch.worker.http.body import parse_json
+from llorch.worker.http.openai_schemas import MAX_PROMPT_TOKENS, MAX_TEXT_CHARS
+
+MAX_INPUTS = 2048  # OpenAI's bound on one request's inputs
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
+Inputs = (
+    Text
+    | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
+    | TokenIds
+    | (Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)])
+)
+
+
+def _as_list(value: Any) -> list[str | list[int]]:
+    """One input or many: a string, strings, token ids, or lists of token ids."""
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(v, int) for v in value):
+        return [value]
+    return list(value)
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's body; `truncate` (an extension) cuts inputs longer than the model takes."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    input: Inputs
+    model: str | None = Field(None, max_length=256)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    truncate: bool = False
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if not value:
+            raise ValueError("input is empty")
+        return value
+
+
+class EmbedRequest(BaseModel):
+    """The worker contract's body: strict, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: Annotated[list[Text | TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
+    truncate: bool = False
+
+
+def build_router(engine: Engine) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/embeddings",
+        openapi_extra=openapi.body(EmbeddingRequest),
+        responses=openapi.errors(400, 401, 403, 413, 415, 421, 503, openai=True),
+    )
+    async def embeddings(request: Request) -> JSONResponse:
+        body = EmbeddingRequest.model_validate(parse_json(await request.body()))
+        model = engine.loaded()
+        result = await engine.embed(_as_list(body.input), truncate=body.truncate)
+        _check_dimensions(body.dimensions, result)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encoded(row, body.encoding_format)}
+            for i, row in enumerate(result.vectors)
+        ]
+        usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+        return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
+
+    @router.post(
+        "/embed",
+        openapi_extra=openapi.body(EmbedRequest),
+        responses=openapi.errors(400, 401, 403, 413, 415, 421, 503),
+    )
+    async def embed(request: Request) -> JSONResponse:
+        body = EmbedRequest.model_validate(parse_json(await request.body()))
+        model = engine.loaded()
+        result = await engine.embed(body.input, truncate=body.truncate)
+        return JSONResponse(
+            {
+                "model": model.name,
+                "embeddings": result.vectors.tolist(),
+                "prompt_tokens": result.prompt_tokens,
+            }
+        )
+
+    return router
+
+
+def _encoded(row: Any, encoding: str) -> list[float] | str:
+    if encoding == "base64":  # little-endian float32, as OpenAI's clients decode it
+        return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in row]
+
+
+def _check_dimensions(dimensions: int | None, result: Embeddings) -> None:
+    from llorch.worker.backend.errors import InvalidRequestError
+
+    size = result.vectors.shape[1]
+    if dimensions is not None and dimensions != size:
+        raise InvalidRequestError(
+            f"this model's embeddings have {size} dimensions; it cannot give {dimensions}",
+            param="dimensions",
+            constraint=f"== {size}",
+        )
