@@ -49,6 +49,7 @@ def build_app(
         threads=settings.threads,
         rpc_servers=settings.rpc_servers,
         tensor_split=settings.tensor_split_shares,
+        embedding_pooling=settings.embedding_pooling,
     )
 
     def resolve() -> Path:

@@ -48,6 +48,11 @@ class WorkerSettings(BaseSettings):
         description="layers to offload to the GPU (-1: all; auto: as many as fit in free GPU "
         "memory; ignored without a GPU)",
     )
+    embedding_pooling: Literal["last", "mean"] = Field(
+        "last",
+        description="how a generative model's embeddings are pooled (an embedding model "
+        "uses its own pooling)",
+    )
     threads: int | None = Field(
         None, ge=1, le=1024, description="CPU threads (default: the physical cores)"
     )
