@@ -20,7 +20,7 @@ from llorch.convert.errors import (
     OutputError,
     OutputExistsError,
 )
-from llorch.convert.families import load_family
+from llorch.convert.families import load_family, rope
 from llorch.convert.families.base import ModelInput, PlannedTensor
 from llorch.convert.verify import TokenDifference, verify_tokenizer
 from llorch.convert.vocab import load_vocab, write_vocab
@@ -169,6 +169,7 @@ def convert(
         w.add_name(model_name(model))
         w.add_size_label(gguf.size_label(model.ckpt.n_parameters(), 0, 0, 0))
         family.write_hparams(model, w)
+        rope.check_written(model, w, {p.name for p in plans})
         w.add_file_type(gw.DIRECT[stage_type][1])
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(vocab, w)

@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 
 from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -48,6 +49,7 @@ def _check(model: ModelInput) -> None:
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     _check(model)
     write_common(model, w, rms=False)
+    rope.write_scaling(model, w)
     w.add_tensor_data_layout("jploski")  # llama.cpp's name for the regrouped QKV
 
 

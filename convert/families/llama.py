@@ -18,7 +18,8 @@ from collections.abc import Callable
 import gguf
 import numpy as np
 
-from llorch.convert.errors import ConfigError, MissingExpertError, ShapeMismatchError
+from llorch.convert.errors import MissingExpertError, ShapeMismatchError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -28,7 +29,6 @@ from llorch.convert.families.base import (
     expected_shapes,
     llama3_rope_factors,
     map_tensors,
-    rope_params,
     write_common,
 )
 
@@ -55,16 +55,7 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
         w.add_expert_count(int(n_expert))
         w.add_expert_used_count(cfg_int(model, "num_experts_per_tok"))
     w.add_rope_dimension_count(d.head_dim)
-    rp = rope_params(model)
-    kind = rp.get("rope_type", "default")
-    if kind == "linear":
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(rp["factor"]))
-    elif kind not in ("default", "llama3"):
-        raise ConfigError(
-            f"{model.folder / 'config.json'}: rope_type {kind!r} is not supported for "
-            f"{model.hf_architecture} (supported: default, linear, llama3)"
-        )
+    rope.write_scaling(model, w, own=("llama3",))  # llama3: the rope_freqs tensor (plan)
 
 
 def plan(

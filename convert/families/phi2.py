@@ -11,6 +11,7 @@ from __future__ import annotations
 import gguf
 
 from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -30,6 +31,7 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
         )
     d = write_common(model, w, rms=False)
     w.add_rope_dimension_count(rotary_dims(model, d.head_dim))
+    rope.write_scaling(model, w)
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:

@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 
 from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -43,24 +44,16 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     write_common(model, w)
     w.add_rope_dimension_count(rope_dims(model))
     rp = rope_params(model)
-    kind = rp.get("rope_type", "default")
-    if kind == "longrope":
+    if rope.write_scaling(model, w, own=("longrope",)) == "longrope":
         n_ctx = cfg_int(model, "max_position_embeddings")
-        orig = int(
-            rp.get("original_max_position_embeddings")
-            or model.config.get("original_max_position_embeddings", n_ctx)
-        )
+        orig = rope.original_context(model, rp)
         scale = n_ctx / orig
         attn = rp.get("attention_factor")
         if attn is None:
             attn = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(orig))
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)  # as llama.cpp's converter
         w.add_rope_scaling_orig_ctx_len(orig)
         w.add_rope_scaling_attn_factors(float(attn))
-    elif kind != "default":
-        raise ConfigError(
-            f"{model.folder / 'config.json'}: rope_type {kind!r} is not supported for "
-            f"{model.hf_architecture} (supported: default, longrope)"
-        )
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
@@ -71,7 +64,7 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     expected[_T.FFN_UP] = (2 * d.n_ff, d.n_embd)
     plans = map_tensors(model, expected=expected)
     rp = rope_params(model)
-    if rp.get("rope_type") == "longrope":
+    if rope.rope_type(model) == "longrope":
         n_half = rope_dims(model) // 2
         for key, kind in (
             ("long_factor", _T.ROPE_FACTORS_LONG),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gguf
 
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -25,6 +26,7 @@ _T = gguf.MODEL_TENSOR
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     write_common(model, w)
+    rope.write_scaling(model, w)
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gguf
 
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -23,6 +24,7 @@ from llorch.convert.families.base import (
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     write_common(model, w, rms=False)
+    rope.write_scaling(model, w)
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
