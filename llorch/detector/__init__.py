@@ -57,8 +57,11 @@ class Detection:
     # config.json as written, and the checkpoint's headers (None when they could not be read).
     config: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
     checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
+    # GGUF only: where the file came from (PROVENANCE_PREFIXES keys), when it says so
+    provenance: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"provenance": dict(self.provenance)} if self.provenance is not None else {}
         return {
             "source": self.source,
             "path": str(self.path),
@@ -72,6 +75,7 @@ class Detection:
             "tokenizer": self.tokenizer,
             "supported": self.supported,
             "reason": self.reason,
+            **extra,
         }
 
 
@@ -195,6 +199,21 @@ def _detect_hf(source: str, folder: Path) -> Detection:
     )
 
 
+# GGUF keys that say where a file came from: GGUF's own source and base-model keys, who
+# quantized it, and llorch's (source revision and file digests, converter and llama.cpp
+# versions; see convert/batch/provenance.py).
+PROVENANCE_PREFIXES = ("general.source.", "general.base_model.", "general.quantized_by", "llorch.")
+
+
+def gguf_provenance(reader: gguf.GGUFReader) -> dict[str, Any] | None:
+    found = {
+        name: f.contents()
+        for name, f in reader.fields.items()
+        if name.startswith(PROVENANCE_PREFIXES)
+    }
+    return found or None
+
+
 def _detect_gguf(source: str, path: Path) -> Detection:
     try:
         reader = gguf.GGUFReader(path)
@@ -223,6 +242,7 @@ def _detect_gguf(source: str, path: Path) -> Detection:
         tokenizer=GGUF_TOKENIZERS.get(tok_model, tok_model),
         supported=True,  # llama.cpp decides at load time; it knows more arches than we convert
         reason=None,
+        provenance=gguf_provenance(reader),
     )
 
 
