@@ -23,6 +23,7 @@ from llorch.worker.backend.protocol import (
     GenerationEvent,
     GenerationRequest,
     LoadOptions,
+    LoraSpec,
     ModelInfo,
     SequenceFailed,
     StopReason,
@@ -142,6 +143,7 @@ class FakeBackend:
         # the byte tokens), as `<end_of_turn>` does in Gemma's vocabulary.
         self.control_tokens = list(control_tokens)
         self.embedding_only = embedding_only
+        self.lora: tuple[LoraSpec, ...] = ()
         self.embedded: list[list[int]] = []
         self.loaded = False
         self.closed = False
@@ -162,6 +164,7 @@ class FakeBackend:
         if self.load_error:
             raise ModelLoadError(self.load_error)
         self.loaded = True
+        self.lora = options.lora
         return self.info()
 
     def info(self) -> ModelInfo:
@@ -180,6 +183,7 @@ class FakeBackend:
             chat_template=self.chat_template,
             embedding_only=self.embedding_only,
             n_ctx_embed=self.n_ctx,
+            lora=self.lora,
         )
 
     def backend_info(self) -> BackendInfo:

@@ -31,6 +31,16 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             kind = float
         default = field.get_default(call_default_factory=False)
         shown = "generated" if field.default_factory else default
+        if annotation == list[str]:  # repeatable
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action="append",
+                default=None,
+                metavar=name.upper(),
+                help=f"{field.description} [env LLORCH_{name.upper()} as a JSON list]",
+            )
+            continue
         parser.add_argument(
             _flag(name),
             dest=name,

@@ -26,8 +26,10 @@ from llorch.worker.backend.protocol import (
     ChatMessage,
     FinishEvent,
     GenerationRequest,
+    LoraKey,
     ModelInfo,
     SamplingParams,
+    lora_key,
 )
 from llorch.worker.scheduler import (
     Capacity,
@@ -57,6 +59,8 @@ class JobRequest:
     timeout_s: float | None = None  # for the whole job, queueing included
     logprobs: int | None = None  # alternatives per token (0: the chosen one's); None: none
     echo: bool = False  # score the prompt too (max_tokens 0: only that)
+    # Adapters by name with a scale (None: the served one); None: every served adapter.
+    lora: Sequence[tuple[str, float | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,24 @@ class Engine:
         model = self.loaded()
         return await asyncio.to_thread(chat.chat_prompt_tokens, self.scheduler, model, messages)
 
+    def lora_key(self, choices: Sequence[tuple[str, float | None]] | None) -> LoraKey:
+        """The adapter set of a request; a name that is not served is a 400 listing those
+        that are."""
+        served = {spec.name: spec for spec in self.loaded().lora}
+        if choices is None:
+            return lora_key([(spec.name, spec.scale) for spec in served.values()])
+        pairs = []
+        for name, scale in choices:
+            if name not in served:
+                raise InvalidRequestError(
+                    f"no LoRA adapter {name[:64]!r} is served; served: "
+                    f"{', '.join(sorted(served)) or 'none'}",
+                    param="lora",
+                    value=name,
+                )
+            pairs.append((name, served[name].scale if scale is None else scale))
+        return lora_key(pairs)
+
     async def json_grammar(self, schema: dict[str, Any] | None, param: str) -> str:
         """The grammar of JSON documents valid under `schema` (None: any object), built and
         parsed at admission, off the event loop and the model thread."""
@@ -306,6 +328,7 @@ class Engine:
             request.stop,
             logprobs=request.logprobs,
             echo=request.echo,
+            lora=self.lora_key(request.lora),
         )
         stream = JobStream(self.scheduler, gen)
         observe = self._observe_job(len(tokens)) if self._observe_job else None

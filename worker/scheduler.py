@@ -44,6 +44,7 @@ from llorch.worker.backend.protocol import (
     GenerationEvent,
     GenerationRequest,
     LoadOptions,
+    LoraKey,
     ModelBackend,
     ModelInfo,
     SamplingParams,
@@ -276,6 +277,7 @@ class Scheduler:
         *,
         logprobs: int | None = None,
         echo: bool = False,
+        lora: LoraKey = (),
     ) -> GenerationRequest:
         """`max_tokens` None: the rest of the slot's context."""
         self._check_admitting()
@@ -292,7 +294,7 @@ class Scheduler:
         if len(tokens) + max_tokens > n_ctx:
             raise ContextOverflowError(len(tokens), max_tokens, n_ctx)
         return GenerationRequest(
-            tuple(tokens), max_tokens, sampling, stop, logprobs=logprobs, echo=echo
+            tuple(tokens), max_tokens, sampling, stop, logprobs=logprobs, echo=echo, lora=lora
         )
 
     def submit(

@@ -50,6 +50,7 @@ def build_app(
         rpc_servers=settings.rpc_servers,
         tensor_split=settings.tensor_split_shares,
         embedding_pooling=settings.embedding_pooling,
+        lora=settings.lora_specs,
     )
 
     def resolve() -> Path:

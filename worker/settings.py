@@ -8,10 +8,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 import uuid
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llorch.worker.backend.protocol import LoraSpec
 
 
 class WorkerSettings(BaseSettings):
@@ -84,6 +87,12 @@ class WorkerSettings(BaseSettings):
     max_body_bytes: int = Field(
         4 << 20, ge=1024, le=1 << 30, description="largest request body accepted (bytes)"
     )
+    lora: list[str] = Field(
+        default_factory=list,
+        description="a LoRA adapter served with the model, NAME=PATH[:SCALE] (a GGUF LoRA, e.g. "
+        "from `llorch convert-lora`; SCALE, default 1, is what requests that name no adapters "
+        "get); repeatable",
+    )
     rpc: str = Field(
         "",
         description="comma-separated HOST:PORT of `llorch rpc-server`s whose devices hold "
@@ -108,6 +117,19 @@ class WorkerSettings(BaseSettings):
         if token is not None and not token.get_secret_value().strip():
             raise ValueError("the API token must not be empty")
         return token
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_specs(cls, values: list[str]) -> list[str]:
+        specs = [_lora_spec(v) for v in values]
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter names must be unique, got {names}")
+        return values
+
+    @property
+    def lora_specs(self) -> tuple[LoraSpec, ...]:
+        return tuple(_lora_spec(v) for v in self.lora)
 
     @field_validator("rpc")
     @classmethod
@@ -177,3 +199,18 @@ def _shares(text: str) -> tuple[float, ...]:
     if len(shares) > 16:
         raise ValueError(f"{text!r}: at most 16 shares (llama.cpp's device limit)")
     return shares
+
+
+def _lora_spec(value: str) -> LoraSpec:
+    """NAME=PATH[:SCALE] (a PATH may hold colons: only a number after the last is a scale)."""
+    name, sep, rest = value.partition("=")
+    if not sep or not name.strip() or not rest:
+        raise ValueError(f"--lora takes NAME=PATH[:SCALE], got {value!r}")
+    path, colon, scale = rest.rpartition(":")
+    try:
+        factor = float(scale) if colon else 1.0
+    except ValueError:
+        path, factor = rest, 1.0
+    if not colon:
+        path = rest
+    return LoraSpec(name.strip(), Path(path).expanduser(), factor)

@@ -17,9 +17,11 @@ import llama_cpp as ll
 
 from llorch.worker.backend import logprobs, sampling
 from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
+from llorch.worker.backend.lora import LoraAdapters
 from llorch.worker.backend.protocol import (
     FinishEvent,
     GenerationRequest,
+    LoraKey,
     PromptScores,
     Scored,
     SequenceFailed,
@@ -62,6 +64,7 @@ class _Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # tokens in the KV cache, positions 0..n-1
     seq: _Sequence | None = None
+    cached_lora: LoraKey = ()  # the adapters the cached tokens were decoded with
 
 
 def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
@@ -84,7 +87,10 @@ class LlamaBatchDecoder:
         token_bytes: Callable[[int], bytes],
         backend_sampling: bool = False,
         decode: Callable[[ll.llama_context_p, ll.llama_batch], int] = ll.llama_decode,
+        adapters: LoraAdapters | None = None,
     ) -> None:
+        self._adapters = adapters
+        self._turn = 0
         self._decode = decode  # llama_decode; tests pass a wrapper to make it fail
         self._ctx = ctx
         self._vocab = vocab
@@ -125,25 +131,27 @@ class LlamaBatchDecoder:
         free = [s for s in self._slots if s.seq is None]
         if not free:
             raise InferenceError("no free slot")
-        # The slot whose cached tokens share the longest prefix with this prompt.
-        slot = max(free, key=lambda s: common_prefix(s.cached, prompt))
+        # The slot whose cached tokens share the longest prefix with this prompt, decoded
+        # with the same adapters (an adapter changes the keys and values in the cache).
+        slot = max(free, key=lambda s: self._reusable(s, request))
         chain = sampling.build_chain(
             request.sampling, self._n_vocab, self._ctx_per_slot, self._vocab
         )
         sampling.accept_prompt(chain, prompt)
-        leader = None if request.echo else self._reading(prompt)
+        leader = None if request.echo else self._reading(request)
         if leader is not None:
             self._follow(leader, slot, key, request, chain)
             return
         # At least one prompt token is decoded again: its logits give the first token. Echo
         # scores every prompt token, so it reads the whole prompt.
-        keep = 0 if request.echo else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+        keep = 0 if request.echo else min(self._reusable(slot, request), len(prompt) - 1)
         memory = ll.llama_get_memory(self._ctx)
         if keep < len(slot.cached) and not ll.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
             # Some caches cannot drop a tail (llama.h); start this sequence from scratch.
             ll.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             keep = 0
         del slot.cached[keep:]
+        slot.cached_lora = request.lora
         slot.seq = _Sequence(key, request, chain, list(prompt[keep:]), reused=keep)
         self._by_key[key] = slot
         if request.echo:
@@ -154,13 +162,21 @@ class LlamaBatchDecoder:
         if self._backend_sampling and sampling.runs_in_graph(chain) and not scores:
             slot.seq.in_graph = bool(ll.llama_set_sampler(self._ctx, slot.seq_id, chain.handle))
 
-    def _reading(self, prompt: tuple[int, ...]) -> _Slot | None:
+    def _reusable(self, slot: _Slot, request: GenerationRequest) -> int:
+        """How many of the prompt's first tokens the slot's cache holds, as this request
+        would have computed them."""
+        if slot.cached_lora != request.lora:
+            return 0
+        return common_prefix(slot.cached, request.prompt_tokens)
+
+    def _reading(self, request: GenerationRequest) -> _Slot | None:
         """A sequence still reading exactly this prompt, whose cache a new one can copy."""
         for slot in self._slots:
             seq = slot.seq
             if (
                 seq is not None
-                and seq.request.prompt_tokens == prompt
+                and seq.request.prompt_tokens == request.prompt_tokens
+                and seq.request.lora == request.lora
                 and seq.first_token_at == 0.0
                 and seq.leader is None
                 and not seq.in_graph  # its logits must be on the host to sample from
@@ -213,11 +229,14 @@ class LlamaBatchDecoder:
             if slot.seq is not None and slot.seq.cancelled:
                 self._finish(slot, StopReason.CANCELLED, out)
         budget = self._n_batch
+        group = self._next_group()
         while True:
-            outputs, placed = self._fill_batch(budget)
+            outputs, placed = self._fill_batch(budget, group)
             n_tokens = self._batch.n_tokens
             if n_tokens == 0:
                 return out
+            if self._adapters is not None:
+                self._adapters.apply(self._ctx, group)
             rc = self._decode(self._ctx, self._batch)
             if rc == 0:
                 break
@@ -282,7 +301,24 @@ class LlamaBatchDecoder:
             # LLAMA_TOKEN_NULL: the graph sampled nothing for this output; do it here.
         return int(ll.llama_sampler_sample(seq.chain.handle, self._ctx, index))
 
-    def _fill_batch(self, budget: int) -> tuple[list[tuple[_Slot, int]], list[tuple[_Slot, int]]]:
+    def _next_group(self) -> LoraKey:
+        """The adapter set whose sequences this step decodes: when requests with different
+        sets have work, they take turns, one step each, so no set starves another."""
+        groups = sorted(
+            {
+                s.seq.request.lora
+                for s in self._slots
+                if s.seq is not None and (s.seq.next_token is not None or s.seq.to_ingest)
+            }
+        )
+        if not groups:
+            return ()
+        self._turn += 1
+        return groups[self._turn % len(groups)]
+
+    def _fill_batch(
+        self, budget: int, group: LoraKey = ()
+    ) -> tuple[list[tuple[_Slot, int]], list[tuple[_Slot, int]]]:
         """Put at most `budget` tokens into the batch. Returns the (slot, batch index) pairs
         whose logits are read, and (slot, cached length before) for every slot that got
         tokens, so that a failed decode can take them back."""
@@ -304,7 +340,9 @@ class LlamaBatchDecoder:
         # One token for every generating sequence first, so they never wait on prompts.
         for slot in self._slots:
             seq = slot.seq
-            if seq is not None and seq.next_token is not None and n < budget:
+            if seq is None or seq.request.lora != group:
+                continue
+            if seq.next_token is not None and n < budget:
                 placed.append((slot, len(slot.cached)))
                 outputs.append((slot, n))
                 put(seq.next_token, slot, True)
@@ -312,7 +350,7 @@ class LlamaBatchDecoder:
         # Then prompt chunks, in slot order, as far as the batch has room.
         for slot in self._slots:
             seq = slot.seq
-            if seq is None or not seq.to_ingest or n >= budget:
+            if seq is None or seq.request.lora != group or not seq.to_ingest or n >= budget:
                 continue
             placed.append((slot, len(slot.cached)))
             chunk = seq.to_ingest[: budget - n]

@@ -26,6 +26,7 @@ from llorch.worker.backend.errors import (
     WorkerError,
 )
 from llorch.worker.backend.grammar import GrammarError
+from llorch.worker.backend.lora import LoraAdapters
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
@@ -128,6 +129,7 @@ class LlamaCppBackend:
         self._info: ModelInfo | None = None
         self._placement: rpc.Placement | None = None  # devices of other machines (--rpc)
         self._embedder: LlamaEmbedder | None = None  # created on the first embedding
+        self._adapters: LoraAdapters | None = None
         self._options: LoadOptions | None = None
 
     # -- loading ---------------------------------------------------------------------------
@@ -187,6 +189,7 @@ class LlamaCppBackend:
         if not ctx:
             raise self._context_failure(path, parallel, per_slot)
         self._ctx = ctx
+        self._adapters = LoraAdapters(self._model, options.lora) if options.lora else None
         self._vocab = ll.llama_model_get_vocab(self._model)
         self._text = LlamaVocab(self._vocab)
         self._n_batch = ll.llama_n_batch(ctx)
@@ -208,6 +211,7 @@ class LlamaCppBackend:
             ll.llama_n_ctx_seq(ctx),
             self.token_bytes,
             backend_sampling=self._use_backend_sampling(options),
+            adapters=self._adapters,
         )
 
     @staticmethod
@@ -313,6 +317,7 @@ class LlamaCppBackend:
             # An encoder reads each input whole: its training context is the bound.
             n_ctx_embed=ll.llama_model_n_ctx_train(self._model) if encoder else n_ctx,
             normalize_embeddings=self._meta(NORMALIZE_KEY) != "false",
+            lora=options.lora,
         )
 
     def info(self) -> ModelInfo:
@@ -392,6 +397,9 @@ class LlamaCppBackend:
         if self._ctx is not None:
             ll.llama_free(self._ctx)
             self._ctx = None
+        if self._adapters is not None:  # after the context that used them, before the model
+            self._adapters.close()
+            self._adapters = None
         if self._model is not None:
             ll.llama_model_free(self._model)
             self._model = None

@@ -42,6 +42,23 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+# A request's LoRA adapters: (name, scale) pairs, sorted by name, without zero scales.
+LoraKey = tuple[tuple[str, float], ...]
+
+
+def lora_key(pairs: Sequence[tuple[str, float]]) -> LoraKey:
+    return tuple(sorted((name, float(scale)) for name, scale in pairs if scale != 0.0))
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """An adapter served with the model (`--lora NAME=PATH[:SCALE]`)."""
+
+    name: str
+    path: Path
+    scale: float = 1.0  # the served scale: what a request that names no adapters gets
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     ctx_size: int = 4096  # per sequence; 0: the model's training context
@@ -55,6 +72,7 @@ class LoadOptions:
     # Pooling of a generative model's embeddings: "last" (token) or "mean"; an embedding
     # model's own pooling always wins.
     embedding_pooling: str = "last"
+    lora: tuple[LoraSpec, ...] = ()
     # GGUF metadata replaced at load time, as llama.cpp's --override-kv does
     # (e.g. ("tokenizer.ggml.eos_token_id", 107)).
     metadata_overrides: tuple[tuple[str, int | float | bool | str], ...] = ()
@@ -76,6 +94,7 @@ class GenerationRequest:
     logprobs: int | None = None
     # Score the prompt too: one PromptScores event with each prompt token's log-probability.
     echo: bool = False
+    lora: LoraKey = ()  # the adapters and scales to decode with
 
 
 @dataclass(frozen=True)
@@ -174,6 +193,7 @@ class ModelInfo:
     embedding_only: bool = False
     n_ctx_embed: int = 0  # the longest input an embedding takes, in tokens
     normalize_embeddings: bool = True  # L2, unless the model's own config says not to
+    lora: tuple[LoraSpec, ...] = ()  # adapters served with the model
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def build_router(engine: Engine) -> APIRouter:
             stop=tuple(body.stop),
             timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
             logprobs=body.top_logprobs,
+            lora=body.lora_pairs(),
         )
         stream = await engine.generate(job)
         model = engine.model.name if engine.model else ""

@@ -101,6 +101,7 @@ def build_router(engine: Engine) -> APIRouter:
             stop=body.stops,
             logprobs=body.logprobs,
             echo=body.echo and body.logprobs is not None,
+            lora=body.lora_pairs(),
         )
         streams = await engine.generate_choices(job, body.n)
         echo = None
@@ -135,6 +136,7 @@ def build_router(engine: Engine) -> APIRouter:
             sampling=sampling,
             stop=body.stops,
             logprobs=body.logprob_alternatives,
+            lora=body.lora_pairs(),
         )
         try:
             streams = await engine.generate_choices(job, body.n)

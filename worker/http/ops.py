@@ -48,6 +48,13 @@ def build_router(engine: Engine, settings: WorkerSettings, metrics: WorkerMetric
             body["state"] = "drained"  # nothing left in flight: safe to stop the process
         return JSONResponse(body, status_code=200 if state is State.READY else 503)
 
+    @router.get("/lora-adapters", responses=openapi.errors(401, 421, 503))
+    async def lora_adapters() -> JSONResponse:
+        served = engine.loaded().lora
+        return JSONResponse(
+            [{"name": s.name, "path": str(s.path), "scale": s.scale} for s in served]
+        )
+
     @router.get("/capacity", responses=openapi.errors(401, 421))
     async def capacity() -> JSONResponse:
         return JSONResponse(capacity_body(engine))

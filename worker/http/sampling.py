@@ -25,6 +25,13 @@ _MAX_ID_DIGITS = 10
 LogitBias = dict[str, float | Literal[False]]
 
 
+class LoraChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=256)
+    scale: float | None = Field(None, ge=-8.0, le=8.0)  # None: the served scale
+
+
 class SamplingBody(BaseModel):
     """Fields of llama.cpp's sampler chain, as both surfaces accept them. Strict types: `true`
     is not a seed and `"0.5"` is not a temperature."""
@@ -42,6 +49,12 @@ class SamplingBody(BaseModel):
     # Token id (as a string: JSON keys are strings) -> added to its logit; -100 or false bans.
     logit_bias: LogitBias | None = Field(None, max_length=1024)
     grammar: str | None = Field(None, min_length=1, max_length=1 << 16)
+    # LoRA adapters served with the model, and their scales: none given, every served adapter
+    # at its served scale; an empty list, none.
+    lora: list[LoraChoice] | None = Field(None, max_length=64)
+
+    def lora_pairs(self) -> list[tuple[str, float | None]] | None:
+        return None if self.lora is None else [(c.name, c.scale) for c in self.lora]
 
     @field_validator("logit_bias")
     @classmethod
