@@ -11,7 +11,7 @@ and `/v1/chat/completions`, streamed and not; bad requests; `/tokenize`; probes.
   error events by code, 4xx and 5xx by status;
 - lost: an answer that never came (transport error, 60 s without a byte), a stream read to its
   end without its `end`/`error` event or `[DONE]`; unexpected: a status other than the one the
-  request must get, a job still in flight once its client has been gone 1 s (or 4 token gaps);
+  request must get, a job still in flight once its client has been gone max(1 s, 4 token gaps);
 - cancel latency from sending the DELETE to reading the stream's `end` event, p50/p95, next to
   the gap between two tokens of a stream (a cancel lands at the next decode step);
 - the worker's VmRSS after the warm-up and at the end, and `/capacity` once the traffic is over.
