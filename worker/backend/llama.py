@@ -406,4 +406,6 @@ class LlamaCppBackend:
         self._vocab = None
         self._text = None
         self._info = None
-        self._placement = None
+        if self._placement is not None:  # after the model: its connections closed with it
+            self._placement.release()
+            self._placement = None

@@ -15,6 +15,7 @@ import ctypes
 import ipaddress
 import socket
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -204,6 +205,10 @@ def rpc_function(name: str, prototype: Any) -> Any:
 
 # ggml keeps one registry entry per endpoint for the life of the process; so does this.
 _remote: dict[Endpoint, tuple[int, ...]] = {}
+# Loaded models using each endpoint. ggml shares one connection per endpoint among them, and
+# an rpc server serves one connection at a time: a probe's own connection to an endpoint in
+# use would wait behind ours, so endpoints in use are not probed again.
+_in_use: Counter[Endpoint] = Counter()
 
 
 def connect(endpoints: Sequence[Endpoint], timeout: float = PROBE_TIMEOUT_S) -> tuple[int, ...]:
@@ -211,6 +216,8 @@ def connect(endpoints: Sequence[Endpoint], timeout: float = PROBE_TIMEOUT_S) -> 
     endpoint is probed before ggml touches any; all the unusable ones are named at once."""
     failures: list[RpcError] = []
     for endpoint in endpoints:
+        if _in_use[endpoint]:
+            continue
         try:
             probe(endpoint, timeout)
         except RpcError as exc:
@@ -274,6 +281,7 @@ class Placement:
     load call that reads them."""
 
     remote: tuple[int, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
     devices: Any = None  # NULL-terminated ggml_backend_dev_t array, or None: llama.cpp's choice
     tensor_split: Any = None  # float[llama_max_devices()], or None: by free memory
     names: tuple[str, ...] = field(default=())
@@ -288,6 +296,12 @@ class Placement:
     def remote_devices(self) -> tuple[Device, ...]:
         return tuple(describe(dev) for dev in self.remote)
 
+    def release(self) -> None:
+        """The model using these endpoints is freed (its connections close with it)."""
+        for endpoint in self.endpoints:
+            _in_use[endpoint] -= 1
+        self.endpoints = ()
+
 
 def place(
     endpoints: Sequence[Endpoint], tensor_split: Sequence[float], max_devices: int
@@ -300,7 +314,7 @@ def place(
     devices = [*remote, *local]
     lib = ggml()
     names = tuple((lib.ggml_backend_dev_name(d) or b"").decode() for d in devices)
-    placement = Placement(remote=remote, names=names)
+    placement = Placement(remote=remote, endpoints=tuple(endpoints), names=names)
     if endpoints:
         placement.devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
     if tensor_split:
@@ -317,6 +331,7 @@ def place(
         for i, share in enumerate(tensor_split):
             split[i] = share
         placement.tensor_split = split
+    _in_use.update(endpoints)  # until release(): the load that follows connects to them
     return placement
 
 

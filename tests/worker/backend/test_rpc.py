@@ -174,14 +174,19 @@ def test_a_model_split_over_two_rpc_servers_gives_the_local_greedy_tokens(
     options = LoadOptions(
         ctx_size=1024, threads=2, n_gpu_layers=12, rpc_servers=endpoints, tensor_split=(1, 1)
     )
-    split = LlamaCppBackend()
+    split, second = LlamaCppBackend(), LlamaCppBackend()
     caplog.set_level(logging.DEBUG, logger="llorch.llama_cpp")
     try:
         split.load(model_path, options)
         native = caplog.text
         devices = split.backend_info().devices
         assert greedy_tokens(split, FRANCE) == reference
+        # A second model of the process on a server the first one holds: ggml shares the
+        # connection, which an rpc server (one client at a time) requires.
+        second.load(model_path, LoadOptions(ctx_size=1024, threads=2, rpc_servers=endpoints[:1]))
+        assert greedy_tokens(second, FRANCE) == reference
     finally:
+        second.close()
         split.close()
     remote = [d for d in devices if d.kind == "rpc"]
     assert [d.description for d in remote] == list(endpoints)
