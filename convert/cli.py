@@ -64,8 +64,10 @@ def register(subparsers: Any) -> None:
     conv.set_defaults(func=run_convert)
 
     from llorch.convert.batch.cli import register as register_batch
+    from llorch.convert.lora_cli import register as register_lora
 
     register_batch(subparsers)
+    register_lora(subparsers)
 
 
 class Terminated(BaseException):

@@ -109,11 +109,17 @@ def strip_attributes(
     return out
 
 
-def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarray:
+def logits(
+    path: Path,
+    tokens: Sequence[int],
+    *,
+    n_threads: int = 2,
+    lora: tuple[Path, float] | None = None,
+) -> np.ndarray:
     """Logits for every position of one sequence: shape (len(tokens), n_vocab).
 
     The KV cache is F32 and flash attention off, so an F32 GGUF is compared without the F16
-    rounding llama.cpp's default cache would add.
+    rounding llama.cpp's default cache would add. `lora`: a GGUF LoRA file applied at a scale.
     """
     lib = _lib()
     n = len(tokens)
@@ -132,6 +138,8 @@ def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarr
             raise ConversionError(f"{path}: llama.cpp could not create a context")
         batch = lib.llama_batch_init(n, 0, 1)
         try:
+            if lora is not None:
+                _set_lora(lib, model, ctx, *lora)
             for i, tok in enumerate(tokens):
                 batch.token[i] = int(tok)
                 batch.pos[i] = i
@@ -151,6 +159,19 @@ def logits(path: Path, tokens: Sequence[int], *, n_threads: int = 2) -> np.ndarr
         finally:
             lib.llama_batch_free(batch)
             lib.llama_free(ctx)
+
+
+def _set_lora(lib: Any, model: Any, ctx: Any, path: Path, scale: float) -> None:
+    adapter = lib.llama_adapter_lora_init(model, os.fsencode(path))  # freed with the model
+    if not adapter:
+        detail = _last_error()
+        raise ConversionError(
+            f"{path}: llama.cpp could not load the LoRA" + (f" ({detail})" if detail else "")
+        )
+    adapters = (lib.llama_adapter_lora_p_ctypes * 1)(adapter)
+    rc = lib.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(scale))
+    if rc != 0:
+        raise ConversionError(f"{path}: llama_set_adapters_lora failed with {rc}")
 
 
 def ftype_constants() -> dict[str, int]:
