@@ -176,9 +176,11 @@ def test_refused(
     assert rc == 2 and names in capsys.readouterr().err and not out.exists()
 
 
-def test_cli_writes_and_refuses_overwrite(checkpoint: Any, tmp_path: Path, capsys: Any) -> None:
-    built = checkpoint(*BASES["llama"][:2], SMALL)
-    _adapter(built, tmp_path / "adapter")
+def test_cli_writes_and_refuses_overwrite(
+    checkpoint: Any, helpers: Any, tmp_path: Path, capsys: Any
+) -> None:
+    built, base_gguf = _base(checkpoint, tmp_path, "llama")
+    pm = _adapter(built, tmp_path / "adapter")
     args = ["convert-lora", str(tmp_path / "adapter"), "--base", str(built.folder)]
     assert main([*args, "-o", str(tmp_path), "--outtype", "q8_0"]) == 0
     out = tmp_path / "adapter-Q8_0-LoRA.gguf"
@@ -187,6 +189,9 @@ def test_cli_writes_and_refuses_overwrite(checkpoint: Any, tmp_path: Path, capsy
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert types["blk.0.attn_q.weight.lora_a"] == gguf.GGMLQuantizationType.Q8_0
     assert types["blk.0.attn_q.weight.lora_b"] == gguf.GGMLQuantizationType.F16  # r=4 rows
+    tokens = helpers.sample_tokens(built.n_vocab)
+    got = llamacpp.logits(base_gguf, tokens, lora=(out, 1.0))  # Q8_0 lora_a: near, not exact
+    assert helpers.cosines(got, _logits(pm, tokens)).min() >= 0.999
     before = out.stat().st_mtime_ns
     assert main([*args, "-o", str(out)]) == 2
     assert "--force" in capsys.readouterr().err and out.stat().st_mtime_ns == before
