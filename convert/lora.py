@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,20 +36,20 @@ from llorch.convert import writer as gw
 from llorch.convert.errors import OutputError, OutputExistsError, OutTypeError
 from llorch.convert.families import load_family
 from llorch.convert.families.base import ModelInput, PlannedTensor
-from llorch.convert.lora_config import (
+from llorch.convert.peft_adapter import (
     CONFIG_NAME,
+    WEIGHTS_NAME,
     AdapterConfig,
     AdapterError,
+    AdapterWeights,
     UnsupportedAdapterError,
+    lora_pairs,
     read_config,
 )
 from llorch.detector import detect, lookup, read_json, text_config
 from llorch.detector.errors import MissingFileError
-from llorch.detector.safetensors import Checkpoint, read_header
+from llorch.detector.safetensors import Checkpoint
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-_PREFIX = "base_model.model."  # PEFT's wrapper around the base model's own names
-_PAIR = re.compile(r"(.+)\.lora_([AB])\.weight")
 _T = gguf.MODEL_TENSOR
 _NOT_ADAPTABLE = {  # llama.cpp applies no lora_a/lora_b pair to these the way PEFT does
     gguf.TENSOR_NAMES[_T.TOKEN_EMBD] + ".weight": "an embedding",
@@ -93,13 +92,6 @@ def _base_model(base: str | os.PathLike[str]) -> ModelInput:
         raise AdapterError(f"{det.path / 'config.json'}: missing integer vocab_size")
     arch = lookup(det.hf_architecture).arch
     return ModelInput(det.path, det.hf_architecture, arch, config, ckpt, n_vocab)
-
-
-class _OneFile(Checkpoint):
-    """adapter_model.safetensors alone, not every *.safetensors file beside it."""
-
-    def __init__(self, file: Path) -> None:
-        self.folder, self.files, self.refs = file.parent, [file], read_header(file)
 
 
 class _RowProbe(Checkpoint):
@@ -174,38 +166,6 @@ def _targets(model: ModelInput, wanted: set[str]) -> dict[str, _Target]:
     return out
 
 
-def _pairs(ckpt: Checkpoint, file: Path) -> dict[str, tuple[str, str]]:
-    """module name (as in the base model) -> (lora_A, lora_B) tensor names; anything else in
-    the file is refused, naming it."""
-    found: dict[str, dict[str, str]] = {}
-    copies: list[str] = []  # `.base_layer.weight`: PEFT saves the base weight of embeddings
-    for name in ckpt.names():
-        module = re.sub(r"\.(lora_\w+|base_layer)(\.weight)?$", "", name).removeprefix(_PREFIX)
-        if "lora_embedding_" in name:
-            raise UnsupportedAdapterError(f"{module}: a LoRA on an embedding is not supported")
-        if "lora_magnitude_vector" in name:
-            raise UnsupportedAdapterError(f"{module}: DoRA (use_dora) is not supported")
-        m = _PAIR.fullmatch(name)
-        if m is not None and name.startswith(_PREFIX):
-            found.setdefault(module, {})[m[2]] = name
-        elif name.startswith(_PREFIX) and name.endswith(".base_layer.weight"):
-            copies.append(module)
-        else:
-            raise UnsupportedAdapterError(
-                f"{file}: tensor {name!r} is not a LoRA weight (modules_to_save, trained "
-                "biases and other PEFT extras are not supported)"
-            )
-    for module, ab in found.items():
-        if set(ab) != {"A", "B"}:
-            raise AdapterError(f"{file}: {module} has lora_{''.join(ab)} without its pair")
-    for module in copies:
-        if module not in found:
-            raise UnsupportedAdapterError(f"{file}: {module}: a base weight without a LoRA pair")
-    if not found:
-        raise AdapterError(f"{file}: no lora_A/lora_B weights")
-    return {module: (ab["A"], ab["B"]) for module, ab in found.items()}
-
-
 def _loader(
     ckpt: Checkpoint, name: str, factor: float = 1.0, order: np.ndarray | None = None
 ) -> Callable[[], np.ndarray]:
@@ -221,7 +181,7 @@ def _loader(
 def _plan_pairs(
     ckpt: Checkpoint, file: Path, cfg: AdapterConfig, model: ModelInput
 ) -> tuple[list[PlannedTensor], list[str]]:
-    pairs = _pairs(ckpt, file)
+    pairs = lora_pairs(ckpt, file)
     targets = _targets(model, {m + ".weight" for m in pairs})
     plans: list[PlannedTensor] = []
     folded: list[str] = []
@@ -277,7 +237,7 @@ def convert_lora(
     file = folder / WEIGHTS_NAME
     if not file.is_file():
         raise MissingFileError(f"{file}: not found (only SafeTensors adapters are converted)")
-    ckpt = _OneFile(file)
+    ckpt = AdapterWeights(file)
     model = _base_model(base_dir)
     if cfg.base_class is not None and cfg.base_class != model.hf_architecture:
         raise AdapterError(

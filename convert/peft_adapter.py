@@ -1,4 +1,4 @@
-"""A PEFT LoRA adapter's adapter_config.json: what it says, and what a GGUF LoRA cannot carry.
+"""A PEFT LoRA adapter folder: adapter_config.json and the lora_A/lora_B pairs of its weights.
 
 Facts from PEFT (tuners/lora/config.py, layer.py): each adapted module `m` adds
 `scaling * B @ A` with scaling `alpha / r`, or `alpha / sqrt(r)` with `use_rslora`; `r` and
@@ -19,8 +19,12 @@ from pathlib import Path
 
 from llorch.convert.errors import ConversionError
 from llorch.detector.errors import InvalidFileError, MissingFileError
+from llorch.detector.safetensors import Checkpoint, read_header
 
 CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_PREFIX = "base_model.model."  # PEFT's wrapper around the base model's own names
+_PAIR = re.compile(r"(.+)\.lora_([AB])\.weight")
 
 
 class AdapterError(ConversionError):
@@ -122,3 +126,42 @@ def read_config(folder: Path) -> AdapterConfig:
         alpha_pattern={str(k): float(v) for k, v in (cfg.get("alpha_pattern") or {}).items()},
         base_class=base if isinstance(base, str) else None,
     )
+
+
+class AdapterWeights(Checkpoint):
+    """adapter_model.safetensors alone, not every *.safetensors file beside it."""
+
+    def __init__(self, file: Path) -> None:
+        self.folder, self.files, self.refs = file.parent, [file], read_header(file)
+
+
+def lora_pairs(ckpt: Checkpoint, file: Path) -> dict[str, tuple[str, str]]:
+    """module name (as in the base model) -> (lora_A, lora_B) tensor names; anything else in
+    the file is refused, naming it."""
+    found: dict[str, dict[str, str]] = {}
+    copies: list[str] = []  # `.base_layer.weight`: PEFT saves the base weight of embeddings
+    for name in ckpt.names():
+        module = re.sub(r"\.(lora_\w+|base_layer)(\.weight)?$", "", name).removeprefix(_PREFIX)
+        if "lora_embedding_" in name:
+            raise UnsupportedAdapterError(f"{module}: a LoRA on an embedding is not supported")
+        if "lora_magnitude_vector" in name:
+            raise UnsupportedAdapterError(f"{module}: DoRA (use_dora) is not supported")
+        m = _PAIR.fullmatch(name)
+        if m is not None and name.startswith(_PREFIX):
+            found.setdefault(module, {})[m[2]] = name
+        elif name.startswith(_PREFIX) and name.endswith(".base_layer.weight"):
+            copies.append(module)
+        else:
+            raise UnsupportedAdapterError(
+                f"{file}: tensor {name!r} is not a LoRA weight (modules_to_save, trained "
+                "biases and other PEFT extras are not supported)"
+            )
+    for module, ab in found.items():
+        if set(ab) != {"A", "B"}:
+            raise AdapterError(f"{file}: {module} has lora_{''.join(ab)} without its pair")
+    for module in copies:
+        if module not in found:
+            raise UnsupportedAdapterError(f"{file}: {module}: a base weight without a LoRA pair")
+    if not found:
+        raise AdapterError(f"{file}: no lora_A/lora_B weights")
+    return {module: (ab["A"], ab["B"]) for module, ab in found.items()}
