@@ -159,6 +159,7 @@ def convert(
     vocab = load_vocab(model.folder, model.n_vocab, pre_override=pre, config=det.config)
     plans = family.plan(model)
     _check_output_head(model, plans)
+    gw.check_prequantized(plans, outtype)
     if on_plan is not None:
         on_plan(len(plans))
     direct = outtype in gw.DIRECT

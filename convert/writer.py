@@ -3,7 +3,8 @@
 Output types f32/f16/bf16/q8_0 are encoded here (gguf-py's quants for bf16 and q8_0); the
 others go through llama.cpp's quantizer from a temporary F16 or BF16 file. As in llama.cpp,
 1-D tensors (norms, biases) stay F32, and q8_0 falls back to F16 for rows not divisible by the
-32-element block.
+32-element block. A tensor the checkpoint already stores quantized (gpt-oss's MXFP4 experts)
+is written as is whatever the outtype, as llama.cpp's converter does.
 """
 
 from __future__ import annotations
@@ -48,7 +49,24 @@ def check_outtype(outtype: str) -> str:
     raise OutTypeError(f"unknown outtype {outtype!r}; valid: {', '.join(all_outtypes())}")
 
 
+# llama.cpp's quantizer refuses to requantize a quantized tensor; these types keep MXFP4 ones
+KEEPS_MXFP4 = frozenset({*DIRECT, "mxfp4_moe"})
+
+
+def check_prequantized(plans: Sequence[PlannedTensor], outtype: str) -> None:
+    """A checkpoint's already quantized tensors go into the output as they are: refuse, before
+    any work, an outtype whose llama.cpp quantizer would have to requantize them."""
+    stored = sorted({p.qtype.name for p in plans if p.qtype is not None})
+    if stored and outtype not in KEEPS_MXFP4:
+        raise OutTypeError(
+            f"outtype {outtype!r} would requantize the checkpoint's {', '.join(stored)} tensors, "
+            f"which llama.cpp refuses; valid for this checkpoint: {', '.join(sorted(KEEPS_MXFP4))}"
+        )
+
+
 def tensor_type(plan: PlannedTensor, outtype: str) -> _Q:
+    if plan.qtype is not None:  # already quantized in the checkpoint
+        return plan.qtype
     qtype, _ = DIRECT[outtype]
     if plan.keep_f32 or len(plan.shape) <= 1:
         return _Q.F32
@@ -113,12 +131,14 @@ def write_gguf(
         writer.write_ti_data_to_file()
         for p, qtype in zip(plans, types, strict=True):
             data = p.load()
-            if data.shape != p.shape:
+            want = p.shape if p.qtype is None else _info(p, qtype)[0]
+            if data.shape != want:
                 raise ShapeMismatchError(
                     f"tensor {p.name} (from {', '.join(p.sources)}): produced shape "
-                    f"{list(data.shape)}, planned {list(p.shape)}"
+                    f"{list(data.shape)}, planned {list(want)}"
                 )
-            writer.write_tensor_data(encode(data, qtype))
+            raw = p.qtype is not None
+            writer.write_tensor_data(np.ascontiguousarray(data) if raw else encode(data, qtype))
             del data
             if on_tensor is not None:
                 on_tensor(p)

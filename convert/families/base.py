@@ -41,6 +41,8 @@ class PlannedTensor:
     load: Callable[[], np.ndarray]  # float32 data, transformed
     sources: tuple[str, ...]  # checkpoint tensor names it is built from
     keep_f32: bool = False  # never stored below F32 (norms, biases, rope factors)
+    # stored as is whatever the outtype: `load` gives the blocks' bytes (gpt-oss MXFP4 experts)
+    qtype: gguf.GGMLQuantizationType | None = None
 
 
 class Family(Protocol):

@@ -59,6 +59,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Qwen3MoeForCausalLM", _A.QWEN3MOE, "qwen_moe", "qwen3_moe"),
     ArchRow("Qwen2MoeForCausalLM", _A.QWEN2MOE, "qwen_moe", "qwen2_moe"),
     ArchRow("OlmoeForCausalLM", _A.OLMOE, "olmoe", "olmoe"),
+    # gpt-oss: llama.cpp's openai-moe graph; MXFP4 experts kept as MXFP4
+    ArchRow("GptOssForCausalLM", _A.GPT_OSS, "gpt_oss", "gpt_oss"),
     ArchRow("DeepseekV3ForCausalLM", _A.DEEPSEEK2, "deepseek", "deepseek_v3"),
     ArchRow("DeepseekV2ForCausalLM", _A.DEEPSEEK2, "deepseek", "deepseek_v2"),
     ArchRow("SmolLM3ForCausalLM", _A.SMOLLM3, "smollm3", "smollm3"),

@@ -86,6 +86,13 @@ CASES = {
         {"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1},
         "group_limited_greedy",
     ),
+    "gpt-oss-other-swiglu-limit": (
+        "GptOssForCausalLM",
+        "GptOssConfig",
+        {**TINY, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2},
+        {"swiglu_limit": 10.0},
+        "swiglu_limit",
+    ),
     "bert-relative-positions": (
         "BertModel",
         "BertConfig",

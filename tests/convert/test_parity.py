@@ -369,6 +369,38 @@ CASES.update(
             },
             tokenizer="gpt2",
         ),
+        # gpt-oss-20b: 8:1 GQA, head_dim 64 of hidden 2880, experts as wide as the hidden
+        # size, 32 experts top-4, attention sinks, sliding window on even layers, YaRN 32x
+        # from 4096; scaled: 8 experts. Here the dequantized layout (transformers' save) and
+        # YaRN truncated as llama.cpp computes it; the released MXFP4 layout and truncate
+        # false are in test_gpt_oss.py.
+        "gpt-oss-dequantized": Case(
+            "GptOssForCausalLM",
+            "GptOssConfig",
+            {
+                **MOE_ATTN,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "intermediate_size": 64,
+                "num_local_experts": 8,
+                "num_experts_per_tok": 4,
+                "sliding_window": 8,
+                "max_position_embeddings": 131072,
+                "rope_parameters": {
+                    "rope_type": "yarn",
+                    "rope_theta": 150000.0,
+                    "factor": 32.0,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                    "truncate": True,
+                    "original_max_position_embeddings": 4096,
+                },
+                "pad_token_id": 2,
+                "eos_token_id": 1,
+            },
+            tokenizer="llama3",
+        ),
         "olmoe": Case(
             "OlmoeForCausalLM",
             "OlmoeConfig",
