@@ -429,7 +429,15 @@ def main() -> None:
         f"{server_version}, compiled from the llama.cpp that llama-cpp-python vendors",
     ]
     ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(report(ns, single, agg, short, header, commands))
+    text = report(ns, single, agg, short, header, commands)
+    kept = ns.out.read_text() if ns.out.is_file() else ""
+    if "<!-- bench/convert.py -->" in kept:  # bench/convert.py's section stays
+        text = (
+            text.rstrip("\n")
+            + "\n\n<!-- bench/convert.py -->"
+            + kept.split("<!-- bench/convert.py -->", 1)[1]
+        )
+    ns.out.write_text(text)
     plot(single, agg, ns.out.parent / "benchmarks.png")
     print(ns.out.read_text())
 
