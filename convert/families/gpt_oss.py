@@ -44,6 +44,7 @@ from llorch.convert.families.base import (
     rope_params,
     write_common,
 )
+from llorch.convert.families.moe import transposed_stacker
 from llorch.detector.safetensors import Checkpoint
 
 _T = gguf.MODEL_TENSOR
@@ -120,25 +121,6 @@ def _mxfp4(ckpt: Checkpoint, blocks: str, scales: str, rows: slice) -> Loader:
     return load
 
 
-def _dense(ckpt: Checkpoint, name: str, rows: slice, shape: tuple[int, ...]) -> Loader:
-    """[E, D, 2F] / [E, F, D], stored transposed -> [E, rows, cols], one expert at a time."""
-
-    def load() -> np.ndarray:
-        raw, dtype = ckpt.raw(name), ckpt.refs[name].dtype
-        out = np.empty(shape, np.float32)
-        for e in range(shape[0]):
-            out[e] = _f32(np.asarray(raw[e]), dtype)[:, rows].T
-        return out
-
-    return load
-
-
-def _f32(data: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        return (data.astype(np.uint32) << 16).view(np.float32)
-    return np.asarray(data, dtype=np.float32)
-
-
 def _bias(ckpt: Checkpoint, name: str, rows: slice) -> Loader:
     return lambda: np.ascontiguousarray(ckpt.load_f32(name)[:, rows])
 
@@ -167,7 +149,7 @@ def _expert_plans(model: ModelInput, n_expert: int) -> list[PlannedTensor]:
                 plans.append(PlannedTensor(weight, shape, load, (blocks, scales), qtype=_MXFP4))
             elif dense := src[""]:
                 _shape(model, dense, (n_expert, n_cols, stored[1]))
-                load = _dense(model.ckpt, dense, rows, shape)
+                load = transposed_stacker(model.ckpt, dense, rows, shape)
                 plans.append(PlannedTensor(weight, shape, load, (dense,)))
             else:
                 raise MissingExpertError(f"{model.folder}: layer {layer} has no experts.{proj}")

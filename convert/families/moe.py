@@ -74,6 +74,22 @@ def _stacker(
     return load
 
 
+def transposed_stacker(
+    ckpt: Checkpoint, name: str, rows: slice, shape: tuple[int, ...]
+) -> Callable[[], np.ndarray]:
+    """Experts stored transposed, [E, cols, all rows] (gpt-oss's and Llama 4's gate_up_proj
+    [E, D, 2F] and down_proj [E, F, D]) -> [E, rows, cols], one expert at a time."""
+
+    def load() -> np.ndarray:
+        raw, dtype = ckpt.raw(name), ckpt.refs[name].dtype
+        out = np.empty(shape, np.float32)
+        for e in range(shape[0]):
+            out[e] = _f32(np.asarray(raw[e]), dtype)[:, rows].T
+        return out
+
+    return load
+
+
 def _out_name(kind: gguf.MODEL_TENSOR, layer: int) -> str:
     return gguf.TENSOR_NAMES[kind].format(bid=layer) + ".weight"
 

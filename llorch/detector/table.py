@@ -63,6 +63,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("GptOssForCausalLM", _A.GPT_OSS, "gpt_oss", "gpt_oss"),
     ArchRow("DeepseekV3ForCausalLM", _A.DEEPSEEK2, "deepseek", "deepseek_v3"),
     ArchRow("DeepseekV2ForCausalLM", _A.DEEPSEEK2, "deepseek", "deepseek_v2"),
+    # Llama 4 text: chunked attention, no-RoPE layers, MoE with a shared expert
+    ArchRow("Llama4ForCausalLM", _A.LLAMA4, "llama4", "llama4_text"),
     ArchRow("SmolLM3ForCausalLM", _A.SMOLLM3, "smollm3", "smollm3"),
     ArchRow("Olmo2ForCausalLM", _A.OLMO2, "olmo2", "olmo2"),
     # OLMo 3: the OLMo 2 graph plus sliding-window layers (convert/families/olmo2.py)

@@ -93,6 +93,20 @@ CASES = {
         {"swiglu_limit": 10.0},
         "swiglu_limit",
     ),
+    "llama4-qk-norm-with-128-experts": (
+        "Llama4ForCausalLM",
+        "Llama4TextConfig",
+        {**TINY, "head_dim": 16, "num_local_experts": 128, "intermediate_size_mlp": 64},
+        {"use_qk_norm": True},
+        "use_qk_norm",
+    ),
+    "llama4-other-no-rope-pattern": (
+        "Llama4ForCausalLM",
+        "Llama4TextConfig",
+        {**TINY, "head_dim": 16, "num_local_experts": 4, "intermediate_size_mlp": 64},
+        {"no_rope_layers": [0, 1]},
+        "no_rope_layers",
+    ),
     "bert-relative-positions": (
         "BertModel",
         "BertConfig",

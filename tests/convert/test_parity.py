@@ -242,6 +242,27 @@ CASES.update(
 # norm_topk_prob, untied), Qwen1.5-MoE-A2.7B (qkv biases, shared expert 4x an expert, its
 # sigmoid gate), OLMoE-1B-7B (full-width q/k norms, no GQA, experts half the hidden width).
 MOE_ATTN = {"hidden_size": 64, "num_hidden_layers": 2, "max_position_embeddings": 256}
+LLAMA4 = {
+    **MOE_ATTN,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 10,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size_mlp": 192,
+    "num_experts_per_tok": 1,
+    "rope_theta": 500000.0,
+    # as released (low = high frequency factor); the original context 16 < 24 tokens
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 16.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 1.0,
+        "original_max_position_embeddings": 16,
+    },
+    "pad_token_id": 2,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
 CASES.update(
     {
         "qwen3moe": Case(
@@ -398,6 +419,28 @@ CASES.update(
                 },
                 "pad_token_id": 2,
                 "eos_token_id": 1,
+            },
+            tokenizer="llama3",
+        ),
+        # Llama 4 Scout: 40 heads / 8 kv of head_dim 128 (hidden 5120), 16 experts top-1 in
+        # every layer with a shared expert 8192 wide (dense MLP 16384), no RoPE on every 4th
+        # layer, q/k L2 norm, chunked attention (8192), llama3 RoPE scaling 16x from 8192
+        "llama4-scout": Case(
+            "Llama4ForCausalLM",
+            "Llama4TextConfig",
+            {**LLAMA4, "intermediate_size": 96, "num_local_experts": 16, "use_qk_norm": True},
+            tokenizer="llama3",
+        ),
+        # Llama 4 Maverick: 128 experts in every 2nd layer, dense MLPs between, no q/k norm
+        "llama4-maverick-interleaved": Case(
+            "Llama4ForCausalLM",
+            "Llama4TextConfig",
+            {
+                **LLAMA4,
+                "intermediate_size": 32,
+                "num_local_experts": 128,
+                "interleave_moe_layer_step": 2,
+                "use_qk_norm": False,
             },
             tokenizer="llama3",
         ),
