@@ -187,7 +187,7 @@ def map_tensors(
     e.g. a multimodal wrapper's vision tower).
     The MoE router stays F32 as in llama.cpp's converter.
     """
-    n_layer = dims(model).n_layer
+    n_layer = cfg_int(model, "num_hidden_layers", "n_layer")  # also for models without heads
     tmap = gguf.get_tensor_name_map(model.arch, n_layer)
     transforms = transforms or {}
     plans: list[PlannedTensor] = []

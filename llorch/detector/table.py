@@ -83,6 +83,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "mistral3",
         alias_of="Ministral3ForCausalLM",
     ),
+    # State-space models: a recurrent state per sequence instead of a KV cache
+    ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
 )

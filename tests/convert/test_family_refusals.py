@@ -107,6 +107,13 @@ CASES = {
         {"no_rope_layers": [0, 1]},
         "no_rope_layers",
     ),
+    "mamba2-projection-biases": (
+        "Mamba2ForCausalLM",
+        "Mamba2Config",
+        {"hidden_size": 32, "num_hidden_layers": 1, "num_heads": 4, "head_dim": 16},
+        {"use_bias": True},
+        "use_bias",
+    ),
     "bert-relative-positions": (
         "BertModel",
         "BertConfig",

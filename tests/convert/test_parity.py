@@ -631,6 +631,27 @@ CASES.update(
         ),
     }
 )
+# mamba2-130m scaled down (expand 2, head_dim 64 -> 16, state 128 -> 16, conv 4, tied); the
+# decode steps after a prompt are in test_recurrent.py
+CASES["mamba2"] = Case(
+    "Mamba2ForCausalLM",
+    "Mamba2Config",
+    {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_heads": 8,
+        "head_dim": 16,
+        "expand": 2,
+        "state_size": 16,
+        "conv_kernel": 4,
+        "chunk_size": 8,
+        "n_groups": 1,
+        "pad_token_id": 2,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+    },
+    tokenizer="gpt2",
+)
 POOL = {
     "mean_tokens": lambda h: h.mean(axis=0),
     "cls_token": lambda h: h[0],

@@ -1,0 +1,149 @@
+"""Recurrent (state-space) rows through several decode steps: llama.cpp reads a prompt, then
+decodes one token at a time from the state it carried over; every step's logits are compared
+with transformers' for the whole sequence at once. (test_parity.py checks the prompt pass.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llorch.convert import convert, llamacpp
+
+# mamba2-130m / Mamba-Codestral-7B scaled down: expand 2, head_dim 64 (16 here), state 128
+# (16), conv 4, groups 1 (130m) or 8 of 128 heads (Codestral: 2 of 8 here); tied (130m)
+MAMBA2 = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_heads": 8,
+    "head_dim": 16,
+    "expand": 2,
+    "state_size": 16,
+    "conv_kernel": 4,
+    "chunk_size": 8,
+    "pad_token_id": 2,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
+CASES = {
+    "mamba2-130m": ("Mamba2ForCausalLM", "Mamba2Config", {**MAMBA2, "n_groups": 1}),
+    "mamba2-codestral-groups": (
+        "Mamba2ForCausalLM",
+        "Mamba2Config",
+        {**MAMBA2, "n_groups": 2, "tie_word_embeddings": False},
+    ),
+}
+N_PROMPT = 16  # then 8 single-token steps
+
+
+def stepwise_logits(path: Path, tokens: list[int], n_prompt: int) -> np.ndarray:
+    """Logits at every position: the prompt in one batch, then one token per decode call."""
+    lib = llamacpp._lib()
+    with llamacpp.load_model(path) as model:
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = max(len(tokens), 8)
+        cparams.n_threads = cparams.n_threads_batch = 2
+        cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
+        ctx = lib.llama_init_from_model(model, cparams)
+        n_vocab = llamacpp.vocab(model).n_tokens
+        batch = lib.llama_batch_init(len(tokens), 0, 1)
+        rows: list[np.ndarray] = []
+        try:
+            chunks = [tokens[:n_prompt]] + [[t] for t in tokens[n_prompt:]]
+            pos = 0
+            for chunk in chunks:
+                for i, tok in enumerate(chunk):
+                    batch.token[i], batch.pos[i] = tok, pos + i
+                    batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = 1, 0, 1
+                batch.n_tokens = len(chunk)
+                assert lib.llama_decode(ctx, batch) == 0
+                for i in range(len(chunk)):
+                    ptr = lib.llama_get_logits_ith(ctx, i)
+                    rows.append(np.ctypeslib.as_array(ptr, shape=(n_vocab,)).copy())
+                pos += len(chunk)
+            return np.stack(rows)
+        finally:
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_decode_steps_carry_the_state(
+    case_id: str, checkpoint: Any, helpers: Any, tmp_path: Path
+) -> None:
+    model_cls, config_cls, config = CASES[case_id]
+    built = checkpoint(model_cls, config_cls, config, tokenizer="gpt2")
+    out = tmp_path / "o.gguf"
+    report = convert(built.folder, out, outtype="f32")
+    tokens = helpers.sample_tokens(built.n_vocab)
+    ref = helpers.reference_logits(built.folder, tokens)
+    got = stepwise_logits(out, tokens, N_PROMPT)
+    cos = helpers.cosines(got, ref)
+    rel = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(
+        f"STEPS {case_id}: cos_min={cos.min():.7f} (decode steps {cos[N_PROMPT:].min():.7f}) "
+        f"rel={rel:.3g} convert={report.seconds:.2f}s"
+    )
+    assert cos.min() >= 0.9999 and rel <= 1e-3
+    assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
+
+
+def _generate(decoder: Any, key: str, prompt: list[int]) -> tuple[list[int], Any]:
+    from llorch.worker.backend.protocol import GenerationRequest, SamplingParams, TokenEvent
+
+    decoder.add(key, GenerationRequest(tuple(prompt), 8, SamplingParams(temperature=0.0)))
+    tokens: list[int] = []
+    for _ in range(200):
+        for _key, event in decoder.step():
+            if isinstance(event, TokenEvent):
+                tokens.append(event.token_id)
+            else:
+                return tokens, event
+    raise AssertionError("not finished")
+
+
+@pytest.mark.slow
+def test_slot_reuse_never_corrupts_the_state(checkpoint: Any, helpers: Any, tmp_path: Path) -> None:
+    """The worker's decoder reuses a slot's cache for a prompt that shares a prefix with it by
+    removing the tail; a recurrent state cannot lose a tail (llama.cpp refuses), so the slot
+    is cleared and read again; a prompt that extends the cached tokens continues the state.
+    Either way each request gets the greedy tokens it gets alone."""
+    from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.protocol import LoadOptions
+
+    model_cls, config_cls, config = CASES["mamba2-130m"]
+    built = checkpoint(model_cls, config_cls, config, tokenizer="gpt2")
+    out = tmp_path / "o.gguf"
+    convert(built.folder, out, outtype="f32")
+    a = helpers.sample_tokens(built.n_vocab, n=12, seed=3)
+    shared = a[:6] + helpers.sample_tokens(built.n_vocab, n=6, seed=4)
+
+    def alone(prompt: list[int]) -> list[int]:
+        backend = LlamaCppBackend()
+        backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=2))
+        try:
+            return _generate(backend.decoder(), "x", prompt)[0]
+        finally:
+            backend.close()
+
+    backend = LlamaCppBackend()
+    backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=2))
+    try:
+        decoder = backend.decoder()
+        first, _ = _generate(decoder, "a", a)
+        extended = a + first + helpers.sample_tokens(built.n_vocab, n=3, seed=5)
+        runs = {"same prompt": a, "shared prefix": shared, "extension": extended}
+        for name, prompt in runs.items():
+            if name == "extension":  # the cache holds a and its output: the state continues
+                _generate(decoder, "again", a)
+            got, end = _generate(decoder, name, prompt)
+            assert got == alone(prompt), name
+            if name == "shared prefix":
+                assert end.prompt_cached == 0  # cleared: the state cannot drop a tail
+            if name == "extension":
+                assert end.prompt_cached > len(a)
+    finally:
+        backend.close()
