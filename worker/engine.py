@@ -61,6 +61,7 @@ class JobRequest:
     echo: bool = False  # score the prompt too (max_tokens 0: only that)
     # Adapters by name with a scale (None: the served one); None: every served adapter.
     lora: Sequence[tuple[str, float | None]] | None = None
+    speculative: bool | None = None  # draft and verify (None: as the server is set up)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,10 @@ class Engine:
     def cancel_all(self) -> None:
         self.scheduler.cancel_all()
 
+    def idle(self) -> bool:
+        """Nothing queued or running."""
+        return self.scheduler.wait_drained(0)
+
     def wait_drained(self, timeout: float | None = None) -> bool:
         return self.scheduler.wait_drained(timeout)
 
@@ -329,6 +334,7 @@ class Engine:
             logprobs=request.logprobs,
             echo=request.echo,
             lora=self.lora_key(request.lora),
+            speculative=request.speculative,
         )
         stream = JobStream(self.scheduler, gen)
         observe = self._observe_job(len(tokens)) if self._observe_job else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from llorch import atomic
 from llorch.digests import file_sha256
 from llorch.worker.backend.errors import ModelLoadError
+from llorch.worker.backend.protocol import LoadOptions
 
 __all__ = ["default_model_path", "file_sha256", "resolve_model"]
 
@@ -50,3 +51,32 @@ def resolve_model(spec: str | None, stopping: Callable[[], bool] | None = None) 
         return Path(cached_gguf(spec, stopping=stopping))
     except MODEL_ERRORS as exc:  # the message names the file and the problem
         raise ModelLoadError(str(exc)) from exc
+
+
+def host_memory_available() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (Linux's MemAvailable);
+    None where /proc/meminfo does not exist."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def footprint_bytes(spec: str | None, options: LoadOptions) -> int | None:
+    """What loading `spec` takes in memory: the GGUF's weights and the KV cache of every
+    slot, read from its header; None when unknown (a folder not converted yet)."""
+    from llorch.worker.backend import offload
+
+    path = default_model_path() if spec is None else Path(spec).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        model = offload.footprint(path)
+    except Exception:  # not a GGUF the reader understands: the load will say why
+        return None
+    n_ctx = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
+    return path.stat().st_size + offload.kv_cache_bytes(model, n_ctx)

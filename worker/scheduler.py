@@ -278,6 +278,7 @@ class Scheduler:
         logprobs: int | None = None,
         echo: bool = False,
         lora: LoraKey = (),
+        speculative: bool | None = None,
     ) -> GenerationRequest:
         """`max_tokens` None: the rest of the slot's context."""
         self._check_admitting()
@@ -294,7 +295,14 @@ class Scheduler:
         if len(tokens) + max_tokens > n_ctx:
             raise ContextOverflowError(len(tokens), max_tokens, n_ctx)
         return GenerationRequest(
-            tuple(tokens), max_tokens, sampling, stop, logprobs=logprobs, echo=echo, lora=lora
+            tuple(tokens),
+            max_tokens,
+            sampling,
+            stop,
+            logprobs=logprobs,
+            echo=echo,
+            lora=lora,
+            speculative=speculative,
         )
 
     def submit(

@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from fastapi import FastAPI
 from llorch.worker.backend import grammar
 from llorch.worker.backend.protocol import LoadOptions, ModelBackend
 from llorch.worker.engine import Engine
+from llorch.worker.fleet import Fleet, ModelEntry
 from llorch.worker.http.app import create_app
 from llorch.worker.http.metrics import WorkerMetrics
-from llorch.worker.models import resolve_model
+from llorch.worker.models import footprint_bytes, host_memory_available, resolve_model
 from llorch.worker.scheduler import Scheduler, State
 from llorch.worker.settings import WorkerSettings
 
@@ -33,14 +35,15 @@ CALLBACK_FIRST_DELAY_S = 0.5
 
 
 def build_app(
-    backend: ModelBackend,
+    backend: ModelBackend | Callable[[ModelEntry], ModelBackend],
     settings: WorkerSettings,
     model_path: Callable[[], Path] | None = None,
     json_grammar: Callable[[dict[str, Any] | None], str] = grammar.json_grammar,
 ) -> FastAPI:
-    """Backend → scheduler → engine → app. `model_path` finds the GGUF on the model thread
-    (default: resolve --model, converting a Hugging Face folder, which stops early when the
-    worker is asked to stop)."""
+    """Backend → scheduler → engine, per model (a fleet), → app. `backend` is one backend (one
+    model) or a factory making one for each model it is given. `model_path` finds the GGUF on the model thread
+    (default: resolve the model's --model, converting a Hugging Face folder, which stops early
+    when the worker is asked to stop)."""
     options = LoadOptions(
         ctx_size=settings.ctx_size,
         parallel=settings.parallel,
@@ -50,17 +53,36 @@ def build_app(
         rpc_servers=settings.rpc_servers,
         tensor_split=settings.tensor_split_shares,
         embedding_pooling=settings.embedding_pooling,
-        lora=settings.lora_specs,
+        speculative=settings.spec_options,
     )
-
-    def resolve() -> Path:
-        return resolve_model(settings.model, stopping=scheduler.stopping.is_set)
-
-    scheduler = Scheduler(backend, model_path or resolve, options, max_queue=settings.max_queue)
     metrics = WorkerMetrics()
-    engine = Engine(scheduler, observe_job=metrics.job_observer, json_grammar=json_grammar)
-    metrics.watch(engine)
-    return create_app(engine, settings, metrics)
+    entries = settings.model_entries
+    first = entries[0]
+    if len(entries) > 1 and not callable(backend):
+        raise ValueError("several models need a backend factory (one backend per model)")
+
+    def make_engine(entry: ModelEntry) -> Engine:
+        own = backend(entry) if callable(backend) else backend
+        # LoRA adapters belong to the first (default) model.
+        loaded = replace(options, lora=settings.lora_specs) if entry == first else options
+
+        def resolve() -> Path:
+            return resolve_model(entry.source, stopping=scheduler.stopping.is_set)
+
+        scheduler = Scheduler(own, model_path or resolve, loaded, max_queue=settings.max_queue)
+        observe = metrics.job_observer
+        return Engine(scheduler, observe_job=observe, json_grammar=json_grammar)
+
+    fleet = Fleet(
+        entries,
+        make_engine,
+        max_loaded=settings.max_models,
+        keep_alive_s=settings.keep_alive,
+        footprint=lambda entry: footprint_bytes(entry.source, options),
+        free_memory=host_memory_available,
+    )
+    metrics.watch(fleet)
+    return create_app(fleet, settings, metrics)
 
 
 class _Server(uvicorn.Server):
@@ -72,32 +94,32 @@ class _Server(uvicorn.Server):
     uvicorn shuts down. A second signal cancels everything at once.
     """
 
-    def __init__(self, config: uvicorn.Config, engine: Engine, drain_timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, fleet: Fleet, drain_timeout: float) -> None:
         super().__init__(config)
-        self.engine = engine
+        self.fleet = fleet
         self.drain_timeout = drain_timeout
         self._draining = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self._draining or self.should_exit:
             log.warning("stop asked again: cancelling in-flight work")
-            self.engine.cancel_all()
+            self.fleet.cancel_all()
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        self.engine.drain()
+        self.fleet.drain()
         log.info("draining: finishing in-flight work (at most %.0fs)", self.drain_timeout)
         # A signal handler must not block the event loop; waiting happens on a thread.
         threading.Thread(target=self._exit_when_drained, name="llorch-drain", daemon=True).start()
 
     def _exit_when_drained(self) -> None:
-        if not self.engine.wait_drained(self.drain_timeout):
+        if not self.fleet.wait_drained(self.drain_timeout):
             log.warning(
                 "drain timeout of %.0fs passed: cancelling what is left", self.drain_timeout
             )
-            self.engine.cancel_all()
+            self.fleet.cancel_all()
             # Let the cancelled streams send their end event before connections close.
-            self.engine.wait_drained(5.0)
+            self.fleet.wait_drained(5.0)
         self.should_exit = True  # uvicorn's main loop polls this flag
 
     @contextlib.contextmanager
@@ -116,15 +138,18 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def callback_payload(settings: WorkerSettings, engine: Engine) -> dict[str, Any]:
-    health = engine.health()
-    info = health.backend
-    model = health.model
+def callback_payload(settings: WorkerSettings, fleet: Fleet) -> dict[str, Any]:
+    """The default model's file and backend, and every served model's state."""
+    engine = fleet.default
+    health = engine.health() if engine is not None else None
+    info = health.backend if health else None
+    model = health.model if health else None
     gpu = [d for d in (info.devices if info else ()) if d.kind in ("gpu", "igpu")]
     return {
         "worker_id": settings.worker_id,
         "url": settings.public_url,
         "model": str(model.path) if model else None,
+        "models": fleet.states(),
         "backend": (info.preset or ("gpu" if info.gpu_offload else "cpu")) if info else None,
         # Memory the device reports in use (total - free): the model and context on the GPU.
         "vram_bytes": sum(d.memory_total_bytes - d.memory_free_bytes for d in gpu),
@@ -132,17 +157,17 @@ def callback_payload(settings: WorkerSettings, engine: Engine) -> dict[str, Any]
 
 
 async def _send_ready_callback(
-    server: uvicorn.Server, engine: Engine, settings: WorkerSettings
+    server: uvicorn.Server, fleet: Fleet, settings: WorkerSettings
 ) -> None:
     while not server.started:
         if server.should_exit:
             return
         await asyncio.sleep(0.05)
-    await asyncio.to_thread(engine.wait_loaded)
-    if engine.state is not State.READY:
-        log.error("not calling back %s: the model failed to load", settings.callback_url)
+    await asyncio.to_thread(fleet.wait_loaded)
+    if any(e.state is not State.READY for e in fleet.loaded().values()):
+        log.error("not calling back %s: a model failed to load", settings.callback_url)
         return
-    payload = callback_payload(settings, engine)
+    payload = callback_payload(settings, fleet)
     delay = CALLBACK_FIRST_DELAY_S
     async with httpx.AsyncClient(timeout=10.0) as client:
         for attempt in range(1, CALLBACK_ATTEMPTS + 1):
@@ -164,7 +189,7 @@ async def _send_ready_callback(
 async def _serve(server: _Server, settings: WorkerSettings) -> None:
     task = None
     if settings.callback_url is not None:
-        task = asyncio.create_task(_send_ready_callback(server, server.engine, settings))
+        task = asyncio.create_task(_send_ready_callback(server, server.fleet, settings))
     try:
         await server.serve()
     finally:
@@ -174,11 +199,9 @@ async def _serve(server: _Server, settings: WorkerSettings) -> None:
 
 def serve(settings: WorkerSettings, backend: ModelBackend | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the exit status."""
-    if backend is None:
-        from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.llama import LlamaCppBackend
 
-        backend = LlamaCppBackend()
-    app = build_app(backend, settings)
+    app = build_app(backend if backend is not None else lambda _: LlamaCppBackend(), settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -187,6 +210,6 @@ def serve(settings: WorkerSettings, backend: ModelBackend | None = None) -> int:
         timeout_graceful_shutdown=30,
         lifespan="on",
     )
-    server = _Server(config, app.state.engine, settings.drain_timeout)
+    server = _Server(config, app.state.fleet, settings.drain_timeout)
     asyncio.run(_serve(server, settings))
     return 0

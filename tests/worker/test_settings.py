@@ -27,7 +27,7 @@ def test_defaults(monkeypatch):
         monkeypatch.delenv(f"LLORCH_{name.upper()}", raising=False)
     settings = settings_from_args(parse())
     assert (settings.host, settings.port, settings.ctx_size) == ("127.0.0.1", 8080, 4096)
-    assert settings.model is None and settings.callback_url is None
+    assert settings.model == [] and settings.callback_url is None
     assert settings.worker_id.startswith("llorch-")
 
 
@@ -58,7 +58,7 @@ def test_flags_map_to_fields():
             "3",
         )
     )
-    assert settings.model == "/m.gguf" and settings.worker_id == "w7"
+    assert settings.model == ["/m.gguf"] and settings.worker_id == "w7"
     assert str(settings.callback_url) == "http://orch:1/cb"
     assert (settings.n_gpu_layers, settings.threads, settings.port) == (10, 3, 1234)
     # A wildcard bind is no address to call: the machine's host name is advertised.

@@ -60,6 +60,17 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class SpecOptions:
+    """Speculative decoding: draft tokens that the model verifies in one decode."""
+
+    default: bool = False  # whether requests that do not say speculate (--spec, --draft-model)
+    draft_model: Path | None = None  # drafts with this GGUF; None: prompt lookup (n-grams)
+    draft_max: int = 8  # tokens drafted per sequence and step
+    ngram_max: int = 4  # prompt lookup matches the last ngram_max..ngram_min tokens
+    ngram_min: int = 2
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     ctx_size: int = 4096  # per sequence; 0: the model's training context
     parallel: int = 1  # sequences decoded together (slots), each with ctx_size tokens
@@ -80,6 +91,7 @@ class LoadOptions:
     rpc_servers: tuple[str, ...] = ()
     # Share of the offloaded layers per device (rpc servers, then local GPUs); (): by free memory.
     tensor_split: tuple[float, ...] = ()
+    speculative: SpecOptions = SpecOptions()
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,9 @@ class GenerationRequest:
     # Score the prompt too: one PromptScores event with each prompt token's log-probability.
     echo: bool = False
     lora: LoraKey = ()  # the adapters and scales to decode with
+    # Draft tokens and verify them together (None: as the server is set up). Ignored where
+    # it does not apply: grammars, log-probabilities, echo, sampling inside the graph.
+    speculative: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,8 @@ class FinishEvent:
     stop_sequence_matched: str | None = None
     prompt_time_ms: float = 0.0
     prompt_cached: int = 0  # prompt tokens found in the KV cache and not ingested again
+    drafted: int = 0  # speculative decoding: draft tokens verified, and those accepted
+    accepted: int = 0
 
 
 @dataclass(frozen=True)

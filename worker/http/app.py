@@ -5,8 +5,8 @@
 - worker/http/ops.py: probes and controls (`/health`, `/ready`, `/capacity`, `/drain`,
   `/metrics`).
 
-`create_app` builds nothing but the app: the engine (and the backend and scheduler behind it)
-comes from the composition root, worker/server.py. This layer never imports llama_cpp.
+`create_app` builds nothing but the app: the fleet of engines (and the backends and schedulers
+behind them) comes from the composition root, worker/server.py. This layer never imports llama_cpp.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from llorch.worker.engine import Engine
+from llorch.worker.fleet import Fleet
 from llorch.worker.http import contract, embeddings, errors, openai, openapi, ops
 from llorch.worker.http.auth import BearerAuth
 from llorch.worker.http.guard import RequestGuard
@@ -30,20 +30,20 @@ from llorch.worker.settings import WorkerSettings
 GENERATION_PATHS = frozenset({"/execute", "/v1/completions", "/v1/chat/completions"})
 
 
-def create_app(engine: Engine, settings: WorkerSettings, metrics: WorkerMetrics) -> FastAPI:
-    """The app over a built engine; starting the app starts the engine (the model loads on
-    its thread, so `/ready` answers `loading` meanwhile), stopping it stops the engine."""
+def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -> FastAPI:
+    """The app over a built fleet; starting the app starts it (each model loads on its
+    thread, so `/ready` answers `loading` meanwhile), stopping it stops every engine."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.start()
+        fleet.start()
         try:
             yield
         finally:
-            await engine.stop()
+            await fleet.stop()
 
     app = FastAPI(title="llorch worker", lifespan=lifespan)
-    app.state.engine = engine
+    app.state.fleet = fleet
     app.state.settings = settings
     app.state.metrics = metrics
 
@@ -52,10 +52,10 @@ def create_app(engine: Engine, settings: WorkerSettings, metrics: WorkerMetrics)
             metrics.rejected(status)
 
     errors.install(app, rejected)
-    app.include_router(contract.build_router(engine))
-    app.include_router(openai.build_router(engine))
-    app.include_router(embeddings.build_router(engine))
-    app.include_router(ops.build_router(engine, settings, metrics))
+    app.include_router(contract.build_router(fleet))
+    app.include_router(openai.build_router(fleet))
+    app.include_router(embeddings.build_router(fleet))
+    app.include_router(ops.build_router(fleet, settings, metrics))
     openapi.install(
         app,
         [

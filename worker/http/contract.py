@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse
 
 from llorch.worker.backend.errors import JobNotFoundError
 from llorch.worker.backend.protocol import FinishEvent, TokenEvent
-from llorch.worker.engine import Engine, JobRequest, JobStream
+from llorch.worker.engine import JobRequest, JobStream
+from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
 from llorch.worker.http.body import parse_json
 from llorch.worker.http.sampling import sampling_params
@@ -28,7 +29,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def build_router(engine: Engine) -> APIRouter:
+def build_router(fleet: Fleet) -> APIRouter:
     router = APIRouter()
 
     @router.post(
@@ -39,6 +40,7 @@ def build_router(engine: Engine) -> APIRouter:
     )
     async def execute(request: Request) -> EventStream:
         body = ExecuteRequest.model_validate(parse_json(await request.body()))
+        engine = await fleet.engine(body.model)
         job = JobRequest(
             job_id=body.job_id,
             prompt=body.prompt,
@@ -48,6 +50,7 @@ def build_router(engine: Engine) -> APIRouter:
             timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
             logprobs=body.top_logprobs,
             lora=body.lora_pairs(),
+            speculative=body.speculative,
         )
         stream = await engine.generate(job)
         model = engine.model.name if engine.model else ""
@@ -56,7 +59,7 @@ def build_router(engine: Engine) -> APIRouter:
     @router.delete("/jobs/{job_id}", status_code=202, responses=openapi.errors(401, 403, 404, 421))
     async def cancel_job(job_id: str) -> JSONResponse:
         # The job's own stream reports the end (stop_reason CANCELLED); this only asks for it.
-        if not engine.abort(job_id):
+        if not any(engine.abort(job_id) for engine in fleet.loaded().values()):
             raise JobNotFoundError(f"no job {job_id!r} is queued or running", param="job_id")
         return JSONResponse({"job_id": job_id, "state": "cancelling"}, status_code=202)
 
@@ -67,6 +70,7 @@ def build_router(engine: Engine) -> APIRouter:
     )
     async def tokenize(request: Request) -> JSONResponse:
         body = TokenizeRequest.model_validate(parse_json(await request.body()))
+        engine = await fleet.engine(body.model)
         return JSONResponse({"tokens": await engine.tokenize(body.content, body.add_special)})
 
     @router.post(
@@ -76,6 +80,7 @@ def build_router(engine: Engine) -> APIRouter:
     )
     async def detokenize(request: Request) -> JSONResponse:
         body = DetokenizeRequest.model_validate(parse_json(await request.body()))
+        engine = await fleet.engine(body.model)
         return JSONResponse({"content": await engine.detokenize(body.tokens)})
 
     return router
@@ -138,4 +143,6 @@ def _metrics_frame(event: FinishEvent) -> dict[str, Any]:
         "prompt_time_ms": round(event.prompt_time_ms, 3),
         "prompt_cached": event.prompt_cached,
         "seed": event.seed,
+        "drafted": event.drafted,
+        "accepted": event.accepted,
     }

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llorch.worker.engine import Embeddings, Engine
+from llorch.worker.engine import Embeddings
+from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
 from llorch.worker.http.body import parse_json
 from llorch.worker.http.openai_schemas import MAX_PROMPT_TOKENS, MAX_TEXT_CHARS
@@ -61,9 +62,10 @@ class EmbedRequest(BaseModel):
 
     input: Annotated[list[Text | TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
     truncate: bool = False
+    model: str | None = Field(None, min_length=1, max_length=256)
 
 
-def build_router(engine: Engine) -> APIRouter:
+def build_router(fleet: Fleet) -> APIRouter:
     router = APIRouter()
 
     @router.post(
@@ -73,6 +75,7 @@ def build_router(engine: Engine) -> APIRouter:
     )
     async def embeddings(request: Request) -> JSONResponse:
         body = EmbeddingRequest.model_validate(parse_json(await request.body()))
+        engine = await fleet.engine(body.model)
         model = engine.loaded()
         result = await engine.embed(_as_list(body.input), truncate=body.truncate)
         _check_dimensions(body.dimensions, result)
@@ -90,6 +93,7 @@ def build_router(engine: Engine) -> APIRouter:
     )
     async def embed(request: Request) -> JSONResponse:
         body = EmbedRequest.model_validate(parse_json(await request.body()))
+        engine = await fleet.engine(body.model)
         model = engine.loaded()
         result = await engine.embed(body.input, truncate=body.truncate)
         return JSONResponse(

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llorch.worker.backend.protocol import FinishEvent, TokenEvent
-from llorch.worker.engine import Engine
+from llorch.worker.fleet import Fleet
 from llorch.worker.scheduler import JobEvent, JobFailed
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -26,37 +26,60 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class _EngineCollector(Collector):
-    """Gauges read from the engine at scrape time."""
+class _FleetCollector(Collector):
+    """Gauges of every loaded model (label `model`), read from the engines at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
-        capacity = self._engine.capacity()
-        gauges = (
-            ("llorch_queue_depth", "Requests waiting for a slot", capacity.queue_depth),
-            (
+        engines = self._fleet.loaded()
+        families = {
+            "queue_depth": GaugeMetricFamily(
+                "llorch_queue_depth", "Requests waiting for a slot", labels=["model"]
+            ),
+            "queue_max": GaugeMetricFamily(
                 "llorch_queue_max",
                 "Requests that may wait before new ones get 429",
-                capacity.queue_max,
+                labels=["model"],
             ),
-            ("llorch_slots_busy", "Slots generating", capacity.slots_busy),
-            ("llorch_slots_total", "Slots (sequences generated at once)", capacity.slots_total),
-            ("llorch_kv_cells_used", "KV cache cells holding live tokens", capacity.kv_used),
-            ("llorch_kv_cells_total", "KV cache cells", capacity.kv_total),
+            "slots_busy": GaugeMetricFamily(
+                "llorch_slots_busy", "Slots generating", labels=["model"]
+            ),
+            "slots_total": GaugeMetricFamily(
+                "llorch_slots_total", "Slots (sequences generated at once)", labels=["model"]
+            ),
+            "kv_used": GaugeMetricFamily(
+                "llorch_kv_cells_used", "KV cache cells holding live tokens", labels=["model"]
+            ),
+            "kv_total": GaugeMetricFamily(
+                "llorch_kv_cells_total", "KV cache cells", labels=["model"]
+            ),
+        }
+        load = GaugeMetricFamily(
+            "llorch_model_load_seconds", "Time the model took to load", labels=["model"]
         )
-        for name, doc, value in gauges:
-            yield GaugeMetricFamily(name, doc, value=value)
-        load_seconds = self._engine.health().load_seconds
-        if load_seconds is not None:
-            yield GaugeMetricFamily(
-                "llorch_model_load_seconds", "Time the model took to load", value=load_seconds
-            )
+        for name, engine in engines.items():
+            capacity = engine.capacity()
+            for key, family in families.items():
+                family.add_metric([name], getattr(capacity, key))
+            load_seconds = engine.health().load_seconds
+            if load_seconds is not None:
+                load.add_metric([name], load_seconds)
+        yield from families.values()
+        yield load
+        loaded = GaugeMetricFamily(
+            "llorch_model_loaded",
+            "1 for a loaded model, 0 for a served one not loaded",
+            labels=["model"],
+        )
+        for name, state in self._fleet.states().items():
+            loaded.add_metric([name], 0 if state == "unloaded" else 1)
+        yield loaded
 
 
 class WorkerMetrics:
-    """Built before the engine (it observes the engine's jobs), then `watch`es it for the
+    """Built before the engines (it observes their jobs), then `watch`es the fleet for the
     gauges."""
 
     def __init__(self) -> None:
@@ -74,6 +97,16 @@ class WorkerMetrics:
         self.generated_tokens = Counter(
             "llorch_generated_tokens", "Tokens generated", registry=self.registry
         )
+        self.draft_tokens = Counter(
+            "llorch_draft_tokens",
+            "Draft tokens verified (speculative decoding)",
+            registry=self.registry,
+        )
+        self.draft_accepted = Counter(
+            "llorch_draft_accepted",
+            "Draft tokens accepted (speculative decoding)",
+            registry=self.registry,
+        )
         self.time_to_first_token = Histogram(
             "llorch_time_to_first_token_seconds",
             "From admission to the first generated token (queueing and prompt included)",
@@ -87,8 +120,8 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
-    def watch(self, engine: Engine) -> None:
-        self.registry.register(_EngineCollector(engine))
+    def watch(self, fleet: Fleet) -> None:
+        self.registry.register(_FleetCollector(fleet))
 
     def job_observer(self, prompt_tokens: int) -> JobObserver:
         return JobObserver(self, prompt_tokens)
@@ -146,5 +179,7 @@ class JobObserver:
             self._timer.token(time.monotonic())
         elif isinstance(event, FinishEvent):
             self._metrics.finished(event.stop_reason.value)
+            self._metrics.draft_tokens.inc(event.drafted)
+            self._metrics.draft_accepted.inc(event.accepted)
         elif isinstance(event, JobFailed):
             self._metrics.failed(event.error.code)

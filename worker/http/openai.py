@@ -31,10 +31,11 @@ from llorch.worker.backend.protocol import (
     StopReason,
 )
 from llorch.worker.backend.protocol import TokenEvent as Token
-from llorch.worker.engine import Engine, JobRequest, JobStream
+from llorch.worker.engine import JobRequest, JobStream
+from llorch.worker.fleet import Fleet, ModelNotServed
 from llorch.worker.http import logprob_shapes, openapi
 from llorch.worker.http.body import parse_json
-from llorch.worker.http.errors import ModelNotFound, openai_body
+from llorch.worker.http.errors import openai_body
 from llorch.worker.http.openai_schemas import (
     ChatCompletionRequest,
     Choice,
@@ -61,25 +62,33 @@ def fingerprint(model: ModelInfo) -> str:
     return f"llorch-{model.sha256[:12]}"
 
 
-def build_router(engine: Engine) -> APIRouter:
+def build_router(fleet: Fleet) -> APIRouter:
     router = APIRouter()
     created = int(time.time())
 
-    def card(model: ModelInfo) -> dict[str, Any]:
-        return {"id": model.name, "object": "model", "created": created, "owned_by": "llorch"}
+    def card(name: str, state: str) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "llorch",
+            "state": state,  # an extension: loaded models are ready, others load on demand
+        }
 
     @router.get("/v1/models", responses=openapi.errors(401, 421, 503, openai=True))
     async def list_models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [card(engine.loaded())]})
+        return JSONResponse(
+            {"object": "list", "data": [card(n, st) for n, st in fleet.states().items()]}
+        )
 
     @router.get(
         "/v1/models/{model_id:path}", responses=openapi.errors(401, 404, 421, 503, openai=True)
     )
     async def get_model(model_id: str) -> JSONResponse:
-        model = engine.loaded()
-        if model_id != model.name:
-            raise ModelNotFound(model_id, model.name)
-        return JSONResponse(card(model))
+        states = fleet.states()
+        if model_id not in states:
+            raise ModelNotServed(model_id, list(states))
+        return JSONResponse(card(model_id, states[model_id]))
 
     @router.post(
         "/v1/completions",
@@ -89,6 +98,7 @@ def build_router(engine: Engine) -> APIRouter:
     )
     async def completions(request: Request) -> Response:
         body = CompletionRequest.model_validate(parse_json(await request.body()))
+        engine = await fleet.engine(body.model)
         model = engine.loaded()
         reply = Reply("cmpl", model.name, fingerprint(model), chat=False)
         prompt = body.one_prompt
@@ -102,6 +112,7 @@ def build_router(engine: Engine) -> APIRouter:
             logprobs=body.logprobs,
             echo=body.echo and body.logprobs is not None,
             lora=body.lora_pairs(),
+            speculative=body.speculative,
         )
         streams = await engine.generate_choices(job, body.n)
         echo = None
@@ -120,6 +131,7 @@ def build_router(engine: Engine) -> APIRouter:
     )
     async def chat_completions(request: Request) -> Response:
         body = ChatCompletionRequest.model_validate(parse_json(await request.body()))
+        engine = await fleet.engine(body.model)
         model = engine.loaded()
         reply = Reply("chatcmpl", model.name, fingerprint(model), chat=True)
         sampling = await sampling_params(body, engine)
@@ -137,6 +149,7 @@ def build_router(engine: Engine) -> APIRouter:
             stop=body.stops,
             logprobs=body.logprob_alternatives,
             lora=body.lora_pairs(),
+            speculative=body.speculative,
         )
         try:
             streams = await engine.generate_choices(job, body.n)

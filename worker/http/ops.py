@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from llorch.worker.backend.errors import OutOfMemoryError, WorkerError
 from llorch.worker.engine import Engine, Health
+from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
 from llorch.worker.http.auth import holds_token
+from llorch.worker.http.body import parse_json
 from llorch.worker.http.metrics import CONTENT_TYPE, WorkerMetrics
 from llorch.worker.scheduler import State
 from llorch.worker.settings import WorkerSettings
@@ -26,12 +30,20 @@ class PrometheusText(Response):
 _HEALTHY = frozenset({State.LOADING, State.READY, State.DRAINING})
 
 
-def build_router(engine: Engine, settings: WorkerSettings, metrics: WorkerMetrics) -> APIRouter:
+def build_router(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
     async def health(request: Request) -> JSONResponse:
-        body = health_body(engine.health(), settings)
+        engine = fleet.default
+        state = overall_state(fleet)
+        if engine is not None:
+            body = health_body(engine.health(), settings)
+        else:  # the default model is unloaded (it loads on demand)
+            body = {"worker_id": settings.worker_id, "queue_depth": 0, "active_job": None}
+        body["status"] = "healthy" if state in _HEALTHY_NAMES else "unhealthy"
+        body["state"] = state
+        body["models"] = fleet.states()
         if not holds_token(request.headers.get("authorization"), settings.api_token):
             # Probes hold no token: they get the status, not the model's path or the machine.
             body = {key: body[key] for key in ("status", "state")}
@@ -39,35 +51,89 @@ def build_router(engine: Engine, settings: WorkerSettings, metrics: WorkerMetric
 
     @router.get("/ready", responses={503: {"description": "not ready: loading, error, draining"}})
     async def ready() -> JSONResponse:
-        state = engine.state
-        body: dict[str, Any] = {"ready": state is State.READY, "state": state.value}
-        error = engine.health().error
-        if state is State.ERROR and error is not None:
-            body |= failure(error)
-        elif engine.drained():
+        state = overall_state(fleet)
+        body: dict[str, Any] = {"ready": state == "ready", "state": state, "models": fleet.states()}
+        for engine in fleet.loaded().values():
+            error = engine.health().error
+            if engine.state is State.ERROR and error is not None:
+                body |= failure(error)
+                break
+        if state == "draining" and all(e.drained() for e in fleet.loaded().values()):
             body["state"] = "drained"  # nothing left in flight: safe to stop the process
-        return JSONResponse(body, status_code=200 if state is State.READY else 503)
+        return JSONResponse(body, status_code=200 if state == "ready" else 503)
 
     @router.get("/lora-adapters", responses=openapi.errors(401, 421, 503))
     async def lora_adapters() -> JSONResponse:
-        served = engine.loaded().lora
+        served = (await fleet.engine(None)).loaded().lora
         return JSONResponse(
             [{"name": s.name, "path": str(s.path), "scale": s.scale} for s in served]
         )
 
     @router.get("/capacity", responses=openapi.errors(401, 421))
     async def capacity() -> JSONResponse:
-        return JSONResponse(capacity_body(engine))
+        engines = fleet.loaded()
+        default = fleet.default
+        body: dict[str, Any] = (
+            capacity_body(default) if default is not None else {"state": "unloaded"}
+        )
+        body["models"] = {
+            name: capacity_body(engines[name]) if name in engines else {"state": state}
+            for name, state in fleet.states().items()
+        }
+        return JSONResponse(body)
 
     @router.post("/drain", status_code=202, responses=openapi.errors(401, 403, 421))
     async def drain() -> JSONResponse:
-        return JSONResponse({"state": engine.drain().value}, status_code=202)
+        fleet.drain()
+        return JSONResponse({"state": overall_state(fleet)}, status_code=202)
+
+    @router.post(
+        "/models/load",
+        openapi_extra=openapi.body(ModelName),
+        responses=openapi.errors(400, 401, 403, 404, 415, 421, 503),
+    )
+    async def load(request: Request) -> JSONResponse:
+        body = ModelName.model_validate(parse_json(await request.body()))
+        engine = await fleet.load(body.model)
+        await asyncio.to_thread(engine.wait_loaded)
+        return JSONResponse({"model": body.model, "state": engine.state.value})
+
+    @router.post(
+        "/models/unload",
+        openapi_extra=openapi.body(ModelName),
+        responses=openapi.errors(400, 401, 403, 404, 415, 421),
+    )
+    async def unload(request: Request) -> JSONResponse:
+        body = ModelName.model_validate(parse_json(await request.body()))
+        was_loaded = await fleet.unload(body.model)
+        return JSONResponse({"model": body.model, "state": "unloaded", "was_loaded": was_loaded})
 
     @router.get("/metrics", response_class=PrometheusText, responses=openapi.errors(401, 421))
     async def metrics_text() -> Response:
         return PrometheusText(metrics.render())
 
     return router
+
+
+class ModelName(BaseModel):
+    """`POST /models/load`, `/models/unload`: a model registered at start, by name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, max_length=256)
+
+
+_HEALTHY_NAMES = frozenset(s.value for s in _HEALTHY) | {"drained"}
+
+
+def overall_state(fleet: Fleet) -> str:
+    """The worker's state: an error or a load in progress of any loaded model first, then
+    draining; otherwise ready (a model not loaded loads on demand)."""
+    states = {e.state for e in fleet.loaded().values()}
+    for state in (State.ERROR, State.LOADING, State.DRAINING, State.STOPPED):
+        if state in states:
+            return state.value
+    return State.READY.value
 
 
 def failure(error: WorkerError) -> dict[str, Any]:

@@ -52,6 +52,8 @@ class SamplingBody(BaseModel):
     # LoRA adapters served with the model, and their scales: none given, every served adapter
     # at its served scale; an empty list, none.
     lora: list[LoraChoice] | None = Field(None, max_length=64)
+    # Speculative decoding for this request (null: as the server is set up).
+    speculative: bool | None = None
 
     def lora_pairs(self) -> list[tuple[str, float | None]] | None:
         return None if self.lora is None else [(c.name, c.scale) for c in self.lora]

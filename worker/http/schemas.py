@@ -30,6 +30,7 @@ class ExecuteRequest(SamplingBody):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     job_id: str = Field(min_length=1, max_length=256)
+    model: str | None = Field(None, min_length=1, max_length=256)  # served ones only
     prompt: str = Field(min_length=1, max_length=32768)
     max_tokens: int = Field(ge=1, le=1 << 20)
     # llama.cpp divides positive logits by the penalty: 0 is not a valid value there.
@@ -122,9 +123,11 @@ class TokenizeRequest(BaseModel):
 
     content: str = Field(max_length=1 << 20)
     add_special: bool = True
+    model: str | None = Field(None, min_length=1, max_length=256)
 
 
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     tokens: list[int] = Field(max_length=1 << 20)
+    model: str | None = Field(None, min_length=1, max_length=256)

@@ -25,7 +25,7 @@ def client_for(backend: FakeBackend) -> TestClient:
 def client():
     backend = FakeBackend()
     with client_for(backend) as c:
-        assert c.app.state.engine.scheduler.wait_loaded(5)
+        assert c.app.state.fleet.default.scheduler.wait_loaded(5)
         yield c
 
 
@@ -67,7 +67,7 @@ def test_stop_sequence_matched_is_reported(client):
 def test_sampling_fields_reach_the_backend():
     backend = FakeBackend()
     with client_for(backend) as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         body = VALID | {
             "temperature": 0.5,
             "top_p": 0.9,
@@ -172,12 +172,20 @@ def test_ready_and_health_while_loading_then_ready():
     with client_for(backend) as c:
         response = c.get("/ready")
         assert response.status_code == 503
-        assert response.json() == {"ready": False, "state": "loading"}
+        assert response.json() == {
+            "ready": False,
+            "state": "loading",
+            "models": {"default": "loading"},
+        }
         assert c.get("/health").json()["status"] == "healthy"
         assert c.post("/execute", json=VALID).status_code == 503
         gate.set()
-        assert c.app.state.engine.scheduler.wait_loaded(5)
-        assert c.get("/ready").json() == {"ready": True, "state": "ready"}
+        assert c.app.state.fleet.default.scheduler.wait_loaded(5)
+        assert c.get("/ready").json() == {
+            "ready": True,
+            "state": "ready",
+            "models": {"fake": "ready"},
+        }
         health = c.get("/health").json()
         assert health["model"]["architecture"] == "fake"
         assert health["model"]["sha256"] == "0" * 64
@@ -190,7 +198,7 @@ def test_ready_and_health_while_loading_then_ready():
 def test_ready_reports_load_failure_with_reason():
     backend = FakeBackend(load_error="bad magic in /models/x.gguf")
     with client_for(backend) as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         response = c.get("/ready")
         assert response.status_code == 503
         assert response.json()["state"] == "error"
@@ -208,7 +216,7 @@ def test_tokenize_and_detokenize(client):
 def test_extended_sampling_fields_reach_the_backend():
     backend = FakeBackend()
     with client_for(backend) as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         body = VALID | {
             "presence_penalty": 0.5,
             "frequency_penalty": -0.25,
@@ -233,7 +241,7 @@ def test_json_schema_becomes_a_grammar():
         json_grammar=lambda schema: f"root ::= {sorted(schema)}",
     )
     with TestClient(app, base_url="http://127.0.0.1") as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         assert (
             c.post("/execute", json=VALID | {"json_schema": {"type": "object"}}).status_code == 200
         )

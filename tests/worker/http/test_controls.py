@@ -36,7 +36,7 @@ def loaded() -> Iterator[Callable[..., TestClient]]:
     def open_client(backend: FakeBackend | None = None, **settings) -> TestClient:
         client = client_for(backend or FakeBackend(), **settings).__enter__()
         opened.append(client)
-        assert client.app.state.engine.scheduler.wait_loaded(5)
+        assert client.app.state.fleet.default.scheduler.wait_loaded(5)
         return client
 
     yield open_client
@@ -93,7 +93,11 @@ def test_routes_need_the_bearer_token(loaded):
 def test_health_and_ready_stay_open(loaded):
     client = loaded(api_token=TOKEN)
     assert client.get("/health").status_code == 200
-    assert client.get("/ready").json() == {"ready": True, "state": "ready"}
+    assert client.get("/ready").json() == {
+        "ready": True,
+        "state": "ready",
+        "models": {"fake": "ready"},
+    }
 
 
 def test_routes_added_later_are_covered_too(loaded):
@@ -237,7 +241,11 @@ def test_drain_refuses_new_work_and_finishes_in_flight(loaded):
     assert events[-1]["type"] == "end" and events[-1]["stop_reason"] == "MAX_TOKENS"
     assert events[-1]["tokens_out"] == 20
     wait_for(lambda: client.get("/ready").json()["state"] == "drained")
-    assert client.get("/ready").json() == {"ready": False, "state": "drained"}
+    assert client.get("/ready").json() == {
+        "ready": False,
+        "state": "drained",
+        "models": {"fake": "draining"},
+    }
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "healthy"
     assert health.json()["state"] == "draining"
@@ -248,6 +256,8 @@ def test_drain_refuses_new_work_and_finishes_in_flight(loaded):
 
 def test_capacity_shape(loaded):
     body = loaded(max_queue=7).get("/capacity").json()
+    models = body.pop("models")
+    assert models == {"fake": body}  # one model: the top level is that model's
     assert body == {
         "state": "ready",
         "slots": {"total": body["slots"]["total"], "busy": 0},
@@ -292,13 +302,13 @@ def test_metrics_move_after_a_request(loaded):
     assert sample(text, "llorch_generated_tokens_total") == 5
     assert sample(text, "llorch_time_to_first_token_seconds_count") == 1
     assert sample(text, "llorch_inter_token_latency_seconds_count") == 4
-    assert sample(text, "llorch_queue_depth") == 0
-    assert sample(text, "llorch_slots_busy") == 0
-    assert sample(text, "llorch_kv_cells_used") == 0
+    assert sample(text, 'llorch_queue_depth{model="fake"}') == 0
+    assert sample(text, 'llorch_slots_busy{model="fake"}') == 0
+    assert sample(text, 'llorch_kv_cells_used{model="fake"}') == 0
     capacity = client.get("/capacity").json()
-    assert sample(text, "llorch_kv_cells_total") == capacity["kv"]["total"]
-    assert sample(text, "llorch_slots_total") == capacity["slots"]["total"]
-    assert sample(text, "llorch_model_load_seconds") >= 0
+    assert sample(text, 'llorch_kv_cells_total{model="fake"}') == capacity["kv"]["total"]
+    assert sample(text, 'llorch_slots_total{model="fake"}') == capacity["slots"]["total"]
+    assert sample(text, 'llorch_model_load_seconds{model="fake"}') >= 0
 
 
 def test_gauges_are_read_at_scrape_time(loaded):
@@ -306,8 +316,8 @@ def test_gauges_are_read_at_scrape_time(loaded):
     thread, _ = in_background(client, VALID | {"max_tokens": 30})
     wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
     text = client.get("/metrics").text
-    assert sample(text, "llorch_slots_busy") == 1
-    assert sample(text, "llorch_queue_depth") == 0
+    assert sample(text, 'llorch_slots_busy{model="fake"}') == 1
+    assert sample(text, 'llorch_queue_depth{model="fake"}') == 0
     thread.join(5)
 
 

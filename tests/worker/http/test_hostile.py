@@ -33,7 +33,7 @@ def make() -> Iterator:
         )
         client = TestClient(app, base_url="http://127.0.0.1").__enter__()
         opened.append(client)
-        assert app.state.engine.wait_loaded(5)
+        assert app.state.fleet.default.wait_loaded(5)
         return client
 
     yield open_client

@@ -22,7 +22,7 @@ def served() -> Iterator[tuple[TestClient, FakeBackend]]:
     settings = WorkerSettings(lora=["tone=/adapters/tone.gguf:0.5", "code=/adapters/code.gguf"])
     app = build_app(backend, settings, model_path=lambda: __file__)
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        assert app.state.engine.wait_loaded(5)
+        assert app.state.fleet.default.wait_loaded(5)
         yield client, backend
 
 

@@ -34,7 +34,7 @@ def backend():
 @pytest.fixture
 def client(backend):
     with client_for(backend) as c:
-        assert c.app.state.engine.scheduler.wait_loaded(5)
+        assert c.app.state.fleet.default.scheduler.wait_loaded(5)
         yield c
 
 
@@ -208,7 +208,7 @@ def test_chat_uses_the_builtin_template_and_rest_of_context(client, backend):
 def test_chat_uses_the_models_jinja_template():
     backend = FakeBackend(n_ctx=256, chat_template=GEMMA_STYLE)
     with client_for(backend) as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
         body = {"messages": messages, "max_completion_tokens": 3, "max_tokens": 9}
         assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == {
@@ -237,7 +237,7 @@ def test_chat_stream_role_then_content_then_finish(client):
 
 def test_no_chat_template_is_a_400():
     with client_for(FakeBackend(builtin_template=False)) as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         response = c.post("/v1/chat/completions", json={"messages": [{"role": "user"}]})
         assert "no chat template" in assert_error(response, 400)["message"]
 
@@ -245,7 +245,7 @@ def test_no_chat_template_is_a_400():
 def test_template_raise_exception_is_a_400():
     template = "{{ raise_exception('roles must alternate') }}"
     with client_for(FakeBackend(chat_template=template)) as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         body = {"messages": [{"role": "user", "content": "x"}]}
         error = assert_error(c.post("/v1/chat/completions", json=body), 400)
         assert "roles must alternate" in error["message"]
@@ -315,17 +315,18 @@ def test_context_overflow(client):
 def test_not_ready_is_503():
     gate = threading.Event()
     with client_for(FakeBackend(load_gate=gate)) as c:
-        assert assert_error(c.get("/v1/models"), 503)["type"] == "unavailable_error"
+        # Listed while it loads, with its state; generation waits for it: 503.
+        assert c.get("/v1/models").json()["data"][0]["state"] == "loading"
         assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 503)
         gate.set()
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
 
 
 def test_queue_full_is_429_with_retry_after(client, monkeypatch):
     def full(*args, **kwargs):
         raise QueueFullError(64, 64)
 
-    monkeypatch.setattr(client.app.state.engine.scheduler, "submit", full)
+    monkeypatch.setattr(client.app.state.fleet.default.scheduler, "submit", full)
     response = client.post("/v1/completions", json={"prompt": "Hi"})
     error = assert_error(response, 429)
     assert error["code"] == "rate_limit_exceeded" and response.headers["retry-after"] == "1"
@@ -343,7 +344,7 @@ def test_models(client):
 def test_a_closed_stream_cancels_the_job():
     backend = FakeBackend(script="x" * 2000, delay=0.01, n_ctx=4096)
     with client_for(backend) as c:
-        scheduler = c.app.state.engine.scheduler
+        scheduler = c.app.state.fleet.default.scheduler
         scheduler.wait_loaded(5)
         body = {"prompt": "Hi", "max_tokens": 2000, "stream": True}
         with c.stream("POST", "/v1/completions", json=body) as response:
@@ -359,7 +360,7 @@ def test_a_failure_mid_generation():
     with client_for(
         FakeBackend(n_ctx=256, fail=RuntimeError("the device fell over"), fail_at=2)
     ) as c:
-        c.app.state.engine.scheduler.wait_loaded(5)
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
         error = assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 500)
         assert error["type"] == "server_error" and "fell over" in error["message"]
         body = {"messages": [{"role": "user", "content": "x"}], "stream": True}

@@ -32,7 +32,7 @@ def open_client() -> Iterator:
         )
         client = TestClient(app, base_url="http://127.0.0.1").__enter__()
         opened.append(client)
-        assert app.state.engine.wait_loaded(5)
+        assert app.state.fleet.default.wait_loaded(5)
         return client
 
     yield make
@@ -52,7 +52,7 @@ def _hold_slot(client: TestClient) -> threading.Thread:
     body = {"job_id": "holder", "prompt": "p", "max_tokens": 900}
     thread = threading.Thread(target=client.post, args=("/execute",), kwargs={"json": body})
     thread.start()
-    scheduler = client.app.state.engine.scheduler
+    scheduler = client.app.state.fleet.default.scheduler
     while scheduler.active_job_id != "holder":
         threading.Event().wait(0.005)
     return thread
@@ -69,7 +69,7 @@ def test_delete_ends_a_queued_job_while_the_slot_stays_busy(open_client):
 
     waiter = threading.Thread(target=queued)
     waiter.start()
-    scheduler = client.app.state.engine.scheduler
+    scheduler = client.app.state.fleet.default.scheduler
     while scheduler.queue_depth != 1:
         threading.Event().wait(0.005)
     assert client.delete("/jobs/waiting").status_code == 202
@@ -88,7 +88,7 @@ def test_timeout_ends_a_queued_job_while_the_slot_stays_busy(open_client):
     holder = _hold_slot(client)
     body = {"job_id": "late", "prompt": "q", "max_tokens": 5, "timeout_ms": 50}
     events = frames(client.post("/execute", json=body).text)
-    assert client.app.state.engine.scheduler.active_job_id == "holder"
+    assert client.app.state.fleet.default.scheduler.active_job_id == "holder"
     assert events == [
         {"type": "error", "code": "TIMEOUT", "message": "the timeout passed while it was queued"}
     ]
