@@ -5,17 +5,20 @@ generating sequence plus chunks of the prompts being ingested, each sequence und
 seq_id, so a new request joins at the next step instead of waiting for the others to finish.
 A slot remembers the tokens its sequence left in the KV cache; a new prompt that starts with
 them skips re-ingesting that prefix.
+
+Sequences that speculate add their drafts to the same batch (worker/backend/speculative.py).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
 from llorch.worker.backend import logprobs, sampling
+from llorch.worker.backend.drafters import Drafter
 from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
 from llorch.worker.backend.lora import LoraAdapters
 from llorch.worker.backend.protocol import (
@@ -25,54 +28,13 @@ from llorch.worker.backend.protocol import (
     PromptScores,
     Scored,
     SequenceFailed,
+    SpecOptions,
     StopReason,
     TokenLogprob,
 )
-from llorch.worker.backend.text import Emitted, SequenceText
-
-
-@dataclass
-class _Sequence:
-    """The state of one request while it occupies a slot."""
-
-    key: object
-    request: GenerationRequest
-    chain: sampling.SamplerChain
-    to_ingest: list[int]
-    reused: int
-    added_at: float = field(default_factory=time.perf_counter)
-    first_token_at: float = 0.0
-    next_token: int | None = None  # sampled, still to be decoded
-    output: SequenceText = field(init=False)
-    cancelled: bool = False
-    in_graph: bool = False  # sampled inside llama.cpp's graph (backend sampling)
-    # Echo: (batch index, the prompt token its logits predict) of this step, and the scores
-    # of the prompt so far (its first token has none: nothing predicts it).
-    to_score: list[tuple[int, int]] = field(default_factory=list)
-    prompt_scores: list[Scored] = field(default_factory=list)
-    # The same prompt as a sequence still reading it (n > 1, or identical requests): this one
-    # waits, then copies the leader's KV cache instead of reading the prompt again.
-    leader: _Slot | None = None
-    followers: list[_Slot] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.output = SequenceText(self.key, self.request.stop, self.request.max_tokens)
-
-
-@dataclass
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens in the KV cache, positions 0..n-1
-    seq: _Sequence | None = None
-    cached_lora: LoraKey = ()  # the adapters the cached tokens were decoded with
-
-
-def common_prefix(a: list[int], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+from llorch.worker.backend.slots import SeqState, Slot, common_prefix
+from llorch.worker.backend.speculative import Speculation
+from llorch.worker.backend.text import Emitted
 
 
 class LlamaBatchDecoder:
@@ -88,8 +50,11 @@ class LlamaBatchDecoder:
         backend_sampling: bool = False,
         decode: Callable[[ll.llama_context_p, ll.llama_batch], int] = ll.llama_decode,
         adapters: LoraAdapters | None = None,
+        spec: SpecOptions | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self._adapters = adapters
+        self._speculation = Speculation(ctx, spec or SpecOptions(), drafter)
         self._turn = 0
         self._decode = decode  # llama_decode; tests pass a wrapper to make it fail
         self._ctx = ctx
@@ -99,8 +64,8 @@ class LlamaBatchDecoder:
         self._ctx_per_slot = ctx_per_slot
         self._token_bytes = token_bytes
         self._backend_sampling = backend_sampling
-        self._slots = [_Slot(i) for i in range(n_slots)]
-        self._by_key: dict[object, _Slot] = {}
+        self._slots = [Slot(i) for i in range(n_slots)]
+        self._by_key: dict[object, Slot] = {}
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
 
     @property
@@ -118,6 +83,7 @@ class LlamaBatchDecoder:
         return sum(len(s.cached) for s in self._slots if s.seq is not None)
 
     def close(self) -> None:
+        self._speculation.close()
         if self._batch is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
@@ -152,7 +118,7 @@ class LlamaBatchDecoder:
             keep = 0
         del slot.cached[keep:]
         slot.cached_lora = request.lora
-        slot.seq = _Sequence(key, request, chain, list(prompt[keep:]), reused=keep)
+        slot.seq = SeqState(key, request, chain, list(prompt[keep:]), reused=keep)
         self._by_key[key] = slot
         if request.echo:
             first = TokenLogprob(prompt[0], self._token_bytes(prompt[0]), None)
@@ -161,15 +127,16 @@ class LlamaBatchDecoder:
         scores = request.logprobs is not None or request.echo
         if self._backend_sampling and sampling.runs_in_graph(chain) and not scores:
             slot.seq.in_graph = bool(ll.llama_set_sampler(self._ctx, slot.seq_id, chain.handle))
+        self._speculation.decide(slot)
 
-    def _reusable(self, slot: _Slot, request: GenerationRequest) -> int:
+    def _reusable(self, slot: Slot, request: GenerationRequest) -> int:
         """How many of the prompt's first tokens the slot's cache holds, as this request
         would have computed them."""
         if slot.cached_lora != request.lora:
             return 0
         return common_prefix(slot.cached, request.prompt_tokens)
 
-    def _reading(self, request: GenerationRequest) -> _Slot | None:
+    def _reading(self, request: GenerationRequest) -> Slot | None:
         """A sequence still reading exactly this prompt, whose cache a new one can copy."""
         for slot in self._slots:
             seq = slot.seq
@@ -187,8 +154,8 @@ class LlamaBatchDecoder:
 
     def _follow(
         self,
-        leader: _Slot,
-        slot: _Slot,
+        leader: Slot,
+        slot: Slot,
         key: object,
         request: GenerationRequest,
         chain: sampling.SamplerChain,
@@ -197,13 +164,14 @@ class LlamaBatchDecoder:
         # whole when the KV cache is not unified).
         ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
         slot.cached.clear()
-        slot.seq = _Sequence(key, request, chain, [], reused=len(request.prompt_tokens))
+        slot.seq = SeqState(key, request, chain, [], reused=len(request.prompt_tokens))
         slot.seq.leader = leader
         assert leader.seq is not None
         leader.seq.followers.append(slot)
         self._by_key[key] = slot
+        self._speculation.decide(slot)
 
-    def _fork(self, leader: _Slot, follower: _Slot, index: int, out: Emitted, now: float) -> None:
+    def _fork(self, leader: Slot, follower: Slot, index: int, out: Emitted, now: float) -> None:
         """The leader has read the prompt: copy its cache, and sample the follower's first
         token from the same logits with the follower's own chain (its own seed)."""
         seq = follower.seq
@@ -230,6 +198,7 @@ class LlamaBatchDecoder:
                 self._finish(slot, StopReason.CANCELLED, out)
         budget = self._n_batch
         group = self._next_group()
+        self._speculation.propose(self._slots, group)
         while True:
             outputs, placed = self._fill_batch(budget, group)
             n_tokens = self._batch.n_tokens
@@ -269,10 +238,14 @@ class LlamaBatchDecoder:
                 for follower in seq.followers:
                     self._fork(slot, follower, index, out, now)
                 seq.followers.clear()
-            self._sample_and_emit(slot, index, out)
+            if seq.verifying:
+                emit = functools.partial(self._on_token, slot, out=out)
+                self._speculation.verify(slot, index, functools.partial(self._sample, seq), emit)
+            else:
+                self._sample_and_emit(slot, index, out)
         return out
 
-    def _sample_and_emit(self, slot: _Slot, index: int, out: Emitted) -> None:
+    def _sample_and_emit(self, slot: Slot, index: int, out: Emitted) -> None:
         seq = slot.seq
         assert seq is not None
         token = self._sample(seq, index)
@@ -282,7 +255,7 @@ class LlamaBatchDecoder:
             scored = logprobs.score(distribution, token, seq.request.logprobs, self._token_bytes)
         self._on_token(slot, token, out, scored)
 
-    def _score_prompt(self, seq: _Sequence) -> None:
+    def _score_prompt(self, seq: SeqState) -> None:
         top = seq.request.logprobs or 0
         for index, predicted in seq.to_score:
             distribution = logprobs.log_softmax(self._ctx, index, self._n_vocab)
@@ -291,7 +264,7 @@ class LlamaBatchDecoder:
             )
         seq.to_score.clear()
 
-    def _sample(self, seq: _Sequence, index: int) -> int:
+    def _sample(self, seq: SeqState, index: int) -> int:
         if seq.in_graph:
             token = ll.llama_get_sampled_token_ith(self._ctx, index)
             if token >= 0:
@@ -318,16 +291,16 @@ class LlamaBatchDecoder:
 
     def _fill_batch(
         self, budget: int, group: LoraKey = ()
-    ) -> tuple[list[tuple[_Slot, int]], list[tuple[_Slot, int]]]:
+    ) -> tuple[list[tuple[Slot, int]], list[tuple[Slot, int]]]:
         """Put at most `budget` tokens into the batch. Returns the (slot, batch index) pairs
         whose logits are read, and (slot, cached length before) for every slot that got
         tokens, so that a failed decode can take them back."""
         batch = self._batch
         n = 0
-        outputs: list[tuple[_Slot, int]] = []
-        placed: list[tuple[_Slot, int]] = []
+        outputs: list[tuple[Slot, int]] = []
+        placed: list[tuple[Slot, int]] = []
 
-        def put(token: int, slot: _Slot, logits: bool) -> None:
+        def put(token: int, slot: Slot, logits: bool) -> None:
             nonlocal n
             batch.token[n] = token
             batch.pos[n] = len(slot.cached)
@@ -337,16 +310,26 @@ class LlamaBatchDecoder:
             slot.cached.append(token)
             n += 1
 
-        # One token for every generating sequence first, so they never wait on prompts.
-        for slot in self._slots:
+        # One token for every generating sequence first, so they never wait on prompts, and
+        # its draft after it, as far as that leaves a place for each sequence after it.
+        generating = [
+            s
+            for s in self._slots
+            if s.seq is not None and s.seq.request.lora == group and s.seq.next_token is not None
+        ]
+        for i, slot in enumerate(generating):
             seq = slot.seq
-            if seq is None or seq.request.lora != group:
-                continue
-            if seq.next_token is not None and n < budget:
-                placed.append((slot, len(slot.cached)))
-                outputs.append((slot, n))
-                put(seq.next_token, slot, True)
-                seq.next_token = None
+            assert seq is not None and seq.next_token is not None
+            if n >= budget:
+                break
+            placed.append((slot, len(slot.cached)))
+            outputs.append((slot, n))
+            put(seq.next_token, slot, True)
+            seq.next_token = None
+            seq.verifying = seq.draft[: max(0, budget - n - (len(generating) - i - 1))]
+            seq.draft = []
+            for token in seq.verifying:
+                put(token, slot, True)
         # Then prompt chunks, in slot order, as far as the batch has room.
         for slot in self._slots:
             seq = slot.seq
@@ -366,7 +349,7 @@ class LlamaBatchDecoder:
         batch.n_tokens = n
         return outputs, placed
 
-    def _take_back(self, placed: list[tuple[_Slot, int]]) -> None:
+    def _take_back(self, placed: list[tuple[Slot, int]]) -> None:
         """Undo _fill_batch after a failed decode: the tokens go back to where they came
         from. llama.cpp restores the cache itself on failure (llama.h); the removal makes
         sure no cell of the failed batch stays behind."""
@@ -381,9 +364,10 @@ class LlamaBatchDecoder:
             if seq.output.n_out == 0:
                 seq.to_ingest[:0] = tokens  # a prompt chunk: nothing generated yet
             else:
-                seq.next_token = tokens[0]  # the one generated token
+                seq.next_token = tokens[0]  # the one generated token, and its draft
+                seq.draft, seq.verifying = tokens[1:], []
 
-    def _fail(self, slot: _Slot, out: Emitted) -> None:
+    def _fail(self, slot: Slot, out: Emitted) -> None:
         seq = slot.seq
         assert seq is not None
         ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
@@ -407,9 +391,7 @@ class LlamaBatchDecoder:
 
     # -- per-token bookkeeping ---------------------------------------------------------------
 
-    def _on_token(
-        self, slot: _Slot, token: int, out: Emitted, scored: Scored | None = None
-    ) -> None:
+    def _on_token(self, slot: Slot, token: int, out: Emitted, scored: Scored | None = None) -> None:
         seq = slot.seq
         assert seq is not None
         if ll.llama_vocab_is_eog(self._vocab, token):
@@ -422,7 +404,7 @@ class LlamaBatchDecoder:
             seq.next_token = token
 
     def _finish(
-        self, slot: _Slot, reason: StopReason, out: Emitted, matched: str | None = None
+        self, slot: Slot, reason: StopReason, out: Emitted, matched: str | None = None
     ) -> None:
         seq = slot.seq
         assert seq is not None
@@ -441,12 +423,14 @@ class LlamaBatchDecoder:
                     stop_sequence_matched=matched,
                     prompt_time_ms=(started - seq.added_at) * 1000.0,
                     prompt_cached=seq.reused,
+                    drafted=seq.drafted,
+                    accepted=seq.accepted,
                 ),
             )
         )
         self._release(slot)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: Slot) -> None:
         seq = slot.seq
         if seq is None:
             return

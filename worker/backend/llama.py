@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp as ll
 
 from llorch.vocab import LlamaVocab
-from llorch.worker.backend import offload, rpc, system
+from llorch.worker.backend import drafters, offload, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.embed import LlamaEmbedder
 from llorch.worker.backend.errors import (
@@ -212,6 +212,10 @@ class LlamaCppBackend:
             self.token_bytes,
             backend_sampling=self._use_backend_sampling(options),
             adapters=self._adapters,
+            spec=options.speculative,
+            drafter=drafters.model_drafter(
+                options.speculative, self._vocab, parallel, actual, threads, options.n_gpu_layers
+            ),
         )
 
     @staticmethod

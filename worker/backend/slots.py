@@ -1,0 +1,62 @@
+"""The state the batch decoder keeps per slot and per sequence (worker/backend/batch.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llorch.worker.backend import sampling
+from llorch.worker.backend.protocol import GenerationRequest, LoraKey, Scored
+from llorch.worker.backend.text import SequenceText
+
+
+@dataclass
+class SeqState:
+    """The state of one request while it occupies a slot."""
+
+    key: object
+    request: GenerationRequest
+    chain: sampling.SamplerChain
+    to_ingest: list[int]
+    reused: int
+    added_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float = 0.0
+    next_token: int | None = None  # sampled, still to be decoded
+    output: SequenceText = field(init=False)
+    cancelled: bool = False
+    in_graph: bool = False  # sampled inside llama.cpp's graph (backend sampling)
+    # Echo: (batch index, the prompt token its logits predict) of this step, and the scores
+    # of the prompt so far (its first token has none: nothing predicts it).
+    to_score: list[tuple[int, int]] = field(default_factory=list)
+    prompt_scores: list[Scored] = field(default_factory=list)
+    # The same prompt as a sequence still reading it (n > 1, or identical requests): this one
+    # waits, then copies the leader's KV cache instead of reading the prompt again.
+    leader: Slot | None = None
+    followers: list[Slot] = field(default_factory=list)
+    # Speculative decoding: whether this sequence drafts, the draft proposed for the next
+    # decode, the draft in the decode now (after next_token), and the totals.
+    speculate: bool = False
+    draft: list[int] = field(default_factory=list)
+    verifying: list[int] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
+
+    def __post_init__(self) -> None:
+        self.output = SequenceText(self.key, self.request.stop, self.request.max_tokens)
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens in the KV cache, positions 0..n-1
+    seq: SeqState | None = None
+    cached_lora: LoraKey = ()  # the adapters the cached tokens were decoded with
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

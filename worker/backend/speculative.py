@@ -1,0 +1,99 @@
+"""Speculative decoding inside the continuous batch.
+
+A sequence that speculates puts a draft (worker/backend/drafters.py) after its last sampled
+token in the step's batch, next to the other sequences' tokens, with logits for each
+position. Its sampler chain then samples position after position and keeps going while what
+it samples equals the draft; the first token that differs is kept (it is what the chain
+sampled), and the KV cells of the draft after it are removed. Every emitted token is one the
+chain sampled from the model's logits given the tokens before it, so the output follows the
+model's own distribution (greedy: its argmax path) and the chain accepts each token once
+(llama_sampler_sample accepts what it returns), exactly as without speculation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import llama_cpp as ll
+
+from llorch.worker.backend.drafters import Drafter, NgramDrafter, Want
+from llorch.worker.backend.protocol import LoraKey, SpecOptions
+from llorch.worker.backend.slots import SeqState, Slot
+
+
+class Speculation:
+    """Who speculates, their drafts for each step, and the verification after the decode."""
+
+    def __init__(
+        self, ctx: ll.llama_context_p, options: SpecOptions, drafter: Drafter | None = None
+    ) -> None:
+        self._ctx = ctx
+        self._options = options
+        self._drafter = drafter or NgramDrafter(options.ngram_max, options.ngram_min)
+
+    def decide(self, slot: Slot) -> None:
+        """Speculation where it keeps the output exactly as without it and simple: not with a
+        grammar (its state would have to follow drafts that may be rejected), log-probabilities
+        or echo (scored one position per step), or a chain sampled inside the graph (one
+        sampled token per sequence and decode)."""
+        seq = slot.seq
+        assert seq is not None
+        request = seq.request
+        wanted = self._options.default if request.speculative is None else request.speculative
+        seq.speculate = (
+            wanted
+            and request.sampling.grammar is None
+            and request.logprobs is None
+            and not request.echo
+            and not seq.in_graph
+        )
+        if seq.speculate:
+            self._drafter.reset(slot.seq_id)
+
+    def propose(self, slots: list[Slot], group: LoraKey) -> None:
+        """Drafts for the sequences that speculate in this step's adapter group: each at most
+        what is left of its max_tokens after the token its verification adds."""
+        wants: list[Want] = []
+        seqs: list[SeqState] = []
+        for slot in slots:
+            seq = slot.seq
+            if seq is None or not seq.speculate or seq.next_token is None:
+                continue
+            room = min(seq.request.max_tokens - seq.output.n_out - 1, self._options.draft_max)
+            if seq.request.lora == group and room > 0:
+                wants.append((slot.seq_id, [*slot.cached, seq.next_token], room))
+                seqs.append(seq)
+        if wants:
+            for seq, draft in zip(seqs, self._drafter.propose(wants), strict=True):
+                seq.draft = draft
+
+    def verify(
+        self,
+        slot: Slot,
+        index: int,
+        sample: Callable[[int], int],
+        emit: Callable[[int], None],
+    ) -> None:
+        """After the decode: `sample(batch index)` at the last token and at each draft
+        position in turn, `emit`ting each token (stops and max_tokens apply token by token),
+        while the sample equals the draft; then drop the KV cells of the draft not taken."""
+        seq = slot.seq
+        assert seq is not None
+        draft, seq.verifying = seq.verifying, []
+        seq.drafted += len(draft)
+        kept = len(slot.cached) - len(draft)  # through the last sampled token
+        for i in range(len(draft) + 1):
+            token = sample(index + i)
+            hit = i < len(draft) and token == draft[i]
+            if hit:
+                seq.accepted += 1
+                kept += 1
+            emit(token)
+            if not hit or slot.seq is None:  # a miss, or the sequence ended here
+                break
+        if kept < len(slot.cached):
+            ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, kept, -1)
+            del slot.cached[kept:]
+
+    def close(self) -> None:
+        self._drafter.close()
