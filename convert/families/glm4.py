@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import gguf
 
-from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
     dims,
     expected_shapes,
     map_tensors,
-    rope_params,
     rotary_dims,
     write_common,
 )
@@ -31,14 +30,9 @@ _T = gguf.MODEL_TENSOR
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
-    kind = rope_params(model).get("rope_type", "default")
-    if kind != "default":
-        raise ConfigError(
-            f"{model.folder / 'config.json'}: rope_type {kind!r} is not supported for "
-            f"{model.hf_architecture} (supported: default)"
-        )
     d = write_common(model, w)
     w.add_rope_dimension_count(rotary_dims(model, d.head_dim))
+    rope.write_scaling(model, w)  # YaRN over the rotated dimensions, as transformers
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gguf
 
-from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -26,7 +26,6 @@ from llorch.convert.families.base import (
     dims,
     expected_shapes,
     map_tensors,
-    rope_params,
     rotary_dims,
     write_common,
 )
@@ -36,18 +35,14 @@ _T = gguf.MODEL_TENSOR
 
 
 def _check(model: ModelInput) -> None:
-    kind = rope_params(model).get("rope_type", "default")
-    if kind != "default":
-        raise ConfigError(
-            f"{model.folder / 'config.json'}: rope_type {kind!r} is not supported for "
-            f"{model.hf_architecture} (supported: default)"
-        )
+    rope.check_type(model)  # linear or YaRN, written by write_hparams
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     _check(model)
     d = write_common(model, w)
     w.add_rope_dimension_count(rotary_dims(model, d.head_dim))
+    rope.write_scaling(model, w)  # YaRN over the rotated dimensions, as transformers
     w.add_expert_count(cfg_int(model, "n_routed_experts"))
     w.add_expert_used_count(cfg_int(model, "num_experts_per_tok"))
     w.add_expert_feed_forward_length(cfg_int(model, "moe_intermediate_size"))

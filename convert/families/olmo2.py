@@ -17,6 +17,7 @@ from typing import Any
 import gguf
 
 from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -36,23 +37,27 @@ def _sliding_rope(model: ModelInput) -> dict[str, Any]:
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
-    for params in (rope_params(model), _sliding_rope(model)):
+    types = model.config.get("layer_types")
+    window = int(model.config.get("sliding_window") or 0)
+    sliding = window > 0 and isinstance(types, list) and "sliding_attention" in types
+    # llama.cpp applies YaRN to every layer; OLMo 3 scales only its full-attention layers
+    for params in (rope_params(model), _sliding_rope(model)) if sliding else ():
         kind = params.get("rope_type", "default")
         if kind != "default":
             raise ConfigError(
                 f"{model.folder / 'config.json'}: rope_type {kind!r} is not supported for "
-                f"{model.hf_architecture} (supported: default)"
+                f"{model.hf_architecture} with sliding-window layers (llama.cpp's olmo2 graph "
+                "would scale the sliding layers too; supported: default)"
             )
     d = write_common(model, w)
-    types = model.config.get("layer_types")
-    window = model.config.get("sliding_window")
-    if window and isinstance(types, list) and "sliding_attention" in types:
+    rope.write_scaling(model, w)
+    if sliding and isinstance(types, list):
         if len(types) != d.n_layer:
             raise ConfigError(
                 f"{model.folder / 'config.json'}: layer_types has {len(types)} entries for "
                 f"{d.n_layer} layers"
             )
-        w.add_sliding_window(int(window))
+        w.add_sliding_window(window)
         w.add_sliding_window_pattern([t == "sliding_attention" for t in types])
         theta = _sliding_rope(model).get("rope_theta")
         if theta is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gguf
 
 from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -46,6 +47,7 @@ def _check(model: ModelInput) -> None:
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     _check(model)
     write_common(model, w)
+    rope.write_scaling(model, w)
     w.add_expert_count(cfg_int(model, "num_experts", "num_local_experts"))
     w.add_expert_used_count(cfg_int(model, "num_experts_per_tok"))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gguf
 
 from llorch.convert.errors import ConfigError
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -25,7 +26,6 @@ from llorch.convert.families.base import (
     dims,
     expected_shapes,
     map_tensors,
-    rope_params,
     write_common,
 )
 from llorch.convert.families.moe import Experts, claimed, expert_plans
@@ -49,7 +49,8 @@ def experts(model: ModelInput) -> Experts:
 
 def check_sparse_layers(model: ModelInput, norm_topk: bool) -> None:
     """Refuse what llama.cpp's MoE graphs do not compute: the other top-k normalisation,
-    dense layers between sparse ones, sliding-window attention, RoPE scaling."""
+    dense layers between sparse ones, sliding-window attention, RoPE scaling other than linear
+    and YaRN."""
     where = model.folder / "config.json"
     # absent: transformers' default, False (released Qwen3-MoE configs say true)
     if bool(model.config.get("norm_topk_prob", False)) != norm_topk:
@@ -65,17 +66,13 @@ def check_sparse_layers(model: ModelInput, norm_topk: bool) -> None:
         )
     if model.config.get("use_sliding_window"):
         raise ConfigError(f"{where}: use_sliding_window=true is not supported by llama.cpp")
-    kind = rope_params(model).get("rope_type", "default")
-    if kind != "default":
-        raise ConfigError(
-            f"{where}: rope_type {kind!r} is not supported for {model.hf_architecture} "
-            "(supported: default)"
-        )
+    rope.check_type(model)  # linear or YaRN, written by write_hparams
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     check_sparse_layers(model, NORM_TOPK[model.arch])
     write_common(model, w)
+    rope.write_scaling(model, w)
     ex = experts(model)
     w.add_expert_count(ex.n_expert)
     w.add_expert_used_count(cfg_int(model, "num_experts_per_tok"))
