@@ -160,3 +160,18 @@ def test_non_loopback_host_without_token_exits_2(host, monkeypatch, capsys):
 )
 def test_loopback_only(host, loopback):
     assert WorkerSettings(host=host).loopback_only is loopback
+
+
+def test_speculation_flags():
+    assert not WorkerSettings().spec_options.default
+    ngram = settings_from_args(parse("--spec", "ngram", "--spec-draft-max", "5")).spec_options
+    assert ngram.default and ngram.draft_model is None and ngram.draft_max == 5
+    drafted = settings_from_args(parse("--draft-model", "/d.gguf")).spec_options
+    assert drafted.default and str(drafted.draft_model) == "/d.gguf"
+
+
+def test_two_drafters_exit_2(capsys):
+    assert main(["serve", "--spec", "ngram", "--draft-model", "/d.gguf"]) == 2
+    assert "--draft-model '/d.gguf': Value error, --spec ngram and --draft-model" in (
+        capsys.readouterr().err
+    )
