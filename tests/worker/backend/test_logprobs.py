@@ -22,10 +22,13 @@ from llorch.worker.backend.single import generate
 GREEDY = SamplingParams(temperature=0.0)
 
 
-def reference_logprobs(backend, prompt: list[int], generated: list[int] = ()) -> np.ndarray:
+def reference_logprobs(
+    backend, prompt: list[int], generated: list[int] = (), cached: int = 0
+) -> np.ndarray:
     """log-softmax of the logits at every position, from a fresh context fed as the decoder
-    feeds its own (the prompt in one batch, then one token at a time: llama.cpp's kernels
-    depend on the batch shape, so the same shape gives the same logits)."""
+    feeds its own (the `cached` prefix it reused, the rest of the prompt in one batch, then
+    one token at a time: llama.cpp's kernels depend on the batch shape, so the same shapes
+    give the same logits). Rows start at the first position decoded after `cached`."""
     params = ll.llama_context_default_params()
     params.n_ctx = 512
     params.n_batch = 512
@@ -48,7 +51,10 @@ def reference_logprobs(backend, prompt: list[int], generated: list[int] = ()) ->
             rows.append(x - x.max() - np.log(np.exp(x - x.max()).sum()))
 
     try:
-        decode(prompt, 0)
+        if cached:
+            decode(prompt[:cached], 0)
+            rows.clear()
+        decode(prompt[cached:], cached)
         for i, token in enumerate(generated[:-1]):
             decode([token], len(prompt) + i)
         return np.array(rows)
@@ -63,9 +69,10 @@ def test_generated_token_logprobs_match_llama_cpp(backend):
     events = list(generate(backend.decoder(), request))
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     assert isinstance(events[-1], FinishEvent) and tokens
-    reference = reference_logprobs(backend, prompt, [t.token_id for t in tokens])
+    cached = events[-1].prompt_cached  # what the decoder reused of its slot's cache
+    reference = reference_logprobs(backend, prompt, [t.token_id for t in tokens], cached)
     for i, event in enumerate(tokens):
-        row = reference[len(prompt) - 1 + i]
+        row = reference[len(prompt) - cached - 1 + i]
         scored = event.scored
         assert scored is not None and scored.token.token_id == event.token_id
         assert scored.token.logprob == pytest.approx(row[event.token_id], abs=1e-4)
