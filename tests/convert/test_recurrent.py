@@ -91,10 +91,13 @@ def test_decode_steps_carry_the_state(
     assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
 
 
-def _generate(decoder: Any, key: str, prompt: list[int]) -> tuple[list[int], Any]:
+def _generate(
+    decoder: Any, key: str, prompt: list[int], speculative: bool = False
+) -> tuple[list[int], Any]:
     from llorch.worker.backend.protocol import GenerationRequest, SamplingParams, TokenEvent
 
-    decoder.add(key, GenerationRequest(tuple(prompt), 8, SamplingParams(temperature=0.0)))
+    greedy = SamplingParams(temperature=0.0)
+    decoder.add(key, GenerationRequest(tuple(prompt), 8, greedy, speculative=speculative))
     tokens: list[int] = []
     for _ in range(200):
         for _key, event in decoder.step():
@@ -147,3 +150,53 @@ def test_slot_reuse_never_corrupts_the_state(checkpoint: Any, helpers: Any, tmp_
                 assert end.prompt_cached > len(a)
     finally:
         backend.close()
+
+
+class WrongDrafter:
+    """Drafts tokens the model never takes first (the reference's 2nd choice would do; any
+    fixed token works on random weights): every verification rejects the draft, and its
+    cells must leave the state."""
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+
+    def reset(self, seq_id: int) -> None:
+        pass
+
+    def propose(self, wants: list[tuple[int, list[int], int]]) -> list[list[int]]:
+        return [[self.token] * min(room, 3) for _seq, _tokens, room in wants]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_drafts_never_enter_a_recurrent_state(
+    checkpoint: Any, helpers: Any, tmp_path: Path
+) -> None:
+    """Speculative decoding removes a rejected draft's cells, which a recurrent state cannot
+    drop: asked to speculate (with drafts that are always wrong), the decoder gives what
+    greedy decoding gives without speculation."""
+    from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.protocol import LoadOptions
+
+    model_cls, config_cls, config = CASES["mamba2-130m"]
+    built = checkpoint(model_cls, config_cls, config, tokenizer="gpt2")
+    out = tmp_path / "o.gguf"
+    convert(built.folder, out, outtype="f32")
+    prompt = helpers.sample_tokens(built.n_vocab, n=12, seed=3)
+    runs: dict[bool, tuple[list[int], Any]] = {}
+    for speculative in (False, True):
+        backend = LlamaCppBackend()
+        backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=2))
+        try:
+            decoder = backend.decoder()
+            if speculative:
+                wrong = next(t for t in range(3, built.n_vocab) if t not in runs[False][0])
+                decoder._speculation._drafter = WrongDrafter(wrong)  # type: ignore[attr-defined]
+            runs[speculative] = _generate(decoder, "x", prompt, speculative)
+        finally:
+            backend.close()
+    got, end = runs[True]
+    assert got == runs[False][0]
+    assert end.drafted == 0  # recurrent models do not speculate

@@ -29,13 +29,19 @@ class Speculation:
     ) -> None:
         self._ctx = ctx
         self._options = options
+        # A recurrent state (Mamba, hybrids) cannot drop a rejected draft: llama.cpp refuses
+        # to remove the tail of such a sequence, so these models never speculate.
+        model = ll.llama_get_model(ctx)
+        self._can_drop_tail = not (
+            ll.llama_model_is_recurrent(model) or ll.llama_model_is_hybrid(model)
+        )
         self._drafter = drafter or NgramDrafter(options.ngram_max, options.ngram_min)
 
     def decide(self, slot: Slot) -> None:
         """Speculation where it keeps the output exactly as without it and simple: not with a
         grammar (its state would have to follow drafts that may be rejected), log-probabilities
         or echo (scored one position per step), or a chain sampled inside the graph (one
-        sampled token per sequence and decode)."""
+        sampled token per sequence and decode), nor where a rejected draft cannot be removed."""
         seq = slot.seq
         assert seq is not None
         request = seq.request
@@ -46,6 +52,7 @@ class Speculation:
             and request.logprobs is None
             and not request.echo
             and not seq.in_graph
+            and self._can_drop_tail
         )
         if seq.speculate:
             self._drafter.reset(slot.seq_id)
