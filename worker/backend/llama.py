@@ -33,7 +33,7 @@ from llorch.worker.backend.protocol import (
     LoadOptions,
     ModelInfo,
 )
-from llorch.worker.models import file_sha256
+from llorch.worker.models import file_sha256, host_memory_available
 
 # Written by the converter from the sentence-transformers config: "false" when the model has
 # no Normalize module (its vectors are meant unnormalised).
@@ -242,7 +242,7 @@ class LlamaCppBackend:
             needed = offload.kv_cache_bytes(offload.footprint(path), parallel * per_slot)
         except Exception:
             needed = None
-        free = system.host_memory_available()
+        free = host_memory_available()
         return OutOfMemoryError(
             f"out of memory: llama.cpp could not create a context of {parallel} slots x "
             f"{per_slot} tokens; its KV cache needs {_gib(needed)}, {_gib(free)} of memory is "

@@ -91,16 +91,3 @@ def backend_info() -> BackendInfo:
         devices=devices(),
         system_info=ll.llama_print_system_info().decode("utf-8", "replace").strip(),
     )
-
-
-def host_memory_available() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (Linux's MemAvailable);
-    None where /proc/meminfo does not exist."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
