@@ -17,6 +17,7 @@ from llorch.worker.backend.errors import ModelLoadError, NoChatTemplateError
 from llorch.worker.backend.grammar import GrammarError
 from llorch.worker.backend.protocol import (
     BackendInfo,
+    CacheSummary,
     ChatMessage,
     Device,
     FinishEvent,
@@ -65,6 +66,9 @@ class FakeDecoder:
     def cancel(self, key: object) -> None:
         if key in self._live:
             self._live[key].cancelled = True
+
+    def cache_summary(self) -> CacheSummary:
+        return CacheSummary()
 
     def kv_used(self) -> int:
         return sum(len(s.request.prompt_tokens) + s.output.n_out for s in self._live.values())

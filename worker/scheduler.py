@@ -39,6 +39,7 @@ from llorch.worker.backend.errors import (
 from llorch.worker.backend.protocol import (
     BackendInfo,
     BatchDecoder,
+    CacheSummary,
     ChatMessage,
     FinishEvent,
     GenerationEvent,
@@ -81,6 +82,7 @@ class Capacity:
     kv_used: int  # KV cells holding tokens of live sequences
     kv_total: int
     ctx_per_slot: int
+    cache: CacheSummary = field(default_factory=CacheSummary)
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ class Scheduler:
         self._deadlines = _Deadlines(self._expire)
         self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llorch-embed")
         self._kv_used = 0  # snapshot after each step, read by capacity()
+        self._cache_summary = CacheSummary()
         self._slots_total = 1
         self._avg_job_s: float | None = None  # moving average of finished jobs' durations
         self._draining = False
@@ -237,6 +240,7 @@ class Scheduler:
             kv_used=self._kv_used,
             kv_total=n_ctx * self._slots_total,
             ctx_per_slot=n_ctx,
+            cache=self._cache_summary,
         )
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -472,6 +476,7 @@ class Scheduler:
             for key, event in events:
                 self._route(key, event)
             self._kv_used = decoder.kv_used()
+            self._cache_summary = decoder.cache_summary()
 
     def _start(self, decoder: BatchDecoder, job: Job) -> None:
         if self.stopping.is_set():

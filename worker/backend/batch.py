@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import llama_cpp as ll
 
@@ -21,7 +21,9 @@ from llorch.worker.backend import logprobs, sampling
 from llorch.worker.backend.drafters import Drafter
 from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
 from llorch.worker.backend.lora import LoraAdapters
+from llorch.worker.backend.prompt_cache import PromptCache, prefix_hashes
 from llorch.worker.backend.protocol import (
+    CacheSummary,
     FinishEvent,
     GenerationRequest,
     LoraKey,
@@ -52,8 +54,12 @@ class LlamaBatchDecoder:
         adapters: LoraAdapters | None = None,
         spec: SpecOptions | None = None,
         drafter: Drafter | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         self._adapters = adapters
+        # Finished sequences' KV state in host RAM (--cache-ram): see prompt_cache.py.
+        self._cache = PromptCache(ctx, cache_bytes) if cache_bytes > 0 else None
+        self._summary: CacheSummary | None = None  # recomputed when the caches change
         self._speculation = Speculation(ctx, spec or SpecOptions(), drafter)
         self._turn = 0
         self._decode = decode  # llama_decode; tests pass a wrapper to make it fail
@@ -82,6 +88,34 @@ class LlamaBatchDecoder:
     def kv_used(self) -> int:
         return sum(len(s.cached) for s in self._slots if s.seq is not None)
 
+    def cache_summary(self) -> CacheSummary:
+        """Hashes of the prefixes held in the slots and the host-RAM cache, and its use."""
+        if self._summary is None:
+            lists: list[Sequence[int]] = [s.cached for s in self._slots]
+            lists += list(self._cache.token_lists()) if self._cache is not None else []
+            hashes = {h for tokens in lists for h in prefix_hashes(tokens)}
+            self._summary = CacheSummary(
+                prefixes=tuple(sorted(hashes)),
+                entries=len(self._cache) if self._cache is not None else 0,
+                bytes_used=self._cache.used_bytes if self._cache is not None else 0,
+                bytes_budget=self._cache.budget_bytes if self._cache is not None else 0,
+            )
+        return self._summary
+
+    def _restore_cached(self, slot: Slot, request: GenerationRequest) -> None:
+        """The host-RAM cache holds a longer prefix of this prompt than the slot: copy it in
+        (a conversation's next turn that lands on another slot)."""
+        assert self._cache is not None
+        entry, common = self._cache.longest(request.prompt_tokens, request.lora)
+        if entry is None or common <= self._reusable(slot, request):
+            return
+        ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
+        if self._cache.restore(entry, slot.seq_id):
+            slot.cached, slot.cached_lora = list(entry.tokens), entry.lora
+        else:
+            slot.cached.clear()
+        self._summary = None
+
     def close(self) -> None:
         self._speculation.close()
         if self._batch is not None:
@@ -108,6 +142,9 @@ class LlamaBatchDecoder:
         if leader is not None:
             self._follow(leader, slot, key, request, chain)
             return
+        if self._cache is not None and not request.echo:
+            self._restore_cached(slot, request)
+        self._summary = None
         # At least one prompt token is decoded again: its logits give the first token. Echo
         # scores every prompt token, so it reads the whole prompt.
         keep = 0 if request.echo else min(self._reusable(slot, request), len(prompt) - 1)
@@ -447,3 +484,6 @@ class LlamaBatchDecoder:
         sampling.free_chain(seq.chain)
         self._by_key.pop(seq.key, None)
         slot.seq = None
+        if self._cache is not None and slot.cached:  # (a failed sequence's is already gone)
+            self._cache.save(slot.seq_id, slot.cached, slot.cached_lora)
+        self._summary = None

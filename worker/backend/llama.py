@@ -213,6 +213,7 @@ class LlamaCppBackend:
             backend_sampling=self._use_backend_sampling(options),
             adapters=self._adapters,
             spec=options.speculative,
+            cache_bytes=options.cache_bytes,
             drafter=drafters.model_drafter(
                 options.speculative, self._vocab, parallel, actual, threads, options.n_gpu_layers
             ),

@@ -92,6 +92,8 @@ class LoadOptions:
     # Share of the offloaded layers per device (rpc servers, then local GPUs); (): by free memory.
     tensor_split: tuple[float, ...] = ()
     speculative: SpecOptions = SpecOptions()
+    # Host RAM for finished sequences' KV state (the prompt cache), in bytes; 0: none.
+    cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,20 @@ class ChatMessage:
     content: str
 
 
+PREFIX_BLOCK = 256  # tokens per published prefix hash (worker/backend/prompt_cache.py)
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """What the decoder holds cached: hashes of block-aligned prompt prefixes (slots and the
+    host-RAM cache; see prompt_cache.py for the hash) and the host-RAM cache's use."""
+
+    prefixes: tuple[str, ...] = ()
+    entries: int = 0
+    bytes_used: int = 0
+    bytes_budget: int = 0
+
+
 class BatchDecoder(Protocol):
     """Decodes several sequences together: each step() runs one llama_decode over a batch
     holding one token of every generating sequence and chunks of prompts being ingested."""
@@ -244,6 +260,8 @@ class BatchDecoder(Protocol):
     def kv_used(self) -> int:
         """KV cells holding tokens of live sequences."""
         ...
+
+    def cache_summary(self) -> CacheSummary: ...
 
 
 class ModelBackend(Protocol):

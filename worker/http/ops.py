@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llorch.worker.backend.errors import OutOfMemoryError, WorkerError
+from llorch.worker.backend.protocol import PREFIX_BLOCK
 from llorch.worker.engine import Engine, Health
 from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
@@ -158,6 +159,14 @@ def capacity_body(engine: Engine) -> dict[str, Any]:
         "queue": {"depth": capacity.queue_depth, "max": capacity.queue_max},
         "kv": {"used": capacity.kv_used, "total": capacity.kv_total},
         "ctx_per_slot": capacity.ctx_per_slot,
+        # For routing a conversation to the worker holding its prefix (prompt_cache.py).
+        "cache": {
+            "prefix_block": PREFIX_BLOCK,
+            "prefixes": list(capacity.cache.prefixes),
+            "entries": capacity.cache.entries,
+            "bytes_used": capacity.cache.bytes_used,
+            "bytes_budget": capacity.cache.bytes_budget,
+        },
         "model": ({"sha256": model.sha256, "architecture": model.architecture} if model else None),
     }
 

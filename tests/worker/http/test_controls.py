@@ -265,6 +265,13 @@ def test_capacity_shape(loaded):
         "kv": {"used": 0, "total": body["kv"]["total"]},
         "ctx_per_slot": 64,
         "model": {"sha256": "0" * 64, "architecture": "fake"},
+        "cache": {
+            "prefix_block": 256,
+            "prefixes": [],
+            "entries": 0,
+            "bytes_used": 0,
+            "bytes_budget": 0,
+        },
     }
     assert body["slots"]["total"] >= 1 and body["kv"]["total"] >= 64
 

@@ -1,0 +1,114 @@
+"""A prompt cache that follows the conversation: the KV state of finished sequences kept in
+host RAM (`--cache-ram MiB`, least recently used out first), so that a conversation's next
+turn, or a shared system prompt, is not read again whichever slot it lands on.
+
+A slot keeps its own last tokens in the KV cache, but the next turn of a conversation often
+lands on another slot (the first is busy, or was given to someone else). When a sequence ends,
+its state is copied out with llama.cpp's per-sequence state API (llama_state_seq_get_data);
+a new prompt whose longest cached prefix is here rather than in its slot has that state
+copied back in (llama_state_seq_set_data) before the rest of the prompt is read.
+
+`/capacity` publishes hashes of what is cached, block by block, so that an orchestrator can
+route a conversation to the worker that holds its prefix: PREFIX_BLOCK-token blocks, each
+hash the first 16 hex digits of the sha256 of the little-endian int32 ids of the tokens from
+the start of the sequence to the end of that block.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import llama_cpp as ll
+import numpy as np
+
+from llorch.worker.backend.protocol import PREFIX_BLOCK, LoraKey
+
+MIN_TOKENS = 64  # shorter sequences are cheap to read again: not worth the memory
+
+
+def prefix_hashes(tokens: Sequence[int], block: int = PREFIX_BLOCK) -> list[str]:
+    """The hash of every whole block-aligned prefix of `tokens`."""
+    ids = np.asarray(tokens, dtype="<i4").tobytes()
+    return [
+        hashlib.sha256(ids[: 4 * end]).hexdigest()[:16]
+        for end in range(block, len(tokens) + 1, block)
+    ]
+
+
+@dataclass(frozen=True)
+class CachedState:
+    tokens: tuple[int, ...]
+    lora: LoraKey
+    state: bytes
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class PromptCache:
+    """Owned by the batch decoder, on the model thread."""
+
+    def __init__(self, ctx: ll.llama_context_p, budget_bytes: int) -> None:
+        self._ctx = ctx
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self._entries: OrderedDict[tuple[tuple[int, ...], LoraKey], CachedState] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def save(self, seq_id: int, tokens: Sequence[int], lora: LoraKey) -> None:
+        """Keep the state of `seq_id`, which holds `tokens` at positions 0..n-1."""
+        if len(tokens) < MIN_TOKENS:
+            return
+        key = (tuple(tokens), lora)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
+        size = ll.llama_state_seq_get_size(self._ctx, seq_id)
+        if size <= 0 or size > self.budget_bytes:
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = ll.llama_state_seq_get_data(self._ctx, buffer, size, seq_id)
+        if written <= 0:
+            return
+        # An entry this one extends is of no more use: the longer one serves its prefixes.
+        for old in [k for k in self._entries if k[1] == lora and key[0][: len(k[0])] == k[0]]:
+            self._drop(old)
+        self._entries[key] = CachedState(key[0], lora, bytes(buffer)[:written])
+        self.used_bytes += written
+        while self.used_bytes > self.budget_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def longest(self, prompt: Sequence[int], lora: LoraKey) -> tuple[CachedState | None, int]:
+        """The entry sharing the longest prefix with `prompt` under the same adapters."""
+        best, best_len = None, 0
+        for (tokens, key_lora), entry in self._entries.items():
+            if key_lora == lora:
+                n = common_prefix(tokens, prompt)
+                if n > best_len:
+                    best, best_len = entry, n
+        return best, best_len
+
+    def restore(self, entry: CachedState, seq_id: int) -> bool:
+        """Copy `entry` into `seq_id` (which must be empty); False when llama.cpp refuses."""
+        data = (ctypes.c_uint8 * len(entry.state)).from_buffer_copy(entry.state)
+        if ll.llama_state_seq_set_data(self._ctx, data, len(entry.state), seq_id) == 0:
+            return False
+        self._entries.move_to_end((entry.tokens, entry.lora))
+        return True
+
+    def token_lists(self) -> Iterable[tuple[int, ...]]:
+        return (tokens for tokens, _ in self._entries)
+
+    def _drop(self, key: tuple[tuple[int, ...], LoraKey]) -> None:
+        self.used_bytes -= len(self._entries.pop(key).state)
