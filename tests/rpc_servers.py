@@ -3,51 +3,32 @@ started it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from support import free_port
+from support import LoggedProcess, free_port, launch
 
 from llorch.worker.backend import rpc
 
 
-@dataclass
-class RpcServerProcess:
-    process: subprocess.Popen[bytes]
-    endpoint: str
-    log: Path
+class RpcServerProcess(LoggedProcess):
+    @property
+    def endpoint(self) -> str:
+        return self.address
 
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        return self.process.wait(timeout)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+def _answers(server: LoggedProcess) -> bool:
+    try:
+        rpc.probe(rpc.parse_endpoint(server.address), timeout=5.0)
+    except rpc.RpcError:
+        return False
+    return True
 
 
 def start_rpc_server(tmp: Path, *args: str, ready_timeout: float = 60.0) -> RpcServerProcess:
     """`llorch rpc-server` on a free loopback port, waited for until it answers the handshake."""
     port = free_port()
-    log = tmp / f"rpc-server-{port}.log"
-    cmd = [sys.executable, "-m", "llorch.cli", "rpc-server", "--port", str(port), *args]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    server = RpcServerProcess(process, f"127.0.0.1:{port}", log)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"rpc-server exited with {process.returncode}:\n{server.output()}")
-        try:
-            rpc.probe(rpc.parse_endpoint(server.endpoint), timeout=5.0)
-            return server
-        except rpc.RpcError:
-            time.sleep(0.1)
-    server.stop()
-    raise AssertionError(f"rpc-server not answering after {ready_timeout}s:\n{server.output()}")
+    launched = launch(tmp, "rpc-server", args, f"127.0.0.1:{port}", port, _answers, ready_timeout)
+    return RpcServerProcess(launched.process, launched.address, launched.log)
 
 
 def dead_endpoint() -> str:

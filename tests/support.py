@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +23,11 @@ def free_port() -> int:
 
 
 @dataclass
-class WorkerProcess:
+class LoggedProcess:
+    """A `llorch` command in its own process, its output in a log file."""
+
     process: subprocess.Popen[bytes]
-    url: str
+    address: str  # what clients dial: a URL or HOST:PORT
     log: Path
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -37,26 +39,53 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_worker(tmp: Path, *args: str, ready_timeout: float = 120.0) -> WorkerProcess:
-    """`llorch serve` in its own process on a free port, waited for until /ready says ready."""
-    port = free_port()
-    log = tmp / f"worker-{port}.log"
-    cmd = [sys.executable, "-m", "llorch.cli", "serve", "--port", str(port), *args]
+def launch(
+    tmp: Path,
+    command: str,
+    args: tuple[str, ...],
+    address: str,
+    port: int,
+    ready: Callable[[LoggedProcess], bool],
+    ready_timeout: float,
+) -> LoggedProcess:
+    """`llorch COMMAND --port PORT ARGS...`, waited for until `ready` says so."""
+    log = tmp / f"{command}-{port}.log"
+    cmd = [sys.executable, "-m", "llorch.cli", command, "--port", str(port), *args]
     with log.open("wb") as sink:
         process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    worker = WorkerProcess(process, f"http://127.0.0.1:{port}", log)
+    launched = LoggedProcess(process, address, log)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"worker exited with {process.returncode}:\n{worker.output()}")
-        try:
-            if httpx.get(f"{worker.url}/ready", timeout=1.0).status_code == 200:
-                return worker
-        except httpx.TransportError:
-            pass
+            raise AssertionError(
+                f"{command} exited with {process.returncode}:\n{launched.output()}"
+            )
+        if ready(launched):
+            return launched
         time.sleep(0.1)
-    worker.stop()
-    raise AssertionError(f"worker not ready after {ready_timeout}s:\n{worker.output()}")
+    launched.stop()
+    raise AssertionError(f"{command} not ready after {ready_timeout}s:\n{launched.output()}")
+
+
+class WorkerProcess(LoggedProcess):
+    @property
+    def url(self) -> str:
+        return self.address
+
+
+def _worker_ready(worker: LoggedProcess) -> bool:
+    try:
+        return httpx.get(f"{worker.address}/ready", timeout=1.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def start_worker(tmp: Path, *args: str, ready_timeout: float = 120.0) -> WorkerProcess:
+    """`llorch serve` in its own process on a free port, waited for until /ready says ready."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    launched = launch(tmp, "serve", args, url, port, _worker_ready, ready_timeout)
+    return WorkerProcess(launched.process, launched.address, launched.log)
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict]:
