@@ -91,18 +91,23 @@ def test_no_verify_is_loud(checkpoint: Any, tmp_path: Path, capsys: Any) -> None
     assert any("verification skipped" in note for note in report["notes"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_read_only_output_folder(checkpoint: Any, tmp_path: Path, capsys: Any) -> None:
     built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY)
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
+    if os.geteuid() == 0:
+        # Root writes into any folder its mode forbids; /proc takes no new file from anyone.
+        locked = Path("/proc")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+    before = set(locked.iterdir())
     try:
         assert main(["convert", str(built.folder), "-o", str(locked / "o.gguf")]) == 2
         assert "cannot write output here" in capsys.readouterr().err
-        assert list(locked.iterdir()) == []
+        assert not {p for p in locked.iterdir() if "o.gguf" in p.name} - before
     finally:
-        locked.chmod(0o700)
+        if locked != Path("/proc"):
+            locked.chmod(0o700)
 
 
 def test_cached_gguf_does_not_rehash_unchanged_weights(
