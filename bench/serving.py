@@ -431,12 +431,12 @@ def main() -> None:
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     text = report(ns, single, agg, short, header, commands)
     kept = ns.out.read_text() if ns.out.is_file() else ""
-    if "<!-- bench/convert.py -->" in kept:  # bench/convert.py's section stays
-        text = (
-            text.rstrip("\n")
-            + "\n\n<!-- bench/convert.py -->"
-            + kept.split("<!-- bench/convert.py -->", 1)[1]
-        )
+    # The sections of bench/convert.py and bench/spec.py stay.
+    sections = [
+        kept.index(m) for m in ("<!-- bench/convert.py -->", "<!-- bench/spec.py -->") if m in kept
+    ]
+    if sections:
+        text = text.rstrip("\n") + "\n\n" + kept[min(sections) :]
     ns.out.write_text(text)
     plot(single, agg, ns.out.parent / "benchmarks.png")
     print(ns.out.read_text())

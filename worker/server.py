@@ -66,6 +66,8 @@ def build_app(
         own = backend(entry) if callable(backend) else backend
         # LoRA adapters belong to the first (default) model.
         loaded = replace(options, lora=settings.lora_specs) if entry == first else options
+        if entry != first:  # the draft model too: its vocabulary is the first model's
+            loaded = replace(loaded, speculative=replace(options.speculative, draft_model=None))
 
         def resolve() -> Path:
             return resolve_model(entry.source, stopping=scheduler.stopping.is_set)

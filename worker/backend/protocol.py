@@ -65,9 +65,9 @@ class SpecOptions:
 
     default: bool = False  # whether requests that do not say speculate (--spec, --draft-model)
     draft_model: Path | None = None  # drafts with this GGUF; None: prompt lookup (n-grams)
-    draft_max: int = 8  # tokens drafted per sequence and step
+    draft_max: int = 16  # the longest draft per sequence and step
     ngram_max: int = 4  # prompt lookup matches the last ngram_max..ngram_min tokens
-    ngram_min: int = 2
+    ngram_min: int = 3
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ class SeqState:
     verifying: list[int] = field(default_factory=list)
     drafted: int = 0
     accepted: int = 0
+    draft_len: int = 0  # the longest draft to ask for next (adapts: speculative.py)
+    pause: int = 0  # steps left without drafting, after drafts that missed at once
+    misses: int = 0  # such drafts in a row
 
     def __post_init__(self) -> None:
         self.output = SequenceText(self.key, self.request.stop, self.request.max_tokens)

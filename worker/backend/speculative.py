@@ -55,6 +55,7 @@ class Speculation:
             and self._can_drop_tail
         )
         if seq.speculate:
+            seq.draft_len = self._options.draft_max
             self._drafter.reset(slot.seq_id)
 
     def propose(self, slots: list[Slot], group: LoraKey) -> None:
@@ -66,7 +67,10 @@ class Speculation:
             seq = slot.seq
             if seq is None or not seq.speculate or seq.next_token is None:
                 continue
-            room = min(seq.request.max_tokens - seq.output.n_out - 1, self._options.draft_max)
+            if seq.pause > 0:
+                seq.pause -= 1
+                continue
+            room = min(seq.request.max_tokens - seq.output.n_out - 1, seq.draft_len)
             if seq.request.lora == group and room > 0:
                 wants.append((slot.seq_id, [*slot.cached, seq.next_token], room))
                 seqs.append(seq)
@@ -88,19 +92,40 @@ class Speculation:
         assert seq is not None
         draft, seq.verifying = seq.verifying, []
         seq.drafted += len(draft)
-        kept = len(slot.cached) - len(draft)  # through the last sampled token
+        taken = 0
         for i in range(len(draft) + 1):
             token = sample(index + i)
             hit = i < len(draft) and token == draft[i]
-            if hit:
+            if hit:  # counted before emit(), which may end the sequence with this token
                 seq.accepted += 1
-                kept += 1
+                taken += 1
             emit(token)
             if not hit or slot.seq is None:  # a miss, or the sequence ended here
                 break
+        self._adapt(seq, len(draft), taken)
+        kept = len(slot.cached) - len(draft) + taken  # through the last token and the draft taken
         if kept < len(slot.cached):
             ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, kept, -1)
             del slot.cached[kept:]
+
+    def _adapt(self, seq: SeqState, drafted: int, taken: int) -> None:
+        """The next draft's length, from how this one fared. Every draft position costs a row
+        of logits (the whole vocabulary) whether or not it is taken, so drafts grow while
+        they are taken whole (doubling, up to draft_max), shrink to what was taken after a
+        miss, and after a draft that missed at its first token drafting pauses for 1, 2,
+        4, ... steps: in text that does not repeat its input, prompt lookup finds chance
+        matches that mostly miss."""
+        if not drafted:
+            return
+        if taken == drafted:
+            seq.draft_len = min(2 * seq.draft_len, self._options.draft_max)
+        else:
+            seq.draft_len = max(taken, 2)
+        if taken:
+            seq.misses = 0
+        else:
+            seq.pause = min(1 << seq.misses, 16)
+            seq.misses += 1
 
     def close(self) -> None:
         self._drafter.close()

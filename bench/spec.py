@@ -1,0 +1,259 @@
+"""Speculative decoding side by side: llorch with and without it, and llama-server with and
+without its n-gram speculation, single stream.
+
+    .venv/bin/python bench/spec.py [--model PATH] [--threads N] [--tokens 192] [--rounds 5]
+                                   [--no-llama-server] [--doc]
+
+Two tasks, greedy:
+  grounded  rewrite a given code block with one name changed (the answer repeats the input,
+            which prompt lookup can draft)
+  free      continue a story (little to look up)
+One llorch worker serves both arms (the request's `speculative` field picks one); llama-server
+runs twice, plain and with `--spec-type ngram-simple`, when a binary built from the same
+llama.cpp is in the cache (bench/serving.py builds it). Every round visits every arm once per
+task, in an order that rotates. Prints a table; with --doc, writes it into docs/BENCHMARKS.md
+between its markers (bench/serving.py keeps the section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+
+from llorch.worker.models import resolve_model
+
+REPO = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench/spec.py -->", "<!-- end bench/spec.py -->"
+DOC = REPO / "docs" / "BENCHMARKS.md"
+
+CODE = """def total_price(items, tax_rate):
+    subtotal = 0
+    for item in items:
+        subtotal += item.price * item.quantity
+    tax = subtotal * tax_rate
+    return subtotal + tax
+
+
+def average_price(items):
+    if not items:
+        return 0
+    return sum(item.price for item in items) / len(items)
+
+
+def most_expensive(items):
+    best = None
+    for item in items:
+        if best is None or item.price > best.price:
+            best = item
+    return best
+"""
+TASKS = {
+    "grounded": "Rewrite the following Python code, renaming the variable `subtotal` to `net`."
+    f"\n\n```python\n{CODE}```\n\nRewritten code:\n\n```python\n",
+    "free": "Once upon a time, in a small village at the edge of a great forest, there lived",
+}
+LLORCH, LLORCH_SPEC = "llorch", "llorch + ngram"
+Sample = tuple[float, int, int, int]  # decode tokens/s, tokens, drafted, accepted
+SERVER, SERVER_SPEC = "llama-server", "llama-server + ngram-simple"
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+serving = _load("bench_serving", REPO / "bench" / "serving.py")
+
+
+def request(url: str, arm: str, prompt: str, tokens: int) -> Sample:
+    """One streamed greedy request: (decode tokens/s from the first token to the last,
+    tokens, drafted, accepted)."""
+    llorch = arm in (LLORCH, LLORCH_SPEC)
+    if llorch:
+        route = "/execute"
+        body = {"job_id": f"spec-{time.monotonic_ns()}", "max_tokens": tokens}
+        body["speculative"] = arm == LLORCH_SPEC
+    else:
+        route, body = "/completion", {"n_predict": tokens, "ignore_eos": True, "stream": True}
+    body |= {"prompt": prompt, "temperature": 0.0}
+    first = last = 0.0
+    n = drafted = accepted = 0
+    with httpx.stream("POST", url + route, json=body, timeout=None) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            kind = event["type"] if llorch else ("end" if event["stop"] else "token")
+            if kind == "token":
+                last = time.perf_counter()
+                first = first or last
+            elif kind == "metrics":
+                drafted, accepted = event["drafted"], event["accepted"]
+            elif kind == "end":
+                if llorch:
+                    n = event["tokens_out"]
+                else:
+                    timings = event["timings"]
+                    n = timings["predicted_n"]
+                    drafted = timings.get("draft_n", 0)
+                    accepted = timings.get("draft_n_accepted", 0)
+                    last = time.perf_counter()  # the last tokens may come with the end
+            elif kind == "error":
+                raise RuntimeError(f"{arm}: {event}")
+    rate = (n - 1) / (last - first) if n > 1 and last > first else float("nan")
+    return rate, n, drafted, accepted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="GGUF (default: the default model)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tokens", type=int, default=192)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-llama-server", action="store_true")
+    parser.add_argument("--doc", action="store_true", help="write docs/BENCHMARKS.md's section")
+    ns = parser.parse_args()
+    path = resolve_model(ns.model)
+    started = datetime.now(UTC)
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    logs = Path(tempfile.mkdtemp(prefix="llorch-spec-"))
+    t, ctx = str(ns.threads), "1024"
+    servers: dict[str, Any] = {}  # bench/serving.py's Server
+    try:
+        port = serving.decode.free_port()
+        cmd = [sys.executable, "-m", "llorch.cli", "serve", "--model", str(path), "--port",
+               str(port), "--threads", t, "--parallel", "1", "--ctx-size", ctx]  # fmt: skip
+        servers[LLORCH] = servers[LLORCH_SPEC] = serving.start(LLORCH, cmd, port, "/ready", logs)
+        binary = None
+        if not ns.no_llama_server:
+            version = serving.backend.LLAMA_CPP_PYTHON.split("==")[1]
+            built = serving.backend.cache_dir() / "llama-server" / version / "build" / "bin"
+            binary = built / "llama-server" if (built / "llama-server").exists() else None
+        if binary is not None:
+            base = [str(binary), "-m", str(path), "--host", "127.0.0.1", "-t", t, "-tb", t,
+                    "-np", "1", "-c", ctx, "--swa-full"]  # fmt: skip
+            for arm, extra in ((SERVER, []), (SERVER_SPEC, ["--spec-type", "ngram-simple"])):
+                port = serving.decode.free_port()
+                servers[arm] = serving.start(arm, [*base, "--port", str(port), *extra], port,
+                                             "/health", logs)  # fmt: skip
+        arms = list(servers)
+        results: dict[str, dict[str, list[Sample]]] = {t: {a: [] for a in arms} for t in TASKS}
+        for arm in arms:  # warm-up
+            request(servers[arm].url, arm, TASKS["free"], 8)
+        for r in range(ns.rounds):
+            for task, prompt in TASKS.items():
+                for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
+                    url = servers[arm].url
+                    sample = request(url, arm, prompt, ns.tokens)
+                    results[task][arm].append(sample)
+                    print(f"[spec] round {r + 1} {task:8} {arm:28} {sample[0]:6.1f} tokens/s "
+                          f"drafted {sample[2]:4} accepted {sample[3]:4}", flush=True)  # fmt: skip
+    finally:
+        for server in {id(s): s for s in servers.values()}.values():
+            server.proc.terminate()
+            server.proc.wait(30)
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    text = section(ns, results, path, started, (load_before, load_after), binary is not None)
+    print(text)
+    if ns.doc:
+        doc = DOC.read_text()
+        if BEGIN in doc:
+            head, rest = doc.split(BEGIN, 1)
+            doc = head + text + rest.split(END, 1)[1]
+        else:
+            doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+        DOC.write_text(doc)
+
+
+def _med(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
+
+
+def section(
+    ns: argparse.Namespace,
+    results: dict[str, dict[str, list[Sample]]],
+    path: Path,
+    started: datetime,
+    load: tuple[str, str],
+    with_server: bool,
+) -> str:
+    lines = [BEGIN, "## Speculative decoding, single stream", ""]
+    lines += [
+        f"Generated by `.venv/bin/python bench/spec.py --doc` on {started:%Y-%m-%d %H:%M} UTC; "
+        f"model `{path.name}`, threads {ns.threads}, {ns.tokens} greedy tokens per request, "
+        f"{ns.rounds} rounds; machine: {os.cpu_count()} cores, shared; load average before "
+        f"{load[0]}, after {load[1]}.",
+        "",
+        "Cells: decode tokens/s, median of the rounds [min, max]; draft tokens accepted / "
+        "verified, summed over the rounds.",
+        "",
+        "| task | path | decode tokens/s | vs llorch without | accepted / drafted |",
+        "|---|---|---|---|---|",
+    ]
+    ratios: dict[tuple[str, str], float] = {}
+    for task, by_arm in results.items():
+        base = statistics.median(s[0] for s in by_arm[LLORCH])
+        for arm, samples in by_arm.items():
+            rates = [s[0] for s in samples]
+            ratio = statistics.median(rates) / base
+            ratios[task, arm] = ratio
+            drafted, accepted = sum(s[2] for s in samples), sum(s[3] for s in samples)
+            counts = f"{accepted} / {drafted}" if drafted else "-"
+            lines.append(f"| {task} | {arm} | {_med(rates)} | {ratio:.2f}x | {counts} |")
+    lines += ["", "Targets (#10):", ""]
+    targets = [
+        ("grounded, llorch + ngram ≥ 1.5x llorch without", ratios["grounded", LLORCH_SPEC], 1.5),
+        ("free text, llorch + ngram ≥ 0.97x llorch without", ratios["free", LLORCH_SPEC], 0.97),
+    ]
+    if with_server:
+        mine, theirs = ratios["grounded", LLORCH_SPEC], ratios["grounded", SERVER_SPEC]
+        targets.append(("grounded, llorch + ngram ≥ 1.0x llama-server + ngram", mine / theirs, 1.0))
+    for what, got, want in targets:
+        lines.append(f"- {what}: {got:.2f}x, " + ("met" if got >= want else "**missed**"))
+    lines += [
+        "",
+        "- One llorch worker (`--parallel 1 --ctx-size 1024`) serves both llorch rows; the "
+        "request's `speculative` field picks the arm. Prompt lookup: the last 4 or 3 tokens "
+        "looked up earlier in the sequence, drafts of up to 16 tokens whose length adapts to "
+        "how the previous ones fared.",
+        "- Every verified draft position costs a row of logits over Gemma 3's 262,144-token "
+        "vocabulary, which is most of this 270M model's work per token; a rejected draft is "
+        "paid for in full, so the gain hangs on how much of the output repeats the input.",
+    ]
+    if with_server:
+        lines.append(
+            "- llama-server (`-np 1 -c 1024 --swa-full`, `ignore_eos`), plain and with "
+            "`--spec-type ngram-simple` at its defaults; its tokens/s counts from its first "
+            "streamed token to its end event, its draft counts are its `timings`."
+        )
+    else:
+        lines.append(
+            "- llama-server was not compared in this run (no binary built from the same "
+            "llama.cpp in the cache; bench/serving.py builds one)."
+        )
+    lines.append(
+        "- The machine is shared with other work: rounds differ by 10% or more, so read the "
+        "ratios with the [min, max] spread."
+    )
+    return "\n".join([*lines, END])
+
+
+if __name__ == "__main__":
+    main()
