@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import tempfile
 import time
 import zipfile
@@ -30,6 +31,7 @@ def _load_serving():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("bench_serving", REPO / "bench" / "serving.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
