@@ -82,8 +82,10 @@ serving = _load("bench_serving", REPO / "bench" / "serving.py")
 
 
 def request(url: str, arm: str, prompt: str, tokens: int) -> Sample:
-    """One streamed greedy request: (decode tokens/s from the first token to the last,
-    tokens, drafted, accepted)."""
+    """One streamed greedy request: (decode tokens/s as the server times it, tokens, drafted,
+    accepted). The servers' own timings, not the client's: llama-server streams the tokens of
+    a verified draft together, so the time between the first and last streamed token would
+    leave out part of its decoding."""
     llorch = arm in (LLORCH, LLORCH_SPEC)
     if llorch:
         route = "/execute"
@@ -92,7 +94,7 @@ def request(url: str, arm: str, prompt: str, tokens: int) -> Sample:
     else:
         route, body = "/completion", {"n_predict": tokens, "ignore_eos": True, "stream": True}
     body |= {"prompt": prompt, "temperature": 0.0}
-    first = last = 0.0
+    rate = float("nan")
     n = drafted = accepted = 0
     with httpx.stream("POST", url + route, json=body, timeout=None) as response:
         response.raise_for_status()
@@ -101,23 +103,19 @@ def request(url: str, arm: str, prompt: str, tokens: int) -> Sample:
                 continue
             event = json.loads(line[6:])
             kind = event["type"] if llorch else ("end" if event["stop"] else "token")
-            if kind == "token":
-                last = time.perf_counter()
-                first = first or last
-            elif kind == "metrics":
+            if kind == "metrics":
+                rate = event["tokens_per_sec"]  # tokens_out / time from the first to the end
                 drafted, accepted = event["drafted"], event["accepted"]
             elif kind == "end":
                 if llorch:
                     n = event["tokens_out"]
                 else:
-                    timings = event["timings"]
-                    n = timings["predicted_n"]
+                    timings = event["timings"]  # generation after the prompt
+                    n, rate = timings["predicted_n"], timings["predicted_per_second"]
                     drafted = timings.get("draft_n", 0)
                     accepted = timings.get("draft_n_accepted", 0)
-                    last = time.perf_counter()  # the last tokens may come with the end
             elif kind == "error":
                 raise RuntimeError(f"{arm}: {event}")
-    rate = (n - 1) / (last - first) if n > 1 and last > first else float("nan")
     return rate, n, drafted, accepted
 
 
@@ -201,8 +199,11 @@ def section(
         f"{ns.rounds} rounds; machine: {os.cpu_count()} cores, shared; load average before "
         f"{load[0]}, after {load[1]}.",
         "",
-        "Cells: decode tokens/s, median of the rounds [min, max]; draft tokens accepted / "
-        "verified, summed over the rounds.",
+        "Cells: decode tokens/s as each server times it (llorch's `tokens_per_sec`, "
+        "llama-server's `predicted_per_second`: generation after the prompt; llama-server "
+        "streams a verified draft's tokens together, so client-side gaps between streamed "
+        "tokens would flatter it), median of the rounds [min, max]; draft tokens accepted / "
+        "verified (each server's counts), summed over the rounds.",
         "",
         "| task | path | decode tokens/s | vs llorch without | accepted / drafted |",
         "|---|---|---|---|---|",
@@ -240,8 +241,7 @@ def section(
     if with_server:
         lines.append(
             "- llama-server (`-np 1 -c 1024 --swa-full`, `ignore_eos`), plain and with "
-            "`--spec-type ngram-simple` at its defaults; its tokens/s counts from its first "
-            "streamed token to its end event, its draft counts are its `timings`."
+            "`--spec-type ngram-simple` at its defaults."
         )
     else:
         lines.append(
