@@ -86,6 +86,9 @@ def cached_gguf(
         report = convert(
             det, target_dir, outtype=outtype, verify=verify, overwrite=True, on_tensor=check
         )
+        if stopping is not None and stopping():  # asked during the last steps (verification)
+            Path(report.output).unlink(missing_ok=True)
+            check(None)
     except BaseException:
         with contextlib.suppress(OSError):
             target_dir.rmdir()  # only if empty: a concurrent success stays

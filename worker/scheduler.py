@@ -218,8 +218,11 @@ class Scheduler:
         self.cancel(job, CancelReason.TIMEOUT)
 
     def drain(self) -> None:
-        """Admit nothing new; queued and running jobs finish."""
+        """Admit nothing new; queued and running jobs finish. A model still loading (or being
+        converted) has no work to finish: its load stops now."""
         self._draining = True
+        if self._state is State.LOADING:
+            self.stopping.set()
 
     def wait_drained(self, timeout: float | None = None) -> bool:
         with self._idle:

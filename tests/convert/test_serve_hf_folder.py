@@ -92,7 +92,7 @@ def test_an_unsupported_folder_reports_why_on_ready(tmp_path: Path, monkeypatch:
 LARGE = {
     "hidden_size": 1024,
     "intermediate_size": 2816,
-    "num_hidden_layers": 2,
+    "num_hidden_layers": 4,
     "num_attention_heads": 8,
     "num_key_value_heads": 8,
 }
