@@ -26,6 +26,7 @@ import llama_cpp as ll
 import numpy as np
 
 from llorch.worker.backend.protocol import PREFIX_BLOCK, LoraKey
+from llorch.worker.backend.slots import common_prefix
 
 MIN_TOKENS = 64  # shorter sequences are cheap to read again: not worth the memory
 
@@ -44,14 +45,6 @@ class CachedState:
     tokens: tuple[int, ...]
     lora: LoraKey
     state: bytes
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class PromptCache:

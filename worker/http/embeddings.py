@@ -10,15 +10,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.engine import Embeddings
 from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
 from llorch.worker.http.body import parse_json
-from llorch.worker.http.openai_schemas import MAX_PROMPT_TOKENS, MAX_TEXT_CHARS
+from llorch.worker.http.openai_schemas import Text, TokenIds
 
 MAX_INPUTS = 2048  # OpenAI's bound on one request's inputs
-Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
 Inputs = (
     Text
     | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
@@ -114,8 +113,6 @@ def _encoded(row: Any, encoding: str) -> list[float] | str:
 
 
 def _check_dimensions(dimensions: int | None, result: Embeddings) -> None:
-    from llorch.worker.backend.errors import InvalidRequestError
-
     size = result.vectors.shape[1]
     if dimensions is not None and dimensions != size:
         raise InvalidRequestError(
