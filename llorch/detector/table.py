@@ -87,6 +87,10 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
+    # rows: qwen35
+    # rows: gemma4
+    # rows: falcon_h1
+    # rows: modern_bert
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 BY_MODEL_TYPE: Mapping[str, ArchRow] = {row.model_type: row for row in SUPPORTED}

@@ -652,6 +652,10 @@ CASES["mamba2"] = Case(
     },
     tokenizer="gpt2",
 )
+# parity: qwen35
+# parity: gemma4
+# parity: falcon_h1
+# parity: modern_bert
 POOL = {
     "mean_tokens": lambda h: h.mean(axis=0),
     "cls_token": lambda h: h[0],
