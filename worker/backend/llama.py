@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp as ll
 
 from llorch.vocab import LlamaVocab
-from llorch.worker.backend import drafters, offload, rpc, system
+from llorch.worker.backend import drafters, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.embed import LlamaEmbedder
 from llorch.worker.backend.errors import (
@@ -323,6 +323,7 @@ class LlamaCppBackend:
             n_ctx_embed=ll.llama_model_n_ctx_train(self._model) if encoder else n_ctx,
             normalize_embeddings=self._meta(NORMALIZE_KEY) != "false",
             lora=options.lora,
+            source=provenance.model_source(self._meta),
         )
 
     def info(self) -> ModelInfo:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 class StopReason(StrEnum):
@@ -213,6 +213,9 @@ class ModelInfo:
     n_ctx_embed: int = 0  # the longest input an embedding takes, in tokens
     normalize_embeddings: bool = True  # L2, unless the model's own config says not to
     lora: tuple[LoraSpec, ...] = ()  # adapters served with the model
+    # Where the GGUF came from (its source, revision, quantizer), from its metadata at load;
+    # empty when it says nothing (backend/provenance.py).
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llorch.worker.backend.errors import OutOfMemoryError, WorkerError
-from llorch.worker.backend.protocol import PREFIX_BLOCK
+from llorch.worker.backend.protocol import PREFIX_BLOCK, ModelInfo
 from llorch.worker.engine import Engine, Health
 from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
@@ -167,8 +167,15 @@ def capacity_body(engine: Engine) -> dict[str, Any]:
             "bytes_used": capacity.cache.bytes_used,
             "bytes_budget": capacity.cache.bytes_budget,
         },
-        "model": ({"sha256": model.sha256, "architecture": model.architecture} if model else None),
+        "model": _model_summary(model) if model else None,
     }
+
+
+def _model_summary(model: ModelInfo) -> dict[str, Any]:
+    summary: dict[str, Any] = {"sha256": model.sha256, "architecture": model.architecture}
+    if model.source:  # only a GGUF that says where it came from
+        summary["source"] = dict(model.source)
+    return summary
 
 
 def health_body(health: Health, settings: WorkerSettings) -> dict[str, Any]:
@@ -197,6 +204,8 @@ def health_body(health: Health, settings: WorkerSettings) -> dict[str, Any]:
             "n_vocab": model.n_vocab,
             "load_seconds": health.load_seconds,
         }
+        if model.source:
+            body["model"]["source"] = dict(model.source)
     info = health.backend
     if info is not None:
         body["backend"] = {
