@@ -61,7 +61,15 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        # The same patterns as the download: huggingface_hub (1.x) checks a cached snapshot
+        # against the repo's file listing it cached, and without them a snapshot fetched here
+        # (no .bin, no README) counts as incomplete, so the hub would be asked again and an
+        # offline rerun refused.
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True
+            )
+        )
     except Exception as cached_exc:  # the hub raises several not-found types
         if _offline():
             raise SourceResolveError(

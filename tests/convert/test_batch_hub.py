@@ -1,0 +1,217 @@
+"""`hf:org/name@revision` sources downloaded through huggingface_hub's snapshot_download, from a
+fake Hugging Face Hub on 127.0.0.1: the parts of the Hub's HTTP API snapshot_download uses.
+
+What snapshot_download asks (huggingface_hub's _snapshot_download.py and file_download.py):
+`GET /api/models/{repo}/revision/{revision}` for the commit (`sha`; older releases list the
+files from its `siblings`), `GET /api/models/{repo}/tree/{commit}` for the files (newer
+releases), then per file `HEAD` and `GET /{repo}/resolve/{commit}/{file}`, whose `X-Repo-Commit`
+and `ETag` (`X-Linked-Etag` and `X-Linked-Size` for LFS files) it requires. huggingface_hub
+reads HF_ENDPOINT and HF_HUB_OFFLINE when it is imported, so each run is a process of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import gguf
+import pytest
+from tiny_hf import tiny_llama
+
+from llorch.convert.batch import provenance as prov
+
+REPO = "acme/tiny"
+COMMIT = "f00d" * 10
+REVISION = "v1"  # a tag: only the hub knows which commit it is
+# Listed by the hub, never read by conversion: must not be downloaded.
+NOT_READ = {"pytorch_model.bin": b"\x80\x02pickle" * 64, "README.md": b"# tiny\n"}
+
+
+class FakeHub:
+    """One model repo at one commit, reachable under REVISION and the commit itself."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.requests: list[tuple[str, str]] = []  # (method, path) in the order asked
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects of the Hub
+
+            def do_GET(self) -> None:
+                hub.answer(self, body=True)
+
+            def do_HEAD(self) -> None:
+                hub.answer(self, body=False)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join()
+
+    def downloaded(self) -> set[str]:
+        prefix = f"/{REPO}/resolve/{COMMIT}/"
+        return {p.removeprefix(prefix) for m, p in self.requests if m == "GET" and prefix in p}
+
+    @staticmethod
+    def _lfs(name: str) -> bool:
+        return name.endswith((".safetensors", ".bin"))
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        data = self.files[name]
+        # The Hub's oid is the git blob sha1; an LFS file also has its sha256, which the cache
+        # names its blob by.
+        entry: dict[str, Any] = {"type": "file", "path": name, "size": len(data)}
+        entry["oid"] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if self._lfs(name):
+            sha256 = hashlib.sha256(data).hexdigest()
+            entry["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": 134}
+        return entry
+
+    def answer(self, request: BaseHTTPRequestHandler, *, body: bool) -> None:
+        path = unquote(urlsplit(request.path).path)
+        self.requests.append((request.command, path))
+        api = f"/api/models/{REPO}/"
+        if path.startswith(api + "revision/"):
+            if path.removeprefix(api + "revision/") not in (REVISION, COMMIT):
+                return self._send(request, 404, b"{}", {"X-Error-Code": "RevisionNotFound"}, body)
+            info = {
+                "id": REPO,
+                "modelId": REPO,
+                "sha": COMMIT,
+                "private": False,
+                "siblings": [{"rfilename": name} for name in self.files],
+            }
+            return self._send(request, 200, json.dumps(info).encode(), {}, body)
+        if path == api + f"tree/{COMMIT}":
+            tree = [self._entry(name) for name in self.files]
+            return self._send(request, 200, json.dumps(tree).encode(), {}, body)
+        resolve = f"/{REPO}/resolve/"
+        revision, _, name = path.removeprefix(resolve).partition("/")
+        if path.startswith(resolve) and revision in (REVISION, COMMIT) and name in self.files:
+            entry = self._entry(name)
+            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{entry["oid"]}"'}
+            if "lfs" in entry:
+                sha256 = entry["lfs"]["oid"]
+                headers |= {"X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(entry["size"])}
+            return self._send(request, 200, self.files[name], headers, body)
+        self._send(request, 404, b"{}", {"X-Error-Code": "EntryNotFound"}, body)
+
+    @staticmethod
+    def _send(
+        request: BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        headers: dict[str, str],
+        body: bool,
+    ) -> None:
+        request.send_response(status)
+        for k, v in {"Content-Length": str(len(data)), **headers}.items():
+            request.send_header(k, v)
+        request.end_headers()
+        if body:
+            request.wfile.write(data)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[FakeHub]:
+    staging = tiny_llama(tmp_path / "staging")
+    files = {p.name: p.read_bytes() for p in sorted(staging.iterdir())}
+    served = FakeHub({**files, **NOT_READ})
+    yield served
+    served.stop()
+
+
+def _convert_batch(tmp_path: Path, hub_url: str, *, offline: bool = False) -> dict[str, Any]:
+    """`llorch convert-batch --json` in its own process, against the hub at `hub_url`; the
+    report line."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_HOME")
+    }
+    env |= {
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "LLORCH_CACHE": str(tmp_path / "cache" / "gguf"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    manifest = tmp_path / "batch.toml"
+    manifest.write_text(f'outtypes = ["f16"]\n[[models]]\nsource = "hf:{REPO}@{REVISION}"\n')
+    cmd = [sys.executable, "-m", "llorch.cli", "convert-batch", str(manifest), "--json"]
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines and lines[-1]["event"] == "report", done.stdout
+    return dict(lines[-1])
+
+
+def test_download_only_what_conversion_reads_and_record_the_hubs_commit(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    report = _convert_batch(tmp_path, hub.url)
+    assert hub.downloaded() == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
+    assert not [p for _, p in hub.requests if any(p.endswith(n) for n in NOT_READ)]
+    assert ("GET", f"/api/models/{REPO}/revision/{REVISION}") in hub.requests
+
+    (output,) = report["jobs"][0]["outputs"]
+    assert not output["skipped"]
+    source = output["source"]
+    assert source["repo_id"] == REPO and source["revision"] == REVISION
+    assert source["commit"] == COMMIT  # what the hub answered for the tag
+    assert source["url"] == f"{hub.url}/{REPO}"
+    snapshot = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots"
+    assert source["folder"] == str(snapshot / COMMIT)
+    for name, digest in output["source_files"].items():
+        assert hashlib.sha256(hub.files[name]).hexdigest() == digest, name
+    reader = gguf.GGUFReader(tmp_path / "out" / output["file"])
+    revision = reader.get_field(prov.KEY_REVISION)
+    assert revision is not None and revision.contents() == COMMIT
+    url = reader.get_field(gguf.Keys.General.SOURCE_URL)
+    assert url is not None and url.contents() == f"{hub.url}/{REPO}"
+
+
+@pytest.mark.slow
+def test_a_rerun_resolves_from_the_cache_and_skips(tmp_path: Path, hub: FakeHub) -> None:
+    first = _convert_batch(tmp_path, hub.url)["jobs"][0]["outputs"][0]
+    hub.requests.clear()
+
+    # The hub is up: the cached snapshot is used without asking it anything.
+    again = _convert_batch(tmp_path, hub.url)["jobs"][0]["outputs"][0]
+    assert hub.requests == []
+    assert again["skipped"] and again["sha256"] == first["sha256"]
+
+    hub.stop()  # gone: nothing listens on its port any more
+    for offline in (False, True):
+        gone = _convert_batch(tmp_path, hub.url, offline=offline)["jobs"][0]["outputs"][0]
+        assert gone["skipped"], offline
+        assert gone["source"]["commit"] == COMMIT and gone["sha256"] == first["sha256"]
