@@ -90,7 +90,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # rows: qwen35
     # rows: gemma4
     # rows: falcon_h1
-    # rows: modern_bert
+    # ModernBERT encoder (embeddings): alternating global / sliding-window layers
+    ArchRow("ModernBertModel", _A.MODERN_BERT, "modern_bert", "modernbert"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 BY_MODEL_TYPE: Mapping[str, ArchRow] = {row.model_type: row for row in SUPPORTED}

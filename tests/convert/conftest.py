@@ -138,6 +138,35 @@ def make_wordpiece(folder: Path, *, vocab_size: int = 400, lowercase: bool = Tru
     return int(tok.get_vocab_size())
 
 
+def make_modernbert_bpe(folder: Path, *, vocab_size: int = 400) -> int:
+    """A ModernBERT tokenizer: byte-level BPE with GPT-2's regex, [CLS] x [SEP], no bos/eos
+    names (config.json's bos/eos ids point at [CLS]/[SEP]). Specials are ids 0-4 here so a
+    tiny config can name them: [UNK] 0, [CLS] 1, [SEP] 2, [PAD] 3, [MASK] 4."""
+    from tokenizers import Tokenizer, decoders, models, processors, trainers
+    from tokenizers import pre_tokenizers as pt
+
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pt.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pt.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = {f"{name.strip('[]').lower()}_token": name for name in specials}
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return int(tok.get_vocab_size())
+
+
 def write_pooling(folder: Path, mode: str | None) -> None:
     """sentence-transformers modules.json and 1_Pooling/config.json (mode None: no pooling)."""
     kind = "sentence_transformers.models."
@@ -177,6 +206,8 @@ def build_checkpoint(
         n_vocab = make_spm(folder, dummy_prefix=False)
     elif tokenizer in ("wordpiece", "wordpiece-cased"):
         n_vocab = make_wordpiece(folder, lowercase=tokenizer == "wordpiece")
+    elif tokenizer == "modernbert":
+        n_vocab = make_modernbert_bpe(folder)
     else:
         n_vocab = make_bpe(folder, tokenizer)
     torch.manual_seed(seed)

@@ -36,6 +36,16 @@ DEEPSEEK = {
     "first_k_dense_replace": 1,
 }
 
+# ModernBERT (head_dim 16 here); special ids inside the tiny gpt2 tokenizer's vocabulary
+MB = {
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 64,
+    **{f"{name}_token_id": 0 for name in ("bos", "eos", "cls", "sep", "pad")},
+}
+
 CASES = {
     "qwen2moe-renormalised-top-k": (
         "Qwen2MoeForCausalLM",
@@ -120,6 +130,27 @@ CASES = {
         {**TINY, "max_position_embeddings": 32},
         {"position_embedding_type": "relative_key"},
         "position_embedding_type",
+    ),
+    "modern-bert-biases": (
+        "ModernBertModel",
+        "ModernBertConfig",
+        MB,
+        {"mlp_bias": True},
+        "mlp_bias",
+    ),
+    "modern-bert-ungated-relu": (
+        "ModernBertModel",
+        "ModernBertConfig",
+        MB,
+        {"hidden_activation": "relu"},
+        "hidden_activation",
+    ),
+    "modern-bert-scaled-rope": (
+        "ModernBertModel",
+        "ModernBertConfig",
+        MB,
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "rope_parameters": None},
+        "rope_type 'linear'",
     ),
 }
 

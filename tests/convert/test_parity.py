@@ -655,7 +655,48 @@ CASES["mamba2"] = Case(
 # parity: qwen35
 # parity: gemma4
 # parity: falcon_h1
-# parity: modern_bert
+# ModernBERT-base / modernbert-embed-base / gte-modernbert-base ratios: head_dim 64, GeGLU
+# intermediate 1.5x, global every 3 layers (0 and 3 here), window 128, RoPE 160000 global /
+# 10000 local, no biases. The 24 sample tokens sit inside a 128 window, so a second case
+# narrows it to 8 to put the sliding mask to work (the 128 window over 200 tokens is in
+# test_modern_bert.py), with SiLU (SwiGLU, as Granite Embedding R2) and CLS pooling.
+MODERN_BERT = {
+    "hidden_size": 128,
+    "intermediate_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "global_attn_every_n_layers": 3,
+    "local_attention": 128,
+    "global_rope_theta": 160000.0,
+    "local_rope_theta": 10000.0,
+    "max_position_embeddings": 512,
+    "norm_eps": 1e-5,
+    # the conftest "modernbert" tokenizer's specials
+    "bos_token_id": 1,
+    "cls_token_id": 1,
+    "eos_token_id": 2,
+    "sep_token_id": 2,
+    "pad_token_id": 3,
+}
+CASES.update(
+    {
+        "modern-bert-mean-pooling": Case(
+            "ModernBertModel",
+            "ModernBertConfig",
+            MODERN_BERT,
+            "modernbert",
+            pooling="mean_tokens",
+            outtypes=("f32", "f16"),
+        ),
+        "modern-bert-window8-silu-cls": Case(
+            "ModernBertModel",
+            "ModernBertConfig",
+            {**MODERN_BERT, "local_attention": 8, "hidden_activation": "silu"},
+            "modernbert",
+            pooling="cls_token",
+        ),
+    }
+)
 POOL = {
     "mean_tokens": lambda h: h.mean(axis=0),
     "cls_token": lambda h: h[0],
