@@ -100,6 +100,11 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     w.add_layer_norm_rms_eps(cfg_float(model, "layer_norm_epsilon", "rms_norm_eps", default=1e-5))
 
 
+# The conv kernel, A, D and the grouped norm stay F32 at any outtype, as in llama.cpp's
+# converter: ggml_ssm_conv and ggml_ssm_scan take F32 only, and A/D ([H, 1]) are never quantized.
+KEEP_F32 = frozenset({_T.SSM_CONV1D, _T.SSM_A, _T.SSM_D, _T.SSM_NORM})
+
+
 def transforms(s: Ssm) -> dict[gguf.MODEL_TENSOR, Transform]:
     """The mixer tensors as llama.cpp's Mamba-2 graph takes them (also Falcon-H1's)."""
     return {
@@ -150,5 +155,11 @@ def reshaped(plans: list[PlannedTensor], s: Ssm) -> list[PlannedTensor]:
 def plan(model: ModelInput) -> list[PlannedTensor]:
     _check(model)
     s = ssm(model)
-    plans = map_tensors(model, transforms=transforms(s), expected=expected(model, s), rename=rename)
+    plans = map_tensors(
+        model,
+        transforms=transforms(s),
+        expected=expected(model, s),
+        keep_f32=KEEP_F32,
+        rename=rename,
+    )
     return reshaped(plans, s)

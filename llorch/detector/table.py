@@ -89,7 +89,9 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
     # rows: qwen35
     # rows: gemma4
-    # rows: falcon_h1
+    # Falcon-H1: attention and a Mamba-2 mixer in parallel in every layer (a KV cache and a
+    # recurrent state per sequence); the muP multipliers are folded into the weights
+    ArchRow("FalconH1ForCausalLM", _A.FALCON_H1, "falcon_h1", "falcon_h1"),
     # ModernBERT encoder (embeddings): alternating global / sliding-window layers
     ArchRow("ModernBertModel", _A.MODERN_BERT, "modern_bert", "modernbert"),
 )

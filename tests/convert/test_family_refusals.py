@@ -45,6 +45,15 @@ MB = {
     "max_position_embeddings": 64,
     **{f"{name}_token_id": 0 for name in ("bos", "eos", "cls", "sep", "pad")},
 }
+# Falcon-H1 with a 4-head x 16 mixer
+FALCON_H1 = {
+    **TINY,
+    "num_hidden_layers": 1,
+    "mamba_d_ssm": 64,
+    "mamba_n_heads": 4,
+    "mamba_d_head": 16,
+    "mamba_d_state": 16,
+}
 
 CASES = {
     "qwen2moe-renormalised-top-k": (
@@ -123,6 +132,28 @@ CASES = {
         {"hidden_size": 32, "num_hidden_layers": 1, "num_heads": 4, "head_dim": 16},
         {"use_bias": True},
         "use_bias",
+    ),
+    # Falcon-H1: llama.cpp gates before the mixer's norm, and its graph has no o_proj bias
+    "falcon-h1-norm-before-gate": (
+        "FalconH1ForCausalLM",
+        "FalconH1Config",
+        {**FALCON_H1, "mamba_rms_norm": True, "mamba_norm_before_gate": False},
+        {"mamba_norm_before_gate": True},
+        "mamba_norm_before_gate",
+    ),
+    "falcon-h1-o-proj-bias": (
+        "FalconH1ForCausalLM",
+        "FalconH1Config",
+        FALCON_H1,
+        {"attention_bias": True},
+        "attention_bias",
+    ),
+    "falcon-h1-mixer-out-bias": (
+        "FalconH1ForCausalLM",
+        "FalconH1Config",
+        FALCON_H1,
+        {"projectors_bias": True},
+        "projectors_bias",
     ),
     "bert-relative-positions": (
         "BertModel",

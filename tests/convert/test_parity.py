@@ -654,7 +654,67 @@ CASES["mamba2"] = Case(
 )
 # parity: qwen35
 # parity: gemma4
-# parity: falcon_h1
+# Falcon-H1-0.5B scaled down by 8 in width: attention 8 heads -> 4 (GQA 4:1, heads x head_dim
+# = hidden / 2), mixer 24 heads x 64 -> 12 x 16 (d_ssm = 1.5 x hidden), state 128 -> 16, conv
+# 4, one group, no mixer norm, untied, rope_theta 1e11, and its released multipliers.
+FALCON_H1 = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e11},
+    "mamba_d_ssm": 192,
+    "mamba_n_heads": 12,
+    "mamba_d_head": 16,
+    "mamba_n_groups": 1,
+    "mamba_d_state": 16,
+    "mamba_d_conv": 4,
+    "mamba_chunk_size": 8,
+    "mamba_rms_norm": False,
+    "mamba_norm_before_gate": False,
+    "tie_word_embeddings": False,
+    "embedding_multiplier": 5.656854249492381,
+    "lm_head_multiplier": 0.0390625,
+    "attention_in_multiplier": 1.0,
+    "attention_out_multiplier": 0.9375,
+    "key_multiplier": 0.390625,
+    "ssm_in_multiplier": 1.25,
+    "ssm_out_multiplier": 0.23570226039551587,
+    "ssm_multipliers": [0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+    "mlp_multipliers": [0.8838834764831844, 0.5859375],
+    "pad_token_id": 2,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
+CASES["falcon-h1-0.5b"] = Case(
+    "FalconH1ForCausalLM", "FalconH1Config", FALCON_H1, tokenizer="gpt2", outtypes=("f32", "q8_0")
+)
+# The switches the 0.5B leaves off: the mixer's grouped gated RMS norm (2 groups), tied
+# embeddings (lm_head_multiplier then needs its own output tensor), no conv bias; 3 layers, 6:2 GQA.
+CASES["falcon-h1-mixer-norm-groups-tied"] = Case(
+    "FalconH1ForCausalLM",
+    "FalconH1Config",
+    {
+        **FALCON_H1,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "mamba_d_ssm": 96,
+        "mamba_n_heads": 12,
+        "mamba_d_head": 8,
+        "mamba_n_groups": 2,
+        "mamba_rms_norm": True,
+        "mamba_conv_bias": False,
+        "tie_word_embeddings": True,
+    },
+    tokenizer="gpt2",
+)
 # ModernBERT-base / modernbert-embed-base / gte-modernbert-base ratios: head_dim 64, GeGLU
 # intermediate 1.5x, global every 3 layers (0 and 3 here), window 128, RoPE 160000 global /
 # 10000 local, no biases. The 24 sample tokens sit inside a 128 window, so a second case

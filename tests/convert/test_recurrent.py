@@ -27,12 +27,49 @@ MAMBA2 = {
     "bos_token_id": 0,
     "eos_token_id": 1,
 }
+# Falcon-H1-0.5B scaled down (as in test_parity.py): GQA 4:1, mixer 12 heads x 16, state 16,
+# chunk 8 (the prompt spans two chunks), and the released multipliers
+FALCON_H1 = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e11},
+    "mamba_d_ssm": 192,
+    "mamba_n_heads": 12,
+    "mamba_d_head": 16,
+    "mamba_d_state": 16,
+    "mamba_chunk_size": 8,
+    "mamba_rms_norm": False,
+    "mamba_norm_before_gate": False,
+    "embedding_multiplier": 5.656854249492381,
+    "lm_head_multiplier": 0.0390625,
+    "attention_out_multiplier": 0.9375,
+    "key_multiplier": 0.390625,
+    "ssm_in_multiplier": 1.25,
+    "ssm_out_multiplier": 0.23570226039551587,
+    "ssm_multipliers": [0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+    "mlp_multipliers": [0.8838834764831844, 0.5859375],
+    "pad_token_id": 2,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
 CASES = {
     "mamba2-130m": ("Mamba2ForCausalLM", "Mamba2Config", {**MAMBA2, "n_groups": 1}),
     "mamba2-codestral-groups": (
         "Mamba2ForCausalLM",
         "Mamba2Config",
         {**MAMBA2, "n_groups": 2, "tie_word_embeddings": False},
+    ),
+    # hybrid: the KV cache and the mixer's state advance together (test_parity.py FALCON_H1)
+    "falcon-h1-0.5b": ("FalconH1ForCausalLM", "FalconH1Config", FALCON_H1),
+    "falcon-h1-mixer-norm-groups": (
+        "FalconH1ForCausalLM",
+        "FalconH1Config",
+        {**FALCON_H1, "mamba_rms_norm": True, "mamba_n_groups": 2, "tie_word_embeddings": True},
     ),
 }
 N_PROMPT = 16  # then 8 single-token steps
@@ -46,6 +83,8 @@ def stepwise_logits(path: Path, tokens: list[int], n_prompt: int) -> np.ndarray:
         cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = max(len(tokens), 8)
         cparams.n_threads = cparams.n_threads_batch = 2
         cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
+        # hybrids attend too: CPU flash attention rounds Q to F16 (as llamacpp.logits avoids)
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = lib.llama_init_from_model(model, cparams)
         n_vocab = llamacpp.vocab(model).n_tokens
         batch = lib.llama_batch_init(len(tokens), 0, 1)
