@@ -5,21 +5,36 @@ others go through llama.cpp's quantizer from a temporary F16 or BF16 file. As in
 1-D tensors (norms, biases) stay F32, and q8_0 falls back to F16 for rows not divisible by the
 32-element block. A tensor the checkpoint already stores quantized (gpt-oss's MXFP4 experts)
 is written as is whatever the outtype, as llama.cpp's converter does.
+
+Tensors are converted and written in blocks of `BLOCK` elements, by a few threads (numpy
+releases the GIL in its loops, the file write in its syscall) while this one writes, in
+order. A tensor whose loader is a `StoredTensor` (no transform) is read from the checkpoint
+block by block and converted straight from its stored dtype: memory is bounded by the blocks
+in flight, not by the largest tensor. Any other tensor is loaded whole, as its family builds
+it, and encoded block by block. The bytes are those of encoding each whole float32 tensor
+(tests/convert/test_streaming.py): F32/F16/BF16 are elementwise and Q8_0 works on blocks of
+32 values in a row, so each block of a tensor gives the same bytes on its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import gguf
 import numpy as np
 
 from llorch import atomic
 from llorch.convert.errors import OutputError, OutTypeError, ShapeMismatchError
-from llorch.convert.families.base import PlannedTensor
+from llorch.convert.families.base import PlannedTensor, StoredTensor
+from llorch.detector.safetensors import Checkpoint
 
 _Q = gguf.GGMLQuantizationType
 _F = gguf.LlamaFileType
@@ -75,12 +90,87 @@ def tensor_type(plan: PlannedTensor, outtype: str) -> _Q:
     return qtype
 
 
-def encode(data: np.ndarray, qtype: _Q) -> np.ndarray:
+# Elements per block: 256 Ki (0.5-1 MiB) stay in cache through a conversion's several
+# passes; a multiple of Q8_0's 32-value block.
+BLOCK = 1 << 18
+STREAMED = frozenset({"F32", "F16", "BF16"})  # stored dtypes read block by block
+
+
+def encode(data: np.ndarray, qtype: _Q, stored: str | None = None) -> np.ndarray:
+    """`data` in `qtype`'s bytes: float values (the whole tensor or a block of it, flattened
+    for Q8_0 too), or with `stored` (a safetensors dtype) a block of a checkpoint's stored
+    values (BF16 as uint16), which give the bytes their float32 values would give."""
+    if stored == "BF16":
+        return _from_bf16(data, qtype)
+    if stored == "F16" and qtype == _Q.F16:
+        return data  # F16 -> F32 -> F16 is exact for every code (test_streaming.py)
     if qtype == _Q.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
     if qtype == _Q.F16:
         return np.ascontiguousarray(data, dtype=np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+    f32 = np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == _Q.Q8_0:
+        return _q8_0(f32.reshape(-1, gguf.GGML_QUANT_SIZES[_Q.Q8_0][0]))
+    return gguf.quants.quantize(f32, qtype)
+
+
+_local = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A float32 buffer of n elements, reused by this thread (no page faults per block)."""
+    buf: np.ndarray | None = getattr(_local, "f32", None)
+    if buf is None or buf.size < n:
+        buf = _local.f32 = np.empty(max(n, BLOCK), dtype=np.float32)
+    return buf[:n]
+
+
+def _from_bf16(bits: np.ndarray, qtype: _Q) -> np.ndarray:
+    """BF16 (as uint16) to `qtype` without a float32 copy of the tensor: bf16 is the upper
+    half of a float32, so a block is widened into a reused buffer and cast from there."""
+    if qtype == _Q.BF16:
+        # gguf-py's F32->BF16 (ggml_compute_fp32_to_bf16) rounds nothing here, as the low
+        # half is zero, and only sets the quiet bit (0x40) of a NaN
+        out = bits.copy()
+        nan = (bits & 0x7FFF) > 0x7F80
+        if nan.any():
+            out[nan] |= 0x40
+        return out
+    wide = _scratch(bits.size).view(np.uint32)
+    np.copyto(wide, bits.reshape(-1))
+    wide <<= 16
+    f32 = wide.view(np.float32)
+    if qtype == _Q.F32:
+        return f32.copy()
+    if qtype == _Q.F16:
+        out = np.empty(bits.size, dtype=np.float16)
+        out[...] = f32  # numpy's float32->float16 cast, as astype does
+        return out
+    if qtype == _Q.Q8_0:
+        return _q8_0(f32.reshape(-1, gguf.GGML_QUANT_SIZES[_Q.Q8_0][0]))
+    return gguf.quants.quantize(f32, qtype)
+
+
+def _q8_0(blocks: np.ndarray) -> np.ndarray:
+    """gguf-py's Q8_0 (quants.py, bit-exact with ggml-quants.c) in fewer passes: the scale
+    d = max|x| / 127 and 1/d in float32, then x/d rounded half away from zero as trunc plus
+    the fraction's carry, which equals gguf's np_roundf for every finite value. Blocks with a
+    non-finite scale or inverse (inf or NaN weights, or all tiny) go through gguf-py itself."""
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    if not (np.isfinite(inv).all() and np.isfinite(d).all()):
+        return gguf.quants.quantize(blocks, _Q.Q8_0)
+    y = blocks * inv
+    t = np.trunc(y)
+    y -= t  # the fraction, exact
+    q = t.astype(np.int8)
+    q += y >= 0.5
+    q -= y <= -0.5
+    out = np.empty((blocks.shape[0], 2 + blocks.shape[1]), dtype=np.uint8)
+    out[:, :2] = d.astype(np.float16).view(np.uint8)
+    out[:, 2:] = q.view(np.uint8)
+    return out
 
 
 def _info(plan: PlannedTensor, qtype: _Q) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -109,6 +199,147 @@ class WriteStats:
     n_bytes: int
 
 
+def _stored(plan: PlannedTensor) -> tuple[Checkpoint, str] | None:
+    """The checkpoint tensor a plan copies unchanged, when it can be streamed block by block."""
+    load = plan.load
+    # exactly these classes: a subclass may load differently (LoRA's row probe does)
+    if type(load) is not StoredTensor or type(load.ckpt) is not Checkpoint:
+        return None
+    ref = load.ckpt.refs.get(load.name)
+    if ref is None or ref.dtype not in STREAMED or ref.shape != plan.shape:
+        return None  # a reshaping plan (mamba2's) loads and checks its shape as before
+    return load.ckpt, load.name
+
+
+class _Whole:
+    """A tensor its family builds in memory, loaded once by whichever block needs it first."""
+
+    def __init__(self, plan: PlannedTensor, qtype: _Q) -> None:
+        self.plan, self.qtype = plan, qtype
+        self.lock = threading.Lock()
+        self.data: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        with self.lock:
+            if self.data is None:
+                p = self.plan
+                data = p.load()
+                want = p.shape if p.qtype is None else _info(p, self.qtype)[0]
+                if data.shape != want:
+                    raise ShapeMismatchError(
+                        f"tensor {p.name} (from {', '.join(p.sources)}): produced shape "
+                        f"{list(data.shape)}, planned {list(want)}"
+                    )
+                self.data = np.ascontiguousarray(data).reshape(-1)
+            return self.data
+
+
+Job = Callable[[], np.ndarray]
+
+
+def _jobs(plan: PlannedTensor, qtype: _Q) -> Iterator[Job]:
+    """The tensor's bytes, in order, as blocks to compute."""
+    if plan.qtype is not None:  # already quantized: its bytes as they are, in one piece
+        whole = _Whole(plan, qtype)
+        yield whole.get
+        return
+    n = int(np.prod(plan.shape))
+    stored = _stored(plan)
+    if stored is not None:
+        ckpt, name = stored
+        dtype, kind = ckpt.stored_dtype(name), ckpt.refs[name].dtype
+        for start in range(0, max(n, 1), BLOCK):  # one block at least, even empty
+            size = min(BLOCK, n - start)
+
+            def block(start: int = start, size: int = size) -> np.ndarray:
+                raw = ckpt.read_into(name, start, np.empty(size, dtype=dtype))
+                return encode(raw, qtype, kind)
+
+            yield block
+        return
+    whole = _Whole(plan, qtype)
+    for start in range(0, max(n, 1), BLOCK):
+
+        def part(start: int = start) -> np.ndarray:
+            return encode(whole.get()[start : start + BLOCK], qtype)
+
+        yield part
+
+
+def _threads() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def _write_tensors(
+    fout: IO[bytes],
+    align: int,
+    plans: Sequence[PlannedTensor],
+    types: Sequence[_Q],
+    on_tensor: Callable[[PlannedTensor], None] | None,
+) -> None:
+    """Each tensor's blocks computed ahead by a thread pool and written in order, laid out
+    as gguf-py's GGUFWriter.write_tensor_data does: each tensor starts at an aligned offset
+    and is followed by zeros up to the next one."""
+
+    def pad(n: int) -> None:
+        if n % align:
+            fout.write(bytes(align - n % align))
+
+    def work() -> Iterator[tuple[int, Job]]:
+        for i, (p, qtype) in enumerate(zip(plans, types, strict=True)):
+            for job in _jobs(p, qtype):
+                yield i, job
+
+    threads = _threads()
+    pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+    jobs = work()
+    written, current = 0, 0
+    pad(fout.tell())
+    with ThreadPoolExecutor(threads, thread_name_prefix="llorch-convert") as pool:
+        try:
+            while True:
+                # a few blocks ahead per thread: they stay small, the threads stay busy
+                while len(pending) < 3 * threads:
+                    nxt = next(jobs, None)
+                    if nxt is None:
+                        break
+                    pending.append((nxt[0], pool.submit(nxt[1])))
+                if not pending:
+                    break
+                i, future = pending.popleft()
+                while current < i:  # every tensor has a block: this steps by one
+                    _finish(plans[current], types[current], written, on_tensor, pad)
+                    current, written = current + 1, 0
+                data = future.result()
+                del future
+                fout.write(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
+                written += data.nbytes
+                del data
+            if plans:
+                _finish(plans[current], types[current], written, on_tensor, pad)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def _finish(
+    plan: PlannedTensor,
+    qtype: _Q,
+    written: int,
+    on_tensor: Callable[[PlannedTensor], None] | None,
+    pad: Callable[[int], None],
+) -> None:
+    nbytes = _info(plan, qtype)[2]
+    if written != nbytes:
+        raise ShapeMismatchError(
+            f"tensor {plan.name} (from {', '.join(plan.sources)}): produced {written} bytes, "
+            f"planned {nbytes}"
+        )
+    pad(written)
+    if on_tensor is not None:
+        on_tensor(plan)
+
+
 def write_gguf(
     path: Path,
     writer: gguf.GGUFWriter,
@@ -117,7 +348,7 @@ def write_gguf(
     *,
     on_tensor: Callable[[PlannedTensor], None] | None = None,
 ) -> WriteStats:
-    """Header and metadata from `writer` (already filled), then each tensor as it loads."""
+    """Header and metadata from `writer` (already filled), then the tensors, streamed."""
     types = [tensor_type(p, outtype) for p in plans]
     for p, qtype in zip(plans, types, strict=True):
         shape, dtype, nbytes = _info(p, qtype)
@@ -129,19 +360,8 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for p, qtype in zip(plans, types, strict=True):
-            data = p.load()
-            want = p.shape if p.qtype is None else _info(p, qtype)[0]
-            if data.shape != want:
-                raise ShapeMismatchError(
-                    f"tensor {p.name} (from {', '.join(p.sources)}): produced shape "
-                    f"{list(data.shape)}, planned {list(want)}"
-                )
-            raw = p.qtype is not None
-            writer.write_tensor_data(np.ascontiguousarray(data) if raw else encode(data, qtype))
-            del data
-            if on_tensor is not None:
-                on_tensor(p)
+        assert writer.fout is not None and len(writer.fout) == 1  # one file, never split
+        _write_tensors(writer.fout[0], writer.data_alignment, plans, types, on_tensor)
         writer.close()
     except OSError as exc:
         raise OutputError(f"{path}: write failed ({exc.strerror or exc})") from exc

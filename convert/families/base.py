@@ -4,7 +4,9 @@ A family module exposes two functions (the `Family` protocol): `write_hparams` p
 architecture's hyperparameters into the GGUF writer, and `plan` lists the output tensors with
 their shapes and a loader that reads and transforms the source tensor(s) when it is called.
 Planning reads only headers, so every tensor is mapped (or the conversion fails naming it)
-before anything is written, and the writer then holds one tensor in memory at a time.
+before anything is written, and the writer then holds one tensor in memory at a time. A
+loader that is a `StoredTensor` reads one checkpoint tensor unchanged: the writer then streams
+that tensor's stored bytes in blocks instead of calling it (no float32 copy of it at all).
 """
 
 from __future__ import annotations
@@ -43,6 +45,20 @@ class PlannedTensor:
     keep_f32: bool = False  # never stored below F32 (norms, biases, rope factors)
     # stored as is whatever the outtype: `load` gives the blocks' bytes (gpt-oss MXFP4 experts)
     qtype: gguf.GGMLQuantizationType | None = None
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A loader for one checkpoint tensor as stored, no transform: called, it gives the
+    float32 array like any loader; the writer may read `ckpt`'s bytes of `name` instead.
+    A family that changes the values wraps or replaces the loader, and the writer then
+    calls that loader: only this exact class marks a tensor safe to copy or cast as stored."""
+
+    ckpt: Checkpoint
+    name: str
+
+    def __call__(self) -> np.ndarray:
+        return self.ckpt.load_f32(self.name)
 
 
 class Family(Protocol):
@@ -224,9 +240,11 @@ def map_tensors(
 
 
 def _loader(ckpt: Checkpoint, name: str, transform: Transform | None) -> Callable[[], np.ndarray]:
+    if transform is None:
+        return StoredTensor(ckpt, name)
+
     def load() -> np.ndarray:
-        data = ckpt.load_f32(name)
-        return transform(name, data) if transform else data
+        return transform(name, ckpt.load_f32(name))
 
     return load
 

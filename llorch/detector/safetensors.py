@@ -9,6 +9,7 @@ by shifting the bits into the high half (bf16 is the top 16 bits of an IEEE floa
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -173,6 +174,32 @@ class Checkpoint:
             shape=ref.shape or (1,),
         ).reshape(ref.shape)
 
+    def stored_dtype(self, name: str) -> np.dtype:
+        """The numpy dtype of the stored bytes (BF16 as uint16)."""
+        return np.dtype(_NUMPY_DTYPES[self.refs[name].dtype])
+
+    def read_into(self, name: str, start: int, out: np.ndarray) -> np.ndarray:
+        """Elements [start, start + out.size) of the flattened stored tensor into `out` (of the
+        stored dtype), read with pread: unlike a map, nothing read stays in this process's
+        memory once `out` is reused, so a tensor can be streamed in blocks of bounded size."""
+        ref = self.refs[name]
+        itemsize = out.dtype.itemsize
+        fits = start >= 0 and start + out.size <= ref.n_elements
+        if out.dtype != self.stored_dtype(name) or not fits or not out.flags.c_contiguous:
+            raise ValueError(f"{name}: cannot read {out.size} {out.dtype} from element {start}")
+        view = out.reshape(-1).view(np.uint8).data
+        fd = os.open(ref.file, os.O_RDONLY)
+        try:
+            done, offset = 0, ref.offset + start * itemsize
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise InvalidFileError(f"{ref.file}: truncated while reading {name!r}")
+                done += n
+        finally:
+            os.close(fd)
+        return out
+
     def load_f32(self, name: str) -> np.ndarray:
         """The tensor as a float32 array in memory (a copy; the map is released)."""
         ref = self.refs[name]
@@ -191,7 +218,28 @@ class Checkpoint:
         return max(counts, key=lambda k: counts[k]) if counts else None
 
     def n_parameters(self) -> int:
-        return sum(ref.n_elements for ref in self.refs.values())
+        """Model parameters: stored elements, but for MXFP4 (gpt-oss's experts) the values the
+        bytes hold: `*_blocks` U8 [..., 16] packs two 4-bit values a byte (32 a block) and its
+        `*_scales` byte per block is the block's shared exponent, not a parameter."""
+        total = 0
+        for name, ref in self.refs.items():
+            total += ref.n_elements * _values_per_element(self.refs, name)
+        return total
+
+
+def _values_per_element(refs: Mapping[str, TensorRef], name: str) -> int:
+    ref = refs[name]
+    if ref.dtype != "U8":
+        return 1
+    if name.endswith("_blocks") and ref.shape[-1:] == (16,):
+        scales = refs.get(name.removesuffix("_blocks") + "_scales")
+        if scales is not None and scales.shape == ref.shape[:-1]:
+            return 2  # MXFP4 (transformers' integrations/mxfp4.py): two E2M1 codes a byte
+    if name.endswith("_scales"):
+        blocks = refs.get(name.removesuffix("_scales") + "_blocks")
+        if blocks is not None and blocks.dtype == "U8" and blocks.shape == (*ref.shape, 16):
+            return 0  # the E8M0 exponent of each block of 32 values
+    return 1
 
 
 def checkpoint_summary(folder: Path) -> tuple[int | None, str | None]:
