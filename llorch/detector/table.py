@@ -87,7 +87,24 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
-    # rows: qwen35
+    # Qwen3.5: Gated DeltaNet (linear attention) layers with a full-attention layer every 4th;
+    # released checkpoints are the multimodal wrappers, whose language model converts.
+    ArchRow("Qwen3_5ForCausalLM", _A.QWEN35, "qwen35", "qwen3_5_text"),
+    ArchRow(
+        "Qwen3_5ForConditionalGeneration",
+        _A.QWEN35,
+        "qwen35",
+        "qwen3_5",
+        alias_of="Qwen3_5ForCausalLM",
+    ),
+    ArchRow("Qwen3_5MoeForCausalLM", _A.QWEN35MOE, "qwen35", "qwen3_5_moe_text"),
+    ArchRow(
+        "Qwen3_5MoeForConditionalGeneration",
+        _A.QWEN35MOE,
+        "qwen35",
+        "qwen3_5_moe",
+        alias_of="Qwen3_5MoeForCausalLM",
+    ),
     # rows: gemma4
     # Falcon-H1: attention and a Mamba-2 mixer in parallel in every layer (a KV cache and a
     # recurrent state per sequence); the muP multipliers are folded into the weights

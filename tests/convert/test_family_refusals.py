@@ -55,6 +55,23 @@ FALCON_H1 = {
     "mamba_d_state": 16,
 }
 
+# Qwen3.5: 3 DeltaNet layers and 1 full-attention layer, rotary pairs in sections [1, 1, 0]
+QWEN35 = {
+    **TINY,
+    "num_hidden_layers": 4,
+    "head_dim": 16,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 1e7,
+        "partial_rotary_factor": 0.25,
+        "mrope_section": [1, 1, 0],
+    },
+}
+
 CASES = {
     "qwen2moe-renormalised-top-k": (
         "Qwen2MoeForCausalLM",
@@ -132,6 +149,27 @@ CASES = {
         {"hidden_size": 32, "num_hidden_layers": 1, "num_heads": 4, "head_dim": 16},
         {"use_bias": True},
         "use_bias",
+    ),
+    "qwen35-key-and-value-heads-of-different-sizes": (
+        "Qwen3_5ForCausalLM",
+        "Qwen3_5TextConfig",
+        QWEN35,
+        {"linear_value_head_dim": 16},
+        "linear_value_head_dim",
+    ),
+    "qwen35-layer-types-without-an-interval": (
+        "Qwen3_5ForCausalLM",
+        "Qwen3_5TextConfig",
+        QWEN35,
+        {"layer_types": ["linear_attention", "full_attention"] + ["linear_attention"] * 2},
+        "layer_types",
+    ),
+    "qwen35-mrope-sections-wider-than-the-head": (
+        "Qwen3_5ForCausalLM",
+        "Qwen3_5TextConfig",
+        QWEN35,
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 1e7}},
+        "mrope_section",
     ),
     # Falcon-H1: llama.cpp gates before the mixer's norm, and its graph has no o_proj bias
     "falcon-h1-norm-before-gate": (

@@ -652,7 +652,89 @@ CASES["mamba2"] = Case(
     },
     tokenizer="gpt2",
 )
-# parity: qwen35
+# Qwen3.5, transformers' Qwen3_5TextConfig defaults (the 9B) scaled down: hidden 4096 -> 128,
+# MLP 3x, 16 heads / 4 kv of head_dim 256 (q as wide as hidden), DeltaNet 16 key / 32 value
+# heads of 128 (keys half the hidden width, values all of it), conv 4, full attention every 4th
+# layer, rotary 0.25 of head_dim in interleaved MRoPE sections summing to the rotary pairs
+# ([11, 11, 10] of 32), untied; the multimodal wrapper as released, tied as the small sizes.
+QWEN35_ROPE = {
+    "rope_type": "default",
+    "rope_theta": 1e7,
+    "partial_rotary_factor": 0.25,
+    "mrope_section": [2, 1, 1],
+    "mrope_interleaved": True,
+}
+QWEN35 = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "linear_num_key_heads": 4,
+    "linear_num_value_heads": 8,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "linear_conv_kernel_dim": 4,
+    "max_position_embeddings": 256,
+    "rope_parameters": QWEN35_ROPE,
+    "pad_token_id": 2,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
+# Qwen3.5-35B-A3B (Qwen3_5MoeTextConfig defaults): hidden 2048, 16 heads / 2 kv of 256 (q twice
+# the hidden width), DeltaNet 16 key / 32 value heads of 128, experts a quarter of the hidden
+# width, 256 top-8 (here 32 top-4), a shared expert as wide as one expert
+QWEN35_MOE = {
+    **QWEN35,
+    "num_attention_heads": 8,
+    "linear_num_key_heads": 8,
+    "linear_num_value_heads": 16,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "num_experts": 32,
+    "num_experts_per_tok": 4,
+}
+del QWEN35_MOE["intermediate_size"]
+QWEN35_VISION = {
+    "depth": 1,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 128,
+    "patch_size": 14,
+    "num_position_embeddings": 16,
+}
+CASES.update(
+    {
+        "qwen35-hybrid": Case(
+            "Qwen3_5ForCausalLM",
+            "Qwen3_5TextConfig",
+            QWEN35,
+            tokenizer="qwen2",
+            outtypes=("f32", "f16"),
+        ),
+        "qwen35-multimodal-text-part-tied": Case(
+            "Qwen3_5ForConditionalGeneration",
+            "Qwen3_5Config",
+            {
+                "text_config": {**QWEN35, "tie_word_embeddings": True},
+                "vision_config": QWEN35_VISION,
+                "tie_word_embeddings": True,
+            },
+            tokenizer="qwen2",
+        ),
+        "qwen35-moe-hybrid": Case(
+            "Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", QWEN35_MOE, tokenizer="qwen2"
+        ),
+        "qwen35-moe-multimodal-text-part": Case(
+            "Qwen3_5MoeForConditionalGeneration",
+            "Qwen3_5MoeConfig",
+            {"text_config": QWEN35_MOE, "vision_config": QWEN35_VISION},
+            tokenizer="qwen2",
+        ),
+    }
+)
 # parity: gemma4
 # Falcon-H1-0.5B scaled down by 8 in width: attention 8 heads -> 4 (GQA 4:1, heads x head_dim
 # = hidden / 2), mixer 24 heads x 64 -> 12 x 16 (d_ssm = 1.5 x hidden), state 128 -> 16, conv

@@ -57,6 +57,40 @@ FALCON_H1 = {
     "bos_token_id": 0,
     "eos_token_id": 1,
 }
+# Qwen3.5-9B / -35B-A3B scaled down as in test_parity.py: 3 DeltaNet layers then 1 full
+# attention layer, value heads twice the key heads, partial interleaved MRoPE
+QWEN35 = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "linear_num_key_heads": 4,
+    "linear_num_value_heads": 8,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "max_position_embeddings": 256,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 1e7,
+        "partial_rotary_factor": 0.25,
+        "mrope_section": [2, 1, 1],
+    },
+    "pad_token_id": 2,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
+QWEN35_MOE = {
+    **{k: v for k, v in QWEN35.items() if k != "intermediate_size"},
+    "num_attention_heads": 8,
+    "linear_num_key_heads": 8,
+    "linear_num_value_heads": 16,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "num_experts": 32,
+    "num_experts_per_tok": 4,
+}
 CASES = {
     "mamba2-130m": ("Mamba2ForCausalLM", "Mamba2Config", {**MAMBA2, "n_groups": 1}),
     "mamba2-codestral-groups": (
@@ -71,8 +105,13 @@ CASES = {
         "FalconH1Config",
         {**FALCON_H1, "mamba_rms_norm": True, "mamba_n_groups": 2, "tie_word_embeddings": True},
     ),
+    # hybrid: Gated DeltaNet states and a full-attention KV cache (test_parity.py QWEN35*)
+    "qwen35-hybrid": ("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", QWEN35),
+    "qwen35-moe-hybrid": ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", QWEN35_MOE),
 }
 N_PROMPT = 16  # then 8 single-token steps
+# the worker's slot reuse and speculation, on a recurrent and on a hybrid (KV cache + states)
+STATEFUL = ["mamba2-130m", "qwen35-hybrid"]
 
 
 def stepwise_logits(path: Path, tokens: list[int], n_prompt: int) -> np.ndarray:
@@ -148,7 +187,10 @@ def _generate(
 
 
 @pytest.mark.slow
-def test_slot_reuse_never_corrupts_the_state(checkpoint: Any, helpers: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case_id", STATEFUL)
+def test_slot_reuse_never_corrupts_the_state(
+    case_id: str, checkpoint: Any, helpers: Any, tmp_path: Path
+) -> None:
     """The worker's decoder reuses a slot's cache for a prompt that shares a prefix with it by
     removing the tail; a recurrent state cannot lose a tail (llama.cpp refuses), so the slot
     is cleared and read again; a prompt that extends the cached tokens continues the state.
@@ -156,7 +198,7 @@ def test_slot_reuse_never_corrupts_the_state(checkpoint: Any, helpers: Any, tmp_
     from llorch.worker.backend.llama import LlamaCppBackend
     from llorch.worker.backend.protocol import LoadOptions
 
-    model_cls, config_cls, config = CASES["mamba2-130m"]
+    model_cls, config_cls, config = CASES[case_id]
     built = checkpoint(model_cls, config_cls, config, tokenizer="gpt2")
     out = tmp_path / "o.gguf"
     convert(built.folder, out, outtype="f32")
@@ -210,8 +252,9 @@ class WrongDrafter:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("case_id", STATEFUL)
 def test_drafts_never_enter_a_recurrent_state(
-    checkpoint: Any, helpers: Any, tmp_path: Path
+    case_id: str, checkpoint: Any, helpers: Any, tmp_path: Path
 ) -> None:
     """Speculative decoding removes a rejected draft's cells, which a recurrent state cannot
     drop: asked to speculate (with drafts that are always wrong), the decoder gives what
@@ -219,7 +262,7 @@ def test_drafts_never_enter_a_recurrent_state(
     from llorch.worker.backend.llama import LlamaCppBackend
     from llorch.worker.backend.protocol import LoadOptions
 
-    model_cls, config_cls, config = CASES["mamba2-130m"]
+    model_cls, config_cls, config = CASES[case_id]
     built = checkpoint(model_cls, config_cls, config, tokenizer="gpt2")
     out = tmp_path / "o.gguf"
     convert(built.folder, out, outtype="f32")

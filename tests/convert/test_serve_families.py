@@ -32,7 +32,12 @@ def _parity_cases() -> Any:
     return module.CASES
 
 
-ROWS = {"moe": "gpt-oss-dequantized", "recurrent": "mamba2", "latent-attention": "deepseek-v3-mla"}
+ROWS = {
+    "moe": "gpt-oss-dequantized",
+    "recurrent": "mamba2",
+    "latent-attention": "deepseek-v3-mla",
+    "hybrid": "qwen35-hybrid",  # DeltaNet states and a KV cache per sequence
+}
 
 
 def reference_greedy(path: Path, prompt: list[int], n: int) -> list[int]:
