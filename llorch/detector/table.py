@@ -105,7 +105,17 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "qwen3_5_moe",
         alias_of="Qwen3_5MoeForCausalLM",
     ),
-    # rows: gemma4
+    # Gemma 4 text: per-type head sizes, proportional RoPE, per-layer embeddings, shared KV,
+    # MoE beside a dense MLP (convert/families/gemma4.py)
+    ArchRow("Gemma4ForCausalLM", _A.GEMMA4, "gemma4", "gemma4_text"),
+    # Gemma 4 as released (E2B/E4B/26B-A4B/31B): the language model converts (text only).
+    ArchRow(
+        "Gemma4ForConditionalGeneration",
+        _A.GEMMA4,
+        "gemma4",
+        "gemma4",
+        alias_of="Gemma4ForCausalLM",
+    ),
     # Falcon-H1: attention and a Mamba-2 mixer in parallel in every layer (a KV cache and a
     # recurrent state per sequence); the muP multipliers are folded into the weights
     ArchRow("FalconH1ForCausalLM", _A.FALCON_H1, "falcon_h1", "falcon_h1"),

@@ -200,6 +200,43 @@ CASES = {
         {"position_embedding_type": "relative_key"},
         "position_embedding_type",
     ),
+    # Gemma 4: text attention is causal in llama.cpp
+    "gemma4-bidirectional": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        {**TINY, "head_dim": 16, "global_head_dim": 16, "hidden_size_per_layer_input": 0},
+        {"use_bidirectional_attention": "all"},
+        "use_bidirectional_attention",
+    ),
+    # llama.cpp's rope_freqs apply to full-attention layers only
+    "gemma4-scaled-sliding-rope": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        {**TINY, "head_dim": 16, "global_head_dim": 16, "hidden_size_per_layer_input": 0},
+        {
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            }
+        },
+        "sliding_attention",
+    ),
+    # a shared full layer would read a sliding layer's KV in llama.cpp (it takes the two layers
+    # before the shared ones; transformers the last earlier layer of the same type)
+    "gemma4-kv-shared-after-sliding": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        {
+            **TINY,
+            "num_hidden_layers": 4,
+            "layer_types": ["sliding_attention", "full_attention"] * 2,
+            "head_dim": 16,
+            "global_head_dim": 16,
+            "hidden_size_per_layer_input": 0,
+        },
+        {"num_kv_shared_layers": 1},
+        "num_kv_shared_layers",
+    ),
     "modern-bert-biases": (
         "ModernBertModel",
         "ModernBertConfig",

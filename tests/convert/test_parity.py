@@ -735,7 +735,112 @@ CASES.update(
         ),
     }
 )
-# parity: gemma4
+# Gemma 4, released configs scaled down. Every one: final logit soft-capping 30, tied, GELU,
+# sliding window (here 8 < 24 tokens) with default RoPE (10k) on sliding layers, and on
+# full-attention layers a head twice as wide with proportional RoPE (1M, a quarter of the
+# frequencies). E2B: 8 heads / 1 kv, per-layer embeddings, the last 20 of 35 layers reuse
+# earlier KV (sliding and full) with double-wide MLPs. 26B-A4B: 16 heads / 8 kv, full layers
+# 2 kv heads with V = K, 128 experts top-8 beside a dense MLP. 31B: 32 heads / 16 kv, full
+# layers 4 kv with V = K, released as Gemma4ForConditionalGeneration (vision left out).
+# 3-4 layers rather than the released 5 sliding : 1 full: with q/k-normed, unscaled attention
+# these random models amplify llama.cpp's CPU GELU (an F16 lookup table) past the F32 bound
+# at 6 layers (rel 1.5e-3 to 1.8e-3; 1.6e-4 to 4e-4 against a reference with that GELU).
+GEMMA4_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    "full_attention": {
+        "rope_type": "proportional",
+        "partial_rotary_factor": 0.25,
+        "rope_theta": 1e6,
+    },
+}
+GEMMA4 = {
+    "hidden_size": 64,
+    "max_position_embeddings": 256,
+    "sliding_window": 8,
+    "final_logit_softcapping": 30.0,
+    "rope_parameters": GEMMA4_ROPE,
+    "tie_word_embeddings": True,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+}
+GEMMA4_31B_TEXT = {
+    **GEMMA4,
+    "num_hidden_layers": 3,
+    "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 16,
+    "global_head_dim": 32,
+    "num_global_key_value_heads": 1,
+    "attention_k_eq_v": True,
+    "intermediate_size": 256,
+    "hidden_size_per_layer_input": 0,
+}
+CASES.update(
+    {
+        "gemma4-e2b-per-layer-embd-shared-kv": Case(
+            "Gemma4ForCausalLM",
+            "Gemma4TextConfig",
+            {
+                **GEMMA4,
+                "num_hidden_layers": 4,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 1,
+                "head_dim": 8,
+                "global_head_dim": 16,
+                "intermediate_size": 256,
+                "layer_types": ["sliding_attention", "full_attention"] * 2,
+                "hidden_size_per_layer_input": 16,
+                "vocab_size_per_layer_input": 400,  # the tokenizer's 400 (both 262144 released)
+                "num_kv_shared_layers": 2,
+                "use_double_wide_mlp": True,
+            },
+            tokenizer="spm-no-prefix",
+        ),
+        "gemma4-26b-a4b-moe": Case(
+            "Gemma4ForCausalLM",
+            "Gemma4TextConfig",
+            {
+                **GEMMA4,
+                "num_hidden_layers": 3,
+                "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+                "num_attention_heads": 8,
+                "num_key_value_heads": 4,
+                "head_dim": 16,
+                "global_head_dim": 32,
+                "num_global_key_value_heads": 1,
+                "attention_k_eq_v": True,
+                "intermediate_size": 48,
+                "enable_moe_block": True,
+                "num_experts": 16,
+                "top_k_experts": 2,
+                "moe_intermediate_size": 16,
+                "hidden_size_per_layer_input": 0,
+            },
+            tokenizer="spm-no-prefix",
+        ),
+        "gemma4-31b-multimodal-text-part": Case(
+            "Gemma4ForConditionalGeneration",
+            "Gemma4Config",
+            {
+                "text_config": GEMMA4_31B_TEXT,
+                "vision_config": {
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 2,
+                    "head_dim": 16,
+                    "patch_size": 4,
+                    "position_embedding_size": 64,
+                },
+                "audio_config": None,
+            },
+            tokenizer="spm-no-prefix",
+        ),
+    }
+)
 # Falcon-H1-0.5B scaled down by 8 in width: attention 8 heads -> 4 (GQA 4:1, heads x head_dim
 # = hidden / 2), mixer 24 heads x 64 -> 12 x 16 (d_ssm = 1.5 x hidden), state 128 -> 16, conv
 # 4, one group, no mixer norm, untied, rope_theta 1e11, and its released multipliers.
