@@ -249,6 +249,11 @@ def section(rows: list[dict[str, Any]], n: int, started: str, load: tuple[str, s
             "`convert_hf_to_gguf.py --outtype f16` and, for q8_0 and q4_k_m, "
             "`llama_cpp.llama_model_quantize` from Python (llama-cpp-python ships no "
             "llama-quantize binary; the call is what llama-quantize runs).",
+            "- llorch writes each tensor in blocks of 256 Ki values, converted by a pool of "
+            "threads (one per core, at most 4) while the main thread writes; a tensor no "
+            "family transform touches is read block by block from the checkpoint. Its peak RSS "
+            "is mostly fixed costs (interpreter, numpy, gguf-py, tokenizer and llama.cpp "
+            "libraries) plus the float32 copies of transformed tensors (Llama's Q and K).",
             "- Peak RSS: the largest process of the run (wait4's ru_maxrss, children included).",
             "- One run per row on a shared, loaded machine: differences under ~20% are noise.",
             targets(rows),
