@@ -231,7 +231,7 @@ def section(
     lines += [
         "",
         "- One llorch worker (`--parallel 1 --ctx-size 1024`) serves both llorch rows; the "
-        "request's `speculative` field picks the arm. Prompt lookup: the last 4 or 3 tokens "
+        "request's `speculative` field picks the arm. Prompt lookup: the last 8 down to 3 tokens "
         "looked up earlier in the sequence, drafts of up to 16 tokens whose length adapts to "
         "how the previous ones fared.",
         "- Every verified draft position costs a row of logits over Gemma 3's 262,144-token "

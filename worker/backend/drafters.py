@@ -74,7 +74,7 @@ class NgramIndex:
 class NgramDrafter:
     """Prompt lookup for every slot: one NgramIndex per sequence, grown as it goes."""
 
-    def __init__(self, ngram_max: int = 4, ngram_min: int = 3) -> None:
+    def __init__(self, ngram_max: int = 8, ngram_min: int = 3) -> None:
         if not 1 <= ngram_min <= ngram_max:
             raise ValueError(f"n-gram sizes {ngram_min}..{ngram_max}: need 1 <= min <= max")
         self._sizes = (ngram_max, ngram_min)
