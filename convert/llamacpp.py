@@ -1,15 +1,15 @@
 """Thin wrappers over llama-cpp-python's low-level ctypes API.
 
 Used for verification (vocab-only loading and tokenization), quantization through llama.cpp's
-own quantizer, and full-model logits (tests and `verify_logits`). llama.cpp's log output is
-silenced unless LLORCH_LLAMA_LOG=1, so the converter's --json output stays clean.
+own quantizer, and full-model logits (tests and `verify_logits`). llama.cpp's log goes through
+llorch.native_log: silent unless logging is configured or LLORCH_LLAMA_LOG=1, so the
+converter's --json output stays clean.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,35 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llorch import native_log
 from llorch.convert.errors import ConversionError, QuantizeError
 
 if TYPE_CHECKING:
     from llorch.vocab import LlamaVocab
 
 _initialised = False
-_log_callback: Any = None  # kept referenced: llama.cpp holds the pointer
-_recent: deque[str] = deque(maxlen=40)  # recent llama.cpp log text, for error messages
-
-
-def _last_error() -> str:
-    lines = "".join(_recent).splitlines()
-    errors = [line.strip() for line in lines if "error" in line.lower() or "missing" in line]
-    return errors[-1] if errors else ""
 
 
 def _lib() -> Any:
-    global _initialised, _log_callback
+    global _initialised
     import llama_cpp
 
     if not _initialised:
-        if os.environ.get("LLORCH_LLAMA_LOG") != "1":
-
-            def _quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-                del level, user_data
-                _recent.append(text.decode("utf-8", "replace"))
-
-            _log_callback = llama_cpp.llama_log_callback(_quiet)
-            llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        native_log.install()
         llama_cpp.llama_backend_init()
         _initialised = True
     return llama_cpp
@@ -63,10 +49,10 @@ def load_model(path: Path, *, vocab_only: bool = False, no_alloc: bool = False) 
         params.no_alloc = True
         params.use_extra_bufts = False
         params.load_mode = lib.LLAMA_LOAD_MODE_NONE  # the metadata-only pass cannot mmap
-    _recent.clear()
+    native_log.clear()
     model = lib.llama_model_load_from_file(os.fsencode(path), params)
     if not model:
-        detail = _last_error()
+        detail = native_log.last_error()
         raise ConversionError(
             f"{path}: llama.cpp could not load the written GGUF"
             + (f" ({detail})" if detail else "")
@@ -164,7 +150,7 @@ def logits(
 def _set_lora(lib: Any, model: Any, ctx: Any, path: Path, scale: float) -> None:
     adapter = lib.llama_adapter_lora_init(model, os.fsencode(path))  # freed with the model
     if not adapter:
-        detail = _last_error()
+        detail = native_log.last_error()
         raise ConversionError(
             f"{path}: llama.cpp could not load the LoRA" + (f" ({detail})" if detail else "")
         )

@@ -9,13 +9,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as ll
 
+from llorch import native_log
 from llorch.vocab import LlamaVocab
 from llorch.worker.backend import drafters, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
@@ -40,31 +40,12 @@ from llorch.worker.models import file_sha256, host_memory_available
 NORMALIZE_KEY = "llorch.embedding.normalize"
 _backend_initialised = False
 log = logging.getLogger("llorch.backend")
-_native_log = logging.getLogger("llorch.llama_cpp")
-# ggml_log_level: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the previous line.
-# Loading a model alone logs over a thousand lines, warnings included (unused tokens, ...),
-# so only errors reach the default log level.
-_NATIVE_LEVELS = {3: logging.ERROR}
-
-
-# llama.cpp's last error lines: quoted in a load failure's message, for the operator only
-# (what the failure is comes from numbers, never from this text).
-_native_errors: deque[str] = deque(maxlen=4)
-
-
-@ll.llama_log_callback
-def _forward_native_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    line = text.decode("utf-8", "replace").rstrip()
-    if line:
-        _native_log.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", line)
-        if level == 3:
-            _native_errors.append(line)
 
 
 def _init_backend() -> None:
     global _backend_initialised
     if not _backend_initialised:
-        ll.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
+        native_log.install()
         ll.llama_backend_init()
         _backend_initialised = True
 
@@ -152,7 +133,7 @@ class LlamaCppBackend:
         overrides = _kv_overrides(options.metadata_overrides)
         if overrides is not None:
             model_params.kv_overrides = overrides
-        _native_errors.clear()
+        native_log.clear()
         model = ll.llama_model_load_from_file(str(path).encode(), model_params)
         if not model:
             raise self._load_failure(path, options.n_gpu_layers)
@@ -184,7 +165,7 @@ class LlamaCppBackend:
         params.swa_full = True
         params.n_threads = threads
         params.n_threads_batch = threads
-        _native_errors.clear()
+        native_log.clear()
         ctx = ll.llama_init_from_model(self._model, params)
         if not ctx:
             raise self._context_failure(path, parallel, per_slot)
@@ -223,7 +204,8 @@ class LlamaCppBackend:
     def _load_failure(path: Path, n_gpu_layers: int) -> WorkerError:
         """Out of memory when the weights bound for a device exceed its free memory;
         otherwise a file llama.cpp refused, with its own words."""
-        said = f": {_native_errors[-1]}" if _native_errors else ""
+        error = native_log.last_error()  # for the operator; what failed comes from numbers
+        said = f": {error}" if error else ""
         try:
             model = offload.footprint(path)
         except Exception as exc:

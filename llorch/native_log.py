@@ -1,0 +1,63 @@
+"""llama.cpp's log: one callback for the whole process.
+
+llama.cpp keeps a single log callback per process, so the converter and the worker share this
+one instead of each installing its own (the later one would silence the other's error
+capture). Every line goes to the `llorch.llama_cpp` logger (errors at ERROR, the rest at
+DEBUG: loading a model alone logs over a thousand lines) and the recent text is kept, so a
+failure can quote llama.cpp's own words. The logger has a NullHandler: a program that
+configures no logging (the converter's CLI, whose --json output must stay clean) prints
+nothing. LLORCH_LLAMA_LOG=1 also echoes the raw log to stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+from collections import deque
+from typing import Any
+
+log = logging.getLogger("llorch.llama_cpp")
+log.addHandler(logging.NullHandler())
+# ggml_log_level (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
+_LEVELS = {4: logging.ERROR}
+_recent: deque[str] = deque(maxlen=64)  # raw fragments; a line may come in several
+_callback: Any = None  # kept referenced: llama.cpp holds the pointer
+
+
+def install() -> None:
+    """Installs the callback, once per process (llama_cpp must be importable)."""
+    global _callback
+    if _callback is not None:
+        return
+    import llama_cpp
+
+    echo = os.environ.get("LLORCH_LLAMA_LOG") == "1"
+
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        del user_data
+        fragment = text.decode("utf-8", "replace")
+        _recent.append(fragment)
+        if echo:
+            sys.stderr.write(fragment)
+        line = fragment.rstrip()
+        if line:
+            log.log(_LEVELS.get(level, logging.DEBUG), "%s", line)
+
+    _callback = llama_cpp.llama_log_callback(forward)
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+def clear() -> None:
+    """Forget what was logged so far: call before the operation whose failure to explain."""
+    _recent.clear()
+
+
+def last_error() -> str:
+    """The last line since clear() that names an error ("error ...", "missing ..."), or "":
+    llama.cpp's last line is often a bare "failed to load model" after the one that says
+    why."""
+    lines = "".join(_recent).splitlines()
+    errors = [line.strip() for line in lines if "error" in line.lower() or "missing" in line]
+    return errors[-1] if errors else ""
