@@ -2,7 +2,8 @@
 
 SentencePiece `tokenizer.model` becomes llama.cpp's "llama" (SPM) vocabulary; byte-level BPE
 `tokenizer.json` becomes "gpt2" with merges and a pre-tokenizer name (convert/pretokenizer.py);
-a WordPiece `tokenizer.json` (BERT) becomes "bert" (convert/wordpiece.py).
+a WordPiece `tokenizer.json` (BERT) becomes "bert" (convert/wordpiece.py); Gemma 4's SPM-style
+BPE `tokenizer.json` becomes "gemma4" (convert/gemma4_vocab.py).
 Special token ids, add_bos/add_eos and the chat template come from tokenizer_config.json,
 config.json, generation_config.json, chat_template.jinja and chat_template.json.
 """
@@ -17,10 +18,11 @@ from typing import Any
 
 import gguf
 
-from llorch.convert import pretokenizer, wordpiece
+from llorch.convert import gemma4_vocab, pretokenizer, wordpiece
 from llorch.convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
 from llorch.convert.spm import BPE, MODEL_TYPES, read_spm
 from llorch.detector import read_json
+from llorch.detector.table import BY_MODEL_TYPE, SUPPORTED
 
 _T = gguf.TokenType
 
@@ -28,7 +30,7 @@ _T = gguf.TokenType
 @dataclass(frozen=True)
 class Vocab:
     kind: str  # "sentencepiece", "bpe" or "wordpiece"
-    ggml_model: str  # tokenizer.ggml.model: "llama", "gpt2" or "bert"
+    ggml_model: str  # tokenizer.ggml.model: "llama", "gpt2", "bert" or "gemma4"
     tokens: tuple[str, ...]
     types: tuple[int, ...]
     scores: tuple[float, ...] | None
@@ -104,6 +106,14 @@ def _post_processor_adds(tok_json: dict[str, Any]) -> tuple[bool, bool]:
     return False, False
 
 
+def _llama_arch(config: Mapping[str, Any]) -> str | None:
+    """The llama.cpp arch config.json's `architectures` (or `model_type`) converts to."""
+    names = config.get("architectures") or [None]
+    row = next((r for r in SUPPORTED if r.hf_name == names[0]), None)
+    row = row or BY_MODEL_TYPE.get(str(config.get("model_type")))
+    return row.llama_arch if row is not None else None
+
+
 def load_vocab(
     folder: Path,
     n_vocab: int,
@@ -116,10 +126,25 @@ def load_vocab(
     spm_path, json_path = folder / "tokenizer.model", folder / "tokenizer.json"
     tok_json = read_json(json_path) if json_path.is_file() else {}
     notes: list[str] = []
+    if config is None:
+        config = _optional_json(folder / "config.json")
+    # llama.cpp's Gemma 4 converter reads tokenizer.json only (gguf-py's LlamaHfVocab), even
+    # where a tokenizer.model lies beside it
+    spm_bpe = (
+        gemma4_vocab.is_spm_bpe(tok_json)
+        and _llama_arch(config) == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA4]
+    )
     if not spm_path.is_file() and wordpiece.is_wordpiece(tok_json):
         chat = _chat_template(folder, tok_cfg)
         return wordpiece.wordpiece_vocab(json_path, tok_json, tok_cfg, n_vocab, chat)
-    if spm_path.is_file():
+    if spm_bpe:
+        gemma4_vocab.check(tok_json, str(json_path))
+        tokens, types, merges = gemma4_vocab.base_vocab(tok_json)
+        scores: list[float] | None = [gemma4_vocab.SCORE] * len(tokens)
+        kind, ggml_model, pre, files = "bpe", gemma4_vocab.GGML_MODEL, None, (json_path,)
+        add_space_prefix: bool | None = False
+        default_bos, default_eos = True, False
+    elif spm_path.is_file():
         spm = read_spm(spm_path)
         if spm.model_type != BPE:
             # llama.cpp's SPM tokenizer merges pieces by score (BPE); a unigram model's
@@ -129,10 +154,10 @@ def load_vocab(
                 "not supported; llama.cpp's SentencePiece tokenizer reproduces BPE models only"
             )
         tokens, types = list(spm.pieces), list(spm.types)
-        scores: list[float] | None = list(spm.scores)
-        merges: list[str] = []
+        scores = list(spm.scores)
+        merges = []
         kind, ggml_model, pre, files = "sentencepiece", "llama", None, (spm_path,)
-        add_space_prefix: bool | None = spm.add_dummy_prefix
+        add_space_prefix = spm.add_dummy_prefix
         default_bos, default_eos = True, False
     elif json_path.is_file():
         where = str(json_path)
@@ -180,13 +205,16 @@ def load_vocab(
         if text == "":  # ids without a token: llama.cpp needs distinct, unused entries
             tokens[i] = f"[PAD{i}]"
             types[i] = _T.UNUSED
+    if spm_bpe:
+        gemma4_vocab.retype(tokens, types)
     lookup = {text: i for i, text in enumerate(tokens)}
     special_ids = _special_ids(folder, tok_cfg, lookup, notes, config)
     if kind == "sentencepiece":
         for i, t in enumerate(types):
             if t == _T.UNKNOWN:
                 special_ids.setdefault("unk", i)
-    add_bos = tok_cfg.get("add_bos_token", default_bos)
+    # llama.cpp forces add_bos for gemma4 whatever the GGUF says (llama-vocab.cpp)
+    add_bos = True if spm_bpe else tok_cfg.get("add_bos_token", default_bos)
     add_eos = tok_cfg.get("add_eos_token", default_eos)
     return Vocab(
         kind=kind,

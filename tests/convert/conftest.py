@@ -167,6 +167,70 @@ def make_modernbert_bpe(folder: Path, *, vocab_size: int = 400) -> int:
     return int(tok.get_vocab_size())
 
 
+GEMMA4_CHAT = [  # Gemma 4's chat-template tokens
+    *("<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|tool>", "<tool|>", "<|think|>"),
+    *("<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>'),
+]
+GEMMA4_CORPUS = (
+    CORPUS
+    + [
+        "<|turn>user\nWrite a loop.<turn|>\n<|turn>model\n```python\nfor i in range(3):\n"
+        "    print(i)\n\n\n```\n  two  spaces   three\n\n\n\nfour newlines",
+        "Größe naïve café — “quotes” … 中文 日本語 🦙\n\n  indented\n    more\n",
+    ]
+    * 20
+)
+
+
+def make_gemma4_bpe(folder: Path, *, vocab_size: int = 400) -> int:
+    """A tokenizer.json in Gemma 4's SPM-style BPE form (as transformers' GemmaConverter writes
+    it): " " -> "▁" normalizer, a Split on " " that the normalizer leaves nothing to split,
+    byte fallback to `<0xXX>` tokens, specials <pad> <eos> <bos> <unk> <mask> at ids 0-4 and the
+    chat tokens after them. The merges are trained on newline-separated runs, so none spans a
+    newline boundary, as llama.cpp's gemma4 pre-tokenizer (which splits at newline runs)
+    assumes; the result has exactly `vocab_size` tokens."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import pre_tokenizers as pt
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *GEMMA4_CHAT]
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer_tok.pre_tokenizer = pt.Split(Regex("\n+|[^\n]+"), "isolated")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 256, special_tokens=specials, show_progress=False
+    )
+    trainer_tok.train_from_iterator(GEMMA4_CORPUS, trainer)
+    trained = json.loads(trainer_tok.to_str())["model"]
+    learned = sorted((i, t) for t, i in trained["vocab"].items() if t not in specials)
+    tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + [t for _, t in learned]
+    assert len(tokens) == vocab_size, (len(tokens), vocab_size)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok = Tokenizer(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(tokens)},
+            merges=merges,
+            unk_token="<unk>",
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pt.Split(" ", "merged_with_previous")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.save(str(folder / "tokenizer.json"))
+    template = (
+        "{{ bos_token }}{% for m in messages %}<|turn>{{ m['role'] }}\n{{ m['content'] }}"
+        "<turn|>\n{% endfor %}<|turn>model\n"
+    )
+    cfg = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}
+    cfg |= {"unk_token": "<unk>", "add_bos_token": True, "chat_template": template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return int(tok.get_vocab_size())
+
+
 def write_pooling(folder: Path, mode: str | None) -> None:
     """sentence-transformers modules.json and 1_Pooling/config.json (mode None: no pooling)."""
     kind = "sentence_transformers.models."
@@ -206,6 +270,8 @@ def build_checkpoint(
         n_vocab = make_spm(folder, dummy_prefix=False)
     elif tokenizer in ("wordpiece", "wordpiece-cased"):
         n_vocab = make_wordpiece(folder, lowercase=tokenizer == "wordpiece")
+    elif tokenizer == "gemma4-bpe":  # tokenizer.json only, no tokenizer.model
+        n_vocab = make_gemma4_bpe(folder)
     elif tokenizer == "modernbert":
         n_vocab = make_modernbert_bpe(folder)
     else:
