@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 import pytest
 
-from llorch.convert import convert
+from llorch.convert import convert, encoding
 from llorch.convert import writer as gw
 from llorch.convert.families import llama
 from llorch.convert.families.base import PlannedTensor, StoredTensor
@@ -219,4 +219,4 @@ def test_q8_0_equals_gguf_py_on_random_and_edge_blocks() -> None:
         values[64:96] = 0.0
         blocks = values.reshape(-1, 32)
         want = gguf.quants.quantize(values.reshape(-1, 2048), _Q.Q8_0).reshape(-1)
-        assert gw._q8_0(blocks).tobytes() == want.tobytes()
+        assert encoding._q8_0(blocks).tobytes() == want.tobytes()
