@@ -207,7 +207,8 @@ def verify_tokenizer(gguf_path: Path, vocab: Vocab, extra: Sequence[str] = ()) -
                 )
                 raise VerificationError(
                     f"{gguf_path}: llama.cpp tokenizes {text!r} differently from "
-                    f"{vocab.files[0].name} (pre-tokenizer {vocab.pre or 'spm'}): first "
+                    f"{vocab.files[0].name} (tokenizer {vocab.ggml_model}, pre-tokenizer "
+                    f"{vocab.pre or 'none'}): first "
                     f"difference at token {first}: llama.cpp {got[first : first + 6]} vs "
                     f"source {want[first : first + 6]}"
                 )
