@@ -19,18 +19,18 @@ from typing import Any
 
 import gguf
 
-from llorch import atomic
+from llorch import atomic, keys
 from llorch.convert.cache import _READ, CONVERTER_VERSION
 from llorch.digests import file_sha256
 
 FORMAT = "llorch.provenance/1"
 SUFFIX = ".provenance.json"
-# GGUF has no keys for these; llorch's own, in the general.* style.
-KEY_REVISION = "llorch.source.revision"
-KEY_FILES = "llorch.source.files"
-KEY_SHA256 = "llorch.source.sha256"
-KEY_CONVERTER = "llorch.converter.version"
-KEY_LLAMA_CPP = "llorch.llama_cpp.version"
+# GGUF has no keys for these; llorch's own (llorch/keys.py).
+KEY_REVISION = keys.SOURCE_REVISION
+KEY_FILES = keys.SOURCE_FILES
+KEY_SHA256 = keys.SOURCE_SHA256
+KEY_CONVERTER = keys.CONVERTER_VERSION
+KEY_LLAMA_CPP = keys.LLAMA_CPP_VERSION
 MATCHED = ("job", "outtype", "source_files", "options", "versions")
 
 

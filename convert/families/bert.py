@@ -23,6 +23,7 @@ from typing import Any
 
 import gguf
 
+from llorch import keys
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import (
     ModelInput,
@@ -96,6 +97,20 @@ def pooling_type(folder: Path) -> gguf.PoolingType | None:
     return POOLING[str(mode)]
 
 
+def write_sentence_transformers(folder: Path, w: gguf.GGUFWriter) -> None:
+    """The pooling type, and whether the pooled vector is normalised (a Normalize module:
+    llama.cpp returns it unnormalised, so the worker does it), from the sentence-transformers
+    config; nothing without modules.json."""
+    pooling = pooling_type(folder)
+    if pooling is not None:
+        w.add_pooling_type(pooling)
+    modules_path = folder / "modules.json"
+    if modules_path.is_file():
+        modules = _read(modules_path)
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+        w.add_bool(keys.EMBEDDING_NORMALIZE, "Normalize" in kinds)
+
+
 def _check(model: ModelInput) -> None:
     where = model.folder / "config.json"
     position = model.config.get("position_embedding_type", "absolute")
@@ -116,9 +131,7 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     write_common(model, w, rms=False)
     w.add_causal_attention(False)
     w.add_token_type_count(cfg_int(model, "type_vocab_size", default=2))
-    pooling = pooling_type(model.folder)
-    if pooling is not None:
-        w.add_pooling_type(pooling)
+    write_sentence_transformers(model.folder, w)
 
 
 def _rename(name: str) -> str | None:

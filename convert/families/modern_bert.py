@@ -35,7 +35,7 @@ import gguf
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import ModelInput, PlannedTensor, cfg_float, cfg_int, map_tensors
-from llorch.convert.families.bert import pooling_type
+from llorch.convert.families.bert import write_sentence_transformers
 
 _T = gguf.MODEL_TENSOR
 # transformers' ModernBertConfig defaults, which released configs rely on
@@ -149,9 +149,7 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     w.add_string(
         HIDDEN_ACT_KEY.format(arch=arch), ACTIVATIONS[model.config.get("hidden_activation", "gelu")]
     )
-    pooling = pooling_type(model.folder)
-    if pooling is not None:
-        w.add_pooling_type(pooling)
+    write_sentence_transformers(model.folder, w)
 
 
 def _rename(name: str) -> str:

@@ -18,7 +18,9 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+from support import start_worker
 
+from llorch import keys
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import ConfigError
 from llorch.convert.wordpiece import NFD_NOTE
@@ -109,6 +111,7 @@ def test_pooling_type_from_sentence_transformers_config(
         fields = _fields(out)
         assert fields.get(key) == want, mode
         assert fields[gguf.Keys.Attention.CAUSAL.format(arch="bert")] is False
+        assert fields[keys.EMBEDDING_NORMALIZE] is False  # modules.json without Normalize
         assert fields[gguf.Keys.Tokenizer.TOKEN_TYPE_COUNT] == 2
 
 
@@ -188,3 +191,39 @@ def test_all_minilm_l6_v2_matches_sentence_transformers(minilm: Path, tmp_path: 
     sims = got @ got.T
     np.fill_diagonal(sims, -1)
     assert np.unravel_index(sims.argmax(), sims.shape) in ((0, 1), (1, 0))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("normalize", [True, False])
+def test_served_vectors_follow_the_normalize_module(
+    normalize: bool, checkpoint: Any, helpers: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """sentence-transformers normalises only with a Normalize module: the served vectors are
+    its vectors either way, length included."""
+    import httpx
+    from sentence_transformers import SentenceTransformer
+
+    built = checkpoint("BertModel", "BertConfig", BERT, tokenizer="wordpiece")
+    helpers.write_pooling(built.folder, "mean_tokens")
+    pooling = built.folder / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text()) | {"word_embedding_dimension": BERT["hidden_size"]}
+    pooling.write_text(json.dumps(config))  # sentence-transformers needs the width
+    if normalize:
+        modules = json.loads((built.folder / "modules.json").read_text())
+        kind = "sentence_transformers.models.Normalize"
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": kind})
+        (built.folder / "modules.json").write_text(json.dumps(modules))
+        (built.folder / "2_Normalize").mkdir()
+    monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "cache"))
+    worker = start_worker(tmp_path, "--model", str(built.folder), "--parallel", "1")
+    try:
+        reply = httpx.post(f"{worker.url}/v1/embeddings", json={"input": TEXTS[:4]}, timeout=60)
+    finally:
+        assert worker.stop() == 0
+    assert reply.status_code == 200, reply.text
+    got = np.array([d["embedding"] for d in reply.json()["data"]])
+    want = SentenceTransformer(str(built.folder), device="cpu").encode(TEXTS[:4])
+    assert helpers.cosines(got, want).min() >= 0.9999
+    norms, want_norms = np.linalg.norm(got, axis=1), np.linalg.norm(want, axis=1)
+    assert np.allclose(norms, want_norms, rtol=1e-3), (norms, want_norms)
+    assert np.allclose(norms, 1.0, atol=1e-5) == normalize

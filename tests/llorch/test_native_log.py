@@ -20,15 +20,16 @@ def _not_a_gguf(tmp_path: Path) -> Path:
     return path
 
 
-def test_converter_quotes_llama_cpp_after_the_worker_set_up(
-    tmp_path: Path, caplog: Any
-) -> None:
+def test_converter_quotes_llama_cpp_after_the_worker_set_up(tmp_path: Path, caplog: Any) -> None:
     worker_llama._init_backend()  # the worker first, as in a process that serves and converts
     llamacpp._lib()
     caplog.set_level(logging.DEBUG, logger="llorch.llama_cpp")
-    with pytest.raises(ConversionError, match="could not load the written GGUF") as err:
-        with llamacpp.load_model(_not_a_gguf(tmp_path), vocab_only=True):
-            pass
+    broken = _not_a_gguf(tmp_path)
+    with (
+        pytest.raises(ConversionError, match="could not load the written GGUF") as err,
+        llamacpp.load_model(broken, vocab_only=True),
+    ):
+        pass
     detail = str(err.value).split("GGUF (", 1)[1].rstrip(")")
     assert detail, str(err.value)
     # the same line reached the worker's logger, at error level

@@ -58,7 +58,10 @@ class LlamaEmbedder:
             if not ctx:
                 raise OutOfMemoryError("llama.cpp could not create an embedding context")
         self._ctx = ctx
-        self.n_ctx = ll.llama_n_ctx(ctx)
+        # Inputs are packed up to this many tokens a decode. llama.cpp may round the context
+        # up (to 256 cells) but an encoder's batch must fit one micro-batch, or llama.cpp
+        # aborts the process (GGML_ASSERT "encoder requires n_ubatch >= n_tokens").
+        self.n_ctx = min(ll.llama_n_ctx(ctx), ll.llama_n_ubatch(ctx))
         self.n_embd = ll.llama_model_n_embd(model)
         self.max_sequences = max_sequences
         self.pooling = _NAMES.get(ll.llama_pooling_type(ctx), "none")

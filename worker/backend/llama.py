@@ -15,7 +15,7 @@ from pathlib import Path
 
 import llama_cpp as ll
 
-from llorch import native_log
+from llorch import keys, native_log
 from llorch.vocab import LlamaVocab
 from llorch.worker.backend import drafters, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
@@ -35,9 +35,6 @@ from llorch.worker.backend.protocol import (
 )
 from llorch.worker.models import file_sha256, host_memory_available
 
-# Written by the converter from the sentence-transformers config: "false" when the model has
-# no Normalize module (its vectors are meant unnormalised).
-NORMALIZE_KEY = "llorch.embedding.normalize"
 _backend_initialised = False
 log = logging.getLogger("llorch.backend")
 
@@ -303,7 +300,8 @@ class LlamaCppBackend:
             embedding_only=encoder,
             # An encoder reads each input whole: its training context is the bound.
             n_ctx_embed=ll.llama_model_n_ctx_train(self._model) if encoder else n_ctx,
-            normalize_embeddings=self._meta(NORMALIZE_KEY) != "false",
+            # the converter writes false for a sentence-transformers model without Normalize
+            normalize_embeddings=self._meta(keys.EMBEDDING_NORMALIZE) != "false",
             lora=options.lora,
             source=provenance.model_source(self._meta),
         )

@@ -13,6 +13,8 @@ from typing import Any
 
 import gguf
 
+from llorch import keys
+
 _G = gguf.Keys.General
 # /health and /capacity field -> GGUF key
 SOURCE_FIELDS = {
@@ -32,12 +34,8 @@ BASE_MODEL_FIELDS = {
 def model_source(meta: Callable[[str], str]) -> dict[str, Any]:
     """`{"url", "repo_url", "revision", "quantized_by", "base_models"}`, each only when the
     file has it; `meta(key)` answers a GGUF key's value as text, "" when absent."""
-    # Imported here: the key belongs to the converter, which a worker serving a GGUF does not
-    # otherwise load.
-    from llorch.convert.batch.provenance import KEY_REVISION
-
     found = {name: meta(key) for name, key in SOURCE_FIELDS.items()}
-    found["revision"] = meta(KEY_REVISION)
+    found["revision"] = meta(keys.SOURCE_REVISION)
     order = ("url", "repo_url", "revision", "quantized_by")
     source: dict[str, Any] = {name: found[name] for name in order if found[name]}
     bases = []
