@@ -4,9 +4,10 @@ without its n-gram speculation, single stream.
     .venv/bin/python bench/spec.py [--model PATH] [--threads N] [--tokens 192] [--rounds 5]
                                    [--no-llama-server] [--doc]
 
-Two tasks, greedy:
+Three tasks, greedy:
   grounded  rewrite a given code block with one name changed (the answer repeats the input,
             which prompt lookup can draft)
+  quotes    summarise a given passage, quoting its sentences (grounded too)
   free      continue a story (little to look up)
 One llorch worker serves both arms (the request's `speculative` field picks one); llama-server
 runs twice, plain and with `--spec-type ngram-simple`, when a binary built from the same
@@ -59,9 +60,20 @@ def most_expensive(items):
             best = item
     return best
 """
+PASSAGE = (
+    "The lighthouse on the northern cape was built in 1874 from granite quarried on the island "
+    "itself. Its lamp burned paraffin until 1931, when the keepers installed an electric lamp "
+    "powered by a diesel generator. The last keeper left in 1989, and since then the light has "
+    "been automatic, checked twice a year by engineers who arrive by boat. In winter storms the "
+    "waves reach the gallery forty metres above the sea, and the tower sways by a few "
+    "centimetres. Visitors may climb the 212 steps on summer weekends, when volunteers from the "
+    "village open the door and tell the story of the keepers and their families.\n"
+)
 TASKS = {
     "grounded": "Rewrite the following Python code, renaming the variable `subtotal` to `net`."
     f"\n\n```python\n{CODE}```\n\nRewritten code:\n\n```python\n",
+    "quotes": "Read the passage, then summarise it in three points, each quoting the sentence "
+    f"of the passage it comes from word for word.\n\nPassage:\n{PASSAGE}\nSummary:\n\n1. ",
     "free": "Once upon a time, in a small village at the edge of a great forest, there lived",
 }
 LLORCH, LLORCH_SPEC = "llorch", "llorch + ngram"
@@ -209,23 +221,33 @@ def section(
         "|---|---|---|---|---|",
     ]
     ratios: dict[tuple[str, str], float] = {}
+    medians: dict[tuple[str, str], float] = {}
     for task, by_arm in results.items():
         base = statistics.median(s[0] for s in by_arm[LLORCH])
         for arm, samples in by_arm.items():
             rates = [s[0] for s in samples]
             ratio = statistics.median(rates) / base
             ratios[task, arm] = ratio
+            medians[task, arm] = statistics.median(rates)
             drafted, accepted = sum(s[2] for s in samples), sum(s[3] for s in samples)
             counts = f"{accepted} / {drafted}" if drafted else "-"
             lines.append(f"| {task} | {arm} | {_med(rates)} | {ratio:.2f}x | {counts} |")
     lines += ["", "Targets (#10):", ""]
-    targets = [
-        ("grounded, llorch + ngram ≥ 1.5x llorch without", ratios["grounded", LLORCH_SPEC], 1.5),
-        ("free text, llorch + ngram ≥ 0.97x llorch without", ratios["free", LLORCH_SPEC], 0.97),
-    ]
+    targets = []
+    for task in ("grounded", "quotes"):
+        targets.append(
+            (f"{task}, llorch + ngram ≥ 1.5x llorch without", ratios[task, LLORCH_SPEC], 1.5)
+        )
+    targets.append(
+        ("free text, llorch + ngram ≥ 0.97x llorch without", ratios["free", LLORCH_SPEC], 0.97)
+    )
     if with_server:
-        mine, theirs = ratios["grounded", LLORCH_SPEC], ratios["grounded", SERVER_SPEC]
-        targets.append(("grounded, llorch + ngram ≥ 1.0x llama-server + ngram", mine / theirs, 1.0))
+        for task in ("grounded", "quotes"):
+            # tokens/s as a user sees them: llorch's speculation against llama-server's
+            mine, theirs = medians[task, LLORCH_SPEC], medians[task, SERVER_SPEC]
+            targets.append(
+                (f"{task}, llorch + ngram ≥ 1.0x llama-server + ngram", mine / theirs, 1.0)
+            )
     for what, got, want in targets:
         lines.append(f"- {what}: {got:.2f}x, " + ("met" if got >= want else "**missed**"))
     lines += [
@@ -248,10 +270,14 @@ def section(
             "- llama-server was not compared in this run (no binary built from the same "
             "llama.cpp in the cache; bench/serving.py builds one)."
         )
-    lines.append(
+    lines += [
+        "- A draft changes the batch's shape, so float rounding differs from the plain run: "
+        "at a near tie the greedy output can leave the plain path (with either server), and "
+        "the text after that, and how much of it repeats the prompt, differs. Compare the "
+        "accepted counts before the speeds.",
         "- The machine is shared with other work: rounds differ by 10% or more, so read the "
-        "ratios with the [min, max] spread."
-    )
+        "ratios with the [min, max] spread.",
+    ]
     return "\n".join([*lines, END])
 
 

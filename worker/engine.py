@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -95,6 +97,12 @@ class JobStream:
         self.request = request
         self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
+        # Events from the model thread wait in the inbox; one wake-up of the loop carries all
+        # that came meanwhile (a verified draft gives several tokens in one step), so the loop
+        # and the sockets do not compete with the decode once per token.
+        self._inbox: deque[JobEvent] = deque()
+        self._inbox_lock = threading.Lock()
+        self._wake_pending = False
         self._finished = False
         self._get: asyncio.Future[JobEvent] | None = None
         self.job: Job | None = None
@@ -110,11 +118,35 @@ class JobStream:
 
     def sink(self, event: JobEvent) -> None:
         """Called on the model thread (or wherever the scheduler ends a queued job)."""
+        with self._inbox_lock:
+            self._inbox.append(event)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the event loop is gone: nobody is listening any more
             if self.job is not None:
                 self._scheduler.cancel(self.job)
+
+    def _deliver(self) -> None:
+        with self._inbox_lock:
+            events = list(self._inbox)
+            self._inbox.clear()
+            self._wake_pending = False
+        for event in events:
+            self._events.put_nowait(event)
+
+    def ready(self) -> list[JobEvent]:
+        """The events that have already arrived, without waiting (after the job's last event,
+        none): a reader that writes them out together saves a write per event."""
+        events: list[JobEvent] = []
+        while not self._finished and self._get is None and not self._events.empty():
+            event = self._events.get_nowait()
+            events.append(event)
+            if isinstance(event, FinishEvent | JobFailed):
+                self._finished = True
+        return events
 
     def __aiter__(self) -> JobStream:
         return self

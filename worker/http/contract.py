@@ -22,7 +22,7 @@ from llorch.worker.http.body import parse_json
 from llorch.worker.http.sampling import sampling_params
 from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from llorch.worker.http.sse import SSE_HEADERS, EventStream, frame
-from llorch.worker.scheduler import JobFailed, JobStarted
+from llorch.worker.scheduler import JobEvent, JobFailed, JobStarted
 
 
 def _iso(ts: float) -> str:
@@ -87,51 +87,55 @@ def build_router(fleet: Fleet) -> APIRouter:
 
 
 async def _frames(stream: JobStream, model: str) -> AsyncIterator[bytes]:
-    """SSE frames of one job. Leaving early (client gone, server stopping) cancels it."""
+    """SSE frames of one job; the events that arrived together go out in one write. Leaving
+    early (client gone, server stopping) cancels the job."""
     async with stream:
         async for event in stream:
-            if isinstance(event, JobStarted):
-                yield frame(
-                    {
-                        "type": "started",
-                        "job_id": event.job_id,
-                        "model": model,
-                        "started_at": _iso(event.started_at),
-                    }
-                )
-            elif isinstance(event, TokenEvent):
-                token: dict[str, Any] = {
-                    "type": "token",
-                    "t": event.text,
-                    "i": event.index,
-                    "id": event.token_id,
+            yield b"".join(_render(e, model) for e in [event, *stream.ready()])
+
+
+def _render(event: JobEvent, model: str) -> bytes:
+    """One event's SSE frames (the end of a job is two: metrics, then end)."""
+    if isinstance(event, JobStarted):
+        return frame(
+            {
+                "type": "started",
+                "job_id": event.job_id,
+                "model": model,
+                "started_at": _iso(event.started_at),
+            }
+        )
+    elif isinstance(event, TokenEvent):
+        token: dict[str, Any] = {
+            "type": "token",
+            "t": event.text,
+            "i": event.index,
+            "id": event.token_id,
+        }
+        if event.scored is not None:
+            token["logprob"] = event.scored.token.logprob
+            token["top_logprobs"] = [
+                {
+                    "id": t.token_id,
+                    "t": t.piece.decode("utf-8", "replace"),
+                    "logprob": t.logprob,
                 }
-                if event.scored is not None:
-                    token["logprob"] = event.scored.token.logprob
-                    token["top_logprobs"] = [
-                        {
-                            "id": t.token_id,
-                            "t": t.piece.decode("utf-8", "replace"),
-                            "logprob": t.logprob,
-                        }
-                        for t in event.scored.top
-                    ]
-                yield frame(token)
-            elif isinstance(event, FinishEvent):
-                yield frame(_metrics_frame(event))
-                end: dict[str, Any] = {
-                    "type": "end",
-                    "tokens_out": event.tokens_out,
-                    "decode_time_ms": round(event.decode_time_ms, 3),
-                    "stop_reason": event.stop_reason.value,
-                }
-                if event.stop_sequence_matched is not None:
-                    end["stop_sequence_matched"] = event.stop_sequence_matched
-                yield frame(end)
-            elif isinstance(event, JobFailed):
-                yield frame(
-                    {"type": "error", "code": event.error.code, "message": str(event.error)}
-                )
+                for t in event.scored.top
+            ]
+        return frame(token)
+    elif isinstance(event, FinishEvent):
+        end: dict[str, Any] = {
+            "type": "end",
+            "tokens_out": event.tokens_out,
+            "decode_time_ms": round(event.decode_time_ms, 3),
+            "stop_reason": event.stop_reason.value,
+        }
+        if event.stop_sequence_matched is not None:
+            end["stop_sequence_matched"] = event.stop_sequence_matched
+        return frame(_metrics_frame(event)) + frame(end)
+    elif isinstance(event, JobFailed):
+        return frame({"type": "error", "code": event.error.code, "message": str(event.error)})
+    return b""
 
 
 def _metrics_frame(event: FinishEvent) -> dict[str, Any]:
