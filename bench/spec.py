@@ -233,29 +233,25 @@ def section(
             counts = f"{accepted} / {drafted}" if drafted else "-"
             lines.append(f"| {task} | {arm} | {_med(rates)} | {ratio:.2f}x | {counts} |")
     lines += ["", "Targets (#10):", ""]
-    targets = []
-    for task in ("grounded", "quotes"):
-        targets.append(
-            (f"{task}, llorch + ngram ≥ 1.5x llorch without", ratios[task, LLORCH_SPEC], 1.5)
-        )
-    targets.append(
-        ("free text, llorch + ngram ≥ 0.97x llorch without", ratios["free", LLORCH_SPEC], 0.97)
-    )
+    # The issue's targets are for the rewriting task; `quotes` is reported beside it.
+    targets = [
+        ("grounded, llorch + ngram ≥ 1.5x llorch without", ratios["grounded", LLORCH_SPEC], 1.5),
+        ("free text, llorch + ngram ≥ 0.97x llorch without", ratios["free", LLORCH_SPEC], 0.97),
+    ]
     if with_server:
-        for task in ("grounded", "quotes"):
-            # tokens/s as a user sees them: llorch's speculation against llama-server's
-            mine, theirs = medians[task, LLORCH_SPEC], medians[task, SERVER_SPEC]
-            targets.append(
-                (f"{task}, llorch + ngram ≥ 1.0x llama-server + ngram", mine / theirs, 1.0)
-            )
+        # tokens/s as a user sees them: llorch's speculation against llama-server's
+        mine, theirs = medians["grounded", LLORCH_SPEC], medians["grounded", SERVER_SPEC]
+        targets.append(("grounded, llorch + ngram ≥ 1.0x llama-server + ngram", mine / theirs, 1.0))
     for what, got, want in targets:
         lines.append(f"- {what}: {got:.2f}x, " + ("met" if got >= want else "**missed**"))
     lines += [
         "",
         "- One llorch worker (`--parallel 1 --ctx-size 1024`) serves both llorch rows; the "
-        "request's `speculative` field picks the arm. Prompt lookup: the last 8 down to 3 tokens "
-        "looked up earlier in the sequence, drafts of up to 16 tokens whose length adapts to "
-        "how the previous ones fared.",
+        "request's `speculative` field picks the arm. Prompt lookup: the last 12 tokens looked "
+        "up earlier in the sequence, drafts of the 12 to 48 tokens that followed them (the "
+        "parameters of llama.cpp's ngram-simple, which llama-server runs here).",
+        "- `quotes` asks for a summary quoting the passage; this 270M model paraphrases more "
+        "than it quotes, so neither server finds much to draft there.",
         "- Every verified draft position costs a row of logits over Gemma 3's 262,144-token "
         "vocabulary, which is most of this 270M model's work per token; a rejected draft is "
         "paid for in full, so the gain hangs on how much of the output repeats the input.",

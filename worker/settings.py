@@ -137,7 +137,11 @@ class WorkerSettings(BaseSettings):
         "verify; requests speculate with it unless they ask not to",
     )
     spec_draft_max: int = Field(
-        16, ge=1, le=64, description="the longest draft per sequence and decode step"
+        16,
+        ge=1,
+        le=64,
+        description="the longest draft a --draft-model makes per sequence and decode step "
+        "(prompt lookup drafts 12 to 48 tokens)",
     )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(

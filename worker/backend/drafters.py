@@ -34,6 +34,9 @@ Want = tuple[int, Sequence[int], int]
 
 
 class Drafter(Protocol):
+    # whether its drafts' length should follow how the previous ones fared (speculative.py)
+    adaptive: bool
+
     def reset(self, seq_id: int) -> None: ...
 
     def propose(self, wants: Sequence[Want]) -> list[list[int]]: ...
@@ -48,10 +51,11 @@ class NgramIndex:
     followed its latest occurrence: the suffix is registered only once a token follows it,
     so a look-up of the current suffix finds an earlier occurrence, never itself."""
 
-    def __init__(self, ngram_max: int, ngram_min: int) -> None:
+    def __init__(self, ngram_max: int, ngram_min: int, draft_min: int = 1) -> None:
         self.tokens: list[int] = []
         self._sizes = range(ngram_max, ngram_min - 1, -1)  # longest match first
         self._next: dict[tuple[int, ...], int] = {}
+        self._draft_min = draft_min
 
     def extend(self, tokens: Sequence[int]) -> None:
         for token in tokens:
@@ -67,17 +71,22 @@ class NgramIndex:
             if end >= n:
                 at = self._next.get(tuple(self.tokens[end - n :]))
                 if at is not None:
-                    return self.tokens[at : at + k]
+                    draft = self.tokens[at : at + k]
+                    # a match too recent to have draft_min tokens after it: no draft
+                    return draft if len(draft) >= min(self._draft_min, k) else []
         return []
 
 
 class NgramDrafter:
-    """Prompt lookup for every slot: one NgramIndex per sequence, grown as it goes."""
+    """Prompt lookup for every slot: one NgramIndex per sequence, grown as it goes. Drafts are
+    as long as what followed the match (up to what the caller allows), not adapted."""
 
-    def __init__(self, ngram_max: int = 8, ngram_min: int = 3) -> None:
+    adaptive = False
+
+    def __init__(self, ngram_max: int = 12, ngram_min: int = 12, draft_min: int = 12) -> None:
         if not 1 <= ngram_min <= ngram_max:
             raise ValueError(f"n-gram sizes {ngram_min}..{ngram_max}: need 1 <= min <= max")
-        self._sizes = (ngram_max, ngram_min)
+        self._params = (ngram_max, ngram_min, draft_min)
         self._indexes: dict[int, NgramIndex] = {}
 
     def reset(self, seq_id: int) -> None:
@@ -88,7 +97,7 @@ class NgramDrafter:
         for seq_id, tokens, k in wants:
             index = self._indexes.get(seq_id)
             if index is None:
-                index = self._indexes[seq_id] = NgramIndex(*self._sizes)
+                index = self._indexes[seq_id] = NgramIndex(*self._params)
             # A sequence only ever grows by accepted tokens: what is new is its tail.
             index.extend(tokens[len(index.tokens) :])
             drafts.append(index.draft(k))
@@ -126,6 +135,8 @@ class ModelDrafter:
     """Greedy drafts from a smaller model with the same vocabulary. Its context mirrors the
     model's slots (one KV stream per sequence id); each slot's cache keeps the tokens it read,
     so a sequence's next draft reads only what was accepted since."""
+
+    adaptive = True  # each draft token costs a decode of the draft model
 
     def __init__(
         self,

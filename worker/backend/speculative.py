@@ -35,7 +35,9 @@ class Speculation:
         self._can_drop_tail = not (
             ll.llama_model_is_recurrent(model) or ll.llama_model_is_hybrid(model)
         )
-        self._drafter = drafter or NgramDrafter(options.ngram_max, options.ngram_min)
+        self._drafter = drafter or NgramDrafter(
+            options.ngram, options.ngram, options.ngram_draft_min
+        )
 
     def decide(self, slot: Slot) -> None:
         """Speculation where it keeps the output exactly as without it and simple: not with a
@@ -55,7 +57,8 @@ class Speculation:
             and self._can_drop_tail
         )
         if seq.speculate:
-            seq.draft_len = self._options.draft_max
+            adaptive = self._drafter.adaptive
+            seq.draft_len = self._options.draft_max if adaptive else self._options.ngram_draft_max
             self._drafter.reset(slot.seq_id)
 
     def propose(self, slots: list[Slot], group: LoraKey) -> None:
@@ -102,7 +105,8 @@ class Speculation:
             emit(token)
             if not hit or slot.seq is None:  # a miss, or the sequence ended here
                 break
-        self._adapt(seq, len(draft), taken)
+        if self._drafter.adaptive:
+            self._adapt(seq, len(draft), taken)
         kept = len(slot.cached) - len(draft) + taken  # through the last token and the draft taken
         if kept < len(slot.cached):
             ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, kept, -1)

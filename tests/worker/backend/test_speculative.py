@@ -185,11 +185,20 @@ def test_ngram_index_drafts_what_followed_the_last_earlier_occurrence():
 
 
 def test_ngram_drafter_follows_a_growing_sequence_and_starts_over_on_reset():
-    drafter = NgramDrafter(ngram_max=2, ngram_min=2)
+    drafter = NgramDrafter(ngram_max=2, ngram_min=2, draft_min=1)
     assert drafter.propose([(0, [5, 6, 7, 5, 6], 4)]) == [[7, 5, 6]]
     assert drafter.propose([(0, [5, 6, 7, 5, 6, 7, 5], 2)]) == [[6, 7]]
     drafter.reset(0)
     assert drafter.propose([(0, [1, 2, 1, 2], 2)]) == [[1, 2]]
+
+
+def test_a_match_without_draft_min_tokens_after_it_drafts_nothing():
+    index = NgramIndex(ngram_max=2, ngram_min=2, draft_min=3)
+    index.extend([1, 2, 3, 4, 9, 1, 2])
+    assert index.draft(8) == [3, 4, 9, 1, 2]
+    index.extend([5, 6, 5, 6])
+    assert index.draft(8) == []  # only "5 6" followed the earlier "5 6": shorter than 3
+    assert index.draft(2) == [5, 6]  # unless the caller wants fewer (the end of max_tokens)
 
 
 def test_greedy_under_prompt_lookup_is_the_greedy_path(spec_backend, scorer):
