@@ -1,7 +1,10 @@
-"""Helpers of the worker tests: a real worker process on a free port, and strict SSE parsing."""
+"""Helpers of the tests: a real worker process on a free port, strict SSE parsing, and the
+converter's parity cases for the tests that reuse their configurations."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import socket
 import subprocess
@@ -10,10 +13,24 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 FRANCE = "Question: What is the capital of France?\nAnswer:"
+
+
+@functools.cache
+def parity_cases() -> dict[str, Any]:
+    """tests/convert/test_parity.py's CASES (checkpoint configurations of released shapes), for
+    the tests that build the same checkpoints."""
+    path = Path(__file__).parent / "convert" / "test_parity.py"
+    spec = importlib.util.spec_from_file_location("parity_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return dict(module.CASES)
 
 
 def free_port() -> int:

@@ -3,15 +3,14 @@ llama.cpp's "gemma4" vocabulary, verified against `tokenizers` and run for logit
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import gguf
 import pytest
+from support import parity_cases
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import TokenizerError
@@ -36,17 +35,6 @@ TEXTS = [
 ]
 
 
-def _parity_case() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "parity_cases", Path(__file__).parent / "test_parity.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.CASES[CASE]
-
-
 def _fields(path: Path) -> dict[str, Any]:
     reader = gguf.GGUFReader(path)
     return {name: field.contents() for name, field in reader.fields.items()}
@@ -64,7 +52,7 @@ def _folder(tmp_path: Path, helpers: Any, config: dict[str, Any]) -> Path:
 def test_tokenizer_json_converts_verifies_and_matches_logits(
     checkpoint: Any, helpers: Any, tmp_path: Path
 ) -> None:
-    case = _parity_case()  # the same weights as its parity case: they depend on the seed only
+    case = parity_cases()[CASE]  # the same weights as its parity case: they depend on the seed only
     built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer="gemma4-bpe")
     assert built.n_vocab == N_VOCAB
     assert not (built.folder / "tokenizer.model").exists()

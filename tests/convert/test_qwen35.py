@@ -4,8 +4,6 @@ experts like layer 0's). Neither is converted, and layer 0's experts stay layer 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +11,9 @@ import gguf
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from support import parity_cases
 
 from llorch.convert import convert
-
-
-def _parity_cases() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "parity_cases", Path(__file__).parent / "test_parity.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.CASES
 
 
 def _tensors(path: Path) -> dict[str, np.ndarray]:
@@ -34,7 +22,7 @@ def _tensors(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_mtp_head_and_vision_tower_are_left_out(checkpoint: Any, tmp_path: Path) -> None:
-    case = _parity_cases()["qwen35-moe-multimodal-text-part"]
+    case = parity_cases()["qwen35-moe-multimodal-text-part"]
     built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer=case.tokenizer)
     plain = tmp_path / "plain.gguf"
     convert(built.folder, plain, outtype="f32")

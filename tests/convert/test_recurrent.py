@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import parity_cases
 
 from llorch.convert import convert, llamacpp
 
@@ -27,70 +28,6 @@ MAMBA2 = {
     "bos_token_id": 0,
     "eos_token_id": 1,
 }
-# Falcon-H1-0.5B scaled down (as in test_parity.py): GQA 4:1, mixer 12 heads x 16, state 16,
-# chunk 8 (the prompt spans two chunks), and the released multipliers
-FALCON_H1 = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 1,
-    "head_dim": 16,
-    "max_position_embeddings": 256,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1e11},
-    "mamba_d_ssm": 192,
-    "mamba_n_heads": 12,
-    "mamba_d_head": 16,
-    "mamba_d_state": 16,
-    "mamba_chunk_size": 8,
-    "mamba_rms_norm": False,
-    "mamba_norm_before_gate": False,
-    "embedding_multiplier": 5.656854249492381,
-    "lm_head_multiplier": 0.0390625,
-    "attention_out_multiplier": 0.9375,
-    "key_multiplier": 0.390625,
-    "ssm_in_multiplier": 1.25,
-    "ssm_out_multiplier": 0.23570226039551587,
-    "ssm_multipliers": [0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
-    "mlp_multipliers": [0.8838834764831844, 0.5859375],
-    "pad_token_id": 2,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-}
-# Qwen3.5-9B / -35B-A3B scaled down as in test_parity.py: 3 DeltaNet layers then 1 full
-# attention layer, value heads twice the key heads, partial interleaved MRoPE
-QWEN35 = {
-    "hidden_size": 128,
-    "intermediate_size": 384,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 1,
-    "head_dim": 32,
-    "linear_num_key_heads": 4,
-    "linear_num_value_heads": 8,
-    "linear_key_head_dim": 16,
-    "linear_value_head_dim": 16,
-    "max_position_embeddings": 256,
-    "rope_parameters": {
-        "rope_type": "default",
-        "rope_theta": 1e7,
-        "partial_rotary_factor": 0.25,
-        "mrope_section": [2, 1, 1],
-    },
-    "pad_token_id": 2,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-}
-QWEN35_MOE = {
-    **{k: v for k, v in QWEN35.items() if k != "intermediate_size"},
-    "num_attention_heads": 8,
-    "linear_num_key_heads": 8,
-    "linear_num_value_heads": 16,
-    "moe_intermediate_size": 32,
-    "shared_expert_intermediate_size": 32,
-    "num_experts": 32,
-    "num_experts_per_tok": 4,
-}
 CASES = {
     "mamba2-130m": ("Mamba2ForCausalLM", "Mamba2Config", {**MAMBA2, "n_groups": 1}),
     "mamba2-codestral-groups": (
@@ -98,16 +35,13 @@ CASES = {
         "Mamba2Config",
         {**MAMBA2, "n_groups": 2, "tie_word_embeddings": False},
     ),
-    # hybrid: the KV cache and the mixer's state advance together (test_parity.py FALCON_H1)
-    "falcon-h1-0.5b": ("FalconH1ForCausalLM", "FalconH1Config", FALCON_H1),
-    "falcon-h1-mixer-norm-groups": (
-        "FalconH1ForCausalLM",
-        "FalconH1Config",
-        {**FALCON_H1, "mamba_rms_norm": True, "mamba_n_groups": 2, "tie_word_embeddings": True},
-    ),
-    # hybrid: Gated DeltaNet states and a full-attention KV cache (test_parity.py QWEN35*)
-    "qwen35-hybrid": ("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", QWEN35),
-    "qwen35-moe-hybrid": ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", QWEN35_MOE),
+    # hybrids, configured as their parity cases (test_parity.py): Falcon-H1 (the KV cache and
+    # the mixer's state advance together), Qwen3.5 (Gated DeltaNet states and a KV cache)
+    **{
+        case_id: (case.model_cls, case.config_cls, case.config)
+        for case_id, case in parity_cases().items()
+        if case_id.startswith(("falcon-h1", "qwen35-hybrid", "qwen35-moe-hybrid"))
+    },
 }
 N_PROMPT = 16  # then 8 single-token steps
 # the worker's slot reuse and speculation, on a recurrent and on a hybrid (KV cache + states)

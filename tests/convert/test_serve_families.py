@@ -5,31 +5,18 @@ of the whole sequence recomputed at each step, argmax)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from support import sse_events, start_worker
+from support import parity_cases, sse_events, start_worker
 
 from llorch.convert import convert, llamacpp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 N_TOKENS = 8
-
-
-def _parity_cases() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "parity_cases", Path(__file__).parent / "test_parity.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.CASES
 
 
 ROWS = {
@@ -49,7 +36,7 @@ def reference_greedy(path: Path, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("kind", list(ROWS))
 def test_served_greedy_tokens_are_llama_cpps(kind: str, checkpoint: Any, tmp_path: Path) -> None:
-    case = _parity_cases()[ROWS[kind]]
+    case = parity_cases()[ROWS[kind]]
     built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer=case.tokenizer)
     gguf_path = tmp_path / f"{kind}.gguf"
     convert(built.folder, gguf_path, outtype="f32")
