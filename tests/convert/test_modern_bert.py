@@ -17,26 +17,13 @@ import gguf
 import numpy as np
 import openai
 import pytest
-from support import start_worker
+from support import parity_cases, start_worker
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.families import modern_bert
 from llorch.detector import detect
 
-CONFIG = {
-    "hidden_size": 128,
-    "intermediate_size": 192,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 2,
-    "global_attn_every_n_layers": 3,
-    "local_attention": 128,
-    "global_rope_theta": 160000.0,
-    "local_rope_theta": 10000.0,
-    "max_position_embeddings": 512,
-    "norm_eps": 1e-5,
-    **{f"{name}_token_id": i for name, i in (("bos", 1), ("cls", 1), ("eos", 2), ("sep", 2))},
-    "pad_token_id": 3,
-}
+CONFIG = parity_cases()["modern-bert-mean-pooling"].config  # ModernBERT-base ratios
 TEXTS = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
