@@ -2,11 +2,15 @@
 
 A repo is looked up in the local cache first (huggingface_hub's offline path); only when that
 fails and the hub may be used (`HF_HUB_OFFLINE` unset) is it downloaded, and then only the
-files conversion reads. The snapshot folder's name is the commit, recorded as provenance.
+files conversion reads: config, tokenizer and index files first, then the weight files the
+index names (a repo may hold the same weights twice: Mistral's releases have a
+`consolidated.safetensors` beside the shards), or every `*.safetensors` without an index. The
+snapshot folder's name is the commit, recorded as provenance.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +18,10 @@ from pathlib import Path
 from llorch.convert.batch.errors import SourceResolveError
 
 HF_PREFIX = "hf:"
-# What conversion reads (llorch.convert.cache._READ and the weights); nothing else is fetched.
-DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
+# What conversion reads besides the weights (llorch.convert.cache._READ); nothing else is
+# fetched.
+SMALL_FILES = ["*.json", "tokenizer.model", "*.jinja"]
+WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -57,19 +63,46 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
-def _snapshot(repo_id: str, revision: str | None) -> Path:
+def _weights(folder: Path) -> list[str]:
+    """The weight files to fetch: the shards the index names, or every *.safetensors."""
+    index = folder / WEIGHTS_INDEX
+    if not index.is_file():
+        return ["*.safetensors"]
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return sorted({str(name) for name in weight_map.values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SourceResolveError(f"{index}: not a safetensors index ({exc})") from exc
+
+
+def _fetch(repo_id: str, revision: str | None, *, local_only: bool) -> Path:
+    """The snapshot with what conversion reads, from the cache (`local_only`) or the hub. The
+    weights are asked for at the commit the small files came from, so a branch that moves in
+    between cannot mix two commits. The cache lookup uses the download's patterns:
+    huggingface_hub (1.x) checks a cached snapshot against the repo's file listing it cached,
+    and a snapshot fetched here (no .bin, no README) would otherwise count as incomplete."""
     from huggingface_hub import snapshot_download
 
-    try:
-        # The same patterns as the download: huggingface_hub (1.x) checks a cached snapshot
-        # against the repo's file listing it cached, and without them a snapshot fetched here
-        # (no .bin, no README) counts as incomplete, so the hub would be asked again and an
-        # offline rerun refused.
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True
-            )
+    small = Path(
+        snapshot_download(
+            repo_id, revision=revision, allow_patterns=SMALL_FILES, local_files_only=local_only
         )
+    )
+    return Path(
+        snapshot_download(
+            repo_id,
+            revision=small.name,
+            allow_patterns=_weights(small),
+            local_files_only=local_only,
+        )
+    )
+
+
+def _snapshot(repo_id: str, revision: str | None) -> Path:
+    try:
+        return _fetch(repo_id, revision, local_only=True)
+    except SourceResolveError:
+        raise
     except Exception as cached_exc:  # the hub raises several not-found types
         if _offline():
             raise SourceResolveError(
@@ -77,7 +110,9 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
                 f"Face cache and HF_HUB_OFFLINE is set ({type(cached_exc).__name__})"
             ) from cached_exc
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS))
+        return _fetch(repo_id, revision, local_only=False)
+    except SourceResolveError:
+        raise
     except Exception as exc:
         raise SourceResolveError(f"hf:{repo_id}: download failed ({exc})") from exc
 

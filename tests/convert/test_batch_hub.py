@@ -215,3 +215,31 @@ def test_a_rerun_resolves_from_the_cache_and_skips(tmp_path: Path, hub: FakeHub)
         gone = _convert_batch(tmp_path, hub.url, offline=offline)["jobs"][0]["outputs"][0]
         assert gone["skipped"], offline
         assert gone["source"]["commit"] == COMMIT and gone["sha256"] == first["sha256"]
+
+
+def test_only_the_shards_the_index_names_are_downloaded(tmp_path: Path) -> None:
+    """A repo with the same weights twice (Mistral's releases: consolidated.safetensors beside
+    the shards) costs one copy: the weights come from the index."""
+    from safetensors import safe_open
+
+    staging = tiny_llama(tmp_path / "staging")
+    files = {p.name: p.read_bytes() for p in sorted(staging.iterdir())}
+    with safe_open(staging / "model.safetensors", "np") as weights:
+        weight_map = {name: "model.safetensors" for name in weights.keys()}  # noqa: SIM118
+    index = {"metadata": {}, "weight_map": weight_map}
+    files["model.safetensors.index.json"] = json.dumps(index).encode()
+    files["consolidated.safetensors"] = files["model.safetensors"]
+    hub = FakeHub(files)
+    try:
+        report = _convert_batch(tmp_path, hub.url)
+    finally:
+        hub.stop()
+    assert hub.downloaded() == {
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
+    (output,) = report["jobs"][0]["outputs"]
+    assert not output["skipped"] and output["source"]["commit"] == COMMIT
