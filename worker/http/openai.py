@@ -219,24 +219,25 @@ def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
     raise InferenceError("the generation failed")
 
 
-async def _merged(streams: list[JobStream]) -> AsyncIterator[tuple[int, JobEvent]]:
-    """The events of several streams as they come, each with its stream's index."""
-    queue: asyncio.Queue[tuple[int, JobEvent | None]] = asyncio.Queue()
+async def _merged(streams: list[JobStream]) -> AsyncIterator[tuple[int, list[JobEvent]]]:
+    """The events of several streams as they come, each with its stream's index, in groups
+    that arrived together (one decode step's tokens of a choice)."""
+    queue: asyncio.Queue[tuple[int, list[JobEvent] | None]] = asyncio.Queue()
 
     async def pump(index: int, stream: JobStream) -> None:
         async for event in stream:
-            await queue.put((index, event))
+            await queue.put((index, [event, *stream.ready()]))
         await queue.put((index, None))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
         running = len(tasks)
         while running:
-            index, event = await queue.get()
-            if event is None:
+            index, events = await queue.get()
+            if events is None:
                 running -= 1
             else:
-                yield index, event
+                yield index, events
     finally:
         for task in tasks:
             task.cancel()
@@ -266,26 +267,30 @@ async def _chunks(
                 yield chunk(i, None, role=True)
             elif shape.echo is not None and not shape.logprobs:
                 yield chunk(i, shape.echo)
-        async for i, event in _merged(streams):
-            if isinstance(event, PromptScores):
-                scored[i].extend(event.tokens)
-                yield chunk(i, shapes[i].echo or "")
-            elif isinstance(event, Token):
-                if event.scored is not None:
-                    scored[i].append(event.scored)
-                if event.text:  # empty while text is held back (UTF-8, a possible stop)
-                    yield chunk(i, event.text)
-            elif isinstance(event, JobFailed):
-                yield frame(openai_body(event.error)[1])
-                return
-            elif isinstance(event, FinishEvent):
-                try:
-                    reason = _finish_reason(event, streams[i])
-                except WorkerError as exc:
-                    yield frame(openai_body(exc)[1])
+        async for i, events in _merged(streams):
+            out: list[bytes] = []  # the group's chunks go out in one write
+            for event in events:
+                if isinstance(event, PromptScores):
+                    scored[i].extend(event.tokens)
+                    out.append(chunk(i, shapes[i].echo or ""))
+                elif isinstance(event, Token):
+                    if event.scored is not None:
+                        scored[i].append(event.scored)
+                    if event.text:  # empty while text is held back (UTF-8, a possible stop)
+                        out.append(chunk(i, event.text))
+                elif isinstance(event, JobFailed):
+                    yield b"".join([*out, frame(openai_body(event.error)[1])])
                     return
-                finishes.append(event)
-                yield chunk(i, None, reason)
+                elif isinstance(event, FinishEvent):
+                    try:
+                        reason = _finish_reason(event, streams[i])
+                    except WorkerError as exc:
+                        yield b"".join([*out, frame(openai_body(exc)[1])])
+                        return
+                    finishes.append(event)
+                    out.append(chunk(i, None, reason))
+            if out:
+                yield b"".join(out)
         if include_usage:
             yield frame(reply.usage_chunk(finishes))
         yield _DONE
