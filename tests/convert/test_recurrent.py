@@ -172,6 +172,8 @@ class WrongDrafter:
     fixed token works on random weights): every verification rejects the draft, and its
     cells must leave the state."""
 
+    adaptive = False
+
     def __init__(self, token: int) -> None:
         self.token = token
 
@@ -216,3 +218,69 @@ def test_drafts_never_enter_a_recurrent_state(
     got, end = runs[True]
     assert got == runs[False][0]
     assert end.drafted == 0  # recurrent models do not speculate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", STATEFUL)
+def test_the_host_ram_cache_restores_a_recurrent_state_whole(
+    case_id: str, checkpoint: Any, helpers: Any, tmp_path: Path
+) -> None:
+    """A conversation's next turn lands on the other slot while the first is busy: the
+    host-RAM prompt cache copies the first turn's whole state in (recurrent and attention
+    parts), and the turn goes on from it as if it had read everything; a prompt that shares
+    only part of a cached state is read anew. Each gets the greedy tokens it gets alone."""
+    from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.protocol import (
+        FinishEvent,
+        GenerationRequest,
+        LoadOptions,
+        SamplingParams,
+        TokenEvent,
+    )
+
+    model_cls, config_cls, config = CASES[case_id]
+    built = checkpoint(model_cls, config_cls, config, tokenizer="gpt2")
+    out = tmp_path / "o.gguf"
+    convert(built.folder, out, outtype="f32")
+    greedy = SamplingParams(temperature=0.0)
+    options = LoadOptions(ctx_size=160, parallel=2, threads=2, cache_bytes=64 << 20)
+    a = helpers.sample_tokens(built.n_vocab, n=70, seed=3)  # the cache keeps >= 64 tokens
+
+    def alone(prompt: list[int]) -> list[int]:
+        backend = LlamaCppBackend()
+        backend.load(out, LoadOptions(ctx_size=160, parallel=1, threads=2))
+        try:
+            return _generate(backend.decoder(), "x", prompt)[0]
+        finally:
+            backend.close()
+
+    def until_done(decoder: Any, key: str) -> tuple[list[int], FinishEvent]:
+        tokens: list[int] = []
+        for _ in range(400):
+            for got_key, event in decoder.step():
+                if got_key == key and isinstance(event, TokenEvent):
+                    tokens.append(event.token_id)
+                elif got_key == key:
+                    assert isinstance(event, FinishEvent), event
+                    return tokens, event
+        raise AssertionError("not finished")
+
+    backend = LlamaCppBackend()
+    backend.load(out, options)
+    try:
+        decoder = backend.decoder()
+        first, _ = _generate(decoder, "turn 1", a)  # its state goes to the cache at the end
+        decoder.add("busy", GenerationRequest(tuple(a), 60, greedy))  # takes turn 1's slot
+        decoder.step()
+        turn2 = a + first + helpers.sample_tokens(built.n_vocab, n=3, seed=5)
+        decoder.add("turn 2", GenerationRequest(tuple(turn2), 8, greedy))
+        got, end = until_done(decoder, "turn 2")
+        assert end.prompt_cached >= len(a)  # restored from host RAM, not read again
+        assert got == alone(turn2)
+        partial = a[:40] + helpers.sample_tokens(built.n_vocab, n=30, seed=6)
+        decoder.add("partial", GenerationRequest(tuple(partial), 8, greedy))
+        got, end = until_done(decoder, "partial")
+        assert end.prompt_cached == 0  # a recurrent state cannot be cut back to 40 tokens
+        assert got == alone(partial)
+    finally:
+        backend.close()
