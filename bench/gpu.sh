@@ -31,8 +31,8 @@ tar xf "${archives[0]}" -C "$site"
 # Always from the folder: llorch's pin of gguf, and diskcache (llama_cpp imports it; the
 # GPU machine's image lacks both). The rest only where the interpreter cannot import the
 # module named first in a row, and then the whole row: the image holds most (numpy, PyYAML,
-# Jinja2, httpx, ...) but not pydantic, which the backend imports through
-# llorch.convert.batch (worker/backend/provenance.py). pip picks, among the folder's wheels,
+# Jinja2, httpx, ...) but not pydantic (the in-process bench no longer imports it; the row
+# stays for a bench that goes through the HTTP layer). pip picks, among the folder's wheels,
 # the one built for this Python.
 wanted=(diskcache gguf)
 for row in "yaml PyYAML" "jinja2 Jinja2 MarkupSafe" "markupsafe MarkupSafe" \
