@@ -109,11 +109,12 @@ def grounded_prompt() -> str:
     """TASKS["grounded"] of bench/spec.py, read from its source: importing spec.py would
     import its HTTP client and bench/serving.py (matplotlib), which this run does without."""
     tree = ast.parse((REPO / "bench" / "spec.py").read_text(encoding="utf-8"))
+    names = ("CODE", "PASSAGE", "TASKS")  # TASKS and the texts it is built from
     wanted = [
         node
         for node in tree.body
         if isinstance(node, ast.Assign)
-        and any(isinstance(t, ast.Name) and t.id in ("CODE", "TASKS") for t in node.targets)
+        and any(isinstance(t, ast.Name) and t.id in names for t in node.targets)
     ]
     namespace: dict[str, Any] = {}
     exec(compile(ast.Module(wanted, []), "bench/spec.py", "exec"), namespace)
