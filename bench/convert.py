@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchlib import write_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "convert"))
 
@@ -224,7 +225,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 BEGIN, END = "<!-- bench/convert.py -->", "<!-- end bench/convert.py -->"
-DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
 
 def section(rows: list[dict[str, Any]], n: int, started: str, load: tuple[str, str]) -> str:
@@ -277,16 +277,6 @@ def targets(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Benchmarks\n"
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + text + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(doc, encoding="utf-8")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--anchor", type=Path, required=True, help="llama.cpp source tree")
@@ -307,7 +297,9 @@ def main() -> int:
     print(table(rows))
     if args.doc:
         load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        write_doc(section(rows, args.batch_sources, started, (load_before, load_after)))
+        write_section(
+            section(rows, args.batch_sources, started, (load_before, load_after)), BEGIN, END
+        )
     if args.out:
         args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     return 0

@@ -14,27 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import httpx
+from benchlib import REPO, load
 
 from llorch.convert import convert
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _load_serving():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_serving", REPO / "bench" / "serving.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 WORDS = [
     "the",
@@ -97,7 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    bench = _load_serving()
+    bench = load("bench_serving", REPO / "bench" / "serving.py")
     work = Path(tempfile.mkdtemp(prefix="llorch-embed-bench-"))
     gguf = args.model or minilm_gguf(work)
     texts = sentences(args.texts)

@@ -32,24 +32,22 @@ from __future__ import annotations
 import argparse
 import ast
 import faulthandler
-import importlib.util
 import json
 import os
 import platform
 import random
 import statistics
-import sys
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import gguf
 import numpy as np
+from benchlib import REPO, load, write_section
 
 from llorch.atomic import atomic_output
 from llorch.convert import llamacpp
@@ -67,9 +65,7 @@ from llorch.worker.backend.protocol import (
 )
 from llorch.worker.backend.single import generate
 
-REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench/gpu -->", "<!-- end bench/gpu -->"
-DOC = REPO / "docs" / "BENCHMARKS.md"
 N_SPECIAL = 256  # Llama 3's control tokens: the last 256 ids (128000 <|begin_of_text|>, ...)
 GREEDY = SamplingParams(temperature=0.0)
 SAMPLED = SamplingParams(temperature=0.8, top_k=40, top_p=0.95)
@@ -93,16 +89,7 @@ SHAPES = {
 }
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-decode = _load("bench_decode", REPO / "bench" / "decode.py")
+decode = load("bench_decode", REPO / "bench" / "decode.py")
 
 
 def grounded_prompt() -> str:
@@ -551,16 +538,6 @@ def targets(res: dict[str, Any]) -> list[tuple[str, float | None, float, str]]:
     ]
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Benchmarks\n"
-    if BEGIN in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + text + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(doc, encoding="utf-8")
-
-
 def device_name(n_gpu_layers: int) -> str:
     gpus = [d.description or d.name for d in system.devices() if d.kind in ("gpu", "igpu")]
     if gpus and n_gpu_layers != 0:
@@ -591,7 +568,7 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.doc_from:
         # A GPU machine's copy of the checkout does not come back: its gpu.md does.
-        write_doc(ns.doc_from.read_text(encoding="utf-8").strip())
+        write_section(ns.doc_from.read_text(encoding="utf-8").strip(), BEGIN, END)
         return
     ns.tokens = ns.tokens or (32 if ns.small else 256)
     ns.rounds = ns.rounds or (2 if ns.small else 3)
@@ -647,7 +624,7 @@ def main() -> None:
     print(text)
     (ns.out / "gpu.md").write_text(text + "\n", encoding="utf-8")
     if ns.doc:
-        write_doc(text)
+        write_section(text, BEGIN, END)
     if any("error" in res[name] for name in ("single", "concurrent", "speculation")):
         raise SystemExit(1)
 

@@ -20,7 +20,6 @@ are reported. With --doc, the table goes into docs/BENCHMARKS.md between its mar
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -31,29 +30,18 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import httpx
+from benchlib import REPO, load, write_section
 
 from llorch.worker.models import resolve_model
 
-REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench/prompt_cache.py -->", "<!-- end bench/prompt_cache.py -->"
-DOC = REPO / "docs" / "BENCHMARKS.md"
 CACHE_MIB = 512
 QUESTION = " And how many boxes of screws?"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-serving = _load("bench_serving", REPO / "bench" / "serving.py")
+serving = load("bench_serving", REPO / "bench" / "serving.py")
 
 
 def conversation(url: str, tokenize: Callable[[str, str], int], tokens: int) -> str:
@@ -190,13 +178,7 @@ def main() -> None:
     text = section(ns, runs, path, started, (load_before, load_after))
     print(text)
     if ns.doc:
-        doc = DOC.read_text()
-        if BEGIN in doc:
-            head, rest = doc.split(BEGIN, 1)
-            doc = head + text + rest.split(END, 1)[1]
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-        DOC.write_text(doc)
+        write_section(text, BEGIN, END)
 
 
 def section(

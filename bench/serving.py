@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import itertools
 import json
 import logging
@@ -36,13 +35,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import httpx
+from benchlib import REPO, load
 
 from llorch.worker.models import resolve_model
 
-REPO = Path(__file__).resolve().parent.parent
 # llama-server as the cpu preset builds llama.cpp (-march=native, OpenMP), statically linked;
 # no libcurl or OpenSSL (the model is a local file), no web UI (it would be downloaded).
 SERVER_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_OPENMP=ON",
@@ -51,14 +49,6 @@ SERVER_CMAKE = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_OPENMP
                 "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"]  # fmt: skip
 LLORCH, SERVER, LCP, DIRECT = "llorch", "llama-server", "llama-cpp-python server", "direct"
 _counter = itertools.count()
-
-
-def load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 decode = load("bench_decode", REPO / "bench" / "decode.py")

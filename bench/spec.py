@@ -19,7 +19,6 @@ between its markers (bench/serving.py keeps the section).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -28,16 +27,14 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
+from benchlib import REPO, load, write_section
 
 from llorch.worker.models import resolve_model
 
-REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench/spec.py -->", "<!-- end bench/spec.py -->"
-DOC = REPO / "docs" / "BENCHMARKS.md"
 
 CODE = """def total_price(items, tax_rate):
     subtotal = 0
@@ -81,16 +78,7 @@ Sample = tuple[float, int, int, int]  # decode tokens/s, tokens, drafted, accept
 SERVER, SERVER_SPEC = "llama-server", "llama-server + ngram-simple"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-serving = _load("bench_serving", REPO / "bench" / "serving.py")
+serving = load("bench_serving", REPO / "bench" / "serving.py")
 
 
 def request(url: str, arm: str, prompt: str, tokens: int) -> Sample:
@@ -183,13 +171,7 @@ def main() -> None:
     text = section(ns, results, path, started, (load_before, load_after), binary is not None)
     print(text)
     if ns.doc:
-        doc = DOC.read_text()
-        if BEGIN in doc:
-            head, rest = doc.split(BEGIN, 1)
-            doc = head + text + rest.split(END, 1)[1]
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-        DOC.write_text(doc)
+        write_section(text, BEGIN, END)
 
 
 def _med(values: list[float]) -> str:
