@@ -15,36 +15,19 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+from support import parity_cases
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import OutTypeError
 
 # E2M1 values by 4-bit code (transformers' FP4_VALUES)
 FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
-# gpt-oss-20b scaled down: 8:1 GQA with head_dim 64 of hidden 2880 (here 16 of 64), experts as
-# wide as the hidden size, 32 experts top-4 (8 top-4), sliding window on even layers, YaRN 32x
+# gpt-oss-20b scaled down, as its parity case (8:1 GQA, 8 experts top-4, sliding window on
+# even layers, YaRN 32x), with YaRN untruncated as the released config.json has it
+_DEQUANTIZED = parity_cases()["gpt-oss-dequantized"].config
 GPT_OSS = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 1,
-    "head_dim": 16,
-    "intermediate_size": 64,
-    "num_local_experts": 8,
-    "num_experts_per_tok": 4,
-    "sliding_window": 8,
-    "max_position_embeddings": 131072,
-    "rope_parameters": {
-        "rope_type": "yarn",
-        "rope_theta": 150000.0,
-        "factor": 32.0,
-        "beta_fast": 32.0,
-        "beta_slow": 1.0,
-        "truncate": False,
-        "original_max_position_embeddings": 4096,
-    },
-    "pad_token_id": 2,
-    "eos_token_id": 1,
+    **_DEQUANTIZED,
+    "rope_parameters": {**_DEQUANTIZED["rope_parameters"], "truncate": False},
 }
 QUANT = {
     "quant_method": "mxfp4",

@@ -13,23 +13,11 @@ from support import parity_cases
 
 from llorch.convert import convert, llamacpp
 
-# mamba2-130m / Mamba-Codestral-7B scaled down: expand 2, head_dim 64 (16 here), state 128
-# (16), conv 4, groups 1 (130m) or 8 of 128 heads (Codestral: 2 of 8 here); tied (130m)
-MAMBA2 = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_heads": 8,
-    "head_dim": 16,
-    "expand": 2,
-    "state_size": 16,
-    "conv_kernel": 4,
-    "chunk_size": 8,
-    "pad_token_id": 2,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-}
+# mamba2-130m as its parity case (expand 2, head_dim 16, state 16, conv 4, one group, tied);
+# Mamba-Codestral-7B's 8 groups of 128 heads as 2 of 8 here, untied
+MAMBA2 = parity_cases()["mamba2"].config
 CASES = {
-    "mamba2-130m": ("Mamba2ForCausalLM", "Mamba2Config", {**MAMBA2, "n_groups": 1}),
+    "mamba2-130m": ("Mamba2ForCausalLM", "Mamba2Config", MAMBA2),
     "mamba2-codestral-groups": (
         "Mamba2ForCausalLM",
         "Mamba2Config",
@@ -103,21 +91,43 @@ def test_decode_steps_carry_the_state(
     assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
 
 
+def _until_done(decoder: Any, key: str) -> tuple[list[int], Any]:
+    """Steps the decoder until the request `key` ends (other requests go on beside it): its
+    tokens and its last event."""
+    from llorch.worker.backend.protocol import TokenEvent
+
+    tokens: list[int] = []
+    for _ in range(400):
+        for got_key, event in decoder.step():
+            if got_key != key:
+                continue
+            if not isinstance(event, TokenEvent):
+                return tokens, event
+            tokens.append(event.token_id)
+    raise AssertionError("not finished")
+
+
 def _generate(
     decoder: Any, key: str, prompt: list[int], speculative: bool = False
 ) -> tuple[list[int], Any]:
-    from llorch.worker.backend.protocol import GenerationRequest, SamplingParams, TokenEvent
+    from llorch.worker.backend.protocol import GenerationRequest, SamplingParams
 
     greedy = SamplingParams(temperature=0.0)
     decoder.add(key, GenerationRequest(tuple(prompt), 8, greedy, speculative=speculative))
-    tokens: list[int] = []
-    for _ in range(200):
-        for _key, event in decoder.step():
-            if isinstance(event, TokenEvent):
-                tokens.append(event.token_id)
-            else:
-                return tokens, event
-    raise AssertionError("not finished")
+    return _until_done(decoder, key)
+
+
+def _alone(path: Path, prompt: list[int], ctx_size: int) -> list[int]:
+    """The greedy tokens of `prompt` on a fresh one-slot decoder."""
+    from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.protocol import LoadOptions
+
+    backend = LlamaCppBackend()
+    backend.load(path, LoadOptions(ctx_size=ctx_size, parallel=1, threads=2))
+    try:
+        return _generate(backend.decoder(), "x", prompt)[0]
+    finally:
+        backend.close()
 
 
 @pytest.mark.slow
@@ -139,14 +149,6 @@ def test_slot_reuse_never_corrupts_the_state(
     a = helpers.sample_tokens(built.n_vocab, n=12, seed=3)
     shared = a[:6] + helpers.sample_tokens(built.n_vocab, n=6, seed=4)
 
-    def alone(prompt: list[int]) -> list[int]:
-        backend = LlamaCppBackend()
-        backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=2))
-        try:
-            return _generate(backend.decoder(), "x", prompt)[0]
-        finally:
-            backend.close()
-
     backend = LlamaCppBackend()
     backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=2))
     try:
@@ -158,7 +160,7 @@ def test_slot_reuse_never_corrupts_the_state(
             if name == "extension":  # the cache holds a and its output: the state continues
                 _generate(decoder, "again", a)
             got, end = _generate(decoder, name, prompt)
-            assert got == alone(prompt), name
+            assert got == _alone(out, prompt, 64), name
             if name == "shared prefix":
                 assert end.prompt_cached == 0  # cleared: the state cannot drop a tail
             if name == "extension":
@@ -235,7 +237,6 @@ def test_the_host_ram_cache_restores_a_recurrent_state_whole(
         GenerationRequest,
         LoadOptions,
         SamplingParams,
-        TokenEvent,
     )
 
     model_cls, config_cls, config = CASES[case_id]
@@ -246,25 +247,6 @@ def test_the_host_ram_cache_restores_a_recurrent_state_whole(
     options = LoadOptions(ctx_size=160, parallel=2, threads=2, cache_bytes=64 << 20)
     a = helpers.sample_tokens(built.n_vocab, n=70, seed=3)  # the cache keeps >= 64 tokens
 
-    def alone(prompt: list[int]) -> list[int]:
-        backend = LlamaCppBackend()
-        backend.load(out, LoadOptions(ctx_size=160, parallel=1, threads=2))
-        try:
-            return _generate(backend.decoder(), "x", prompt)[0]
-        finally:
-            backend.close()
-
-    def until_done(decoder: Any, key: str) -> tuple[list[int], FinishEvent]:
-        tokens: list[int] = []
-        for _ in range(400):
-            for got_key, event in decoder.step():
-                if got_key == key and isinstance(event, TokenEvent):
-                    tokens.append(event.token_id)
-                elif got_key == key:
-                    assert isinstance(event, FinishEvent), event
-                    return tokens, event
-        raise AssertionError("not finished")
-
     backend = LlamaCppBackend()
     backend.load(out, options)
     try:
@@ -274,13 +256,15 @@ def test_the_host_ram_cache_restores_a_recurrent_state_whole(
         decoder.step()
         turn2 = a + first + helpers.sample_tokens(built.n_vocab, n=3, seed=5)
         decoder.add("turn 2", GenerationRequest(tuple(turn2), 8, greedy))
-        got, end = until_done(decoder, "turn 2")
+        got, end = _until_done(decoder, "turn 2")
+        assert isinstance(end, FinishEvent), end
         assert end.prompt_cached >= len(a)  # restored from host RAM, not read again
-        assert got == alone(turn2)
+        assert got == _alone(out, turn2, 160)
         partial = a[:40] + helpers.sample_tokens(built.n_vocab, n=30, seed=6)
         decoder.add("partial", GenerationRequest(tuple(partial), 8, greedy))
-        got, end = until_done(decoder, "partial")
+        got, end = _until_done(decoder, "partial")
+        assert isinstance(end, FinishEvent), end
         assert end.prompt_cached == 0  # a recurrent state cannot be cut back to 40 tokens
-        assert got == alone(partial)
+        assert got == _alone(out, partial, 160)
     finally:
         backend.close()
