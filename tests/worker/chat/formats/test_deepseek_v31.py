@@ -1,0 +1,86 @@
+# ruff: noqa: RUF001, RUF003 (DeepSeek's tokens are written with full-width bars)
+"""DeepSeek V3.1 tool calls: detection (V3.2 is another syntax), reading what its template
+renders for a turn with calls (whole and as it streams), malformed calls, the grammar."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llorch.worker.chat.formats import detect
+from llorch.worker.chat.formats.base import MalformedCall
+from llorch.worker.chat.formats.deepseek_v31 import FORMAT
+
+WEATHER = {"city": "Paris", "days": 3}
+SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
+CALLS = [{"name": "get_weather", "arguments": WEATHER}, {"name": "search", "arguments": SEARCH}]
+
+
+def test_detected_for_its_template_only(templates_dir):
+    found = {
+        path.stem
+        for path in templates_dir.glob("*.jinja")
+        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
+    }
+    # V3.2 and V4 write DSML markup (<｜DSML｜function_calls>), not these tokens.
+    assert found == {"deepseek-ai-DeepSeek-V3.1"}
+
+
+def test_reads_what_the_template_renders(template, rendered_reply, stream_parse):
+    source = template("deepseek-ai-DeepSeek-V3.1")
+    reply = rendered_reply(source, CALLS, "I will check.", "<｜Assistant｜>")
+    reply = reply.split("</think>")[-1].split("<｜end▁of▁sentence｜>")[0]
+    parsed = stream_parse(FORMAT, reply)
+    assert parsed.content == "I will check."
+    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
+        (call["name"], call["arguments"]) for call in CALLS
+    ]
+
+
+def test_partial_call_appears_with_its_name():
+    text = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Pa'
+    (call,) = FORMAT.parse(text, partial=True).calls
+    assert (call.name, call.arguments, call.complete) == ("get_weather", '{"city": "Pa', False)
+    assert FORMAT.parse("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_", partial=True).calls == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{"a": ',
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>[1]<｜tool▁call▁end｜>",
+        "<｜tool▁calls▁begin｜>f(1)",
+    ],
+)
+def test_malformed_calls(text):
+    FORMAT.parse(text, partial=True)
+    with pytest.raises(MalformedCall):
+        FORMAT.parse(text, partial=False)
+
+
+def _call(name: str, arguments: str) -> str:
+    return f"<｜tool▁call▁begin｜>{name}<｜tool▁sep｜>{arguments}<｜tool▁call▁end｜>"
+
+
+def _section(*calls: str) -> str:
+    return "<｜tool▁calls▁begin｜>" + "".join(calls) + "<｜tool▁calls▁end｜>"
+
+
+WEATHER_CALL = _call("get_weather", '{"city": "Paris", "unit": "celsius", "days": 3}')
+SEARCH_CALL = _call("search", '{"query": "x y", "filters": {"site": "a.org", "tags": ["a"]}}')
+
+
+def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
+    check_call_grammar(
+        FORMAT,
+        schema_tools,
+        _section(WEATHER_CALL),
+        _section(SEARCH_CALL),
+        parallel_differs=False,
+        refused=[_section(_call("get_weather", '{"city": "Paris", "days": "3"}'))],
+    )
+    both = _section(WEATHER_CALL, SEARCH_CALL)
+    assert grammar_accepts(FORMAT.grammar(schema_tools, parallel=True).gbnf, both)
+    assert not grammar_accepts(FORMAT.grammar(schema_tools, parallel=False).gbnf, both)
+    assert [c.name for c in FORMAT.parse(both, partial=False).calls] == ["get_weather", "search"]
