@@ -1,0 +1,331 @@
+"""Calls written as JSON, read while they are being written and forced by grammar: what the
+families whose calls are JSON objects (Hermes, Llama 3.x, Mistral, Firefunction, Functionary,
+Command R7B, the generic format) share.
+
+Readers take the output so far and an index; with `partial` they stop where the text ends (or
+where it stops making sense: the final parse reports that), and report a call as soon as its
+name is known with the raw text of its arguments written so far.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from llorch.worker.chat.formats.base import (
+    GrammarBuilder,
+    MalformedCall,
+    Parsed,
+    ParsedCall,
+    first_marker,
+    gbnf_literal,
+    held_back,
+    json_value_end,
+    object_text,
+    partial_arguments,
+    regex_literal,
+    rule_name,
+    skip_space,
+)
+from llorch.worker.chat.types import Tool
+
+# Whitespace the wrapping rules allow (between markers and objects, between object fields):
+# bounded, so a forced grammar cannot loop on it; trigger patterns use the same class so that
+# whatever text a trigger matched is accepted when the grammar replays it.
+WS_RULE = "[ \\t\\n]{0,20}"
+WS_REGEX = "[ \\t\\n]{0,20}"
+
+
+@dataclass(frozen=True)
+class CallKeys:
+    """The keys of a call object: the first of each group that is present is used."""
+
+    names: tuple[str, ...] = ("name",)
+    arguments: tuple[str, ...] = ("arguments",)
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CallObject:
+    name: str | None = None
+    arguments: str | None = None  # raw text of the arguments value (so far)
+    quoted: bool = False  # the arguments were written as a JSON string holding the object
+    id: str | None = None
+    end: int | None = None  # index after the closing brace; None while unfinished
+
+    def call(self, *, partial: bool, closed: bool = True) -> ParsedCall | None:
+        """The call this object is (None while its name is unknown). `closed`: the markup
+        after the object (a closing tag) is there too."""
+        if self.name is None or self.end is None or self.arguments is None or not closed:
+            if not partial:
+                raise MalformedCall("a tool call was not finished")
+            if self.name is None:
+                return None
+            if self.end is None or self.arguments is None:
+                text = "" if self.quoted or self.arguments is None else self.arguments
+                return ParsedCall(self.name, partial_arguments(text), self.id, complete=False)
+        assert self.arguments is not None
+        arguments = self.arguments
+        if self.quoted:
+            # Some models write the arguments as a string holding the JSON object; it is only
+            # shown once complete, so the streamed prefix ("") stays a prefix.
+            arguments = json.loads(arguments)
+        if partial and not closed:
+            return ParsedCall(self.name, arguments, self.id, complete=False)
+        try:
+            return ParsedCall(self.name, final_arguments(arguments), self.id)
+        except MalformedCall:
+            if not partial:
+                raise
+            return ParsedCall(self.name, arguments, self.id, complete=False)
+
+
+def read_string(text: str, at: int) -> tuple[str | None, int]:
+    """(the JSON string starting at `at`, the index after it); (None, at) when the text ends
+    inside it. MalformedCall when there is no string there."""
+    if text[at] != '"':
+        raise MalformedCall(f"expected a JSON string at {text[at : at + 20]!r}")
+    end = json_value_end(text, at)
+    if end is None:
+        return None, at
+    return json.loads(text[at:end]), end
+
+
+def read_object(text: str, at: int, keys: CallKeys, *, partial: bool) -> CallObject:
+    """The call object starting at `at` (whitespace skipped), read as far as the text goes."""
+    try:
+        return _read_object(text, at, keys)
+    except MalformedCall:
+        if not partial:
+            raise
+        return CallObject()
+
+
+def _read_object(text: str, at: int, keys: CallKeys) -> CallObject:
+    found: dict[str, str | None] = {"name": None, "id": None}
+    arguments: str | None = None
+    quoted = False
+
+    def unfinished() -> CallObject:
+        return CallObject(found["name"], arguments, quoted, found["id"])
+
+    i = skip_space(text, at)
+    if i >= len(text):
+        return unfinished()
+    if text[i] != "{":
+        raise MalformedCall("a tool call is not a JSON object")
+    i += 1
+    while True:
+        i = skip_space(text, i)
+        if i >= len(text):
+            return unfinished()
+        if text[i] == "}":
+            break
+        key, i = read_string(text, i)
+        i = skip_space(text, i)
+        if key is None or i >= len(text):
+            return unfinished()
+        if text[i] != ":":
+            raise MalformedCall("a tool call is not a JSON object")
+        i = skip_space(text, i + 1)
+        end = json_value_end(text, i)
+        if key in keys.arguments and arguments is None:
+            quoted = text.startswith('"', i)
+            arguments = text[i:] if end is None else text[i:end]
+        if end is None:
+            return unfinished()
+        for field, names in (("name", keys.names), ("id", keys.ids)):
+            if key in names and found[field] is None:
+                value = json.loads(text[i:end])
+                if not isinstance(value, str):
+                    raise MalformedCall(f"a tool call's {key!r} is not a string")
+                found[field] = value
+        i = skip_space(text, end)
+        if i >= len(text):
+            return unfinished()
+        if text[i] == ",":
+            i += 1
+        elif text[i] != "}":
+            raise MalformedCall("a tool call is not a JSON object")
+    return CallObject(found["name"], arguments, quoted, found["id"], end=i + 1)
+
+
+def read_array(
+    text: str, at: int, keys: CallKeys, *, partial: bool
+) -> tuple[list[ParsedCall], int | None]:
+    """The calls of a JSON array of call objects starting at `at`, and the index after the
+    array (None while unfinished)."""
+    calls: list[ParsedCall] = []
+    i = skip_space(text, at)
+    if i < len(text) and text[i] != "[":
+        return _broken(calls, "tool calls are not a JSON array", partial=partial)
+    i += 1
+    while True:
+        i = skip_space(text, i)
+        if i >= len(text):
+            return _broken(calls, "the tool calls were not finished", partial=partial)
+        if text[i] == "]" and not calls:
+            return calls, i + 1
+        obj = read_object(text, i, keys, partial=partial)
+        call = obj.call(partial=partial)
+        if call is not None:
+            calls.append(call)
+        if obj.end is None:
+            return calls, None
+        i = skip_space(text, obj.end)
+        if i < len(text) and text[i] == ",":
+            i += 1
+        elif i < len(text) and text[i] == "]":
+            return calls, i + 1
+        else:
+            return _broken(calls, "tool calls are not a JSON array", partial=partial)
+
+
+def _broken(
+    calls: list[ParsedCall], why: str, *, partial: bool
+) -> tuple[list[ParsedCall], int | None]:
+    if not partial:
+        raise MalformedCall(why)
+    return calls, None
+
+
+def read_arguments(text: str, at: int, *, partial: bool) -> tuple[str, int | None]:
+    """Arguments written as a bare JSON object at `at`: (their text so far, the index after
+    them or None while unfinished)."""
+    start = skip_space(text, at)
+    end = json_value_end(text, start)
+    if end is None:
+        if not partial:
+            raise MalformedCall("tool call arguments are not complete JSON")
+        return partial_arguments(text[start:]), None
+    return text[start:end], end
+
+
+def final_arguments(arguments: str) -> str:
+    return object_text(arguments, what="tool call arguments")
+
+
+def code_arguments(code: str, *, partial: bool) -> str:
+    """`{"code": ...}` for a call whose argument is raw code (a python tool): a partial parse
+    leaves the string open, so that the arguments only grow."""
+    text = '{"code": ' + json.dumps(code, ensure_ascii=False)
+    return partial_arguments(text[:-1]) if partial else text + "}"
+
+
+# -- outputs made of content and call sections -------------------------------------------------
+
+# Reads one call section from the index after its start marker: (its calls, the index after
+# it, or None when the text ends inside it: partial parses only).
+SectionReader = Callable[[str, int, str], tuple[list[ParsedCall], int | None]]
+
+
+def read_sections(
+    text: str,
+    starts: Sequence[str],
+    read: SectionReader,
+    *,
+    partial: bool,
+    hold: Sequence[str] = (),
+) -> Parsed:
+    """Content with call sections: each starts with one of `starts` and is read by `read`.
+    A partial parse holds back a trailing prefix of a start marker (or of `hold`)."""
+    pieces: list[str] = []
+    calls: list[ParsedCall] = []
+    at = 0
+    while True:
+        hit = first_marker(text[at:], starts)
+        if hit is None:
+            tail = text[at:]
+            pieces.append(tail[: held_back(tail, (*starts, *hold))] if partial else tail)
+            break
+        index, marker = at + hit[0], hit[1]
+        pieces.append(text[at:index])
+        section, end = read(text, index + len(marker), marker)
+        calls.extend(section)
+        if end is None:
+            break
+        at = end
+    return Parsed(join_content(pieces, partial=partial), tuple(calls))
+
+
+def join_content(pieces: Sequence[str], *, partial: bool) -> str:
+    """The content from the text outside calls: pieces[0] before the first call, then the text
+    after each call. Whitespace next to a call is dropped, and a partial parse holds back
+    trailing whitespace too (a call may still follow it)."""
+    parts = []
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            piece = piece.lstrip()
+        if partial or i < len(pieces) - 1:
+            piece = piece.rstrip()
+        if piece:
+            parts.append(piece)
+    return "\n".join(parts)
+
+
+def closing(
+    text: str, at: int, marker: str, *, partial: bool, also: Sequence[str] = ()
+) -> int | None:
+    """The index after `marker` when it follows `at` (whitespace skipped). A missing closing
+    marker is accepted at the end of the text in the final parse, and before any of `also`
+    (the next call's start: models forget the closing tag); None while it may still come."""
+    i = skip_space(text, at)
+    if text.startswith(marker, i):
+        return i + len(marker)
+    if i == len(text) and not partial:
+        return i
+    if any(text.startswith(m, i) for m in also):
+        return i
+    if partial:
+        return None
+    raise MalformedCall(f"a tool call is not followed by {marker!r}")
+
+
+# -- grammars ----------------------------------------------------------------------------------
+
+
+def call_object_rule(
+    builder: GrammarBuilder,
+    tool: Tool,
+    index: int,
+    *,
+    name_key: str = "name",
+    arguments_key: str = "arguments",
+    head: str = "",
+    fields_before: Sequence[tuple[str, str]] = (),
+    fields_after: Sequence[tuple[str, str]] = (),
+) -> str:
+    """A rule for `{"name": "<tool>", "arguments": {...}}` (keys as the family names them):
+    `head` is raw GBNF right after the brace, the fields are (key, GBNF value) pairs."""
+    ws = builder.rule("ws", WS_RULE)
+    fields = [
+        *fields_before,
+        (name_key, gbnf_literal(json.dumps(tool.name, ensure_ascii=False))),
+        (arguments_key, builder.arguments_rule(tool)),
+        *fields_after,
+    ]
+    pairs = [f'{json_key(key)} {ws} ":" {ws} {value}' for key, value in fields]
+    body = f' {ws} "," {ws} '.join(pairs)
+    return builder.rule(f"call-{index}-{rule_name(tool.name)}", f'"{{" {ws} {head}{body} {ws} "}}"')
+
+
+def json_key(key: str) -> str:
+    return gbnf_literal(json.dumps(key))
+
+
+def any_of(builder: GrammarBuilder, tools: Sequence[Tool], rule: Callable[[Tool, int], str]) -> str:
+    """A rule for one of the tools' calls."""
+    if not tools:
+        raise ValueError("a tool-call grammar needs at least one tool")
+    return builder.rule("tool-call", " | ".join(rule(tool, i) for i, tool in enumerate(tools)))
+
+
+def repeated(call: str, separator: str, *, parallel: bool) -> str:
+    """One call, or several separated by `separator` (GBNF) when `parallel`."""
+    return f"{call} ({separator} {call})*" if parallel else call
+
+
+def name_pattern(tools: Sequence[Tool]) -> str:
+    """A regex alternation of the tools' names (for trigger patterns)."""
+    return "(?:" + "|".join(regex_literal(tool.name) for tool in tools) + ")"
