@@ -13,14 +13,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from llorch.worker import chat
 from llorch.worker.backend import grammar
 from llorch.worker.backend.errors import InvalidRequestError, NotReadyError, WorkerError
 from llorch.worker.backend.protocol import (
@@ -30,17 +29,15 @@ from llorch.worker.backend.protocol import (
     GenerationRequest,
     LoraKey,
     ModelInfo,
-    SamplingParams,
     lora_key,
 )
-from llorch.worker.scheduler import (
-    Capacity,
-    Job,
-    JobEvent,
-    JobFailed,
-    Scheduler,
-    State,
-)
+from llorch.worker.chat import prompt
+from llorch.worker.chat import template as chat
+from llorch.worker.chat.prompt import ChatDefaults
+from llorch.worker.chat.stream import ChatStream
+from llorch.worker.chat.types import ChatRequest, JsonFormat
+from llorch.worker.jobs import CancelReason, Capacity, Job, JobEvent, JobFailed, State
+from llorch.worker.scheduler import Scheduler
 
 log = logging.getLogger("llorch.engine")
 _SEEDS = 0xFFFFFFFF  # seeds are 0..0xFFFFFFFE: llama.h reserves the last for "random"
@@ -51,19 +48,18 @@ JobObserverFactory = Callable[[int], Callable[[JobEvent], None]]
 
 @dataclass(frozen=True)
 class JobRequest:
-    """What a route asks the engine to generate."""
+    """A generation from a prompt, as a surface asks for it. `generation` carries whatever
+    the decoder reads (sampling, stops, log-probabilities, ...) and travels whole: the engine
+    fills in the prompt's tokens, the token limit and the adapters at admission."""
 
     job_id: str
     prompt: str | Sequence[int]  # text (control tokens parsed, as documented) or token ids
     max_tokens: int | None  # None: the rest of the slot's context
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    stop: tuple[str, ...] = ()
+    generation: GenerationRequest = field(default_factory=GenerationRequest)
     timeout_s: float | None = None  # for the whole job, queueing included
-    logprobs: int | None = None  # alternatives per token (0: the chosen one's); None: none
-    echo: bool = False  # score the prompt too (max_tokens 0: only that)
     # Adapters by name with a scale (None: the served one); None: every served adapter.
     lora: Sequence[tuple[str, float | None]] | None = None
-    speculative: bool | None = None  # draft and verify (None: as the server is set up)
+    json_format: JsonFormat | None = None  # the answer is JSON (becomes the grammar)
 
 
 @dataclass(frozen=True)
@@ -115,6 +111,10 @@ class JobStream:
     def job_id(self) -> str:
         assert self.job is not None
         return self.job.job_id
+
+    @property
+    def cancel_reason(self) -> CancelReason | None:
+        return None if self.job is None else self.job.cancel_reason
 
     def sink(self, event: JobEvent) -> None:
         """Called on the model thread (or wherever the scheduler ends a queued job)."""
@@ -202,8 +202,10 @@ class Engine:
         scheduler: Scheduler,
         observe_job: JobObserverFactory | None = None,
         json_grammar: Callable[[dict[str, Any] | None], str] = grammar.json_grammar,
+        chat_defaults: ChatDefaults | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.chat_defaults = chat_defaults or ChatDefaults()
         self._observe_job = observe_job
         # JSON schema (None: any object) -> GBNF; the converter is llama.cpp's, imported only
         # when it runs, so that importing the HTTP layer loads no llama_cpp.
@@ -358,15 +360,14 @@ class Engine:
             raise InvalidRequestError(
                 "the prompt is empty (it has no tokens)", param="prompt", constraint="min 1 token"
             )
-        gen = self.scheduler.admit_tokens(
-            tokens,
+        generation = await self._checked_generation(request)
+        gen = self.scheduler.admit_request(
+            replace(
+                generation,
+                prompt_tokens=tuple(tokens),
+                lora=self.lora_key(request.lora),
+            ),
             request.max_tokens,
-            request.sampling,
-            request.stop,
-            logprobs=request.logprobs,
-            echo=request.echo,
-            lora=self.lora_key(request.lora),
-            speculative=request.speculative,
         )
         stream = JobStream(self.scheduler, gen)
         observe = self._observe_job(len(tokens)) if self._observe_job else None
@@ -379,6 +380,29 @@ class Engine:
         stream.job = self.scheduler.submit(request.job_id, gen, sink, timeout_s=request.timeout_s)
         return stream
 
+    async def _checked_generation(self, request: JobRequest) -> GenerationRequest:
+        """The request's decoding with its logit-bias ids checked against the vocabulary and
+        its grammar (or JSON answer) parsed by llama.cpp: a bad one is a 400 here."""
+        generation = request.generation
+        sampling = generation.sampling
+        n_vocab = self.loaded().n_vocab
+        for token, _ in sampling.logit_bias:
+            if not 0 <= token < n_vocab:
+                raise InvalidRequestError(
+                    f"logit_bias: token id {token} is not in the vocabulary (0..{n_vocab - 1})",
+                    param="logit_bias",
+                    constraint=f"0 <= token id < {n_vocab}",
+                    value=str(token),
+                )
+        if request.json_format is not None:
+            fmt = request.json_format
+            schema = None if fmt.schema is None else dict(fmt.schema)
+            text = await self.json_grammar(schema, param=fmt.param)
+            return replace(generation, sampling=replace(sampling, grammar=text))
+        if sampling.grammar is not None:
+            await self.grammar(sampling.grammar)
+        return generation
+
     async def generate_choices(self, request: JobRequest, n: int) -> list[JobStream]:
         """n jobs of one prompt (job ids `ID`, `ID-1`, ...), each with its own seed (the
         request's seed + i when one is given). Queued together, they are decoded together and
@@ -388,19 +412,47 @@ class Engine:
         streams: list[JobStream] = []
         try:
             for i in range(n):
-                seed = request.sampling.seed
-                sampling = replace(
-                    request.sampling, seed=None if seed is None else (seed + i) % _SEEDS
-                )
+                sampling = request.generation.sampling
+                seed = None if sampling.seed is None else (sampling.seed + i) % _SEEDS
+                generation = replace(request.generation, sampling=replace(sampling, seed=seed))
                 job_id = request.job_id if i == 0 else f"{request.job_id}-{i}"
                 streams.append(
-                    await self.generate(replace(request, job_id=job_id, sampling=sampling))
+                    await self.generate(replace(request, job_id=job_id, generation=generation))
                 )
         except BaseException:
             for stream in streams:
                 stream.cancel()
             raise
         return streams
+
+    async def chat(self, request: ChatRequest, generation: GenerationRequest) -> list[ChatStream]:
+        """Admit a chat: the model's template renders the messages and tools, the grammar
+        forces or watches for the family's calls, and each choice's output is read back as
+        chat events. `generation` carries what the surface set (sampling, stops,
+        log-probabilities, speculation). Refused as a whole, before anything streams."""
+        model = self.loaded()
+        prepared = await asyncio.to_thread(
+            prompt.prepare,
+            request,
+            model,
+            self.scheduler,
+            self.chat_defaults,
+            generation,
+            self._checked_json_grammar,
+        )
+        job = JobRequest(
+            job_id=request.job_id,
+            prompt=prepared.tokens,
+            max_tokens=request.max_tokens,
+            generation=prepared.generation,
+            timeout_s=request.timeout_s,
+            lora=request.lora,
+        )
+        streams = await self.generate_choices(job, request.n)
+        return [ChatStream(s, prepared.plan, len(prepared.tokens)) for s in streams]
+
+    def _checked_json_grammar(self, schema: Mapping[str, Any] | None) -> str:
+        return self._json_grammar(None if schema is None else dict(schema))
 
     async def embed(
         self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = False, param: str = "input"

@@ -19,8 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 
 from llorch.worker.backend.errors import (
@@ -45,87 +44,36 @@ from llorch.worker.backend.protocol import (
     GenerationEvent,
     GenerationRequest,
     LoadOptions,
-    LoraKey,
     ModelBackend,
     ModelInfo,
     SamplingParams,
     SequenceFailed,
     StopReason,
 )
+from llorch.worker.jobs import (
+    CancelReason,
+    Capacity,
+    Job,
+    JobEvent,
+    JobFailed,
+    JobStarted,
+    Sink,
+    State,
+)
+
+__all__ = [
+    "CancelReason",
+    "Capacity",
+    "Job",
+    "JobEvent",
+    "JobFailed",
+    "JobStarted",
+    "Scheduler",
+    "Sink",
+    "State",
+]
 
 log = logging.getLogger("llorch.scheduler")
-
-
-class State(StrEnum):
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"  # finishing in-flight work, admitting nothing new
-    ERROR = "error"
-    STOPPED = "stopped"
-
-
-class CancelReason(StrEnum):
-    CLIENT = "client"  # DELETE /jobs/{id} or the client went away: ends with CANCELLED
-    TIMEOUT = "timeout"  # the request's deadline passed: ends with an error event TIMEOUT
-    SHUTDOWN = "shutdown"  # the worker is stopping: ends with CANCELLED
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """What an orchestrator routes on (GET /capacity)."""
-
-    state: str
-    slots_total: int
-    slots_busy: int
-    queue_depth: int
-    queue_max: int
-    kv_used: int  # KV cells holding tokens of live sequences
-    kv_total: int
-    ctx_per_slot: int
-    cache: CacheSummary = field(default_factory=CacheSummary)
-
-
-@dataclass(frozen=True)
-class JobStarted:
-    job_id: str
-    started_at: float  # unix time
-
-
-@dataclass(frozen=True)
-class JobFailed:
-    error: WorkerError
-
-
-JobEvent = JobStarted | GenerationEvent | JobFailed
-Sink = Callable[[JobEvent], None]
-
-
-@dataclass(eq=False)  # identity: a job is a key of the decoder's tables
-class Job:
-    job_id: str
-    request: GenerationRequest
-    sink: Sink
-    deadline: float | None = None  # time.monotonic() value
-    cancel_reason: CancelReason | None = None
-    _cancel: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self, reason: CancelReason = CancelReason.CLIENT) -> None:
-        """Mark the job; the model thread ends it at its next step. Callers outside the
-        scheduler use Scheduler.cancel, which also takes a waiting job off the queue."""
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        expired = self.deadline is not None and time.monotonic() >= self.deadline
-        if expired and not self._cancel.is_set():
-            self.cancel(CancelReason.TIMEOUT)
-        return self._cancel.is_set()
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.request.prompt_tokens)
 
 
 class Scheduler:
@@ -273,21 +221,14 @@ class Scheduler:
         thread once loaded: the vocabulary is read-only (llama-server tokenizes on its HTTP
         threads the same way)."""
         tokens = self.tokenize(prompt, add_special=True)
-        return self.admit_tokens(tokens, max_tokens, sampling, stop)
+        request = GenerationRequest(tuple(tokens), sampling=sampling, stop=stop)
+        return self.admit_request(request, max_tokens)
 
-    def admit_tokens(
-        self,
-        tokens: Sequence[int],
-        max_tokens: int | None,
-        sampling: SamplingParams,
-        stop: tuple[str, ...],
-        *,
-        logprobs: int | None = None,
-        echo: bool = False,
-        lora: LoraKey = (),
-        speculative: bool | None = None,
+    def admit_request(
+        self, request: GenerationRequest, max_tokens: int | None
     ) -> GenerationRequest:
-        """`max_tokens` None: the rest of the slot's context."""
+        """`request` with its token limit, once it is known to fit a slot's context;
+        `max_tokens` None: the rest of the slot's context."""
         self._check_admitting()
         assert self.model is not None
         if self.model.embedding_only:
@@ -297,20 +238,12 @@ class Scheduler:
                 param="model",
             )
         n_ctx = self.model.n_ctx  # each slot's context (ModelInfo.n_ctx is per slot)
+        n_prompt = len(request.prompt_tokens)
         if max_tokens is None:
-            max_tokens = max(1, n_ctx - len(tokens))
-        if len(tokens) + max_tokens > n_ctx:
-            raise ContextOverflowError(len(tokens), max_tokens, n_ctx)
-        return GenerationRequest(
-            tuple(tokens),
-            max_tokens,
-            sampling,
-            stop,
-            logprobs=logprobs,
-            echo=echo,
-            lora=lora,
-            speculative=speculative,
-        )
+            max_tokens = max(1, n_ctx - n_prompt)
+        if n_prompt + max_tokens > n_ctx:
+            raise ContextOverflowError(n_prompt, max_tokens, n_ctx)
+        return replace(request, max_tokens=max_tokens)
 
     def submit(
         self,

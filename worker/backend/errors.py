@@ -85,6 +85,14 @@ class ShuttingDownError(WorkerError):
     status = 503
 
 
+class RequestCancelledError(WorkerError):
+    """The request's job was cancelled by a client (DELETE /jobs/{id}) before it ended."""
+
+    code = "CANCELLED"
+    status = 409
+    openai_code = "request_cancelled"
+
+
 class QueueFullError(WorkerError):
     """Admission refused: the queue of waiting requests is full."""
 

@@ -36,6 +36,10 @@ class SamplingParams:
     typical_p: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -inf bans a token
     grammar: str | None = None  # GBNF; JSON schemas are converted to GBNF before this point
+    # A lazy grammar: free text until one of these regexes matches the output, then the grammar
+    # from the match's start (or its first group's); empty: the grammar applies from the first
+    # token (llama_sampler_init_grammar_lazy_patterns).
+    grammar_triggers: tuple[str, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -106,8 +110,11 @@ class LoadOptions:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    prompt_tokens: tuple[int, ...]
-    max_tokens: int  # 0 only with echo: score the prompt, generate nothing
+    """Everything the decoder reads of a job. A surface fills what it asks for; the engine
+    fills the prompt's tokens, the adapters and the token limit at admission."""
+
+    prompt_tokens: tuple[int, ...] = ()
+    max_tokens: int = 0  # 0 only with echo: score the prompt, generate nothing
     sampling: SamplingParams = SamplingParams()
     stop: tuple[str, ...] = ()
     # Log-probabilities of each generated token and of this many alternatives (0: only the
@@ -120,6 +127,21 @@ class GenerationRequest:
     # Draft tokens and verify them together (None: as the server is set up). Ignored where
     # it does not apply: grammars, log-probabilities, echo, sampling inside the graph.
     speculative: bool | None = None
+    # Control tokens whose text goes into the output (a tool-call format's markup such as
+    # `[TOOL_CALLS]` or `<|channel|>`); other control tokens add no text.
+    preserved_tokens: frozenset[int] = frozenset()
+    reasoning_budget: ReasoningBudget | None = None
+
+
+@dataclass(frozen=True)
+class ReasoningBudget:
+    """Thinking bounded to `tokens` tokens: once that many are generated inside the thinking
+    block, `close` (the tokens of its closing tag) is forced and the answer follows."""
+
+    tokens: int
+    open: tuple[int, ...]  # the tokens of the opening tag (e.g. `<think>`)
+    close: tuple[int, ...]
+    started: bool = False  # the prompt already opened the block (the generation prompt did)
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from llorch.worker.backend.errors import JobNotFoundError
-from llorch.worker.backend.protocol import FinishEvent, TokenEvent
+from llorch.worker.backend.protocol import FinishEvent, GenerationRequest, TokenEvent
 from llorch.worker.engine import JobRequest, JobStream
 from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
 from llorch.worker.http.body import parse_json
-from llorch.worker.http.sampling import sampling_params
+from llorch.worker.http.sampling import json_format, sampling_params
 from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from llorch.worker.http.sse import SSE_HEADERS, EventStream, frame
-from llorch.worker.scheduler import JobEvent, JobFailed, JobStarted
+from llorch.worker.jobs import JobEvent, JobFailed, JobStarted
 
 
 def _iso(ts: float) -> str:
@@ -45,12 +45,15 @@ def build_router(fleet: Fleet) -> APIRouter:
             job_id=body.job_id,
             prompt=body.prompt,
             max_tokens=body.max_tokens,
-            sampling=await sampling_params(body, engine),
-            stop=tuple(body.stop),
+            generation=GenerationRequest(
+                sampling=sampling_params(body),
+                stop=tuple(body.stop),
+                logprobs=body.top_logprobs,
+                speculative=body.speculative,
+            ),
             timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
-            logprobs=body.top_logprobs,
             lora=body.lora_pairs(),
-            speculative=body.speculative,
+            json_format=json_format(body),
         )
         stream = await engine.generate(job)
         model = engine.model.name if engine.model else ""

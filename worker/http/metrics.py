@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from llorch.worker.backend.protocol import FinishEvent, TokenEvent
 from llorch.worker.fleet import Fleet
-from llorch.worker.scheduler import JobEvent, JobFailed
+from llorch.worker.jobs import JobEvent, JobFailed
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

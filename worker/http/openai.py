@@ -17,14 +17,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from llorch.worker.backend.errors import (
     ContextOverflowError,
-    DeadlineExceededError,
     InferenceError,
     ShuttingDownError,
     WorkerError,
 )
 from llorch.worker.backend.protocol import (
-    ChatMessage,
     FinishEvent,
+    GenerationRequest,
     ModelInfo,
     PromptScores,
     Scored,
@@ -33,7 +32,7 @@ from llorch.worker.backend.protocol import (
 from llorch.worker.backend.protocol import TokenEvent as Token
 from llorch.worker.engine import JobRequest, JobStream
 from llorch.worker.fleet import Fleet, ModelNotServed
-from llorch.worker.http import logprob_shapes, openapi
+from llorch.worker.http import logprob_shapes, openai_chat, openapi
 from llorch.worker.http.body import parse_json
 from llorch.worker.http.errors import openai_body
 from llorch.worker.http.openai_schemas import (
@@ -43,9 +42,9 @@ from llorch.worker.http.openai_schemas import (
     Reply,
     SamplingFields,
 )
-from llorch.worker.http.sampling import sampling_params
+from llorch.worker.http.sampling import json_format, sampling_params
 from llorch.worker.http.sse import SSE_HEADERS, frame
-from llorch.worker.scheduler import CancelReason, JobEvent, JobFailed
+from llorch.worker.jobs import JobEvent, JobFailed, cancellation_error
 
 _FINISH_REASONS = {
     StopReason.EOS: "stop",
@@ -107,12 +106,15 @@ def build_router(fleet: Fleet) -> APIRouter:
             prompt=prompt,
             # OpenAI's default for completions is 16; 0 (with echo) scores the prompt only.
             max_tokens=16 if body.max_tokens is None else body.max_tokens,
-            sampling=await sampling_params(body, engine),
-            stop=body.stops,
-            logprobs=body.logprobs,
-            echo=body.echo and body.logprobs is not None,
+            generation=GenerationRequest(
+                sampling=sampling_params(body),
+                stop=body.stops,
+                logprobs=body.logprobs,
+                echo=body.echo and body.logprobs is not None,
+                speculative=body.speculative,
+            ),
             lora=body.lora_pairs(),
-            speculative=body.speculative,
+            json_format=json_format(body),
         )
         streams = await engine.generate_choices(job, body.n)
         echo = None
@@ -131,34 +133,15 @@ def build_router(fleet: Fleet) -> APIRouter:
     )
     async def chat_completions(request: Request) -> Response:
         body = ChatCompletionRequest.model_validate(parse_json(await request.body()))
-        engine = await fleet.engine(body.model)
+        engine = await fleet.chat_engine(body.model)
         model = engine.loaded()
         reply = Reply("chatcmpl", model.name, fingerprint(model), chat=True)
-        sampling = await sampling_params(body, engine)
-        # "developer" is the newer name of "system"; templates know only the latter.
-        messages = [
-            ChatMessage("system" if m.role == "developer" else m.role, m.text)
-            for m in body.messages
-        ]
-        job = JobRequest(
-            job_id=reply.id,
-            prompt=await engine.chat_prompt(messages),
-            # Without a limit the answer may use the rest of the context (OpenAI's default).
-            max_tokens=body.token_limit,
-            sampling=sampling,
-            stop=body.stops,
-            logprobs=body.logprob_alternatives,
-            lora=body.lora_pairs(),
-            speculative=body.speculative,
-        )
         try:
-            streams = await engine.generate_choices(job, body.n)
+            return await openai_chat.answer(request, body, engine, reply)
         except ContextOverflowError as exc:
             if exc.param == "prompt":  # the prompt of a chat is its messages
                 exc.param = "messages"
             raise
-        shapes = [_Shape(chat=True, logprobs=body.logprobs) for _ in streams]
-        return await _answer(request, body, streams, reply, shapes)
 
     return router
 
@@ -213,9 +196,7 @@ def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
     if reason is not None:
         return reason
     if event.stop_reason is StopReason.CANCELLED:
-        if stream.job is not None and stream.job.cancel_reason is CancelReason.TIMEOUT:
-            raise DeadlineExceededError("the request's timeout passed")
-        raise ShuttingDownError("the generation was cancelled: the worker is stopping")
+        raise cancellation_error(stream.cancel_reason)
     raise InferenceError("the generation failed")
 
 

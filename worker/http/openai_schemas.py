@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions).
 
 Unknown fields are ignored, as OpenAI-compatible servers do (clients send `user`, `store`, ...),
-but fields that would change the answer in a way the worker cannot honour (n > 1, tools,
-suffix, ...) are refused with a 400 rather than silently dropped.
+but fields that would change the answer in a way the worker cannot honour (suffix, the legacy
+`functions`, audio, ...) are refused with a 400 rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ MAX_MESSAGES = 1024
 MAX_PROMPT_TOKENS = 1 << 18
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 MAX_CHOICES = 16
+MAX_TOOLS = 512
+MAX_NAME_CHARS = 256
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
 
@@ -39,9 +41,10 @@ TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "suffix": (None, ""),
     "best_of": (None, 1),
+    # Declared on chat requests (so never extra there): refused on completions.
     "tools": (None, []),
-    "functions": (None, []),
     "tool_choice": (None, "none"),
+    "functions": (None, []),
     "function_call": (None, "none"),
     "audio": (None,),
     "modalities": (None, ["text"]),
@@ -165,11 +168,27 @@ class ChatContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCallIn(BaseModel):
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    arguments: str = Field(max_length=MAX_TEXT_CHARS)  # JSON text of an object
+
+
+class ToolCallIn(BaseModel):
+    id: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[ChatContentPart] | None = Field(None)
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    # An earlier turn's thinking, given back to templates that show it (llama.cpp's name).
+    reasoning_content: Text | None = None
 
     @field_validator("content")
     @classmethod
@@ -191,12 +210,45 @@ class ChatMessageIn(BaseModel):
         return str(self.content or "")
 
 
+class FunctionIn(BaseModel):
+    # OpenAI's rule for function names (letters, digits, _ and -, at most 64), with . and :
+    # too, which MCP tool names use.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     max_tokens: int | None = Field(None, ge=1, le=1 << 20)
     max_completion_tokens: int | None = Field(None, ge=1, le=1 << 20)
+    tools: list[ToolIn] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    # Thinking: "auto" separates it into reasoning_content, "none" leaves it in the content
+    # ("deepseek" is llama.cpp's name for auto). Null: as the server is set up.
+    reasoning_format: Literal["auto", "none", "deepseek"] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    # Thinking tokens at most (0: no thinking, -1: unbounded); null: as the server is set up.
+    reasoning_budget: int | None = Field(None, ge=-1, le=1 << 20)
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("messages")
     @classmethod
@@ -239,7 +291,7 @@ class Reply:
         self.chat = chat
         self.created = int(time.time())
 
-    def _head(self, obj: str) -> dict[str, Any]:
+    def head(self, obj: str) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": obj,
@@ -249,20 +301,27 @@ class Reply:
         }
 
     @staticmethod
-    def usage(finishes: Sequence[FinishEvent]) -> dict[str, Any]:
+    def usage(
+        finishes: Sequence[FinishEvent], reasoning_tokens: Sequence[int] = ()
+    ) -> dict[str, Any]:
         """One prompt (read once, shared by the choices), and every choice's tokens."""
-        prompt = finishes[0].prompt_tokens
+        prompt = finishes[0].prompt_tokens if finishes else 0
         completion = sum(f.tokens_out for f in finishes)
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
             # Prompt tokens found in the KV cache and not read again.
-            "prompt_tokens_details": {"cached_tokens": finishes[0].prompt_cached},
+            "prompt_tokens_details": {
+                "cached_tokens": finishes[0].prompt_cached if finishes else 0
+            },
         }
+        if any(reasoning_tokens):
+            usage["completion_tokens_details"] = {"reasoning_tokens": sum(reasoning_tokens)}
+        return usage
 
     def whole(self, choices: Sequence[Choice], finishes: Sequence[FinishEvent]) -> dict[str, Any]:
-        body = self._head("chat.completion" if self.chat else "text_completion")
+        body = self.head("chat.completion" if self.chat else "text_completion")
         shaped = []
         for index, choice in enumerate(choices):
             content: dict[str, Any] = (
@@ -296,17 +355,17 @@ class Reply:
             if text is not None:
                 delta["content"] = text
             choice: dict[str, Any] = {"index": index, "delta": delta}
-            body = self._head("chat.completion.chunk")
+            body = self.head("chat.completion.chunk")
         else:
             choice = {"index": index, "text": text or ""}
-            body = self._head("text_completion")
+            body = self.head("text_completion")
         choice |= {"logprobs": logprobs, "finish_reason": finish}
         return body | {"choices": [choice]}
 
     def usage_chunk(self, finishes: Sequence[FinishEvent]) -> dict[str, Any]:
         """The last chunk when stream_options.include_usage is set: no choices, the usage."""
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return self._head(obj) | {"choices": [], "usage": self.usage(finishes)}
+        return self.head(obj) | {"choices": [], "usage": self.usage(finishes)}
 
 
 @dataclass(frozen=True)

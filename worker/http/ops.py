@@ -19,7 +19,7 @@ from llorch.worker.http import openapi
 from llorch.worker.http.auth import holds_token
 from llorch.worker.http.body import parse_json
 from llorch.worker.http.metrics import CONTENT_TYPE, WorkerMetrics
-from llorch.worker.scheduler import State
+from llorch.worker.jobs import State
 from llorch.worker.settings import WorkerSettings
 
 

@@ -1,6 +1,6 @@
 """The sampling fields every generation request shares, and the one translator from them to
 the engine's SamplingParams: `/execute` and the OpenAI routes accept the same values and mean
-the same by them (logit_bias included)."""
+the same by them (logit_bias included). Pure translation: nothing here reaches the engine."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.protocol import SamplingParams
-from llorch.worker.engine import Engine
+from llorch.worker.chat.types import JsonFormat
 
 MAX_SEED = 0xFFFFFFFE  # llama.h reserves 0xFFFFFFFF (LLAMA_DEFAULT_SEED) for "random"
 MAX_STOP_SEQUENCES = 4
@@ -82,26 +81,13 @@ class SamplingBody(BaseModel):
         return None
 
 
-async def sampling_params(body: SamplingBody, engine: Engine) -> SamplingParams:
-    """The request's sampler chain. Token ids are checked against the loaded vocabulary and
-    a JSON schema becomes a grammar here, before the job is queued."""
-    n_vocab = engine.loaded().n_vocab
-    bias = []
-    for key, value in (body.logit_bias or {}).items():
-        token = int(key)
-        if not 0 <= token < n_vocab:
-            raise InvalidRequestError(
-                f"logit_bias: token id {token} is not in the vocabulary (0..{n_vocab - 1})",
-                param="logit_bias",
-                constraint=f"0 <= token id < {n_vocab}",
-                value=key,
-            )
-        ban = value is False or value <= BAN
-        bias.append((token, -math.inf if ban else float(value)))
-    grammar = None if body.grammar is None else await engine.grammar(body.grammar)
-    constraint = body.json_constraint()
-    if constraint is not None:
-        grammar = await engine.json_grammar(constraint[1], param=constraint[0])
+def sampling_params(body: SamplingBody) -> SamplingParams:
+    """The request's sampler chain. Token ids are checked against the vocabulary, and the
+    grammar parsed, by the engine at admission."""
+    bias = tuple(
+        (int(key), -math.inf if value is False or value <= BAN else float(value))
+        for key, value in (body.logit_bias or {}).items()
+    )
     return SamplingParams(
         temperature=body.temperature,
         top_k=body.top_k,
@@ -112,9 +98,14 @@ async def sampling_params(body: SamplingBody, engine: Engine) -> SamplingParams:
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         typical_p=body.typical_p,
-        logit_bias=tuple(bias),
-        grammar=grammar,
+        logit_bias=bias,
+        grammar=body.grammar,
     )
+
+
+def json_format(body: SamplingBody) -> JsonFormat | None:
+    constraint = body.json_constraint()
+    return None if constraint is None else JsonFormat(constraint[1], constraint[0])
 
 
 def check_stops(stops: list[str]) -> list[str]:

@@ -8,10 +8,11 @@ template of their family, which the backend applies through llama.cpp.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NoReturn, Protocol
@@ -22,6 +23,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.protocol import ChatMessage, ModelInfo
+from llorch.worker.chat.types import Message, Tool
+
+# A message as a template reads it: the protocol's plain one, or the chat core's with calls.
+AnyMessage = ChatMessage | Message
 
 
 class ChatTemplateError(InvalidRequestError):
@@ -70,23 +75,67 @@ def _compile(source: str) -> jinja2.Template:
         raise ChatTemplateError(f"the model's chat template does not compile: {exc}") from None
 
 
+def message_dict(message: AnyMessage, object_arguments: bool = True) -> dict[str, Any]:
+    """A message as transformers hands it to a template: the fields as OpenAI names them.
+    A call's arguments go in as an object where the template serialises them itself (most
+    write `arguments | tojson`), as the JSON text where it prints them as they are."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if not isinstance(message, Message):
+        return out
+    if message.reasoning is not None:
+        out["reasoning_content"] = message.reasoning
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {
+                    "name": call.name,
+                    "arguments": json.loads(call.arguments) if object_arguments else call.arguments,
+                },
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def tool_dict(tool: Tool) -> dict[str, Any]:
+    """A tool as transformers hands it to a template (OpenAI's function shape)."""
+    function: dict[str, Any] = {"name": tool.name, "parameters": dict(tool.parameters)}
+    if tool.description is not None:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
 def render_template(
     source: str,
-    messages: Sequence[ChatMessage],
+    messages: Sequence[AnyMessage],
     *,
     bos_token: str | None = None,
     eos_token: str | None = None,
     add_generation_prompt: bool = True,
+    tools: Sequence[Tool] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    object_arguments: bool = True,
 ) -> str:
-    """Render a Hugging Face chat template."""
+    """Render a Hugging Face chat template with the variables transformers passes: the
+    messages, `tools` (None without any, as transformers passes it), the special tokens,
+    `add_generation_prompt` and the chat-template keyword arguments."""
     template = _compile(source)
+    variables: dict[str, Any] = dict(kwargs or {})
+    variables.update(
+        messages=[message_dict(m, object_arguments) for m in messages],
+        tools=[tool_dict(t) for t in tools] or None,
+        bos_token=bos_token or "",
+        eos_token=eos_token or "",
+        add_generation_prompt=add_generation_prompt,
+    )
     try:
-        return template.render(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
-            bos_token=bos_token or "",
-            eos_token=eos_token or "",
-            add_generation_prompt=add_generation_prompt,
-        )
+        return template.render(**variables)
     except ChatTemplateError:
         raise
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
@@ -95,32 +144,56 @@ def render_template(
 
 def render_chat(
     info: ModelInfo,
-    messages: Sequence[ChatMessage],
+    messages: Sequence[AnyMessage],
     builtin: Callable[[Sequence[ChatMessage], bool], str],
     add_generation_prompt: bool = True,
+    *,
+    template: str | None = None,
+    tools: Sequence[Tool] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    object_arguments: bool = True,
 ) -> str:
-    """The prompt text: the GGUF's template when it has one, else `builtin` (llama.cpp's)."""
-    if info.chat_template:
+    """The prompt text: `template` (a served override) or the GGUF's when there is one, else
+    `builtin` (llama.cpp's, which knows roles and text only)."""
+    source = template or info.chat_template
+    if source:
         return render_template(
-            info.chat_template,
+            source,
             messages,
             bos_token=info.bos_token,
             eos_token=info.eos_token,
             add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            kwargs=kwargs,
+            object_arguments=object_arguments,
         )
-    return builtin(messages, add_generation_prompt)
+    return builtin([ChatMessage(m.role, m.content) for m in messages], add_generation_prompt)
 
 
 def chat_prompt_tokens(
-    source: ChatSource, info: ModelInfo, messages: Sequence[ChatMessage]
+    source: ChatSource, info: ModelInfo, messages: Sequence[AnyMessage]
 ) -> list[int]:
-    """The tokens of the chat prompt, ready to generate the assistant's turn.
+    """The tokens of the chat prompt with the model's own template and no tools."""
+
+    def render(turns: Sequence[AnyMessage]) -> str:
+        return render_chat(info, turns, source.builtin_chat_template)
+
+    return prompt_tokens(source, info, messages, render)[0]
+
+
+def prompt_tokens(
+    source: ChatSource,
+    info: ModelInfo,
+    messages: Sequence[AnyMessage],
+    render: Callable[[Sequence[AnyMessage]], str],
+) -> tuple[list[int], str]:
+    """The tokens of the chat prompt, ready to generate the assistant's turn, and its text.
 
     Only the template's own markup becomes control tokens: text in a message that reads like
     one (`<end_of_turn>`) is tokenized as the text it is, so a message cannot forge a turn.
-    A conversation without such text is tokenized in one piece, exactly as before; one with
-    it is tokenized piecewise, the template's pieces with control tokens parsed and the
-    messages' text without.
+    A conversation without such text is tokenized in one piece; one with it is tokenized
+    piecewise, the template's pieces with control tokens parsed and the messages' text
+    without. (Only message text is guarded; a call's arguments are JSON the client made.)
 
     Templates usually write the BOS token themselves (`{{ bos_token }}`), and tokenizing with
     add_special adds the model's BOS too: a doubled BOS degrades the output. So a text that
@@ -128,16 +201,16 @@ def chat_prompt_tokens(
     BOS text unknown) loses one. Templates without BOS (llama.cpp's built-in ones) get the
     model's own from add_special, which adds none to models that want none.
     """
-    text = render_chat(info, messages, source.builtin_chat_template)
+    text = render(messages)
     add_special = not (bool(info.bos_token) and text.startswith(str(info.bos_token)))
     if any(_reads_as_control(source, m.content) for m in messages):
-        tokens = _tokenize_guarded(source, info, messages, add_special)
+        tokens = _tokenize_guarded(source, messages, render, add_special)
     else:
         tokens = source.tokenize(text, add_special)
     bos = source.tokenize("", True)
     if len(bos) == 1 and tokens[:2] == bos * 2:
         del tokens[0]
-    return tokens
+    return tokens, text
 
 
 def _reads_as_control(source: ChatSource, text: str) -> bool:
@@ -146,16 +219,25 @@ def _reads_as_control(source: ChatSource, text: str) -> bool:
     return bool(text) and source.tokenize(text, False, True) != source.tokenize(text, False, False)
 
 
+def _with_content(message: AnyMessage, content: str) -> AnyMessage:
+    if isinstance(message, Message):
+        return dataclasses.replace(message, content=content)
+    return ChatMessage(message.role, content)
+
+
 def _tokenize_guarded(
-    source: ChatSource, info: ModelInfo, messages: Sequence[ChatMessage], add_special: bool
+    source: ChatSource,
+    messages: Sequence[AnyMessage],
+    render: Callable[[Sequence[AnyMessage]], str],
+    add_special: bool,
 ) -> list[int]:
     """Render the template over placeholders, then tokenize its pieces with control tokens
     and the messages' text without. Each placeholder is padded with a space on both sides:
     where the template trims a message (`| trim`), the pads are gone and the text goes in
     trimmed too; elsewhere it goes in as it is."""
     nonce = secrets.token_hex(8)
-    stand_ins = [ChatMessage(m.role, f" \ue000{nonce}{i}\ue001 ") for i, m in enumerate(messages)]
-    layout = render_chat(info, stand_ins, source.builtin_chat_template)
+    stand_ins = [_with_content(m, f" \ue000{nonce}{i}\ue001 ") for i, m in enumerate(messages)]
+    layout = render(stand_ins)
     pattern = re.compile(f"( ?)\ue000{nonce}(\\d+)\ue001( ?)")
     tokens: list[int] = []
     at = 0
