@@ -247,10 +247,15 @@ def check_call_grammar(backend: Any, grammar_accepts: Callable[..., bool]) -> Ca
         lead: str = "Let me look that up.\n\n",
         parallel_differs: bool = True,
     ) -> None:
+        from llorch.worker.chat.types import Tool
+
         single = fmt.grammar(tools, parallel=False)
         several = fmt.grammar(tools, parallel=True)
         backend.check_grammar(single.gbnf)
         backend.check_grammar(several.gbnf)
+        # Tools whose parameters list nothing (any object) or nothing at all.
+        free = [Tool("ping", None, {"type": "object"}), Tool("pong", None, {})]
+        backend.check_grammar(fmt.grammar(free, parallel=True).gbnf)
         assert single.triggers and several.triggers
         assert grammar_accepts(single.gbnf, first)
         assert grammar_accepts(single.gbnf, second)
