@@ -70,3 +70,26 @@ def test_the_http_layer_builds_no_engine_scheduler_or_backend():
     assert not {k: v for k, v in built.items() if v}
     server = HTTP_DIR.parent / "server.py"
     assert {"Engine", "Scheduler"} <= constructed(server)
+
+
+def test_no_module_of_worker_http_imports_the_scheduler():
+    # Surfaces talk to the engine and read the job types of worker/jobs.py; the thread that
+    # runs the jobs stays behind the engine.
+    offenders = {
+        str(f.relative_to(HTTP_DIR)): sorted(
+            n for n in imported_modules(f) if n.endswith("worker.scheduler") or n == "scheduler"
+        )
+        for f in sorted(HTTP_DIR.rglob("*.py"))
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_chat_core_loads_no_llama_cpp_when_imported():
+    code = (
+        "import sys, llorch.worker.chat.prompt, llorch.worker.chat.formats as f;"
+        "[f.load(n) for n in f.FAMILIES];"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'llama_cpp'];"
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
