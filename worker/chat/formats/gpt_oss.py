@@ -109,9 +109,12 @@ class GptOssFormat:
             names.append(builder.rule(f"tool{index}-{rule_name(tool.name)}", body))
         builder.rule("channel", '("commentary" | "analysis")')
         builder.rule("constraint", '(" " "<|constrain|>"? "json")?')
-        analysis = f'"<|channel|>analysis<|message|>" {gbnf_until(END)} "<|end|><|start|>assistant"'
-        builder.rule("analysis", analysis)
-        root = f"analysis? ({' | '.join(names)})"
+        # Before the call, any analysis messages and preambles (as llama.cpp's parser takes).
+        message = (
+            f'"<|channel|>" channel "<|message|>" {gbnf_until(END)} "<|end|><|start|>assistant"'
+        )
+        builder.rule("message", message)
+        root = f"message* ({' | '.join(names)})"
         channel = r"<\|channel\|>(?:commentary|analysis) to="
         triggers = (
             # A call as the first message (right after the generation prompt)...

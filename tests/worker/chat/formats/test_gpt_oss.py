@@ -109,8 +109,10 @@ def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
         refused=[FIRST.replace('"celsius"', '"kelvin"'), FIRST.replace("commentary", "final")],
     )
     grammar = FORMAT.grammar(schema_tools, parallel=False)
-    # Forced: the analysis message may come first.
+    # Forced: analysis messages and preambles may come first.
     assert grammar_accepts(grammar.gbnf, ANALYSIS + FIRST)
+    preamble = "<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant"
+    assert grammar_accepts(grammar.gbnf, ANALYSIS + preamble + SECOND)
     assert not grammar_accepts(grammar.gbnf, "<|channel|>final<|message|>Hi")
     # Lazy: a call as the first message triggers it too; a final answer does not.
     assert grammar_accepts(grammar.gbnf, SECOND, triggers=grammar.triggers)
