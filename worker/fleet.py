@@ -6,6 +6,10 @@ loaded: a request never names a file. At most `--max-models` are loaded at once;
 another unloads the least recently used idle one. A model unused for `--keep-alive` seconds
 is unloaded. A request for a registered model that is not loaded loads it first (as Ollama
 does); `POST /models/load` and `/models/unload` do it explicitly.
+
+With no --model, the worker registers two models: the default model (Gemma 3 270M, a base
+model) and a built-in chat model (SmolLM2-135M-Instruct), which loads on its first request and
+is where chat requests that name no model go.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class ModelEntry:
 
     name: str | None  # None: one unnamed model, called by its GGUF's name once loaded
     source: str | None
+    # Registered by the worker itself, not by --model (the default set-up's chat model): loaded
+    # on its first request, dropped again when that load fails (so that it never turns the
+    # worker's state to error), and not counted when a fleet of one model takes any name.
+    builtin: bool = False
 
 
 @dataclass
@@ -78,9 +86,12 @@ class Fleet:
         keep_alive_s: float = 0.0,
         footprint: Footprint | None = None,
         free_memory: Callable[[], int | None] | None = None,
+        default_chat: str | None = None,
     ) -> None:
         self._served = {e.name: _Served(e) for e in entries}
         self._order = [e.name for e in entries]  # the first is the default model
+        # Where chat requests that name no model go (None: the default model, as others).
+        self.default_chat = default_chat
         self._make_engine = make_engine
         self.max_loaded = max_loaded or len(entries)
         self.keep_alive_s = keep_alive_s
@@ -102,13 +113,16 @@ class Fleet:
         return model.name if model is not None else (served.entry.source or "default")
 
     def _resolve(self, name: str | None) -> _Served:
-        if name is None or len(self._order) == 1:
-            # One model: whatever name a client sends is that model (OpenAI's clients
-            # always send one).
+        if name is None:
             return self._served[self._order[0]]
         for key in self._order:
             if self._display(self._served[key]) == name:
                 return self._served[key]
+        chosen = [key for key in self._order if not self._served[key].entry.builtin]
+        if len(chosen) == 1:
+            # One model chosen (built-in ones aside): whatever other name a client sends is
+            # that model (OpenAI's clients always send one).
+            return self._served[chosen[0]]
         raise ModelNotServed(name, self.names())
 
     # -- engines ---------------------------------------------------------------------------
@@ -138,9 +152,26 @@ class Fleet:
             await self._load(served)
         served.last_used = time.monotonic()
         assert served.engine is not None
-        if served.on_demand and served.engine.state is State.LOADING:
-            await asyncio.to_thread(served.engine.wait_loaded)
-        return served.engine
+        engine = served.engine
+        if served.on_demand and engine.state is State.LOADING:
+            await asyncio.to_thread(engine.wait_loaded)
+        if served.entry.builtin and engine.state is State.ERROR:
+            # The request hears why (e.g. offline and not fetched yet); the worker's other
+            # models stay ready, and the next request tries again.
+            error = engine.health().error
+            async with served.lock:
+                if served.engine is engine:
+                    served.engine = None
+            await engine.stop()
+            if error is not None:
+                raise error
+        return engine
+
+    async def chat_engine(self, name: str | None) -> Engine:
+        """The engine a chat request goes to: the one it names, else the default chat model
+        (with no --model, SmolLM2-135M-Instruct: the default model, Gemma 3 270M, is a base
+        model that does not chat), else the default model."""
+        return await self.engine(self.default_chat if name is None else name)
 
     async def load(self, name: str) -> Engine:
         served = self._resolve(name)
@@ -220,8 +251,10 @@ class Fleet:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the first --max-models models; start unloading idle ones (--keep-alive)."""
-        for key in self._order[: self.max_loaded]:
+        """Load the first --max-models models (built-in ones wait for their first request);
+        start unloading idle ones (--keep-alive)."""
+        chosen = [key for key in self._order if not self._served[key].entry.builtin]
+        for key in chosen[: self.max_loaded]:
             served = self._served[key]
             served.engine = self._make_engine(served.entry)
             served.engine.start()

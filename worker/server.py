@@ -58,6 +58,9 @@ def build_app(
     )
     metrics = WorkerMetrics()
     entries = settings.model_entries
+    if not callable(backend):
+        # One backend holds one model: the built-in chat model would need one of its own.
+        entries = [e for e in entries if not e.builtin]
     first = entries[0]
     if len(entries) > 1 and not callable(backend):
         raise ValueError("several models need a backend factory (one backend per model)")
@@ -83,6 +86,8 @@ def build_app(
         keep_alive_s=settings.keep_alive,
         footprint=lambda entry: footprint_bytes(entry.source, options),
         free_memory=host_memory_available,
+        # The built-in model is the chat model: chat requests that name no model go to it.
+        default_chat=next((e.name for e in entries if e.builtin), None),
     )
     metrics.watch(fleet)
     return create_app(fleet, settings, metrics)

