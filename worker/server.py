@@ -77,7 +77,12 @@ def build_app(
 
         scheduler = Scheduler(own, model_path or resolve, loaded, max_queue=settings.max_queue)
         observe = metrics.job_observer
-        return Engine(scheduler, observe_job=observe, json_grammar=json_grammar)
+        return Engine(
+            scheduler,
+            observe_job=observe,
+            json_grammar=json_grammar,
+            chat_defaults=settings.chat_defaults(entry.name),
+        )
 
     fleet = Fleet(
         entries,

@@ -16,6 +16,8 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llorch.worker.backend.protocol import LoraSpec, SpecOptions
+from llorch.worker.chat.prompt import ChatDefaults
+from llorch.worker.chat.types import ReasoningFormat
 from llorch.worker.fleet import ModelEntry
 from llorch.worker.models import CHAT_MODEL_NAME
 
@@ -150,12 +152,74 @@ class WorkerSettings(BaseSettings):
         description="the longest draft a --draft-model makes per sequence and decode step "
         "(prompt lookup drafts 12 to 48 tokens)",
     )
+    chat_template_file: list[str] = Field(
+        default_factory=list,
+        description="a Jinja chat template (Hugging Face's format) replacing the GGUF's: PATH "
+        "for every model, or NAME=PATH for one model; repeatable",
+    )
+    chat_template_kwargs: str = Field(
+        "",
+        description="JSON object of variables every chat template gets (e.g. "
+        '{"enable_thinking": false}); a request\'s chat_template_kwargs add to them',
+    )
+    reasoning_format: Literal["auto", "none"] = Field(
+        "auto",
+        description="thinking of reasoning models: auto separates it into reasoning_content, "
+        "none leaves it in the content (a request's reasoning_format wins)",
+    )
+    reasoning_budget: int = Field(
+        -1,
+        ge=-1,
+        le=1 << 20,
+        description="thinking tokens at most, then the thinking block is closed (0: no "
+        "thinking; -1: unbounded; a request's reasoning_budget wins)",
+    )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(
         None,
         description="bearer token every route but /health and /ready requires "
         "(required when --host is not a loopback address)",
     )
+
+    @field_validator("chat_template_file")
+    @classmethod
+    def _template_files(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _, path = _named_path(value)
+            if not path.is_file():
+                raise ValueError(f"chat template file not found: {path}")
+            try:
+                path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read chat template {path}: {exc}") from None
+        return values
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--chat-template-kwargs is not JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("--chat-template-kwargs must be a JSON object")
+        return value
+
+    def chat_defaults(self, name: str | None) -> ChatDefaults:
+        """The chat settings of the model served as `name`: its template file (NAME=PATH,
+        else a PATH given for every model), the template variables, the thinking options."""
+        template = None
+        for value in self.chat_template_file:
+            which, path = _named_path(value)
+            if which is None or which == name:
+                template = path.read_text(encoding="utf-8")
+        return ChatDefaults(
+            template=template,
+            template_kwargs=json.loads(self.chat_template_kwargs or "{}"),
+            reasoning_format=ReasoningFormat(self.reasoning_format),
+            reasoning_budget=None if self.reasoning_budget < 0 else self.reasoning_budget,
+        )
 
     @field_validator("api_token")
     @classmethod
@@ -302,6 +366,14 @@ def _lora_spec(value: str) -> LoraSpec:
     if not colon:
         path = rest
     return LoraSpec(name.strip(), Path(path).expanduser(), factor)
+
+
+def _named_path(value: str) -> tuple[str | None, Path]:
+    """NAME=PATH, or a PATH (NAME None) where the whole value is an existing file."""
+    name, sep, rest = value.partition("=")
+    if sep and name and "/" not in name and not Path(value).expanduser().exists():
+        return name.strip(), Path(rest).expanduser()
+    return None, Path(value).expanduser()
 
 
 def _model_entry(value: str, count: int) -> ModelEntry:

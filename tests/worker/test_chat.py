@@ -106,7 +106,16 @@ def test_the_sandbox_refuses_unsafe_templates():
     with pytest.raises(ChatTemplateError):
         render_template("{% for x in %}", [])
     with pytest.raises(ChatTemplateError):
-        render_template("{{ messages.append(1) }}", [])  # immutable: no mutation
+        render_template("{{ cycler.__init__.__globals__ }}", [])
+
+
+def test_a_template_may_build_its_own_lists():
+    # Kimi K2's template appends to a list it made (llama.cpp's minja allows it too).
+    text = "{% set names = [] %}{% for m in messages %}{% set _ = names.append(m.role) %}"
+    text += "{% endfor %}{{ names | join(',') }}"
+    assert render_template(text, [ChatMessage("user", "a"), ChatMessage("assistant", "b")]) == (
+        "user,assistant"
+    )
 
 
 def test_render_chat_prefers_the_models_template():

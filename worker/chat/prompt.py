@@ -72,13 +72,21 @@ class TemplateFacts:
     takes_tools: bool  # the template reads `tools` (else tools are described in a system turn)
     think: ThinkTags | None
     object_arguments: bool  # the template serialises a call's arguments itself
+    takes_system: bool  # the template renders a system turn
 
 
 @lru_cache(maxsize=16)
 def template_facts(source: str | None) -> TemplateFacts:
-    takes_tools = bool(source) and re.search(r"\btools\b", source or "") is not None
-    tool_format = formats.detect(source) if takes_tools else formats.load(formats.GENERIC)
-    return TemplateFacts(tool_format, takes_tools, think_tags(source), _object_arguments(source))
+    # A template reads its tools as `tools` (Firefunction v2 as `functions`, which the
+    # renderer passes too); one that reads neither gets them described in a turn.
+    takes_tools = bool(source) and re.search(r"\b(tools|functions)\b", source or "") is not None
+    return TemplateFacts(
+        formats.detect(source),
+        takes_tools,
+        think_tags(source),
+        _object_arguments(source),
+        _takes_system(source),
+    )
 
 
 def _object_arguments(source: str | None) -> bool:
@@ -97,8 +105,27 @@ def _object_arguments(source: str | None) -> bool:
     try:
         text = render_template(source, probe, tools=[Tool("probe")])
     except ChatTemplateError:
-        return True
+        # Some templates concatenate the arguments as text (Functionary v3.2): an object
+        # fails there, where the JSON text renders.
+        try:
+            render_template(source, probe, tools=[Tool("probe")], object_arguments=False)
+        except ChatTemplateError:
+            return True
+        return False
     return "'probe_key'" not in text
+
+
+def _takes_system(source: str | None) -> bool:
+    """Whether the template renders a system turn (Gemma 2's refuses one)."""
+    if not source:
+        return True
+    from llorch.worker.chat.template import render_template
+
+    try:
+        render_template(source, [Message("system", "s"), Message("user", "u")])
+    except ChatTemplateError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -124,8 +151,15 @@ def prepare(
     mode = request.tool_choice.mode
     tools = _checked_tools(request, json_grammar)
     calling = bool(tools) and mode is not ToolChoiceMode.NONE
-    if calling and not facts.takes_tools:
-        messages = _describe_tools(messages, tools)
+    generic = facts.tool_format.name == formats.GENERIC
+    # The generic JSON format is ours, not the model's: the model is told about it (and the
+    # tools) in a turn, as llama.cpp does; a family's template that does not show the tools
+    # (DeepSeek V3.1's) gets them listed the same way.
+    described = calling and (generic or not facts.takes_tools)
+    if described:
+        messages = _describe_tools(messages, tools, facts.takes_system, answer_format=generic)
+    if generic and any(m.tool_calls or m.role == "tool" for m in messages):
+        messages = _calls_as_text(messages)
     kwargs = dict(defaults.template_kwargs or {}) | dict(request.template_kwargs)
     reasoning = request.reasoning
     budget = reasoning.budget if reasoning.budget is not None else defaults.reasoning_budget
@@ -140,7 +174,7 @@ def prepare(
             turns,
             vocab.builtin_chat_template,
             template=source,
-            tools=tools if facts.takes_tools else (),
+            tools=() if described else tools,
             kwargs=kwargs,
             object_arguments=facts.object_arguments,
         )
@@ -277,9 +311,12 @@ def _checked_tools(
     return tools
 
 
-def _describe_tools(messages: list[Message], tools: Sequence[Tool]) -> list[Message]:
+def _describe_tools(
+    messages: list[Message], tools: Sequence[Tool], system: bool, *, answer_format: bool
+) -> list[Message]:
     """For a template that takes no tools: the tools and the answer's JSON shape in a system
-    turn (llama.cpp's generic format does the same)."""
+    turn (llama.cpp's generic format does the same), or before the first user message's
+    text where the template renders no system turn."""
     listing = json.dumps(
         [
             {"name": t.name, "description": t.description or "", "parameters": t.parameters}
@@ -287,16 +324,46 @@ def _describe_tools(messages: list[Message], tools: Sequence[Tool]) -> list[Mess
         ],
         ensure_ascii=False,
     )
-    text = (
-        "You can call these tools:\n"
-        f"{listing}\n"
-        'To call tools, answer only with JSON: {"tool_calls": [{"name": TOOL_NAME, '
-        '"arguments": {...}}]}. Otherwise answer normally.'
-    )
+    text = f"You can call these tools:\n{listing}"
+    if answer_format:
+        text += (
+            '\nTo call tools, answer only with JSON: {"tool_calls": [{"name": TOOL_NAME, '
+            '"arguments": {...}}]}. Otherwise answer normally.'
+        )
     if messages and messages[0].role == "system":
         first = replace(messages[0], content=messages[0].content + "\n\n" + text)
         return [first, *messages[1:]]
-    return [Message("system", text), *messages]
+    if system:
+        return [Message("system", text), *messages]
+    for i, message in enumerate(messages):
+        if message.role == "user":
+            return [
+                *messages[:i],
+                replace(message, content=text + "\n\n" + message.content),
+                *messages[i + 1 :],
+            ]
+    return [Message("user", text), *messages]
+
+
+def _calls_as_text(messages: list[Message]) -> list[Message]:
+    """Earlier calls and their results as the generic format's JSON text, in turns every
+    template renders: calls in the assistant's content, results as user turns."""
+    out = []
+    for message in messages:
+        if message.tool_calls:
+            calls = [
+                {"name": c.name, "arguments": json.loads(c.arguments), "id": c.id}
+                for c in message.tool_calls
+            ]
+            text = json.dumps({"tool_calls": calls}, ensure_ascii=False)
+            content = f"{message.content}\n{text}" if message.content else text
+            out.append(Message("assistant", content, reasoning=message.reasoning))
+        elif message.role == "tool":
+            result = {"tool": message.name, "id": message.tool_call_id, "content": message.content}
+            out.append(Message("user", json.dumps({"tool_response": result}, ensure_ascii=False)))
+        else:
+            out.append(message)
+    return out
 
 
 def _renamed_root(grammar: str, name: str) -> str:

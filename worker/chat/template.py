@@ -18,8 +18,10 @@ from functools import lru_cache
 from typing import Any, NoReturn, Protocol
 
 import jinja2
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.parser import Parser
+from jinja2.sandbox import SandboxedEnvironment
 
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.protocol import ChatMessage, ModelInfo
@@ -58,13 +60,38 @@ def _tojson(
     value: Any, ensure_ascii: bool = False, indent: int | None = None, sort_keys: bool = False
 ) -> str:
     # transformers' tojson: no HTML escaping (Jinja's own filter would turn "<" into \u003c).
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, sort_keys=sort_keys, default=_listed
+    )
 
 
-@lru_cache(maxsize=8)
+def _listed(value: Any) -> Any:
+    """What json cannot write but a template hands it: the iterators Jinja's filters return
+    (`tools | map(attribute='function') | tojson`, as llama.cpp's DeepSeek R1 template
+    writes), as lists."""
+    if hasattr(value, "__iter__") and not isinstance(value, str | bytes):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _GenerationBlock(Extension):
+    """`{% generation %}…{% endgeneration %}`: transformers marks the assistant's part of a
+    training example with it (its AssistantTracker); for a prompt it renders its body."""
+
+    tags = {"generation"}  # noqa: RUF012 (jinja2.ext.Extension declares a set)
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
+
+
+@lru_cache(maxsize=32)
 def _compile(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    # A sandbox that still lets a template append to its own lists (Kimi K2's builds its tool
+    # list that way, as llama.cpp's minja allows): the messages are rebuilt for every render.
+    env = SandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationBlock]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -126,10 +153,21 @@ def render_template(
     messages, `tools` (None without any, as transformers passes it), the special tokens,
     `add_generation_prompt` and the chat-template keyword arguments."""
     template = _compile(source)
-    variables: dict[str, Any] = dict(kwargs or {})
+    now = datetime.now()
+    # What llama.cpp's chat code adds for every template: today's date, in two forms
+    # (Firefunction v2 reads `datetime`, Llama 3.x's templates `date_string`).
+    variables: dict[str, Any] = {
+        "datetime": now.strftime("%b %d %Y"),
+        "date_string": now.strftime("%d %b %Y"),
+    }
+    variables.update(kwargs or {})
+    tool_dicts = [tool_dict(t) for t in tools]
+    if tool_dicts:
+        # Firefunction v2 takes the tools as `functions`, the JSON text of their functions.
+        variables["functions"] = json.dumps([t["function"] for t in tool_dicts], indent=2)
     variables.update(
         messages=[message_dict(m, object_arguments) for m in messages],
-        tools=[tool_dict(t) for t in tools] or None,
+        tools=tool_dicts or None,
         bos_token=bos_token or "",
         eos_token=eos_token or "",
         add_generation_prompt=add_generation_prompt,

@@ -1,0 +1,212 @@
+"""Tool calling end to end: the real SmolLM2-135M-Instruct served under llama.cpp's collection of
+real chat templates (one model name per template, `--chat-template-file NAME=PATH`), driven by
+the official openai client, plain and streamed.
+
+A 135M model knows none of these formats, so what is checked is what the worker guarantees
+whatever the model: a forced call (`required`, or a named function) always parses, names a
+given tool and has arguments valid under its schema, in every family's syntax; no markup
+reaches the content; `none` parses nothing; a tool result is continued; `auto` answers either
+text or a valid call, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import WorkerProcess, start_worker
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.e2e
+
+# Family -> a real template of the family in the sdist's models/templates.
+TEMPLATES = {
+    "hermes": "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+    "qwen25": "Qwen-Qwen2.5-7B-Instruct",
+    "qwen3": "Qwen-Qwen3-0.6B",
+    "smollm3": "HuggingFaceTB-SmolLM3-3B",
+    "qwen3-coder": "Qwen3-Coder",
+    "qwen35": "Qwen3.5-4B",
+    "llama31": "meta-llama-Llama-3.1-8B-Instruct",
+    "llama32": "meta-llama-Llama-3.2-3B-Instruct",
+    "llama33": "meta-llama-Llama-3.3-70B-Instruct",
+    "mistral-nemo": "mistralai-Mistral-Nemo-Instruct-2407",
+    "mistral-small": "Mistral-Small-3.2-24B-Instruct-2506",
+    "ministral3": "mistralai-Ministral-3-14B-Reasoning-2512",
+    "devstral": "unsloth-mistral-Devstral-Small-2507",
+    "gpt-oss": "openai-gpt-oss-120b",
+    "deepseek-r1": "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B",
+    "deepseek-v31": "deepseek-ai-DeepSeek-V3.1",
+    "granite33": "ibm-granite-granite-3.3-2B-Instruct",
+    "granite40": "ibm-granite-granite-4.0",
+    "glm46": "GLM-4.6",
+    "kimi-k2": "Kimi-K2-Instruct",
+    "minimax-m2": "MiniMax-M2",
+    "functionary31": "meetkai-functionary-medium-v3.1",
+    "functionary32": "meetkai-functionary-medium-v3.2",
+    "firefunction2": "fireworks-ai-llama-3-firefunction-v2",
+    "command-r7b": "CohereForAI-c4ai-command-r7b-12-2024-tool_use",
+    "gemma4": "google-gemma-4-31B-it",
+    "generic": "google-gemma-2-2b-it",  # takes no tools: the generic JSON format
+}
+CITIES = ["Paris", "London", "Tokyo"]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather forecast of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": CITIES},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            },
+            "required": ["city", "days"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The local time of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": CITIES}},
+            "required": ["city"],
+        },
+    },
+}
+ASK = [{"role": "user", "content": "What will the weather be in Paris for the next 2 days?"}]
+# What every family's markup starts with (none may reach a client's content).
+MARKUP = ("<tool_call>", "[TOOL_CALLS]", "<|channel|>", "<function=", "<｜tool", "functools[",
+          "<|tool_call", "<|python_tag|>", "<minimax:tool_call>", "<|START_ACTION|>",
+          "<|tool_calls_section_begin|>", '{"tool_calls"')  # fmt: skip
+# No thinking (budget 0) in forced requests: the call itself is what they check.
+NO_THINKING = {"reasoning_budget": 0}
+
+
+@pytest.fixture(scope="module")
+def tools_worker(tmp_path_factory: pytest.TempPathFactory, templates_dir: Path) -> Iterator[str]:
+    from llorch.worker.models import chat_model_path
+
+    gguf = chat_model_path()
+    args: list[str] = ["--ctx-size", "2048", "--parallel", "1", "--threads", "2"]
+    for name, file in TEMPLATES.items():
+        args += ["--model", f"{name}={gguf}"]
+        args += ["--chat-template-file", f"{name}={templates_dir / (file + '.jinja')}"]
+    # One loaded at a time: each family's requests load it on demand (SmolLM2 loads in ~0.2 s).
+    proc: WorkerProcess = start_worker(
+        tmp_path_factory.mktemp("tools"), *args, "--max-models", "1", ready_timeout=180
+    )
+    yield proc.url
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(tools_worker: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=tools_worker + "/v1", api_key="unused", max_retries=0)
+
+
+def check_call(call: object, allowed: set[str]) -> dict:
+    function = call.function  # type: ignore[attr-defined]
+    assert call.type == "function" and call.id  # type: ignore[attr-defined]
+    assert function.name in allowed, function.name
+    arguments = json.loads(function.arguments)
+    assert arguments["city"] in CITIES
+    if function.name == "get_weather":
+        assert 1 <= arguments["days"] <= 7
+    return arguments
+
+
+def no_markup(text: str | None) -> None:
+    assert not any(m in (text or "") for m in MARKUP), text
+
+
+@pytest.mark.parametrize("family", list(TEMPLATES))
+def test_forced_calls_parse_and_validate(client: openai.OpenAI, family: str) -> None:
+    required = client.chat.completions.create(
+        model=family,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice="required",
+        max_tokens=160,
+        temperature=0,
+        extra_body=NO_THINKING,
+    )
+    choice = required.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        check_call(call, {"get_weather", "get_time"})
+    no_markup(choice.message.content)
+
+    # A named function, streamed: the deltas add up to one call of that function.
+    stream = client.chat.completions.create(
+        model=family,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        parallel_tool_calls=False,
+        max_tokens=160,
+        temperature=0,
+        stream=True,
+        extra_body=NO_THINKING,
+    )
+    content, names, arguments, finish = "", {}, {}, None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for part in delta.tool_calls or []:
+            if part.id:
+                names[part.index] = part.function.name
+            arguments[part.index] = arguments.get(part.index, "") + (
+                part.function.arguments or ""
+            )
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert names == {0: "get_time"}
+    assert json.loads(arguments[0])["city"] in CITIES
+    no_markup(content)
+
+
+@pytest.mark.parametrize("family", list(TEMPLATES))
+def test_auto_none_and_a_tool_result(client: openai.OpenAI, family: str) -> None:
+    auto = client.chat.completions.create(
+        model=family, messages=ASK, tools=[WEATHER], max_tokens=48, temperature=0
+    )
+    message = auto.choices[0].message
+    if message.tool_calls:
+        assert auto.choices[0].finish_reason == "tool_calls"
+        for call in message.tool_calls:
+            json.loads(call.function.arguments)
+    else:
+        assert auto.choices[0].finish_reason in ("stop", "length")
+    none = client.chat.completions.create(
+        model=family, messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=24
+    )
+    assert not none.choices[0].message.tool_calls
+    # The call and its result go back through the template, which renders them.
+    call_id = "call0abcd"  # 9 alphanumerics: Mistral's templates accept no other ids
+    turns = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": '{"forecast": "sunny, 21 C"}'},
+    ]
+    after = client.chat.completions.create(
+        model=family, messages=turns, tools=[WEATHER], max_tokens=24, temperature=0
+    )
+    assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
