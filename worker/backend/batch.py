@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import llama_cpp as ll
 
@@ -39,6 +40,12 @@ from llorch.worker.backend.speculative import Speculation
 from llorch.worker.backend.text import Emitted
 
 
+class TokenBytes(Protocol):
+    def __call__(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes a token adds to the output; `special`: a control token's text too."""
+        ...
+
+
 class LlamaBatchDecoder:
     def __init__(
         self,
@@ -48,7 +55,7 @@ class LlamaBatchDecoder:
         n_batch: int,
         n_slots: int,
         ctx_per_slot: int,
-        token_bytes: Callable[[int], bytes],
+        token_bytes: TokenBytes,
         backend_sampling: bool = False,
         decode: Callable[[ll.llama_context_p, ll.llama_batch], int] = ll.llama_decode,
         adapters: LoraAdapters | None = None,
@@ -160,9 +167,13 @@ class LlamaBatchDecoder:
         if request.echo:
             first = TokenLogprob(prompt[0], self._token_bytes(prompt[0]), None)
             slot.seq.prompt_scores.append(Scored(first))
-        # Log-probabilities need the logits on the host: such a chain is never moved.
+        # Log-probabilities need the logits on the host: such a chain is never moved. Nor is
+        # a reasoning budget's: a forced token replaces what the chain would sample, which
+        # the graph samples before the host could say so (llama.cpp's common sampler refuses
+        # the combination too).
         scores = request.logprobs is not None or request.echo
-        if self._backend_sampling and sampling.runs_in_graph(chain) and not scores:
+        budget = request.reasoning_budget is not None
+        if self._backend_sampling and sampling.runs_in_graph(chain) and not (scores or budget):
             slot.seq.in_graph = bool(ll.llama_set_sampler(self._ctx, slot.seq_id, chain.handle))
         self._speculation.decide(slot)
 
@@ -302,6 +313,9 @@ class LlamaBatchDecoder:
         seq.to_score.clear()
 
     def _sample(self, seq: SeqState, index: int) -> int:
+        forced = self._forced(seq)
+        if forced is not None:
+            return forced
         if seq.in_graph:
             token = ll.llama_get_sampled_token_ith(self._ctx, index)
             if token >= 0:
@@ -310,6 +324,22 @@ class LlamaBatchDecoder:
                 return int(token)
             # LLAMA_TOKEN_NULL: the graph sampled nothing for this output; do it here.
         return int(ll.llama_sampler_sample(seq.chain.handle, self._ctx, index))
+
+    def _forced(self, seq: SeqState) -> int | None:
+        """The reasoning budget's closing-tag token due now, accepted by the chain as a
+        sampled one is (its grammar and penalties see it); None: the chain samples. A grammar
+        that does not allow the token ends the forcing: the grammar's output is what the
+        client parses, and accepting a token it refuses would abort llama.cpp."""
+        if seq.budget is None:
+            return None
+        token = seq.budget.forced()
+        if token is None:
+            return None
+        if not sampling.allows(seq.chain, token):
+            seq.budget.give_up()
+            return None
+        sampling.accept(seq.chain, token)
+        return token
 
     def _next_group(self) -> LoraKey:
         """The adapter set whose sequences this step decodes: when requests with different
@@ -434,7 +464,12 @@ class LlamaBatchDecoder:
         if ll.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, StopReason.EOS, out)
             return
-        ended = seq.output.push(token, self._token_bytes(token), out, scored)
+        # A control token adds no text unless the request preserves it (a tool-call format's
+        # markup, which the chat layer parses).
+        piece = self._token_bytes(token, special=token in seq.request.preserved_tokens)
+        if seq.budget is not None:
+            seq.budget.feed(token, piece)
+        ended = seq.output.push(token, piece, out, scored)
         if ended is not None:
             self._finish(slot, ended[0], out, ended[1])
         else:

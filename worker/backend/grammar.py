@@ -88,6 +88,39 @@ def _check_repeats(text: str, param: str, what: str) -> None:
             )
 
 
+# A group opener that ECMAScript regexes lack ("(?<=", "(?P<", "(?i)", "(?>": only "(?:",
+# "(?=" and "(?!" are theirs), not escaped: std::regex throws on it, which through ctypes
+# ends the process.
+_PYTHON_ONLY_GROUP = re.compile(r"(?<!\\)(?:\\\\)*\(\?(?![:=!])")
+MAX_TRIGGERS = 64
+MAX_TRIGGER_CHARS = 4096
+
+
+def check_trigger_patterns(patterns: tuple[str, ...], param: str = "grammar_triggers") -> None:
+    """Refuse a lazy grammar's trigger regex that llama.cpp's std::regex (ECMAScript syntax,
+    src/llama-grammar.cpp) could throw on while compiling it. Python's parser stands in for
+    it, with a check for the groups only Python has: a pattern both accept reaches llama.cpp."""
+    if len(patterns) > MAX_TRIGGERS:
+        raise GrammarError(f"at most {MAX_TRIGGERS} grammar triggers are allowed", param=param)
+    for pattern in patterns:
+        if not pattern or len(pattern) > MAX_TRIGGER_CHARS or "\x00" in pattern:
+            raise GrammarError(
+                f"a grammar trigger is a regex of 1 to {MAX_TRIGGER_CHARS} characters and no NUL",
+                param=param,
+            )
+        try:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise GrammarError(f"grammar trigger {pattern!r}: {exc}", param=param) from None
+        if _PYTHON_ONLY_GROUP.search(pattern):
+            raise GrammarError(
+                f"grammar trigger {pattern!r}: of the (?...) groups only (?:...), (?=...) and "
+                "(?!...) are allowed (ECMAScript regex syntax)",
+                param=param,
+            )
+        _check_repeats(pattern, param, "a grammar trigger")
+
+
 def check_schema(schema: Any, param: str = "json_schema") -> None:
     """Refuse a JSON schema whose grammar would be too large or too deep: counts (maxLength,
     minItems, ...) and pattern repetitions over MAX_REPEAT, or over MAX_SCHEMA_NODES nodes."""

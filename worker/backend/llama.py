@@ -324,8 +324,8 @@ class LlamaCppBackend:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._words().detokenize(tokens)
 
-    def token_bytes(self, token: int) -> bytes:
-        return self._words().token_bytes(token)
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        return self._words().token_bytes(token, special=special)
 
     def check_grammar(self, grammar: str) -> None:
         sampler = ll.llama_sampler_init_grammar(self._words().pointer, grammar.encode(), b"root")

@@ -9,12 +9,15 @@ every token.
 
 from __future__ import annotations
 
+import ctypes
+import math
 import random
 from dataclasses import dataclass
 
 import llama_cpp as ll
 
 from llorch.worker.backend.errors import InvalidRequestError
+from llorch.worker.backend.grammar import check_trigger_patterns
 from llorch.worker.backend.protocol import SamplingParams
 
 # llama.h: LLAMA_DEFAULT_SEED asks the dist sampler for a random seed; never pass it on purpose.
@@ -28,6 +31,8 @@ class SamplerChain:
     # The penalties sampler inside the chain, fed the prompt tokens on their own: the grammar
     # sampler must only ever see generated tokens.
     penalties: ll.llama_sampler_p | None = None
+    # The grammar sampler inside the chain, which a forced token must satisfy (allows()).
+    grammar: ll.llama_sampler_p | None = None
 
 
 def resolve_seed(params: SamplingParams) -> int:
@@ -73,13 +78,11 @@ def _fill(
         ll.llama_sampler_chain_add(chain, sampler)
         return sampler
 
+    grammar = None
     if params.grammar is not None:
         if vocab is None:
             raise InvalidRequestError("a grammar needs the model's vocabulary")
-        grammar = ll.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-        if not grammar:
-            raise InvalidRequestError("the grammar does not parse (GBNF with a `root` rule)")
-        add(grammar)
+        grammar = add(_grammar(vocab, params.grammar, params.grammar_triggers))
     if params.logit_bias:
         bad = [t for t, _ in params.logit_bias if not 0 <= t < n_vocab]
         if bad:
@@ -102,7 +105,7 @@ def _fill(
         )
     if params.greedy:
         add(ll.llama_sampler_init_greedy())
-        return SamplerChain(chain, None, penalties)
+        return SamplerChain(chain, None, penalties, grammar)
     if params.top_k > 0:
         add(ll.llama_sampler_init_top_k(params.top_k))
     if params.typical_p < 1.0:
@@ -114,7 +117,46 @@ def _fill(
     add(ll.llama_sampler_init_temp(params.temperature))
     seed = resolve_seed(params)
     add(ll.llama_sampler_init_dist(seed))
-    return SamplerChain(chain, seed, penalties)
+    return SamplerChain(chain, seed, penalties, grammar)
+
+
+def _grammar(vocab: ll.llama_vocab_p, text: str, triggers: tuple[str, ...]) -> ll.llama_sampler_p:
+    """The grammar sampler; lazy when there are triggers: llama.cpp (src/llama-grammar.cpp)
+    lets tokens through unconstrained and collects their text until a trigger regex matches
+    it, then feeds the grammar the text from the match's start (its first non-empty group's,
+    if it has groups) and constrains every token after."""
+    if not triggers:
+        grammar = ll.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+    else:
+        check_trigger_patterns(triggers)
+        patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
+        no_tokens = (ll.llama_token * 1)()
+        grammar = ll.llama_sampler_init_grammar_lazy_patterns(
+            vocab, text.encode(), b"root", patterns, len(triggers), no_tokens, 0
+        )
+    if not grammar:
+        raise InvalidRequestError("the grammar does not parse (GBNF with a `root` rule)")
+    return grammar
+
+
+def allows(chain: SamplerChain, token: int) -> bool:
+    """Whether the chain's grammar (if any) lets `token` come next: a token forced past the
+    sampling must still fit it, since accepting one that does not throws inside llama.cpp
+    (llama_grammar_accept_token), which ends the process. A lazy grammar still waiting for
+    its trigger allows everything."""
+    if chain.grammar is None:
+        return True
+    data = ll.llama_token_data(id=token, logit=1.0, p=0.0)
+    candidates = ll.llama_token_data_array(
+        data=ctypes.pointer(data), size=1, selected=-1, sorted=False
+    )
+    ll.llama_sampler_apply(chain.grammar, ctypes.byref(candidates))
+    return bool(math.isfinite(data.logit))
+
+
+def accept(chain: SamplerChain, token: int) -> None:
+    """Advance the chain's state (grammar, penalties) by a token it did not sample."""
+    ll.llama_sampler_accept(chain.handle, token)
 
 
 # Samplers with a graph implementation in llama.cpp's backend sampling (names as

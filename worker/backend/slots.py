@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llorch.worker.backend import sampling
+from llorch.worker.backend.budget import ThinkingBudget
 from llorch.worker.backend.protocol import GenerationRequest, LoraKey, Scored
 from llorch.worker.backend.text import SequenceText
 
@@ -44,9 +45,13 @@ class SeqState:
     draft_len: int = 0  # the longest draft to ask for next (adapts: speculative.py)
     pause: int = 0  # steps left without drafting, after drafts that missed at once
     misses: int = 0  # such drafts in a row
+    # The reasoning budget's state: which closing-tag token is forced next, if any.
+    budget: ThinkingBudget | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.output = SequenceText(self.key, self.request.stop, self.request.max_tokens)
+        limit = self.request.reasoning_budget
+        self.budget = ThinkingBudget(limit) if limit is not None else None
 
 
 @dataclass

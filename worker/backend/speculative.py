@@ -7,7 +7,9 @@ it samples equals the draft; the first token that differs is kept (it is what th
 sampled), and the KV cells of the draft after it are removed. Every emitted token is one the
 chain sampled from the model's logits given the tokens before it, so the output follows the
 model's own distribution (greedy: its argmax path) and the chain accepts each token once
-(llama_sampler_sample accepts what it returns), exactly as without speculation.
+(llama_sampler_sample accepts what it returns), exactly as without speculation. A token that a
+reasoning budget forces (batch.py) takes the sampled one's place at its position, so a draft
+is taken only as far as it equals the forced tokens too.
 """
 
 from __future__ import annotations
