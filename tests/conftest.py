@@ -32,6 +32,9 @@ def backend(model_path: Path) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    proc = start_worker(tmp_path_factory.mktemp("worker"), "--ctx-size", "2048", "--threads", "2")
+    # Gemma alone: the built-in chat model has tests of its own (test_default_chat_model.py).
+    proc = start_worker(
+        tmp_path_factory.mktemp("worker"), "--ctx-size", "2048", "--threads", "2", "--no-chat-model"
+    )
     yield proc
     proc.stop()

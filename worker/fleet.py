@@ -171,7 +171,19 @@ class Fleet:
         """The engine a chat request goes to: the one it names, else the default chat model
         (with no --model, SmolLM2-135M-Instruct: the default model, Gemma 3 270M, is a base
         model that does not chat), else the default model."""
-        return await self.engine(self.default_chat if name is None else name)
+        if self.default_chat is not None and (name is None or name not in self.names()):
+            # OpenAI's clients always send a model name; in the default set-up a name that is
+            # not served means "the model that chats", not the base model.
+            return await self.engine(self.default_chat)
+        return await self.engine(name)
+
+    def served_name(self, engine: Engine) -> str | None:
+        """The name `engine`'s model is served under (what replies name as their model)."""
+        for key in self._order:
+            served = self._served[key]
+            if served.engine is engine:
+                return self._display(served)
+        return None
 
     async def load(self, name: str) -> Engine:
         served = self._resolve(name)

@@ -271,9 +271,10 @@ def test_gemma_stays_the_default_and_the_chat_model_loads_on_its_first_request(d
     execute = client.post("/execute", json={"job_id": "x", "prompt": "p", "max_tokens": 1})
     assert '"t":"G"' in execute.text  # /execute with no model: Gemma, as before
     assert answer(client.post("/v1/completions", json={"prompt": "p", "max_tokens": 1})) == "G"
-    # Any other name is the one model chosen, as with one model alone (OpenAI's clients
-    # always send one); the chat model's name is the chat model.
-    assert answer(chat(client, model="gpt-4o")) == "G"
+    # A chat naming a model that is not served goes to the chat model (OpenAI's clients
+    # always send a name), a completion to the one model chosen, as with one model alone.
+    assert answer(chat(client, model="gpt-4o")) == "S"
+    assert answer(client.post("/v1/completions", json={"prompt": "p", "model": "x"})) == "G"
     assert answer(chat(client, model=models.CHAT_MODEL_NAME)) == "S"
     assert client.get("/ready").json()["models"][models.CHAT_MODEL_NAME] == "ready"
 

@@ -191,7 +191,11 @@ def prepare(
         if mode is ToolChoiceMode.NAMED:
             chosen = tuple(t for t in tools if t.name == request.tool_choice.name)
         section = tool_format.grammar(chosen, parallel=request.parallel_tool_calls)  # type: ignore[union-attr]
-        body = _renamed_root(section.gbnf, "tool-call-section")
+        forced = mode is not ToolChoiceMode.AUTO
+        gbnf_text = section.gbnf
+        if forced and budget == 0 and section.unthinking is not None:
+            gbnf_text = section.unthinking
+        body = _renamed_root(gbnf_text, "tool-call-section")
         if mode is ToolChoiceMode.AUTO:
             triggers = tuple(
                 _after_thinking(t, think if started else None) for t in section.triggers
@@ -387,9 +391,14 @@ def _after_thinking(trigger: str, think: ThinkTags | None) -> str:
     mention the markup while it thinks); llama.cpp starts the grammar at the first group."""
     if think is None:
         return trigger
-    if re.compile(trigger).groups == 0:
-        trigger = f"({trigger})"
-    return re.escape(think.close) + r"[\s\S]*?" + trigger
+    anchored = trigger.startswith("^")  # at the answer's start: right after the block
+    body = trigger[1:] if anchored else trigger
+    if re.compile(body).groups == 0:
+        body = f"({body})"
+    close = re.escape(think.close)
+    if anchored:
+        return r"^[\s\S]*?" + close + r"\s*" + body
+    return close + r"[\s\S]*?" + body
 
 
 def _control_tokens(vocab: ChatVocabulary, markers: Sequence[str]) -> list[int]:

@@ -135,7 +135,8 @@ def build_router(fleet: Fleet) -> APIRouter:
         body = ChatCompletionRequest.model_validate(parse_json(await request.body()))
         engine = await fleet.chat_engine(body.model)
         model = engine.loaded()
-        reply = Reply("chatcmpl", model.name, fingerprint(model), chat=True)
+        name = fleet.served_name(engine) or model.name
+        reply = Reply("chatcmpl", name, fingerprint(model), chat=True)
         try:
             return await openai_chat.answer(request, body, engine, reply)
         except ContextOverflowError as exc:

@@ -51,6 +51,9 @@ class ToolGrammar:
 
     gbnf: str
     triggers: tuple[str, ...] = ()
+    # Formats that write thinking in their own syntax before a call (gpt-oss's analysis
+    # messages): the same section with none, for requests that turn thinking off.
+    unthinking: str | None = None
 
 
 class ToolFormat(Protocol):

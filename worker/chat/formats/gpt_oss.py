@@ -114,7 +114,7 @@ class GptOssFormat:
             f'"<|channel|>" channel "<|message|>" {gbnf_until(END)} "<|end|><|start|>assistant"'
         )
         builder.rule("message", message)
-        root = f"message* ({' | '.join(names)})"
+        builder.rule("call", " | ".join(names))
         channel = r"<\|channel\|>(?:commentary|analysis) to="
         triggers = (
             # A call as the first message (right after the generation prompt)...
@@ -124,7 +124,9 @@ class GptOssFormat:
             r"<\|start\|>assistant( to=)",
             rf"<\|start\|>assistant({channel})",
         )
-        return ToolGrammar(builder.build(root), triggers=triggers)
+        return ToolGrammar(
+            builder.build("message* call"), triggers=triggers, unthinking=builder.build("call")
+        )
 
 
 def _harmony(text: str) -> bool:
