@@ -451,6 +451,21 @@ class Engine:
         streams = await self.generate_choices(job, request.n)
         return [ChatStream(s, prepared.plan, len(prepared.tokens)) for s in streams]
 
+    async def chat_tokens(self, request: ChatRequest) -> int:
+        """How many tokens the prompt of `request` is (its template rendered with its tools),
+        without generating: what count_tokens / input_tokens routes answer."""
+        model = self.loaded()
+        prepared = await asyncio.to_thread(
+            prompt.prepare,
+            request,
+            model,
+            self.scheduler,
+            self.chat_defaults,
+            GenerationRequest(sampling=request.sampling),
+            self._checked_json_grammar,
+        )
+        return len(prepared.tokens)
+
     def _checked_json_grammar(self, schema: Mapping[str, Any] | None) -> str:
         return self._json_grammar(None if schema is None else dict(schema))
 
