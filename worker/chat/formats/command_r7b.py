@@ -68,7 +68,9 @@ class CommandR7BFormat:
         if at is None:
             return Parsed("", reasoning=reasoning)
 
-        def section(text: str, at: int, _: str) -> tuple[list[ParsedCall], int | None]:
+        def section(text: str, at: int, marker: str) -> tuple[list[ParsedCall], int | None]:
+            if marker != START_ACTION:
+                return [], at  # a response marker: content goes on after it
             calls, end = read_array(text, at, KEYS, partial=partial)
             if end is not None:
                 end = closing(text, end, END_ACTION, partial=partial, also=(START_ACTION,))
@@ -76,14 +78,8 @@ class CommandR7BFormat:
                 calls[-1] = ParsedCall(calls[-1].name, calls[-1].arguments, complete=False)
             return calls, end
 
-        # Taking the response markers out first keeps the indices of what remains in step
-        # with the text the sections are read from.
-        rest = text[at:]
-        for marker in RESPONSE_MARKERS:
-            rest = rest.replace(marker, "")
-        parsed = read_sections(
-            rest, (START_ACTION,), section, partial=partial, hold=RESPONSE_MARKERS
-        )
+        starts = (START_ACTION, *RESPONSE_MARKERS)
+        parsed = read_sections(text[at:], starts, section, partial=partial)
         return Parsed(parsed.content, parsed.calls, reasoning)
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llorch.worker.chat.formats.base import (
     GrammarBuilder,
@@ -26,7 +26,7 @@ from llorch.worker.chat.formats.jsoncalls import (
     any_of,
     closing,
     code_arguments,
-    final_arguments,
+    finished_call,
     read_arguments,
     read_sections,
     repeated,
@@ -91,9 +91,9 @@ def _function_call(text: str, at: int, *, partial: bool) -> tuple[list[ParsedCal
     arguments, end = read_arguments(text, gt + 1, partial=partial)
     if end is None:
         return [ParsedCall(name, arguments, complete=False)], None
-    arguments = final_arguments(arguments)
+    call = finished_call(name, arguments, partial=partial)
     after = closing(text, end, END, partial=partial, also=(START, PYTHON_TAG))
-    return [ParsedCall(name, arguments, complete=after is not None)], after
+    return [call if after is not None else replace(call, complete=False)], after
 
 
 def _python_call(text: str, at: int, *, partial: bool) -> tuple[list[ParsedCall], int | None]:
@@ -107,7 +107,7 @@ def _python_call(text: str, at: int, *, partial: bool) -> tuple[list[ParsedCall]
         arguments, end = read_arguments(text, start, partial=partial)
         if end is None:
             return [ParsedCall(PYTHON, arguments, complete=False)], None
-        return [ParsedCall(PYTHON, final_arguments(arguments))], end
+        return [finished_call(PYTHON, arguments, partial=partial)], end
     code = text[start:]
     if partial:
         return [ParsedCall(PYTHON, code_arguments(code, partial=True), complete=False)], None

@@ -28,7 +28,7 @@ from llorch.worker.chat.formats.base import (
 from llorch.worker.chat.formats.jsoncalls import (
     any_of,
     code_arguments,
-    final_arguments,
+    finished_call,
     join_content,
     name_pattern,
     read_arguments,
@@ -135,7 +135,7 @@ def _call(text: str, name: str, at: int, calls: list[ParsedCall], *, partial: bo
     if end is None:
         calls.append(ParsedCall(name, arguments, complete=False))
         return None
-    calls.append(ParsedCall(name, final_arguments(arguments)))
+    calls.append(finished_call(name, arguments, partial=partial))
     after = skip_space(text, end)
     return None if after == len(text) else after
 

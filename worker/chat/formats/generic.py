@@ -11,7 +11,7 @@ An answer that is not such an object is content as written.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,25 +85,62 @@ class GenericFormat:
 
 
 def _response(text: str, at: int, *, partial: bool) -> str:
-    """The "response" string, decoded (partial: as far as it is written)."""
+    """The "response" string, decoded as far as it is written (an answer cut off by the token
+    limit is still what the model wrote). A partial parse stops before an escape still being
+    written and holds back trailing whitespace."""
     if at >= len(text):
         return ""
     if text[at] != '"':
         return "" if partial else text  # not a string: the whole answer is the content
-    value, _ = read_string(text, at)
-    if value is not None:
-        return value
-    if not partial:
-        return text
-    # Decode what is written: close the string, cutting back over an unfinished escape.
-    body = text[at:]
-    for cut in range(len(body), max(len(body) - 7, 0), -1):
-        try:
-            decoded: str = json.loads(body[:cut] + '"')
-        except json.JSONDecodeError:
+    out: list[str] = []
+    i = at + 1
+    while i < len(text) and text[i] != '"':
+        if text[i] != "\\":
+            out.append(text[i])
+            i += 1
             continue
-        return decoded.rstrip()
-    return ""
+        escape = text[i + 1 : i + 2]
+        if escape != "u":
+            if not escape:
+                break
+            out.append(ESCAPES.get(escape, escape))
+            i += 2
+            continue
+        code, i = _unicode_escape(text, i)
+        if code is None:
+            break
+        out.append(code)
+    decoded = "".join(out)
+    return decoded.rstrip() if partial else decoded
+
+
+ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unicode_escape(text: str, at: int) -> tuple[str | None, int]:
+    """The character of the \\uXXXX escape at `at` (a surrogate pair taken whole) and the index
+    after it; None while it is still being written."""
+    digits = text[at + 2 : at + 6]
+    if not HEX4.fullmatch(digits):
+        if len(text) < at + 6:
+            return None, at
+        return "u", at + 2  # not an escape after all: the "u" as written
+    value = int(digits, 16)
+    if 0xD800 <= value < 0xDC00:
+        low = text[at + 6 : at + 12]
+        if len(low) < 6 and LOW_HALF_START.fullmatch(low):
+            return None, at  # the low half may still come
+        if low.startswith("\\u") and HEX4.fullmatch(low[2:]):
+            second = int(low[2:], 16)
+            if 0xDC00 <= second < 0xE000:
+                return chr(0x10000 + ((value - 0xD800) << 10) + (second - 0xDC00)), at + 12
+    if 0xD800 <= value < 0xE000:
+        return "\ufffd", at + 6  # a lone surrogate is not text
+    return chr(value), at + 6
+
+
+HEX4 = re.compile(r"[0-9a-fA-F]{4}")
+LOW_HALF_START = re.compile(r"(?:\\(?:u[0-9a-fA-F]{0,3})?)?")
 
 
 FORMAT = GenericFormat()

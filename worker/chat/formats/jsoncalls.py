@@ -73,12 +73,7 @@ class CallObject:
             arguments = json.loads(arguments)
         if partial and not closed:
             return ParsedCall(self.name, arguments, self.id, complete=False)
-        try:
-            return ParsedCall(self.name, final_arguments(arguments), self.id)
-        except MalformedCall:
-            if not partial:
-                raise
-            return ParsedCall(self.name, arguments, self.id, complete=False)
+        return finished_call(self.name, arguments, self.id, partial=partial)
 
 
 def read_string(text: str, at: int) -> tuple[str | None, int]:
@@ -93,62 +88,70 @@ def read_string(text: str, at: int) -> tuple[str | None, int]:
 
 
 def read_object(text: str, at: int, keys: CallKeys, *, partial: bool) -> CallObject:
-    """The call object starting at `at` (whitespace skipped), read as far as the text goes."""
+    """The call object starting at `at` (whitespace skipped), read as far as the text goes. A
+    partial parse that meets something that is not a call object keeps what it had read."""
+    state = _ObjectState()
     try:
-        return _read_object(text, at, keys)
+        return _read_object(text, at, keys, state)
     except MalformedCall:
         if not partial:
             raise
-        return CallObject()
+        return state.unfinished()
 
 
-def _read_object(text: str, at: int, keys: CallKeys) -> CallObject:
-    found: dict[str, str | None] = {"name": None, "id": None}
+@dataclass
+class _ObjectState:
+    name: str | None = None
+    id: str | None = None
     arguments: str | None = None
-    quoted = False
+    quoted: bool = False
 
-    def unfinished() -> CallObject:
-        return CallObject(found["name"], arguments, quoted, found["id"])
+    def unfinished(self) -> CallObject:
+        return CallObject(self.name, self.arguments, self.quoted, self.id)
 
+
+def _read_object(text: str, at: int, keys: CallKeys, state: _ObjectState) -> CallObject:
     i = skip_space(text, at)
     if i >= len(text):
-        return unfinished()
+        return state.unfinished()
     if text[i] != "{":
         raise MalformedCall("a tool call is not a JSON object")
     i += 1
     while True:
         i = skip_space(text, i)
         if i >= len(text):
-            return unfinished()
+            return state.unfinished()
         if text[i] == "}":
             break
         key, i = read_string(text, i)
         i = skip_space(text, i)
         if key is None or i >= len(text):
-            return unfinished()
+            return state.unfinished()
         if text[i] != ":":
             raise MalformedCall("a tool call is not a JSON object")
         i = skip_space(text, i + 1)
         end = json_value_end(text, i)
-        if key in keys.arguments and arguments is None:
-            quoted = text.startswith('"', i)
-            arguments = text[i:] if end is None else text[i:end]
+        if key in keys.arguments and state.arguments is None:
+            state.quoted = text.startswith('"', i)
+            state.arguments = text[i:] if end is None else text[i:end]
         if end is None:
-            return unfinished()
-        for field, names in (("name", keys.names), ("id", keys.ids)):
-            if key in names and found[field] is None:
-                value = json.loads(text[i:end])
-                if not isinstance(value, str):
-                    raise MalformedCall(f"a tool call's {key!r} is not a string")
-                found[field] = value
+            return state.unfinished()
+        if (key in keys.names and state.name is None) or (key in keys.ids and state.id is None):
+            value = json.loads(text[i:end])
+            if not isinstance(value, str):
+                raise MalformedCall(f"a tool call's {key!r} is not a string")
+            if key in keys.names:
+                state.name = value
+            else:
+                state.id = value
         i = skip_space(text, end)
         if i >= len(text):
-            return unfinished()
+            return state.unfinished()
         if text[i] == ",":
             i += 1
         elif text[i] != "}":
             raise MalformedCall("a tool call is not a JSON object")
-    return CallObject(found["name"], arguments, quoted, found["id"], end=i + 1)
+    return CallObject(state.name, state.arguments, state.quoted, state.id, end=i + 1)
 
 
 def read_array(
@@ -206,6 +209,20 @@ def final_arguments(arguments: str) -> str:
     return object_text(arguments, what="tool call arguments")
 
 
+def finished_call(
+    name: str, arguments: str, call_id: str | None = None, *, partial: bool
+) -> ParsedCall:
+    """A call whose arguments are all written: MalformedCall when they are not a JSON object
+    (a partial parse keeps the call, unfinished, so that calls never disappear while
+    streaming; the final parse judges)."""
+    try:
+        return ParsedCall(name, final_arguments(arguments), call_id)
+    except MalformedCall:
+        if not partial:
+            raise
+        return ParsedCall(name, arguments, call_id, complete=False)
+
+
 def code_arguments(code: str, *, partial: bool) -> str:
     """`{"code": ...}` for a call whose argument is raw code (a python tool): a partial parse
     leaves the string open, so that the arguments only grow."""
@@ -226,10 +243,9 @@ def read_sections(
     read: SectionReader,
     *,
     partial: bool,
-    hold: Sequence[str] = (),
 ) -> Parsed:
     """Content with call sections: each starts with one of `starts` and is read by `read`.
-    A partial parse holds back a trailing prefix of a start marker (or of `hold`)."""
+    A partial parse holds back a trailing prefix of a start marker."""
     pieces: list[str] = []
     calls: list[ParsedCall] = []
     at = 0
@@ -237,7 +253,7 @@ def read_sections(
         hit = first_marker(text[at:], starts)
         if hit is None:
             tail = text[at:]
-            pieces.append(tail[: held_back(tail, (*starts, *hold))] if partial else tail)
+            pieces.append(tail[: held_back(tail, starts)] if partial else tail)
             break
         index, marker = at + hit[0], hit[1]
         pieces.append(text[at:index])
@@ -250,9 +266,10 @@ def read_sections(
 
 
 def join_content(pieces: Sequence[str], *, partial: bool) -> str:
-    """The content from the text outside calls: pieces[0] before the first call, then the text
-    after each call. Whitespace next to a call is dropped, and a partial parse holds back
-    trailing whitespace too (a call may still follow it)."""
+    """The content from the text outside calls: pieces[0] before the first section (of calls,
+    or markup that only separates content), then the text after each. Whitespace next to a
+    section is dropped, and a partial parse holds back trailing whitespace too (a call may
+    still follow it)."""
     parts = []
     for i, piece in enumerate(pieces):
         if i > 0:

@@ -100,8 +100,10 @@ def _opens_call(text: str, *, partial: bool) -> bool:
     """Whether the answer starts with a call object (partial: or may still turn out to)."""
     if CALL_HEAD.match(text):
         return True
+    if not partial or not text.lstrip().startswith("{"):
+        return False
     compact = "".join(text.split())
-    return partial and bool(compact) and any(head.startswith(compact) for head in CALL_HEADS)
+    return any(head.startswith(compact) for head in CALL_HEADS)
 
 
 def _json_calls(text: str, at: int, before: str, *, partial: bool) -> Parsed:

@@ -26,7 +26,7 @@ from llorch.worker.chat.formats.base import (
 from llorch.worker.chat.formats.jsoncalls import (
     CallKeys,
     any_of,
-    final_arguments,
+    finished_call,
     read_arguments,
     read_array,
     read_sections,
@@ -102,7 +102,7 @@ def _read_call(text: str, at: int, *, partial: bool) -> tuple[list[ParsedCall], 
     arguments, end = read_arguments(text, args_at + len(ARGS), partial=partial)
     if end is None:
         return [ParsedCall(name, arguments, call_id, complete=False)], None
-    return [ParsedCall(name, final_arguments(arguments), call_id)], end
+    return [finished_call(name, arguments, call_id, partial=partial)], end
 
 
 FORMAT = MistralSmallFormat()

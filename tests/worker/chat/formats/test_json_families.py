@@ -269,28 +269,37 @@ def calls_of(parsed: Parsed) -> list[Call]:
 
 def streamed(fmt: ToolFormat, text: str) -> Parsed:
     """The final parse of `text`, after checking the partial parses of each of its prefixes:
-    content never holds markup and only grows, calls appear in order, their arguments only grow
-    and stay a prefix of the final ones, and a complete call is final."""
+    content never holds markup, and it and the calls only grow and stay a prefix of the final
+    parse's; a call complete in a partial parse is final."""
     final = fmt.parse(text, partial=False)
-    previous = Parsed("")
-    for n in range(len(text) + 1):
-        parsed = fmt.parse(text[:n], partial=True)
+    for n, parsed in enumerate(partials(fmt, text)):
         where = f"after {text[:n]!r}"
-        assert not any(marker in parsed.content for marker in fmt.markers), where
-        assert parsed.content.startswith(previous.content), where
         assert final.content.startswith(parsed.content), where
         assert final.reasoning.startswith(parsed.reasoning), where
-        assert parsed.reasoning.startswith(previous.reasoning), where
-        assert len(previous.calls) <= len(parsed.calls) <= len(final.calls), where
-        for i, call in enumerate(parsed.calls):
-            assert call.name == final.calls[i].name, where
-            assert final.calls[i].arguments.startswith(call.arguments), where
-            if i < len(previous.calls):
-                assert call.arguments.startswith(previous.calls[i].arguments), where
+        assert len(parsed.calls) <= len(final.calls), where
+        for call, last in zip(parsed.calls, final.calls, strict=False):
+            assert call.name == last.name, where
+            assert last.arguments.startswith(call.arguments), where
             if call.complete:
-                assert call == final.calls[i], where
-        previous = parsed
+                assert call == last, where
     return final
+
+
+def partials(fmt: ToolFormat, text: str) -> list[Parsed]:
+    """The partial parses of each prefix of `text`, checked against each other: content holds
+    no markup, content, reasoning, calls and each call's arguments only grow."""
+    parses = [fmt.parse(text[:n], partial=True) for n in range(len(text) + 1)]
+    for n in range(1, len(parses)):
+        before, parsed, where = parses[n - 1], parses[n], f"after {text[:n]!r}"
+        assert not any(marker in parsed.content for marker in fmt.markers), where
+        assert parsed.content.startswith(before.content), where
+        assert parsed.reasoning.startswith(before.reasoning), where
+        assert len(before.calls) <= len(parsed.calls), where
+        for old, new in zip(before.calls, parsed.calls, strict=False):
+            assert new.name == old.name, where
+            assert new.id == old.id or old.id is None, where
+            assert new.arguments.startswith(old.arguments), where
+    return parses
 
 
 def model_output(reply: str) -> str:
@@ -491,8 +500,7 @@ def test_content_only(family: Family) -> None:
 )
 def test_malformed_call(module: str, text: str) -> None:
     fmt = BY_NAME[module].format
-    for n in range(len(text) + 1):
-        fmt.parse(text[:n], partial=True)  # partial parses do not judge
+    partials(fmt, text)  # partial parses do not judge, and still only grow
     with pytest.raises(MalformedCall):
         fmt.parse(text, partial=False)
 
