@@ -106,6 +106,7 @@ class CommandR7BFormat:
         return ToolGrammar(
             gbnf=builder.build(f"({thinking})? {action}"),
             triggers=(regex_literal(START_ACTION),),
+            unthinking=builder.build(action),
         )
 
 

@@ -656,3 +656,16 @@ def test_generic_answers() -> None:
     assert (parsed.content, parsed.calls) == ("It is sunny.\nWarm, too: été.", ())
     for text in ("Plain text.", '{"answer": 42}'):
         assert streamed(fmt, text).content == text
+
+
+def test_command_r7b_forced_grammar_without_thinking(
+    backend: Any, grammar_accepts: Callable[..., bool]
+) -> None:
+    fmt = BY_NAME["command_r7b"].format
+    grammar = fmt.grammar(TOOLS, parallel=True)
+    assert grammar.unthinking is not None
+    backend.check_grammar(grammar.unthinking)
+    planned = "<|START_THINKING|>I will look it up.<|END_THINKING|>" + _command_r7b([WEATHER])
+    assert grammar_accepts(grammar.gbnf, planned)
+    assert not grammar_accepts(grammar.unthinking, planned)
+    assert grammar_accepts(grammar.unthinking, _command_r7b([WEATHER, TRIP]))
