@@ -72,6 +72,7 @@ class TemplateFacts:
     takes_tools: bool  # the template reads `tools` (else tools are described in a system turn)
     think: ThinkTags | None
     object_arguments: bool  # the template serialises a call's arguments itself
+    shows_calls: bool  # the template renders an assistant's earlier calls
     takes_system: bool  # the template renders a system turn
 
 
@@ -84,16 +85,17 @@ def template_facts(source: str | None) -> TemplateFacts:
         formats.detect(source),
         takes_tools,
         think_tags(source),
-        _object_arguments(source),
+        *_call_rendering(source),
         _takes_system(source),
     )
 
 
-def _object_arguments(source: str | None) -> bool:
-    """Whether the template wants a call's arguments as an object: rendered with an object, a
-    template that prints them as they are shows Python's notation ({'k': ...})."""
+def _call_rendering(source: str | None) -> tuple[bool, bool]:
+    """(whether the template wants a call's arguments as an object, whether it shows calls at
+    all). Rendered with an object, a template that prints arguments as they are shows
+    Python's notation ({'k': ...}); one that shows no calls (Granite 3.3's) shows neither."""
     if not source:
-        return True
+        return True, False
     from llorch.worker.chat.template import render_template
 
     call = ToolCall("call_probe", "probe", '{"probe_key": "probe_value"}')
@@ -108,11 +110,11 @@ def _object_arguments(source: str | None) -> bool:
         # Some templates concatenate the arguments as text (Functionary v3.2): an object
         # fails there, where the JSON text renders.
         try:
-            render_template(source, probe, tools=[Tool("probe")], object_arguments=False)
+            text = render_template(source, probe, tools=[Tool("probe")], object_arguments=False)
         except ChatTemplateError:
-            return True
-        return False
-    return "'probe_key'" not in text
+            return True, True
+        return False, "probe_value" in text
+    return "'probe_key'" not in text, "probe_value" in text
 
 
 def _takes_system(source: str | None) -> bool:
@@ -160,6 +162,10 @@ def prepare(
         messages = _describe_tools(messages, tools, facts.takes_system, answer_format=generic)
     if generic and any(m.tool_calls or m.role == "tool" for m in messages):
         messages = _calls_as_text(messages)
+    elif not facts.shows_calls and any(m.tool_calls for m in messages):
+        # The template drops earlier calls (llama.cpp fills them in the same way): the model
+        # would see results answering nothing.
+        messages = _calls_as_text(messages, results=False)
     kwargs = dict(defaults.template_kwargs or {}) | dict(request.template_kwargs)
     reasoning = request.reasoning
     budget = reasoning.budget if reasoning.budget is not None else defaults.reasoning_budget
@@ -349,8 +355,8 @@ def _describe_tools(
     return [Message("user", text), *messages]
 
 
-def _calls_as_text(messages: list[Message]) -> list[Message]:
-    """Earlier calls and their results as the generic format's JSON text, in turns every
+def _calls_as_text(messages: list[Message], *, results: bool = True) -> list[Message]:
+    """Earlier calls (and their results) as the generic format's JSON text, in turns every
     template renders: calls in the assistant's content, results as user turns."""
     out = []
     for message in messages:
@@ -362,7 +368,7 @@ def _calls_as_text(messages: list[Message]) -> list[Message]:
             text = json.dumps({"tool_calls": calls}, ensure_ascii=False)
             content = f"{message.content}\n{text}" if message.content else text
             out.append(Message("assistant", content, reasoning=message.reasoning))
-        elif message.role == "tool":
+        elif message.role == "tool" and results:
             result = {"tool": message.name, "id": message.tool_call_id, "content": message.content}
             out.append(Message("user", json.dumps({"tool_response": result}, ensure_ascii=False)))
         else:
