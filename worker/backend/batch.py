@@ -320,10 +320,10 @@ class LlamaBatchDecoder:
             token = ll.llama_get_sampled_token_ith(self._ctx, index)
             if token >= 0:
                 # The chain's state advances on accept, not when the token is read (llama.h).
-                ll.llama_sampler_accept(seq.chain.handle, token)
+                sampling.accept(seq.chain, token)
                 return int(token)
             # LLAMA_TOKEN_NULL: the graph sampled nothing for this output; do it here.
-        return int(ll.llama_sampler_sample(seq.chain.handle, self._ctx, index))
+        return sampling.sample(seq.chain, self._ctx, index, self._n_vocab)
 
     def _forced(self, seq: SeqState) -> int | None:
         """The reasoning budget's closing-tag token due now, accepted by the chain as a

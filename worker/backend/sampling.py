@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 
 import llama_cpp as ll
+import numpy as np
 
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.grammar import check_trigger_patterns
@@ -31,7 +32,8 @@ class SamplerChain:
     # The penalties sampler inside the chain, fed the prompt tokens on their own: the grammar
     # sampler must only ever see generated tokens.
     penalties: ll.llama_sampler_p | None = None
-    # The grammar sampler inside the chain, which a forced token must satisfy (allows()).
+    # The grammar sampler, kept outside the chain (sample() runs it only when needed); a
+    # forced token must satisfy it too (allows()).
     grammar: ll.llama_sampler_p | None = None
 
 
@@ -78,11 +80,8 @@ def _fill(
         ll.llama_sampler_chain_add(chain, sampler)
         return sampler
 
-    grammar = None
-    if params.grammar is not None:
-        if vocab is None:
-            raise InvalidRequestError("a grammar needs the model's vocabulary")
-        grammar = add(_grammar(vocab, params.grammar, params.grammar_triggers))
+    if params.grammar is not None and vocab is None:
+        raise InvalidRequestError("a grammar needs the model's vocabulary")
     if params.logit_bias:
         bad = [t for t, _ in params.logit_bias if not 0 <= t < n_vocab]
         if bad:
@@ -103,6 +102,13 @@ def _fill(
                 params.presence_penalty,
             )
         )
+    # The grammar stays outside the chain: sample() checks the chain's pick against it and
+    # only runs it over the whole vocabulary when the pick does not fit (llama.cpp's common
+    # sampler does the same: common/sampling.cpp, grammar_first off).
+    grammar = None
+    if params.grammar is not None:
+        assert vocab is not None
+        grammar = _grammar(vocab, params.grammar, params.grammar_triggers)
     if params.greedy:
         add(ll.llama_sampler_init_greedy())
         return SamplerChain(chain, None, penalties, grammar)
@@ -156,7 +162,49 @@ def allows(chain: SamplerChain, token: int) -> bool:
 
 def accept(chain: SamplerChain, token: int) -> None:
     """Advance the chain's state (grammar, penalties) by a token it did not sample."""
+    if chain.grammar is not None:
+        ll.llama_sampler_accept(chain.grammar, token)
     ll.llama_sampler_accept(chain.handle, token)
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+def sample(chain: SamplerChain, ctx: ll.llama_context_p, index: int, n_vocab: int) -> int:
+    """The next token of output `index`, accepted by the chain. Without a grammar, llama.cpp
+    samples and accepts it. With one, the chain picks from the raw logits first and the pick
+    is kept when the grammar allows it; only when it does not is the grammar run over every
+    candidate and the chain asked again (llama.cpp's common_sampler_sample does the same: a
+    grammar over 49k-262k candidates costs more than the decode of a small model, and most
+    picks of a model under a grammar fit it). Greedy picks are the same either way."""
+    if chain.grammar is None:
+        return int(ll.llama_sampler_sample(chain.handle, ctx, index))
+    logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+    token = _pick(chain, logits, with_grammar=False)
+    if not allows(chain, token):
+        token = _pick(chain, logits, with_grammar=True)
+    accept(chain, token)
+    return token
+
+
+def _pick(chain: SamplerChain, logits: np.ndarray, *, with_grammar: bool) -> int:
+    candidates = np.empty(len(logits), dtype=_TOKEN_DATA)
+    candidates["id"] = np.arange(len(logits), dtype=np.int32)
+    candidates["logit"] = logits
+    candidates["p"] = 0.0
+    array = ll.llama_token_data_array(
+        data=candidates.ctypes.data_as(ll.llama_token_data_p),
+        size=len(candidates),
+        selected=-1,
+        sorted=False,
+    )
+    if with_grammar:
+        assert chain.grammar is not None
+        ll.llama_sampler_apply(chain.grammar, ctypes.byref(array))
+    ll.llama_sampler_apply(chain.handle, ctypes.byref(array))
+    if not 0 <= array.selected < array.size:
+        raise InvalidRequestError("the grammar allows no token here")
+    return int(candidates["id"][array.selected])
 
 
 # Samplers with a graph implementation in llama.cpp's backend sampling (names as
@@ -177,9 +225,10 @@ def accept_prompt(chain: SamplerChain, tokens: tuple[int, ...] | list[int]) -> N
 
 
 def chain_names(chain: SamplerChain) -> list[str]:
-    """Names of the samplers in the chain, in order (llama.cpp's own names)."""
+    """Names of the samplers in the chain, in order (llama.cpp's own names); the grammar,
+    which runs before the chain when it runs, first."""
     count = ll.llama_sampler_chain_n(chain.handle)
-    names = []
+    names = [] if chain.grammar is None else [ll.llama_sampler_name(chain.grammar).decode()]
     for i in range(count):
         sampler = ll.llama_sampler_chain_get(chain.handle, i)
         names.append(ll.llama_sampler_name(sampler).decode())
@@ -187,4 +236,6 @@ def chain_names(chain: SamplerChain) -> list[str]:
 
 
 def free_chain(chain: SamplerChain) -> None:
+    if chain.grammar is not None:
+        ll.llama_sampler_free(chain.grammar)
     ll.llama_sampler_free(chain.handle)
