@@ -82,7 +82,7 @@ TIME = {
 }
 ASK = [{"role": "user", "content": "What will the weather be in Paris for the next 2 days?"}]
 # What every family's markup starts with (none may reach a client's content).
-MARKUP = ("<tool_call>", "[TOOL_CALLS]", "<|channel|>", "<function=", "<｜tool", "functools[",
+MARKUP = ("<tool_call>", "[TOOL_CALLS]", "<|channel|>", "<function=", "<\uff5ctool", "functools[",
           "<|tool_call", "<|python_tag|>", "<minimax:tool_call>", "<|START_ACTION|>",
           "<|tool_calls_section_begin|>", '{"tool_calls"')  # fmt: skip
 # No thinking (budget 0) in forced requests: the call itself is what they check.
@@ -163,9 +163,7 @@ def test_forced_calls_parse_and_validate(client: openai.OpenAI, family: str) -> 
         for part in delta.tool_calls or []:
             if part.id:
                 names[part.index] = part.function.name
-            arguments[part.index] = arguments.get(part.index, "") + (
-                part.function.arguments or ""
-            )
+            arguments[part.index] = arguments.get(part.index, "") + (part.function.arguments or "")
         finish = chunk.choices[0].finish_reason or finish
     assert finish == "tool_calls"
     assert names == {0: "get_time"}
@@ -200,7 +198,10 @@ def test_auto_none_and_a_tool_result(client: openai.OpenAI, family: str) -> None
                 {
                     "id": call_id,
                     "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'},
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city": "Paris", "days": 2}',
+                    },
                 }
             ],
         },
@@ -210,3 +211,41 @@ def test_auto_none_and_a_tool_result(client: openai.OpenAI, family: str) -> None
         model=family, messages=turns, tools=[WEATHER], max_tokens=24, temperature=0
     )
     assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_thinking_is_separated_streamed_and_budgeted(client: openai.OpenAI) -> None:
+    # Qwen 3.5's generation prompt opens <think>: whatever the model writes first is thinking,
+    # until it closes the block or the budget closes it for the model.
+    budget = {"reasoning_budget": 12}
+    whole = client.chat.completions.create(
+        model="qwen35", messages=ASK, max_tokens=40, temperature=0, extra_body=budget
+    )
+    message = whole.choices[0].message
+    reasoning = message.model_extra.get("reasoning_content")
+    assert reasoning and "<think>" not in reasoning and "</think>" not in reasoning
+    assert message.content and "</think>" not in message.content
+    details = whole.usage.completion_tokens_details
+    assert details is not None and 0 < details.reasoning_tokens <= 12 + 4  # + the closing tag
+    stream = client.chat.completions.create(
+        model="qwen35", messages=ASK, max_tokens=40, temperature=0, stream=True, extra_body=budget
+    )
+    thought, said, order = "", "", []
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        if (delta.model_extra or {}).get("reasoning_content"):
+            thought += delta.model_extra["reasoning_content"]
+            order.append("r")
+        if delta.content:
+            said += delta.content
+            order.append("c")
+    assert (thought, said) == (reasoning, message.content)
+    assert order == sorted(order, reverse=True)  # all thinking, then all answer
+    kept = client.chat.completions.create(
+        model="qwen35",
+        messages=ASK,
+        max_tokens=40,
+        temperature=0,
+        extra_body=budget | {"reasoning_format": "none"},
+    )
+    assert not (kept.choices[0].message.model_extra or {}).get("reasoning_content")
+    assert reasoning in (kept.choices[0].message.content or "")

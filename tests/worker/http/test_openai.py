@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -364,3 +365,22 @@ def test_n_choices_whole_and_streamed(client, backend):
         if choice["finish_reason"]:
             finishes[choice["index"]] = choice["finish_reason"]
     assert by_choice == {0: "He", 1: "He"} and finishes == {0: "length", 1: "length"}
+
+
+def test_a_chat_deleted_by_its_job_id_is_reported_as_cancelled():
+    # A /v1 request's job id is its reply id: DELETE /jobs/{id} ends it, and the stream says
+    # it was cancelled (not that the worker is stopping).
+    backend = FakeBackend(script="x" * 2000, delay=0.01, n_ctx=4096)
+    with client_for(backend) as c:
+        c.app.state.fleet.default.scheduler.wait_loaded(5)
+        body = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        frames = []
+        with c.stream("POST", "/v1/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                frames.append(json.loads(line.removeprefix("data: ")))
+                if len(frames) == 2:  # the role chunk, then the first text
+                    assert c.delete(f"/jobs/{frames[0]['id']}").status_code == 202
+        error = frames[-1]["error"]
+        assert error["code"] == "request_cancelled" and "cancelled" in error["message"]
