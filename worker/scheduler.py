@@ -10,7 +10,6 @@ never waits for a slot only to be thrown away.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import threading
@@ -46,10 +45,10 @@ from llorch.worker.backend.protocol import (
     LoadOptions,
     ModelBackend,
     ModelInfo,
-    SamplingParams,
     SequenceFailed,
     StopReason,
 )
+from llorch.worker.deadlines import Deadlines
 from llorch.worker.jobs import (
     CancelReason,
     Capacity,
@@ -103,7 +102,7 @@ class Scheduler:
         self._running: list[Job] = []  # jobs holding a slot, in admission order
         self._stop_seen = False
         self._users = 0  # threads using the backend's vocabulary outside the model thread
-        self._deadlines = _Deadlines(self._expire)
+        self._deadlines = Deadlines(self._expire)
         self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llorch-embed")
         self._kv_used = 0  # snapshot after each step, read by capacity()
         self._cache_summary = CacheSummary()
@@ -213,16 +212,6 @@ class Scheduler:
             raise DrainingError("the worker is draining and admits no new requests")
         if self._state is not State.READY or self.model is None:
             raise NotReadyError(f"the model is not ready (state: {self.state})")
-
-    def admit(
-        self, prompt: str, max_tokens: int | None, sampling: SamplingParams, stop: tuple[str, ...]
-    ) -> GenerationRequest:
-        """Tokenize (special tokens parsed) and check that the request fits. Safe from any
-        thread once loaded: the vocabulary is read-only (llama-server tokenizes on its HTTP
-        threads the same way)."""
-        tokens = self.tokenize(prompt, add_special=True)
-        request = GenerationRequest(tuple(tokens), sampling=sampling, stop=stop)
-        return self.admit_request(request, max_tokens)
 
     def admit_request(
         self, request: GenerationRequest, max_tokens: int | None
@@ -510,58 +499,3 @@ class Scheduler:
             self._waiting.clear()
         for job in waiting:
             self._fail(job, ShuttingDownError("the worker is shutting down"))
-
-
-class _Deadlines:
-    """One thread that expires jobs at their deadlines, queued ones included: a job waiting
-    for a slot must not wait for a decode step to learn that its time is up."""
-
-    def __init__(self, expire: Callable[[Job], None]) -> None:
-        self._expire = expire
-        self._heap: list[tuple[float, int, Job]] = []
-        self._live: set[Job] = set()  # jobs whose deadline has not passed and that go on
-        self._count = 0
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def add(self, deadline: float, job: Job) -> None:
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="llorch-deadlines", daemon=True
-                )
-                self._thread.start()
-            self._count += 1
-            heapq.heappush(self._heap, (deadline, self._count, job))
-            self._live.add(job)
-            self._cond.notify()
-
-    def discard(self, job: Job) -> None:
-        """The job ended before its deadline."""
-        with self._cond:
-            self._live.discard(job)
-            # Entries of ended jobs are skipped when they come up; rebuild before they pile up
-            # (a deadline can be a day away).
-            if len(self._heap) > 2 * len(self._live) + 64:
-                self._heap = [entry for entry in self._heap if entry[2] in self._live]
-                heapq.heapify(self._heap)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
-                if self._closed:
-                    return
-                _, _, job = heapq.heappop(self._heap)
-                due = job in self._live
-                self._live.discard(job)
-            if due:
-                self._expire(job)

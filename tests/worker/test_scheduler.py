@@ -17,12 +17,18 @@ from llorch.worker.backend.errors import (
 )
 from llorch.worker.backend.protocol import (
     FinishEvent,
+    GenerationRequest,
     LoadOptions,
-    SamplingParams,
     StopReason,
     TokenEvent,
 )
 from llorch.worker.scheduler import JobEvent, JobFailed, JobStarted, Scheduler, State
+
+
+def admit(scheduler: Scheduler, prompt: str, max_tokens: int) -> GenerationRequest:
+    """A request for `prompt` (its tokens, control tokens parsed) checked to fit."""
+    tokens = tuple(scheduler.tokenize(prompt, add_special=True))
+    return scheduler.admit_request(GenerationRequest(tokens), max_tokens)
 
 
 def started_scheduler(backend: FakeBackend) -> Scheduler:
@@ -54,7 +60,7 @@ def test_jobs_run_one_at_a_time_in_submission_order():
     sinks = []
     for name in ("first", "second", "third"):
         sink = Collector()
-        request = scheduler.admit("p", 6, SamplingParams(), ())
+        request = admit(scheduler, "p", 6)
         scheduler.submit(name, request, lambda e, s=sink, n=name: (order.append(n), s(e)))
         sinks.append(sink)
     for sink in sinks:
@@ -69,7 +75,7 @@ def test_jobs_run_one_at_a_time_in_submission_order():
 def test_cancel_a_running_job():
     scheduler = started_scheduler(FakeBackend(script="x" * 200, delay=0.01))
     sink = Collector()
-    job = scheduler.submit("j", scheduler.admit("p", 60, SamplingParams(), ()), sink)
+    job = scheduler.submit("j", admit(scheduler, "p", 60), sink)
     while not any(isinstance(e, TokenEvent) for e in sink.events):
         threading.Event().wait(0.005)
     job.cancel()
@@ -84,8 +90,8 @@ def test_a_job_cancelled_while_queued_never_reaches_the_model():
     backend = FakeBackend(script="y" * 30, delay=0.01)
     scheduler = started_scheduler(backend)
     first, queued = Collector(), Collector()
-    scheduler.submit("a", scheduler.admit("p", 30, SamplingParams(), ()), first)
-    job = scheduler.submit("b", scheduler.admit("q", 30, SamplingParams(), ()), queued)
+    scheduler.submit("a", admit(scheduler, "p", 30), first)
+    job = scheduler.submit("b", admit(scheduler, "q", 30), queued)
     job.cancel()
     assert queued.done.wait(5) and first.done.wait(5)
     assert isinstance(queued.events[0], JobStarted)
@@ -97,8 +103,8 @@ def test_a_job_cancelled_while_queued_never_reaches_the_model():
 def test_stop_cancels_running_and_fails_queued_jobs():
     scheduler = started_scheduler(FakeBackend(script="z" * 500, delay=0.01))
     running, queued = Collector(), Collector()
-    scheduler.submit("a", scheduler.admit("p", 60, SamplingParams(), ()), running)
-    scheduler.submit("b", scheduler.admit("p", 60, SamplingParams(), ()), queued)
+    scheduler.submit("a", admit(scheduler, "p", 60), running)
+    scheduler.submit("b", admit(scheduler, "p", 60), queued)
     while not any(isinstance(e, TokenEvent) for e in running.events):
         threading.Event().wait(0.005)
     scheduler.stop()
@@ -111,14 +117,14 @@ def test_stop_cancels_running_and_fails_queued_jobs():
 def test_a_job_id_already_in_flight_is_refused():
     scheduler = started_scheduler(FakeBackend(script="w" * 100, delay=0.01))
     sink = Collector()
-    scheduler.submit("same", scheduler.admit("p", 50, SamplingParams(), ()), sink)
+    scheduler.submit("same", admit(scheduler, "p", 50), sink)
     with pytest.raises(DuplicateJobError, match="'same'"):
-        scheduler.submit("same", scheduler.admit("p", 5, SamplingParams(), ()), Collector())
+        scheduler.submit("same", admit(scheduler, "p", 5), Collector())
     assert scheduler.cancel_job("same")
     assert sink.done.wait(5)
     # Once it has ended, the id is free again.
     again = Collector()
-    scheduler.submit("same", scheduler.admit("p", 3, SamplingParams(), ()), again)
+    scheduler.submit("same", admit(scheduler, "p", 3), again)
     assert again.done.wait(5) and again.text == "www"
     scheduler.stop()
 
@@ -127,16 +133,16 @@ def test_a_full_queue_is_refused_with_a_retry_estimate():
     scheduler = started_scheduler(FakeBackend(script="v" * 40, delay=0.02))
     scheduler.max_queue = 2
     done = Collector()
-    scheduler.submit("warm", scheduler.admit("p", 40, SamplingParams(), ()), done)
+    scheduler.submit("warm", admit(scheduler, "p", 40), done)
     assert done.done.wait(10)
     running = Collector()
-    scheduler.submit("running", scheduler.admit("p", 40, SamplingParams(), ()), running)
+    scheduler.submit("running", admit(scheduler, "p", 40), running)
     while not running.events:
         threading.Event().wait(0.005)
     for i in range(2):
-        scheduler.submit(f"j{i}", scheduler.admit("p", 40, SamplingParams(), ()), Collector())
+        scheduler.submit(f"j{i}", admit(scheduler, "p", 40), Collector())
     with pytest.raises(QueueFullError) as info:
-        scheduler.submit("over", scheduler.admit("p", 40, SamplingParams(), ()), Collector())
+        scheduler.submit("over", admit(scheduler, "p", 40), Collector())
     assert info.value.depth == 2 and info.value.limit == 2
     assert info.value.retry_after_s >= 1
     scheduler.stop()
@@ -148,7 +154,7 @@ def test_a_full_queue_is_refused_with_a_retry_estimate():
 def _hold_the_slot(scheduler: Scheduler) -> Collector:
     """A job that holds the only slot for a long time (500 steps of 10 ms)."""
     running = Collector()
-    scheduler.submit("holder", scheduler.admit("p", 500, SamplingParams(), ()), running)
+    scheduler.submit("holder", admit(scheduler, "p", 500), running)
     while not any(isinstance(e, TokenEvent) for e in running.events):
         threading.Event().wait(0.005)
     return running
@@ -160,7 +166,7 @@ def test_cancelling_a_queued_job_ends_it_while_the_slot_stays_busy():
     scheduler.max_queue = 1
     running = _hold_the_slot(scheduler)
     queued = Collector()
-    scheduler.submit("waiting", scheduler.admit("q", 5, SamplingParams(), ()), queued)
+    scheduler.submit("waiting", admit(scheduler, "q", 5), queued)
     assert scheduler.capacity().queue_depth == 1
     assert scheduler.cancel_job("waiting")
     # Reported from the cancel itself: no slot had to free up.
@@ -170,7 +176,7 @@ def test_cancelling_a_queued_job_ends_it_while_the_slot_stays_busy():
     assert isinstance(finish, FinishEvent) and finish.stop_reason is StopReason.CANCELLED
     # Its place in the queue is free again: max_queue is 1 and another job is admitted.
     assert scheduler.capacity().queue_depth == 0
-    scheduler.submit("next", scheduler.admit("q", 5, SamplingParams(), ()), Collector())
+    scheduler.submit("next", admit(scheduler, "q", 5), Collector())
     assert not running.done.is_set()
     assert len(backend.requests) == 1  # the cancelled job never reached the model
     scheduler.stop()
@@ -181,21 +187,21 @@ def test_a_queued_job_times_out_while_the_slot_stays_busy():
     scheduler.max_queue = 1
     running = _hold_the_slot(scheduler)
     queued = Collector()
-    request = scheduler.admit("q", 5, SamplingParams(), ())
+    request = admit(scheduler, "q", 5)
     scheduler.submit("late", request, queued, timeout_s=0.05)
     assert queued.done.wait(4)
     assert not running.done.is_set()
     assert isinstance(queued.events[-1], JobFailed)
     assert isinstance(queued.events[-1].error, DeadlineExceededError)
     assert scheduler.capacity().queue_depth == 0
-    scheduler.submit("next", scheduler.admit("q", 5, SamplingParams(), ()), Collector())
+    scheduler.submit("next", admit(scheduler, "q", 5), Collector())
     scheduler.stop()
 
 
 def test_a_job_that_ends_before_its_deadline_is_not_expired():
     scheduler = started_scheduler(FakeBackend(script="abc"))
     sink = Collector()
-    scheduler.submit("quick", scheduler.admit("p", 3, SamplingParams(), ()), sink, timeout_s=0.2)
+    scheduler.submit("quick", admit(scheduler, "p", 3), sink, timeout_s=0.2)
     assert sink.done.wait(5)
     threading.Event().wait(0.3)  # past the deadline: nothing more may arrive
     assert isinstance(sink.events[-1], FinishEvent) and sink.text == "abc"
@@ -211,7 +217,7 @@ def test_several_slots_decode_together_and_queue_the_rest():
     scheduler = started_scheduler(backend)
     sinks = [Collector() for _ in range(5)]
     for i, sink in enumerate(sinks):
-        scheduler.submit(f"j{i}", scheduler.admit("p", 8, SamplingParams(), ()), sink)
+        scheduler.submit(f"j{i}", admit(scheduler, "p", 8), sink)
     for sink in sinks:
         assert sink.done.wait(10)
         assert sink.text == "abcdefgh"
@@ -227,8 +233,8 @@ def test_cancelling_one_of_several_running_jobs_leaves_the_others():
     backend = FakeBackend(script="x" * 300, delay=0.005, parallel=2, n_ctx=1024)
     scheduler = started_scheduler(backend)
     kept, cancelled = Collector(), Collector()
-    scheduler.submit("kept", scheduler.admit("p", 40, SamplingParams(), ()), kept)
-    scheduler.submit("gone", scheduler.admit("p", 300, SamplingParams(), ()), cancelled)
+    scheduler.submit("kept", admit(scheduler, "p", 40), kept)
+    scheduler.submit("gone", admit(scheduler, "p", 300), cancelled)
     while not any(isinstance(e, TokenEvent) for e in cancelled.events):
         threading.Event().wait(0.005)
     assert scheduler.cancel_job("gone")

@@ -21,6 +21,12 @@ class StopReason(StrEnum):
     ERROR = "ERROR"
 
 
+# llama.h's LLAMA_DEFAULT_SEED asks the dist sampler for a random seed: a request's seed is
+# 0..MAX_SEED, and never that value on purpose.
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+MAX_SEED = LLAMA_DEFAULT_SEED - 1
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Parameters of llama.cpp's sampler chain; the defaults leave the distribution untouched."""
@@ -222,6 +228,22 @@ class BackendInfo:
 
 
 @dataclass(frozen=True)
+class FimTokens:
+    """A model's fill-in-the-middle tokens as llama.cpp reports them (llama_vocab_fim_*): the
+    GGUF's tokenizer.ggml.fim_* ids, or the tokens its loader found by their text; None where
+    the vocabulary has none. `bos`: the BOS token where the vocabulary starts prompts with one
+    (llama_vocab_get_add_bos), which llama-server puts before the FIM prefix."""
+
+    pre: int | None = None
+    suf: int | None = None
+    mid: int | None = None
+    pad: int | None = None
+    rep: int | None = None  # repository name (repo-level FIM)
+    sep: int | None = None  # file separator
+    bos: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     path: Path
     architecture: str
@@ -246,6 +268,7 @@ class ModelInfo:
     # Where the GGUF came from (its source, revision, quantizer), from its metadata at load;
     # empty when it says nothing (backend/provenance.py).
     source: dict[str, Any] = field(default_factory=dict)
+    fim: FimTokens = FimTokens()  # fill-in-the-middle tokens (POST /infill, worker/fim.py)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,7 @@ import numpy as np
 
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.grammar import check_trigger_patterns
-from llorch.worker.backend.protocol import SamplingParams
-
-# llama.h: LLAMA_DEFAULT_SEED asks the dist sampler for a random seed; never pass it on purpose.
-_LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+from llorch.worker.backend.protocol import MAX_SEED, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -39,10 +36,10 @@ class SamplerChain:
 
 def resolve_seed(params: SamplingParams) -> int:
     if params.seed is not None:
-        if not 0 <= params.seed < _LLAMA_DEFAULT_SEED:
-            raise ValueError(f"seed {params.seed} outside 0..{_LLAMA_DEFAULT_SEED - 1}")
+        if not 0 <= params.seed <= MAX_SEED:
+            raise ValueError(f"seed {params.seed} outside 0..{MAX_SEED}")
         return params.seed
-    return random.randrange(_LLAMA_DEFAULT_SEED)
+    return random.randrange(MAX_SEED + 1)
 
 
 def _uses_penalties(params: SamplingParams) -> bool:
@@ -180,9 +177,18 @@ def sample(chain: SamplerChain, ctx: ll.llama_context_p, index: int, n_vocab: in
     if chain.grammar is None:
         return int(ll.llama_sampler_sample(chain.handle, ctx, index))
     logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
-    token = _pick(chain, logits, with_grammar=False)
-    if not allows(chain, token):
-        token = _pick(chain, logits, with_grammar=True)
+    if chain.penalties is None:
+        # llama.cpp's own path (candidates built in C): it accepts the pick into the chain,
+        # whose samplers keep nothing from accepted tokens when there are no penalties.
+        token = int(ll.llama_sampler_sample(chain.handle, ctx, index))
+    else:
+        token = _pick(chain, logits, with_grammar=False)
+    if allows(chain, token):
+        ll.llama_sampler_accept(chain.grammar, token)
+        if chain.penalties is not None:
+            ll.llama_sampler_accept(chain.handle, token)
+        return token
+    token = _pick(chain, logits, with_grammar=True)
     accept(chain, token)
     return token
 

@@ -9,10 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llorch.worker.backend.protocol import SamplingParams
+from llorch.worker.backend.protocol import MAX_SEED, SamplingParams
 from llorch.worker.chat.types import JsonFormat
 
-MAX_SEED = 0xFFFFFFFE  # llama.h reserves 0xFFFFFFFF (LLAMA_DEFAULT_SEED) for "random"
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_BYTES = 100
 # A logit bias at or below this bans the token (OpenAI's convention for -100); so does false.
