@@ -20,7 +20,7 @@ from llorch.convert.errors import ConversionCancelled
 from llorch.detector import detect
 from llorch.digests import cache_home, file_sha256
 
-CONVERTER_VERSION = "2"  # 2: eos lists into eot/eom
+CONVERTER_VERSION = "3"  # 2: eos lists into eot/eom; 3: FIM token ids
 _READ = (
     "config.json",
     "generation_config.json",

@@ -11,14 +11,15 @@ config.json, generation_config.json, chat_template.jinja and chat_template.json.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from llorch.convert import gemma4_vocab, pretokenizer, wordpiece
+from llorch.convert import fim_tokens, gemma4_vocab, pretokenizer, wordpiece
 from llorch.convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
 from llorch.convert.spm import BPE, MODEL_TYPES, read_spm
 from llorch.detector import read_json
@@ -36,7 +37,7 @@ class Vocab:
     scores: tuple[float, ...] | None
     merges: tuple[str, ...]
     pre: str | None
-    special_ids: dict[str, int]  # bos, eos, unk, pad, ...
+    special_ids: dict[str, int]  # bos, eos, unk, pad, ..., fim_pre (convert/fim_tokens.py)
     add_bos: bool
     add_eos: bool
     add_space_prefix: bool | None
@@ -213,6 +214,7 @@ def load_vocab(
         for i, t in enumerate(types):
             if t == _T.UNKNOWN:
                 special_ids.setdefault("unk", i)
+    fim_tokens.add_fim_ids(tokens, types, special_ids)
     # llama.cpp forces add_bos for gemma4 whatever the GGUF says (llama-vocab.cpp)
     add_bos = True if spm_bpe else tok_cfg.get("add_bos_token", default_bos)
     add_eos = tok_cfg.get("add_eos_token", default_eos)
@@ -296,7 +298,7 @@ def write_vocab(vocab: Vocab, writer: gguf.GGUFWriter) -> None:
         writer.add_token_scores(list(vocab.scores))
     if vocab.merges:
         writer.add_token_merges(list(vocab.merges))
-    setters = {
+    setters: dict[str, Callable[[int], None]] = {
         "bos": writer.add_bos_token_id,
         "eos": writer.add_eos_token_id,
         "unk": writer.add_unk_token_id,
@@ -305,6 +307,7 @@ def write_vocab(vocab: Vocab, writer: gguf.GGUFWriter) -> None:
         "eom": writer.add_eom_token_id,
         "sep": writer.add_sep_token_id,
         "mask": writer.add_mask_token_id,
+        **{role: partial(writer.add_uint32, key) for role, key in fim_tokens.KEYS.items()},
     }
     for name, idx in vocab.special_ids.items():
         setters[name](idx)

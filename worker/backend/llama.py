@@ -30,6 +30,7 @@ from llorch.worker.backend.lora import LoraAdapters
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
+    FimTokens,
     LoadOptions,
     ModelInfo,
 )
@@ -304,6 +305,23 @@ class LlamaCppBackend:
             normalize_embeddings=self._meta(keys.EMBEDDING_NORMALIZE) != "false",
             lora=options.lora,
             source=provenance.model_source(self._meta),
+            fim=self._fim_tokens(),
+        )
+
+    def _fim_tokens(self) -> FimTokens:
+        vocab = self._vocab
+
+        def known(token: int) -> int | None:
+            return None if token == ll.LLAMA_TOKEN_NULL else int(token)
+
+        return FimTokens(
+            pre=known(ll.llama_vocab_fim_pre(vocab)),
+            suf=known(ll.llama_vocab_fim_suf(vocab)),
+            mid=known(ll.llama_vocab_fim_mid(vocab)),
+            pad=known(ll.llama_vocab_fim_pad(vocab)),
+            rep=known(ll.llama_vocab_fim_rep(vocab)),
+            sep=known(ll.llama_vocab_fim_sep(vocab)),
+            bos=known(ll.llama_vocab_bos(vocab)) if ll.llama_vocab_get_add_bos(vocab) else None,
         )
 
     def info(self) -> ModelInfo:

@@ -18,16 +18,17 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from llorch.worker.fleet import Fleet
-from llorch.worker.http import contract, embeddings, errors, openai, openapi, ops
+from llorch.worker.http import contract, embeddings, errors, infill, openai, openapi, ops
 from llorch.worker.http.auth import BearerAuth
 from llorch.worker.http.guard import RequestGuard
+from llorch.worker.http.infill_schemas import InfillRequest
 from llorch.worker.http.metrics import WorkerMetrics
 from llorch.worker.http.openai_schemas import ChatCompletionRequest, CompletionRequest
 from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from llorch.worker.settings import WorkerSettings
 
 # Requests that ask for a generation: refusals of these count in llorch_requests.
-GENERATION_PATHS = frozenset({"/execute", "/v1/completions", "/v1/chat/completions"})
+GENERATION_PATHS = frozenset({"/execute", "/v1/completions", "/v1/chat/completions", "/infill"})
 
 
 def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -> FastAPI:
@@ -54,6 +55,7 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
     errors.install(app, rejected)
     app.include_router(contract.build_router(fleet))
     app.include_router(openai.build_router(fleet))
+    app.include_router(infill.build_router(fleet))
     app.include_router(embeddings.build_router(fleet))
     app.include_router(ops.build_router(fleet, settings, metrics))
     openapi.install(
@@ -64,6 +66,7 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
             DetokenizeRequest,
             CompletionRequest,
             ChatCompletionRequest,
+            InfillRequest,
             embeddings.EmbeddingRequest,
             embeddings.EmbedRequest,
         ],

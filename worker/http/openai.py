@@ -31,10 +31,12 @@ from llorch.worker.backend.protocol import (
 )
 from llorch.worker.backend.protocol import TokenEvent as Token
 from llorch.worker.engine import JobRequest, JobStream
+from llorch.worker.fim import InfillText
 from llorch.worker.fleet import Fleet, ModelNotServed
 from llorch.worker.http import logprob_shapes, openai_chat, openapi
 from llorch.worker.http.body import parse_json
 from llorch.worker.http.errors import openai_body
+from llorch.worker.http.infill import fim_prompt
 from llorch.worker.http.openai_schemas import (
     ChatCompletionRequest,
     Choice,
@@ -101,11 +103,14 @@ def build_router(fleet: Fleet) -> APIRouter:
         model = engine.loaded()
         reply = Reply("cmpl", model.name, fingerprint(model), chat=False)
         prompt = body.one_prompt
+        # OpenAI's default for completions is 16; 0 (with echo) scores the prompt only.
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens
+        if body.suffix and isinstance(prompt, str):
+            prompt = await fim_prompt(engine, InfillText(prompt, body.suffix), max_tokens, "suffix")
         job = JobRequest(
             job_id=reply.id,
             prompt=prompt,
-            # OpenAI's default for completions is 16; 0 (with echo) scores the prompt only.
-            max_tokens=16 if body.max_tokens is None else body.max_tokens,
+            max_tokens=max_tokens,
             generation=GenerationRequest(
                 sampling=sampling_params(body),
                 stop=body.stops,

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions).
 
 Unknown fields are ignored, as OpenAI-compatible servers do (clients send `user`, `store`, ...),
-but fields that would change the answer in a way the worker cannot honour (suffix, the legacy
+but fields that would change the answer in a way the worker cannot honour (best_of, the legacy
 `functions`, audio, ...) are refused with a 400 rather than silently dropped.
 """
 
@@ -39,7 +39,6 @@ TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
 
 # Fields whose non-default values ask for something the worker does not do.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "suffix": (None, ""),
     "best_of": (None, 1),
     # Declared on chat requests (so never extra there): refused on completions.
     "tools": (None, []),
@@ -136,6 +135,17 @@ class CompletionRequest(SamplingFields):
     max_tokens: int | None = Field(16, ge=0, le=1 << 20)  # 0 only with echo
     # The legacy shape: log-probabilities of each token and of this many alternatives.
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Text after the completion: the prompt and the suffix become the model's fill-in-the-
+    # middle prompt (worker/fim.py, as llama-server's /infill builds it); "" is no suffix.
+    suffix: Text | None = None
+
+    @model_validator(mode="after")
+    def _suffix_needs_text(self) -> CompletionRequest:
+        if self.suffix and not isinstance(self.prompt, str):
+            raise ValueError("suffix needs the prompt as text, not token ids")
+        if self.suffix and self.echo:
+            raise ValueError("echo is not supported with suffix")
+        return self
 
     @field_validator("max_tokens")
     @classmethod
