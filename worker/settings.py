@@ -174,6 +174,14 @@ class WorkerSettings(BaseSettings):
         description="thinking tokens at most, then the thinking block is closed (0: no "
         "thinking; -1: unbounded; a request's reasoning_budget wins)",
     )
+    responses_store: int = Field(
+        256,
+        ge=0,
+        le=1 << 16,
+        description="responses each model keeps for previous_response_id and GET "
+        "/v1/responses/{id} (those asked with store: true; the least recently used are "
+        "forgotten first; 0: none)",
+    )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(
         None,

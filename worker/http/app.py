@@ -18,17 +18,29 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from llorch.worker.fleet import Fleet
-from llorch.worker.http import contract, embeddings, errors, infill, openai, openapi, ops
+from llorch.worker.http import (
+    contract,
+    embeddings,
+    errors,
+    infill,
+    openai,
+    openapi,
+    ops,
+    responses,
+)
 from llorch.worker.http.auth import BearerAuth
 from llorch.worker.http.guard import RequestGuard
 from llorch.worker.http.infill_schemas import InfillRequest
 from llorch.worker.http.metrics import WorkerMetrics
 from llorch.worker.http.openai_schemas import ChatCompletionRequest, CompletionRequest
+from llorch.worker.http.responses_schemas import ResponsesRequest
 from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from llorch.worker.settings import WorkerSettings
 
 # Requests that ask for a generation: refusals of these count in llorch_requests.
-GENERATION_PATHS = frozenset({"/execute", "/v1/completions", "/v1/chat/completions", "/infill"})
+GENERATION_PATHS = frozenset(
+    {"/execute", "/v1/completions", "/v1/chat/completions", "/v1/responses", "/infill"}
+)
 
 
 def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -> FastAPI:
@@ -56,6 +68,7 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
     app.include_router(contract.build_router(fleet))
     app.include_router(openai.build_router(fleet))
     app.include_router(infill.build_router(fleet))
+    app.include_router(responses.build_router(fleet, settings))
     app.include_router(embeddings.build_router(fleet))
     app.include_router(ops.build_router(fleet, settings, metrics))
     openapi.install(
@@ -67,6 +80,7 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
             CompletionRequest,
             ChatCompletionRequest,
             InfillRequest,
+            ResponsesRequest,
             embeddings.EmbeddingRequest,
             embeddings.EmbedRequest,
         ],

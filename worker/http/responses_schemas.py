@@ -1,0 +1,154 @@
+"""Request bodies of OpenAI's Responses API (`POST /v1/responses`, `/v1/responses/input_tokens`).
+
+The shapes follow OpenAI's API reference (and the `openai` SDK's `ResponseCreateParams`). Unknown
+fields are ignored, as OpenAI-compatible servers do (clients send `user`, `include`,
+`truncation`, `prompt_cache_key`, ...). Item, part and tool types are plain strings here: the
+translator (worker/http/responses.py) refuses those the worker cannot honour (images, files,
+built-in tools, other tools' items) with a 400 that names the field and the type.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llorch.worker.http.openai_schemas import (
+    MAX_MESSAGES,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
+    MAX_TOOLS,
+    Text,
+)
+from llorch.worker.http.sampling import SamplingBody
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+# OpenAI's bounds of `metadata`: 16 pairs, keys of 64 characters, values of 512.
+MetadataKey = Annotated[str, Field(max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class ContentPart(BaseModel):
+    """A part of a message's content (`input_text`, `output_text`, `refusal`, `input_image`,
+    `input_file`, ...), of a reasoning item (`reasoning_text`, `summary_text`), or of a
+    function call's output."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(max_length=64)
+    text: Text | None = None
+    refusal: Text | None = None
+
+
+class InputItem(BaseModel):
+    """An item of `input`: a message (`type` may be left out), a function call the assistant
+    made (`function_call`), its result (`function_call_output`), or an earlier turn's
+    thinking (`reasoning`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field("message", max_length=64)
+    # message
+    role: Literal["user", "assistant", "system", "developer"] | None = None
+    content: Text | list[ContentPart] | None = Field(None, max_length=MAX_MESSAGES)
+    # function_call, function_call_output
+    call_id: Name | None = None
+    name: Name | None = None
+    arguments: Text | None = None  # JSON text of an object
+    output: Text | list[ContentPart] | None = Field(None, max_length=MAX_MESSAGES)
+    # reasoning
+    summary: list[ContentPart] | None = Field(None, max_length=MAX_MESSAGES)
+    id: str | None = Field(None, max_length=MAX_NAME_CHARS)
+
+
+class FunctionToolIn(BaseModel):
+    """A tool: `type: "function"` with its name and JSON schema; any other type is a built-in
+    tool of OpenAI's (web_search, file_search, ...), refused by the translator."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(max_length=64)
+    # OpenAI's rule for function names, with . and : too, which MCP tool names use.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolChoiceIn(BaseModel):
+    """`{"type": "function", "name": ...}`; other types (a built-in tool, allowed_tools) are
+    refused by the translator."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(max_length=64)
+    name: Name | None = None
+
+
+class TextFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    # Passed to templates that read `reasoning_effort` (gpt-oss); "none" also turns thinking
+    # off for the templates that think (a budget of 0).
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: str | None = Field(None, max_length=64)  # accepted; thinking is given whole
+
+
+class ResponsesRequest(SamplingBody):
+    """The body of `POST /v1/responses` (and of `/v1/responses/input_tokens`)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
+
+    model: str | None = Field(None, max_length=256)
+    # A user message as text, or items; may be left out when previous_response_id says
+    # everything (the stored conversation is continued as it is).
+    input: Text | list[InputItem] | None = Field(None, max_length=MAX_MESSAGES)
+    instructions: Text | None = None  # a system turn before everything, not carried over
+    tools: list[FunctionToolIn] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | ToolChoiceIn | None = None
+    parallel_tool_calls: bool = True
+    max_output_tokens: int | None = Field(None, ge=1, le=1 << 20)
+    text: TextConfig | None = None
+    reasoning: ReasoningIn | None = None
+    stream: bool = False
+    store: bool = True  # OpenAI's default
+    previous_response_id: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
+
+    @field_validator("input")
+    @classmethod
+    def _bounded_text(cls, value: str | list[InputItem] | None) -> str | list[InputItem] | None:
+        if isinstance(value, list):
+            total = 0
+            for item in value:
+                for text in (item.content, item.output, item.arguments):
+                    if isinstance(text, str):
+                        total += len(text)
+                    elif text is not None:
+                        total += sum(len(p.text or p.refusal or "") for p in text)
+            if total > MAX_TEXT_CHARS:
+                raise ValueError(
+                    f"the input items hold {total} characters; at most {MAX_TEXT_CHARS} in all"
+                )
+        return value
+
+    def json_constraint(self) -> tuple[str, dict[str, Any] | None] | None:
+        fmt = self.text.format if self.text is not None else None
+        if fmt is None or fmt.type == "text":
+            return None
+        return "text.format", fmt.schema_ if fmt.type == "json_schema" else None
