@@ -63,13 +63,20 @@ class OutputReader:
             parsed = Parsed(parsed.content.rstrip(), parsed.calls, parsed.reasoning)
         return self._deltas(reasoning, parsed)
 
-    def finish(self) -> tuple[list[Delta], tuple[ToolCall, ...]]:
-        """The last deltas and the calls; a malformed call leaves the rest as content."""
+    def finish(self, *, cut: bool = False) -> tuple[list[Delta], tuple[ToolCall, ...]]:
+        """The last deltas and the calls; a malformed call leaves the rest as content. An
+        output `cut` by the token limit inside a call keeps the calls it completed (the cut
+        one was not malformed, only unfinished)."""
         try:
             reasoning, parsed = self._read(partial=False)
         except MalformedCall:
-            reasoning, rest = self._split(partial=False)
-            parsed = Parsed(rest)
+            reasoning, parsed = self._read(partial=True)
+            complete = tuple(c for c in parsed.calls if c.complete)
+            if cut and complete:
+                parsed = Parsed(parsed.content, complete)
+            else:
+                reasoning, rest = self._split(partial=False)
+                parsed = Parsed(rest)
         deltas = self._deltas(reasoning, parsed, final=True)
         return deltas, tuple(ToolCall(c.id, c.name, c.arguments) for c in self.calls)
 

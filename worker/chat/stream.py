@@ -91,7 +91,7 @@ class ChatStream:
                 self._thinking_tokens += 1  # a token of the thinking block (close enough)
             return self._with_scores(deltas)
         if isinstance(event, FinishEvent):
-            deltas, calls = self.reader.finish()
+            deltas, calls = self.reader.finish(cut=event.stop_reason is StopReason.MAX_TOKENS)
             out = self._with_scores(deltas)
             if self._scored:
                 out.append(TextDelta("", tuple(self._scored)))

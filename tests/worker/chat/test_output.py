@@ -154,3 +154,17 @@ def test_think_tags_from_the_template():
     assert think_tags("{{ '<think>' }}...{{ '</think>' }}") == THINK
     assert think_tags("[THINK]x[/THINK]") == ThinkTags("[THINK]", "[/THINK]")
     assert think_tags("{{ messages }}") is None
+
+
+def test_a_call_cut_by_the_token_limit_leaves_the_complete_ones():
+    text = '<call>{"name": "a", "arguments": {"x": 1}}</call><call>{"name": "b", "argu'
+    cut = OutputReader(OutputPlan(tool_format=TaggedJson()))
+    cut.feed(text)
+    _, calls = cut.finish(cut=True)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("a", {"x": 1})]
+    # Not cut (the model ended it there): malformed, so all of it is content.
+    ended = OutputReader(OutputPlan(tool_format=TaggedJson()))
+    deltas = ended.feed(text)
+    final, calls = ended.finish()
+    assert calls == ()
+    assert joined([*deltas, *final], TextDelta) == text
