@@ -38,6 +38,7 @@ from llorch.worker.http.body import parse_json
 from llorch.worker.http.errors import openai_body
 from llorch.worker.http.infill import fim_prompt
 from llorch.worker.http.openai_schemas import (
+    COMPLETION_MAX_TOKENS,
     ChatCompletionRequest,
     Choice,
     CompletionRequest,
@@ -103,8 +104,7 @@ def build_router(fleet: Fleet) -> APIRouter:
         model = engine.loaded()
         reply = Reply("cmpl", model.name, fingerprint(model), chat=False)
         prompt = body.one_prompt
-        # OpenAI's default for completions is 16; 0 (with echo) scores the prompt only.
-        max_tokens = 16 if body.max_tokens is None else body.max_tokens
+        max_tokens = COMPLETION_MAX_TOKENS if body.max_tokens is None else body.max_tokens
         if body.suffix and isinstance(prompt, str):
             prompt = await fim_prompt(engine, InfillText(prompt, body.suffix), max_tokens, "suffix")
         job = JobRequest(

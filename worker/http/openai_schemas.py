@@ -32,6 +32,7 @@ MAX_MESSAGES = 1024
 MAX_PROMPT_TOKENS = 1 << 18
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 MAX_CHOICES = 16
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_TOOLS = 512
 MAX_NAME_CHARS = 256
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
@@ -132,7 +133,8 @@ class CompletionRequest(SamplingFields):
     # The prompt comes back before the answer (with its log-probabilities when asked): with
     # max_tokens 0, only the prompt is scored, as lm-evaluation-harness asks for likelihoods.
     echo: bool = False
-    max_tokens: int | None = Field(16, ge=0, le=1 << 20)  # 0 only with echo
+    # OpenAI's default for completions; 0 (only with echo) scores the prompt alone.
+    max_tokens: int | None = Field(COMPLETION_MAX_TOKENS, ge=0, le=1 << 20)
     # The legacy shape: log-probabilities of each token and of this many alternatives.
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     # Text after the completion: the prompt and the suffix become the model's fill-in-the-
