@@ -21,7 +21,6 @@ from llorch.worker import fim
 from llorch.worker.backend.errors import (
     InferenceError,
     InvalidRequestError,
-    ShuttingDownError,
     WorkerError,
 )
 from llorch.worker.backend.protocol import FinishEvent, GenerationRequest, StopReason, TokenEvent
@@ -33,10 +32,10 @@ from llorch.worker.http.errors import openai_body
 from llorch.worker.http.infill_schemas import InfillRequest
 from llorch.worker.http.sampling import sampling_params
 from llorch.worker.http.sse import SSE_HEADERS, EventStream, frame
+from llorch.worker.http.streaming import next_or_gone
 from llorch.worker.jobs import JobFailed, cancellation_error
 
 _STOP_TYPES = {StopReason.EOS: "eos", StopReason.STOP_SEQUENCE: "word"}
-_DISCONNECT_POLL_S = 1.0
 
 
 async def fim_prompt(engine: Engine, text: fim.InfillText, n_predict: int, param: str) -> list[int]:
@@ -201,11 +200,7 @@ async def _collect(request: Request, stream: JobStream) -> tuple[str, list[int],
     parts: list[str] = []
     ids: list[int] = []
     while True:
-        event = await stream.next_within(_DISCONNECT_POLL_S)
-        if event is None:
-            if await request.is_disconnected():
-                raise ShuttingDownError("the client went away")
-            continue
+        event = await next_or_gone(request, stream.next_within)
         if isinstance(event, TokenEvent):
             parts.append(event.text)
             ids.append(event.token_id)

@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from llorch.worker.backend.errors import (
     ContextOverflowError,
     InferenceError,
-    ShuttingDownError,
     WorkerError,
 )
 from llorch.worker.backend.protocol import (
@@ -47,7 +46,8 @@ from llorch.worker.http.openai_schemas import (
 )
 from llorch.worker.http.sampling import json_format, sampling_params
 from llorch.worker.http.sse import SSE_HEADERS, frame
-from llorch.worker.jobs import JobEvent, JobFailed, cancellation_error
+from llorch.worker.http.streaming import job_groups, merged, next_or_gone
+from llorch.worker.jobs import JobFailed, cancellation_error
 
 _FINISH_REASONS = {
     StopReason.EOS: "stop",
@@ -55,7 +55,6 @@ _FINISH_REASONS = {
     StopReason.MAX_TOKENS: "length",
 }
 _DONE = b"data: [DONE]\n\n"
-_DISCONNECT_POLL_S = 1.0
 _GENERATION_ERRORS = (400, 401, 403, 413, 415, 421, 429, 503, 504)
 
 
@@ -206,30 +205,6 @@ def _finish_reason(event: FinishEvent, stream: JobStream) -> str:
     raise InferenceError("the generation failed")
 
 
-async def _merged(streams: list[JobStream]) -> AsyncIterator[tuple[int, list[JobEvent]]]:
-    """The events of several streams as they come, each with its stream's index, in groups
-    that arrived together (one decode step's tokens of a choice)."""
-    queue: asyncio.Queue[tuple[int, list[JobEvent] | None]] = asyncio.Queue()
-
-    async def pump(index: int, stream: JobStream) -> None:
-        async for event in stream:
-            await queue.put((index, [event, *stream.ready()]))
-        await queue.put((index, None))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            index, events = await queue.get()
-            if events is None:
-                running -= 1
-            else:
-                yield index, events
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
 async def _chunks(
     reply: Reply, streams: list[JobStream], include_usage: bool, shapes: list[_Shape]
 ) -> AsyncIterator[bytes]:
@@ -254,7 +229,7 @@ async def _chunks(
                 yield chunk(i, None, role=True)
             elif shape.echo is not None and not shape.logprobs:
                 yield chunk(i, shape.echo)
-        async for i, events in _merged(streams):
+        async for i, events in merged([job_groups(s) for s in streams]):
             out: list[bytes] = []  # the group's chunks go out in one write
             for event in events:
                 if isinstance(event, PromptScores):
@@ -292,11 +267,7 @@ async def _collect(request: Request, stream: JobStream) -> tuple[str, list[Score
     parts: list[str] = []
     scored: list[Scored] = []
     while True:
-        event = await stream.next_within(_DISCONNECT_POLL_S)
-        if event is None:
-            if await request.is_disconnected():
-                raise ShuttingDownError("the client went away")
-            continue
+        event = await next_or_gone(request, stream.next_within)
         if isinstance(event, PromptScores):
             scored.extend(event.tokens)
         elif isinstance(event, Token):

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llorch.worker.backend.errors import InvalidRequestError, ShuttingDownError, WorkerError
+from llorch.worker.backend.errors import InvalidRequestError, WorkerError
 from llorch.worker.backend.protocol import GenerationRequest, Scored
 from llorch.worker.chat.stream import ChatStream
 from llorch.worker.chat.types import (
@@ -39,10 +39,10 @@ from llorch.worker.http.errors import openai_body
 from llorch.worker.http.openai_schemas import ChatCompletionRequest, ChatMessageIn, Reply
 from llorch.worker.http.sampling import json_format, sampling_params
 from llorch.worker.http.sse import SSE_HEADERS, frame
+from llorch.worker.http.streaming import merged, next_or_gone
 from llorch.worker.jobs import cancellation_error
 
 _DONE = b"data: [DONE]\n\n"
-_DISCONNECT_POLL_S = 1.0
 
 
 def chat_request(body: ChatCompletionRequest, job_id: str) -> ChatRequest:
@@ -211,12 +211,7 @@ async def _collect(request: Request, stream: ChatStream) -> _Choice:
     """A choice's whole answer; a client that goes away cancels it (checked every second)."""
     choice = _Choice()
     while choice.finish is None:
-        events = await stream.next_group(_DISCONNECT_POLL_S)
-        if events is None:
-            if await request.is_disconnected():
-                raise ShuttingDownError("the client went away")
-            continue
-        for event in events:
+        for event in await next_or_gone(request, stream.next_group):
             if isinstance(event, TextDelta):
                 choice.content.append(event.text)
                 choice.scored.extend(event.scored)
@@ -227,29 +222,6 @@ async def _collect(request: Request, stream: ChatStream) -> _Choice:
             elif isinstance(event, ChatFinish):
                 choice.finish = event
     return choice
-
-
-async def _merged(streams: list[ChatStream]) -> AsyncIterator[tuple[int, list[ChatEvent]]]:
-    """The event groups of several choices as they come, with each choice's index."""
-    queue: asyncio.Queue[tuple[int, list[ChatEvent] | None]] = asyncio.Queue()
-
-    async def pump(index: int, stream: ChatStream) -> None:
-        async for events in stream.groups():
-            await queue.put((index, events))
-        await queue.put((index, None))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            index, events = await queue.get()
-            if events is None:
-                running -= 1
-            else:
-                yield index, events
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _delta(event: ChatEvent) -> dict[str, Any] | None:
@@ -289,7 +261,7 @@ async def _chunks(
     try:
         for index in range(len(streams)):
             yield chunk(index, {"role": "assistant", "content": ""})
-        async for index, events in _merged(streams):
+        async for index, events in merged([s.groups() for s in streams]):
             out: list[bytes] = []  # a group's chunks go out in one write
             for event in events:
                 if isinstance(event, ChatFailed):

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llorch.worker.backend.errors import ShuttingDownError, WorkerError
+from llorch.worker.backend.errors import WorkerError
 from llorch.worker.chat.stream import ChatStream
 from llorch.worker.chat.types import ChatFailed, ChatFinish, FinishReason
 from llorch.worker.fleet import Fleet
@@ -29,10 +29,10 @@ from llorch.worker.http.responses_output import Event, Output, assistant_message
 from llorch.worker.http.responses_schemas import ResponsesRequest
 from llorch.worker.http.responses_store import ResponseNotFound, ResponseStore, StoredResponse
 from llorch.worker.http.sse import SSE_HEADERS
+from llorch.worker.http.streaming import next_or_gone
 from llorch.worker.jobs import cancellation_error
 from llorch.worker.settings import WorkerSettings
 
-_DISCONNECT_POLL_S = 1.0
 _ERRORS = (400, 401, 403, 404, 413, 415, 421, 429, 503, 504)
 
 
@@ -174,12 +174,7 @@ class _Reply:
         """The whole response; a client that goes away cancels it (checked every second)."""
         try:
             while True:
-                events = await stream.next_group(_DISCONNECT_POLL_S)
-                if events is None:
-                    if await request.is_disconnected():
-                        raise ShuttingDownError("the client went away")
-                    continue
-                for event in events:
+                for event in await next_or_gone(request, stream.next_group):
                     if isinstance(event, ChatFailed):
                         raise event.error
                     if isinstance(event, ChatFinish):
