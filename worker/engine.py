@@ -318,16 +318,7 @@ class Engine:
         forces or watches for the family's calls, and each choice's output is read back as
         chat events. `generation` carries what the surface set (sampling, stops,
         log-probabilities, speculation). Refused as a whole, before anything streams."""
-        model = self.loaded()
-        prepared = await asyncio.to_thread(
-            prompt.prepare,
-            request,
-            model,
-            self.scheduler,
-            self.chat_defaults,
-            generation,
-            self._checked_json_grammar,
-        )
+        prepared = await self._prepared(request, generation)
         job = JobRequest(
             job_id=request.job_id,
             prompt=prepared.tokens,
@@ -342,20 +333,26 @@ class Engine:
     async def chat_tokens(self, request: ChatRequest) -> int:
         """How many tokens the prompt of `request` is (its template rendered with its tools),
         without generating: what count_tokens / input_tokens routes answer."""
-        model = self.loaded()
-        prepared = await asyncio.to_thread(
-            prompt.prepare,
-            request,
-            model,
-            self.scheduler,
-            self.chat_defaults,
-            GenerationRequest(sampling=request.sampling),
-            self._checked_json_grammar,
-        )
+        prepared = await self._prepared(request, GenerationRequest(sampling=request.sampling))
         return len(prepared.tokens)
 
-    def _checked_json_grammar(self, schema: Mapping[str, Any] | None) -> str:
-        return self._json_grammar(None if schema is None else dict(schema))
+    async def _prepared(
+        self, request: ChatRequest, generation: GenerationRequest
+    ) -> prompt.PreparedChat:
+        """The chat's prompt, grammar and reading plan, made off the event loop."""
+
+        def json_grammar(schema: Mapping[str, Any] | None) -> str:
+            return self._json_grammar(None if schema is None else dict(schema))
+
+        return await asyncio.to_thread(
+            prompt.prepare,
+            request,
+            self.loaded(),
+            self.scheduler,
+            self.chat_defaults,
+            generation,
+            json_grammar,
+        )
 
     async def embed(
         self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = False, param: str = "input"
