@@ -215,7 +215,9 @@ class FakeBackend:
             return self.control_tokens[token - N_VOCAB].encode()
         if token >= BYTE_BASE:
             return bytes([token - BYTE_BASE])
-        return chr(token).encode()
+        # Surrogate code points are ids too (0xD800-0xDFFF): their bytes are not UTF-8, as a
+        # real vocabulary's partial pieces are not, and detokenizing replaces them.
+        return chr(token).encode("utf-8", "surrogatepass")
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")

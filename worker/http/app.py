@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from llorch.worker.fleet import Fleet
 from llorch.worker.http import (
+    anthropic,
     contract,
     embeddings,
     errors,
@@ -28,6 +29,7 @@ from llorch.worker.http import (
     ops,
     responses,
 )
+from llorch.worker.http.anthropic_schemas import CountTokensRequest, MessagesRequest
 from llorch.worker.http.auth import BearerAuth
 from llorch.worker.http.guard import RequestGuard
 from llorch.worker.http.infill_schemas import InfillRequest
@@ -39,7 +41,14 @@ from llorch.worker.settings import WorkerSettings
 
 # Requests that ask for a generation: refusals of these count in llorch_requests.
 GENERATION_PATHS = frozenset(
-    {"/execute", "/v1/completions", "/v1/chat/completions", "/v1/responses", "/infill"}
+    {
+        "/execute",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/infill",
+    }
 )
 
 
@@ -70,6 +79,7 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
     app.include_router(infill.build_router(fleet))
     app.include_router(responses.build_router(fleet, settings))
     app.include_router(embeddings.build_router(fleet))
+    app.include_router(anthropic.build_router(fleet))
     app.include_router(ops.build_router(fleet, settings, metrics))
     openapi.install(
         app,
@@ -83,6 +93,8 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
             ResponsesRequest,
             embeddings.EmbeddingRequest,
             embeddings.EmbedRequest,
+            MessagesRequest,
+            CountTokensRequest,
         ],
     )
     # Middleware added last runs first: the request guard (Host, Origin, Content-Type, body

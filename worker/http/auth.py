@@ -1,4 +1,5 @@
-"""Bearer-token authentication for every route but the probes.
+"""Token authentication for every route but the probes: `Authorization: Bearer <token>`, as
+OpenAI's clients send it, or `x-api-key: <token>`, as Anthropic's do.
 
 It is ASGI middleware rather than a per-route dependency so that it covers every route of the
 app, including routers added later (/v1/...), the OpenAPI docs and unknown paths alike.
@@ -36,13 +37,17 @@ class BearerAuth:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        header = None
+        header = api_key = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
+            if name == b"authorization" and header is None:
                 header = value.decode("latin-1")
-                break
-        if not self._accepts(bearer_token(header)):
-            message = "missing bearer token" if header is None else "invalid bearer token"
+            elif name == b"x-api-key" and api_key is None:
+                api_key = value.decode("latin-1").strip() or None
+        if not (self._accepts(bearer_token(header)) or self._accepts(api_key)):
+            if header is None and api_key is None:
+                message = "missing bearer token"
+            else:
+                message = "invalid bearer token" if header is not None else "invalid x-api-key"
             await response_for(Unauthorized(message), scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -2,9 +2,10 @@
 
 The status and code come from the exception's class (worker/backend/errors.py); this module
 only chooses the shape: the worker contract's `{"errors": [{field, constraint, message, value,
-code}]}`, or OpenAI's `{"error": {message, type, param, code}}` for every path under `/v1/`,
+code}]}`, OpenAI's `{"error": {message, type, param, code}}` for every path under `/v1/`,
 unknown routes, wrong methods and a refused token included, since OpenAI's clients parse that
-shape whatever went wrong.
+shape whatever went wrong, and Anthropic's `{"type": "error", "error": {type, message}}` for
+`/v1/messages` and the paths under it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from llorch.worker.backend.errors import InferenceError, InvalidRequestError, WorkerError
+from llorch.worker.backend.errors import (
+    DrainingError,
+    InferenceError,
+    InvalidRequestError,
+    NotReadyError,
+    ShuttingDownError,
+    WorkerError,
+)
 from llorch.worker.http.body import quote
 from llorch.worker.http.schemas import field_path, validation_errors
 
 log = logging.getLogger("llorch.http")
 
 OPENAI_PREFIX = "/v1/"
+ANTHROPIC_PATH = "/v1/messages"
 
 
 class Unauthorized(WorkerError):
@@ -132,11 +141,50 @@ def openai_response(exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# -- Anthropic's shape -----------------------------------------------------------------------
+
+# Anthropic's error types by status (docs.anthropic.com/en/api/errors, and the SDK's ErrorType
+# for timeout_error); Anthropic answers other 4xx statuses with invalid_request_error.
+_ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+# Anthropic's status for "temporarily unable, try again": its SDKs retry it.
+OVERLOADED = 529
+
+
+def anthropic_body(exc: Exception) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of an exception in Anthropic's shape. It has no `param`, so the
+    field at fault leads the message when the message does not name it already. A worker that
+    drains, stops or is still loading is overloaded (529) to Anthropic's clients."""
+    status, shaped = openai_body(exc)
+    message, param = shaped["error"]["message"], shaped["error"]["param"]
+    if param and status < 500 and param not in message:
+        message = f"{param}: {message}"
+    if isinstance(exc, DrainingError | ShuttingDownError | NotReadyError):
+        status = OVERLOADED
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return status, {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def is_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
 # -- one handler for the app -----------------------------------------------------------------
 
 
 def response_for(exc: Exception, path: str) -> JSONResponse:
     """The answer to an error raised before a response started, in the path's surface."""
+    if is_anthropic(path):
+        status, body = anthropic_body(exc)
+        headers = exc.headers if isinstance(exc, WorkerError) else None
+        return JSONResponse(body, status_code=status, headers=headers)
     if path.startswith(OPENAI_PREFIX) or path == OPENAI_PREFIX.rstrip("/"):
         return openai_response(exc)
     return contract_response(exc)

@@ -1,5 +1,5 @@
-"""The published OpenAPI document: the real request bodies, both error shapes, and every status
-each route answers.
+"""The published OpenAPI document: the real request bodies, each surface's error shape, and
+every status each route answers.
 
 The routes read their bodies themselves (to refuse what JSON does not allow, and to answer
 errors in their surface's shape), so FastAPI cannot see the bodies: each route declares its
@@ -46,6 +46,18 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """Anthropic's error body, for /v1/messages and the paths under it."""
+
+    type: str
+    error: AnthropicErrorDetail
+
+
 _MEANING = {
     400: "invalid request (the field and the rule it broke are named)",
     401: "no bearer token, or not the worker's",
@@ -59,6 +71,7 @@ _MEANING = {
     429: "the queue is full (Retry-After says when to try again)",
     503: "loading, failed to load, draining or stopping",
     504: "the request's timeout passed",
+    529: "overloaded: draining, stopping or still loading (Anthropic's routes)",
 }
 
 
@@ -68,9 +81,11 @@ def body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
-def errors(*statuses: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
+def errors(
+    *statuses: int, openai: bool = False, anthropic: bool = False
+) -> dict[int | str, dict[str, Any]]:
     """`responses` for the error statuses of a route, in its surface's shape."""
-    shape = OpenAIError if openai else ContractErrors
+    shape = AnthropicError if anthropic else OpenAIError if openai else ContractErrors
     return {status: {"model": shape, "description": _MEANING[status]} for status in statuses}
 
 
