@@ -168,82 +168,6 @@ def json_arguments(text: str, at: int, *, partial: bool, what: str) -> tuple[str
     return (arguments if partial else object_text(arguments, what=what)), end
 
 
-# Reads the call section that starts at `at` (at one of the format's start markers): its calls
-# and the index after it, or None as the index while it is still being written (partial parses
-# only: a final read raises MalformedCall instead).
-SectionReader = Callable[[str, int, bool], tuple[list[ParsedCall], int | None]]
-
-
-def unfinished(
-    calls: list[ParsedCall], *, partial: bool, why: str
-) -> tuple[list[ParsedCall], int | None]:
-    """What a section reader returns where the text stops fitting the syntax: the calls so far
-    while the output is still being written (it may yet fit), MalformedCall in the final parse."""
-    if partial:
-        return calls, None
-    raise MalformedCall(why)
-
-
-def read_json_calls(
-    text: str,
-    at: int,
-    partial: bool,
-    *,
-    opening: re.Pattern[str],
-    header: re.Pattern[str],
-    closing: re.Pattern[str],
-    ending: re.Pattern[str],
-) -> tuple[list[ParsedCall], int | None]:
-    """A section reader for calls that each write a header, a JSON object of arguments and a
-    closing marker, inside a section's opening and ending (each pattern matched where the
-    previous one stopped; `header` names the function in its group "name", and may hold the
-    call's id in a group "id"). A final parse lets the output end after a call's arguments
-    without the closing markers (the model stopped there)."""
-    start = opening.match(text, at)
-    if start is None:
-        return unfinished([], partial=partial, why="a call section does not open as it should")
-    calls: list[ParsedCall] = []
-    at = start.end()
-    while (head := header.match(text, at)) is not None:
-        name = head.group("name").strip()
-        call_id = head.groupdict().get("id")
-        what = f"the call of {name}"
-        arguments, end = json_arguments(text, head.end(), partial=partial, what=what)
-        if end is None:
-            calls.append(ParsedCall(name, arguments, call_id, complete=False))
-            return calls, None
-        calls.append(ParsedCall(name, arguments, call_id))
-        close = closing.match(text, end)
-        at = end if close is None else close.end()
-        if close is None:
-            break
-    finish = ending.match(text, at)
-    if finish is not None:
-        return calls, finish.end()
-    if not partial and calls and not text[at:].strip():
-        return calls, len(text)
-    return unfinished(calls, partial=partial, why="a call section is not closed")
-
-
-def parse_sections(
-    text: str, starts: Sequence[str], *, partial: bool, read: SectionReader
-) -> Parsed:
-    """Content and calls of output whose calls come in sections opening with one of `starts`.
-    Text between or after sections is content too, unless it is only whitespace."""
-    content, at = content_before(text, starts, partial=partial)
-    calls: list[ParsedCall] = []
-    while at < len(text):
-        section, end = read(text, at, partial)
-        calls.extend(section)
-        if end is None:
-            break
-        between, offset = content_before(text[end:], starts, partial=partial)
-        if between.strip():
-            content += between
-        at = end + offset
-    return Parsed(content=content, calls=tuple(calls))
-
-
 # -- grammar helpers ---------------------------------------------------------------------------
 
 
@@ -320,3 +244,20 @@ def regex_literal(text: str) -> str:
     """`text` as a regex matching it literally, in the syntax both Python's re and llama.cpp's
     trigger patterns (std::regex, ECMAScript) read: only the regex metacharacters escaped."""
     return re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", text)
+
+
+def tool_prefix(index: int, tool: Tool) -> str:
+    """A rule-name stem unique to each tool (two names may read alike after rule_name)."""
+    return f"tool{index}-{rule_name(tool.name)}"
+
+
+def tool_rules(
+    builder: GrammarBuilder, tools: Sequence[Tool], body: Callable[[Tool, str], str]
+) -> str:
+    """The alternatives of one rule per tool, named by tool_prefix: `body(tool, its name)`
+    is the rule's GBNF."""
+    names = []
+    for index, tool in enumerate(tools):
+        name = tool_prefix(index, tool)
+        names.append(builder.rule(name, body(tool, name)))
+    return " | ".join(names)

@@ -13,66 +13,38 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from llorch.worker.chat.formats.base import (
-    GrammarBuilder,
-    Parsed,
-    ParsedCall,
-    ToolGrammar,
-    gbnf_literal,
-    parse_sections,
-    read_json_calls,
-    regex_literal,
-    rule_name,
-)
-from llorch.worker.chat.formats.deepseek_r1 import (
+from llorch.worker.chat.formats.base import Parsed, ToolGrammar, gbnf_literal
+from llorch.worker.chat.formats.deepseek_markup import (
     CALL_BEGIN,
     CALL_END,
     CALLS_BEGIN,
-    CALLS_END,
-    OPENINGS,
+    MARKERS,
     SEPARATOR,
+    deepseek_calls,
 )
 from llorch.worker.chat.types import Tool
 
-_OPENING = re.compile("|".join(map(re.escape, OPENINGS[:-1])) + f"|(?={re.escape(CALL_BEGIN)})")
-_HEADER = re.compile(rf"\s*{CALL_BEGIN}(?P<name>[^\n<]+){SEPARATOR}")
-_CLOSING = re.compile(rf"\s*{CALL_END}")
-_ENDING = re.compile(rf"\s*{CALLS_END}")
+CALLS = deepseek_calls(
+    header=re.compile(rf"\s*{CALL_BEGIN}(?P<name>[^\n<]+){SEPARATOR}"),
+    closing=re.compile(rf"\s*{CALL_END}"),
+    call=(CALL_BEGIN, CALL_END),
+    head=lambda tool: gbnf_literal(tool.name + SEPARATOR),
+)
 
 
 class DeepseekV31Format:
     name = "deepseek_v31"
-    markers = (CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, SEPARATOR)
+    markers = MARKERS
 
     def matches(self, template: str) -> bool:
         # R1 fences the arguments as ```json; V3.1 writes them bare after the separator.
         return CALLS_BEGIN in template and SEPARATOR in template and "```json" not in template
 
     def parse(self, text: str, *, partial: bool) -> Parsed:
-        return parse_sections(text, OPENINGS, partial=partial, read=self._read)
-
-    def _read(self, text: str, at: int, partial: bool) -> tuple[list[ParsedCall], int | None]:
-        return read_json_calls(
-            text,
-            at,
-            partial,
-            opening=_OPENING,
-            header=_HEADER,
-            closing=_CLOSING,
-            ending=_ENDING,
-        )
+        return CALLS.parse(text, partial=partial)
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
-        builder = GrammarBuilder()
-        names = []
-        for index, tool in enumerate(tools):
-            body = f"{gbnf_literal(tool.name + SEPARATOR)} {builder.arguments_rule(tool)}"
-            names.append(builder.rule(f"tool{index}-{rule_name(tool.name)}", body))
-        call = f"{gbnf_literal(CALL_BEGIN)} ({' | '.join(names)}) {gbnf_literal(CALL_END)}"
-        builder.rule("call", call)
-        calls = "call+" if parallel else "call"
-        root = f"{gbnf_literal(CALLS_BEGIN)} {calls} {gbnf_literal(CALLS_END)}"
-        return ToolGrammar(builder.build(root), triggers=(regex_literal(CALLS_BEGIN),))
+        return CALLS.grammar(tools, parallel=parallel)
 
 
 FORMAT = DeepseekV31Format()

@@ -17,9 +17,9 @@ from llorch.worker.chat.formats.jsoncalls import (
     any_of,
     call_object_rule,
     read_array,
-    read_sections,
     repeated,
 )
+from llorch.worker.chat.formats.sections import read_sections
 from llorch.worker.chat.types import Tool
 
 # The template writes " functools[" after the content; the space is whitespace between the

@@ -24,13 +24,12 @@ from llorch.worker.chat.formats.base import (
 )
 from llorch.worker.chat.formats.jsoncalls import (
     any_of,
-    closing,
     code_arguments,
     finished_call,
     read_arguments,
-    read_sections,
     repeated,
 )
+from llorch.worker.chat.formats.sections import closing, read_sections
 from llorch.worker.chat.types import Tool
 
 START = "<function="

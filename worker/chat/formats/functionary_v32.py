@@ -29,11 +29,11 @@ from llorch.worker.chat.formats.jsoncalls import (
     any_of,
     code_arguments,
     finished_call,
-    join_content,
     name_pattern,
     read_arguments,
     repeated,
 )
+from llorch.worker.chat.formats.sections import join_content
 from llorch.worker.chat.types import Tool
 
 SEP = ">>>"

@@ -25,11 +25,11 @@ from llorch.worker.chat.formats.base import (
     gbnf_until,
     held_back,
     object_text,
-    parse_sections,
     regex_literal,
     rule_name,
-    unfinished,
+    tool_rules,
 )
+from llorch.worker.chat.formats.sections import parse_sections, unfinished
 from llorch.worker.chat.types import Tool
 
 CALL_START = "<|tool_call>"
@@ -135,15 +135,14 @@ class Gemma4Format:
         builder.rule(
             "g-value", 'g-string | g-number | "true" | "false" | "null" | g-object | g-array'
         )
-        names = []
-        for index, tool in enumerate(tools):
-            prefix = f"tool{index}-{rule_name(tool.name)}"
+
+        def call(tool: Tool, prefix: str) -> str:
             schema = dict(tool.parameters or {})
             schema.setdefault("type", "object")
-            body = f"{gbnf_literal(tool.name)} {_value(builder, schema, prefix + '-args')}"
-            names.append(builder.rule(prefix, body))
-        call = f'"{CALL_START}call:" ({" | ".join(names)}) "{CALL_END}"'
-        builder.rule("call", call)
+            return f"{gbnf_literal(tool.name)} {_value(builder, schema, prefix + '-args')}"
+
+        calls = tool_rules(builder, tools, call)
+        builder.rule("call", f'"{CALL_START}call:" ({calls}) "{CALL_END}"')
         return ToolGrammar(
             builder.build("call+" if parallel else "call"), (regex_literal(CALL_START),)
         )

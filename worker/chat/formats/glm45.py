@@ -22,14 +22,16 @@ from llorch.worker.chat.formats.base import (
     ToolGrammar,
     first_marker,
     gbnf_literal,
-    parse_sections,
     regex_literal,
     skip_space,
+    tool_prefix,
+)
+from llorch.worker.chat.formats.sections import (
+    parse_sections,
     unfinished,
 )
 from llorch.worker.chat.formats.xmlcalls import (
     parameters_expression,
-    tool_prefix,
     xml_arguments,
 )
 from llorch.worker.chat.types import Tool

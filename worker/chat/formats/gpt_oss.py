@@ -31,7 +31,7 @@ from llorch.worker.chat.formats.base import (
     gbnf_until,
     held_back,
     json_arguments,
-    rule_name,
+    tool_rules,
 )
 from llorch.worker.chat.types import Tool
 
@@ -99,14 +99,15 @@ class GptOssFormat:
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         # One call at most: its <|call|> ends the generation, so `parallel` changes nothing.
         builder = GrammarBuilder()
-        names = []
-        for index, tool in enumerate(tools):
+
+        def call(tool: Tool, _: str) -> str:
             recipient = gbnf_literal(f"to=functions.{tool.name}")
             header = (
                 f'(" " {recipient} "<|channel|>" channel | "<|channel|>" channel " " {recipient})'
             )
-            body = f'{header} constraint "<|message|>" {builder.arguments_rule(tool)}'
-            names.append(builder.rule(f"tool{index}-{rule_name(tool.name)}", body))
+            return f'{header} constraint "<|message|>" {builder.arguments_rule(tool)}'
+
+        calls = tool_rules(builder, tools, call)
         builder.rule("channel", '("commentary" | "analysis")')
         builder.rule("constraint", '(" " "<|constrain|>"? "json")?')
         # Before the call, any analysis messages and preambles (as llama.cpp's parser takes).
@@ -114,7 +115,7 @@ class GptOssFormat:
             f'"<|channel|>" channel "<|message|>" {gbnf_until(END)} "<|end|><|start|>assistant"'
         )
         builder.rule("message", message)
-        builder.rule("call", " | ".join(names))
+        builder.rule("call", calls)
         channel = r"<\|channel\|>(?:commentary|analysis) to="
         triggers = (
             # A call as the first message (right after the generation prompt)...

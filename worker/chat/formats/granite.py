@@ -22,13 +22,12 @@ from llorch.worker.chat.formats.base import (
     gbnf_literal,
     json_value_end,
     object_text,
-    parse_sections,
     partial_arguments,
     regex_literal,
-    rule_name,
     skip_space,
-    unfinished,
+    tool_rules,
 )
+from llorch.worker.chat.formats.sections import parse_sections, unfinished
 from llorch.worker.chat.types import Tool
 
 CALL_TOKEN = "<|tool_call|>"
@@ -113,12 +112,12 @@ class GraniteFormat:
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
-        names = []
-        for index, tool in enumerate(tools):
+
+        def call(tool: Tool, _: str) -> str:
             head = gbnf_literal(f'{{"name": "{tool.name}", "arguments": ')
-            body = f'{head} {builder.arguments_rule(tool)} "}}"'
-            names.append(builder.rule(f"tool{index}-{rule_name(tool.name)}", body))
-        builder.rule("call", " | ".join(names))
+            return f'{head} {builder.arguments_rule(tool)} "}}"'
+
+        builder.rule("call", tool_rules(builder, tools, call))
         calls = 'call (", " call)*' if parallel else "call"
         root = f'{gbnf_literal(CALL_TOKEN)} "[" {calls} "]"'
         return ToolGrammar(builder.build(root), triggers=(regex_literal(CALL_TOKEN),))

@@ -26,11 +26,10 @@ from llorch.worker.chat.formats.jsoncalls import (
     CallKeys,
     any_of,
     call_object_rule,
-    closing,
     read_object,
-    read_sections,
     repeated,
 )
+from llorch.worker.chat.formats.sections import closing, read_sections
 from llorch.worker.chat.types import Tool
 
 START = "<tool_call>"

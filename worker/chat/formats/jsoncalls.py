@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from llorch.worker.chat.formats.base import (
     GrammarBuilder,
     MalformedCall,
-    Parsed,
     ParsedCall,
-    first_marker,
     gbnf_literal,
-    held_back,
     json_value_end,
     object_text,
     partial_arguments,
@@ -28,6 +25,7 @@ from llorch.worker.chat.formats.base import (
     rule_name,
     skip_space,
 )
+from llorch.worker.chat.formats.sections import unfinished
 from llorch.worker.chat.types import Tool
 
 # Whitespace the wrapping rules allow (between markers and objects, between object fields):
@@ -162,12 +160,12 @@ def read_array(
     calls: list[ParsedCall] = []
     i = skip_space(text, at)
     if i < len(text) and text[i] != "[":
-        return _broken(calls, "tool calls are not a JSON array", partial=partial)
+        return unfinished(calls, partial=partial, why="tool calls are not a JSON array")
     i += 1
     while True:
         i = skip_space(text, i)
         if i >= len(text):
-            return _broken(calls, "the tool calls were not finished", partial=partial)
+            return unfinished(calls, partial=partial, why="the tool calls were not finished")
         if text[i] == "]" and not calls:
             return calls, i + 1
         obj = read_object(text, i, keys, partial=partial)
@@ -182,15 +180,7 @@ def read_array(
         elif i < len(text) and text[i] == "]":
             return calls, i + 1
         else:
-            return _broken(calls, "tool calls are not a JSON array", partial=partial)
-
-
-def _broken(
-    calls: list[ParsedCall], why: str, *, partial: bool
-) -> tuple[list[ParsedCall], int | None]:
-    if not partial:
-        raise MalformedCall(why)
-    return calls, None
+            return unfinished(calls, partial=partial, why="tool calls are not a JSON array")
 
 
 def read_arguments(text: str, at: int, *, partial: bool) -> tuple[str, int | None]:
@@ -228,75 +218,6 @@ def code_arguments(code: str, *, partial: bool) -> str:
     leaves the string open, so that the arguments only grow."""
     text = '{"code": ' + json.dumps(code, ensure_ascii=False)
     return partial_arguments(text[:-1]) if partial else text + "}"
-
-
-# -- outputs made of content and call sections -------------------------------------------------
-
-# Reads one call section from the index after its start marker: (its calls, the index after
-# it, or None when the text ends inside it: partial parses only).
-SectionReader = Callable[[str, int, str], tuple[list[ParsedCall], int | None]]
-
-
-def read_sections(
-    text: str,
-    starts: Sequence[str],
-    read: SectionReader,
-    *,
-    partial: bool,
-) -> Parsed:
-    """Content with call sections: each starts with one of `starts` and is read by `read`.
-    A partial parse holds back a trailing prefix of a start marker."""
-    pieces: list[str] = []
-    calls: list[ParsedCall] = []
-    at = 0
-    while True:
-        hit = first_marker(text[at:], starts)
-        if hit is None:
-            tail = text[at:]
-            pieces.append(tail[: held_back(tail, starts)] if partial else tail)
-            break
-        index, marker = at + hit[0], hit[1]
-        pieces.append(text[at:index])
-        section, end = read(text, index + len(marker), marker)
-        calls.extend(section)
-        if end is None:
-            break
-        at = end
-    return Parsed(join_content(pieces, partial=partial), tuple(calls))
-
-
-def join_content(pieces: Sequence[str], *, partial: bool) -> str:
-    """The content from the text outside calls: pieces[0] before the first section (of calls,
-    or markup that only separates content), then the text after each. Whitespace next to a
-    section is dropped, and a partial parse holds back trailing whitespace too (a call may
-    still follow it)."""
-    parts = []
-    for i, piece in enumerate(pieces):
-        if i > 0:
-            piece = piece.lstrip()
-        if partial or i < len(pieces) - 1:
-            piece = piece.rstrip()
-        if piece:
-            parts.append(piece)
-    return "\n".join(parts)
-
-
-def closing(
-    text: str, at: int, marker: str, *, partial: bool, also: Sequence[str] = ()
-) -> int | None:
-    """The index after `marker` when it follows `at` (whitespace skipped). A missing closing
-    marker is accepted at the end of the text in the final parse, and before any of `also`
-    (the next call's start: models forget the closing tag); None while it may still come."""
-    i = skip_space(text, at)
-    if text.startswith(marker, i):
-        return i + len(marker)
-    if i == len(text) and not partial:
-        return i
-    if any(text.startswith(m, i) for m in also):
-        return i
-    if partial:
-        return None
-    raise MalformedCall(f"a tool call is not followed by {marker!r}")
 
 
 # -- grammars ----------------------------------------------------------------------------------

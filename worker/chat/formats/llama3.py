@@ -35,9 +35,9 @@ from llorch.worker.chat.formats.jsoncalls import (
     any_of,
     call_object_rule,
     code_arguments,
-    join_content,
     read_object,
 )
+from llorch.worker.chat.formats.sections import join_content
 from llorch.worker.chat.types import Tool
 
 PYTHON_TAG = "<|python_tag|>"

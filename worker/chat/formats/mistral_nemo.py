@@ -23,9 +23,9 @@ from llorch.worker.chat.formats.jsoncalls import (
     any_of,
     call_object_rule,
     read_array,
-    read_sections,
     repeated,
 )
+from llorch.worker.chat.formats.sections import read_sections
 from llorch.worker.chat.types import Tool
 
 START = "[TOOL_CALLS]"

@@ -29,9 +29,9 @@ from llorch.worker.chat.formats.jsoncalls import (
     finished_call,
     read_arguments,
     read_array,
-    read_sections,
     repeated,
 )
+from llorch.worker.chat.formats.sections import read_sections
 from llorch.worker.chat.types import Tool
 
 START = "[TOOL_CALLS]"

@@ -24,13 +24,15 @@ from llorch.worker.chat.formats.base import (
     ParsedCall,
     ToolGrammar,
     gbnf_literal,
-    parse_sections,
     regex_literal,
+    tool_prefix,
+)
+from llorch.worker.chat.formats.sections import (
+    parse_sections,
     unfinished,
 )
 from llorch.worker.chat.formats.xmlcalls import (
     parameters_expression,
-    tool_prefix,
     xml_arguments,
 )
 from llorch.worker.chat.types import Tool

@@ -98,8 +98,3 @@ def parameters_expression(
         (needed if key in required else optional).append(name)
     tail = f"({' | '.join(optional)})*" if optional else ""
     return " ".join([*needed, tail]).strip() or '""'
-
-
-def tool_prefix(index: int, tool: Tool) -> str:
-    """A rule-name stem unique to each tool (two names may read alike after rule_name)."""
-    return f"tool{index}-{rule_name(tool.name)}"
