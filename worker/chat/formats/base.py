@@ -149,11 +149,6 @@ def partial_arguments(text: str) -> str:
     return text.rstrip()
 
 
-def arguments_json(value: Mapping[str, Any]) -> str:
-    """Arguments the format does not write as JSON (XML parameters), as compact JSON text."""
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-
-
 def json_arguments(text: str, at: int, *, partial: bool, what: str) -> tuple[str, int | None]:
     """Arguments the model writes as a JSON object from `at` (whitespace skipped): (their
     text, the index after them). While the object is still being written (partial only): the

@@ -24,16 +24,9 @@ from llorch.worker.chat.formats.base import (
     gbnf_literal,
     regex_literal,
     skip_space,
-    tool_prefix,
 )
-from llorch.worker.chat.formats.sections import (
-    parse_sections,
-    unfinished,
-)
-from llorch.worker.chat.formats.xmlcalls import (
-    parameters_expression,
-    xml_arguments,
-)
+from llorch.worker.chat.formats.sections import parse_sections, unfinished
+from llorch.worker.chat.formats.xmlcalls import read_xml_call, xml_calls
 from llorch.worker.chat.types import Tool
 
 CALL_START = "<tool_call>"
@@ -64,37 +57,26 @@ class Glm45Format:
             return unfinished([], partial=partial, why="a <tool_call> without a name")
         name = text[at : at + hit[0]].strip()
         at += hit[0]
-        params: list[tuple[str, str]] = []
-        while (key := _KEY.match(text, at)) is not None:
-            close = text.find(VALUE_END, key.end())
-            if close < 0:
-                break
-            params.append((key.group(1).strip(), text[key.end() : close]))
-            at = close + len(VALUE_END)
-        end = _CALL_END.match(text, at)
+        call, end = read_xml_call(
+            text, at, name, parameter=_KEY, value_end=VALUE_END, call_end=_CALL_END
+        )
         if end is None or not name:
-            call = ParsedCall(name, xml_arguments(params, complete=False), complete=False)
             return unfinished([call] if name else [], partial=partial, why="an unclosed call")
-        return [ParsedCall(name, xml_arguments(params, complete=True))], end.end()
+        return [call], end
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
-        names = []
-        for index, tool in enumerate(tools):
-            prefix = tool_prefix(index, tool)
-            params = parameters_expression(
-                builder,
-                tool,
-                prefix,
-                lambda key, value: (
-                    f'"\\n"? "<arg_key>" {key} "</arg_key>" "\\n"? "<arg_value>" {value} '
-                    '"</arg_value>"'
-                ),
-                VALUE_END,
-                "[^<]+",
-            )
-            names.append(builder.rule(prefix, f"{gbnf_literal(tool.name)} {params}"))
-        builder.rule("call", f'"<tool_call>" ({" | ".join(names)}) "\\n"? "</tool_call>"')
+        calls = xml_calls(
+            builder,
+            tools,
+            parameter=lambda key, value: (
+                f'"\\n"? "<arg_key>" {key} "</arg_key>" "\\n"? "<arg_value>" {value} "</arg_value>"'
+            ),
+            close=VALUE_END,
+            any_name="[^<]+",
+            call=lambda tool, params: f"{gbnf_literal(tool.name)} {params}",
+        )
+        builder.rule("call", f'"<tool_call>" ({calls}) "\\n"? "</tool_call>"')
         root = 'call ("\\n"? call)*' if parallel else "call"
         return ToolGrammar(builder.build(root), triggers=(regex_literal(CALL_START),))
 

@@ -22,16 +22,9 @@ from llorch.worker.chat.formats.base import (
     ToolGrammar,
     gbnf_literal,
     regex_literal,
-    tool_prefix,
 )
-from llorch.worker.chat.formats.sections import (
-    parse_sections,
-    unfinished,
-)
-from llorch.worker.chat.formats.xmlcalls import (
-    parameters_expression,
-    xml_arguments,
-)
+from llorch.worker.chat.formats.sections import parse_sections, unfinished
+from llorch.worker.chat.formats.xmlcalls import read_xml_call, xml_calls
 from llorch.worker.chat.types import Tool
 
 SECTION_START = "<minimax:tool_call>"
@@ -42,6 +35,11 @@ _INVOKE = re.compile(r'\s*<invoke name="([^"]*)">')
 _PARAMETER = re.compile(r'\s*<parameter name="([^"]*)">')
 _INVOKE_END = re.compile(r"\s*</invoke>")
 _SECTION_END = re.compile(r"\s*</minimax:tool_call>")
+
+
+def _invoke_gbnf(tool: Tool, params: str) -> str:
+    opening = gbnf_literal(f'<invoke name="{tool.name}">\n')
+    return f'{opening} {params} "</invoke>\\n"'
 
 
 class MinimaxM2Format:
@@ -66,22 +64,18 @@ class MinimaxM2Format:
         calls: list[ParsedCall] = []
         while (invoke := _INVOKE.match(text, at)) is not None:
             name = invoke.group(1).strip()
-            params: list[tuple[str, str]] = []
-            at = invoke.end()
-            while (parameter := _PARAMETER.match(text, at)) is not None:
-                close = text.find(VALUE_END, parameter.end())
-                if close < 0:
-                    break
-                params.append((parameter.group(1).strip(), text[parameter.end() : close]))
-                at = close + len(VALUE_END)
-            end = _INVOKE_END.match(text, at)
+            call, end = read_xml_call(
+                text,
+                invoke.end(),
+                name,
+                parameter=_PARAMETER,
+                value_end=VALUE_END,
+                call_end=_INVOKE_END,
+            )
+            calls.append(call)
             if end is None:
-                calls.append(
-                    ParsedCall(name, xml_arguments(params, complete=False), complete=False)
-                )
                 return unfinished(calls, partial=partial, why=f"the call of {name} is not closed")
-            calls.append(ParsedCall(name, xml_arguments(params, complete=True)))
-            at = end.end()
+            at = end
         section = _SECTION_END.match(text, at)
         if section is None:
             return unfinished(calls, partial=partial, why=f"{SECTION_START} is not closed")
@@ -89,20 +83,17 @@ class MinimaxM2Format:
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
-        names = []
-        for index, tool in enumerate(tools):
-            prefix = tool_prefix(index, tool)
-            params = parameters_expression(
-                builder,
-                tool,
-                prefix,
-                lambda key, value: f'"<parameter name=\\"" {key} "\\">" {value} "</parameter>\\n"',
-                VALUE_END,
-                '[^"]+',
-            )
-            opening = gbnf_literal(f'<invoke name="{tool.name}">\n')
-            names.append(builder.rule(prefix, f'{opening} {params} "</invoke>\\n"'))
-        builder.rule("invoke", " | ".join(names))
+        invokes = xml_calls(
+            builder,
+            tools,
+            parameter=lambda key, value: (
+                f'"<parameter name=\\"" {key} "\\">" {value} "</parameter>\\n"'
+            ),
+            close=VALUE_END,
+            any_name='[^"]+',
+            call=_invoke_gbnf,
+        )
+        builder.rule("invoke", invokes)
         calls = "invoke+" if parallel else "invoke"
         root = f'"<minimax:tool_call>\\n" {calls} "</minimax:tool_call>"'
         return ToolGrammar(builder.build(root), triggers=(regex_literal(SECTION_START),))

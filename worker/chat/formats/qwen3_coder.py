@@ -25,16 +25,9 @@ from llorch.worker.chat.formats.base import (
     ToolGrammar,
     gbnf_literal,
     regex_literal,
-    tool_prefix,
 )
-from llorch.worker.chat.formats.sections import (
-    parse_sections,
-    unfinished,
-)
-from llorch.worker.chat.formats.xmlcalls import (
-    parameters_expression,
-    xml_arguments,
-)
+from llorch.worker.chat.formats.sections import parse_sections, unfinished
+from llorch.worker.chat.formats.xmlcalls import read_xml_call, xml_calls
 from llorch.worker.chat.types import Tool
 
 CALL_START = "<tool_call>"
@@ -53,6 +46,11 @@ def _value(raw: str) -> str:
     return raw.removesuffix("\n")
 
 
+def _function_gbnf(tool: Tool, params: str) -> str:
+    opening = gbnf_literal(f"<function={tool.name}>\n")
+    return f'{opening} {params} "</function>\\n"'
+
+
 class Qwen3CoderFormat:
     name = "qwen3_coder"
     markers = (CALL_START, CALL_END, "<function=", "</function>", "<parameter=", "</parameter>")
@@ -69,42 +67,35 @@ class Qwen3CoderFormat:
         if function is None:
             return unfinished([], partial=partial, why="a <tool_call> without <function=...>")
         name = function.group(1).strip()
-        params: list[tuple[str, str]] = []
-        at = function.end()
-        while (parameter := _PARAMETER.match(text, at)) is not None:
-            close = text.find("</parameter>", parameter.end())
-            if close < 0:
-                break
-            params.append((parameter.group(1).strip(), _value(text[parameter.end() : close])))
-            at = close + len("</parameter>")
-        end = _FUNCTION_END.match(text, at)
+        call, end = read_xml_call(
+            text,
+            function.end(),
+            name,
+            parameter=_PARAMETER,
+            value_end="</parameter>",
+            call_end=_FUNCTION_END,
+            value=_value,
+        )
         if end is None:
-            call = ParsedCall(name, xml_arguments(params, complete=False), complete=False)
             return unfinished([call], partial=partial, why=f"the call of {name} is not closed")
-        calls = [ParsedCall(name, xml_arguments(params, complete=True))]
-        section = _CALL_END.match(text, end.end())
+        section = _CALL_END.match(text, end)
         if section is not None:
-            return calls, section.end()
-        if not partial and not text[end.end() :].strip():
-            return calls, len(text)  # the output ended before </tool_call>: the call is whole
-        return unfinished(calls, partial=partial, why="</function> without </tool_call>")
+            return [call], section.end()
+        if not partial and not text[end:].strip():
+            return [call], len(text)  # the output ended before </tool_call>: the call is whole
+        return unfinished([call], partial=partial, why="</function> without </tool_call>")
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
-        names = []
-        for index, tool in enumerate(tools):
-            prefix = tool_prefix(index, tool)
-            params = parameters_expression(
-                builder,
-                tool,
-                prefix,
-                lambda key, value: f'"<parameter=" {key} ">\\n" {value} "\\n</parameter>\\n"',
-                VALUE_CLOSE,
-                "[^>\\n]+",
-            )
-            opening = gbnf_literal(f"<function={tool.name}>\n")
-            names.append(builder.rule(prefix, f'{opening} {params} "</function>\\n"'))
-        builder.rule("call", f'"<tool_call>\\n" ({" | ".join(names)}) "</tool_call>"')
+        calls = xml_calls(
+            builder,
+            tools,
+            parameter=lambda key, value: f'"<parameter=" {key} ">\\n" {value} "\\n</parameter>\\n"',
+            close=VALUE_CLOSE,
+            any_name="[^>\\n]+",
+            call=_function_gbnf,
+        )
+        builder.rule("call", f'"<tool_call>\\n" ({calls}) "</tool_call>"')
         root = 'call ("\\n" call)*' if parallel else "call"
         return ToolGrammar(builder.build(root), triggers=(regex_literal(CALL_START),))
 

@@ -13,15 +13,17 @@ happens to read as a number is the one case that differs).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llorch.worker.chat.formats.base import (
     GrammarBuilder,
-    arguments_json,
+    ParsedCall,
     gbnf_literal,
     gbnf_until,
     rule_name,
+    tool_rules,
 )
 from llorch.worker.chat.types import Tool
 
@@ -44,11 +46,39 @@ def xml_value(raw: str) -> Any:
 
 
 def xml_arguments(params: Sequence[tuple[str, str]], *, complete: bool) -> str:
-    """The JSON text of a call's parameters. While the call is still being written, the
-    parameters completed so far without the closing brace: a prefix of the final text, since
-    each parameter added only extends it."""
-    text = arguments_json({key: xml_value(value) for key, value in params})
+    """The JSON text of a call's parameters (compact, as the other families' arguments). While
+    the call is still being written, the parameters completed so far without the closing
+    brace: a prefix of the final text, since each parameter added only extends it."""
+    value = {key: xml_value(value) for key, value in params}
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     return text if complete else text[:-1]
+
+
+def read_xml_call(
+    text: str,
+    at: int,
+    name: str,
+    *,
+    parameter: re.Pattern[str],
+    value_end: str,
+    call_end: re.Pattern[str],
+    value: Callable[[str], str] = lambda raw: raw,
+) -> tuple[ParsedCall, int | None]:
+    """The call of `name` whose parameters start at `at`: each opened by `parameter` (its
+    name the first group) and its raw text running to `value_end` (`value` takes off what the
+    syntax writes around it), then `call_end`. (The call, the index after `call_end`); until
+    `call_end` comes, the call is unfinished with the parameters completed so far, and None."""
+    params: list[tuple[str, str]] = []
+    while (start := parameter.match(text, at)) is not None:
+        close = text.find(value_end, start.end())
+        if close < 0:
+            break
+        params.append((start.group(1).strip(), value(text[start.end() : close])))
+        at = close + len(value_end)
+    end = call_end.match(text, at)
+    if end is None:
+        return ParsedCall(name, xml_arguments(params, complete=False), complete=False), None
+    return ParsedCall(name, xml_arguments(params, complete=True)), end.end()
 
 
 # -- grammar -----------------------------------------------------------------------------------
@@ -74,7 +104,25 @@ def value_expression(builder: GrammarBuilder, schema: Any, rule: str, close: str
 ParameterSyntax = Callable[[str, str], str]
 
 
-def parameters_expression(
+def xml_calls(
+    builder: GrammarBuilder,
+    tools: Sequence[Tool],
+    *,
+    parameter: ParameterSyntax,
+    close: str,
+    any_name: str,
+    call: Callable[[Tool, str], str],
+) -> str:
+    """The alternatives of the tools' calls, a rule each: `call(tool, GBNF of its parameters)`,
+    each parameter as `parameter` writes it, its value followed by `close`."""
+
+    def body(tool: Tool, prefix: str) -> str:
+        return call(tool, _parameters(builder, tool, prefix, parameter, close, any_name))
+
+    return tool_rules(builder, tools, body)
+
+
+def _parameters(
     builder: GrammarBuilder,
     tool: Tool,
     prefix: str,
@@ -82,7 +130,7 @@ def parameters_expression(
     close: str,
     any_name: str,
 ) -> str:
-    """GBNF of a call's parameters: the required ones in the schema's order, then any of the
+    """GBNF of a tool's parameters: the required ones in the schema's order, then any of the
     optional ones; any names (`any_name`) with free values when the schema lists none."""
     schema = tool.parameters if isinstance(tool.parameters, Mapping) else {}
     properties = schema.get("properties")
