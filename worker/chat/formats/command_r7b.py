@@ -26,13 +26,8 @@ from llorch.worker.chat.formats.base import (
     regex_literal,
     skip_space,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    CallKeys,
-    any_of,
-    call_object_rule,
-    read_array,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import CallKeys, read_array
+from llorch.worker.chat.formats.jsongrammar import call_objects, repeated
 from llorch.worker.chat.formats.sections import closing, read_sections
 from llorch.worker.chat.types import Tool
 
@@ -84,17 +79,12 @@ class CommandR7BFormat:
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
         index = '"\\"" [0-9]{1,3} "\\""'
-        call = any_of(
+        call = call_objects(
             builder,
             tools,
-            lambda tool, i: call_object_rule(
-                builder,
-                tool,
-                i,
-                name_key="tool_name",
-                arguments_key="parameters",
-                fields_before=[("tool_call_id", index)],
-            ),
+            name_key="tool_name",
+            arguments_key="parameters",
+            fields_before=[("tool_call_id", index)],
         )
         calls = repeated(call, 'ws "," ws', parallel=parallel)
         # Forced, the model still writes its plan first (the generation prompt stops before

@@ -12,13 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llorch.worker.chat.formats.base import GrammarBuilder, Parsed, ParsedCall, ToolGrammar
-from llorch.worker.chat.formats.jsoncalls import (
-    CallKeys,
-    any_of,
-    call_object_rule,
-    read_array,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import CallKeys, read_array
+from llorch.worker.chat.formats.jsongrammar import call_objects, repeated
 from llorch.worker.chat.formats.sections import read_sections
 from llorch.worker.chat.types import Tool
 
@@ -45,7 +40,7 @@ class FirefunctionV2Format:
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
-        call = any_of(builder, tools, lambda tool, i: call_object_rule(builder, tool, i))
+        call = call_objects(builder, tools)
         calls = repeated(call, 'ws "," ws', parallel=parallel)
         # The space is optional: the trigger starts the grammar at "functools[".
         root = f'" "? "functools[" ws {calls} ws "]"'

@@ -19,16 +19,12 @@ from llorch.worker.chat.formats.base import (
     ParsedCall,
     ToolGrammar,
     gbnf_literal,
+    json_arguments,
     regex_literal,
     skip_space,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    any_of,
-    code_arguments,
-    finished_call,
-    read_arguments,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import PYTHON, code_call, finished_call
+from llorch.worker.chat.formats.jsongrammar import any_call, repeated
 from llorch.worker.chat.formats.sections import closing, read_sections
 from llorch.worker.chat.types import Tool
 
@@ -36,7 +32,6 @@ START = "<function="
 END = "</function>"
 PYTHON_TAG = "<|python_tag|>"
 NAME = re.compile(r"[\w.-]+")
-PYTHON = "python"
 
 
 @dataclass(frozen=True)
@@ -64,12 +59,10 @@ class FunctionaryV31Format:
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
 
-        def call(tool: Tool, index: int) -> str:
-            arguments = builder.arguments_rule(tool)
-            body = f"{gbnf_literal(START + tool.name + '>')} {arguments} {gbnf_literal(END)}"
-            return builder.rule(f"call-{index}", body)
+        def call(tool: Tool, arguments: str) -> str:
+            return f"{gbnf_literal(START + tool.name + '>')} {arguments} {gbnf_literal(END)}"
 
-        root = repeated(any_of(builder, tools, call), "", parallel=parallel)
+        root = repeated(any_call(builder, tools, call), "", parallel=parallel)
         triggers = [regex_literal(START)]
         if any(tool.name == PYTHON for tool in tools):
             # The code interpreter's raw code runs to the end of the answer.
@@ -87,7 +80,7 @@ def _function_call(text: str, at: int, *, partial: bool) -> tuple[list[ParsedCal
     name = text[at:gt]
     if not NAME.fullmatch(name):
         raise MalformedCall(f"not a tool name: {name!r}")
-    arguments, end = read_arguments(text, gt + 1, partial=partial)
+    arguments, end = json_arguments(text, gt + 1, partial=partial, what=f"the call of {name}")
     if end is None:
         return [ParsedCall(name, arguments, complete=False)], None
     call = finished_call(name, arguments, partial=partial)
@@ -103,14 +96,11 @@ def _python_call(text: str, at: int, *, partial: bool) -> tuple[list[ParsedCall]
         raise MalformedCall(f"{PYTHON_TAG} is followed by no code")
     if text.startswith("{", start):
         # The template renders a python call's arguments as JSON.
-        arguments, end = read_arguments(text, start, partial=partial)
+        arguments, end = json_arguments(text, start, partial=partial, what="the python call")
         if end is None:
             return [ParsedCall(PYTHON, arguments, complete=False)], None
         return [finished_call(PYTHON, arguments, partial=partial)], end
-    code = text[start:]
-    if partial:
-        return [ParsedCall(PYTHON, code_arguments(code, partial=True), complete=False)], None
-    return [ParsedCall(PYTHON, code_arguments(code, partial=False))], len(text)
+    return [code_call(text[start:], complete=not partial)], None if partial else len(text)
 
 
 FORMAT = FunctionaryV31Format()

@@ -23,23 +23,17 @@ from llorch.worker.chat.formats.base import (
     ToolGrammar,
     gbnf_literal,
     held_back,
+    json_arguments,
     skip_space,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    any_of,
-    code_arguments,
-    finished_call,
-    name_pattern,
-    read_arguments,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import PYTHON, code_call, finished_call
+from llorch.worker.chat.formats.jsongrammar import any_call, name_pattern, repeated
 from llorch.worker.chat.formats.sections import join_content
 from llorch.worker.chat.types import Tool
 
 SEP = ">>>"
 CONTENT = "all"
 RECIPIENT = re.compile(r"[A-Za-z_][\w.-]*")
-PYTHON = "python"
 
 
 @dataclass(frozen=True)
@@ -90,13 +84,12 @@ class FunctionaryV32Format:
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
 
-        def call(tool: Tool, index: int) -> str:
-            arguments = builder.arguments_rule(tool)
-            return builder.rule(f"call-{index}", f"{gbnf_literal(tool.name + chr(10))} {arguments}")
+        def call(tool: Tool, arguments: str) -> str:
+            return f"{gbnf_literal(tool.name + chr(10))} {arguments}"
 
         # The grammar starts at the recipient: forced, the prompt's ">>>" comes before it; lazy,
         # the triggers' group starts after the ">>>" (or at the start of the answer).
-        root = repeated(any_of(builder, tools, call), gbnf_literal(SEP), parallel=parallel)
+        root = repeated(any_call(builder, tools, call), gbnf_literal(SEP), parallel=parallel)
         names = name_pattern(tools)
         return ToolGrammar(
             gbnf=builder.build(root),
@@ -128,10 +121,9 @@ def _call(text: str, name: str, at: int, calls: list[ParsedCall], *, partial: bo
         code = text[start:] if block_end < 0 else text[start:block_end]
         if partial and block_end < 0:
             code = code[: held_back(code, (SEP,))]
-        complete = not partial or block_end >= 0
-        calls.append(ParsedCall(name, code_arguments(code, partial=not complete), None, complete))
+        calls.append(code_call(code, complete=not partial or block_end >= 0))
         return None if block_end < 0 else block_end
-    arguments, end = read_arguments(text, start, partial=partial)
+    arguments, end = json_arguments(text, start, partial=partial, what=f"the call of {name}")
     if end is None:
         calls.append(ParsedCall(name, arguments, complete=False))
         return None

@@ -22,17 +22,8 @@ from llorch.worker.chat.formats.base import (
     ToolGrammar,
     skip_space,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    WS_REGEX,
-    CallKeys,
-    any_of,
-    call_object_rule,
-    json_key,
-    read_array,
-    read_object,
-    read_string,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import CallKeys, read_array, read_object, read_string
+from llorch.worker.chat.formats.jsongrammar import WS_REGEX, call_objects, json_key, repeated
 from llorch.worker.chat.types import Tool
 
 KEYS = CallKeys(names=("name",), arguments=("arguments",), ids=("id",))
@@ -77,7 +68,7 @@ class GenericFormat:
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
-        call = any_of(builder, tools, lambda tool, i: call_object_rule(builder, tool, i))
+        call = call_objects(builder, tools)
         calls = repeated(call, 'ws "," ws', parallel=parallel)
         root = f'"{{" ws {json_key(CALLS)} ws ":" ws "[" ws {calls} ws "]" ws "}}"'
         trigger = f'^\\s*(\\{{{WS_REGEX}"{CALLS}")'

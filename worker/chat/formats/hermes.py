@@ -22,13 +22,8 @@ from llorch.worker.chat.formats.base import (
     ToolGrammar,
     regex_literal,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    CallKeys,
-    any_of,
-    call_object_rule,
-    read_object,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import CallKeys, read_object
+from llorch.worker.chat.formats.jsongrammar import call_objects, repeated
 from llorch.worker.chat.formats.sections import closing, read_sections
 from llorch.worker.chat.types import Tool
 
@@ -66,7 +61,7 @@ class HermesFormat:
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
-        call = any_of(builder, tools, lambda tool, i: call_object_rule(builder, tool, i))
+        call = call_objects(builder, tools)
         # The templates write `<tool_call>\n{...}\n</tool_call>`, calls separated by "\n".
         tagged = builder.rule("tagged-call", f'"{START}" ws {call} ws "{END}"')
         return ToolGrammar(

@@ -1,6 +1,6 @@
-"""Calls written as JSON, read while they are being written and forced by grammar: what the
-families whose calls are JSON objects (Hermes, Llama 3.x, Mistral, Firefunction, Functionary,
-Command R7B, the generic format) share.
+"""Calls written as JSON, read while they are being written: what the families whose calls
+are JSON objects (Hermes, Llama 3.x, Mistral, Firefunction, Functionary, Command R7B, the
+generic format) share. Their grammars are built with jsongrammar.
 
 Readers take the output so far and an index; with `partial` they stop where the text ends (or
 where it stops making sense: the final parse reports that), and report a call as soon as its
@@ -10,29 +10,17 @@ name is known with the raw text of its arguments written so far.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from llorch.worker.chat.formats.base import (
-    GrammarBuilder,
     MalformedCall,
     ParsedCall,
-    gbnf_literal,
     json_value_end,
     object_text,
     partial_arguments,
-    regex_literal,
-    rule_name,
     skip_space,
 )
 from llorch.worker.chat.formats.sections import unfinished
-from llorch.worker.chat.types import Tool
-
-# Whitespace the wrapping rules allow (between markers and objects, between object fields):
-# bounded, so a forced grammar cannot loop on it; trigger patterns use the same class so that
-# whatever text a trigger matched is accepted when the grammar replays it.
-WS_RULE = "[ \\t\\n]{0,20}"
-WS_REGEX = "[ \\t\\n]{0,20}"
 
 
 @dataclass(frozen=True)
@@ -183,22 +171,6 @@ def read_array(
             return unfinished(calls, partial=partial, why="tool calls are not a JSON array")
 
 
-def read_arguments(text: str, at: int, *, partial: bool) -> tuple[str, int | None]:
-    """Arguments written as a bare JSON object at `at`: (their text so far, the index after
-    them or None while unfinished)."""
-    start = skip_space(text, at)
-    end = json_value_end(text, start)
-    if end is None:
-        if not partial:
-            raise MalformedCall("tool call arguments are not complete JSON")
-        return partial_arguments(text[start:]), None
-    return text[start:end], end
-
-
-def final_arguments(arguments: str) -> str:
-    return object_text(arguments, what="tool call arguments")
-
-
 def finished_call(
     name: str, arguments: str, call_id: str | None = None, *, partial: bool
 ) -> ParsedCall:
@@ -206,64 +178,21 @@ def finished_call(
     (a partial parse keeps the call, unfinished, so that calls never disappear while
     streaming; the final parse judges)."""
     try:
-        return ParsedCall(name, final_arguments(arguments), call_id)
+        return ParsedCall(name, object_text(arguments, what="tool call arguments"), call_id)
     except MalformedCall:
         if not partial:
             raise
         return ParsedCall(name, arguments, call_id, complete=False)
 
 
-def code_arguments(code: str, *, partial: bool) -> str:
-    """`{"code": ...}` for a call whose argument is raw code (a python tool): a partial parse
-    leaves the string open, so that the arguments only grow."""
+# The code interpreter's tool, which some families call with raw code rather than JSON.
+PYTHON = "python"
+
+
+def code_call(code: str, *, complete: bool) -> ParsedCall:
+    """A call of the code interpreter whose argument is raw code, as `{"code": ...}`: while
+    the code is still being written the string is left open, so that the arguments only
+    grow."""
     text = '{"code": ' + json.dumps(code, ensure_ascii=False)
-    return partial_arguments(text[:-1]) if partial else text + "}"
-
-
-# -- grammars ----------------------------------------------------------------------------------
-
-
-def call_object_rule(
-    builder: GrammarBuilder,
-    tool: Tool,
-    index: int,
-    *,
-    name_key: str = "name",
-    arguments_key: str = "arguments",
-    head: str = "",
-    fields_before: Sequence[tuple[str, str]] = (),
-    fields_after: Sequence[tuple[str, str]] = (),
-) -> str:
-    """A rule for `{"name": "<tool>", "arguments": {...}}` (keys as the family names them):
-    `head` is raw GBNF right after the brace, the fields are (key, GBNF value) pairs."""
-    ws = builder.rule("ws", WS_RULE)
-    fields = [
-        *fields_before,
-        (name_key, gbnf_literal(json.dumps(tool.name, ensure_ascii=False))),
-        (arguments_key, builder.arguments_rule(tool)),
-        *fields_after,
-    ]
-    pairs = [f'{json_key(key)} {ws} ":" {ws} {value}' for key, value in fields]
-    body = f' {ws} "," {ws} '.join(pairs)
-    return builder.rule(f"call-{index}-{rule_name(tool.name)}", f'"{{" {ws} {head}{body} {ws} "}}"')
-
-
-def json_key(key: str) -> str:
-    return gbnf_literal(json.dumps(key))
-
-
-def any_of(builder: GrammarBuilder, tools: Sequence[Tool], rule: Callable[[Tool, int], str]) -> str:
-    """A rule for one of the tools' calls."""
-    if not tools:
-        raise ValueError("a tool-call grammar needs at least one tool")
-    return builder.rule("tool-call", " | ".join(rule(tool, i) for i, tool in enumerate(tools)))
-
-
-def repeated(call: str, separator: str, *, parallel: bool) -> str:
-    """One call, or several separated by `separator` (GBNF) when `parallel`."""
-    return f"{call} ({separator} {call})*" if parallel else call
-
-
-def name_pattern(tools: Sequence[Tool]) -> str:
-    """A regex alternation of the tools' names (for trigger patterns)."""
-    return "(?:" + "|".join(regex_literal(tool.name) for tool in tools) + ")"
+    arguments = text + "}" if complete else partial_arguments(text[:-1])
+    return ParsedCall(PYTHON, arguments, complete=complete)

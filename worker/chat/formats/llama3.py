@@ -29,14 +29,8 @@ from llorch.worker.chat.formats.base import (
     regex_literal,
     skip_space,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    WS_REGEX,
-    CallKeys,
-    any_of,
-    call_object_rule,
-    code_arguments,
-    read_object,
-)
+from llorch.worker.chat.formats.jsoncalls import CallKeys, code_call, read_object
+from llorch.worker.chat.formats.jsongrammar import WS_REGEX, call_objects
 from llorch.worker.chat.formats.sections import join_content
 from llorch.worker.chat.types import Tool
 
@@ -79,13 +73,7 @@ class Llama3Format:
         # One call: Meta's templates refuse more than one call per message.
         builder = GrammarBuilder()
         typed = '("\\"type\\"" ws ":" ws "\\"function\\"" ws "," ws)? '
-        call = any_of(
-            builder,
-            tools,
-            lambda tool, i: call_object_rule(
-                builder, tool, i, arguments_key="parameters", head=typed
-            ),
-        )
+        call = call_objects(builder, tools, arguments_key="parameters", head=typed)
         start = (
             f'^\\s*(\\{{{WS_REGEX}(?:"type"{WS_REGEX}:{WS_REGEX}"function"{WS_REGEX},{WS_REGEX})?'
             f'"name")'
@@ -131,10 +119,7 @@ def _python_tag_call(code: str, *, partial: bool) -> ParsedCall | None:
         if not partial:
             raise MalformedCall("<|python_tag|> is followed by no call")
         return None
-    code = code.lstrip()
-    if partial:
-        return ParsedCall("python", code_arguments(code, partial=True), complete=False)
-    return ParsedCall("python", code_arguments(code, partial=False))
+    return code_call(code.lstrip(), complete=not partial)
 
 
 def _builtin_arguments(source: str) -> str:

@@ -18,13 +18,8 @@ from llorch.worker.chat.formats.base import (
     gbnf_literal,
     regex_literal,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    CallKeys,
-    any_of,
-    call_object_rule,
-    read_array,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import CallKeys, read_array
+from llorch.worker.chat.formats.jsongrammar import call_objects, repeated
 from llorch.worker.chat.formats.sections import read_sections
 from llorch.worker.chat.types import Tool
 
@@ -52,11 +47,7 @@ class MistralNemoFormat:
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
         call_id = builder.rule("call-id", CALL_ID_RULE)
-        call = any_of(
-            builder,
-            tools,
-            lambda tool, i: call_object_rule(builder, tool, i, fields_after=[("id", call_id)]),
-        )
+        call = call_objects(builder, tools, fields_after=[("id", call_id)])
         calls = repeated(call, 'ws "," ws', parallel=parallel)
         root = f'{gbnf_literal(START)} "[" ws {calls} ws "]"'
         return ToolGrammar(gbnf=builder.build(root), triggers=(regex_literal(START),))

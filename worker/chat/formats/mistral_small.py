@@ -20,17 +20,12 @@ from llorch.worker.chat.formats.base import (
     ParsedCall,
     ToolGrammar,
     gbnf_literal,
+    json_arguments,
     regex_literal,
     skip_space,
 )
-from llorch.worker.chat.formats.jsoncalls import (
-    CallKeys,
-    any_of,
-    finished_call,
-    read_arguments,
-    read_array,
-    repeated,
-)
+from llorch.worker.chat.formats.jsoncalls import CallKeys, finished_call, read_array
+from llorch.worker.chat.formats.jsongrammar import any_call, repeated
 from llorch.worker.chat.formats.sections import read_sections
 from llorch.worker.chat.types import Tool
 
@@ -67,12 +62,10 @@ class MistralSmallFormat:
         builder = GrammarBuilder()
         call_id = builder.rule("call-id", f"{gbnf_literal(CALL_ID)} [a-zA-Z0-9]{{9}}")
 
-        def call(tool: Tool, index: int) -> str:
-            arguments = builder.arguments_rule(tool)
-            body = f"{gbnf_literal(tool.name)} {call_id}? {gbnf_literal(ARGS)} {arguments}"
-            return builder.rule(f"call-{index}", body)
+        def call(tool: Tool, arguments: str) -> str:
+            return f"{gbnf_literal(tool.name)} {call_id}? {gbnf_literal(ARGS)} {arguments}"
 
-        calls = any_of(builder, tools, call)
+        calls = any_call(builder, tools, call)
         tagged = builder.rule("tagged-call", f"{gbnf_literal(START)} {calls}")
         return ToolGrammar(
             gbnf=builder.build(repeated(tagged, "", parallel=parallel)),
@@ -99,7 +92,8 @@ def _read_call(text: str, at: int, *, partial: bool) -> tuple[list[ParsedCall], 
                 return [ParsedCall(name, "", complete=False)], None
             raise MalformedCall(f"{CALL_ID} is not followed by {ARGS}")
         call_id = text[id_at + len(CALL_ID) : args_at].strip() or None
-    arguments, end = read_arguments(text, args_at + len(ARGS), partial=partial)
+    what = f"the call of {name}"
+    arguments, end = json_arguments(text, args_at + len(ARGS), partial=partial, what=what)
     if end is None:
         return [ParsedCall(name, arguments, call_id, complete=False)], None
     return [finished_call(name, arguments, call_id, partial=partial)], end
