@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from llorch.worker.backend.errors import InferenceError, ShuttingDownError, WorkerError
+from llorch.worker.backend.errors import InferenceError, WorkerError
 from llorch.worker.chat.stream import ChatStream
 from llorch.worker.chat.types import (
     ChatEvent,
@@ -36,10 +36,10 @@ from llorch.worker.http.body import parse_json
 from llorch.worker.http.errors import anthropic_body
 from llorch.worker.http.openai_chat import generation_of
 from llorch.worker.http.sse import SSE_HEADERS, frame
+from llorch.worker.http.streaming import next_or_gone
 from llorch.worker.jobs import cancellation_error
 
 _ERRORS = (400, 401, 403, 404, 413, 415, 421, 429, 503, 504, 529)
-_DISCONNECT_POLL_S = 1.0
 PING_INTERVAL_S = 5.0  # a ping while nothing comes (queued, or reading a long prompt)
 
 
@@ -78,8 +78,8 @@ class _Blocks:
 
     def finish(self, finish: ChatFinish) -> list[tuple[str, dict[str, Any]]]:
         """Closes the last block; each tool_use gets its call's whole arguments as `input`. A
-        call the answer was cut inside is given up by the core (its markup comes back as text):
-        the whole message leaves its block out; a stream has sent it already."""
+        call the answer was cut inside (max_tokens) is not among the core's final calls: the
+        whole message leaves its block out; a stream has sent it already."""
         out = self.stop()
         for i, call in enumerate(finish.calls):
             if i not in self._calls:  # never streamed: added whole
@@ -156,14 +156,9 @@ def _error_event(exc: Exception) -> bytes:
 
 
 async def _collect(request: Request, stream: ChatStream, blocks: _Blocks) -> ChatFinish:
-    """The whole message; a client that goes away cancels it (checked every second)."""
+    """The whole message; a client that goes away cancels it (the caller cancels the job)."""
     while True:
-        events = await stream.next_group(_DISCONNECT_POLL_S)
-        if events is None:
-            if await request.is_disconnected():
-                raise ShuttingDownError("the client went away")
-            continue
-        for event in events:
+        for event in await next_or_gone(request, stream.next_group):
             if isinstance(event, ChatFailed):
                 raise event.error
             if isinstance(event, ChatFinish):

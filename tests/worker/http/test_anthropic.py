@@ -265,23 +265,21 @@ def test_forced_tool_use_gets_a_grammar_from_the_first_token(choice):
     assert sampling.grammar_triggers == ()
 
 
-def test_a_call_cut_by_max_tokens_is_given_up_as_text():
-    """The core gives up a call the answer was cut inside (its markup comes back as text, as
-    on /v1/chat/completions): the message holds no tool_use block for it."""
+def test_a_call_cut_by_max_tokens_is_left_out_of_the_message():
+    """The core keeps the calls an answer completed before its token limit and gives up the
+    one it was cut inside (as /v1/chat/completions does): the message has no block for it."""
     _, client = served(CALL + CALL)
+    cut = {"tools": [WEATHER], "tool_choice": {"type": "any"}, "max_tokens": 140}
     with client:
-        body = post(client, tools=[WEATHER], tool_choice={"type": "any"}, max_tokens=140).json()
-        events = events_of(
-            post(client, tools=[WEATHER], tool_choice={"type": "any"}, max_tokens=140, stream=True)
-        )
+        body = post(client, **cut).json()
+        events = events_of(post(client, **cut, stream=True))
     assert body["stop_reason"] == "max_tokens"
-    assert [b["type"] for b in body["content"]] == ["text"]
-    assert body["content"][0]["text"] == (CALL + CALL)[:140]
-    # Streamed, the call's block went out before the cut: the text follows it.
-    starts = [
-        data["content_block"]["type"] for name, data in events if name == "content_block_start"
-    ]
-    assert starts[-1] == "text" and events[-2][1]["delta"]["stop_reason"] == "max_tokens"
+    [call] = body["content"]
+    assert call["type"] == "tool_use" and call["input"] == {"city": "Paris", "unit": "C"}
+    # Streamed, the cut call's block went out before the cut.
+    starts = [d["content_block"]["type"] for n, d in events if n == "content_block_start"]
+    assert starts == ["tool_use", "tool_use"]
+    assert events[-2][1]["delta"]["stop_reason"] == "max_tokens"
 
 
 def test_tool_choice_none_parses_nothing():
