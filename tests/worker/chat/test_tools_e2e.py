@@ -173,7 +173,12 @@ def test_forced_calls_parse_and_validate(client: openai.OpenAI, family: str) -> 
     no_markup(content)
 
 
-@pytest.mark.parametrize("family", list(TEMPLATES))
+# Rendering calls and results is checked for every family's template without a model
+# (test_prompt.py); here a family of each shape of syntax answers them on the real model.
+CONTINUED = ["hermes", "qwen35", "llama31", "mistral-nemo", "gpt-oss", "kimi-k2", "generic"]
+
+
+@pytest.mark.parametrize("family", CONTINUED)
 def test_auto_none_and_a_tool_result(client: openai.OpenAI, family: str) -> None:
     auto = client.chat.completions.create(
         model=family, messages=ASK, tools=[WEATHER], max_tokens=32, temperature=0
