@@ -232,9 +232,10 @@ def schema_tools() -> list[Any]:
 def check_call_grammar(backend: Any, grammar_accepts: Callable[..., bool]) -> Callable[..., None]:
     """Checks a format's grammar over `schema_tools`, single and parallel: llama.cpp loads it;
     it takes `first` (a get_weather call) and `second` (a search call) in the family's syntax
-    and both joined by `joiner` only when parallel; it refuses an unknown tool and each of
-    `refused`; lazily (with its triggers) it lets `lead` through before a call; and the format
-    parses what it takes."""
+    and both joined by `joiner` only when parallel (for a family whose calls come in one
+    section, `section` writes it around the calls: around each alone, and around both); it
+    refuses an unknown tool and each of `refused`; lazily (with its triggers) it lets `lead`
+    through before a call; and the format parses what it takes."""
 
     def check(
         fmt: Any,
@@ -243,12 +244,17 @@ def check_call_grammar(backend: Any, grammar_accepts: Callable[..., bool]) -> Ca
         second: str,
         *,
         joiner: str = "",
+        section: Callable[..., str] | None = None,
         refused: Sequence[str] = (),
         lead: str = "Let me look that up.\n\n",
         parallel_differs: bool = True,
     ) -> None:
         from llorch.worker.chat.types import Tool
 
+        if section is None:
+            both = first + joiner + second
+        else:
+            first, second, both = section(first), section(second), section(first, second)
         single = fmt.grammar(tools, parallel=False)
         several = fmt.grammar(tools, parallel=True)
         backend.check_grammar(single.gbnf)
@@ -259,7 +265,6 @@ def check_call_grammar(backend: Any, grammar_accepts: Callable[..., bool]) -> Ca
         assert single.triggers and several.triggers
         assert grammar_accepts(single.gbnf, first)
         assert grammar_accepts(single.gbnf, second)
-        both = first + joiner + second
         if parallel_differs:
             assert grammar_accepts(several.gbnf, both)
             assert not grammar_accepts(single.gbnf, both)

@@ -9,12 +9,19 @@ import json
 
 import pytest
 
-from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.deepseek_r1 import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
+from .family_checks import (
+    READ_BACK,
+    SEARCH,
+    SEARCH_ARGUMENTS,
+    WEATHER,
+    WEATHER_ARGUMENTS,
+    calls_of,
+    check_malformed,
+    detected,
+)
+
 TEMPLATES = {
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B",
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B",
@@ -27,12 +34,7 @@ CALL = (
 
 
 def test_detected_for_its_templates_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == TEMPLATES
+    assert detected(templates_dir, FORMAT) == TEMPLATES
 
 
 @pytest.mark.parametrize(
@@ -52,10 +54,7 @@ def test_reads_what_the_template_renders(template, rendered_reply, stream_parse,
     reply = reply.split("<｜end▁of▁sentence｜>")[0]
     parsed = stream_parse(FORMAT, reply)
     assert parsed.content == ""
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        ("get_weather", WEATHER),
-        ("search", SEARCH),
-    ]
+    assert calls_of(parsed) == READ_BACK
 
 
 @pytest.mark.parametrize(
@@ -91,9 +90,7 @@ def test_output_may_end_after_the_arguments():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
 def _call(name: str, arguments: str) -> str:
@@ -107,23 +104,19 @@ def _section(*calls: str) -> str:
     return "<｜tool▁calls▁begin｜>" + "\n".join(calls) + "<｜tool▁calls▁end｜>"
 
 
-WEATHER_CALL = _call("get_weather", '{"city": "Paris", "unit": "celsius", "days": 3}')
-SEARCH_CALL = _call("search", '{"query": "x y", "filters": {"site": "a.org", "tags": ["a"]}}')
+WEATHER_CALL = _call("get_weather", WEATHER_ARGUMENTS)
+SEARCH_CALL = _call("search", SEARCH_ARGUMENTS)
 
 
-def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
+def test_grammar(check_call_grammar, schema_tools):
     check_call_grammar(
         FORMAT,
         schema_tools,
-        _section(WEATHER_CALL),
-        _section(SEARCH_CALL),
-        parallel_differs=False,
+        WEATHER_CALL,
+        SEARCH_CALL,
+        section=_section,
         refused=[
             _section(WEATHER_CALL.replace("celsius", "kelvin")),
             _section(_call("get_weather", '{"days": 3}')),
         ],
     )
-    both = _section(WEATHER_CALL, SEARCH_CALL)
-    assert grammar_accepts(FORMAT.grammar(schema_tools, parallel=True).gbnf, both)
-    assert not grammar_accepts(FORMAT.grammar(schema_tools, parallel=False).gbnf, both)
-    assert [c.name for c in FORMAT.parse(both, partial=False).calls] == ["get_weather", "search"]

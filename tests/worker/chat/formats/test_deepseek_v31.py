@@ -4,27 +4,24 @@ renders for a turn with calls (whole and as it streams), malformed calls, the gr
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.deepseek_v31 import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
-CALLS = [{"name": "get_weather", "arguments": WEATHER}, {"name": "search", "arguments": SEARCH}]
+from .family_checks import (
+    CALLS,
+    READ_BACK,
+    SEARCH_ARGUMENTS,
+    WEATHER_ARGUMENTS,
+    calls_of,
+    check_malformed,
+    detected,
+)
 
 
 def test_detected_for_its_template_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
     # V3.2 and V4 write DSML markup (<｜DSML｜function_calls>), not these tokens.
-    assert found == {"deepseek-ai-DeepSeek-V3.1"}
+    assert detected(templates_dir, FORMAT) == {"deepseek-ai-DeepSeek-V3.1"}
 
 
 def test_reads_what_the_template_renders(template, rendered_reply, stream_parse):
@@ -33,9 +30,7 @@ def test_reads_what_the_template_renders(template, rendered_reply, stream_parse)
     reply = reply.split("</think>")[-1].split("<｜end▁of▁sentence｜>")[0]
     parsed = stream_parse(FORMAT, reply)
     assert parsed.content == "I will check."
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        (call["name"], call["arguments"]) for call in CALLS
-    ]
+    assert calls_of(parsed) == READ_BACK
 
 
 def test_partial_call_appears_with_its_name():
@@ -54,9 +49,7 @@ def test_partial_call_appears_with_its_name():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
 def _call(name: str, arguments: str) -> str:
@@ -67,20 +60,16 @@ def _section(*calls: str) -> str:
     return "<｜tool▁calls▁begin｜>" + "".join(calls) + "<｜tool▁calls▁end｜>"
 
 
-WEATHER_CALL = _call("get_weather", '{"city": "Paris", "unit": "celsius", "days": 3}')
-SEARCH_CALL = _call("search", '{"query": "x y", "filters": {"site": "a.org", "tags": ["a"]}}')
+WEATHER_CALL = _call("get_weather", WEATHER_ARGUMENTS)
+SEARCH_CALL = _call("search", SEARCH_ARGUMENTS)
 
 
-def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
+def test_grammar(check_call_grammar, schema_tools):
     check_call_grammar(
         FORMAT,
         schema_tools,
-        _section(WEATHER_CALL),
-        _section(SEARCH_CALL),
-        parallel_differs=False,
+        WEATHER_CALL,
+        SEARCH_CALL,
+        section=_section,
         refused=[_section(_call("get_weather", '{"city": "Paris", "days": "3"}'))],
     )
-    both = _section(WEATHER_CALL, SEARCH_CALL)
-    assert grammar_accepts(FORMAT.grammar(schema_tools, parallel=True).gbnf, both)
-    assert not grammar_accepts(FORMAT.grammar(schema_tools, parallel=False).gbnf, both)
-    assert [c.name for c in FORMAT.parse(both, partial=False).calls] == ["get_weather", "search"]

@@ -7,23 +7,15 @@ import json
 
 import pytest
 
-from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.kimi_k2 import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
-CALLS = [{"name": "get_weather", "arguments": WEATHER}, {"name": "search", "arguments": SEARCH}]
+from .family_checks import CALLS, SEARCH, WEATHER, WEATHER_ARGUMENTS, check_malformed, detected
+
 TEMPLATES = {"Kimi-K2-Instruct", "Kimi-K2-Thinking", "moonshotai-Kimi-K2"}
 
 
 def test_detected_for_its_templates_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == TEMPLATES
+    assert detected(templates_dir, FORMAT) == TEMPLATES
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
@@ -64,9 +56,7 @@ def test_partial_call_appears_with_its_id():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
 def _call(name: str, index: int, arguments: str) -> str:
@@ -80,23 +70,19 @@ def _section(*calls: str) -> str:
     return "<|tool_calls_section_begin|>" + "".join(calls) + "<|tool_calls_section_end|>"
 
 
-WEATHER_CALL = _call("get_weather", 0, '{"city": "Paris", "unit": "celsius", "days": 3}')
+WEATHER_CALL = _call("get_weather", 0, WEATHER_ARGUMENTS)
 SEARCH_CALL = _call("search", 12, '{"query": "x y", "filters": {"site": "a.org", "tags": []}}')
 
 
-def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
+def test_grammar(check_call_grammar, schema_tools):
     check_call_grammar(
         FORMAT,
         schema_tools,
-        _section(WEATHER_CALL),
-        _section(SEARCH_CALL),
-        parallel_differs=False,
+        WEATHER_CALL,
+        SEARCH_CALL,
+        section=_section,
         refused=[
             _section(WEATHER_CALL.replace(":0", "")),
             _section(_call("get_weather", 0, '{"unit": "celsius"}')),
         ],
     )
-    both = _section(WEATHER_CALL, SEARCH_CALL)
-    assert grammar_accepts(FORMAT.grammar(schema_tools, parallel=True).gbnf, both)
-    assert not grammar_accepts(FORMAT.grammar(schema_tools, parallel=False).gbnf, both)
-    assert [c.name for c in FORMAT.parse(both, partial=False).calls] == ["get_weather", "search"]
