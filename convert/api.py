@@ -79,7 +79,7 @@ def _model_input(det: Detection) -> ModelInput:
     n_vocab = config.get("vocab_size")
     if not isinstance(n_vocab, int):
         raise ConversionError(f"{folder / 'config.json'}: missing integer vocab_size")
-    return ModelInput(folder, det.hf_architecture, row.arch, config, ckpt, n_vocab)
+    return ModelInput(folder, det.hf_architecture, row.arch, config, ckpt, n_vocab, row.text_part)
 
 
 def _check_output_head(model: ModelInput, plans: list[PlannedTensor]) -> None:

@@ -90,8 +90,8 @@ def _base_model(base: str | os.PathLike[str]) -> ModelInput:
     n_vocab = config.get("vocab_size")
     if not isinstance(n_vocab, int):
         raise AdapterError(f"{det.path / 'config.json'}: missing integer vocab_size")
-    arch = lookup(det.hf_architecture).arch
-    return ModelInput(det.path, det.hf_architecture, arch, config, ckpt, n_vocab)
+    row = lookup(det.hf_architecture)
+    return ModelInput(det.path, det.hf_architecture, row.arch, config, ckpt, n_vocab, row.text_part)
 
 
 class _RowProbe(Checkpoint):

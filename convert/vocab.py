@@ -23,7 +23,7 @@ from llorch.convert import fim_tokens, gemma4_vocab, pretokenizer, wordpiece
 from llorch.convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
 from llorch.convert.spm import BPE, MODEL_TYPES, read_spm
 from llorch.detector import read_json
-from llorch.detector.table import BY_MODEL_TYPE, SUPPORTED
+from llorch.detector.table import row_for_config
 
 _T = gguf.TokenType
 
@@ -107,14 +107,6 @@ def _post_processor_adds(tok_json: dict[str, Any]) -> tuple[bool, bool]:
     return False, False
 
 
-def _llama_arch(config: Mapping[str, Any]) -> str | None:
-    """The llama.cpp arch config.json's `architectures` (or `model_type`) converts to."""
-    names = config.get("architectures") or [None]
-    row = next((r for r in SUPPORTED if r.hf_name == names[0]), None)
-    row = row or BY_MODEL_TYPE.get(str(config.get("model_type")))
-    return row.llama_arch if row is not None else None
-
-
 def load_vocab(
     folder: Path,
     n_vocab: int,
@@ -129,11 +121,12 @@ def load_vocab(
     notes: list[str] = []
     if config is None:
         config = _optional_json(folder / "config.json")
-    # llama.cpp's Gemma 4 converter reads tokenizer.json only (gguf-py's LlamaHfVocab), even
-    # where a tokenizer.model lies beside it
+    # the table's tokenizer column: Gemma 4's tokenizer.json, even beside a tokenizer.model
+    row = row_for_config(config)
     spm_bpe = (
-        gemma4_vocab.is_spm_bpe(tok_json)
-        and _llama_arch(config) == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA4]
+        row is not None
+        and row.tokenizer == gemma4_vocab.GGML_MODEL
+        and gemma4_vocab.is_spm_bpe(tok_json)
     )
     if not spm_path.is_file() and wordpiece.is_wordpiece(tok_json):
         chat = _chat_template(folder, tok_cfg)

@@ -11,7 +11,6 @@ that tensor's stored bytes in blocks instead of calling it (no float32 copy of i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from llorch.convert.errors import ConfigError, ShapeMismatchError, UnmappedTensorError
 from llorch.detector.safetensors import Checkpoint
+from llorch.detector.table import TextPart
 
 _T = gguf.MODEL_TENSOR
 
@@ -34,6 +34,12 @@ class ModelInput:
     config: Mapping[str, Any]  # config.json with a nested text_config merged in
     ckpt: Checkpoint
     n_vocab: int
+    text_part: TextPart | None  # the table row's: a multimodal wrapper's language model
+
+    def text_name(self, name: str) -> str | None:
+        """A checkpoint tensor's name as the text model's checkpoints spell it; None for a
+        wrapper's part that is not converted."""
+        return name if self.text_part is None else self.text_part.tensor_name(name)
 
 
 @dataclass(frozen=True)
@@ -199,8 +205,9 @@ def map_tensors(
     """One output tensor per checkpoint tensor, named through gguf's tensor-name map.
 
     `claimed` names are built by the family itself (e.g. stacked experts) and skipped here.
-    `rename` maps a checkpoint name to the name to look up (None: deliberately not converted,
-    e.g. a multimodal wrapper's vision tower).
+    A multimodal wrapper's tensors are looked up by their text-model names, its other parts
+    left out (`ModelInput.text_name`); `rename` then maps such a name to the name to look up
+    (None: deliberately not converted).
     The MoE router stays F32 as in llama.cpp's converter.
     """
     n_layer = cfg_int(model, "num_hidden_layers", "n_layer")  # also for models without heads
@@ -210,7 +217,9 @@ def map_tensors(
     for ref in model.ckpt:
         if ref.name in claimed:
             continue
-        lookup_name = rename(ref.name) if rename is not None else ref.name
+        lookup_name = model.text_name(ref.name)
+        if lookup_name is not None and rename is not None:
+            lookup_name = rename(lookup_name)
         if lookup_name is None:
             continue
         found = tmap.get_type_and_name(lookup_name, try_suffixes=(".weight", ".bias"))
@@ -247,35 +256,6 @@ def _loader(ckpt: Checkpoint, name: str, transform: Transform | None) -> Callabl
         return transform(name, ckpt.load_f32(name))
 
     return load
-
-
-def llama3_rope_factors(model: ModelInput, head_dim: int) -> np.ndarray | None:
-    """Per-dimension frequency divisors for Llama 3.1+ `rope_type: llama3` scaling.
-
-    Same formula as transformers' _compute_llama3_parameters; llama.cpp divides each rotary
-    frequency by the matching entry of the `rope_freqs` tensor.
-    """
-    rp = rope_params(model)
-    if rp.get("rope_type") != "llama3":
-        return None
-    base = float(rp.get("rope_theta", 10000.0))
-    factor = float(rp.get("factor", 8.0))
-    low = float(rp.get("low_freq_factor", 1.0))
-    high = float(rp.get("high_freq_factor", 4.0))
-    old_ctx = float(rp.get("original_max_position_embeddings", 8192))
-    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-    out = []
-    for i in range(0, head_dim, 2):
-        freq = 1.0 / (base ** (i / head_dim))
-        wavelen = 2 * math.pi / freq
-        if wavelen < high_wavelen:
-            out.append(1.0)
-        elif wavelen > low_wavelen:
-            out.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - low) / (high - low)
-            out.append(1.0 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)
 
 
 def constant_tensor(name: str, data: np.ndarray) -> PlannedTensor:

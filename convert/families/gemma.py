@@ -12,9 +12,8 @@ src/models/gemma*.cpp:
 - Gemma 3: sliding layers use their own RoPE base (rope_local_base_freq, or
   rope_parameters.sliding_attention) without the global layers' linear scaling.
 The per-layer sliding pattern is written as a bool array from config `layer_types`.
-Gemma3ForConditionalGeneration (Gemma 3 4B/12B/27B) converts its language model only: the
-`language_model.` prefix is removed and `vision_tower.*` / `multi_modal_projector.*` are left
-out (llama.cpp loads vision from a separate mmproj file, which llorch does not produce).
+Gemma3ForConditionalGeneration (Gemma 3 4B/12B/27B) converts its language model only
+(the table's text_part: `vision_tower.*` and `multi_modal_projector.*` are left out).
 """
 
 from __future__ import annotations
@@ -116,23 +115,6 @@ def _plus_one(name: str, w: np.ndarray) -> np.ndarray:
     return w + np.float32(1.0)
 
 
-MULTIMODAL_SKIP = ("vision_tower.", "multi_modal_projector.")
-
-
-def text_only(name: str) -> str | None:
-    """A multimodal wrapper's language-model tensor name (None: vision, not converted)."""
-    if name.startswith(MULTIMODAL_SKIP):
-        return None
-    for prefix, repl in (
-        ("language_model.model.", "model."),
-        ("model.language_model.", "model."),
-        ("language_model.lm_head.", "lm_head."),
-    ):
-        if name.startswith(prefix):
-            return repl + name[len(prefix) :]
-    return name
-
-
 def plan(model: ModelInput) -> list[PlannedTensor]:
     d = dims(model)
     expected = expected_shapes(model, d)
@@ -145,9 +127,6 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
             _T.ATTN_K_NORM: (d.head_dim,),
         }
     )
-    rename = text_only if model.hf_architecture.endswith("ForConditionalGeneration") else None
-    plans = map_tensors(
-        model, transforms=dict.fromkeys(NORMS, _plus_one), expected=expected, rename=rename
-    )
+    plans = map_tensors(model, transforms=dict.fromkeys(NORMS, _plus_one), expected=expected)
     # lm_head is tied to the embeddings in every Gemma; a stored copy is redundant.
     return [p for p in plans if p.name != gguf.TENSOR_NAMES[_T.OUTPUT] + ".weight"]

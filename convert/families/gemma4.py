@@ -15,8 +15,8 @@ conversion/gemma.py (Gemma4Model), src/models/gemma4.cpp and src/llama-model.cpp
   of the two layers before them, sliding then full) with MLPs twice as wide if
   use_double_wide_mlp. 26B-A4B: experts beside the dense MLP; router.scale and
   per_expert_scale become ffn_gate_inp.scale and ffn_down_exps.scale.
-Gemma4ForConditionalGeneration converts its language model only (vision and audio go to an
-mmproj file in llama.cpp, which llorch does not write).
+Gemma4ForConditionalGeneration converts its language model only (the table's text_part:
+vision and audio go to an mmproj file in llama.cpp, which llorch does not write).
 """
 
 from __future__ import annotations
@@ -45,9 +45,6 @@ DEFAULT_ROPE = {  # Gemma4TextConfig's
     FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6},
     SLIDING: {"rope_type": "default", "rope_theta": 1e4},
 }
-MULTIMODAL = tuple(
-    f"model.{m}." for m in ("vision_tower", "embed_vision", "audio_tower", "embed_audio")
-)
 
 
 @dataclass(frozen=True)
@@ -201,15 +198,6 @@ def rope_freqs(model: ModelInput, head_dim: int) -> np.ndarray:
     return np.asarray([factor] * rotated + [1e30] * (head_dim // 2 - rotated), dtype=np.float32)
 
 
-def text_name(name: str) -> str | None:
-    """A Gemma4ForConditionalGeneration tensor's language-model name (None: not converted)."""
-    if name.startswith(MULTIMODAL):
-        return None
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model.") :]
-    return name
-
-
 _ROUTER = re.compile(r"model\.layers\.(\d+)\.router\.(scale|per_expert_scale)")
 
 
@@ -242,10 +230,9 @@ def _expected(model: ModelInput, lay: Layout) -> dict[str, tuple[int, ...]]:
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
     lay = layout(model)
-    rename = text_name if model.hf_architecture.endswith("ForConditionalGeneration") else None
     own: list[PlannedTensor] = []
     for ref in model.ckpt:
-        name, shape, rows = rename(ref.name) if rename else ref.name, ref.shape, None
+        name, shape, rows = model.text_name(ref.name), ref.shape, None
         found = _ROUTER.fullmatch(name or "")
         if found:  # router.scale -> ffn_gate_inp.scale, per_expert_scale -> ffn_down_exps.scale
             kind = _T.FFN_GATE_INP if found[2] == "scale" else _T.FFN_DOWN_EXP
@@ -259,7 +246,7 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
         load = partial(_load, model, ref.name, rows)
         own.append(PlannedTensor(out, shape, load, (ref.name,), keep_f32=len(shape) == 1))
     claimed = frozenset(p.sources[0] for p in own)
-    plans = map_tensors(model, claimed=claimed, rename=rename)
+    plans = map_tensors(model, claimed=claimed)
     # names without a suffix in the checkpoint (layer_scalar, experts.*) are weights in GGUF
     plans = [
         p if p.name.endswith((".weight", ".bias")) else replace(p, name=p.name + ".weight")

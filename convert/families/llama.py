@@ -27,7 +27,6 @@ from llorch.convert.families.base import (
     constant_tensor,
     dims,
     expected_shapes,
-    llama3_rope_factors,
     map_tensors,
     write_common,
 )
@@ -58,9 +57,7 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     rope.write_scaling(model, w, own=("llama3",))  # llama3: the rope_freqs tensor (plan)
 
 
-def plan(
-    model: ModelInput, rename: Callable[[str], str | None] | None = None
-) -> list[PlannedTensor]:
+def plan(model: ModelInput) -> list[PlannedTensor]:
     d = dims(model)
     transforms = {
         _T.ATTN_Q: lambda name, w: permute_rope(w, d.n_head),
@@ -73,10 +70,9 @@ def plan(
         transforms=transforms,
         expected=expected_shapes(model, d),
         claimed=claimed,
-        rename=rename,
     )
     plans.extend(experts)
-    factors = llama3_rope_factors(model, d.head_dim)
+    factors = rope.llama3_rope_factors(model, d.head_dim)
     if factors is not None:
         plans.append(constant_tensor(gguf.TENSOR_NAMES[_T.ROPE_FREQS] + ".weight", factors))
     return plans

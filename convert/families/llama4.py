@@ -34,7 +34,6 @@ from llorch.convert.families.base import (
     constant_tensor,
     dims,
     expected_shapes,
-    llama3_rope_factors,
     map_tensors,
     write_common,
 )
@@ -133,7 +132,7 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     )
     claimed = frozenset(p.sources[0] for p in stacked)
     plans = map_tensors(model, expected=expected, claimed=claimed) + stacked
-    factors = llama3_rope_factors(model, d.head_dim)
+    factors = rope.llama3_rope_factors(model, d.head_dim)
     if factors is not None:
         plans.append(constant_tensor(gguf.TENSOR_NAMES[_T.ROPE_FREQS] + ".weight", factors))
     return plans

@@ -13,7 +13,7 @@ src/llama-context.cpp and its converter (Ministral3Model):
   (`llama_4_scaling_beta`) is written as attention.temperature_scale, and llama.cpp takes the
   original context as the floor scale.
 - Mistral3ForConditionalGeneration (Ministral 3, Mistral Small 3.1/3.2 with vision): the
-  language model only, as for Gemma 3 (convert/families/gemma.py text_only); no mmproj.
+  language model only, as for Gemma 3 (the table's text_part); no mmproj.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from llorch.convert.families.base import (
     rope_params,
     write_common,
 )
-from llorch.convert.families.gemma import text_only
 
 
 def _yarn(model: ModelInput) -> dict:
@@ -75,5 +74,4 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
     _yarn(model)
-    wrapper = model.hf_architecture.endswith("ForConditionalGeneration")
-    return llama.plan(model, rename=text_only if wrapper else None)
+    return llama.plan(model)

@@ -17,9 +17,10 @@ _LinearAttentionVReorderBase, _Qwen35MRopeMixin):
 - Every other RMS norm is zero-centred in transformers (x * (1 + w)): written as w + 1.
 - The MoE variant: every layer sparse, softmax top-k renormalised (llama.cpp always), a
   shared expert scaled by sigmoid(shared_expert_gate(x)); the router and that gate stay F32.
-- Multimodal wrappers (`*ForConditionalGeneration`): `model.language_model.` becomes
-  `model.`; the vision tower (`model.visual.`) and the multi-token-prediction head (`mtp.`,
-  which transformers does not load either) are not converted.
+- Multimodal wrappers (`*ForConditionalGeneration`): the language model converts (the
+  table's text_part: the vision tower, `model.visual.`, is left out). The
+  multi-token-prediction head (`mtp.`, which transformers does not load either) is not
+  converted.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ MROPE_DEFAULT = [11, 11, 10]  # transformers' Qwen3_5TextRotaryEmbedding
 ZERO_CENTRED = (_T.ATTN_NORM, _T.ATTN_POST_NORM, _T.OUTPUT_NORM, _T.ATTN_Q_NORM, _T.ATTN_K_NORM)
 # ggml's ssm_conv takes only an F32 kernel (conversion/base.py keeps it F32, as the routers)
 F32 = frozenset({_T.FFN_GATE_INP, _T.FFN_GATE_INP_SHEXP, _T.SSM_CONV1D})
-SKIPPED = ("model.visual.", "mtp.", "model.mtp.")
+MTP = ("mtp.", "model.mtp.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,18 +221,16 @@ def expected(model: ModelInput, lin: Linear) -> dict[_T, tuple[int, ...]]:
 
 
 def rename(name: str) -> str:
-    if name.startswith("model.language_model."):
-        name = "model." + name.removeprefix("model.language_model.")
     if name.endswith(".dt_bias"):  # the bias of llama.cpp's (absent) dt projection
         return name.removesuffix(".dt_bias") + ".dt_proj.bias"
     return name
 
 
 def trunk(model: ModelInput) -> ModelInput:
-    """The model without the vision tower and the MTP head: their tensors are neither
-    mapped nor taken for experts (the MTP layer's experts are named like layer 0's)."""
+    """The model without the MTP head: its tensors are neither mapped nor taken for experts
+    (the MTP layer's experts are named like layer 0's)."""
     ckpt = copy.copy(model.ckpt)
-    ckpt.refs = {k: ref for k, ref in model.ckpt.refs.items() if not k.startswith(SKIPPED)}
+    ckpt.refs = {k: ref for k, ref in model.ckpt.refs.items() if not k.startswith(MTP)}
     return dataclasses.replace(model, ckpt=ckpt)
 
 

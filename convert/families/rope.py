@@ -23,6 +23,7 @@ from collections.abc import Collection
 from typing import Any
 
 import gguf
+import numpy as np
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import ModelInput, cfg_int, rope_params
@@ -98,6 +99,35 @@ def write_scaling(model: ModelInput, w: gguf.GGUFWriter, own: Collection[str] = 
         w.add_rope_scaling_yarn_beta_slow(betas[1])
         w.add_rope_scaling_attn_factors(float(attention) / _mscale(factor))
     return kind
+
+
+def llama3_rope_factors(model: ModelInput, head_dim: int) -> np.ndarray | None:
+    """Per-dimension frequency divisors for Llama 3.1+ `rope_type: llama3` scaling.
+
+    Same formula as transformers' _compute_llama3_parameters; llama.cpp divides each rotary
+    frequency by the matching entry of the `rope_freqs` tensor.
+    """
+    rp = rope_params(model)
+    if rp.get("rope_type") != "llama3":
+        return None
+    base = float(rp.get("rope_theta", 10000.0))
+    factor = float(rp.get("factor", 8.0))
+    low = float(rp.get("low_freq_factor", 1.0))
+    high = float(rp.get("high_freq_factor", 4.0))
+    old_ctx = float(rp.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    out = []
+    for i in range(0, head_dim, 2):
+        freq = 1.0 / (base ** (i / head_dim))
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
 
 
 def check_written(model: ModelInput, w: gguf.GGUFWriter, tensor_names: Collection[str]) -> None:

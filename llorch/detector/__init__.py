@@ -30,11 +30,10 @@ from llorch.detector.errors import (
 )
 from llorch.detector.safetensors import Checkpoint
 from llorch.detector.table import (
-    _BY_NAME,
-    BY_MODEL_TYPE,
     SUPPORTED,
     ArchRow,
     lookup,
+    row_for_config,
     supported_names,
 )
 
@@ -159,8 +158,9 @@ def _detect_hf(source: str, folder: Path) -> Detection:
     archs = config.get("architectures") or []
     hf_arch = archs[0] if isinstance(archs, list) and archs else None
     model_type = config.get("model_type")
-    if hf_arch is None and isinstance(model_type, str) and model_type in BY_MODEL_TYPE:
-        hf_arch = BY_MODEL_TYPE[model_type].hf_name  # older configs carry only model_type
+    row = row_for_config(config)
+    if hf_arch is None and row is not None:
+        hf_arch = row.hf_name  # older configs carry only model_type
     params: int | None = None
     dtype: str | None = None
     weights_problem: str | None = None
@@ -171,7 +171,6 @@ def _detect_hf(source: str, folder: Path) -> Detection:
     except DetectionError as exc:
         weights_problem = str(exc)
     tok = tokenizer_kind(folder)
-    row = _BY_NAME.get(hf_arch) if isinstance(hf_arch, str) else None
     reason: str | None = None
     if weights_problem is not None:
         reason = weights_problem

@@ -1,17 +1,62 @@
 """The architecture support table: HF `architectures` name -> llama.cpp arch, family module.
 
 Alias rows are explicit: a name that reuses another row's converter has its own row with
-`alias_of` set, so the accepted names are exactly the rows listed here.
+`alias_of` set, so the accepted names are exactly the rows listed here. A multimodal
+wrapper's row says where its language model lies (`text_part`): the families convert that
+part under the text model's names, whichever wrapper it came in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import gguf
 
 from llorch.detector.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """Where a multimodal wrapper's checkpoint keeps its language model: prefixes renamed to
+    the names the text model's own checkpoints use, and the prefixes of the parts left out
+    (vision and audio towers, projectors: llama.cpp reads them from an mmproj file, which
+    llorch does not write)."""
+
+    renamed: tuple[tuple[str, str], ...]  # (wrapper prefix, text model prefix), first match
+    left_out: tuple[str, ...]
+
+    def tensor_name(self, name: str) -> str | None:
+        """A checkpoint tensor's name in the text model; None for a part left out."""
+        if name.startswith(self.left_out):
+            return None
+        for prefix, text_prefix in self.renamed:
+            if name.startswith(prefix):
+                return text_prefix + name.removeprefix(prefix)
+        return name
+
+
+# LLaVA-style wrappers (Gemma 3, Mistral 3): transformers 4 saved `language_model.model.` and
+# `language_model.lm_head.`, transformers 5 saves `model.language_model.`
+LLAVA_TEXT = TextPart(
+    renamed=(
+        ("language_model.model.", "model."),
+        ("model.language_model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+    ),
+    left_out=("vision_tower.", "multi_modal_projector."),
+)
+GEMMA4_TEXT = TextPart(
+    renamed=(("model.language_model.", "model."),),
+    left_out=tuple(
+        f"model.{part}." for part in ("vision_tower", "embed_vision", "audio_tower", "embed_audio")
+    ),
+)
+QWEN35_TEXT = TextPart(renamed=(("model.language_model.", "model."),), left_out=("model.visual.",))
+# llama.cpp's converter reads Gemma 4's tokenizer.json only (an SPM-style BPE written as the
+# "gemma4" tokenizer model), even where a tokenizer.model lies beside it
+GEMMA4_TOKENIZER = "gemma4"
 
 
 @dataclass(frozen=True)
@@ -23,6 +68,10 @@ class ArchRow:
     family: str  # module under convert.families
     model_type: str  # config.json `model_type`, used when `architectures` is absent
     alias_of: str | None = None  # the canonical row this one reuses, if any
+    text_part: TextPart | None = None  # multimodal wrappers: the part that converts
+    # the llama.cpp tokenizer model the vocabulary is written as whatever tokenizer files lie
+    # in the folder; None: the files decide (convert/tokenizer/)
+    tokenizer: str | None = None
 
     @property
     def llama_arch(self) -> str:
@@ -49,6 +98,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "gemma",
         "gemma3",
         alias_of="Gemma3ForCausalLM",
+        text_part=LLAVA_TEXT,
     ),
     ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3", "phi3"),
     ArchRow("PhiForCausalLM", _A.PHI2, "phi2", "phi"),
@@ -82,6 +132,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "ministral3",
         "mistral3",
         alias_of="Ministral3ForCausalLM",
+        text_part=LLAVA_TEXT,
     ),
     # State-space models: a recurrent state per sequence instead of a KV cache
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),
@@ -96,6 +147,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "qwen35",
         "qwen3_5",
         alias_of="Qwen3_5ForCausalLM",
+        text_part=QWEN35_TEXT,
     ),
     ArchRow("Qwen3_5MoeForCausalLM", _A.QWEN35MOE, "qwen35", "qwen3_5_moe_text"),
     ArchRow(
@@ -104,10 +156,11 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "qwen35",
         "qwen3_5_moe",
         alias_of="Qwen3_5MoeForCausalLM",
+        text_part=QWEN35_TEXT,
     ),
     # Gemma 4 text: per-type head sizes, proportional RoPE, per-layer embeddings, shared KV,
     # MoE beside a dense MLP (convert/families/gemma4.py)
-    ArchRow("Gemma4ForCausalLM", _A.GEMMA4, "gemma4", "gemma4_text"),
+    ArchRow("Gemma4ForCausalLM", _A.GEMMA4, "gemma4", "gemma4_text", tokenizer=GEMMA4_TOKENIZER),
     # Gemma 4 as released (E2B/E4B/26B-A4B/31B): the language model converts (text only).
     ArchRow(
         "Gemma4ForConditionalGeneration",
@@ -115,6 +168,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "gemma4",
         "gemma4",
         alias_of="Gemma4ForCausalLM",
+        text_part=GEMMA4_TEXT,
+        tokenizer=GEMMA4_TOKENIZER,
     ),
     # Falcon-H1: attention and a Mamba-2 mixer in parallel in every layer (a KV cache and a
     # recurrent state per sequence); the muP multipliers are folded into the weights
@@ -128,6 +183,16 @@ BY_MODEL_TYPE: Mapping[str, ArchRow] = {row.model_type: row for row in SUPPORTED
 
 def supported_names() -> list[str]:
     return [row.hf_name for row in SUPPORTED]
+
+
+def row_for_config(config: Mapping[str, Any]) -> ArchRow | None:
+    """The row config.json names: its first `architectures` entry or, in older configs that
+    carry only that, its `model_type`; None when the table has no such row."""
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs:
+        return _BY_NAME.get(archs[0]) if isinstance(archs[0], str) else None
+    model_type = config.get("model_type")
+    return BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
 
 
 def lookup(hf_name: str) -> ArchRow:

@@ -22,6 +22,7 @@ from llorch.detector import (
     lookup,
     supported_names,
 )
+from llorch.detector.table import row_for_config
 
 
 def _hf_folder(folder: Path, arch: str = "LlamaForCausalLM", **extra: Any) -> Path:
@@ -137,6 +138,31 @@ def test_table_rows_are_consistent() -> None:
         assert callable(module.plan) and callable(module.write_hparams)
         if row.alias_of is not None:
             assert lookup(row.alias_of).family == row.family
+
+
+def test_multimodal_wrappers_name_their_text_part() -> None:
+    """A wrapper converts its language model: its row says where that lies, a text row says
+    nothing, and an alias row writes its text row's tokenizer."""
+    for row in SUPPORTED:
+        wrapper = row.hf_name.endswith("ForConditionalGeneration")
+        assert (row.text_part is not None) == wrapper, row.hf_name
+        if row.alias_of is not None:
+            assert lookup(row.alias_of).tokenizer == row.tokenizer, row.hf_name
+    gemma3 = lookup("Gemma3ForConditionalGeneration").text_part
+    assert gemma3 is not None
+    assert gemma3.tensor_name("language_model.model.norm.weight") == "model.norm.weight"
+    assert gemma3.tensor_name("model.language_model.norm.weight") == "model.norm.weight"
+    assert gemma3.tensor_name("language_model.lm_head.weight") == "lm_head.weight"
+    assert gemma3.tensor_name("lm_head.weight") == "lm_head.weight"
+    assert gemma3.tensor_name("vision_tower.vision_model.post_layernorm.weight") is None
+
+
+def test_the_row_a_config_names() -> None:
+    gemma4 = row_for_config({"architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text"})
+    assert gemma4 is not None and gemma4.tokenizer == "gemma4"
+    older = row_for_config({"model_type": "qwen2"})  # no `architectures`
+    assert older is not None and older.hf_name == "Qwen2ForCausalLM"
+    assert row_for_config({"architectures": ["FooLM"], "model_type": "llama"}) is None
 
 
 def test_detect_cli(tmp_path: Path, capsys: Any) -> None:
