@@ -229,7 +229,9 @@ def schema_tools() -> list[Any]:
 
 
 @pytest.fixture(scope="session")
-def check_call_grammar(backend: Any, grammar_accepts: Callable[..., bool]) -> Callable[..., None]:
+def check_call_grammar(
+    backend: Any, grammar_accepts: Callable[..., bool], schema_tools: list[Any]
+) -> Callable[..., None]:
     """Checks a format's grammar over `schema_tools`, single and parallel: llama.cpp loads it;
     it takes `first` (a get_weather call) and `second` (a search call) in the family's syntax
     and both joined by `joiner` only when parallel (for a family whose calls come in one
@@ -239,7 +241,6 @@ def check_call_grammar(backend: Any, grammar_accepts: Callable[..., bool]) -> Ca
 
     def check(
         fmt: Any,
-        tools: Sequence[Any],
         first: str,
         second: str,
         *,
@@ -255,8 +256,8 @@ def check_call_grammar(backend: Any, grammar_accepts: Callable[..., bool]) -> Ca
             both = first + joiner + second
         else:
             first, second, both = section(first), section(second), section(first, second)
-        single = fmt.grammar(tools, parallel=False)
-        several = fmt.grammar(tools, parallel=True)
+        single = fmt.grammar(schema_tools, parallel=False)
+        several = fmt.grammar(schema_tools, parallel=True)
         backend.check_grammar(single.gbnf)
         backend.check_grammar(several.gbnf)
         # Tools whose parameters list nothing (any object) or nothing at all.

@@ -108,10 +108,9 @@ WEATHER_CALL = _call("get_weather", WEATHER_ARGUMENTS)
 SEARCH_CALL = _call("search", SEARCH_ARGUMENTS)
 
 
-def test_grammar(check_call_grammar, schema_tools):
+def test_grammar(check_call_grammar):
     check_call_grammar(
         FORMAT,
-        schema_tools,
         WEATHER_CALL,
         SEARCH_CALL,
         section=_section,

@@ -93,10 +93,9 @@ SECOND = (
 )
 
 
-def test_grammar(check_call_grammar, schema_tools):
+def test_grammar(check_call_grammar):
     check_call_grammar(
         FORMAT,
-        schema_tools,
         FIRST,
         SECOND,
         refused=[

@@ -8,13 +8,10 @@ import json
 
 import pytest
 
-from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.glm45 import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
-CALLS = [{"name": "get_weather", "arguments": WEATHER}, {"name": "search", "arguments": SEARCH}]
+from .family_checks import CALLS, READ_BACK, calls_of, check_malformed, detected
+
 # Ling 3.0, Laguna and Spark 2.5 write GLM's <arg_key>/<arg_value> calls too.
 TEMPLATES = {
     "GLM-4.6",
@@ -28,12 +25,7 @@ TEMPLATES = {
 
 
 def test_detected_for_its_templates_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == TEMPLATES
+    assert detected(templates_dir, FORMAT) == TEMPLATES
 
 
 @pytest.mark.parametrize("name", ["GLM-4.6", "GLM-4.7-Flash"])
@@ -42,9 +34,7 @@ def test_reads_what_the_template_renders(template, rendered_reply, stream_parse,
     reply = reply.split("</think>")[-1]  # thinking is taken out before the format sees it
     parsed = stream_parse(FORMAT, reply)
     assert parsed.content.strip() == "I will check."
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        (call["name"], call["arguments"]) for call in CALLS
-    ]
+    assert calls_of(parsed) == READ_BACK
 
 
 def test_call_without_arguments_and_typed_values(stream_parse):
@@ -74,9 +64,7 @@ def test_partial_arguments_are_the_completed_parameters():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
 FIRST = (
@@ -90,10 +78,9 @@ SECOND = (
 )
 
 
-def test_grammar(check_call_grammar, schema_tools):
+def test_grammar(check_call_grammar):
     check_call_grammar(
         FORMAT,
-        schema_tools,
         FIRST,
         SECOND,
         joiner="\n",

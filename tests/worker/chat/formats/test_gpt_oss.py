@@ -101,7 +101,6 @@ def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
     # One call at most: its <|call|> token ends the generation.
     check_call_grammar(
         FORMAT,
-        schema_tools,
         FIRST,
         SECOND,
         parallel_differs=False,

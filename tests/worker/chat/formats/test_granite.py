@@ -82,7 +82,6 @@ SEARCH_CALL = _call("search", '{"query": "x y", "filters": {"site": "a.org", "ta
 def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
     check_call_grammar(
         FORMAT,
-        schema_tools,
         f"<|tool_call|>[{WEATHER_CALL}]",
         f"<|tool_call|>[{SEARCH_CALL}]",
         parallel_differs=False,

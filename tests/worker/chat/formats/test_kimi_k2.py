@@ -74,10 +74,9 @@ WEATHER_CALL = _call("get_weather", 0, WEATHER_ARGUMENTS)
 SEARCH_CALL = _call("search", 12, '{"query": "x y", "filters": {"site": "a.org", "tags": []}}')
 
 
-def test_grammar(check_call_grammar, schema_tools):
+def test_grammar(check_call_grammar):
     check_call_grammar(
         FORMAT,
-        schema_tools,
         WEATHER_CALL,
         SEARCH_CALL,
         section=_section,

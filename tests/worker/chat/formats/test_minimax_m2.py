@@ -3,26 +3,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.minimax_m2 import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
-CALLS = [{"name": "get_weather", "arguments": WEATHER}, {"name": "search", "arguments": SEARCH}]
+from .family_checks import CALLS, READ_BACK, calls_of, check_malformed, detected
 
 
 def test_detected_for_its_template_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == {"MiniMax-M2"}
+    assert detected(templates_dir, FORMAT) == {"MiniMax-M2"}
 
 
 def test_reads_what_the_template_renders(template, rendered_reply, stream_parse):
@@ -30,9 +19,7 @@ def test_reads_what_the_template_renders(template, rendered_reply, stream_parse)
     reply = reply.split("[e~[")[0]  # the end of the turn
     parsed = stream_parse(FORMAT, reply)
     assert parsed.content.strip() == "I will check."
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        (call["name"], call["arguments"]) for call in CALLS
-    ]
+    assert calls_of(parsed) == READ_BACK
 
 
 def test_partial_arguments_are_the_completed_parameters():
@@ -52,28 +39,29 @@ def test_partial_arguments_are_the_completed_parameters():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
-FIRST = (
-    '<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
-    '<parameter name="unit">celsius</parameter>\n</invoke>\n</minimax:tool_call>'
+WEATHER_INVOKE = (
+    '<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n'
+    '<parameter name="unit">celsius</parameter>\n</invoke>\n'
 )
-SECOND_INVOKE = (
+SEARCH_INVOKE = (
     '<invoke name="search">\n<parameter name="query">x y</parameter>\n'
     '<parameter name="filters">{"site": "a.org", "tags": ["a", "b"]}</parameter>\n</invoke>\n'
 )
-SECOND = f"<minimax:tool_call>\n{SECOND_INVOKE}</minimax:tool_call>"
 
 
-def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
+def _section(*invokes: str) -> str:
+    return "<minimax:tool_call>\n" + "".join(invokes) + "</minimax:tool_call>"
+
+
+def test_grammar(check_call_grammar):
     # Several calls are several <invoke> elements of one block.
-    check_call_grammar(FORMAT, schema_tools, FIRST, SECOND, parallel_differs=False)
-    both = FIRST.replace("</minimax:tool_call>", SECOND_INVOKE + "</minimax:tool_call>")
-    assert grammar_accepts(FORMAT.grammar(schema_tools, parallel=True).gbnf, both)
-    assert not grammar_accepts(FORMAT.grammar(schema_tools, parallel=False).gbnf, both)
-    assert [c.name for c in FORMAT.parse(both, partial=False).calls] == ["get_weather", "search"]
-    single = FORMAT.grammar(schema_tools, parallel=False).gbnf
-    assert not grammar_accepts(single, FIRST.replace("celsius", "kelvin"))
+    check_call_grammar(
+        FORMAT,
+        WEATHER_INVOKE,
+        SEARCH_INVOKE,
+        section=_section,
+        refused=[_section(WEATHER_INVOKE.replace("celsius", "kelvin"))],
+    )

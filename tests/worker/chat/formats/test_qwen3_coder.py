@@ -7,13 +7,11 @@ import json
 
 import pytest
 
-from llorch.worker.chat.formats import detect
 from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.qwen3_coder import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
-CALLS = [{"name": "get_weather", "arguments": WEATHER}, {"name": "search", "arguments": SEARCH}]
+from .family_checks import CALLS, READ_BACK, calls_of, check_malformed, detected
+
 # The templates of this syntax in llama.cpp's collection (Nemotron 3 Nano and StepFun 3.5
 # write it too: llama.cpp reads them with the same parser).
 TEMPLATES = {
@@ -25,12 +23,7 @@ TEMPLATES = {
 
 
 def test_detected_for_its_templates_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == TEMPLATES
+    assert detected(templates_dir, FORMAT) == TEMPLATES
 
 
 @pytest.mark.parametrize("name", ["Qwen3-Coder", "Qwen3.5-4B"])
@@ -40,9 +33,7 @@ def test_reads_what_the_template_renders(template, rendered_reply, stream_parse,
     reply = reply.split("</think>")[-1].split("<|im_end|>")[0]
     parsed = stream_parse(FORMAT, reply)
     assert parsed.content.strip() == "I will check."
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        (call["name"], call["arguments"]) for call in CALLS
-    ]
+    assert calls_of(parsed) == READ_BACK
     assert all(call.complete for call in parsed.calls)
 
 
@@ -110,9 +101,7 @@ def test_text_without_calls_is_content():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)  # a partial parse waits for more
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
 FIRST = (
@@ -127,10 +116,9 @@ SECOND = (
 )
 
 
-def test_grammar(check_call_grammar, schema_tools):
+def test_grammar(check_call_grammar):
     check_call_grammar(
         FORMAT,
-        schema_tools,
         FIRST,
         SECOND,
         joiner="\n",
