@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gguf
 
-from llorch.convert.families import llama
+from llorch.convert.families import llama, sparse
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -24,10 +24,8 @@ from llorch.convert.families.base import (
     cfg_int,
     dims,
     expected_shapes,
-    map_tensors,
 )
-from llorch.convert.families.moe import Experts, claimed, expert_plans
-from llorch.convert.families.qwen_moe import ROUTER_F32
+from llorch.convert.families.moe import Experts
 
 _T = gguf.MODEL_TENSOR
 
@@ -44,19 +42,9 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     if model.arch != gguf.MODEL_ARCH.GRANITE_MOE:
         return llama.plan(model)
     d = dims(model)
-    n_expert = cfg_int(model, "num_local_experts")
-    stacked = expert_plans(model, Experts(d.n_layer, n_expert, d.n_embd, d.n_ff))
-    expected = expected_shapes(model, d)
-    expected[_T.FFN_GATE_INP] = (n_expert, d.n_embd)
+    ex = Experts(d.n_layer, cfg_int(model, "num_local_experts"), d.n_embd, d.n_ff)
     transforms = {
         _T.ATTN_Q: lambda name, w: llama.permute_rope(w, d.n_head),
         _T.ATTN_K: lambda name, w: llama.permute_rope(w, d.n_head_kv),
     }
-    plans = map_tensors(
-        model,
-        transforms=transforms,
-        expected=expected,
-        keep_f32=ROUTER_F32,
-        claimed=claimed(stacked),
-    )
-    return plans + stacked
+    return sparse.plan(model, ex, expected_shapes(model, d), transforms)

@@ -7,18 +7,15 @@ Llama 3.1+ `rope_type: llama3` adds a `rope_freqs` tensor of frequency divisors.
 embeddings: the checkpoint has no lm_head and llama.cpp falls back to token_embd.
 Mixtral (llama.cpp runs it as `llama` with experts): the per-expert w1/w3/w2 matrices of
 `block_sparse_moe.experts.E` are stacked into ffn_gate_exps/ffn_up_exps/ffn_down_exps
-(expert-major), and `block_sparse_moe.gate` is the router (ffn_gate_inp).
+(expert-major, convert/families/moe.py), and `block_sparse_moe.gate` is the router
+(ffn_gate_inp).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-
 import gguf
 import numpy as np
 
-from llorch.convert.errors import MissingExpertError, ShapeMismatchError
 from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
@@ -30,6 +27,7 @@ from llorch.convert.families.base import (
     map_tensors,
     write_common,
 )
+from llorch.convert.families.moe import Experts, claimed, expert_plans
 
 _T = gguf.MODEL_TENSOR
 
@@ -41,10 +39,6 @@ def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
         .swapaxes(1, 2)
         .reshape(w.shape)
     )
-
-
-EXPERT = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight")
-EXPERT_KIND = {"w1": _T.FFN_GATE_EXP, "w2": _T.FFN_DOWN_EXP, "w3": _T.FFN_UP_EXP}
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
@@ -63,61 +57,16 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
         _T.ATTN_Q: lambda name, w: permute_rope(w, d.n_head),
         _T.ATTN_K: lambda name, w: permute_rope(w, d.n_head_kv),
     }
-    experts = _expert_plans(model, d.n_layer, d.n_embd, d.n_ff)
-    claimed = frozenset(name for p in experts for name in p.sources)
+    n_expert = cfg_int(model, "num_local_experts", default=0)  # Mixtral
+    experts = expert_plans(model, Experts(d.n_layer, n_expert, d.n_embd, d.n_ff))
     plans = map_tensors(
         model,
         transforms=transforms,
         expected=expected_shapes(model, d),
-        claimed=claimed,
+        claimed=claimed(experts),
     )
     plans.extend(experts)
     factors = rope.llama3_rope_factors(model, d.head_dim)
     if factors is not None:
         plans.append(constant_tensor(gguf.TENSOR_NAMES[_T.ROPE_FREQS] + ".weight", factors))
     return plans
-
-
-def _expert_plans(model: ModelInput, n_layer: int, n_embd: int, n_ff: int) -> list[PlannedTensor]:
-    """Stack each layer's experts into one 3-D tensor per projection."""
-    found: dict[tuple[int, str], dict[int, str]] = {}
-    for name in model.ckpt.names():
-        m = EXPERT.fullmatch(name)
-        if m:
-            found.setdefault((int(m[1]), m[3]), {})[int(m[2])] = name
-    if not found:
-        return []
-    n_expert = cfg_int(model, "num_local_experts")
-    plans = []
-    for layer in range(n_layer):
-        for proj, kind in EXPERT_KIND.items():
-            names = found.get((layer, proj), {})
-            missing = [e for e in range(n_expert) if e not in names]
-            if missing:
-                raise MissingExpertError(
-                    f"{model.folder}: layer {layer} lacks {proj} of experts {missing} "
-                    f"(config.json num_local_experts={n_expert})"
-                )
-            shape = (n_embd, n_ff) if proj == "w2" else (n_ff, n_embd)
-            srcs = tuple(names[e] for e in range(n_expert))
-            for src in srcs:
-                if model.ckpt.shape(src) != shape:
-                    raise ShapeMismatchError(
-                        f"{model.ckpt.refs[src].file}: tensor {src!r} has shape "
-                        f"{list(model.ckpt.shape(src))}, config.json implies {list(shape)}"
-                    )
-            out = gguf.TENSOR_NAMES[kind].format(bid=layer) + ".weight"
-            plans.append(PlannedTensor(out, (n_expert, *shape), _stacker(model, srcs, shape), srcs))
-    return plans
-
-
-def _stacker(
-    model: ModelInput, srcs: tuple[str, ...], shape: tuple[int, ...]
-) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        out = np.empty((len(srcs), *shape), dtype=np.float32)
-        for i, src in enumerate(srcs):
-            out[i] = model.ckpt.load_f32(src)
-        return out
-
-    return load

@@ -1,9 +1,11 @@
 """Mixture-of-experts layers: each layer's experts stacked into 3-D GGUF tensors.
 
 Checkpoints store experts in one of two layouts (facts from transformers' modeling_qwen2_moe,
-modeling_qwen3_moe, modeling_olmoe and llama.cpp's convert_hf_to_gguf.py Qwen2MoeModel):
+modeling_qwen3_moe, modeling_olmoe, modeling_mixtral and llama.cpp's convert_hf_to_gguf.py
+Qwen2MoeModel):
 - one matrix per expert and projection, `<layer>.mlp.experts.<e>.{gate,up,down}_proj.weight`
-  (every released Qwen-MoE and OLMoE checkpoint);
+  (every released Qwen-MoE and OLMoE checkpoint), or Mixtral's
+  `<layer>.block_sparse_moe.experts.<e>.{w1,w3,w2}.weight` (gate, up, down);
 - transformers 5's fused parameters, `<layer>.mlp.experts.gate_up_proj` [E, 2F, D] (gate rows
   first, then up) and `<layer>.mlp.experts.down_proj` [E, D, F]; GraniteMoE stores the same
   layout as `<layer>.block_sparse_moe.input_linear.weight` / `output_linear.weight`.
@@ -21,14 +23,16 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-from llorch.convert.errors import MissingExpertError, ShapeMismatchError
+from llorch.convert.errors import ConfigError, MissingExpertError, ShapeMismatchError
 from llorch.convert.families.base import ModelInput, PlannedTensor
 from llorch.detector.safetensors import Checkpoint
 
 _T = gguf.MODEL_TENSOR
 PER_EXPERT = re.compile(
-    r"(?:.*\.)?layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight"
+    r"(?:.*\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\."
+    r"(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight"
 )
+MIXTRAL_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 FUSED = re.compile(
     r"(?:.*\.)?layers\.(\d+)\.(?:mlp\.experts|block_sparse_moe)\."
     r"(gate_up_proj|down_proj|input_linear|output_linear)(?:\.weight)?"
@@ -106,13 +110,20 @@ def expert_plans(model: ModelInput, ex: Experts) -> list[PlannedTensor]:
     """ffn_{gate,up,down}_exps of every layer, from either layout; [] when there are none."""
     per: dict[tuple[int, str], dict[int, str]] = {}
     fused: dict[tuple[int, str], str] = {}
+    spelled: dict[str, str] = {}  # projection -> the checkpoint's name for it, for errors
     for name in model.ckpt.names():
         if m := PER_EXPERT.fullmatch(name):
-            per.setdefault((int(m[1]), m[3]), {})[int(m[2])] = name
+            proj = MIXTRAL_NAMES.get(m[3], m[3])
+            spelled[proj] = m[3]
+            per.setdefault((int(m[1]), proj), {})[int(m[2])] = name
         elif m := FUSED.fullmatch(name):
             fused[(int(m[1]), FUSED_ALIASES.get(m[2], m[2]))] = name
     if not per and not fused:
         return []
+    if ex.n_expert < 1:
+        raise ConfigError(
+            f"{model.folder / 'config.json'}: the checkpoint has experts but no expert count"
+        )
     plans: list[PlannedTensor] = []
     for layer in range(ex.first, ex.n_layer):
         for proj, kind in KIND.items():
@@ -132,7 +143,8 @@ def expert_plans(model: ModelInput, ex: Experts) -> list[PlannedTensor]:
                 missing = [e for e in range(ex.n_expert) if e not in names]
                 if missing:
                     raise MissingExpertError(
-                        f"{model.folder}: layer {layer} lacks {proj} of experts {missing} "
+                        f"{model.folder}: layer {layer} lacks {spelled.get(proj, proj)} of "
+                        f"experts {missing} "
                         f"(config.json has {ex.n_expert} experts)"
                     )
                 for e in range(ex.n_expert):

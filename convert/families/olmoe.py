@@ -15,25 +15,16 @@ from __future__ import annotations
 import gguf
 
 from llorch.convert.errors import ConfigError
-from llorch.convert.families import rope
-from llorch.convert.families.base import (
-    ModelInput,
-    PlannedTensor,
-    cfg_int,
-    dims,
-    expected_shapes,
-    map_tensors,
-    write_common,
-)
-from llorch.convert.families.moe import Experts, claimed, expert_plans
-from llorch.convert.families.qwen_moe import ROUTER_F32, check_sparse_layers
+from llorch.convert.families import sparse
+from llorch.convert.families.base import ModelInput, PlannedTensor, cfg_int, dims, expected_shapes
+from llorch.convert.families.moe import Experts
 
 _T = gguf.MODEL_TENSOR
 
 
 def _check(model: ModelInput) -> None:
     where = model.folder / "config.json"
-    check_sparse_layers(model, norm_topk=False)
+    sparse.check_sparse_layers(model, norm_topk=False)
     if model.config.get("clip_qkv") is not None:
         raise ConfigError(f"{where}: clip_qkv is not supported by llama.cpp's olmoe graph")
     d = dims(model)
@@ -46,20 +37,14 @@ def _check(model: ModelInput) -> None:
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     _check(model)
-    write_common(model, w)
-    rope.write_scaling(model, w)
-    w.add_expert_count(cfg_int(model, "num_experts", "num_local_experts"))
-    w.add_expert_used_count(cfg_int(model, "num_experts_per_tok"))
+    sparse.write_hparams(model, w, cfg_int(model, "num_experts", "num_local_experts"))
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
     _check(model)
     d = dims(model)
     n_expert = cfg_int(model, "num_experts", "num_local_experts")
-    stacked = expert_plans(model, Experts(d.n_layer, n_expert, d.n_embd, d.n_ff))
     expected = expected_shapes(model, d)
-    expected[_T.FFN_GATE_INP] = (n_expert, d.n_embd)
     expected[_T.ATTN_Q_NORM] = (d.n_head * d.head_dim,)
     expected[_T.ATTN_K_NORM] = (d.n_head_kv * d.head_dim,)
-    plans = map_tensors(model, expected=expected, keep_f32=ROUTER_F32, claimed=claimed(stacked))
-    return plans + stacked
+    return sparse.plan(model, Experts(d.n_layer, n_expert, d.n_embd, d.n_ff), expected)

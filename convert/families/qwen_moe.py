@@ -17,24 +17,14 @@ from __future__ import annotations
 
 import gguf
 
-from llorch.convert.errors import ConfigError
-from llorch.convert.families import rope
-from llorch.convert.families.base import (
-    ModelInput,
-    PlannedTensor,
-    cfg_int,
-    dims,
-    expected_shapes,
-    map_tensors,
-    write_common,
-)
-from llorch.convert.families.moe import Experts, claimed, expert_plans
+from llorch.convert.families import sparse
+from llorch.convert.families.base import ModelInput, PlannedTensor, cfg_int, dims, expected_shapes
+from llorch.convert.families.moe import Experts
 
 _T = gguf.MODEL_TENSOR
 _A = gguf.MODEL_ARCH
 # llama.cpp's build_moe_ffn(norm_w=...) per arch
 NORM_TOPK = {_A.QWEN2MOE: False, _A.QWEN3MOE: True}
-ROUTER_F32 = frozenset({_T.FFN_GATE_INP, _T.FFN_GATE_INP_SHEXP})
 
 
 def experts(model: ModelInput) -> Experts:
@@ -47,35 +37,10 @@ def experts(model: ModelInput) -> Experts:
     )
 
 
-def check_sparse_layers(model: ModelInput, norm_topk: bool) -> None:
-    """Refuse what llama.cpp's MoE graphs do not compute: the other top-k normalisation,
-    dense layers between sparse ones, sliding-window attention, RoPE scaling other than linear
-    and YaRN."""
-    where = model.folder / "config.json"
-    # absent: transformers' default, False (released Qwen3-MoE configs say true)
-    if bool(model.config.get("norm_topk_prob", False)) != norm_topk:
-        raise ConfigError(
-            f"{where}: norm_topk_prob={not norm_topk} is not supported: llama.cpp's "
-            f"{gguf.MODEL_ARCH_NAMES[model.arch]} graph "
-            f"{'always' if norm_topk else 'never'} renormalises the top-k expert weights"
-        )
-    if model.config.get("mlp_only_layers") or cfg_int(model, "decoder_sparse_step", default=1) != 1:
-        raise ConfigError(
-            f"{where}: dense layers (mlp_only_layers / decoder_sparse_step) are not supported "
-            f"by llama.cpp's {gguf.MODEL_ARCH_NAMES[model.arch]} graph (every layer is sparse)"
-        )
-    if model.config.get("use_sliding_window"):
-        raise ConfigError(f"{where}: use_sliding_window=true is not supported by llama.cpp")
-    rope.check_type(model)  # linear or YaRN, written by write_hparams
-
-
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
-    check_sparse_layers(model, NORM_TOPK[model.arch])
-    write_common(model, w)
-    rope.write_scaling(model, w)
+    sparse.check_sparse_layers(model, NORM_TOPK[model.arch])
     ex = experts(model)
-    w.add_expert_count(ex.n_expert)
-    w.add_expert_used_count(cfg_int(model, "num_experts_per_tok"))
+    sparse.write_hparams(model, w, ex.n_expert)
     w.add_expert_feed_forward_length(ex.n_ff)
     if model.arch == _A.QWEN2MOE:
         w.add_expert_shared_feed_forward_length(cfg_int(model, "shared_expert_intermediate_size"))
@@ -85,7 +50,6 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     d = dims(model)
     ex = experts(model)
     expected = expected_shapes(model, d)
-    expected[_T.FFN_GATE_INP] = (ex.n_expert, d.n_embd)
     if model.arch == _A.QWEN3MOE:
         expected[_T.ATTN_Q_NORM] = (d.head_dim,)
         expected[_T.ATTN_K_NORM] = (d.head_dim,)
@@ -95,11 +59,10 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
         expected[_T.FFN_UP_SHEXP] = (n_shared, d.n_embd)
         expected[_T.FFN_DOWN_SHEXP] = (d.n_embd, n_shared)
         expected[_T.FFN_GATE_INP_SHEXP] = (1, d.n_embd)
-    stacked = expert_plans(model, ex)
-    plans = map_tensors(model, expected=expected, keep_f32=ROUTER_F32, claimed=claimed(stacked))
+    plans = sparse.plan(model, ex, expected)
     if model.arch == _A.QWEN2MOE:
         plans.extend(tied_output(model, plans))
-    return plans + stacked
+    return plans
 
 
 def tied_output(model: ModelInput, plans: list[PlannedTensor]) -> list[PlannedTensor]:

@@ -84,7 +84,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # Mistral 7B is the Llama graph. v0.1's 4096-token sliding window is not applied by
     # llama.cpp's llama arch (v0.2 and later have none).
     ArchRow("MistralForCausalLM", _A.LLAMA, "llama", "mistral", alias_of="LlamaForCausalLM"),
-    # Mixtral runs as llama.cpp `llama` with experts (stacked by convert/families/llama.py).
+    # Mixtral runs as llama.cpp `llama` with experts (stacked by convert/families/moe.py).
     ArchRow("MixtralForCausalLM", _A.LLAMA, "llama", "mixtral", alias_of="LlamaForCausalLM"),
     ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen", "qwen2"),
     ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen", "qwen3"),
@@ -105,7 +105,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("StableLmForCausalLM", _A.STABLELM, "stablelm", "stablelm"),
     ArchRow("Starcoder2ForCausalLM", _A.STARCODER2, "starcoder2", "starcoder2"),
     ArchRow("FalconForCausalLM", _A.FALCON, "falcon", "falcon"),
-    # Mixture of experts: every layer sparse; experts stacked by convert/families/moe.py.
+    # Mixture of experts: every layer sparse (convert/families/sparse.py); experts stacked by
+    # convert/families/moe.py.
     ArchRow("Qwen3MoeForCausalLM", _A.QWEN3MOE, "qwen_moe", "qwen3_moe"),
     ArchRow("Qwen2MoeForCausalLM", _A.QWEN2MOE, "qwen_moe", "qwen2_moe"),
     ArchRow("OlmoeForCausalLM", _A.OLMOE, "olmoe", "olmoe"),
