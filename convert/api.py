@@ -22,8 +22,9 @@ from llorch.convert.errors import (
 )
 from llorch.convert.families import load_family, rope
 from llorch.convert.families.base import ModelInput, PlannedTensor
+from llorch.convert.tokenizer.gguf_vocab import write_vocab
+from llorch.convert.tokenizer.hf_tokenizer import load_vocab
 from llorch.convert.verify import TokenDifference, verify_tokenizer
-from llorch.convert.vocab import load_vocab, write_vocab
 from llorch.detector import Detection, detect, lookup, read_json, text_config
 from llorch.detector.errors import InvalidFileError
 from llorch.detector.safetensors import Checkpoint

@@ -21,7 +21,7 @@ from llorch import native_log
 from llorch.convert.errors import ConversionError, QuantizeError
 
 if TYPE_CHECKING:
-    from llorch.vocab import LlamaVocab
+    from llorch.llama_vocab import LlamaVocab
 
 _initialised = False
 
@@ -70,9 +70,9 @@ def check_loads(path: Path) -> None:
 
 
 def vocab(model: Any) -> LlamaVocab:
-    """The model's tokenizer (llorch.vocab.LlamaVocab), imported here so that importing the
+    """The model's tokenizer (llorch.llama_vocab.LlamaVocab), imported here so that importing the
     converter does not load llama.cpp's libraries."""
-    from llorch.vocab import LlamaVocab
+    from llorch.llama_vocab import LlamaVocab
 
     _lib()
     return LlamaVocab.of_model(model)

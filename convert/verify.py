@@ -25,7 +25,7 @@ from pathlib import Path
 
 from llorch.convert import llamacpp
 from llorch.convert.errors import VerificationError
-from llorch.convert.vocab import Vocab, special_texts
+from llorch.convert.tokenizer.gguf_vocab import Vocab, special_texts
 
 Strip = tuple[bool, bool]  # (lstrip, rstrip) of a special token in llama.cpp
 

@@ -31,8 +31,8 @@ from llorch.convert import writer as gw
 from llorch.convert.api import convert
 from llorch.convert.batch import provenance
 from llorch.convert.batch.plan import HIGH_PRECISION
+from llorch.convert.tokenizer.hf_tokenizer import load_vocab
 from llorch.convert.verify import verify_tokenizer
-from llorch.convert.vocab import load_vocab
 from llorch.detector import Detection, detect, text_config
 from llorch.digests import file_sha256
 

@@ -61,7 +61,7 @@ def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, trainers
     from tokenizers import pre_tokenizers as pt
 
-    from llorch.convert.pretokenizer import LLAMA3_REGEX, QWEN2_REGEX
+    from llorch.convert.tokenizer.pretokenizer import LLAMA3_REGEX, QWEN2_REGEX
 
     tok = Tokenizer(models.BPE())
     bytes_only = pt.ByteLevel(add_prefix_space=False, use_regex=False)

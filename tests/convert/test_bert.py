@@ -23,7 +23,7 @@ from support import start_worker
 from llorch import keys
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import ConfigError
-from llorch.convert.wordpiece import NFD_NOTE
+from llorch.convert.tokenizer.wordpiece import NFD_NOTE
 from llorch.detector import detect
 
 BERT = {
@@ -43,7 +43,7 @@ TEXTS = [
     "Numbers 3.14159, 42 and 1e10; code: def f(x): return x + 1",
     "中文测试 日本語のテキスト emoji 🦙",
 ]
-KOREAN = "한국어 문장입니다."  # llama.cpp strips accents differently here (convert/wordpiece.py)
+KOREAN = "한국어 문장입니다."  # llama.cpp strips accents differently here (tokenizer/wordpiece.py)
 
 
 def _fields(path: Path) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def _llama_tokenize(path: Path, text: str) -> list[int]:
 def test_wordpiece_vocabulary(tokenizer: str, checkpoint: Any, tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    from llorch.convert.wordpiece import LOWERCASE_KEY, STRIP_ACCENTS_KEY
+    from llorch.convert.tokenizer.gguf_vocab import LOWERCASE_KEY, STRIP_ACCENTS_KEY
 
     built = checkpoint("BertModel", "BertConfig", BERT, tokenizer=tokenizer)
     out = tmp_path / "o.gguf"

@@ -18,7 +18,8 @@ import gguf
 import pytest
 from fim_checkpoints import FAMILIES, ROLES, build, llama_cpp_convert
 
-from llorch.convert import convert, fim_tokens
+from llorch.convert import convert
+from llorch.convert.tokenizer import fim_tokens
 
 # Roles whose tokens llama.cpp's loader does not find by text (llama-vocab.cpp's lists).
 MISSED_BY_LOADER = {

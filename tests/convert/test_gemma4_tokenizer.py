@@ -14,8 +14,8 @@ from support import parity_cases
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import TokenizerError
-from llorch.convert.gemma4_vocab import VISIBLE
-from llorch.convert.vocab import load_vocab
+from llorch.convert.tokenizer.gemma4 import VISIBLE
+from llorch.convert.tokenizer.hf_tokenizer import load_vocab
 
 CASE = "gemma4-e2b-per-layer-embd-shared-kv"
 N_VOCAB = 400  # make_gemma4_bpe's default size, the parity case's vocab_size_per_layer_input

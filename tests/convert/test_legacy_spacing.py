@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from llorch.convert import convert, llamacpp
+from llorch.convert.tokenizer.gguf_vocab import special_texts
+from llorch.convert.tokenizer.hf_tokenizer import load_vocab
 from llorch.convert.verify import _spm_reference, known_difference, special_splitter
-from llorch.convert.vocab import load_vocab, special_texts
 
 PHI3_ADDED = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
 PADDING = 3  # released Phi-3 pads its embedding past the tokenizer (32011 -> 32064)

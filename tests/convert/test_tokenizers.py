@@ -127,7 +127,7 @@ def test_unigram_sentencepiece_is_refused(checkpoint: Any, helpers: Any, tmp_pat
 def test_known_hash_cross_checks_and_falls_back(
     checkpoint: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from llorch.convert import pretokenizer
+    from llorch.convert.tokenizer import pretokenizer
 
     built = checkpoint("LlamaForCausalLM", "LlamaConfig", TINY, tokenizer="llama3")
     digest = pretokenizer.check_hash(built.folder / "tokenizer.json")

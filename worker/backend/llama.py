@@ -16,7 +16,7 @@ from pathlib import Path
 import llama_cpp as ll
 
 from llorch import keys, native_log
-from llorch.vocab import LlamaVocab
+from llorch.llama_vocab import LlamaVocab
 from llorch.worker.backend import drafters, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.embed import LlamaEmbedder

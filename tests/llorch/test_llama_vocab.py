@@ -1,4 +1,4 @@
-"""llorch.vocab.LlamaVocab on the real default model's vocabulary (Gemma 3, vocab-only load)."""
+"""llorch.llama_vocab.LlamaVocab on the real default model's vocabulary (Gemma 3, vocab-only)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llorch import vocab as vocab_module
-from llorch.vocab import LlamaVocab, TokenIdError
+from llorch import llama_vocab as vocab_module
+from llorch.llama_vocab import LlamaVocab, TokenIdError
 
 TEXT = "Hello <start_of_turn>user\nhi 🦙 中文 naïve — ok"
 

@@ -6,7 +6,7 @@ own converter picks the name by hashing the tokenization of a fixed text, which 
 fine-tune whose hash it has not seen. We instead reduce tokenizer.json's `normalizer` and
 `pre_tokenizer` to a signature (the regex splits, digit and punctuation steps, byte-level
 mapping, normalizer type) and look that up, with llama.cpp's known-hash table
-(convert/pre_hashes.py) as cross-check and fallback. Verification after conversion then checks
+(pre_hashes.py) as cross-check and fallback. Verification after conversion then checks
 the choice on a corpus, so a wrong table row cannot pass silently.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llorch.convert.errors import TokenizerError, UnknownPreTokenizerError
-from llorch.convert.pre_hashes import CHECK_TEXT, HASHES
+from llorch.convert.tokenizer.pre_hashes import CHECK_TEXT, HASHES
 
 # Regexes as they appear in tokenizer.json `Split` steps (upstream tokenizer files).
 LLAMA3_REGEX = (

@@ -4,7 +4,7 @@ llama.cpp's converter names a BPE pre-tokenizer by hashing the token ids a token
 CHECK_TEXT: sha256(str(ids)). These hash -> name pairs are the data of its generated table
 (llama.cpp conversion/base.py get_vocab_base_pre, MIT licence, as vendored by
 llama-cpp-python 0.3.36). A hash depends on the whole vocabulary, so it only matches
-unmodified upstream tokenizers; convert/pretokenizer.py uses it as a second opinion.
+unmodified upstream tokenizers; pretokenizer.py uses it as a second opinion.
 """
 
 from __future__ import annotations

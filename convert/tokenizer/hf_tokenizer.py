@@ -1,57 +1,29 @@
-"""Build the GGUF vocabulary from a Hugging Face folder's tokenizer files.
+"""Build the GGUF vocabulary (gguf_vocab.Vocab) from a Hugging Face folder's tokenizer files.
 
 SentencePiece `tokenizer.model` becomes llama.cpp's "llama" (SPM) vocabulary; byte-level BPE
-`tokenizer.json` becomes "gpt2" with merges and a pre-tokenizer name (convert/pretokenizer.py);
-a WordPiece `tokenizer.json` (BERT) becomes "bert" (convert/wordpiece.py); Gemma 4's SPM-style
-BPE `tokenizer.json` becomes "gemma4" (convert/gemma4_vocab.py).
+`tokenizer.json` becomes "gpt2" with merges and a pre-tokenizer name (pretokenizer.py);
+a WordPiece `tokenizer.json` (BERT) becomes "bert" (wordpiece.py); Gemma 4's SPM-style
+BPE `tokenizer.json` becomes "gemma4" (gemma4.py).
 Special token ids, add_bos/add_eos and the chat template come from tokenizer_config.json,
 config.json, generation_config.json, chat_template.jinja and chat_template.json.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from llorch.convert import fim_tokens, gemma4_vocab, pretokenizer, wordpiece
 from llorch.convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
-from llorch.convert.spm import BPE, MODEL_TYPES, read_spm
+from llorch.convert.tokenizer import fim_tokens, gemma4, pretokenizer, wordpiece
+from llorch.convert.tokenizer.gguf_vocab import Vocab
+from llorch.convert.tokenizer.spm import BPE, MODEL_TYPES, read_spm
 from llorch.detector import read_json
 from llorch.detector.table import row_for_config
 
 _T = gguf.TokenType
-
-
-@dataclass(frozen=True)
-class Vocab:
-    kind: str  # "sentencepiece", "bpe" or "wordpiece"
-    ggml_model: str  # tokenizer.ggml.model: "llama", "gpt2", "bert" or "gemma4"
-    tokens: tuple[str, ...]
-    types: tuple[int, ...]
-    scores: tuple[float, ...] | None
-    merges: tuple[str, ...]
-    pre: str | None
-    special_ids: dict[str, int]  # bos, eos, unk, pad, ..., fim_pre (convert/fim_tokens.py)
-    add_bos: bool
-    add_eos: bool
-    add_space_prefix: bool | None
-    chat_template: str | list[dict[str, str]] | None
-    files: tuple[Path, ...]  # the files the reference tokenizer is loaded from
-    notes: tuple[str, ...] = field(default=())
-    # WordPiece only: BertNormalizer options, which llama.cpp reads from the GGUF
-    lowercase: bool | None = None
-    strip_accents: bool | None = None
-    # characters llama.cpp is known to tokenize differently (named in notes): not verified
-    differs: re.Pattern[str] | None = None
-
-    def verifiable(self, text: str) -> bool:
-        return self.differs is None or self.differs.search(text) is None
 
 
 def _content(value: Any) -> str | None:
@@ -123,19 +95,15 @@ def load_vocab(
         config = _optional_json(folder / "config.json")
     # the table's tokenizer column: Gemma 4's tokenizer.json, even beside a tokenizer.model
     row = row_for_config(config)
-    spm_bpe = (
-        row is not None
-        and row.tokenizer == gemma4_vocab.GGML_MODEL
-        and gemma4_vocab.is_spm_bpe(tok_json)
-    )
+    spm_bpe = row is not None and row.tokenizer == gemma4.GGML_MODEL and gemma4.is_spm_bpe(tok_json)
     if not spm_path.is_file() and wordpiece.is_wordpiece(tok_json):
         chat = _chat_template(folder, tok_cfg)
         return wordpiece.wordpiece_vocab(json_path, tok_json, tok_cfg, n_vocab, chat)
     if spm_bpe:
-        gemma4_vocab.check(tok_json, str(json_path))
-        tokens, types, merges = gemma4_vocab.base_vocab(tok_json)
-        scores: list[float] | None = [gemma4_vocab.SCORE] * len(tokens)
-        kind, ggml_model, pre, files = "bpe", gemma4_vocab.GGML_MODEL, None, (json_path,)
+        gemma4.check(tok_json, str(json_path))
+        tokens, types, merges = gemma4.base_vocab(tok_json)
+        scores: list[float] | None = [gemma4.SCORE] * len(tokens)
+        kind, ggml_model, pre, files = "bpe", gemma4.GGML_MODEL, None, (json_path,)
         add_space_prefix: bool | None = False
         default_bos, default_eos = True, False
     elif spm_path.is_file():
@@ -200,7 +168,7 @@ def load_vocab(
             tokens[i] = f"[PAD{i}]"
             types[i] = _T.UNUSED
     if spm_bpe:
-        gemma4_vocab.retype(tokens, types)
+        gemma4.retype(tokens, types)
     lookup = {text: i for i, text in enumerate(tokens)}
     special_ids = _special_ids(folder, tok_cfg, lookup, notes, config)
     if kind == "sentencepiece":
@@ -281,44 +249,4 @@ def _extra_eos(extra: list[Any], ids: dict[str, int], n_vocab: int, notes: list[
         ids.setdefault(slots.pop(0), value)
 
 
-def write_vocab(vocab: Vocab, writer: gguf.GGUFWriter) -> None:
-    writer.add_tokenizer_model(vocab.ggml_model)
-    if vocab.pre is not None:
-        writer.add_tokenizer_pre(vocab.pre)
-    writer.add_token_list(list(vocab.tokens))
-    writer.add_token_types(list(vocab.types))
-    if vocab.scores is not None:
-        writer.add_token_scores(list(vocab.scores))
-    if vocab.merges:
-        writer.add_token_merges(list(vocab.merges))
-    setters: dict[str, Callable[[int], None]] = {
-        "bos": writer.add_bos_token_id,
-        "eos": writer.add_eos_token_id,
-        "unk": writer.add_unk_token_id,
-        "pad": writer.add_pad_token_id,
-        "eot": writer.add_eot_token_id,
-        "eom": writer.add_eom_token_id,
-        "sep": writer.add_sep_token_id,
-        "mask": writer.add_mask_token_id,
-        **{role: partial(writer.add_uint32, key) for role, key in fim_tokens.KEYS.items()},
-    }
-    for name, idx in vocab.special_ids.items():
-        setters[name](idx)
-    writer.add_add_bos_token(vocab.add_bos)
-    writer.add_add_eos_token(vocab.add_eos)
-    if vocab.add_space_prefix is not None:
-        writer.add_add_space_prefix(vocab.add_space_prefix)
-    if vocab.chat_template is not None:
-        writer.add_chat_template(vocab.chat_template)
-    if vocab.ggml_model == "bert":
-        writer.add_add_sep_token(True)
-        wordpiece.write_normalizer(writer, bool(vocab.lowercase), bool(vocab.strip_accents))
-
-
-def special_texts(vocab: Vocab) -> list[str]:
-    """Tokens llama.cpp matches in text when parsing specials (control and user-defined)."""
-    wanted = {int(_T.CONTROL), int(_T.USER_DEFINED), int(_T.UNKNOWN)}
-    return [t for t, k in zip(vocab.tokens, vocab.types, strict=True) if k in wanted and t]
-
-
-__all__ = ["Vocab", "load_vocab", "special_texts", "write_vocab"]
+__all__ = ["load_vocab"]

@@ -25,27 +25,15 @@ import re
 import sys
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gguf
 
 from llorch.convert.errors import ShapeMismatchError, TokenizerError
-
-if TYPE_CHECKING:
-    from llorch.convert.vocab import Vocab
+from llorch.convert.tokenizer.gguf_vocab import Vocab
 
 PHANTOM = "\u2581"
 _T = gguf.TokenType
-
-# gguf 0.19.0 (the pinned gguf-py) predates the BertNormalizer keys that llama.cpp reads
-# (src/llama-arch.cpp LLM_KV_TOKENIZER_NORMALIZER_*); use gguf's constants once it has them.
-LOWERCASE_KEY: str = getattr(
-    gguf.Keys.Tokenizer, "NORMALIZER_LOWERCASE", "tokenizer.ggml.normalizer.lowercase"
-)
-STRIP_ACCENTS_KEY: str = getattr(
-    gguf.Keys.Tokenizer, "NORMALIZER_STRIP_ACCENTS", "tokenizer.ggml.normalizer.strip_accents"
-)
-
 
 NFD_NOTE = (
     "WordPiece: llama.cpp strips accents by keeping the first code point of each character's "
@@ -130,8 +118,6 @@ def wordpiece_vocab(
     chat_template: str | list[dict[str, str]] | None,
 ) -> Vocab:
     """The GGUF vocabulary of a WordPiece tokenizer.json."""
-    from llorch.convert.vocab import Vocab  # vocab.py imports this module
-
     model = tok_json["model"]
     prefix = model.get("continuing_subword_prefix", "##")
     if prefix != "##":
@@ -220,8 +206,3 @@ def _special_ids(
                 "sep_token in tokenizer_config.json); llama.cpp adds both around every text"
             )
     return ids
-
-
-def write_normalizer(writer: gguf.GGUFWriter, lowercase: bool, strip_accents: bool) -> None:
-    writer.add_bool(LOWERCASE_KEY, lowercase)
-    writer.add_bool(STRIP_ACCENTS_KEY, strip_accents)

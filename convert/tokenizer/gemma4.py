@@ -14,7 +14,7 @@ BYTE, the chat-channel tokens below USER_DEFINED so that they render, merges, sp
 add_space_prefix false and add_bos true. One departure: LlamaHfVocab types an added token
 that lies inside the base vocabulary NORMAL unless transformers lists it among its special
 tokens; here every tokenizer.json added token is CONTROL (special) or USER_DEFINED, as for
-the other BPE vocabularies (convert/vocab.py), so that llama.cpp matches it whole, as
+the other BPE vocabularies (hf_tokenizer.py), so that llama.cpp matches it whole, as
 `tokenizers` does. llama.cpp matches such tokens in the raw text, before it escapes spaces:
 a non-special added token containing "▁" and marked `normalized` (which `tokenizers` also
 finds where the text has spaces) tokenizes differently, and verification reports it.
