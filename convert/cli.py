@@ -1,22 +1,20 @@
-"""`llorch detect` and `llorch convert`: thin CLI over llorch.detector.detect and convert.convert.
+"""`llorch detect` and `llorch convert`: thin CLI over llorch.detector.detect and convert.convert;
+it also registers `convert-batch` (convert/batch/cli.py) and `convert-lora` (lora_cli.py).
 
 Exit codes: 0 success; 1 `detect` found an unsupported model; 2 a detection or conversion
 error (one line on stderr naming the file and the problem, or a JSON object with --json),
 including an existing output file without --force; 130 Ctrl-C, 143 SIGTERM (no output and no
-temporary file left).
+temporary file left). cli_common.py holds what the commands share.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from typing import Any
 
+from llorch.convert.cli_common import Terminated, fail, interrupted, sigterm_unwinds
 from llorch.convert.errors import MODEL_ERRORS, OutputExistsError
 
 VERIFY_CHOICES = ("tokenizer", "logits")
@@ -70,44 +68,13 @@ def register(subparsers: Any) -> None:
     register_lora(subparsers)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived. A BaseException, like KeyboardInterrupt, so that no `except Exception`
-    stops it on its way out through the `finally` blocks that remove temporary files."""
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM's default action ends the process on the spot, leaving temporary files behind;
-    raised as an exception instead, it unwinds through their clean-up first."""
-
-    def raise_terminated(signum: int, frame: Any) -> None:
-        del frame
-        raise Terminated(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _fail(args: argparse.Namespace, command: str, exc: Exception) -> int:
-    if getattr(args, "json", False) or command == "detect":
-        print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-    print(f"llorch {command}: error: {exc}", file=sys.stderr)
-    return 2
-
-
 def run_detect(args: argparse.Namespace) -> int:
     from llorch.detector import detect
 
     try:
         det = detect(args.path)
     except MODEL_ERRORS as exc:
-        return _fail(args, "detect", exc)
+        return fail("detect", exc, as_json=True)
     print(json.dumps(det.to_json(), indent=2))
     return 0 if det.supported else 1
 
@@ -140,7 +107,7 @@ def run_convert(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             report = convert(
                 args.src,
                 args.output,
@@ -153,15 +120,11 @@ def run_convert(args: argparse.Namespace) -> int:
                 check_logits=args.verify == "logits",
             )
     except OutputExistsError as exc:
-        return _fail(args, "convert", OutputExistsError(exc.path, "--force"))
+        return fail("convert", OutputExistsError(exc.path, "--force"), as_json=args.json)
     except MODEL_ERRORS as exc:
-        return _fail(args, "convert", exc)
-    except KeyboardInterrupt:
-        print("llorch convert: interrupted; no output written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("llorch convert: terminated; no output written", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return fail("convert", exc, as_json=args.json)
+    except (KeyboardInterrupt, Terminated) as exc:
+        return interrupted("convert", exc, "no output written")
     finally:
         if bar is not None:
             bar.close()

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
 from typing import Any
 
-from llorch.convert.cli import Terminated, _fail, _sigterm_unwinds
+from llorch.convert.cli_common import Terminated, fail, interrupted, sigterm_unwinds
 from llorch.convert.errors import MODEL_ERRORS, OutputExistsError
 from llorch.convert.writer import DIRECT
 
@@ -41,20 +39,16 @@ def run_convert_lora(args: argparse.Namespace) -> int:
 
     command = "convert-lora"
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             report = convert_lora(
                 args.adapter, args.base, args.output, outtype=args.outtype, overwrite=args.force
             )
     except OutputExistsError as exc:
-        return _fail(args, command, OutputExistsError(exc.path, "--force"))
+        return fail(command, OutputExistsError(exc.path, "--force"), as_json=args.json)
     except MODEL_ERRORS as exc:
-        return _fail(args, command, exc)
-    except KeyboardInterrupt:
-        print(f"llorch {command}: interrupted; no output written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"llorch {command}: terminated; no output written", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return fail(command, exc, as_json=args.json)
+    except (KeyboardInterrupt, Terminated) as exc:
+        return interrupted(command, exc, "no output written")
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -110,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
     """Put the default models in their cache folders, so that `serve` starts without network."""
-    from llorch.convert.cli import Terminated, _sigterm_unwinds
+    from llorch.convert.cli_common import Terminated, sigterm_unwinds
     from llorch.worker.backend.errors import WorkerError
     from llorch.worker.models import chat_model_path, default_model_path
 
@@ -121,7 +121,7 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
     status = 0
     for name, fetch in fetches:
         try:
-            with _sigterm_unwinds():  # the partial file is removed on the way out
+            with sigterm_unwinds():  # the partial file is removed on the way out
                 print(f"{name}: {fetch()}")
         except Terminated:
             return 143

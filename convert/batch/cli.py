@@ -11,18 +11,19 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 from typing import Any
 
 from llorch.convert.batch.plan import DEFAULT_OUTTYPES
+from llorch.convert.cli_common import Terminated, fail, interrupted, sigterm_unwinds
 
+COMMAND = "convert-batch"
 EXECUTORS = ("local", "ray")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "convert-batch",
+        COMMAND,
         help="convert many HF checkpoints to many GGUF types, resumably",
         description="Convert the sources of a manifest (TOML or JSON), or every HF folder in "
         "the given folders, to GGUF: each source read once, every other type quantized from "
@@ -52,11 +53,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_batch)
 
 
-def _fail(message: str) -> int:
-    print(f"llorch convert-batch: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _plan(args: argparse.Namespace) -> Any:
     from llorch.convert.batch.plan import load_manifest, plan_from_dirs
 
@@ -76,16 +72,15 @@ def run_batch(args: argparse.Namespace) -> int:
     from llorch.convert.batch.api import convert_batch
     from llorch.convert.batch.memory import parse_size
     from llorch.convert.batch.progress import JsonLines, ProgressBars, summary_table
-    from llorch.convert.cli import Terminated, _sigterm_unwinds
     from llorch.convert.errors import MODEL_ERRORS
 
     if args.jobs < 1:
-        return _fail(f"--jobs {args.jobs}: must be at least 1")
+        return fail(COMMAND, f"--jobs {args.jobs}: must be at least 1")
     try:
         plan = _plan(args)
         out = args.out or plan.out
         if out is None:
-            return _fail("no output folder: give --out (or `out` in the manifest)")
+            return fail(COMMAND, "no output folder: give --out (or `out` in the manifest)")
         max_ram = parse_size(args.max_ram) if args.max_ram else None
         executor = None
         if args.executor == "ray":
@@ -93,12 +88,12 @@ def run_batch(args: argparse.Namespace) -> int:
 
             executor = RayExecutor(address=args.address, max_ram=max_ram)
     except MODEL_ERRORS as exc:
-        return _fail(str(exc))
+        return fail(COMMAND, str(exc))
     terminal = sys.stdout.isatty() and not args.json
     sink: Any = ProgressBars() if terminal else JsonLines(sys.stdout)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             report = convert_batch(
                 plan,
                 out,
@@ -109,13 +104,9 @@ def run_batch(args: argparse.Namespace) -> int:
                 executor=executor,
             )
     except MODEL_ERRORS as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        print("llorch convert-batch: interrupted; finished outputs kept", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("llorch convert-batch: terminated; finished outputs kept", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return fail(COMMAND, str(exc))
+    except (KeyboardInterrupt, Terminated) as exc:
+        return interrupted(COMMAND, exc, "finished outputs kept")
     finally:
         sink.close()
     if not terminal:

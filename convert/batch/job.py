@@ -195,7 +195,7 @@ def _stop_when_orphaned() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from llorch.convert.cli import Terminated, _sigterm_unwinds
+    from llorch.convert.cli_common import Terminated, sigterm_unwinds
 
     events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)
@@ -206,7 +206,7 @@ def main(argv: list[str]) -> int:
 
     _stop_when_orphaned()
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             run(spec, emit)
     except Terminated:
         return 128 + signal.SIGTERM
