@@ -19,22 +19,15 @@ import numpy as np
 
 from llorch import native_log
 from llorch.convert.errors import ConversionError, QuantizeError
+from llorch.llamacpp_init import init_llama_cpp
 
 if TYPE_CHECKING:
     from llorch.llama_vocab import LlamaVocab
 
-_initialised = False
-
 
 def _lib() -> Any:
-    global _initialised
-    import llama_cpp
-
-    if not _initialised:
-        native_log.install()
-        llama_cpp.llama_backend_init()
-        _initialised = True
-    return llama_cpp
+    """llama_cpp, set up once for the process (llorch.llamacpp_init)."""
+    return init_llama_cpp()
 
 
 @contextmanager

@@ -5,6 +5,8 @@ LayerNorm with bias, SwiGLU MLP, optional q/k/v biases (`use_qkv_bias`), rotate-
 over `partial_rotary_factor` of each head (NEOX in llama.cpp, no permutation), and an
 optional parallel residual (`use_parallel_residual`: llama.cpp takes it when the block has no
 ffn_norm). Per-head Q/K LayerNorms (`qk_layernorm`, StableLM 2 12B) are not supported.
+Hyperparameters and tensors are written as phi2.py writes Phi-2's (LayerNorm, partial NEOX
+RoPE, every tensor under its mapped name), plus the parallel-residual flag.
 """
 
 from __future__ import annotations
@@ -12,16 +14,10 @@ from __future__ import annotations
 import gguf
 
 from llorch.convert.errors import ConfigError
-from llorch.convert.families import rope
-from llorch.convert.families.base import (
-    ModelInput,
-    PlannedTensor,
-    dims,
-    expected_shapes,
-    map_tensors,
-    rotary_dims,
-    write_common,
-)
+from llorch.convert.families import phi2
+from llorch.convert.families.base import ModelInput
+
+plan = phi2.plan
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
@@ -30,11 +26,5 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
             f"{model.folder / 'config.json'}: qk_layernorm=true (StableLM 2 12B) is not "
             "supported yet"
         )
-    d = write_common(model, w, rms=False)
-    w.add_rope_dimension_count(rotary_dims(model, d.head_dim))
-    rope.write_scaling(model, w)
+    phi2.write_layernorm_partial_rope(model, w)
     w.add_parallel_residual(bool(model.config.get("use_parallel_residual", False)))
-
-
-def plan(model: ModelInput) -> list[PlannedTensor]:
-    return map_tensors(model, expected=expected_shapes(model, dims(model)))

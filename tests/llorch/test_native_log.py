@@ -21,7 +21,7 @@ def _not_a_gguf(tmp_path: Path) -> Path:
 
 
 def test_converter_quotes_llama_cpp_after_the_worker_set_up(tmp_path: Path, caplog: Any) -> None:
-    worker_llama._init_backend()  # the worker first, as in a process that serves and converts
+    worker_llama.init_llama_cpp()  # the worker first, as in a process that serves and converts
     llamacpp._lib()
     caplog.set_level(logging.DEBUG, logger="llorch.llama_cpp")
     broken = _not_a_gguf(tmp_path)

@@ -17,6 +17,7 @@ import llama_cpp as ll
 
 from llorch import keys, native_log
 from llorch.llama_vocab import LlamaVocab
+from llorch.llamacpp_init import init_llama_cpp
 from llorch.worker.backend import drafters, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.embed import LlamaEmbedder
@@ -36,16 +37,7 @@ from llorch.worker.backend.protocol import (
 )
 from llorch.worker.models import file_sha256, host_memory_available
 
-_backend_initialised = False
 log = logging.getLogger("llorch.backend")
-
-
-def _init_backend() -> None:
-    global _backend_initialised
-    if not _backend_initialised:
-        native_log.install()
-        ll.llama_backend_init()
-        _backend_initialised = True
 
 
 def default_threads() -> int:
@@ -118,7 +110,7 @@ class LlamaCppBackend:
             raise ModelLoadError("a model is already loaded; close() it first")
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        _init_backend()
+        init_llama_cpp()
         if options.n_gpu_layers == "auto":
             options = replace(options, n_gpu_layers=self._fit_gpu_layers(path, options))
         assert isinstance(options.n_gpu_layers, int)
