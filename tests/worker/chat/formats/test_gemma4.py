@@ -8,23 +8,15 @@ import json
 
 import pytest
 
-from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.gemma4 import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
-CALLS = [{"name": "get_weather", "arguments": WEATHER}, {"name": "search", "arguments": SEARCH}]
+from .family_checks import CALLS, READ_BACK, calls_of, check_malformed, detected
+
 TEMPLATES = {"google-gemma-4-31B-it", "google-gemma-4-31B-it-interleaved"}
 
 
 def test_detected_for_its_templates_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == TEMPLATES
+    assert detected(templates_dir, FORMAT) == TEMPLATES
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
@@ -34,9 +26,7 @@ def test_reads_what_the_template_renders(template, rendered_reply, stream_parse,
     reply = reply.split("<|tool_response>")[0].split("<turn|>")[0]
     parsed = stream_parse(FORMAT, reply)
     assert parsed.content == ""
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        (call["name"], call["arguments"]) for call in CALLS
-    ]
+    assert calls_of(parsed) == READ_BACK
 
 
 def test_notation(stream_parse):
@@ -79,9 +69,7 @@ def test_thinking_is_the_reasoning(stream_parse):
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
 FIRST = (

@@ -4,24 +4,22 @@ malformed calls, the grammar (forced, and lazy after another message)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.gpt_oss import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
+from .family_checks import (
+    SEARCH_ARGUMENTS,
+    WEATHER,
+    WEATHER_ARGUMENTS,
+    calls_of,
+    check_malformed,
+    detected,
+)
 
 
 def test_detected_for_its_template_only(templates_dir):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == {"openai-gpt-oss-120b"}
+    assert detected(templates_dir, FORMAT) == {"openai-gpt-oss-120b"}
 
 
 def test_reads_what_the_template_renders(template, rendered_reply, stream_parse):
@@ -32,7 +30,7 @@ def test_reads_what_the_template_renders(template, rendered_reply, stream_parse)
     assert reply.startswith("<|channel|>analysis<|message|>I will check.<|end|>")
     parsed = stream_parse(FORMAT, reply)
     assert (parsed.reasoning, parsed.content) == ("I will check.", "")
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [("get_weather", WEATHER)]
+    assert calls_of(parsed) == [("get_weather", WEATHER)]
 
 
 def test_analysis_then_final_answer(stream_parse):
@@ -81,19 +79,11 @@ def test_partial_call_appears_once_its_header_is_read():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
-FIRST = (
-    " to=functions.get_weather<|channel|>commentary json<|message|>"
-    '{"city": "Paris", "unit": "celsius", "days": 3}'
-)
-SECOND = (
-    "<|channel|>commentary to=functions.search <|constrain|>json<|message|>"
-    '{"query": "x y", "filters": {"site": "a.org", "tags": ["a"]}}'
-)
+FIRST = " to=functions.get_weather<|channel|>commentary json<|message|>" + WEATHER_ARGUMENTS
+SECOND = "<|channel|>commentary to=functions.search <|constrain|>json<|message|>" + SEARCH_ARGUMENTS
 ANALYSIS = "<|channel|>analysis<|message|>Let me look that up.<|end|><|start|>assistant"
 
 

@@ -9,20 +9,22 @@ import json
 import pytest
 
 from llorch.worker.chat.formats import detect
-from llorch.worker.chat.formats.base import MalformedCall
 from llorch.worker.chat.formats.granite import FORMAT
 
-WEATHER = {"city": "Paris", "days": 3}
-SEARCH = {"query": "x y", "filters": {"site": "a.org", "tags": ["a", "b"]}}
+from .family_checks import (
+    READ_BACK,
+    SEARCH,
+    SEARCH_ARGUMENTS,
+    WEATHER,
+    WEATHER_ARGUMENTS,
+    calls_of,
+    check_malformed,
+    detected,
+)
 
 
 def test_detected_for_granite_3_only(templates_dir, template):
-    found = {
-        path.stem
-        for path in templates_dir.glob("*.jinja")
-        if detect(path.read_text(encoding="utf-8")).name == FORMAT.name
-    }
-    assert found == {"ibm-granite-granite-3.3-2B-Instruct"}
+    assert detected(templates_dir, FORMAT) == {"ibm-granite-granite-3.3-2B-Instruct"}
     # Granite 4.0 and 4.1 render each call as <tool_call>\n{"name": ..., "arguments": ...}
     # \n</tool_call>, Hermes' syntax exactly.
     for name in ("ibm-granite-granite-4.0", "ibm-granite-granite-4.1"):
@@ -38,10 +40,7 @@ def test_reads_the_list_of_calls(stream_parse):
     ]
     parsed = stream_parse(FORMAT, "Let me see.<|tool_call|>" + json.dumps(calls))
     assert parsed.content == "Let me see."
-    assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        ("get_weather", WEATHER),
-        ("search", SEARCH),
-    ]
+    assert calls_of(parsed) == READ_BACK
 
 
 def test_a_single_object_and_a_call_without_arguments(stream_parse):
@@ -66,28 +65,22 @@ def test_partial_arguments_are_the_text_so_far():
     ],
 )
 def test_malformed_calls(text):
-    FORMAT.parse(text, partial=True)
-    with pytest.raises(MalformedCall):
-        FORMAT.parse(text, partial=False)
+    check_malformed(FORMAT, text)
 
 
 def _call(name: str, arguments: str) -> str:
     return f'{{"name": "{name}", "arguments": {arguments}}}'
 
 
-WEATHER_CALL = _call("get_weather", '{"city": "Paris", "unit": "celsius", "days": 3}')
-SEARCH_CALL = _call("search", '{"query": "x y", "filters": {"site": "a.org", "tags": ["a"]}}')
+def _list(*calls: str) -> str:
+    return f"<|tool_call|>[{', '.join(calls)}]"
 
 
-def test_grammar(check_call_grammar, grammar_accepts, schema_tools):
+def test_grammar(check_call_grammar):
     check_call_grammar(
         FORMAT,
-        f"<|tool_call|>[{WEATHER_CALL}]",
-        f"<|tool_call|>[{SEARCH_CALL}]",
-        parallel_differs=False,
-        refused=[f"<|tool_call|>[{_call('get_weather', '{}')}]"],
+        _call("get_weather", WEATHER_ARGUMENTS),
+        _call("search", SEARCH_ARGUMENTS),
+        section=_list,
+        refused=[_list(_call("get_weather", "{}"))],
     )
-    both = f"<|tool_call|>[{WEATHER_CALL}, {SEARCH_CALL}]"
-    assert grammar_accepts(FORMAT.grammar(schema_tools, parallel=True).gbnf, both)
-    assert not grammar_accepts(FORMAT.grammar(schema_tools, parallel=False).gbnf, both)
-    assert [c.name for c in FORMAT.parse(both, partial=False).calls] == ["get_weather", "search"]

@@ -20,6 +20,8 @@ from llorch.worker.chat.formats import FAMILIES, detect
 from llorch.worker.chat.formats.base import MalformedCall, Parsed, ToolFormat
 from llorch.worker.chat.types import Tool
 
+from .family_checks import calls_of
+
 Call = tuple[str, dict[str, Any]]
 
 WEATHER: Call = ("get_weather", {"city": "Paris", "unit": "celsius"})
@@ -261,10 +263,6 @@ FAMILIES_UNDER_TEST = (
 )
 BY_NAME = {family.module: family for family in FAMILIES_UNDER_TEST}
 each_family = pytest.mark.parametrize("family", FAMILIES_UNDER_TEST, ids=lambda f: f.module)
-
-
-def calls_of(parsed: Parsed) -> list[Call]:
-    return [(call.name, json.loads(call.arguments)) for call in parsed.calls]
 
 
 def streamed(fmt: ToolFormat, text: str) -> Parsed:
