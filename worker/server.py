@@ -21,6 +21,7 @@ from llorch.worker.backend import grammar
 from llorch.worker.backend.protocol import LoadOptions, ModelBackend
 from llorch.worker.engine import Engine
 from llorch.worker.fleet import Fleet, ModelEntry
+from llorch.worker.http import wire
 from llorch.worker.http.app import create_app
 from llorch.worker.http.metrics import WorkerMetrics
 from llorch.worker.models import footprint_bytes, host_memory_available, resolve_model
@@ -210,19 +211,30 @@ async def _serve(server: _Server, settings: WorkerSettings) -> None:
             task.cancel()
 
 
+def uvicorn_config(
+    app: FastAPI, settings: WorkerSettings, *, port: int | None = None, log_level: str = "info"
+) -> uvicorn.Config:
+    """How uvicorn serves the app: HTTP/1.1 by h11 with the worker's answer to a request it
+    cannot read (431 for a head over wire.MAX_HEAD_BYTES, worker/http/wire.py; h11 even when
+    httptools is installed), and an access log without query strings."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port if port is None else port,
+        http=wire.H11Protocol,
+        h11_max_incomplete_event_size=wire.MAX_HEAD_BYTES,
+        log_config=wire.log_config(uvicorn.config.LOGGING_CONFIG),
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+    )
+
+
 def serve(settings: WorkerSettings, backend: ModelBackend | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the exit status."""
     from llorch.worker.backend.llama import LlamaCppBackend
 
     app = build_app(backend if backend is not None else lambda _: LlamaCppBackend(), settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=30,
-        lifespan="on",
-    )
-    server = _Server(config, app.state.fleet, settings.drain_timeout)
+    server = _Server(uvicorn_config(app, settings), app.state.fleet, settings.drain_timeout)
     asyncio.run(_serve(server, settings))
     return 0

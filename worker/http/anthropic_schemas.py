@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from llorch.worker.http.openai_schemas import (
     MAX_MESSAGES,
@@ -18,25 +18,34 @@ from llorch.worker.http.openai_schemas import (
     MAX_TOOLS,
     Text,
 )
-from llorch.worker.http.sampling import check_stops
+from llorch.worker.http.openapi import TOOLS, a_tool_to_call, equals, given, rules, when
+from llorch.worker.http.sampling import IN_CONTEXT, INT32_MAX, Stops, StrictModel
 
 ToolId = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
-class TextBlock(BaseModel):
+class TextBlock(StrictModel):
     type: Literal["text"]
     text: Text
 
 
-class ImageBlock(BaseModel):
-    """Accepted by the schema so that the refusal can say what is missing (images are not
-    served yet) rather than that the block's type is unknown."""
+class ImageBlock(StrictModel):
+    """Read so that the refusal can say what is missing (images are not served yet) rather
+    than that the block's type is unknown; the published schema admits no image."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": {},
+            "description": "Images are not served yet: a request with one is refused with a "
+            "400 that says so.",
+        }
+    )
 
     type: Literal["image"]
     source: dict[str, Any] | None = None
 
 
-class ToolUseBlock(BaseModel):
+class ToolUseBlock(StrictModel):
     type: Literal["tool_use"]
     id: ToolId
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
@@ -46,20 +55,20 @@ class ToolUseBlock(BaseModel):
 ResultPart = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
 
 
-class ToolResultBlock(BaseModel):
+class ToolResultBlock(StrictModel):
     type: Literal["tool_result"]
     tool_use_id: ToolId
     content: Text | list[ResultPart] | None = None
     is_error: bool = False
 
 
-class ThinkingBlock(BaseModel):
+class ThinkingBlock(StrictModel):
     type: Literal["thinking"]
     thinking: Text
     signature: str | None = None  # Anthropic's proof of its own thinking: nothing to check here
 
 
-class RedactedThinkingBlock(BaseModel):
+class RedactedThinkingBlock(StrictModel):
     type: Literal["redacted_thinking"]
     data: str | None = None
 
@@ -70,7 +79,30 @@ ContentBlock = Annotated[
 ]
 
 
-class MessageIn(BaseModel):
+# The blocks each role's message may hold (the translator's rule: worker/http/anthropic_request.py).
+_BLOCKS_OF = {
+    "assistant": ["text", "thinking", "redacted_thinking", "tool_use"],
+    "user": ["text", "image", "tool_result"],
+}
+
+
+class MessageIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            *(
+                when(
+                    equals("role", role),
+                    {
+                        "properties": {
+                            "content": {"items": {"properties": {"type": {"enum": kinds}}}}
+                        }
+                    },
+                )
+                for role, kinds in _BLOCKS_OF.items()
+            )
+        )
+    )
+
     role: Literal["user", "assistant"]
     content: Text | Annotated[list[ContentBlock], Field(max_length=MAX_MESSAGES)]
 
@@ -81,9 +113,17 @@ class MessageIn(BaseModel):
         return list(self.content)
 
 
-class ToolIn(BaseModel):
+class ToolIn(StrictModel):
     """A client tool (`type` absent or "custom"). Anthropic's server tools carry a versioned
     type (`web_search_20250305`, `bash_20250124`, ...) and run on Anthropic's side."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            {"properties": {"type": {"enum": ["custom", None]}}},
+            given("input_schema"),
+            {"properties": {"input_schema": {"properties": {"type": {"const": "object"}}}}},
+        )
+    )
 
     type: str | None = Field(None, max_length=64)
     # Anthropic's rule for tool names, with . and : too, which MCP tool names use.
@@ -107,7 +147,9 @@ class ToolIn(BaseModel):
         return self
 
 
-class ToolChoiceIn(BaseModel):
+class ToolChoiceIn(StrictModel):
+    model_config = ConfigDict(json_schema_extra=rules(when(equals("type", "tool"), given("name"))))
+
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
     disable_parallel_tool_use: bool = False
@@ -119,7 +161,11 @@ class ToolChoiceIn(BaseModel):
         return self
 
 
-class ThinkingIn(BaseModel):
+class ThinkingIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=rules(when(equals("type", "enabled"), given("budget_tokens")))
+    )
+
     # "adaptive": the model decides; here, as the server is set up (--reasoning-budget).
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = Field(None, ge=1, le=1 << 20)
@@ -131,16 +177,33 @@ class ThinkingIn(BaseModel):
         return self
 
 
-class CountTokensRequest(BaseModel):
+class CountTokensRequest(StrictModel):
     """What a prompt is made of: the body of count_tokens, and of a message without its
     generation fields."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra=rules(
+            a_tool_to_call(
+                {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {"type": {"enum": ["any", "tool"]}},
+                }
+            )
+        ),
+    )
 
     model: str | None = Field(None, max_length=256)
     system: Text | Annotated[list[TextBlock], Field(max_length=MAX_MESSAGES)] | None = None
-    messages: list[MessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
-    tools: list[ToolIn] | None = Field(None, max_length=MAX_TOOLS)
+    messages: list[MessageIn] = Field(
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        description="The last message must be the user's (an assistant turn to continue is "
+        "not served), and a tool_result must answer a tool_use block of an earlier message: "
+        "a request that breaks either is refused with a 400. " + IN_CONTEXT,
+    )
+    tools: list[ToolIn] | None = Field(None, max_length=MAX_TOOLS, description=TOOLS)
     tool_choice: ToolChoiceIn | None = None
     thinking: ThinkingIn | None = None
 
@@ -175,15 +238,15 @@ class CountTokensRequest(BaseModel):
 
 
 class MessagesRequest(CountTokensRequest):
-    max_tokens: int = Field(ge=1, le=1 << 20)
+    max_tokens: int = Field(ge=1, le=1 << 20, description=IN_CONTEXT)
     stream: bool = False
-    stop_sequences: list[str] | None = None
+    stop_sequences: Stops | None = None
     temperature: float = Field(1.0, ge=0.0, le=1.0)  # Anthropic's range and default
     top_p: float = Field(1.0, ge=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, le=INT32_MAX)
     metadata: dict[str, Any] | None = None  # user_id: nothing here reads it
 
     @field_validator("stop_sequences")
     @classmethod
     def _stops(cls, stops: list[str] | None) -> list[str]:
-        return check_stops(list(stops or []))
+        return list(stops or [])

@@ -33,7 +33,7 @@ from llorch.worker.http.anthropic_schemas import CountTokensRequest, MessagesReq
 from llorch.worker.http.auth import BearerAuth
 from llorch.worker.http.guard import RequestGuard
 from llorch.worker.http.infill_schemas import InfillRequest
-from llorch.worker.http.metrics import WorkerMetrics
+from llorch.worker.http.metrics import HttpMetrics, WorkerMetrics
 from llorch.worker.http.openai_schemas import ChatCompletionRequest, CompletionRequest
 from llorch.worker.http.responses_schemas import ResponsesRequest
 from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
@@ -95,11 +95,13 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
             embeddings.EmbedRequest,
             MessagesRequest,
             CountTokensRequest,
+            ops.ModelName,
         ],
     )
-    # Middleware added last runs first: the request guard (Host, Origin, Content-Type, body
-    # size), then CORS, which answers preflights before the token check (a browser never sends
-    # credentials on a preflight), then the token.
+    # Middleware added last runs first: the metrics (every request, by surface), the request
+    # guard (Host, Origin, Content-Type, body size), then CORS, which answers preflights
+    # before the token check (a browser never sends credentials on a preflight), then the
+    # token.
     if settings.api_token is not None:
         app.add_middleware(BearerAuth, token=settings.api_token)
     origins = settings.cors_origin_list
@@ -112,4 +114,5 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
             max_age=600,
         )
     app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(HttpMetrics, metrics=metrics)
     return app

@@ -19,6 +19,9 @@ from llorch.worker.backend.errors import InvalidRequestError
 MAX_DEPTH = 64
 # What an error message or entry quotes of a bad value.
 QUOTE_CHARS = 64
+# Digits of an integer, at most: as many as the largest finite float has (1.8e308). Python
+# refuses to read more than 4300 (a ValueError, which would surface as a 500).
+MAX_INT_DIGITS = 309
 
 
 def _refuse_constant(name: str) -> Any:
@@ -27,10 +30,29 @@ def _refuse_constant(name: str) -> Any:
     )
 
 
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidRequestError(
+            f"malformed JSON body: a number is out of range (more than {MAX_INT_DIGITS} digits)",
+            constraint="JSON",
+        )
+    return int(text)
+
+
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or an exponent. JSON has one kind of number, and `2.0`
+    is the integer 2 to JSON Schema (its `integer` admits it), so a whole one is read as an
+    int, which an integer field takes (a float field takes an int as well)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def parse_json(raw: bytes) -> Any:
     """The body as JSON, refusing what JSON itself does not allow."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        value = json.loads(
+            raw, parse_float=_number, parse_int=_integer, parse_constant=_refuse_constant
+        )
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequestError(f"malformed JSON body: {exc}", constraint="JSON") from None
     except RecursionError:
@@ -95,4 +117,6 @@ def quote(value: Any) -> Any:
         return value if small else f"<{type(value).__name__} of {len(value)} items>"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, int) and len(text := str(value)) > QUOTE_CHARS:
+        return f"{text[:QUOTE_CHARS]}… ({len(text)} digits)"
     return value

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.engine import Embeddings
@@ -18,9 +18,11 @@ from llorch.worker.http.body import parse_json
 from llorch.worker.http.openai_schemas import Text, TokenIds
 
 MAX_INPUTS = 2048  # OpenAI's bound on one request's inputs
+# An input is never empty: "" and [] have nothing to embed.
+Input = Annotated[Text, Field(min_length=1)]
 Inputs = (
-    Text
-    | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
+    Input
+    | Annotated[list[Input], Field(min_length=1, max_length=MAX_INPUTS)]
     | TokenIds
     | (Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)])
 )
@@ -43,15 +45,13 @@ class EmbeddingRequest(BaseModel):
     input: Inputs
     model: str | None = Field(None, max_length=256)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        description="The embeddings' size, which only the loaded model knows: this worker "
+        "does not shorten them, so another size than the model's is refused with a 400.",
+    )
     truncate: bool = False
-
-    @field_validator("input")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if not value:
-            raise ValueError("input is empty")
-        return value
 
 
 class EmbedRequest(BaseModel):
@@ -59,7 +59,7 @@ class EmbedRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    input: Annotated[list[Text | TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
+    input: Annotated[list[Input | TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]
     truncate: bool = False
     model: str | None = Field(None, min_length=1, max_length=256)
 

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from llorch.worker.backend.errors import (
     DrainingError,
@@ -69,6 +70,15 @@ class RouteNotFound(WorkerError):
 class MethodNotAllowed(WorkerError):
     code = "METHOD_NOT_ALLOWED"
     status = 405
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 §15.5.6: a 405 MUST carry Allow, the methods the target does take.
+        return {"Allow": ", ".join(self.allowed)}
 
 
 # -- the worker contract's shape -------------------------------------------------------------
@@ -211,9 +221,31 @@ def install(app: FastAPI, rejected: Callable[[str, int], None] | None = None) ->
         app.add_exception_handler(kind, handle)
 
 
+# The methods a route may take (RFC 9110 §9); CONNECT and TRACE are never served here.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route takes on the request's path, found by asking the app's routes
+    whether each would take the request with that method. Starlette's own 405 names the
+    methods of the first route that matched the path only, when several routes share it
+    (GET and DELETE /v1/responses/{id} are two routes)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
 def _route_error(request: Request, status: int) -> WorkerError:
     if status == 405:
-        return MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        allowed = allowed_methods(request)
+        return MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}",
+            allowed,
+        )
     if status == 404:
         return RouteNotFound(f"no route {request.method} {request.url.path}")
     return InferenceError(f"HTTP {status} on {request.url.path}")

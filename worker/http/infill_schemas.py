@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from llorch.worker.http.openai_schemas import MAX_TEXT_CHARS
-from llorch.worker.http.sampling import MAX_STOP_SEQUENCES, SamplingBody, check_stops
+from llorch.worker.http.sampling import IN_CONTEXT, SamplingBody, Stops
 
 MAX_EXTRA_CHUNKS = 1024
 
@@ -38,20 +38,19 @@ class InfillRequest(SamplingBody):
     # Tokens to generate; -1: until the model ends the middle (llama-server's default); 0:
     # nothing (a plugin warming the cache: answered at once, without the model).
     n_predict: int = Field(
-        -1, ge=-1, le=1 << 20, validation_alias=AliasChoices("n_predict", "max_tokens")
+        -1,
+        ge=-1,
+        le=1 << 20,
+        validation_alias=AliasChoices("n_predict", "max_tokens"),
+        description="Tokens to generate; -1: until the model ends the middle. " + IN_CONTEXT,
     )
     stream: bool = False
-    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    stop: Stops = Field(default_factory=list)
     # llama.cpp divides positive logits by the penalty: 0 is not a valid value there.
     repeat_penalty: float = Field(1.0, gt=0.0, le=2.0)
     return_tokens: bool = False  # the generated token ids in `tokens`
     # Only these fields of the answer, by path ("timings/prompt_n"), as llama-server does.
     response_fields: list[str] | None = Field(None, max_length=64)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_sequences(cls, stops: list[str]) -> list[str]:
-        return check_stops(stops)
 
     @field_validator("input_extra")
     @classmethod

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llorch.worker.backend.protocol import FinishEvent, TokenEvent
 from llorch.worker.fleet import Fleet
@@ -24,6 +25,30 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds. First tokens wait for the queue and the prompt; later ones only for one decode step.
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A whole request, its stream included: from a probe's milliseconds to a long generation.
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_CONTRACT_PATHS = frozenset({"/execute", "/tokenize", "/detokenize", "/embed"})
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def surface(path: str) -> str:
+    """The API a path belongs to: the worker contract, OpenAI's (its Responses API counted
+    apart), Anthropic's Messages API, llama-server's /infill; probes, controls, the OpenAPI
+    document and unknown paths outside /v1/ are "ops"."""
+    if path in _CONTRACT_PATHS or path.startswith("/jobs/"):
+        return "contract"
+    if _under(path, "/v1/messages"):
+        return "anthropic"
+    if _under(path, "/v1/responses"):
+        return "responses"
+    if _under(path, "/v1"):
+        return "openai"
+    if path == "/infill":
+        return "infill"
+    return "ops"
 
 
 class _FleetCollector(Collector):
@@ -120,6 +145,21 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.http_requests = Counter(
+            "llorch_http_requests",
+            "HTTP requests by surface (contract, openai, responses, anthropic, infill, ops) and "
+            "status, refusals before any route (401, 413, 421, ...) included",
+            ("surface", "status"),
+            registry=self.registry,
+        )
+        self.http_request_seconds = Histogram(
+            "llorch_http_request_seconds",
+            "From a request's arrival to the end of its answer (a stream's last event), by surface",
+            ("surface",),
+            buckets=_REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+
     def watch(self, fleet: Fleet) -> None:
         self.registry.register(_FleetCollector(fleet))
 
@@ -183,3 +223,32 @@ class JobObserver:
             self._metrics.draft_accepted.inc(event.accepted)
         elif isinstance(event, JobFailed):
             self._metrics.failed(event.error.code)
+
+
+class HttpMetrics:
+    """ASGI middleware counting every request and timing it to its answer's end, by surface.
+    Outermost, so that the requests refused before any route (token, Host, body size) count."""
+
+    def __init__(self, app: ASGIApp, metrics: WorkerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500  # an exception before the answer began: the server error it becomes
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            kind = surface(scope["path"])
+            self.metrics.http_requests.labels(kind, str(status)).inc()
+            self.metrics.http_request_seconds.labels(kind).observe(time.monotonic() - started)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -23,7 +22,25 @@ from pydantic import (
 )
 
 from llorch.worker.backend.protocol import FinishEvent
-from llorch.worker.http.sampling import SamplingBody, check_stops
+from llorch.worker.http.openapi import (
+    OBJECT_PARAMETERS,
+    TOOLS,
+    a_tool_to_call,
+    calls_possible,
+    equals,
+    given,
+    rules,
+    when,
+)
+from llorch.worker.http.sampling import (
+    IN_CONTEXT,
+    IN_VOCABULARY,
+    SamplingBody,
+    Stops,
+    StopText,
+    StrictModel,
+    stop_list,
+)
 
 # Text limits: a prompt, a message and all messages together. A request that long is far past
 # any context this worker serves; the limit keeps tokenizing it from holding the CPU.
@@ -36,7 +53,10 @@ COMPLETION_MAX_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_TOOLS = 512
 MAX_NAME_CHARS = 256
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-TokenIds = Annotated[list[int], Field(max_length=MAX_PROMPT_TOKENS)]
+TokenIds = Annotated[
+    list[Annotated[int, Field(ge=0)]],
+    Field(min_length=1, max_length=MAX_PROMPT_TOKENS, description="Token ids. " + IN_VOCABULARY),
+]
 
 # Fields whose non-default values ask for something the worker does not do.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
@@ -52,17 +72,30 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
 }
 
 
-class StreamOptions(BaseModel):
+JSON_FORMATS = ["json_object", "json_schema"]
+
+
+class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class JsonSchemaFormat(BaseModel):
+class JsonSchemaFormat(StrictModel):
     name: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="schema",
+        description="A JSON Schema the output must match, made into a grammar: a schema the "
+        "converter cannot make into one (an unknown type, a $ref it cannot resolve) is "
+        "refused with a 400.",
+    )
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=rules(when(equals("type", "json_schema"), given("json_schema")))
+    )
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -73,17 +106,32 @@ class ResponseFormat(BaseModel):
         return self
 
 
+_JSON_ANSWER = {
+    "required": ["response_format"],
+    "properties": {
+        "response_format": {"type": "object", "properties": {"type": {"enum": JSON_FORMATS}}}
+    },
+}
+# A grammar and a JSON response_format both constrain the output: one at a time.
+_ONE_CONSTRAINT = {"not": {"allOf": [given("grammar"), _JSON_ANSWER]}}
+
+
 class SamplingFields(SamplingBody):
     """The fields both routes share: sampling, stops, streaming."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        strict=True,
+        json_schema_extra=rules(_ONE_CONSTRAINT),
+    )
 
     model: str | None = Field(None, max_length=256)  # informational: one model is served
     # Choices: n sequences decoded together, the prompt read once and its cache copied.
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: StopText | Stops | None = None
     # llama.cpp divides positive logits by the penalty, so 0 is refused.
     repeat_penalty: float | None = Field(None, gt=0.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
@@ -92,7 +140,7 @@ class SamplingFields(SamplingBody):
     @field_validator("stop")
     @classmethod
     def _stops(cls, stop: str | list[str] | None) -> list[str]:
-        return check_stops([stop] if isinstance(stop, str) else list(stop or []))
+        return stop_list(stop)
 
     @model_validator(mode="after")
     def _supported(self) -> SamplingFields:
@@ -128,13 +176,47 @@ class SamplingFields(SamplingBody):
 
 
 class CompletionRequest(SamplingFields):
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            _ONE_CONSTRAINT,
+            # A suffix makes a fill-in-the-middle prompt: of text, and not echoed.
+            when(
+                {
+                    "required": ["suffix"],
+                    "properties": {"suffix": {"type": "string", "minLength": 1}},
+                },
+                {
+                    "properties": {
+                        "prompt": {
+                            "anyOf": [
+                                {"type": "string"},
+                                {"type": "array", "items": {"type": "string"}},
+                            ]
+                        },
+                        "echo": {"const": False},
+                    }
+                },
+            ),
+            when(equals("max_tokens", 0), equals("echo", True)),
+        )
+    )
+
     # A string, a list of one string, token ids, or a list of one list of token ids.
-    prompt: Text | list[Text] | TokenIds | list[TokenIds]
+    prompt: (
+        Text
+        | Annotated[list[Text], Field(min_length=1, max_length=1)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=1)]
+    ) = Field(
+        description="Text, or token ids, or a list of one of either. Text that makes no "
+        'tokens is refused with a 400: "" with a model that adds no BOS token, which only '
+        "the loaded model knows. " + IN_VOCABULARY + " " + IN_CONTEXT
+    )
     # The prompt comes back before the answer (with its log-probabilities when asked): with
     # max_tokens 0, only the prompt is scored, as lm-evaluation-harness asks for likelihoods.
     echo: bool = False
     # OpenAI's default for completions; 0 (only with echo) scores the prompt alone.
-    max_tokens: int | None = Field(COMPLETION_MAX_TOKENS, ge=0, le=1 << 20)
+    max_tokens: int | None = Field(COMPLETION_MAX_TOKENS, ge=0, le=1 << 20, description=IN_CONTEXT)
     # The legacy shape: log-probabilities of each token and of this many alternatives.
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     # Text after the completion: the prompt and the suffix become the model's fill-in-the-
@@ -159,14 +241,8 @@ class CompletionRequest(SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, prompt: Any) -> str | list[int]:
-        if isinstance(prompt, str):
-            return prompt
-        if prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise ValueError(f"only one prompt per request is supported, got {len(prompt)}")
-            return prompt[0]
-        if not prompt:
-            raise ValueError("the prompt is empty")
+        if isinstance(prompt, list) and isinstance(prompt[0], str | list):
+            return prompt[0]  # the list of one prompt
         return prompt
 
     @property
@@ -175,29 +251,49 @@ class CompletionRequest(SamplingFields):
         return self.prompt  # type: ignore[return-value]
 
 
-class ChatContentPart(BaseModel):
+class ChatContentPart(StrictModel):
+    """Only text parts are served: the schema says so, and a part of another type (an image)
+    is refused with a 400 that names its type."""
+
+    model_config = ConfigDict(json_schema_extra=rules(equals("type", "text"), given("text")))
+
     type: str = Field(max_length=64)
     text: str | None = None
 
 
-class FunctionCallIn(BaseModel):
+class FunctionCallIn(StrictModel):
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     arguments: str = Field(max_length=MAX_TEXT_CHARS)  # JSON text of an object
 
 
-class ToolCallIn(BaseModel):
+class ToolCallIn(StrictModel):
     id: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     type: Literal["function"] = "function"
     function: FunctionCallIn
 
 
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ChatMessageIn(StrictModel):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=rules(
+            when(equals("role", "tool"), given("tool_call_id")),
+            # Only an assistant makes calls.
+            when(
+                {"properties": {"role": {"not": {"const": "assistant"}}}},
+                {"properties": {"tool_calls": {"anyOf": [{"type": "null"}, {"maxItems": 0}]}}},
+            ),
+        ),
+    )
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[ChatContentPart] | None = Field(None)
     tool_calls: list[ToolCallIn] | None = Field(None, max_length=MAX_TOOLS)
-    tool_call_id: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    tool_call_id: str | None = Field(
+        None,
+        max_length=MAX_NAME_CHARS,
+        description="The id of the call a tool result answers: an assistant message before "
+        "this one must have made it (its tool_calls), else the request is refused with a 400.",
+    )
     name: str | None = Field(None, max_length=MAX_NAME_CHARS)
     # An earlier turn's thinking, given back to templates that show it (llama.cpp's name).
     reasoning_content: Text | None = None
@@ -222,7 +318,11 @@ class ChatMessageIn(BaseModel):
         return str(self.content or "")
 
 
-class FunctionIn(BaseModel):
+class FunctionIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra=rules({"properties": {"parameters": OBJECT_PARAMETERS}})
+    )
+
     # OpenAI's rule for function names (letters, digits, _ and -, at most 64), with . and :
     # too, which MCP tool names use.
     name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -231,27 +331,38 @@ class FunctionIn(BaseModel):
     strict: bool | None = None
 
 
-class ToolIn(BaseModel):
+class ToolIn(StrictModel):
     type: Literal["function"]
     function: FunctionIn
 
 
-class NamedFunction(BaseModel):
+class NamedFunction(StrictModel):
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(StrictModel):
     type: Literal["function"]
     function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            _ONE_CONSTRAINT,
+            when(given("top_logprobs"), equals("logprobs", True)),
+            a_tool_to_call({"anyOf": [{"const": "required"}, {"type": "object"}]}),
+            calls_possible(_JSON_ANSWER),
+        )
+    )
+
+    messages: list[ChatMessageIn] = Field(
+        min_length=1, max_length=MAX_MESSAGES, description=IN_CONTEXT
+    )
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    max_tokens: int | None = Field(None, ge=1, le=1 << 20)
-    max_completion_tokens: int | None = Field(None, ge=1, le=1 << 20)
-    tools: list[ToolIn] | None = Field(None, max_length=MAX_TOOLS)
+    max_tokens: int | None = Field(None, ge=1, le=1 << 20, description=IN_CONTEXT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1 << 20, description=IN_CONTEXT)
+    tools: list[ToolIn] | None = Field(None, max_length=MAX_TOOLS, description=TOOLS)
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     # Thinking: "auto" separates it into reasoning_content, "none" leaves it in the content

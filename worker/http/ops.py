@@ -91,7 +91,7 @@ def build_router(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics)
     @router.post(
         "/models/load",
         openapi_extra=openapi.body(ModelName),
-        responses=openapi.errors(400, 401, 403, 404, 415, 421, 503),
+        responses=openapi.errors(400, 401, 403, 404, 413, 415, 421, 503),
     )
     async def load(request: Request) -> JSONResponse:
         body = ModelName.model_validate(parse_json(await request.body()))
@@ -102,7 +102,7 @@ def build_router(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics)
     @router.post(
         "/models/unload",
         openapi_extra=openapi.body(ModelName),
-        responses=openapi.errors(400, 401, 403, 404, 415, 421),
+        responses=openapi.errors(400, 401, 403, 404, 413, 415, 421),
     )
     async def unload(request: Request) -> JSONResponse:
         body = ModelName.model_validate(parse_json(await request.body()))

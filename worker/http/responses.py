@@ -13,8 +13,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from llorch.worker.backend.errors import WorkerError
 from llorch.worker.chat.stream import ChatStream
@@ -34,6 +35,18 @@ from llorch.worker.jobs import cancellation_error
 from llorch.worker.settings import WorkerSettings
 
 _ERRORS = (400, 401, 403, 404, 413, 415, 421, 429, 503, 504)
+# The ids this worker gives responses (`resp_` and a hex uuid). The routes that take one match
+# no other segment, so that /v1/responses/input_tokens is not a response id to GET or DELETE
+# (and a 405 there lists the methods of that path alone).
+RESPONSE_ID = "resp_[0-9A-Za-z_-]+"
+
+
+class _ResponseId(StringConvertor):
+    regex = RESPONSE_ID
+
+
+register_url_convertor("response_id", _ResponseId())
+ResponseId = Path(pattern=f"^{RESPONSE_ID}$", description="The id of a stored response.")
 
 
 def build_router(fleet: Fleet, settings: WorkerSettings) -> APIRouter:
@@ -73,14 +86,18 @@ def build_router(fleet: Fleet, settings: WorkerSettings) -> APIRouter:
             count = await engine.chat_tokens(chat_request(body, turns.prompt, "input-tokens"))
         return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
-    @router.get("/v1/responses/{response_id}", responses=openapi.errors(401, 404, 421, openai=True))
-    async def get_response(response_id: str) -> JSONResponse:
+    @router.get(
+        "/v1/responses/{response_id:response_id}",
+        responses=openapi.errors(401, 404, 421, openai=True),
+    )
+    async def get_response(response_id: str = ResponseId) -> JSONResponse:
         return JSONResponse(store.get(response_id).body)
 
     @router.delete(
-        "/v1/responses/{response_id}", responses=openapi.errors(401, 403, 404, 421, openai=True)
+        "/v1/responses/{response_id:response_id}",
+        responses=openapi.errors(401, 403, 404, 421, openai=True),
     )
-    async def delete_response(response_id: str) -> JSONResponse:
+    async def delete_response(response_id: str = ResponseId) -> JSONResponse:
         if not store.delete(response_id):
             raise ResponseNotFound(response_id)
         return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})

@@ -25,11 +25,16 @@ from llorch.worker.chat.types import (
     ToolChoice,
     ToolChoiceMode,
 )
-from llorch.worker.http.responses_schemas import ContentPart, InputItem, ResponsesRequest
+from llorch.worker.http.responses_schemas import (
+    TEXT_PARTS,
+    ContentPart,
+    InputItem,
+    ResponsesRequest,
+)
 from llorch.worker.http.responses_store import ResponseStore
 from llorch.worker.http.sampling import json_format, sampling_params
 
-_TEXT_PARTS = {"input_text", "output_text", "text", "summary_text", "reasoning_text"}
+_TEXT_PARTS = frozenset(TEXT_PARTS)
 _NOT_SERVED = {"input_image": "images", "input_file": "files", "input_audio": "audio"}
 
 

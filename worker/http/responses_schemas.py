@@ -11,61 +11,102 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from llorch.worker.http.openai_schemas import (
+    JSON_FORMATS,
     MAX_MESSAGES,
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
     MAX_TOOLS,
     Text,
 )
-from llorch.worker.http.sampling import SamplingBody
+from llorch.worker.http.openapi import (
+    OBJECT_PARAMETERS,
+    TOOLS,
+    a_tool_to_call,
+    calls_possible,
+    equals,
+    given,
+    rules,
+    when,
+)
+from llorch.worker.http.sampling import IN_CONTEXT, SamplingBody, StrictModel
 
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 # OpenAI's bounds of `metadata`: 16 pairs, keys of 64 characters, values of 512.
 MetadataKey = Annotated[str, Field(max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
+# What the translator (worker/http/responses_input.py) takes; the schema says the same.
+TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+_ARGUMENTS = "JSON text of an object: text that does not parse as one is refused with a 400."
 
 
-class ContentPart(BaseModel):
+def _of_types(*types: str) -> dict[str, Any]:
+    return {"properties": {"type": {"enum": list(types)}}}
+
+
+class ContentPart(StrictModel):
     """A part of a message's content (`input_text`, `output_text`, `refusal`, `input_image`,
     `input_file`, ...), of a reasoning item (`reasoning_text`, `summary_text`), or of a
     function call's output."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra=rules(_of_types(*TEXT_PARTS, "refusal"))
+    )
 
     type: str = Field(max_length=64)
     text: Text | None = None
     refusal: Text | None = None
 
 
-class InputItem(BaseModel):
+class InputItem(StrictModel):
     """An item of `input`: a message (`type` may be left out), a function call the assistant
     made (`function_call`), its result (`function_call_output`), or an earlier turn's
     thinking (`reasoning`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=rules(
+            _of_types(*ITEM_TYPES),
+            # `type` left out is a message: the condition holds when it is absent.
+            when({"properties": {"type": {"const": "message"}}}, given("role")),
+            when(equals("type", "function_call"), given("call_id", "name")),
+            when(equals("type", "function_call_output"), given("call_id")),
+        ),
+    )
 
     type: str = Field("message", max_length=64)
     # message
     role: Literal["user", "assistant", "system", "developer"] | None = None
     content: Text | list[ContentPart] | None = Field(None, max_length=MAX_MESSAGES)
     # function_call, function_call_output
-    call_id: Name | None = None
+    call_id: Name | None = Field(
+        None,
+        description="A function_call_output's call_id must answer a function_call before it "
+        "(in input or in the stored conversation): one that does not is refused with a 400.",
+    )
     name: Name | None = None
-    arguments: Text | None = None  # JSON text of an object
+    arguments: Text | None = Field(None, description=_ARGUMENTS)
     output: Text | list[ContentPart] | None = Field(None, max_length=MAX_MESSAGES)
     # reasoning
     summary: list[ContentPart] | None = Field(None, max_length=MAX_MESSAGES)
     id: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
 
-class FunctionToolIn(BaseModel):
+class FunctionToolIn(StrictModel):
     """A tool: `type: "function"` with its name and JSON schema; any other type is a built-in
     tool of OpenAI's (web_search, file_search, ...), refused by the translator."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=rules(
+            equals("type", "function"),
+            given("name"),
+            {"properties": {"parameters": OBJECT_PARAMETERS}},
+        ),
+    )
 
     type: str = Field(max_length=64)
     # OpenAI's rule for function names, with . and : too, which MCP tool names use.
@@ -75,17 +116,19 @@ class FunctionToolIn(BaseModel):
     strict: bool | None = None
 
 
-class ToolChoiceIn(BaseModel):
+class ToolChoiceIn(StrictModel):
     """`{"type": "function", "name": ...}`; other types (a built-in tool, allowed_tools) are
     refused by the translator."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra=rules(equals("type", "function"), given("name"))
+    )
 
     type: str = Field(max_length=64)
     name: Name | None = None
 
 
-class TextFormat(BaseModel):
+class TextFormat(StrictModel):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, max_length=MAX_NAME_CHARS)
     description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
@@ -93,14 +136,14 @@ class TextFormat(BaseModel):
     strict: bool | None = None
 
 
-class TextConfig(BaseModel):
+class TextConfig(StrictModel):
     model_config = ConfigDict(extra="allow")
 
     format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class ReasoningIn(BaseModel):
+class ReasoningIn(StrictModel):
     model_config = ConfigDict(extra="allow")
 
     # Passed to templates that read `reasoning_effort` (gpt-oss); "none" also turns thinking
@@ -112,17 +155,61 @@ class ReasoningIn(BaseModel):
 class ResponsesRequest(SamplingBody):
     """The body of `POST /v1/responses` (and of `/v1/responses/input_tokens`)."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        strict=True,
+        json_schema_extra=rules(
+            # Something to answer: input, or the stored conversation previous_response_id
+            # continues; an empty list of items needs instructions at least.
+            {
+                "anyOf": [
+                    given("previous_response_id"),
+                    {
+                        "required": ["input"],
+                        "properties": {"input": {"type": ["string", "array"], "minItems": 1}},
+                    },
+                    {
+                        "required": ["input", "instructions"],
+                        "properties": {
+                            "input": {"type": "array"},
+                            "instructions": {"type": "string", "minLength": 1},
+                        },
+                    },
+                ]
+            },
+            a_tool_to_call({"anyOf": [{"const": "required"}, {"type": "object"}]}),
+            calls_possible(
+                {
+                    "required": ["text"],
+                    "properties": {
+                        "text": {
+                            "type": "object",
+                            "required": ["format"],
+                            "properties": {
+                                "format": {
+                                    "type": "object",
+                                    "properties": {"type": {"enum": JSON_FORMATS}},
+                                }
+                            },
+                        }
+                    },
+                }
+            ),
+        ),
+    )
 
     model: str | None = Field(None, max_length=256)
     # A user message as text, or items; may be left out when previous_response_id says
     # everything (the stored conversation is continued as it is).
-    input: Text | list[InputItem] | None = Field(None, max_length=MAX_MESSAGES)
+    input: Text | list[InputItem] | None = Field(
+        None, max_length=MAX_MESSAGES, description=IN_CONTEXT
+    )
     instructions: Text | None = None  # a system turn before everything, not carried over
-    tools: list[FunctionToolIn] | None = Field(None, max_length=MAX_TOOLS)
+    tools: list[FunctionToolIn] | None = Field(None, max_length=MAX_TOOLS, description=TOOLS)
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceIn | None = None
     parallel_tool_calls: bool = True
-    max_output_tokens: int | None = Field(None, ge=1, le=1 << 20)
+    max_output_tokens: int | None = Field(None, ge=1, le=1 << 20, description=IN_CONTEXT)
     text: TextConfig | None = None
     reasoning: ReasoningIn | None = None
     stream: bool = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
@@ -16,29 +16,36 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from llorch.worker.http.body import quote
-from llorch.worker.http.sampling import MAX_STOP_SEQUENCES, SamplingBody, check_stops
+from llorch.worker.http.openapi import not_both, rules
+from llorch.worker.http.sampling import IN_CONTEXT, IN_VOCABULARY, SamplingBody, Stops
 
 
 class ExecuteRequest(SamplingBody):
     """The worker contract's /execute body: strict types, no unknown fields."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=rules(not_both("grammar", "json_schema"))
+    )
 
     job_id: str = Field(min_length=1, max_length=256)
     model: str | None = Field(None, min_length=1, max_length=256)  # served ones only
-    prompt: str = Field(min_length=1, max_length=32768)
-    max_tokens: int = Field(ge=1, le=1 << 20)
+    prompt: str = Field(min_length=1, max_length=32768, description=IN_CONTEXT)
+    max_tokens: int = Field(ge=1, le=1 << 20, description=IN_CONTEXT)
     # llama.cpp divides positive logits by the penalty: 0 is not a valid value there.
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
-    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    stop: Stops = Field(default_factory=list)
     # A deadline for the whole job, queueing included; None waits as long as it takes.
     timeout_ms: int | None = Field(None, ge=1, le=86_400_000)
-    json_schema: dict[str, Any] | None = None
+    json_schema: dict[str, Any] | None = Field(
+        None,
+        description="A JSON Schema the output must match, made into a grammar: a schema the "
+        "converter cannot make into one (an unknown type, a $ref it cannot resolve) is "
+        "refused with a 400.",
+    )
     # Each token event carries the token's log-probability and this many alternatives.
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
@@ -47,11 +54,6 @@ class ExecuteRequest(SamplingBody):
         if self.grammar is not None and self.json_schema is not None:
             raise ValueError("give either grammar or json_schema, not both")
         return self
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_sequences(cls, stops: list[str]) -> list[str]:
-        return check_stops(stops)
 
     def penalty(self) -> float:
         return self.repetition_penalty
@@ -129,5 +131,7 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    tokens: list[int] = Field(max_length=1 << 20)
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(
+        max_length=1 << 20, description="Token ids. " + IN_VOCABULARY
+    )
     model: str | None = Field(None, min_length=1, max_length=256)

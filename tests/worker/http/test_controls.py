@@ -318,6 +318,40 @@ def test_metrics_move_after_a_request(loaded):
     assert sample(text, 'llorch_model_load_seconds{model="fake"}') >= 0
 
 
+def test_requests_are_counted_and_timed_by_surface(loaded):
+    client = loaded()
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert client.post("/execute", json=VALID).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    assert client.post("/v1/messages", json=chat).status_code == 200
+    assert client.post("/v1/responses", json={"input": "Hi"}).status_code == 200
+    assert client.post("/infill", json={"input_prefix": "a"}).status_code == 400
+    json = {"content-type": "application/json"}
+    assert client.post("/v1/messages", content=b"{", headers=json).status_code == 400
+    assert client.get("/health").status_code == 200
+    text = client.get("/metrics").text
+    for surface, status in [
+        ("contract", "200"),
+        ("openai", "200"),
+        ("anthropic", "200"),
+        ("anthropic", "400"),
+        ("responses", "200"),
+        ("infill", "400"),
+        ("ops", "200"),
+    ]:
+        labels = f'status="{status}",surface="{surface}"'  # as the exposition sorts them
+        assert sample(text, f"llorch_http_requests_total{{{labels}}}") == 1, labels
+    assert sample(text, 'llorch_http_request_seconds_count{surface="anthropic"}') == 2
+    assert sample(text, 'llorch_http_request_seconds_count{surface="infill"}') == 1
+
+
+def test_requests_refused_before_any_route_count_too(loaded):
+    client = loaded(api_token=TOKEN)
+    assert client.post("/v1/responses", json={"input": "Hi"}).status_code == 401
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert sample(text, 'llorch_http_requests_total{status="401",surface="responses"}') == 1
+
+
 def test_gauges_are_read_at_scrape_time(loaded):
     client = loaded(FakeBackend(script=LONG, delay=0.02))
     thread, _ = in_background(client, VALID | {"max_tokens": 30})
