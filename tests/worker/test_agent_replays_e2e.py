@@ -68,8 +68,9 @@ def agent_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         tmp_path_factory.mktemp("replay"),
         "--api-token",
         KEY,
+        # 30 tools with their schemas and the system blocks are about 4,800 tokens.
         "--ctx-size",
-        "4096",
+        "8192",
         "--parallel",
         "1",
     )
