@@ -35,7 +35,7 @@ CALLS = JsonCallSections(
     section=(SECTION_BEGIN, SECTION_END),
     call=(CALL_BEGIN, CALL_END),
     head=lambda tool: (
-        f"{gbnf_literal(f'functions.{tool.name}:')} [0-9]+ {gbnf_literal(ARGUMENTS_BEGIN)}"
+        f"{gbnf_literal(f'functions.{tool.name}:')} [0-9]{{1,3}} {gbnf_literal(ARGUMENTS_BEGIN)}"
     ),
 )
 # The function's name inside the call's id (an id without the prefix or index is a bare name).
