@@ -127,8 +127,10 @@ class Gemma4Format:
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()
         builder.rule("g-string", f"{gbnf_literal(QUOTE)} {gbnf_until(QUOTE)} {gbnf_literal(QUOTE)}")
-        builder.rule("g-integer", '"-"? [0-9]+')
-        builder.rule("g-number", '"-"? [0-9]+ ("." [0-9]+)? ([eE] [-+]? [0-9]+)?')
+        # Digits bounded as llama.cpp's JSON converter bounds them (16 integral, 16 fraction
+        # digits): a small model under the grammar otherwise writes digits until max_tokens.
+        builder.rule("g-integer", '"-"? [0-9]{1,16}')
+        builder.rule("g-number", '"-"? [0-9]{1,16} ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?')
         builder.rule("g-entry", '[^:{}<,]+ ":" g-value')
         builder.rule("g-object", '"{" (g-entry ("," g-entry)*)? "}"')
         builder.rule("g-array", '"[" (g-value ("," g-value)*)? "]"')
