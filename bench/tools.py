@@ -10,7 +10,8 @@ One slot each, the same threads and context, prompt caches off, Qwen 2.5's chat 
         writes text): decode tokens/s, first chunk to last
   none  the same prompt, tool_choice "none" (the same tools rendered, no grammar)
 Each system message starts with a unique number, so no server reuses a cached prompt prefix.
-Rounds rotate the order; medians.
+Rounds alternate which server goes first and whether auto or none does (the two always run
+next to each other); medians.
 """
 
 from __future__ import annotations
@@ -178,9 +179,10 @@ def main() -> None:
             servers.append(serving.start(name, cmd, ports[name], probe, logs))
         for server in servers:  # warm-up
             chat(server.url, QUESTION, "auto", 8, server.name == "llorch")
-        arms = [(s, case) for s in servers for case in ("ttft", "auto", "none")]
-        for r in range(ns.rounds):
-            for server, case in serving.rotate(arms, r):  # type: ignore[arg-type]
+        for r in range(ns.rounds):  # the servers take turns going first; auto and none too
+            cases = ("ttft", "auto", "none") if r % 2 == 0 else ("ttft", "none", "auto")
+            order = servers if r % 2 == 0 else servers[::-1]
+            for server, case in [(s, case) for s in order for case in cases]:
                 user, n = (QUESTION, 32) if case == "ttft" else (STORY, ns.tokens)
                 choice = "none" if case == "none" else "auto"
                 sample = chat(server.url, user, choice, n, server.name == "llorch")
@@ -234,7 +236,7 @@ def section(ns: argparse.Namespace, runs: Runs, path: Path, started: datetime,
         cells = [med([getattr(s, field) * scale for s in runs[k, case]], fmt) for k in SERVERS]
         ratio = m("llorch", case, field) / m("llama-server", case, field)
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio:.2f}x |")
-    # auto against none of the same round (run next to each other): less drift than medians.
+    # auto against none of the same round (run back to back): less drift than medians.
     paired = {k: [a.tps / b.tps for a, b in zip(runs[k, "auto"], runs[k, "none"], strict=True)]
               for k in SERVERS}  # fmt: skip
     lines.append(f"| decode, auto / none of the same round | {med(paired['llorch'], '.2f')} | "
