@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+from chat_templates import CALL, HERMES_STYLE, THINKING
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
 
@@ -29,27 +30,6 @@ from llorch.worker.http.errors import anthropic_body
 from llorch.worker.server import build_app
 from llorch.worker.settings import WorkerSettings
 
-# A Hermes-style template (Qwen 2.5's shape, as in test_openai_tools.py): tools in the system
-# turn, calls as <tool_call> JSON, results as <tool_response>; THINKING opens <think>.
-HERMES_STYLE = (
-    "{%- if tools %}<|im_start|>system\n<tools>\n{% for t in tools %}{{ t | tojson }}\n"
-    "{% endfor %}</tools>\nReturn calls in <tool_call></tool_call> tags.<|im_end|>\n"
-    "{%- endif %}"
-    "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
-    "{%- if m.role == 'tool' %}<tool_response>\n{{ m.content }}\n</tool_response>"
-    "{%- else %}{{ m.content }}{% endif %}"
-    "{%- for c in m.tool_calls or [] %}<tool_call>\n"
-    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}'
-    "\n</tool_call>{% endfor %}<|im_end|>\n{% endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-THINKING = HERMES_STYLE.replace(
-    "<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}"
-).replace("{%- if tools %}", "{# <think> </think> #}{%- if tools %}")
-CALL = (
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}'
-    "\n</tool_call>"
-)
 # What Anthropic's SDKs send with every request; accepted and ignored.
 HEADERS = {"anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024-04-04"}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]

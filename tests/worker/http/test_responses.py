@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from chat_templates import CALL, HERMES_STYLE, THINKING
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
 from openai.types.responses import Response, ResponseStreamEvent
@@ -18,29 +19,6 @@ from llorch.worker.backend.errors import InferenceError
 from llorch.worker.server import build_app
 from llorch.worker.settings import WorkerSettings
 
-# A Hermes-style template (tests/worker/http/test_openai_tools.py's), which also shows an earlier
-# turn's thinking, so that the prompt says where reasoning items went.
-HERMES_STYLE = (
-    "{%- if tools %}<|im_start|>system\n<tools>\n{% for t in tools %}{{ t | tojson }}\n"
-    "{% endfor %}</tools>\nReturn calls in <tool_call></tool_call> tags.<|im_end|>\n"
-    "{%- endif %}"
-    "{%- for m in messages %}<|im_start|>{{ m.role + '\\n' }}"
-    "{%- if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}"
-    "{%- if m.role == 'tool' %}<tool_response>\n{{ m.content }}\n</tool_response>"
-    "{%- else %}{{ m.content }}{% endif %}"
-    "{%- for c in m.tool_calls or [] %}<tool_call>\n"
-    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}'
-    "\n</tool_call>{% endfor %}<|im_end|>\n{% endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# The template opens the thinking block: the answer starts inside it.
-THINKING = HERMES_STYLE.replace(
-    "<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}"
-)
-CALL = (
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}'
-    "\n</tool_call>"
-)
 WEATHER = {
     "type": "function",
     "name": "get_weather",
