@@ -59,6 +59,7 @@ class JobRequest:
     # Adapters by name with a scale (None: the served one); None: every served adapter.
     lora: Sequence[tuple[str, float | None]] | None = None
     json_format: JsonFormat | None = None  # the answer is JSON (becomes the grammar)
+    grammar_param: str = "grammar"  # the request field an error about the grammar names
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,9 @@ class Engine:
         """Admit and queue a job; its events come from the returned stream. Admission
         errors (context overflow, queue full, draining, duplicate id) raise here, before
         anything streams."""
+        return (await self.generate_choices(request, 1))[0]
+
+    async def _prompt_tokens(self, request: JobRequest) -> list[int]:
         self.loaded()
         if isinstance(request.prompt, str):
             tokens = await self.tokenize(request.prompt, add_special=True)
@@ -248,13 +252,13 @@ class Engine:
             raise InvalidRequestError(
                 "the prompt is empty (it has no tokens)", param="prompt", constraint="min 1 token"
             )
-        generation = await self._checked_generation(request)
+        return tokens
+
+    def _submit(
+        self, request: JobRequest, tokens: list[int], generation: GenerationRequest
+    ) -> JobStream:
         gen = self.scheduler.admit_request(
-            replace(
-                generation,
-                prompt_tokens=tuple(tokens),
-                lora=self.lora_key(request.lora),
-            ),
+            replace(generation, prompt_tokens=tuple(tokens), lora=self.lora_key(request.lora)),
             request.max_tokens,
         )
         stream = JobStream(self.scheduler, gen)
@@ -288,25 +292,24 @@ class Engine:
             text = await self.json_grammar(schema, param=fmt.param)
             return replace(generation, sampling=replace(sampling, grammar=text))
         if sampling.grammar is not None:
-            await self.grammar(sampling.grammar)
+            await self.grammar(sampling.grammar, request.grammar_param)
         return generation
 
     async def generate_choices(self, request: JobRequest, n: int) -> list[JobStream]:
         """n jobs of one prompt (job ids `ID`, `ID-1`, ...), each with its own seed (the
         request's seed + i when one is given). Queued together, they are decoded together and
         the prompt is read once: the others copy its KV cache. Refused as a whole."""
-        if n > 1 and isinstance(request.prompt, str):
-            request = replace(request, prompt=await self.tokenize(request.prompt))
+        # The prompt is tokenized and the grammar parsed once for every choice.
+        tokens = await self._prompt_tokens(request)
+        checked = await self._checked_generation(request)
         streams: list[JobStream] = []
         try:
             for i in range(n):
-                sampling = request.generation.sampling
+                sampling = checked.sampling
                 seed = None if sampling.seed is None else (sampling.seed + i) % (MAX_SEED + 1)
-                generation = replace(request.generation, sampling=replace(sampling, seed=seed))
+                generation = replace(checked, sampling=replace(sampling, seed=seed))
                 job_id = request.job_id if i == 0 else f"{request.job_id}-{i}"
-                streams.append(
-                    await self.generate(replace(request, job_id=job_id, generation=generation))
-                )
+                streams.append(self._submit(replace(request, job_id=job_id), tokens, generation))
         except BaseException:
             for stream in streams:
                 stream.cancel()
@@ -326,6 +329,7 @@ class Engine:
             generation=prepared.generation,
             timeout_s=request.timeout_s,
             lora=request.lora,
+            grammar_param=prepared.grammar_param,
         )
         streams = await self.generate_choices(job, request.n)
         return [ChatStream(s, prepared.plan, len(prepared.tokens)) for s in streams]

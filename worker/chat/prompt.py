@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Protocol
 
-from llorch.worker.backend import grammar as gbnf
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.protocol import (
     ChatMessage,
@@ -41,7 +40,7 @@ from llorch.worker.chat.types import (
 
 class ChatVocabulary(Protocol):
     """What preparing a chat needs of the model: its vocabulary and llama.cpp's own templates
-    and grammar parser (the scheduler provides them)."""
+    (the scheduler provides them). The grammar is parsed by the engine at admission."""
 
     def builtin_chat_template(
         self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
@@ -50,8 +49,6 @@ class ChatVocabulary(Protocol):
     def tokenize(
         self, text: str, add_special: bool = True, parse_special: bool = True
     ) -> list[int]: ...
-
-    def check_grammar(self, grammar: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -135,6 +132,8 @@ class PreparedChat:
     tokens: list[int]
     generation: GenerationRequest  # prompt tokens, limits and adapters are filled at admission
     plan: OutputPlan
+    # The request field a grammar the engine refuses comes from (the engine parses it).
+    grammar_param: str = "grammar"
 
 
 def prepare(
@@ -221,9 +220,6 @@ def prepare(
         body = _renamed_root(answer, "json-answer")
         prefix = _thinking_prefix(think, started, budget)
         sampling = replace(sampling, grammar=body + f"\nroot ::= {prefix}json-answer")
-    if sampling.grammar is not None and sampling.grammar is not generation.sampling.grammar:
-        gbnf.check_gbnf(sampling.grammar, "tools" if calling else "response_format")
-        vocab.check_grammar(sampling.grammar)
     markers = list(tool_format.markers if tool_format is not None else ())
     if think is not None:
         markers += [think.open, think.close]
@@ -239,7 +235,12 @@ def prepare(
         thinking_started=started,
         max_calls=None if request.parallel_tool_calls else 1,
     )
-    return PreparedChat(tokens, gen, plan)
+    grammar_param = "grammar"
+    if calling:
+        grammar_param = "tools"
+    elif request.json_format is not None:
+        grammar_param = request.json_format.param
+    return PreparedChat(tokens, gen, plan, grammar_param)
 
 
 def _checked_messages(messages: Sequence[Message]) -> list[Message]:
