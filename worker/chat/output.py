@@ -51,6 +51,10 @@ class OutputReader:
     reasoning: str = ""  # sent so far
     content: str = ""
     calls: list[_SentCall] = field(default_factory=list)
+    thinking: bool = False  # inside the thinking block, as of the last piece
+
+    def __post_init__(self) -> None:
+        self.thinking = self.plan.think is not None and self.plan.thinking_started
 
     def feed(self, piece: str) -> list[Delta]:
         if not piece:
@@ -85,6 +89,9 @@ class OutputReader:
         if tags is None:
             return "", self.text
         cut = split(self.text, tags, started=self.plan.thinking_started, partial=partial)
+        if partial:
+            opened = self.plan.thinking_started or self.text.lstrip().startswith(tags.open)
+            self.thinking = cut.thinking and opened
         return cut.reasoning, cut.rest
 
     def _read(self, *, partial: bool) -> tuple[str, Parsed]:

@@ -85,10 +85,13 @@ class ChatStream:
         if isinstance(event, TokenEvent):
             if event.scored is not None:
                 self._scored.append(event.scored)
-            deltas = self.reader.feed(event.text)
             reader = self.reader
-            if reader.reasoning and not (reader.content or reader.calls):
-                self._thinking_tokens += 1  # a token of the thinking block (close enough)
+            inside = reader.thinking  # a token fed inside the block is thinking (its close too)
+            deltas = reader.feed(event.text)
+            if reader.plan.think is None and reader.reasoning and not (reader.content or reader.calls):
+                inside = True  # a format's own thinking (gpt-oss): until the answer starts
+            if inside:
+                self._thinking_tokens += 1
             return self._with_scores(deltas)
         if isinstance(event, FinishEvent):
             deltas, calls = self.reader.finish(cut=event.stop_reason is StopReason.MAX_TOKENS)

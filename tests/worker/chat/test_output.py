@@ -168,3 +168,16 @@ def test_a_call_cut_by_the_token_limit_leaves_the_complete_ones():
     final, calls = ended.finish()
     assert calls == ()
     assert joined([*deltas, *final], TextDelta) == text
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_the_reader_knows_when_a_piece_is_inside_the_thinking_block(started):
+    # Usage counts a token as thinking when it was fed inside the block: the block's text and
+    # its closing tag, not the whitespace after it that the answer drops.
+    reader = OutputReader(OutputPlan(think=THINK, thinking_started=started))
+    pieces = ([] if started else ["<think>"]) + ["Hmm", " two", "\n", "</think>", "\n\n", "2", "."]
+    inside = []
+    for piece in pieces:
+        inside.append(reader.thinking)
+        reader.feed(piece)
+    assert inside == ([] if started else [False]) + [True] * 4 + [False] * 3
