@@ -11,14 +11,17 @@ from typing import Any
 
 import gguf
 
+from llorch.convert import imatrix as imx
 from llorch.convert import llamacpp, verify_logits
 from llorch.convert import writer as gw
 from llorch.convert.errors import (
     ConversionError,
+    ImatrixError,
     MissingTensorError,
     MissingTokenizerError,
     OutputError,
     OutputExistsError,
+    OutTypeError,
 )
 from llorch.convert.families import load_family, rope
 from llorch.convert.families.base import ModelInput, PlannedTensor
@@ -52,6 +55,8 @@ class ConversionReport:
     verify_differences: tuple[dict[str, Any], ...] = ()
     # verify_logits.LogitsCheck as JSON, when logits verification was asked for
     logits: dict[str, Any] | None = None
+    # the importance matrix quantized with (file or calibration text, entries, chunks)
+    imatrix: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -137,6 +142,10 @@ def convert(
     on_plan: Callable[[int], None] | None = None,
     metadata: Mapping[str, str | Sequence[str]] | None = None,
     check_logits: bool = False,
+    imatrix: str | os.PathLike[str] | None = None,
+    imatrix_chunk: int = imx.DEFAULT_CHUNK,
+    imatrix_chunks: int | None = None,
+    tensor_types: Sequence[str] = (),
 ) -> ConversionReport:
     """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
 
@@ -148,9 +157,22 @@ def convert(
     replacing any of them (e.g. `general.name`); provenance, for batch conversion.
     `check_logits`: also compare llama.cpp's logits on the output with transformers' on the
     checkpoint (convert/verify_logits.py; needs torch and transformers).
+    `imatrix`: an importance matrix for llama.cpp's quantizer, a file (llama.cpp's GGUF or
+    legacy .dat) or a calibration text, computed (convert/imatrix.py, `imatrix_chunk` tokens a
+    chunk, at most `imatrix_chunks`) on the F16/BF16 file the quantizer starts from.
+    `tensor_types`: llama-quantize's --tensor-type, "REGEX=TYPE" each.
     """
     start = time.monotonic()
     outtype = gw.check_outtype(outtype)
+    gw.check_imatrix(outtype, imatrix is not None)
+    overrides = gw.parse_tensor_types(tensor_types)
+    if (imatrix is not None or overrides) and outtype in gw.DIRECT:
+        raise OutTypeError(
+            f"outtype {outtype!r} is written directly, not by llama.cpp's quantizer: --imatrix "
+            f"and --tensor-type apply to {', '.join(sorted(gw.quantizer_types()))}"
+        )
+    if imatrix is not None and not Path(imatrix).is_file():
+        raise ImatrixError(f"{imatrix}: no such imatrix or calibration text file")
     det = src if isinstance(src, Detection) else detect(src)
     model = _model_input(det)
     family = load_family(lookup(model.hf_architecture).family)
@@ -179,8 +201,14 @@ def convert(
         stats = gw.write_gguf(tmp, w, plans, stage_type, on_tensor=on_tensor)
         final = tmp
         with gw.temp_path(out, ".quant.tmp") as qtmp:
+            im_record = None
             if not direct:
-                llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype])
+                options = llamacpp.QuantizeOptions(tensor_types=overrides)
+                if imatrix is not None:
+                    options, im_record = quant_options(
+                        imatrix, tmp, overrides, chunk=imatrix_chunk, chunks=imatrix_chunks
+                    )
+                llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype], options=options)
                 final = qtmp
             llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
@@ -218,4 +246,33 @@ def convert(
         notes=tuple(notes),
         verify_differences=tuple(d.to_json() for d in differences),
         logits=logits,
+        imatrix=im_record,
     )
+
+
+def quant_options(
+    imatrix: str | os.PathLike[str],
+    base: Path,
+    tensor_types: tuple[tuple[str, int], ...] = (),
+    **compute_kw: Any,
+) -> tuple[llamacpp.QuantizeOptions, dict[str, Any]]:
+    """The quantizer's options for an imatrix file or calibration text (computed on `base`),
+    and its provenance record."""
+    matrix, name = imx.resolve(imatrix, base, **compute_kw)
+    record: dict[str, Any] = {
+        "file": name,
+        "computed": not imx.is_imatrix_file(Path(imatrix)),
+        "sha256": imx.sha256(imatrix),
+        "datasets": list(matrix.datasets),
+        "entries": len(matrix.entries),
+        "chunks": matrix.chunk_count,
+        "chunk_size": matrix.chunk_size,
+    }
+    options = llamacpp.QuantizeOptions(
+        imatrix=matrix.quantizer_data(),
+        imatrix_file=name,
+        imatrix_dataset=matrix.datasets[0] if matrix.datasets else None,
+        imatrix_chunks=matrix.chunk_count,
+        tensor_types=tensor_types,
+    )
+    return options, record

@@ -57,15 +57,36 @@ def register(subparsers: Any) -> None:
         help="tokenizer (default), or logits: also compare llama.cpp's logits on a short "
         "prompt with transformers' (needs torch and transformers)",
     )
+    conv.add_argument(
+        "--imatrix",
+        metavar="FILE|CALIB.txt",
+        help="importance matrix for the quantizer: a file (llama.cpp's .imatrix.gguf or legacy "
+        ".dat) or a calibration text to compute it from; needed by iq1_*, iq2_*, iq3_xxs, "
+        "iq3_xs and q2_k_s",
+    )
+    conv.add_argument(
+        "--imatrix-chunk", type=int, default=512, help="tokens per calibration chunk (512)"
+    )
+    conv.add_argument("--imatrix-chunks", type=int, help="at most this many calibration chunks")
+    conv.add_argument(
+        "--tensor-type",
+        action="append",
+        default=[],
+        metavar="REGEX=TYPE",
+        help="quantize tensors whose name matches REGEX to TYPE (llama-quantize's "
+        "--tensor-type, e.g. ffn_down=q6_k); repeatable",
+    )
     conv.add_argument("--force", action="store_true", help="replace the output file if it exists")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.set_defaults(func=run_convert)
 
     from llorch.convert.batch.cli import register as register_batch
+    from llorch.convert.imatrix_cli import register as register_imatrix
     from llorch.convert.lora_cli import register as register_lora
 
     register_batch(subparsers)
     register_lora(subparsers)
+    register_imatrix(subparsers)
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -118,6 +139,10 @@ def run_convert(args: argparse.Namespace) -> int:
                 on_tensor=on_tensor,
                 on_plan=on_plan,
                 check_logits=args.verify == "logits",
+                imatrix=args.imatrix,
+                imatrix_chunk=args.imatrix_chunk,
+                imatrix_chunks=args.imatrix_chunks,
+                tensor_types=args.tensor_type,
             )
     except OutputExistsError as exc:
         return fail("convert", OutputExistsError(exc.path, "--force"), as_json=args.json)
@@ -145,6 +170,12 @@ def run_convert(args: argparse.Namespace) -> int:
             print(
                 f"logits vs {lg['reference']}: cosine min {lg['cosine_min']:.6f}, top-1 "
                 f"agreement {lg['top1_agreement']:.0%} over {lg['tokens']} positions"
+            )
+        if report.imatrix is not None:
+            im = report.imatrix
+            print(
+                f"imatrix {im['file']}: {im['entries']} entries, {im['chunks']} chunks of "
+                f"{im['chunk_size']} tokens"
             )
         for note in report.notes:
             print(f"note: {note}")

@@ -65,6 +65,14 @@ class OutTypeError(ConversionError):
     """The requested --outtype is not a known type."""
 
 
+class ImatrixRequiredError(OutTypeError):
+    """The --outtype needs an importance matrix and none was given."""
+
+
+class ImatrixError(ConversionError):
+    """An importance matrix cannot be read, computed, or does not fit the model."""
+
+
 class QuantizeError(ConversionError):
     """llama.cpp's quantizer failed."""
 

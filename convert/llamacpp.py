@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,14 +164,97 @@ def ftype_constants() -> dict[str, int]:
     return out
 
 
-def quantize(src: Path, dst: Path, ftype: int, *, n_threads: int = 0) -> None:
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What llama-quantize takes besides the type: an importance matrix (`imatrix`: per weight,
+    llama.cpp's quantizer values; `imatrix_file`, `imatrix_dataset`, `imatrix_chunks`: what
+    llama-quantize records of it in the output's metadata), and per-tensor type overrides
+    (`tensor_types`: (regex, ggml type) pairs, its --tensor-type)."""
+
+    imatrix: Mapping[str, np.ndarray] | None = None
+    imatrix_file: str = ""
+    imatrix_dataset: str | None = None
+    imatrix_chunks: int = 0
+    tensor_types: tuple[tuple[str, int], ...] = ()
+
+
+# llama-quantize's metadata keys for the imatrix (tools/quantize/quantize.cpp, LLM_KV_QUANTIZE_*)
+_KV_IMATRIX_FILE = b"quantize.imatrix.file"
+_KV_IMATRIX_DATASET = b"quantize.imatrix.dataset"
+_KV_IMATRIX_ENTRIES = b"quantize.imatrix.entries_count"
+_KV_IMATRIX_CHUNKS = b"quantize.imatrix.chunks_count"
+
+
+def quantize(
+    src: Path,
+    dst: Path,
+    ftype: int,
+    *,
+    n_threads: int = 0,
+    options: QuantizeOptions | None = None,
+) -> None:
+    """llama_model_quantize, with the parameters llama-quantize sets for the same options, so
+    that the output is byte for byte llama-quantize's."""
     lib = _lib()
     params = lib.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = n_threads
+    keep: list[Any] = []  # the arrays the parameters point into live until the call returns
+    opts = options or QuantizeOptions()
+    if opts.imatrix:
+        entries = (lib.llama_model_imatrix_data * (len(opts.imatrix) + 1))()
+        for i, (name, values) in enumerate(opts.imatrix.items()):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(arr)
+            entries[i].name = name.encode()
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        params.imatrix = entries
+        keep.append(entries)
+        kvs: list[tuple[bytes, str | int]] = [(_KV_IMATRIX_FILE, opts.imatrix_file)]
+        if opts.imatrix_dataset is not None:
+            kvs.append((_KV_IMATRIX_DATASET, opts.imatrix_dataset))
+        kvs.append((_KV_IMATRIX_ENTRIES, len(opts.imatrix)))
+        if opts.imatrix_chunks > 0:
+            kvs.append((_KV_IMATRIX_CHUNKS, opts.imatrix_chunks))
+        overrides = (lib.llama_model_kv_override * (len(kvs) + 1))()  # zeroed terminator
+        for o, (key, value) in zip(overrides, kvs, strict=False):
+            o.key = key
+            if isinstance(value, str):
+                o.tag = lib.LLAMA_KV_OVERRIDE_TYPE_STR
+                o.value.val_str = value.encode()[:127]
+            else:
+                o.tag = lib.LLAMA_KV_OVERRIDE_TYPE_INT
+                o.value.val_i64 = value
+        params.kv_overrides = overrides
+        keep.append(overrides)
+    if opts.tensor_types:
+        tt = (lib.llama_model_tensor_override * (len(opts.tensor_types) + 1))()
+        for i, (pattern, gtype) in enumerate(opts.tensor_types):
+            tt[i].pattern = pattern.lower().encode()  # llama-quantize lower-cases the name
+            tt[i].type = gtype
+        tt[len(opts.tensor_types)].type = lib.GGML_TYPE_COUNT
+        params.tt_overrides = tt
+        keep.append(tt)
+    native_log.clear()
     rc = lib.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
-        raise QuantizeError(f"{src}: llama.cpp quantization to ftype {ftype} failed (rc={rc})")
+        detail = native_log.last_error()
+        raise QuantizeError(
+            f"{src}: llama.cpp quantization to ftype {ftype} failed (rc={rc})"
+            + (f": {detail}" if detail else "")
+        )
+
+
+def ggml_type_constants() -> dict[str, int]:
+    """ggml tensor types by lower-case name (q4_k -> GGML_TYPE_Q4_K), as llama-quantize's
+    --tensor-type names them (ggml_type_name, compared case-insensitively)."""
+    lib = _lib()
+    return {
+        name.removeprefix("GGML_TYPE_").lower(): int(getattr(lib, name))
+        for name in dir(lib)
+        if name.startswith("GGML_TYPE_") and name != "GGML_TYPE_COUNT"
+    }
 
 
 def embeddings(

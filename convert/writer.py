@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +34,12 @@ import numpy as np
 
 from llorch import atomic
 from llorch.convert.encoding import BLOCK, STREAMED, encode
-from llorch.convert.errors import OutputError, OutTypeError, ShapeMismatchError
+from llorch.convert.errors import (
+    ImatrixRequiredError,
+    OutputError,
+    OutTypeError,
+    ShapeMismatchError,
+)
 from llorch.convert.families.base import PlannedTensor, StoredTensor
 from llorch.detector.safetensors import Checkpoint
 
@@ -47,11 +53,26 @@ DIRECT: dict[str, tuple[_Q, _F]] = {
 }
 
 
+# File types llama.h declares that llama_model_quantize refuses ("invalid output file type":
+# llama_ftype_get_default_type in src/llama-quant.cpp has no case for them, and
+# tools/quantize/quantize.cpp does not list them).
+NOT_QUANTIZABLE = frozenset({"nvfp4"})
+
+# File types whose tensors llama.cpp quantizes to a type that needs an importance matrix
+# (tensor_requires_imatrix in src/llama-quant.cpp: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S and
+# IQ3_XXS, and Q2_K inside a Q2_K_S file; IQ3_XS and IQ2_M put some tensors in those types).
+# tests/convert/test_quant_types.py checks this set against the quantizer itself.
+NEEDS_IMATRIX = frozenset(
+    {"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "q2_k_s"}
+)
+
+
 def quantizer_types() -> dict[str, int]:
     """Types written by llama.cpp's quantizer (everything it knows but the direct ones)."""
     from llorch.convert import llamacpp
 
-    return {k: v for k, v in llamacpp.ftype_constants().items() if k not in DIRECT}
+    consts = llamacpp.ftype_constants()
+    return {k: v for k, v in consts.items() if k not in DIRECT and k not in NOT_QUANTIZABLE}
 
 
 def all_outtypes() -> list[str]:
@@ -63,6 +84,41 @@ def check_outtype(outtype: str) -> str:
     if name in DIRECT or name in quantizer_types():
         return name
     raise OutTypeError(f"unknown outtype {outtype!r}; valid: {', '.join(all_outtypes())}")
+
+
+def check_imatrix(outtype: str, has_imatrix: bool) -> None:
+    """Refuse, before any work, a type llama.cpp's quantizer would refuse without an imatrix."""
+    if outtype in NEEDS_IMATRIX and not has_imatrix:
+        raise ImatrixRequiredError(
+            f"outtype {outtype!r} needs an importance matrix (llama.cpp refuses "
+            f"{', '.join(sorted(NEEDS_IMATRIX))} without one): pass --imatrix FILE.imatrix.gguf "
+            "or --imatrix CALIBRATION.txt"
+        )
+
+
+def parse_tensor_types(specs: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """llama-quantize's --tensor-type REGEX=TYPE (parse_tensor_type in tools/quantize/
+    quantize.cpp): the regex matched against tensor names, TYPE a ggml type name."""
+    from llorch.convert import llamacpp
+
+    if not specs:
+        return ()
+    types = llamacpp.ggml_type_constants()
+    out: list[tuple[str, int]] = []
+    for spec in specs:
+        pattern, sep, name = spec.partition("=")
+        if not sep or not pattern or not name:
+            raise OutTypeError(f"tensor type {spec!r}: expected REGEX=TYPE, e.g. ffn_down=q6_k")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise OutTypeError(f"tensor type {spec!r}: bad regex ({exc})") from exc
+        if name.lower() not in types:
+            raise OutTypeError(
+                f"tensor type {spec!r}: unknown type {name!r}; valid: {', '.join(sorted(types))}"
+            )
+        out.append((pattern, types[name.lower()]))
+    return tuple(out)
 
 
 # llama.cpp's quantizer refuses to requantize a quantized tensor; these types keep MXFP4 ones

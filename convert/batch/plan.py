@@ -84,10 +84,11 @@ class Plan:
     out: Path | None = None  # the manifest's `out`, relative to the manifest
 
 
-def check_outtypes(outtypes: Sequence[str]) -> tuple[str, ...]:
+def check_outtypes(outtypes: Sequence[str], *, has_imatrix: bool = False) -> tuple[str, ...]:
     names: list[str] = []
     for name in outtypes:
         checked = gw.check_outtype(name.strip())
+        gw.check_imatrix(checked, has_imatrix)
         if checked not in names:
             names.append(checked)
     if not names:

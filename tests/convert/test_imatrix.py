@@ -1,0 +1,234 @@
+"""Importance matrices and the types that need one, against llama.cpp's own tools.
+
+llama-imatrix and llama-quantize are built from the llama.cpp that llama-cpp-python vendors,
+into the build folder bench/serving.py builds llama-server in (`python bench/imatrix.py
+--build-tools` builds them); a test that needs one and finds it missing says so and skips.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+from tiny_hf import CORPUS, tiny_llama
+
+from llorch.cli import main
+from llorch.convert import convert, imatrix, llamacpp
+from llorch.convert import writer as gw
+from llorch.convert.errors import ImatrixError, ImatrixRequiredError, OutTypeError, QuantizeError
+
+CHUNK = 64
+
+
+def tool(name: str) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from benchlib import REPO, load
+
+    backend = load("llorch_build_backend", REPO / "build" / "backend.py")
+    version = backend.LLAMA_CPP_PYTHON.split("==")[1]
+    path = backend.cache_dir() / "llama-server" / version / "build" / "bin" / name
+    if not path.exists():
+        pytest.skip(f"{path} not built (python bench/imatrix.py --build-tools)")
+    return path
+
+
+def calibration_text(path: Path, lines: int = 200, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = " ".join(CORPUS).split()
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(lines)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A one-layer Llama whose rows are 256 wide (one QK_K block: the IQ types apply), its F16
+    GGUF, a calibration text and llama-imatrix's matrix on them (GGUF and legacy .dat)."""
+    base = tmp_path_factory.mktemp("imatrix")
+    src = tiny_llama(base / "src", hidden=256, seed=3)
+    f16 = base / "f16.gguf"
+    convert(src, f16, outtype="f16", verify=False)
+    calib = calibration_text(base / "calib.txt", lines=40)
+    return {"base": base, "src": src, "f16": f16, "calib": calib}
+
+
+def llama_imatrix(model: Path, calib: Path, out: Path, *extra: str) -> Path:
+    cmd = [str(tool("llama-imatrix")), "-m", str(model), "-f", str(calib), "-o", str(out)]
+    cmd += ["-c", str(CHUNK), "-b", str(CHUNK), "-t", "2", "--no-ppl", *extra]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=calib.parent)
+    return out
+
+
+def llama_quantize(src: Path, dst: Path, ftype: str, *extra: str) -> Path:
+    cmd = [str(tool("llama-quantize")), *extra, str(src), str(dst), ftype.upper(), "2"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return dst
+
+
+def assert_same_matrix(ours: imatrix.Imatrix, ref: imatrix.Imatrix) -> None:
+    assert sorted(ours.entries) == sorted(ref.entries)
+    assert (ours.chunk_count, ours.chunk_size) == (ref.chunk_count, ref.chunk_size)
+    for name, e in ref.entries.items():
+        got = ours.entries[name]
+        np.testing.assert_array_equal(got.counts, e.counts, err_msg=name)
+        # llama-imatrix sums in float32 one token after another; we sum in float64
+        np.testing.assert_allclose(got.sums, e.sums, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_types_needing_an_imatrix_are_those_llamacpp_refuses(tiny: dict[str, Path]) -> None:
+    """Every type llama.cpp's quantizer writes is accepted; without an imatrix it refuses
+    exactly NEEDS_IMATRIX (on a model whose rows fit every type's block)."""
+    refused = set()
+    for name, ftype in sorted(gw.quantizer_types().items()):
+        out = tiny["base"] / f"noimx-{name}.gguf"
+        try:
+            llamacpp.quantize(tiny["f16"], out, ftype, n_threads=2)
+        except QuantizeError as exc:
+            assert "imatrix" in str(exc), (name, str(exc))
+            refused.add(name)
+        else:
+            llamacpp.check_loads(out)
+        out.unlink(missing_ok=True)
+    assert refused == gw.NEEDS_IMATRIX
+    assert {"iq1_s", "iq1_m", "iq4_xs", "iq4_nl", "tq1_0", "tq2_0", "q2_k"} <= set(
+        gw.all_outtypes()
+    )
+
+
+def test_type_needing_imatrix_refused_before_any_work(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    planned: list[int] = []
+    with pytest.raises(ImatrixRequiredError, match=r"'iq2_xxs' needs an importance matrix"):
+        convert(tiny["src"], tmp_path / "o.gguf", outtype="iq2_xxs", on_plan=planned.append)
+    assert planned == [] and list(tmp_path.iterdir()) == []
+    code = main(["convert", str(tiny["src"]), "-o", str(tmp_path / "o.gguf"), "--outtype", "IQ1_S"])
+    assert code == 2 and "--imatrix" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutTypeError, match="nvfp4"):
+        convert(tiny["src"], tmp_path / "o.gguf", outtype="nvfp4")
+
+
+def test_imatrix_equals_llama_imatrix(tiny: dict[str, Path], tmp_path: Path) -> None:
+    ref_path = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.imatrix.gguf")
+    out = tmp_path / "ours.imatrix.gguf"
+    code = main(
+        ["imatrix", str(tiny["f16"]), str(tiny["calib"]), "-o", str(out), "--chunk", str(CHUNK)]
+    )
+    assert code == 0
+    ours, ref = imatrix.load(out), imatrix.load(ref_path)
+    assert_same_matrix(ours, ref)
+    assert ours.chunk_count == len(tiny_tokens(tiny)) // CHUNK
+    assert ours.datasets == [str(tiny["calib"])]
+    # the file is llama.cpp's format: its own quantizer takes it
+    q = llama_quantize(tiny["f16"], tmp_path / "q.gguf", "iq2_xxs", "--imatrix", str(out))
+    llamacpp.check_loads(q)
+    # --chunks bounds the chunks; too short a text is a clear error
+    part = imatrix.compute(tiny["f16"], tiny["calib"], chunk=CHUNK, chunks=3)
+    assert part.chunk_count == 3 and part.entries["blk.0.ffn_up.weight"].counts[0] == 3 * CHUNK
+    with pytest.raises(ImatrixError, match=r"at least 8192 are needed for chunks of 4096"):
+        imatrix.compute(tiny["f16"], tiny["calib"], chunk=4096)
+
+
+def tiny_tokens(tiny: dict[str, Path]) -> list[int]:
+    with llamacpp.load_model(tiny["f16"]) as model:
+        return imatrix.tokenize_calibration(model, tiny["calib"].read_text())
+
+
+def test_legacy_dat_reads_as_llama_quantize_reads_it(tiny: dict[str, Path], tmp_path: Path) -> None:
+    dat = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.dat", "--output-format", "dat")
+    gg = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.imatrix.gguf")
+    from_dat, from_gguf = imatrix.load(dat).quantizer_data(), imatrix.load(gg).quantizer_data()
+    assert sorted(from_dat) == sorted(from_gguf)
+    for name in from_gguf:
+        np.testing.assert_allclose(from_dat[name], from_gguf[name], rtol=1e-5, err_msg=name)
+    ref = llama_quantize(tiny["f16"], tmp_path / "ref.gguf", "iq2_xs", "--imatrix", str(dat))
+    ours = tmp_path / "ours.gguf"
+    convert(tiny["src"], ours, outtype="iq2_xs", verify=False, imatrix=str(dat))
+    assert ours.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("outtype", ["iq2_xxs", "q4_k_m"])
+def test_quantized_with_imatrix_is_byte_identical_to_llama_quantize(
+    tiny: dict[str, Path], tmp_path: Path, outtype: str
+) -> None:
+    im = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.imatrix.gguf")
+    ref = llama_quantize(tiny["f16"], tmp_path / "ref.gguf", outtype, "--imatrix", str(im))
+    ours = tmp_path / "ours.gguf"
+    report = convert(tiny["src"], ours, outtype=outtype, imatrix=str(im))
+    assert ours.read_bytes() == ref.read_bytes()
+    assert report.imatrix is not None and report.imatrix["entries"] == 7
+    assert report.imatrix["computed"] is False
+
+
+def test_convert_computes_imatrix_from_calibration_text(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """--imatrix CALIB.txt: computed on the F16 the quantizer starts from; the IQ2_XXS file
+    equals llama-quantize's with our matrix of the same F16, and runs."""
+    out = tmp_path / "iq2.gguf"
+    args = ["convert", str(tiny["src"]), "-o", str(out), "--outtype", "iq2_xxs", "--json"]
+    assert main([*args, "--imatrix", str(tiny["calib"]), "--imatrix-chunk", str(CHUNK)]) == 0
+    reader = gguf.GGUFReader(out)
+    field = reader.get_field("quantize.imatrix.file")
+    assert field is not None and field.contents() == str(tiny["calib"])
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.ffn_up.weight"] == "IQ2_XXS"
+    ours_im = tmp_path / "ours.imatrix.gguf"
+    imatrix.save(imatrix.compute(tiny["f16"], tiny["calib"], chunk=CHUNK), ours_im)
+    ref = llama_quantize(tiny["f16"], tmp_path / "ref.gguf", "iq2_xxs", "--imatrix", str(ours_im))
+    ref_types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(ref).tensors}
+    assert types == ref_types
+    ref_data = {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(ref).tensors}
+    assert {t.name: np.asarray(t.data).tobytes() for t in reader.tensors} == ref_data
+    logits = llamacpp.logits(out, [0, 5, 9, 17, 33])
+    assert np.isfinite(logits).all()
+
+
+def test_tensor_type_overrides_as_llama_quantize(tiny: dict[str, Path], tmp_path: Path) -> None:
+    ref = llama_quantize(
+        tiny["f16"], tmp_path / "ref.gguf", "q4_k_m", "--tensor-type", "ffn_down=q8_0"
+    )
+    ours = tmp_path / "ours.gguf"
+    convert(tiny["src"], ours, outtype="q4_k_m", tensor_types=["ffn_down=Q8_0"], verify=False)
+    assert ours.read_bytes() == ref.read_bytes()
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(ours).tensors}
+    assert types["blk.0.ffn_down.weight"] == "Q8_0"
+    for bad, said in (("ffn_down", "REGEX=TYPE"), ("ffn_down=q9_z", "unknown type 'q9_z'")):
+        with pytest.raises(OutTypeError, match=said):
+            convert(tiny["src"], ours, outtype="q4_k_m", tensor_types=[bad], overwrite=True)
+    with pytest.raises(OutTypeError, match="written directly"):
+        convert(tiny["src"], ours, outtype="f16", imatrix=str(tiny["calib"]), overwrite=True)
+
+
+QWEN3_MOE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "moe_intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "norm_topk_prob": True,
+}
+
+
+def test_moe_imatrix_per_expert_equals_llama_imatrix(checkpoint: Any, tmp_path: Path) -> None:
+    built = checkpoint("Qwen3MoeForCausalLM", "Qwen3MoeConfig", QWEN3_MOE, tokenizer="qwen2")
+    f16 = tmp_path / "moe.gguf"
+    convert(built.folder, f16, outtype="f16", verify=False)
+    calib = calibration_text(tmp_path / "calib.txt", lines=30)
+    ref = imatrix.load(llama_imatrix(f16, calib, tmp_path / "ref.imatrix.gguf"))
+    ours = imatrix.compute(f16, calib, chunk=CHUNK)
+    assert_same_matrix(ours, ref)
+    experts = ours.entries["blk.0.ffn_down_exps.weight"]
+    assert experts.counts.shape == (4,) and experts.sums.shape == (4, 32)
+    # every token is routed to two of the four experts
+    assert experts.counts.sum() == 2 * ours.chunk_count * CHUNK
