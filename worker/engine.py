@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from llorch.worker import rerank
 from llorch.worker.backend import grammar
 from llorch.worker.backend.errors import InvalidRequestError, NotReadyError, WorkerError
 from llorch.worker.backend.protocol import (
@@ -365,6 +366,12 @@ class Engine:
         ids), normalised (L2) unless the model's own config says not to. An input longer
         than the model takes is a 400 naming the limit, or cut to it when `truncate`."""
         model = self.loaded()
+        if model.reranker:
+            raise InvalidRequestError(
+                f"{model.name} is a reranker (a cross-encoder): it scores query-document "
+                "pairs (POST /v1/rerank) and gives no embeddings",
+                param="model",
+            )
         token_lists: list[list[int]] = []
         for i, item in enumerate(inputs):
             tokens = await self.tokenize(item) if isinstance(item, str) else list(item)
@@ -389,6 +396,27 @@ class Engine:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         return Embeddings(vectors, sum(len(t) for t in token_lists))
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], *, truncate: bool = True
+    ) -> rerank.Ranking:
+        """The cross-encoder's score of each (query, document) pair, in the documents' order;
+        pairs are formed and cut as worker/rerank.py says, and decoded together."""
+        model = self.loaded()
+        if not model.reranker:
+            raise InvalidRequestError(
+                f"{model.name} is not a reranker (a cross-encoder whose GGUF pools by rank); "
+                "it cannot score documents",
+                param="model",
+            )
+        form = rerank.PairForm.from_single(await self.tokenize(""))
+        query_tokens = await self.tokenize(query, add_special=False)
+        document_tokens = [await self.tokenize(d, add_special=False) for d in documents]
+        inputs = rerank.pairs(
+            form, query_tokens, document_tokens, limit=model.n_ctx_embed, truncate=truncate
+        )
+        scores = await asyncio.to_thread(self.scheduler.rank, inputs)
+        return rerank.Ranking(scores, sum(len(pair.tokens) for pair in inputs))
 
     def abort(self, job_id: str) -> bool:
         """Cancel a queued or running job: a queued one ends at once (CANCELLED), a running

@@ -45,6 +45,7 @@ from llorch.worker.backend.protocol import (
     LoadOptions,
     ModelBackend,
     ModelInfo,
+    RankInput,
     SequenceFailed,
     StopReason,
 )
@@ -301,6 +302,11 @@ class Scheduler:
         embedding context (apart from the generation batch and its thread)."""
         with self._vocabulary() as backend:
             return self._embedding.submit(backend.embed, inputs).result()
+
+    def rank(self, inputs: Sequence[RankInput]) -> list[float]:
+        """Relevance scores of query-document pairs, on the embedding thread (as embed)."""
+        with self._vocabulary() as backend:
+            return self._embedding.submit(backend.rank, inputs).result()
 
     def check_grammar(self, grammar: str) -> None:
         with self._vocabulary() as backend:

@@ -6,21 +6,30 @@ A generative model has no pooling of its own: it is pooled by its last token (th
 state that predicts what follows, as decoder embedding models such as e5-mistral use), or
 by the mean when asked. An encoder (BERT: non-causal attention) needs each input whole in one
 micro-batch, so the context's batch is its whole context.
+
+A cross-encoder's GGUF pools by rank: each sequence (a query-document pair) gives its
+classifier's logit, read the same way (rank). Where its pairs have a second segment to mark
+(BERT's token type 1), they are fed as input embeddings (backend/segments.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import llama_cpp as ll
 import numpy as np
 
 from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
+from llorch.worker.backend.protocol import RankInput
+from llorch.worker.backend.segments import SegmentEmbeddings
 
 POOLINGS = {
     "mean": ll.LLAMA_POOLING_TYPE_MEAN,
     "cls": ll.LLAMA_POOLING_TYPE_CLS,
     "last": ll.LLAMA_POOLING_TYPE_LAST,
+    "rank": ll.LLAMA_POOLING_TYPE_RANK,
 }
 _NAMES = {value: name for name, value in POOLINGS.items()}
 
@@ -36,6 +45,7 @@ class LlamaEmbedder:
         threads: int,
         pooling: str | None,
         max_sequences: int = 64,
+        segments: SegmentEmbeddings | None = None,
     ) -> None:
         params = ll.llama_context_default_params()
         params.embeddings = True
@@ -66,48 +76,99 @@ class LlamaEmbedder:
         self.max_sequences = max_sequences
         self.pooling = _NAMES.get(ll.llama_pooling_type(ctx), "none")
         self._batch = ll.llama_batch_init(self.n_ctx, 0, 1)
+        self._segments = segments
+        self._embd_batch: Any = None  # input embeddings, made on first use
+        # a rank-pooled sequence gives its classifier's outputs (one logit for a reranker)
+        self._width = ll.llama_model_n_cls_out(model) if self.pooling == "rank" else self.n_embd
+
+    def _groups(self, lengths: Sequence[int]) -> Iterator[range]:
+        """Consecutive inputs packed into decodes of at most n_ctx tokens and max_sequences
+        sequences."""
+        start, used = 0, 0
+        for i, n in enumerate(lengths):
+            if i > start and (used + n > self.n_ctx or i - start == self.max_sequences):
+                yield range(start, i)
+                start, used = i, 0
+            used += n
+        if start < len(lengths):
+            yield range(start, len(lengths))
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """One pooled vector per input (not normalised), in order. Each input fits n_ctx."""
         vectors: list[np.ndarray] = []
-        group: list[Sequence[int]] = []
-        used = 0
-        for tokens in inputs:
-            if group and (used + len(tokens) > self.n_ctx or len(group) == self.max_sequences):
-                vectors += self._decode(group)
-                group, used = [], 0
-            group.append(tokens)
-            used += len(tokens)
-        if group:
-            vectors += self._decode(group)
+        for group in self._groups([len(tokens) for tokens in inputs]):
+            vectors += self._decode([inputs[i] for i in group])
         return vectors
 
-    def _decode(self, group: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
-        batch = self._batch
+    def rank(self, inputs: Sequence[RankInput]) -> list[float]:
+        """The relevance score (rank pooling's first output) of each pair, in order."""
+        if self.pooling != "rank":
+            raise InferenceError(f"the embedding context pools by {self.pooling}, not rank")
+        scores: list[float] = []
+        for group in self._groups([len(pair.tokens) for pair in inputs]):
+            pairs = [inputs[i] for i in group]
+            if self._segments is not None and any(p.n_first < len(p.tokens) for p in pairs):
+                rows = self._decode_segments(pairs)
+            else:
+                rows = self._decode([p.tokens for p in pairs])
+            scores += [float(row[0]) for row in rows]
+        return scores
+
+    def _place(self, batch: Any, group: Sequence[Sequence[int]]) -> int:
         n = 0
         for seq_id, tokens in enumerate(group):
-            for pos, token in enumerate(tokens):
-                batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+            for pos in range(len(tokens)):
+                batch.pos[n], batch.n_seq_id[n] = pos, 1
                 batch.seq_id[n][0] = seq_id
                 batch.logits[n] = True  # with embeddings on: this token's state is pooled
                 n += 1
         batch.n_tokens = n
+        return n
+
+    def _decode(self, group: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        batch = self._batch
+        self._place(batch, group)
+        n = 0
+        for tokens in group:
+            for token in tokens:
+                batch.token[n] = token
+                n += 1
+        return self._run(batch, len(group))
+
+    def _decode_segments(self, group: Sequence[RankInput]) -> list[np.ndarray]:
+        assert self._segments is not None
+        if self._embd_batch is None:
+            self._embd_batch = ll.llama_batch_init(self.n_ctx, self.n_embd, 1)
+        batch = self._embd_batch
+        n = self._place(batch, [pair.tokens for pair in group])
+        tokens = np.fromiter((t for p in group for t in p.tokens), dtype=np.int64, count=n)
+        types = np.concatenate(
+            [np.arange(len(p.tokens)) >= p.n_first for p in group], dtype=np.int64
+        )
+        rows = self._segments.rows(tokens, types)
+        ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+        return self._run(batch, len(group))
+
+    def _run(self, batch: Any, n_seqs: int) -> list[np.ndarray]:
+        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
-            raise InferenceError(f"llama_decode of {len(group)} inputs failed with status {rc}")
+            raise InferenceError(f"llama_decode of {n_seqs} inputs failed with status {rc}")
         out = []
-        for seq_id in range(len(group)):
+        for seq_id in range(n_seqs):
             pointer = ll.llama_get_embeddings_seq(self._ctx, seq_id)
             if not pointer:
                 raise InferenceError("llama.cpp returned no pooled embedding")
-            out.append(np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy())
+            out.append(np.ctypeslib.as_array(pointer, shape=(self._width,)).copy())
         return out
 
     def close(self) -> None:
         if self._batch is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
+        if self._embd_batch is not None:
+            ll.llama_batch_free(self._embd_batch)
+            self._embd_batch = None
         if self._ctx is not None:
             ll.llama_free(self._ctx)
             self._ctx = None

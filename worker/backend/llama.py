@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import gguf
 import llama_cpp as ll
 
 from llorch import keys, native_log
@@ -34,7 +35,9 @@ from llorch.worker.backend.protocol import (
     FimTokens,
     LoadOptions,
     ModelInfo,
+    RankInput,
 )
+from llorch.worker.backend.segments import open_segments
 from llorch.worker.models import file_sha256, host_memory_available
 
 log = logging.getLogger("llorch.backend")
@@ -295,6 +298,8 @@ class LlamaCppBackend:
             n_ctx_embed=ll.llama_model_n_ctx_train(self._model) if encoder else n_ctx,
             # the converter writes false for a sentence-transformers model without Normalize
             normalize_embeddings=self._meta(keys.EMBEDDING_NORMALIZE) != "false",
+            reranker=self._meta(gguf.Keys.LLM.POOLING_TYPE.format(arch=arch))
+            == str(int(gguf.PoolingType.RANK)),
             lora=options.lora,
             source=provenance.model_source(self._meta),
             fim=self._fim_tokens(),
@@ -368,7 +373,7 @@ class LlamaCppBackend:
 
     # -- embeddings ------------------------------------------------------------------------
 
-    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+    def _embedding_context(self) -> LlamaEmbedder:
         if self._embedder is None:
             info, options = self.info(), self._options
             assert self._model is not None and options is not None
@@ -378,8 +383,15 @@ class LlamaCppBackend:
                 n_ctx=info.n_ctx_embed,
                 threads=options.threads or default_threads(),
                 pooling=pooling,
+                segments=open_segments(info.path) if info.reranker else None,
             )
-        return [vector.tolist() for vector in self._embedder.embed(inputs)]
+        return self._embedder
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        return [vector.tolist() for vector in self._embedding_context().embed(inputs)]
+
+    def rank(self, inputs: Sequence[RankInput]) -> list[float]:
+        return self._embedding_context().rank(inputs)
 
     # -- teardown --------------------------------------------------------------------------
 

@@ -264,11 +264,24 @@ class ModelInfo:
     embedding_only: bool = False
     n_ctx_embed: int = 0  # the longest input an embedding takes, in tokens
     normalize_embeddings: bool = True  # L2, unless the model's own config says not to
+    # A cross-encoder (the GGUF's pooling type is rank): it scores query-document pairs
+    # (POST /v1/rerank) and has no embeddings to give.
+    reranker: bool = False
     lora: tuple[LoraSpec, ...] = ()  # adapters served with the model
     # Where the GGUF came from (its source, revision, quantizer), from its metadata at load;
     # empty when it says nothing (backend/provenance.py).
     source: dict[str, Any] = field(default_factory=dict)
     fim: FimTokens = FimTokens()  # fill-in-the-middle tokens (POST /infill, worker/fim.py)
+
+
+@dataclass(frozen=True)
+class RankInput:
+    """One query-document pair as the cross-encoder reads it: `tokens` whole (specials
+    included), of which the first `n_first` are the first segment (token type 0: `[CLS] query
+    [SEP]`) and the rest the second (token type 1, as BERT's tokenizer marks a pair)."""
+
+    tokens: tuple[int, ...]
+    n_first: int
 
 
 @dataclass(frozen=True)
@@ -347,6 +360,12 @@ class ModelBackend(Protocol):
     def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One pooled, unnormalised vector per input, from an embedding context of its own
         (created on first use; the thread that calls this owns it). Each input fits
+        ModelInfo.n_ctx_embed."""
+        ...
+
+    def rank(self, inputs: Sequence[RankInput]) -> list[float]:
+        """One relevance score per pair (the cross-encoder's logit), from the embedding
+        context (rank pooling), on the thread that owns it. Each pair fits
         ModelInfo.n_ctx_embed."""
         ...
 

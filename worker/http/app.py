@@ -27,6 +27,7 @@ from llorch.worker.http import (
     openai,
     openapi,
     ops,
+    rerank,
     responses,
 )
 from llorch.worker.http.anthropic_schemas import CountTokensRequest, MessagesRequest
@@ -79,6 +80,7 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
     app.include_router(infill.build_router(fleet))
     app.include_router(responses.build_router(fleet, settings))
     app.include_router(embeddings.build_router(fleet))
+    app.include_router(rerank.build_router(fleet))
     app.include_router(anthropic.build_router(fleet))
     app.include_router(ops.build_router(fleet, settings, metrics))
     openapi.install(
@@ -93,6 +95,8 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
             ResponsesRequest,
             embeddings.EmbeddingRequest,
             embeddings.EmbedRequest,
+            rerank.RerankRequest,
+            rerank.TeiRerankRequest,
             MessagesRequest,
             CountTokensRequest,
             ops.ModelName,

@@ -1,0 +1,101 @@
+"""Query-document pairs as a cross-encoder reads them, and their truncation.
+
+BERT's pair form (transformers' BertTokenizer.build_inputs_with_special_tokens with a pair):
+`[CLS] query [SEP] document [SEP]`, token type 0 up to the first `[SEP]` included and 1 after
+it. The opening and closing tokens are the ones the model's tokenizer adds to a single text
+(llama.cpp's add_bos/add_sep: `[CLS]` and `[SEP]` for WordPiece).
+
+A pair longer than the model reads is cut as sentence-transformers' CrossEncoder cuts it
+(the tokenizer's `truncation=True`, Hugging Face tokenizers' LongestFirst): tokens come off the
+end of the longer of query and document until both fit, the budget split evenly where both
+are longer than half of it (the document gets the odd token when they tie).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llorch.worker.backend.errors import InvalidRequestError
+from llorch.worker.backend.protocol import RankInput
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Scores in the documents' order (the model's own: a logit), and the tokens read."""
+
+    scores: list[float]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class PairForm:
+    """How the model's tokenizer wraps a pair: `open query close document close`."""
+
+    open: tuple[int, ...]
+    close: tuple[int, ...]
+
+    @classmethod
+    def from_single(cls, empty: Sequence[int]) -> PairForm:
+        """From the tokens the tokenizer gives an empty text with its specials: `[CLS]
+        [SEP]` for BERT."""
+        if len(empty) != 2:
+            raise InvalidRequestError(
+                "this model's tokenizer does not wrap a text in an opening and a closing token "
+                f"(it gives {list(empty)} for an empty one): it has no BERT-style pair form",
+                param="model",
+            )
+        return cls((empty[0],), (empty[1],))
+
+    @property
+    def n_specials(self) -> int:
+        return len(self.open) + 2 * len(self.close)
+
+    def pair(self, query: Sequence[int], document: Sequence[int]) -> RankInput:
+        first = (*self.open, *query, *self.close)
+        return RankInput(tokens=(*first, *document, *self.close), n_first=len(first))
+
+
+def longest_first(n_query: int, n_document: int, budget: int) -> tuple[int, int]:
+    """The lengths query and document keep so that together they fit `budget` tokens."""
+    if n_query + n_document <= budget:
+        return n_query, n_document
+    small = budget // 2
+    if n_query <= small:
+        return n_query, budget - n_query
+    if n_document <= small:
+        return budget - n_document, n_document
+    big = budget - small
+    return (big, small) if n_query > n_document else (small, big)
+
+
+def pairs(
+    form: PairForm,
+    query: Sequence[int],
+    documents: Sequence[Sequence[int]],
+    *,
+    limit: int,
+    truncate: bool,
+    param: str = "documents",
+) -> list[RankInput]:
+    """One pair per document within `limit` tokens: cut (truncate) or refused with a 400
+    naming the document and the limit."""
+    budget = limit - form.n_specials
+    if budget < 2:
+        raise InvalidRequestError(
+            f"this model reads at most {limit} tokens, too few for a query and a document",
+            param="model",
+        )
+    out = []
+    for i, document in enumerate(documents):
+        total = len(query) + len(document) + form.n_specials
+        if total > limit and not truncate:
+            raise InvalidRequestError(
+                f"the query and document {i} are {total} tokens together; this model reads "
+                f"at most {limit} (or ask for truncate: true)",
+                param=f"{param}[{i}]",
+                constraint=f"tokens <= {limit}",
+            )
+        n_query, n_document = longest_first(len(query), len(document), budget)
+        out.append(form.pair(query[:n_query], document[:n_document]))
+    return out
