@@ -13,6 +13,7 @@ import gguf
 
 from llorch.convert import imatrix as imx
 from llorch.convert import llamacpp, verify_logits
+from llorch.convert import quality as quality_mod
 from llorch.convert import writer as gw
 from llorch.convert.errors import (
     ConversionError,
@@ -33,6 +34,7 @@ from llorch.detector.errors import InvalidFileError
 from llorch.detector.safetensors import Checkpoint
 
 DEFAULT_OUTTYPE = "f16"
+DEFAULT_QUALITY_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class ConversionReport:
     logits: dict[str, Any] | None = None
     # the importance matrix quantized with (file or calibration text, entries, chunks)
     imatrix: dict[str, Any] | None = None
+    # quality.Quality as JSON: the output measured against the F16/BF16 it was quantized from
+    quality: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -146,6 +150,9 @@ def convert(
     imatrix_chunk: int = imx.DEFAULT_CHUNK,
     imatrix_chunks: int | None = None,
     tensor_types: Sequence[str] = (),
+    quality: str | os.PathLike[str] | None = None,
+    quality_chunk: int = DEFAULT_QUALITY_CHUNK,
+    quality_chunks: int | None = None,
 ) -> ConversionReport:
     """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
 
@@ -161,6 +168,8 @@ def convert(
     legacy .dat) or a calibration text, computed (convert/imatrix.py, `imatrix_chunk` tokens a
     chunk, at most `imatrix_chunks`) on the F16/BF16 file the quantizer starts from.
     `tensor_types`: llama-quantize's --tensor-type, "REGEX=TYPE" each.
+    `quality`: an evaluation text; the quantized output is measured against the F16/BF16 file
+    it was made from (convert/quality.py: KL divergence, top-1 agreement, perplexities).
     """
     start = time.monotonic()
     outtype = gw.check_outtype(outtype)
@@ -171,6 +180,14 @@ def convert(
             f"outtype {outtype!r} is written directly, not by llama.cpp's quantizer: --imatrix "
             f"and --tensor-type apply to {', '.join(sorted(gw.quantizer_types()))}"
         )
+    if quality is not None and outtype in gw.DIRECT:
+        raise OutTypeError(
+            f"--quality measures a quantized output against the F16/BF16 file it is made "
+            f"from; outtype {outtype!r} is written directly (use convert-batch with f16 and "
+            f"{outtype} to measure it)"
+        )
+    if quality is not None and not Path(quality).is_file():
+        raise OutputError(f"{quality}: no such evaluation text file")
     if imatrix is not None and not Path(imatrix).is_file():
         raise ImatrixError(f"{imatrix}: no such imatrix or calibration text file")
     det = src if isinstance(src, Detection) else detect(src)
@@ -201,7 +218,7 @@ def convert(
         stats = gw.write_gguf(tmp, w, plans, stage_type, on_tensor=on_tensor)
         final = tmp
         with gw.temp_path(out, ".quant.tmp") as qtmp:
-            im_record = None
+            im_record = quality_record = None
             if not direct:
                 options = llamacpp.QuantizeOptions(tensor_types=overrides)
                 if imatrix is not None:
@@ -210,6 +227,16 @@ def convert(
                     )
                 llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype], options=options)
                 final = qtmp
+                if quality is not None:
+                    measured = quality_mod.measure(
+                        tmp,
+                        qtmp,
+                        quality,
+                        reference_name=stage_type,
+                        chunk=quality_chunk,
+                        chunks=quality_chunks,
+                    )
+                    quality_record = measured.to_json()
             llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
             differences: tuple[TokenDifference, ...] = ()
@@ -247,6 +274,7 @@ def convert(
         verify_differences=tuple(d.to_json() for d in differences),
         logits=logits,
         imatrix=im_record,
+        quality=quality_record,
     )
 
 

@@ -76,6 +76,16 @@ def register(subparsers: Any) -> None:
         help="quantize tensors whose name matches REGEX to TYPE (llama-quantize's "
         "--tensor-type, e.g. ffn_down=q6_k); repeatable",
     )
+    conv.add_argument(
+        "--quality",
+        metavar="EVAL.txt",
+        help="measure the quantized output against the F16/BF16 it is made from on this text: "
+        "KL divergence (mean, 99th percentile), top-1 agreement, perplexity of both",
+    )
+    conv.add_argument(
+        "--quality-chunk", type=int, default=512, help="tokens per evaluation chunk (512)"
+    )
+    conv.add_argument("--quality-chunks", type=int, help="at most this many evaluation chunks")
     conv.add_argument("--force", action="store_true", help="replace the output file if it exists")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.set_defaults(func=run_convert)
@@ -143,6 +153,9 @@ def run_convert(args: argparse.Namespace) -> int:
                 imatrix_chunk=args.imatrix_chunk,
                 imatrix_chunks=args.imatrix_chunks,
                 tensor_types=args.tensor_type,
+                quality=args.quality,
+                quality_chunk=args.quality_chunk,
+                quality_chunks=args.quality_chunks,
             )
     except OutputExistsError as exc:
         return fail("convert", OutputExistsError(exc.path, "--force"), as_json=args.json)
@@ -176,6 +189,13 @@ def run_convert(args: argparse.Namespace) -> int:
             print(
                 f"imatrix {im['file']}: {im['entries']} entries, {im['chunks']} chunks of "
                 f"{im['chunk_size']} tokens"
+            )
+        if report.quality is not None:
+            q = report.quality
+            print(
+                f"quality vs {q['reference']} over {q['tokens']} tokens: KLD mean "
+                f"{q['kld_mean']:.6f}, p99 {q['kld_p99']:.6f}, top-1 {q['top1']:.2%}, "
+                f"PPL {q['ppl']:.4f} (reference {q['ppl_reference']:.4f})"
             )
         for note in report.notes:
             print(f"note: {note}")

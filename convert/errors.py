@@ -73,6 +73,10 @@ class ImatrixError(ConversionError):
     """An importance matrix cannot be read, computed, or does not fit the model."""
 
 
+class QualityError(ConversionError):
+    """The evaluation text cannot be read, or is too short for the chunk size."""
+
+
 class QuantizeError(ConversionError):
     """llama.cpp's quantizer failed."""
 

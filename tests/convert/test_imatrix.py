@@ -1,22 +1,17 @@
-"""Importance matrices and the types that need one, against llama.cpp's own tools.
-
-llama-imatrix and llama-quantize are built from the llama.cpp that llama-cpp-python vendors,
-into the build folder bench/serving.py builds llama-server in (`python bench/imatrix.py
---build-tools` builds them); a test that needs one and finds it missing says so and skips.
-"""
+"""Importance matrices and the types that need one, against llama.cpp's own tools
+(llama-imatrix, llama-quantize: tests/llama_tools.py)."""
 
 from __future__ import annotations
 
-import random
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 import pytest
-from tiny_hf import CORPUS, tiny_llama
+from llama_tools import calibration_text, tool
+from tiny_hf import tiny_llama
 
 from llorch.cli import main
 from llorch.convert import convert, imatrix, llamacpp
@@ -24,25 +19,6 @@ from llorch.convert import writer as gw
 from llorch.convert.errors import ImatrixError, ImatrixRequiredError, OutTypeError, QuantizeError
 
 CHUNK = 64
-
-
-def tool(name: str) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from benchlib import REPO, load
-
-    backend = load("llorch_build_backend", REPO / "build" / "backend.py")
-    version = backend.LLAMA_CPP_PYTHON.split("==")[1]
-    path = backend.cache_dir() / "llama-server" / version / "build" / "bin" / name
-    if not path.exists():
-        pytest.skip(f"{path} not built (python bench/imatrix.py --build-tools)")
-    return path
-
-
-def calibration_text(path: Path, lines: int = 200, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    words = " ".join(CORPUS).split()
-    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(lines)))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+"""Quality of a quantization (convert/quality.py) against llama-perplexity --kl-divergence,
+built from the same llama.cpp (tests/convert/test_imatrix.py's `tool`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llama_tools import calibration_text, tool
+from tiny_hf import tiny_llama
+
+from llorch.cli import main
+from llorch.convert import convert, llamacpp, quality
+from llorch.convert import writer as gw
+from llorch.convert.errors import OutTypeError, QualityError
+
+CHUNK = 64
+
+
+def peaked_llama(folder: Path) -> Path:
+    """tiny_llama with heavy-tailed weights (Student's t, 3 degrees of freedom) at a scale that
+    makes its next-token distributions peaked: quantization error shows, and grows as bits
+    shrink."""
+    from safetensors.numpy import load_file, save_file
+
+    tiny_llama(folder, hidden=256, seed=5)
+    rng = np.random.default_rng(5)
+    tensors = load_file(str(folder / "model.safetensors"))
+    for name, t in tensors.items():
+        if t.ndim == 2:
+            tensors[name] = (rng.standard_t(3, t.shape) * 0.12).astype(np.float32)
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("quality")
+    src = peaked_llama(base / "src")
+    f16 = base / "f16.gguf"
+    convert(src, f16, outtype="f16", verify=False)
+    return {"base": base, "src": src, "f16": f16, "eval": calibration_text(base / "eval.txt", 40)}
+
+
+def llama_perplexity(base: Path, model: Path, text: Path, work: Path) -> dict[str, float]:
+    exe = str(tool("llama-perplexity"))
+    kld = work / "base.kld"
+    common = ["-f", str(text), "-c", str(CHUNK), "-b", str(CHUNK), "-t", "2"]
+    if not kld.exists():
+        cmd = [exe, "-m", str(base), *common, "--kl-divergence-base", str(kld)]
+        subprocess.run(cmd, check=True, capture_output=True)
+    cmd = [exe, "-m", str(model), *common, "--kl-divergence-base", str(kld), "--kl-divergence"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    log = out.stdout + out.stderr
+
+    def number(label: str) -> float:
+        found = re.search(re.escape(label) + r"\s*:\s*([-0-9.]+)", log)
+        assert found, (label, log[-2000:])
+        return float(found.group(1))
+
+    return {
+        "ppl": number("Mean PPL(Q)"),
+        "ppl_reference": number("Mean PPL(base)"),
+        "kld_mean": number("Mean    KLD"),
+        "kld_p99": number("99.0%   KLD"),
+        "top1": number("Same top p") / 100,
+    }
+
+
+def test_quality_agrees_with_llama_perplexity(model: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "q3.gguf"
+    args = ["convert", str(model["src"]), "-o", str(out), "--outtype", "q3_k_m", "--no-verify"]
+    assert main([*args, "--quality", str(model["eval"]), "--quality-chunk", str(CHUNK)]) == 0
+    report = convert(
+        model["src"],
+        out,
+        outtype="q3_k_m",
+        verify=False,
+        overwrite=True,
+        quality=model["eval"],
+        quality_chunk=CHUNK,
+    )
+    assert report.quality is not None
+    ours = report.quality
+    ref = llama_perplexity(model["f16"], out, model["eval"], tmp_path)
+    assert ours["reference"] == "f16" and ours["tokens"] > 500
+    assert ours["kld_mean"] > 1e-3  # a real difference to agree on
+    for key, value in ref.items():
+        assert ours[key] == pytest.approx(value, rel=0.01), key
+
+
+def test_kl_divergence_orders_types_by_their_bits(model: dict[str, Path]) -> None:
+    order = ["q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"]
+    found = {}
+    for name in order:
+        out = model["base"] / f"{name}.gguf"
+        llamacpp.quantize(model["f16"], out, gw.quantizer_types()[name], n_threads=2)
+        found[name] = quality.measure(model["f16"], out, model["eval"], chunk=CHUNK, chunks=8)
+    kld = [found[n].kld_mean for n in order]
+    top1 = [found[n].top1 for n in order]
+    assert kld == sorted(kld, reverse=True), dict(zip(order, kld, strict=True))
+    assert top1[0] < top1[-1] <= 1.0
+    assert all(q.ppl_reference == found["q2_k"].ppl_reference for q in found.values())
+
+
+def test_quality_refusals(model: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(QualityError, match=r"at least 8192 are needed for chunks of 4096"):
+        quality.measure(model["f16"], model["f16"], model["eval"], chunk=4096)
+    with pytest.raises(OutTypeError, match="written directly"):
+        convert(model["src"], tmp_path / "o.gguf", outtype="q8_0", quality=model["eval"])
+    assert list(tmp_path.iterdir()) == []
