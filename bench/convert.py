@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 from benchlib import write_section
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "convert"))
+# The test tree's tokenizer builders, as `tests.convert.conftest` from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODEL = {  # a 0.49B Llama: 32000 x 2048 embeddings, 7 layers
     "hidden_size": 2048,
@@ -83,7 +84,7 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
 
 def build(folder: Path, cfg: dict[str, int], shards: int, seed: int) -> Path:
     """A Llama checkpoint with random BF16 weights, `shards` files and an index."""
-    from conftest import make_spm
+    from tests.convert.conftest import make_spm
 
     if (folder / "config.json").is_file():
         return folder

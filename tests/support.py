@@ -1,10 +1,8 @@
-"""Helpers of the tests: a real worker process on a free port, strict SSE parsing, and the
-converter's parity cases for the tests that reuse their configurations."""
+"""Helpers of the tests: a real worker process on a free port, strict SSE parsing, waiting for a
+condition with a deadline."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import socket
 import subprocess
@@ -20,17 +18,27 @@ import httpx
 FRANCE = "Question: What is the capital of France?\nAnswer:"
 
 
-@functools.cache
-def parity_cases() -> dict[str, Any]:
-    """tests/convert/test_parity.py's CASES (checkpoint configurations of released shapes), for
-    the tests that build the same checkpoints."""
-    path = Path(__file__).parent / "convert" / "test_parity.py"
-    spec = importlib.util.spec_from_file_location("parity_cases", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return dict(module.CASES)
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 30.0,
+    message: str = "condition not reached in time",
+    interval: float = 0.005,
+) -> None:
+    """Poll `predicate` until it is true; fail with `message` once `timeout` seconds have passed.
+
+    Every wait of a test on another thread or process goes through here, so a condition that is
+    never reached fails the test instead of hanging the run. The timeout is a guard against a
+    hang, not a claim about speed: keep it generous."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{message} (waited {timeout}s)"
+        time.sleep(interval)
+
+
+def model_loaded(client: Any, timeout: float = 5.0) -> bool:
+    """Waits up to `timeout` seconds until loading the default model of the app behind `client`
+    (a TestClient) has ended, well or not; false when time ran out."""
+    return bool(client.app.state.fleet.default.wait_loaded(timeout))
 
 
 def free_port() -> int:

@@ -10,12 +10,12 @@ from typing import Any
 
 import gguf
 import pytest
-from support import parity_cases
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import TokenizerError
 from llorch.convert.tokenizer.gemma4 import VISIBLE
 from llorch.convert.tokenizer.hf_tokenizer import load_vocab
+from tests.convert.parity_cases import CASES
 
 CASE = "gemma4-e2b-per-layer-embd-shared-kv"
 N_VOCAB = 400  # make_gemma4_bpe's default size, the parity case's vocab_size_per_layer_input
@@ -52,7 +52,7 @@ def _folder(tmp_path: Path, helpers: Any, config: dict[str, Any]) -> Path:
 def test_tokenizer_json_converts_verifies_and_matches_logits(
     checkpoint: Any, helpers: Any, tmp_path: Path
 ) -> None:
-    case = parity_cases()[CASE]  # the same weights as its parity case: they depend on the seed only
+    case = CASES[CASE]  # the same weights as its parity case: they depend on the seed only
     built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer="gemma4-bpe")
     assert built.n_vocab == N_VOCAB
     assert not (built.folder / "tokenizer.model").exists()

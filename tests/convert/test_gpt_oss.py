@@ -15,16 +15,16 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
-from support import parity_cases
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import OutTypeError
+from tests.convert.parity_cases import CASES
 
 # E2M1 values by 4-bit code (transformers' FP4_VALUES)
 FP4 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 # gpt-oss-20b scaled down, as its parity case (8:1 GQA, 8 experts top-4, sliding window on
 # even layers, YaRN 32x), with YaRN untruncated as the released config.json has it
-_DEQUANTIZED = parity_cases()["gpt-oss-dequantized"].config
+_DEQUANTIZED = CASES["gpt-oss-dequantized"].config
 GPT_OSS = {
     **_DEQUANTIZED,
     "rope_parameters": {**_DEQUANTIZED["rope_parameters"], "truncate": False},

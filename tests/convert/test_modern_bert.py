@@ -17,13 +17,14 @@ import gguf
 import numpy as np
 import openai
 import pytest
-from support import parity_cases, start_worker
+from support import start_worker
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.families import modern_bert
 from llorch.detector import detect
+from tests.convert.parity_cases import CASES
 
-CONFIG = parity_cases()["modern-bert-mean-pooling"].config  # ModernBERT-base ratios
+CONFIG = CASES["modern-bert-mean-pooling"].config  # ModernBERT-base ratios
 TEXTS = [
     "A man is eating food.",
     "A man is eating a piece of bread.",

@@ -11,9 +11,9 @@ import gguf
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from support import parity_cases
 
 from llorch.convert import convert
+from tests.convert.parity_cases import CASES
 
 
 def _tensors(path: Path) -> dict[str, np.ndarray]:
@@ -22,7 +22,7 @@ def _tensors(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_mtp_head_and_vision_tower_are_left_out(checkpoint: Any, tmp_path: Path) -> None:
-    case = parity_cases()["qwen35-moe-multimodal-text-part"]
+    case = CASES["qwen35-moe-multimodal-text-part"]
     built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer=case.tokenizer)
     plain = tmp_path / "plain.gguf"
     convert(built.folder, plain, outtype="f32")

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import parity_cases
 
 from llorch.convert import convert, llamacpp
+from tests.convert import parity_cases
 
 # mamba2-130m as its parity case (expand 2, head_dim 16, state 16, conv 4, one group, tied);
 # Mamba-Codestral-7B's 8 groups of 128 heads as 2 of 8 here, untied
-MAMBA2 = parity_cases()["mamba2"].config
+MAMBA2 = parity_cases.CASES["mamba2"].config
 CASES = {
     "mamba2-130m": ("Mamba2ForCausalLM", "Mamba2Config", MAMBA2),
     "mamba2-codestral-groups": (
@@ -27,7 +27,7 @@ CASES = {
     # the mixer's state advance together), Qwen3.5 (Gated DeltaNet states and a KV cache)
     **{
         case_id: (case.model_cls, case.config_cls, case.config)
-        for case_id, case in parity_cases().items()
+        for case_id, case in parity_cases.CASES.items()
         if case_id.startswith(("falcon-h1", "qwen35-hybrid", "qwen35-moe-hybrid"))
     },
 }

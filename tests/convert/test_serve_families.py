@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from support import parity_cases, sse_events, start_worker
+from support import sse_events, start_worker
 
 from llorch.convert import convert, llamacpp
+from tests.convert.parity_cases import CASES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 N_TOKENS = 8
@@ -36,7 +37,7 @@ def reference_greedy(path: Path, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("kind", list(ROWS))
 def test_served_greedy_tokens_are_llama_cpps(kind: str, checkpoint: Any, tmp_path: Path) -> None:
-    case = parity_cases()[ROWS[kind]]
+    case = CASES[ROWS[kind]]
     built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer=case.tokenizer)
     gguf_path = tmp_path / f"{kind}.gguf"
     convert(built.folder, gguf_path, outtype="f32")
