@@ -10,11 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
-from support import FRANCE, WorkerProcess, sse_events, start_worker
+from support import FRANCE, WorkerProcess, sse_events, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +40,7 @@ class Stream:
         self.ended_at = time.monotonic()
 
     def wait_for(self, kind: str, timeout: float = 60.0) -> None:
-        wait_until(lambda: any(e["type"] == kind for e in self.events), timeout)
+        wait_for(lambda: any(e["type"] == kind for e in self.events), timeout)
 
     def join(self, timeout: float = 60.0) -> list[dict]:
         self._thread.join(timeout)
@@ -50,13 +49,6 @@ class Stream:
 
     def tokens(self) -> list[dict]:
         return [e for e in self.events if e["type"] == "token"]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def body(job_id: str, **fields) -> dict:
@@ -97,7 +89,7 @@ def test_cancel_by_id_during_prompt_ingestion(worker: WorkerProcess):
     events = stream.join(60)
     assert events[-1]["type"] == "end" and events[-1]["stop_reason"] == "CANCELLED"
     assert stream.tokens() == [] and events[-1]["tokens_out"] == 0
-    wait_until(lambda: httpx.get(f"{worker.url}/capacity").json()["slots"]["busy"] == 0, 10)
+    wait_for(lambda: httpx.get(f"{worker.url}/capacity").json()["slots"]["busy"] == 0, 10)
 
 
 def test_timeout_ends_with_a_timeout_error(worker: WorkerProcess):
@@ -192,7 +184,7 @@ def test_drain_finishes_in_flight_work_and_refuses_new(tmp_path):
         events = stream.join(300)
         assert events[-1]["type"] == "end"
         assert events[-1]["stop_reason"] in ("MAX_TOKENS", "EOS")
-        wait_until(lambda: httpx.get(f"{url}/ready").json()["state"] == "drained", 10)
+        wait_for(lambda: httpx.get(f"{url}/ready").json()["state"] == "drained", 10)
         ready = httpx.get(f"{url}/ready")
         assert ready.status_code == 503
         assert ready.json()["ready"] is False and ready.json()["state"] == "drained"
@@ -219,7 +211,7 @@ def test_second_sigterm_cancels_at_once(tmp_path):
     stream = Stream(proc.url, body("twice"))
     stream.wait_for("token")
     proc.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: httpx.get(f"{proc.url}/ready").json()["state"] == "draining", 10)
+    wait_for(lambda: httpx.get(f"{proc.url}/ready").json()["state"] == "draining", 10)
     signalled = time.monotonic()
     proc.process.send_signal(signal.SIGTERM)
     assert proc.process.wait(30) == 0

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
-from support import FRANCE, WorkerProcess, free_port, sse_events, start_worker
+from support import FRANCE, WorkerProcess, free_port, sse_events, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -78,8 +78,12 @@ def test_health_answers_quickly_during_a_generation(worker: WorkerProcess):
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(execute, worker.url, prompt="Once upon a time", max_tokens=200)
         with httpx.Client(base_url=worker.url, timeout=5) as client:
-            while client.get("/health").json()["active_job"] is None:
+
+            def active() -> bool:
                 assert not running.done(), "generation ended before /health saw it"
+                return client.get("/health").json()["active_job"] is not None
+
+            wait_for(active, 120)
             latencies = []
             for _ in range(10):
                 t0 = time.monotonic()
@@ -133,13 +137,12 @@ def test_client_disconnect_cancels_the_generation(worker: WorkerProcess):
         for event in sse_events(response):
             if event["type"] == "token":
                 break  # hang up mid-stream
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if httpx.get(f"{worker.url}/health").json()["active_job"] is None:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the generation kept running after the client went away")
+    wait_for(
+        lambda: httpx.get(f"{worker.url}/health").json()["active_job"] is None,
+        10,
+        "the generation kept running after the client went away",
+        interval=0.05,
+    )
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -175,9 +178,7 @@ def test_ready_callback_after_listening_with_retries(tmp_path):
         "http://worker-7.internal:9000",
     )
     try:
-        deadline = time.monotonic() + 20
-        while not _Receiver.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: _Receiver.received, 20, "no ready callback arrived", interval=0.05)
         [payload] = _Receiver.received
         assert payload["worker_id"] == "w-cb"
         assert payload["url"] == "http://worker-7.internal:9000"  # as --advertise-url says
@@ -212,14 +213,14 @@ def test_sigterm_drains_in_flight_work_and_exits_0(tmp_path):
 
     reader = threading.Thread(target=consume)
     reader.start()
-    while not any(e["type"] == "token" for e in events):
-        time.sleep(0.01)
+    wait_for(lambda: any(e["type"] == "token" for e in events), 300, "no token arrived")
     proc.process.send_signal(signal.SIGTERM)
     # Still listening while it drains: probes answer, new work is refused.
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{proc.url}/ready").json()["state"] != "draining":
-        assert time.monotonic() < deadline, "SIGTERM did not start a drain"
-        time.sleep(0.01)
+    wait_for(
+        lambda: httpx.get(f"{proc.url}/ready").json()["state"] == "draining",
+        10,
+        "SIGTERM did not start a drain",
+    )
     late = httpx.post(
         f"{proc.url}/execute", json={"job_id": "late", "prompt": "Hi", "max_tokens": 2}
     )

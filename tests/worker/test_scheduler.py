@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeBackend
+from support import wait_for
 
 from llorch.worker.backend.errors import (
     DeadlineExceededError,
@@ -76,8 +77,7 @@ def test_cancel_a_running_job():
     scheduler = started_scheduler(FakeBackend(script="x" * 200, delay=0.01))
     sink = Collector()
     job = scheduler.submit("j", admit(scheduler, "p", 60), sink)
-    while not any(isinstance(e, TokenEvent) for e in sink.events):
-        threading.Event().wait(0.005)
+    wait_for(lambda: any(isinstance(e, TokenEvent) for e in sink.events))
     job.cancel()
     assert sink.done.wait(5)
     finish = sink.events[-1]
@@ -105,8 +105,7 @@ def test_stop_cancels_running_and_fails_queued_jobs():
     running, queued = Collector(), Collector()
     scheduler.submit("a", admit(scheduler, "p", 60), running)
     scheduler.submit("b", admit(scheduler, "p", 60), queued)
-    while not any(isinstance(e, TokenEvent) for e in running.events):
-        threading.Event().wait(0.005)
+    wait_for(lambda: any(isinstance(e, TokenEvent) for e in running.events))
     scheduler.stop()
     assert running.done.is_set() and queued.done.is_set()
     assert running.events[-1].stop_reason is StopReason.CANCELLED  # type: ignore[union-attr]
@@ -137,8 +136,7 @@ def test_a_full_queue_is_refused_with_a_retry_estimate():
     assert done.done.wait(10)
     running = Collector()
     scheduler.submit("running", admit(scheduler, "p", 40), running)
-    while not running.events:
-        threading.Event().wait(0.005)
+    wait_for(lambda: running.events)
     for i in range(2):
         scheduler.submit(f"j{i}", admit(scheduler, "p", 40), Collector())
     with pytest.raises(QueueFullError) as info:
@@ -155,8 +153,7 @@ def _hold_the_slot(scheduler: Scheduler) -> Collector:
     """A job that holds the only slot for a long time (500 steps of 10 ms)."""
     running = Collector()
     scheduler.submit("holder", admit(scheduler, "p", 500), running)
-    while not any(isinstance(e, TokenEvent) for e in running.events):
-        threading.Event().wait(0.005)
+    wait_for(lambda: any(isinstance(e, TokenEvent) for e in running.events))
     return running
 
 
@@ -235,8 +232,7 @@ def test_cancelling_one_of_several_running_jobs_leaves_the_others():
     kept, cancelled = Collector(), Collector()
     scheduler.submit("kept", admit(scheduler, "p", 40), kept)
     scheduler.submit("gone", admit(scheduler, "p", 300), cancelled)
-    while not any(isinstance(e, TokenEvent) for e in cancelled.events):
-        threading.Event().wait(0.005)
+    wait_for(lambda: any(isinstance(e, TokenEvent) for e in cancelled.events))
     assert scheduler.cancel_job("gone")
     assert cancelled.done.wait(5) and kept.done.wait(10)
     assert cancelled.events[-1].stop_reason is StopReason.CANCELLED  # type: ignore[union-attr]

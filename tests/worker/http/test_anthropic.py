@@ -12,6 +12,7 @@ import pytest
 from chat_templates import CALL, HERMES_STYLE, THINKING
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
+from support import model_loaded
 
 from llorch.worker.backend.errors import (
     DeadlineExceededError,
@@ -551,7 +552,7 @@ def test_a_draining_worker_is_overloaded_and_still_counts():
 def test_a_failure_is_an_api_error_whole_and_an_error_event_streamed():
     _, client = served(fail=RuntimeError("the device fell over"), fail_at=2)
     with client:
-        client.app.state.fleet.default.scheduler.wait_loaded(5)
+        assert model_loaded(client)
         whole = post(client)
         events = events_of(post(client, stream=True))
     assert "fell over" in assert_error(whole, 500, "api_error")

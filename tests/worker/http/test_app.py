@@ -8,6 +8,7 @@ import threading
 import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
+from support import model_loaded
 
 from llorch.worker.server import build_app
 from llorch.worker.settings import WorkerSettings
@@ -22,11 +23,8 @@ def client_for(backend: FakeBackend) -> TestClient:
 
 
 @pytest.fixture
-def client():
-    backend = FakeBackend()
-    with client_for(backend) as c:
-        assert c.app.state.fleet.default.scheduler.wait_loaded(5)
-        yield c
+def client(open_client):
+    return open_client(FakeBackend())
 
 
 def events_of(response) -> list[dict]:
@@ -64,20 +62,19 @@ def test_stop_sequence_matched_is_reported(client):
     assert events[-1]["stop_sequence_matched"] == "wor"
 
 
-def test_sampling_fields_reach_the_backend():
+def test_sampling_fields_reach_the_backend(open_client):
     backend = FakeBackend()
-    with client_for(backend) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        body = VALID | {
-            "temperature": 0.5,
-            "top_p": 0.9,
-            "top_k": 40,
-            "min_p": 0.05,
-            "repetition_penalty": 1.1,
-            "seed": 9,
-            "stop": ["x"],
-        }
-        assert c.post("/execute", json=body).status_code == 200
+    c = open_client(backend)
+    body = VALID | {
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": 40,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "seed": 9,
+        "stop": ["x"],
+    }
+    assert c.post("/execute", json=body).status_code == 200
     request = backend.requests[0]
     assert request.sampling.temperature == 0.5 and request.sampling.top_p == 0.9
     assert request.sampling.top_k == 40 and request.sampling.min_p == 0.05
@@ -188,7 +185,7 @@ def test_ready_and_health_while_loading_then_ready():
         assert c.get("/health").json()["status"] == "healthy"
         assert c.post("/execute", json=VALID).status_code == 503
         gate.set()
-        assert c.app.state.fleet.default.scheduler.wait_loaded(5)
+        assert model_loaded(c)
         assert c.get("/ready").json() == {
             "ready": True,
             "state": "ready",
@@ -203,15 +200,14 @@ def test_ready_and_health_while_loading_then_ready():
     assert backend.closed
 
 
-def test_ready_reports_load_failure_with_reason():
+def test_ready_reports_load_failure_with_reason(open_client):
     backend = FakeBackend(load_error="bad magic in /models/x.gguf")
-    with client_for(backend) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        response = c.get("/ready")
-        assert response.status_code == 503
-        assert response.json()["state"] == "error"
-        assert "bad magic" in response.json()["reason"]
-        assert c.get("/health").json()["status"] == "unhealthy"
+    c = open_client(backend)
+    response = c.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["state"] == "error"
+    assert "bad magic" in response.json()["reason"]
+    assert c.get("/health").json()["status"] == "unhealthy"
 
 
 def test_tokenize_and_detokenize(client):
@@ -221,18 +217,17 @@ def test_tokenize_and_detokenize(client):
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "tokens.0"
 
 
-def test_extended_sampling_fields_reach_the_backend():
+def test_extended_sampling_fields_reach_the_backend(open_client):
     backend = FakeBackend()
-    with client_for(backend) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        body = VALID | {
-            "presence_penalty": 0.5,
-            "frequency_penalty": -0.25,
-            "typical_p": 0.9,
-            "logit_bias": {"65": 2.5, "66": -100},
-            "grammar": 'root ::= "a"',
-        }
-        assert c.post("/execute", json=body).status_code == 200
+    c = open_client(backend)
+    body = VALID | {
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.25,
+        "typical_p": 0.9,
+        "logit_bias": {"65": 2.5, "66": -100},
+        "grammar": 'root ::= "a"',
+    }
+    assert c.post("/execute", json=body).status_code == 200
     sampling = backend.requests[0].sampling
     assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.25)
     assert sampling.typical_p == 0.9
@@ -240,19 +235,11 @@ def test_extended_sampling_fields_reach_the_backend():
     assert sampling.grammar == 'root ::= "a"'
 
 
-def test_json_schema_becomes_a_grammar():
+def test_json_schema_becomes_a_grammar(open_client):
     backend = FakeBackend()
-    app = build_app(
-        backend,
-        WorkerSettings(worker_id="w"),
-        model_path=lambda: __file__,
-        json_grammar=lambda schema: f"root ::= {sorted(schema)}",
-    )
-    with TestClient(app, base_url="http://127.0.0.1") as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        assert (
-            c.post("/execute", json=VALID | {"json_schema": {"type": "object"}}).status_code == 200
-        )
+    grammar = {"json_grammar": lambda schema: f"root ::= {sorted(schema)}"}
+    c = open_client(backend, app=grammar, worker_id="w")
+    assert c.post("/execute", json=VALID | {"json_schema": {"type": "object"}}).status_code == 200
     assert backend.requests[0].sampling.grammar == "root ::= ['type']"
 
 

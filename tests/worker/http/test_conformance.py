@@ -6,15 +6,11 @@ stay two, and the validation is as strict as the schema, nested objects included
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
-
-from llorch.worker.server import build_app
-from llorch.worker.settings import WorkerSettings
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
@@ -28,11 +24,8 @@ def backend() -> FakeBackend:
 
 
 @pytest.fixture
-def client(backend: FakeBackend) -> Iterator[TestClient]:
-    app = build_app(backend, WorkerSettings(), model_path=lambda: __file__)
-    with TestClient(app, base_url="http://127.0.0.1") as c:
-        assert c.app.state.fleet.default.wait_loaded(5)
-        yield c
+def client(backend: FakeBackend, open_client) -> TestClient:
+    return open_client(backend)
 
 
 def document(client: TestClient) -> dict[str, Any]:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import hmac
 import threading
-import time
-from collections.abc import Callable, Iterator
 
-import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
+from support import wait_for
 
 from llorch.worker.backend.errors import OutOfMemoryError
-from llorch.worker.server import build_app
 from llorch.worker.settings import WorkerSettings
 
 VALID = {"job_id": "j1", "prompt": "Hi", "max_tokens": 5}
@@ -21,41 +18,11 @@ TOKEN = "s3cret-token"
 LONG = "abcdefghij" * 5  # 50 tokens of the fake script
 
 
-def client_for(backend: FakeBackend, **settings) -> TestClient:
-    app = build_app(
-        backend, WorkerSettings(worker_id="w-test", **settings), model_path=lambda: __file__
-    )
-    return TestClient(app, base_url="http://127.0.0.1")
-
-
-@pytest.fixture
-def loaded() -> Iterator[Callable[..., TestClient]]:
-    """Opens clients (on a fresh app each) whose model has loaded; closes them after."""
-    opened: list[TestClient] = []
-
-    def open_client(backend: FakeBackend | None = None, **settings) -> TestClient:
-        client = client_for(backend or FakeBackend(), **settings).__enter__()
-        opened.append(client)
-        assert client.app.state.fleet.default.scheduler.wait_loaded(5)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.__exit__(None, None, None)
-
-
 def events_of(response) -> list[dict]:
     import json
 
     frames = response.text.split("\n\n")[:-1]
     return [json.loads(f.removeprefix("data: ")) for f in frames]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def in_background(client: TestClient, body: dict, **kwargs) -> tuple[threading.Thread, list]:
@@ -71,8 +38,8 @@ def in_background(client: TestClient, body: dict, **kwargs) -> tuple[threading.T
 # -- authentication -----------------------------------------------------------------------
 
 
-def test_routes_need_the_bearer_token(loaded):
-    client = loaded(api_token=TOKEN)
+def test_routes_need_the_bearer_token(open_client):
+    client = open_client(api_token=TOKEN)
     response = client.post("/execute", json=VALID)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
@@ -90,8 +57,8 @@ def test_routes_need_the_bearer_token(loaded):
     assert client.get("/capacity", headers=good).status_code == 200
 
 
-def test_health_and_ready_stay_open(loaded):
-    client = loaded(api_token=TOKEN)
+def test_health_and_ready_stay_open(open_client):
+    client = open_client(api_token=TOKEN)
     assert client.get("/health").status_code == 200
     assert client.get("/ready").json() == {
         "ready": True,
@@ -100,8 +67,8 @@ def test_health_and_ready_stay_open(loaded):
     }
 
 
-def test_routes_added_later_are_covered_too(loaded):
-    client = loaded(api_token=TOKEN)
+def test_routes_added_later_are_covered_too(open_client):
+    client = open_client(api_token=TOKEN)
 
     @client.app.get("/v1/added-later")
     async def models() -> dict:
@@ -113,7 +80,7 @@ def test_routes_added_later_are_covered_too(loaded):
     }
 
 
-def test_the_token_is_compared_in_constant_time(loaded, monkeypatch):
+def test_the_token_is_compared_in_constant_time(open_client, monkeypatch):
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -122,13 +89,13 @@ def test_the_token_is_compared_in_constant_time(loaded, monkeypatch):
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", recording)
-    client = loaded(api_token=TOKEN)
+    client = open_client(api_token=TOKEN)
     assert client.get("/capacity", headers={"Authorization": "Bearer guess"}).status_code == 401
     assert calls == [(b"guess", TOKEN.encode())]
 
 
-def test_no_token_configured_means_open(loaded):
-    assert loaded().get("/capacity").status_code == 200
+def test_no_token_configured_means_open(open_client):
+    assert open_client().get("/capacity").status_code == 200
 
 
 def test_the_token_is_not_in_the_settings_repr():
@@ -139,8 +106,8 @@ def test_the_token_is_not_in_the_settings_repr():
 # -- cancel by id ---------------------------------------------------------------------------
 
 
-def test_delete_job_cancels_it(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02))
+def test_delete_job_cancels_it(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02))
     thread, out = in_background(client, VALID | {"max_tokens": 50})
     wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
     response = client.delete("/jobs/j1")
@@ -152,8 +119,8 @@ def test_delete_job_cancels_it(loaded):
     assert events[-1]["tokens_out"] < 50
 
 
-def test_delete_a_queued_job(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02))
+def test_delete_a_queued_job(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02))
     first, _ = in_background(client, VALID | {"max_tokens": 30})
     wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
     second, out = in_background(client, VALID | {"job_id": "j2"})
@@ -164,8 +131,8 @@ def test_delete_a_queued_job(loaded):
     assert events_of(out[0])[-1]["stop_reason"] == "CANCELLED"
 
 
-def test_a_job_id_in_flight_cannot_be_reused(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02))
+def test_a_job_id_in_flight_cannot_be_reused(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02))
     thread, _ = in_background(client, VALID | {"max_tokens": 50})
     wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
     response = client.post("/execute", json=VALID)
@@ -176,8 +143,8 @@ def test_a_job_id_in_flight_cannot_be_reused(loaded):
     thread.join(5)
 
 
-def test_delete_unknown_job_is_404(loaded):
-    response = loaded().delete("/jobs/nobody")
+def test_delete_unknown_job_is_404(open_client):
+    response = open_client().delete("/jobs/nobody")
     assert response.status_code == 404
     [error] = response.json()["errors"]
     assert error["code"] == "NOT_FOUND" and "nobody" in error["message"]
@@ -186,8 +153,8 @@ def test_delete_unknown_job_is_404(loaded):
 # -- bounded admission ----------------------------------------------------------------------
 
 
-def test_full_queue_is_429_with_retry_after(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02), max_queue=1)
+def test_full_queue_is_429_with_retry_after(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02), max_queue=1)
     first, _ = in_background(client, VALID | {"max_tokens": 30})
     wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
     second, _ = in_background(client, VALID | {"job_id": "j2"})
@@ -207,8 +174,8 @@ def test_full_queue_is_429_with_retry_after(loaded):
 # -- deadlines ------------------------------------------------------------------------------
 
 
-def test_timeout_ends_the_stream_with_a_timeout_error(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02))
+def test_timeout_ends_the_stream_with_a_timeout_error(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02))
     response = client.post("/execute", json=VALID | {"max_tokens": 50, "timeout_ms": 100})
     assert response.status_code == 200
     events = events_of(response)
@@ -216,8 +183,8 @@ def test_timeout_ends_the_stream_with_a_timeout_error(loaded):
     assert not any(e["type"] == "end" for e in events)
 
 
-def test_timeout_ms_must_be_positive(loaded):
-    response = loaded().post("/execute", json=VALID | {"timeout_ms": 0})
+def test_timeout_ms_must_be_positive(open_client):
+    response = open_client().post("/execute", json=VALID | {"timeout_ms": 0})
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "timeout_ms"
 
@@ -225,8 +192,8 @@ def test_timeout_ms_must_be_positive(loaded):
 # -- drain ----------------------------------------------------------------------------------
 
 
-def test_drain_refuses_new_work_and_finishes_in_flight(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02))
+def test_drain_refuses_new_work_and_finishes_in_flight(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02))
     thread, out = in_background(client, VALID | {"max_tokens": 20})
     wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
     assert client.post("/drain").status_code == 202
@@ -254,8 +221,8 @@ def test_drain_refuses_new_work_and_finishes_in_flight(loaded):
 # -- capacity -------------------------------------------------------------------------------
 
 
-def test_capacity_shape(loaded):
-    body = loaded(max_queue=7).get("/capacity").json()
+def test_capacity_shape(open_client):
+    body = open_client(max_queue=7).get("/capacity").json()
     models = body.pop("models")
     assert models == {"fake": body}  # one model: the top level is that model's
     assert body == {
@@ -276,12 +243,12 @@ def test_capacity_shape(loaded):
     assert body["slots"]["total"] >= 1 and body["kv"]["total"] >= 64
 
 
-def test_capacity_while_loading():
+def test_capacity_while_loading(open_client):
     gate = threading.Event()
-    with client_for(FakeBackend(load_gate=gate)) as client:
-        body = client.get("/capacity").json()
-        assert body["state"] == "loading" and body["model"] is None
-        gate.set()
+    client = open_client(FakeBackend(load_gate=gate), loaded=False)
+    body = client.get("/capacity").json()
+    assert body["state"] == "loading" and body["model"] is None
+    gate.set()
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -294,8 +261,8 @@ def sample(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in metrics:\n{text}")
 
 
-def test_metrics_move_after_a_request(loaded):
-    client = loaded()
+def test_metrics_move_after_a_request(open_client):
+    client = open_client()
     before = client.get("/metrics")
     assert before.status_code == 200
     assert before.headers["content-type"].startswith("text/plain")
@@ -318,8 +285,8 @@ def test_metrics_move_after_a_request(loaded):
     assert sample(text, 'llorch_model_load_seconds{model="fake"}') >= 0
 
 
-def test_requests_are_counted_and_timed_by_surface(loaded):
-    client = loaded()
+def test_requests_are_counted_and_timed_by_surface(open_client):
+    client = open_client()
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     assert client.post("/execute", json=VALID).status_code == 200
     assert client.post("/v1/chat/completions", json=chat).status_code == 200
@@ -345,15 +312,15 @@ def test_requests_are_counted_and_timed_by_surface(loaded):
     assert sample(text, 'llorch_http_request_seconds_count{surface="infill"}') == 1
 
 
-def test_requests_refused_before_any_route_count_too(loaded):
-    client = loaded(api_token=TOKEN)
+def test_requests_refused_before_any_route_count_too(open_client):
+    client = open_client(api_token=TOKEN)
     assert client.post("/v1/responses", json={"input": "Hi"}).status_code == 401
     text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert sample(text, 'llorch_http_requests_total{status="401",surface="responses"}') == 1
 
 
-def test_gauges_are_read_at_scrape_time(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02))
+def test_gauges_are_read_at_scrape_time(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02))
     thread, _ = in_background(client, VALID | {"max_tokens": 30})
     wait_for(lambda: client.get("/capacity").json()["slots"]["busy"] == 1)
     text = client.get("/metrics").text
@@ -362,15 +329,15 @@ def test_gauges_are_read_at_scrape_time(loaded):
     thread.join(5)
 
 
-def test_two_apps_in_one_process_keep_their_own_metrics(loaded):
-    first, second = loaded(), loaded()
+def test_two_apps_in_one_process_keep_their_own_metrics(open_client):
+    first, second = open_client(), open_client()
     assert first.post("/execute", json=VALID).status_code == 200
     assert sample(first.get("/metrics").text, "llorch_generated_tokens_total") == 5
     assert sample(second.get("/metrics").text, "llorch_generated_tokens_total") == 0
 
 
-def test_failed_jobs_are_counted_by_code(loaded):
-    client = loaded(FakeBackend(script=LONG, delay=0.02))
+def test_failed_jobs_are_counted_by_code(open_client):
+    client = open_client(FakeBackend(script=LONG, delay=0.02))
     client.post("/execute", json=VALID | {"max_tokens": 50, "timeout_ms": 50})
     text = client.get("/metrics").text
     assert sample(text, 'llorch_requests_total{outcome="failed",reason="TIMEOUT"}') == 1
@@ -384,15 +351,15 @@ class _OomTokenizing(FakeBackend):
         raise OutOfMemoryError("could not allocate the batch")
 
 
-def test_out_of_memory_before_streaming_is_503(loaded):
-    response = loaded(_OomTokenizing()).post("/execute", json=VALID)
+def test_out_of_memory_before_streaming_is_503(open_client):
+    response = open_client(_OomTokenizing()).post("/execute", json=VALID)
     assert response.status_code == 503
     assert response.json()["errors"][0]["code"] == "VRAM_OOM"
 
 
-def test_out_of_memory_while_generating_is_an_error_event(loaded):
+def test_out_of_memory_while_generating_is_an_error_event(open_client):
     backend = FakeBackend(fail=OutOfMemoryError("could not allocate the KV cache"))
-    events = events_of(loaded(backend).post("/execute", json=VALID))
+    events = events_of(open_client(backend).post("/execute", json=VALID))
     assert events[-1] == {
         "type": "error",
         "code": "VRAM_OOM",
@@ -400,8 +367,8 @@ def test_out_of_memory_while_generating_is_an_error_event(loaded):
     }
 
 
-def test_openai_requests_count_in_the_metrics(loaded):
-    client = loaded()
+def test_openai_requests_count_in_the_metrics(open_client):
+    client = open_client()
     body = {"model": "fake", "prompt": "Hi", "max_tokens": 4}
     assert client.post("/v1/completions", json=body).status_code == 200
     text = client.get("/metrics").text

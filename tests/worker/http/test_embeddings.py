@@ -5,31 +5,17 @@ The numbers are checked against sentence-transformers and llama.cpp in the real-
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
 
-from llorch.worker.server import build_app
-from llorch.worker.settings import WorkerSettings
-
 
 @pytest.fixture
-def make() -> Iterator:
-    opened: list[TestClient] = []
-
-    def open_client(backend: FakeBackend) -> TestClient:
-        app = build_app(backend, WorkerSettings(worker_id="w"), model_path=lambda: __file__)
-        client = TestClient(app, base_url="http://127.0.0.1").__enter__()
-        opened.append(client)
-        assert app.state.fleet.default.wait_loaded(5)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.__exit__(None, None, None)
+def make(open_client) -> Callable[[FakeBackend], TestClient]:
+    return lambda backend: open_client(backend, worker_id="w")
 
 
 def unit(v: list[float]) -> np.ndarray:

@@ -5,14 +5,11 @@ in tests/worker/test_hostile_e2e.py."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
-
-from llorch.worker.server import build_app
-from llorch.worker.settings import WorkerSettings
 
 JSON = {"content-type": "application/json"}
 EXECUTE = {"job_id": "h", "prompt": "Hi", "max_tokens": 4}
@@ -22,23 +19,8 @@ TOKEN = "t0ken-for-hostile-tests"
 
 
 @pytest.fixture
-def make() -> Iterator:
-    opened: list[TestClient] = []
-
-    def open_client(**settings) -> TestClient:
-        app = build_app(
-            FakeBackend(n_ctx=512),
-            WorkerSettings(worker_id="w", **settings),
-            model_path=lambda: __file__,
-        )
-        client = TestClient(app, base_url="http://127.0.0.1").__enter__()
-        opened.append(client)
-        assert app.state.fleet.default.wait_loaded(5)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.__exit__(None, None, None)
+def make(open_client) -> Callable[..., TestClient]:
+    return lambda **settings: open_client(FakeBackend(n_ctx=512), worker_id="w", **settings)
 
 
 @pytest.fixture

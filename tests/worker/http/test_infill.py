@@ -36,10 +36,8 @@ def backend():
 
 
 @pytest.fixture
-def client(backend):
-    with client_for(backend) as c:
-        assert c.app.state.fleet.default.scheduler.wait_loaded(5)
-        yield c
+def client(backend, open_client):
+    return open_client(backend)
 
 
 BODY = {"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n\nprint(add(1, 2))\n"}

@@ -4,26 +4,18 @@ checked against llama.cpp in tests/worker/backend/test_lora.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
-
-from llorch.worker.server import build_app
-from llorch.worker.settings import WorkerSettings
 
 EXECUTE = {"job_id": "l", "prompt": "Hi", "max_tokens": 2}
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[TestClient, FakeBackend]]:
+def served(open_client) -> tuple[TestClient, FakeBackend]:
     backend = FakeBackend()
-    settings = WorkerSettings(lora=["tone=/adapters/tone.gguf:0.5", "code=/adapters/code.gguf"])
-    app = build_app(backend, settings, model_path=lambda: __file__)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        assert app.state.fleet.default.wait_loaded(5)
-        yield client, backend
+    adapters = ["tone=/adapters/tone.gguf:0.5", "code=/adapters/code.gguf"]
+    return open_client(backend, lora=adapters), backend
 
 
 def test_the_served_adapters_are_listed(served):

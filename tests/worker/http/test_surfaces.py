@@ -7,37 +7,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 
-import pytest
 from fakes import FakeBackend
 from fastapi.testclient import TestClient
-
-from llorch.worker.server import build_app
-from llorch.worker.settings import WorkerSettings
+from support import wait_for
 
 TOKEN = "s3cret-token"
 ORIGIN = "http://localhost:3000"
-
-
-@pytest.fixture
-def open_client() -> Iterator:
-    opened: list[TestClient] = []
-
-    def make(backend: FakeBackend | None = None, **settings) -> TestClient:
-        app = build_app(
-            backend or FakeBackend(),
-            WorkerSettings(worker_id="w-test", **settings),
-            model_path=lambda: __file__,
-        )
-        client = TestClient(app, base_url="http://127.0.0.1").__enter__()
-        opened.append(client)
-        assert app.state.fleet.default.wait_loaded(5)
-        return client
-
-    yield make
-    for client in opened:
-        client.__exit__(None, None, None)
 
 
 def frames(text: str) -> list[dict]:
@@ -53,8 +29,7 @@ def _hold_slot(client: TestClient) -> threading.Thread:
     thread = threading.Thread(target=client.post, args=("/execute",), kwargs={"json": body})
     thread.start()
     scheduler = client.app.state.fleet.default.scheduler
-    while scheduler.active_job_id != "holder":
-        threading.Event().wait(0.005)
+    wait_for(lambda: scheduler.active_job_id == "holder")
     return thread
 
 
@@ -70,8 +45,7 @@ def test_delete_ends_a_queued_job_while_the_slot_stays_busy(open_client):
     waiter = threading.Thread(target=queued)
     waiter.start()
     scheduler = client.app.state.fleet.default.scheduler
-    while scheduler.queue_depth != 1:
-        threading.Event().wait(0.005)
+    wait_for(lambda: scheduler.queue_depth == 1)
     assert client.delete("/jobs/waiting").status_code == 202
     waiter.join(5)
     assert not waiter.is_alive()
