@@ -30,7 +30,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from llorch import atomic
+from llorch import atomic, keys
 from llorch.convert.errors import ConversionError, ImatrixError
 
 DEFAULT_CHUNK = 512
@@ -57,6 +57,7 @@ class Imatrix:
     chunk_count: int = 0
     chunk_size: int = 0
     legacy: bool = False  # read from a .dat: sums are already means times the chunk count
+    inputs: str | None = None  # llorch.keys.IMATRIX_INPUTS, when convert-batch wrote it
 
     def quantizer_data(self) -> dict[str, np.ndarray]:
         """Per weight, the float32 values llama.cpp's quantizer weighs each column by."""
@@ -120,11 +121,13 @@ def _load_gguf(path: Path) -> Imatrix:
         c = counts[name].astype(np.float64)
         entries[name] = Entry(s.astype(np.float64).reshape(c.size, -1), c)
     datasets = value(KEY_DATASETS)
+    inputs = value(keys.IMATRIX_INPUTS)
     return Imatrix(
         entries,
         [str(d) for d in datasets] if datasets is not None else [],
         int(value(KEY_CHUNK_COUNT) or 0),
         int(value(KEY_CHUNK_SIZE) or 0),
+        inputs=str(inputs) if inputs is not None else None,
     )
 
 
@@ -181,6 +184,8 @@ def save(imatrix: Imatrix, path: str | os.PathLike[str]) -> Path:
         w.add_array(KEY_DATASETS, list(imatrix.datasets))
         w.add_uint32(KEY_CHUNK_COUNT, imatrix.chunk_count)
         w.add_uint32(KEY_CHUNK_SIZE, imatrix.chunk_size)
+        if imatrix.inputs is not None:
+            w.add_string(keys.IMATRIX_INPUTS, imatrix.inputs)
         for name in sorted(imatrix.entries):
             e = imatrix.entries[name]
             w.add_tensor(f"{name}.in_sum2", e.sums.astype(np.float32))

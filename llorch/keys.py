@@ -12,3 +12,11 @@ LLAMA_CPP_VERSION = "llorch.llama_cpp.version"
 # Whether sentence-transformers normalises the pooled vector (a Normalize module); written for
 # encoders with a modules.json, absent otherwise (the worker then normalises).
 EMBEDDING_NORMALIZE = "llorch.embedding.normalize"
+# sentence-transformers' prompts (config_sentence_transformers.json): a JSON object of name ->
+# text (one string, which llama.cpp's metadata API reads whole), and the name of the one
+# applied when a request names none.
+EMBEDDING_PROMPTS = "llorch.embedding.prompts"
+EMBEDDING_DEFAULT_PROMPT = "llorch.embedding.default_prompt"
+# In an imatrix convert-batch computed: what it was computed from (calibration text's sha256,
+# chunk size, the source's files), so a rerun reuses it only for the same inputs.
+IMATRIX_INPUTS = "llorch.imatrix.inputs"

@@ -47,6 +47,21 @@ def register(subparsers: Any) -> None:
         help="logits: also compare each output's logits with transformers' on a short prompt "
         "(needs torch and transformers); default: the manifest's `verify`, else tokenizer",
     )
+    p.add_argument(
+        "--imatrix",
+        metavar="FILE|CALIB.txt",
+        help="importance matrix for every job: a file, or a calibration text computed once per "
+        "source from its high-precision output and reused for every type (default: the "
+        "manifest's `imatrix`)",
+    )
+    p.add_argument("--imatrix-chunk", type=int, help="tokens per calibration chunk (512)")
+    p.add_argument(
+        "--quality",
+        metavar="EVAL.txt",
+        help="measure every quantized output against the source's high-precision output on "
+        "this text (KL divergence, top-1 agreement, perplexity); default: the manifest's",
+    )
+    p.add_argument("--quality-chunk", type=int, help="tokens per evaluation chunk (512)")
     p.add_argument("--executor", choices=EXECUTORS, default="local", help="where jobs run")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout, even on a terminal")
@@ -54,14 +69,22 @@ def register(subparsers: Any) -> None:
 
 
 def _plan(args: argparse.Namespace) -> Any:
-    from llorch.convert.batch.plan import load_manifest, plan_from_dirs
+    from llorch.convert.batch.plan import load_manifest, plan_from_dirs, with_texts
 
     types = args.outtypes.split(",") if args.outtypes else None
     first = args.sources[0]
+    imatrix = args.imatrix is not None
     if len(args.sources) == 1 and os.path.isfile(first):
-        plan = load_manifest(first, outtypes=types)
+        plan = load_manifest(first, outtypes=types, has_imatrix=imatrix)
     else:
-        plan = plan_from_dirs(args.sources, types or DEFAULT_OUTTYPES)
+        plan = plan_from_dirs(args.sources, types or DEFAULT_OUTTYPES, has_imatrix=imatrix)
+    plan = with_texts(
+        plan,
+        imatrix=args.imatrix,
+        imatrix_chunk=args.imatrix_chunk,
+        quality=args.quality,
+        quality_chunk=args.quality_chunk,
+    )
     if args.verify == "logits":  # the flag wins over the manifest, for every job
         jobs = tuple(dataclasses.replace(j, verify=True, verify_logits=True) for j in plan.jobs)
         plan = dataclasses.replace(plan, jobs=jobs)

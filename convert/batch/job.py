@@ -26,11 +26,13 @@ from typing import Any
 
 import gguf
 
-from llorch.convert import llamacpp, verify_logits
+from llorch.convert import imatrix as imx
+from llorch.convert import llamacpp, quality, verify_logits
 from llorch.convert import writer as gw
-from llorch.convert.api import convert
+from llorch.convert.api import convert, quant_options
 from llorch.convert.batch import provenance
 from llorch.convert.batch.plan import HIGH_PRECISION
+from llorch.convert.errors import ConversionError
 from llorch.convert.tokenizer.hf_tokenizer import load_vocab
 from llorch.convert.verify import verify_tokenizer
 from llorch.detector import Detection, detect, text_config
@@ -83,10 +85,51 @@ def _metadata(spec: dict[str, Any], name: str, files: dict[str, str]) -> dict[st
     return {**meta, **provenance.gguf_metadata(spec["source"], files, by)}
 
 
+def _imatrix(
+    spec: dict[str, Any], base: Path, base_type: str, files: dict[str, str], stem: str, emit: Emit
+) -> tuple[llamacpp.QuantizeOptions, dict[str, Any]] | None:
+    """The job's importance matrix: a given file read, or a calibration text computed once
+    on the high-precision output and kept beside the outputs as `<stem>.imatrix.gguf` (reused
+    by a rerun when made from the same text, chunk size, base type and source files)."""
+    given = spec.get("imatrix")
+    if given is None:
+        return None
+    path = Path(given)
+    if imx.is_imatrix_file(path):
+        return quant_options(path, base)
+    chunk = int(spec.get("imatrix_chunk") or imx.DEFAULT_CHUNK)
+    inputs = json.dumps(
+        {"sha256": imx.sha256(path), "chunk": chunk, "base": base_type, "files": files},
+        sort_keys=True,
+    )
+    kept = Path(spec["out_dir"]) / f"{stem}{imx.GGUF_SUFFIX}"
+    matrix = None
+    with contextlib.suppress(ConversionError, OSError, ValueError):
+        found = imx.load(kept)
+        matrix = found if found.inputs == inputs else None
+    if matrix is None:
+        emit({"event": "stage", "job": spec["id"], "stage": "imatrix"})
+        matrix = imx.compute(base, path, chunk=chunk, n_threads=spec.get("threads", 0))
+        matrix.datasets = [path.name]
+        matrix.inputs = inputs
+        imx.save(matrix, kept)
+        emit({"event": "imatrix", "job": spec["id"], "file": kept.name})
+    options, record = quant_options(kept, base)
+    record.update(file=kept.name, computed=True, calibration_sha256=imx.sha256(path))
+    return options, record
+
+
 def _finish(
-    spec: dict[str, Any], outtype: str, out: Path, base: str, files: dict[str, str], verify: dict
+    spec: dict[str, Any],
+    outtype: str,
+    out: Path,
+    base: str,
+    files: dict[str, str],
+    verify: dict,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     record = {
+        **(extra or {}),
         **provenance.expected(spec["id"], outtype, files, spec["options"]),
         "format": provenance.FORMAT,
         "file": out.name,
@@ -147,14 +190,32 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 record = _finish(spec, base, dst, base, files, verified)
                 emit({"event": "output", "job": job, "seconds": _since(started), **record})
         vocab = None
-        for outtype in (t for t in todo if t != base):
+        quantized = [t for t in todo if t != base]
+        stem = output_name(det, spec, base).removesuffix(f"-{base.upper()}.gguf")
+        imatrix = _imatrix(spec, current, base, files, stem, emit) if quantized else None
+        for outtype in quantized:
             emit({"event": "stage", "job": job, "stage": f"quantize {outtype}"})
             t0 = time.monotonic()
             final = out_dir / names[outtype]
             with gw.temp_path(final, ".quant.tmp") as tmp:
                 ftype = llamacpp.ftype_constants()[outtype]
-                llamacpp.quantize(current, tmp, ftype, n_threads=spec.get("threads", 0))
+                options = imatrix[0] if imatrix is not None else None
+                threads = spec.get("threads", 0)
+                llamacpp.quantize(current, tmp, ftype, n_threads=threads, options=options)
                 llamacpp.check_loads(tmp)
+                extra: dict[str, Any] = {}
+                if imatrix is not None:
+                    extra["imatrix"] = imatrix[1]
+                if spec.get("quality"):
+                    emit({"event": "stage", "job": job, "stage": f"quality {outtype}"})
+                    extra["quality"] = quality.measure(
+                        current,
+                        tmp,
+                        spec["quality"],
+                        reference_name=base,
+                        chunk=int(spec.get("quality_chunk") or quality.DEFAULT_CHUNK),
+                        n_threads=threads,
+                    ).to_json()
                 verified = {"tokenizer": False, "strings": 0, "notes": ["not verified"]}
                 if spec["verify"]:
                     if vocab is None:
@@ -173,7 +234,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                     found = verify_logits.verify(tmp, det.path, str(det.hf_architecture), outtype)
                     verified["logits"] = found.to_json()
                 os.replace(tmp, final)
-            record = _finish(spec, outtype, final, base, files, verified)
+            record = _finish(spec, outtype, final, base, files, verified, extra)
             emit({"event": "output", "job": job, "seconds": _since(t0), **record})
 
 

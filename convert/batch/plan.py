@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llorch.convert import writer as gw
 from llorch.convert.batch.errors import ManifestError
 from llorch.convert.batch.sources import Source, resolve
+from llorch.digests import file_sha256
 
 DEFAULT_OUTTYPES = ("f16", "q8_0", "q4_k_m")
 # Written by the converter itself; every other outtype is quantized from one of these.
@@ -35,6 +36,12 @@ class _Defaults(BaseModel):
     verify: bool | Literal["logits"] | None = None
     quantized_by: str | None = None
     license: str | None = None
+    # an importance matrix file or a calibration text (computed once per source from its
+    # high-precision output, reused for every type), and an evaluation text for --quality
+    imatrix: str | None = None
+    imatrix_chunk: int | None = Field(default=None, ge=16)
+    quality: str | None = None
+    quality_chunk: int | None = Field(default=None, ge=16)
 
 
 class _Entry(_Defaults):
@@ -63,10 +70,14 @@ class JobSpec:
     verify_logits: bool = False  # also compare logits with transformers' (verify_logits.py)
     # GGUF naming and metadata overrides: name, finetune, version, license, quantized_by
     overrides: dict[str, str] = field(default_factory=dict)
+    imatrix: str | None = None  # absolute path: an imatrix file or a calibration text
+    imatrix_chunk: int = 512
+    quality: str | None = None  # absolute path of the evaluation text
+    quality_chunk: int = 512
 
     def options(self) -> dict[str, Any]:
         """What changes the bytes of an output (besides the source files and versions)."""
-        options = {
+        options: dict[str, Any] = {
             "verify": self.verify,
             "pre": self.pre,
             "overrides": dict(sorted(self.overrides.items())),
@@ -75,6 +86,12 @@ class JobSpec:
         }
         if self.verify_logits:  # only when asked, so earlier records still match without it
             options["verify_logits"] = True
+        if self.imatrix is not None:  # by content: a changed text redoes the outputs
+            sha = file_sha256(Path(self.imatrix))
+            options["imatrix"] = {"sha256": sha, "chunk": self.imatrix_chunk}
+        if self.quality is not None:
+            sha = file_sha256(Path(self.quality))
+            options["quality"] = {"sha256": sha, "chunk": self.quality_chunk}
         return options
 
 
@@ -117,8 +134,14 @@ def _read(path: Path) -> dict[str, Any]:
         ) from exc
 
 
-def load_manifest(path: str | os.PathLike[str], *, outtypes: Sequence[str] | None = None) -> Plan:
-    """The plan a manifest describes; `outtypes` (e.g. from --outtypes) replaces the default."""
+def load_manifest(
+    path: str | os.PathLike[str],
+    *,
+    outtypes: Sequence[str] | None = None,
+    has_imatrix: bool = False,
+) -> Plan:
+    """The plan a manifest describes; `outtypes` (e.g. from --outtypes) replaces the default.
+    `has_imatrix`: an importance matrix will be given for every job (with_texts)."""
     path = Path(path)
     try:
         manifest = _Manifest.model_validate(_read(path))
@@ -133,7 +156,7 @@ def load_manifest(path: str | os.PathLike[str], *, outtypes: Sequence[str] | Non
     for i, entry in enumerate(manifest.models):
         try:
             source = resolve(entry.source, base=path.parent)
-            types = check_outtypes(entry.outtypes or default_types)
+            types = check_outtypes(entry.outtypes or default_types, has_imatrix=True)
         except Exception as exc:
             raise ManifestError(f"{path}: models[{i}] ({entry.source}): {exc}") from exc
         overrides = {
@@ -142,6 +165,23 @@ def load_manifest(path: str | os.PathLike[str], *, outtypes: Sequence[str] | Non
             if (v := getattr(entry, k) or getattr(manifest, k, None)) is not None
         }
         verify = entry.verify if entry.verify is not None else manifest.verify
+        texts: dict[str, str] = {}
+        for key in ("imatrix", "quality"):
+            given = getattr(entry, key) or getattr(manifest, key)
+            if given is not None:
+                texts[key] = str((path.parent / given).absolute())
+                if not Path(texts[key]).is_file():
+                    raise ManifestError(f"{path}: models[{i}]: {key} {given!r}: no such file")
+        if "imatrix" not in texts and not has_imatrix:
+            try:
+                check_outtypes(types)
+            except Exception as exc:
+                raise ManifestError(f"{path}: models[{i}] ({entry.source}): {exc}") from exc
+        chunks: dict[str, int] = {
+            f"{k}_chunk": v
+            for k in ("imatrix", "quality")
+            if (v := getattr(entry, f"{k}_chunk") or getattr(manifest, f"{k}_chunk")) is not None
+        }
         jobs.append(
             JobSpec(
                 id=_unique_id(entry.id or source.default_id, taken),
@@ -151,6 +191,9 @@ def load_manifest(path: str | os.PathLike[str], *, outtypes: Sequence[str] | Non
                 pre=entry.pre,
                 verify_logits=verify == "logits",
                 overrides=overrides,
+                imatrix=texts.get("imatrix"),
+                quality=texts.get("quality"),
+                **chunks,
             )
         )
     out = path.parent / manifest.out if manifest.out is not None else None
@@ -158,10 +201,15 @@ def load_manifest(path: str | os.PathLike[str], *, outtypes: Sequence[str] | Non
 
 
 def plan_from_dirs(
-    dirs: Sequence[str | os.PathLike[str]], outtypes: Sequence[str] = DEFAULT_OUTTYPES
+    dirs: Sequence[str | os.PathLike[str]],
+    outtypes: Sequence[str] = DEFAULT_OUTTYPES,
+    *,
+    has_imatrix: bool = False,
 ) -> Plan:
-    """Each given folder with a config.json is one source, and so is each such child folder."""
-    types = check_outtypes(outtypes)
+    """Each given folder with a config.json is one source, and so is each such child folder.
+    `has_imatrix`: an importance matrix will be given (with_texts), so the types that need
+    one are accepted."""
+    types = check_outtypes(outtypes, has_imatrix=has_imatrix)
     taken: set[str] = set()
     jobs = []
     for d in dirs:
@@ -179,3 +227,32 @@ def plan_from_dirs(
             source = resolve(str(f))
             jobs.append(JobSpec(_unique_id(source.default_id, taken), source, types))
     return Plan(tuple(jobs))
+
+
+def with_texts(
+    plan: Plan,
+    *,
+    imatrix: str | None = None,
+    imatrix_chunk: int | None = None,
+    quality: str | None = None,
+    quality_chunk: int | None = None,
+) -> Plan:
+    """The plan with an imatrix (file or calibration text) and an evaluation text for every
+    job (the command line's --imatrix and --quality win over the manifest's)."""
+    import dataclasses
+
+    change: dict[str, Any] = {}
+    for key, given in (("imatrix", imatrix), ("quality", quality)):
+        if given is not None:
+            if not Path(given).is_file():
+                raise ManifestError(f"--{key} {given}: no such file")
+            change[key] = str(Path(given).absolute())
+    if imatrix_chunk is not None:
+        change["imatrix_chunk"] = imatrix_chunk
+    if quality_chunk is not None:
+        change["quality_chunk"] = quality_chunk
+    jobs = tuple(dataclasses.replace(j, **change) for j in plan.jobs)
+    for j in jobs:
+        for t in j.outtypes:
+            gw.check_imatrix(t, j.imatrix is not None)
+    return dataclasses.replace(plan, jobs=jobs)

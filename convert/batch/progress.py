@@ -75,9 +75,19 @@ def _verification(outputs: list[dict[str, Any]]) -> str:
     return "NOT verified"
 
 
+def _quality(outputs: list[dict[str, Any]]) -> str:
+    """Per measured output: its type, mean KL divergence and top-1 agreement."""
+    parts = [
+        f"{o['outtype']} KLD {q['kld_mean']:.4f} top-1 {q['top1']:.1%}"
+        for o in outputs
+        if (q := o.get("quality"))
+    ]
+    return "; ".join(parts) or "-"
+
+
 def summary_table(report: BatchReport) -> str:
-    """job, outtypes, sizes, seconds, verification, error: one row per job."""
-    header = ("job", "outtypes", "sizes", "seconds", "verification", "error")
+    """job, outtypes, sizes, seconds, verification, quality, error: one row per job."""
+    header = ("job", "outtypes", "sizes", "seconds", "verification", "quality", "error")
     rows = [header]
     for job in report.jobs:
         sizes = [human(o["bytes"]) + (" (kept)" if o.get("skipped") else "") for o in job.outputs]
@@ -88,6 +98,7 @@ def summary_table(report: BatchReport) -> str:
                 ", ".join(sizes) or "-",
                 f"{job.seconds:.1f}",
                 _verification(job.outputs),
+                _quality(job.outputs),
                 f"{job.error_type}: {job.error}" if job.error else "",
             )
         )

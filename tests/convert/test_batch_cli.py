@@ -36,7 +36,8 @@ def test_folders_json_lines_table_and_exit_status(tmp_path: Path, capsys: Any) -
     assert jobs["good"]["ok"] and [o["outtype"] for o in jobs["good"]["outputs"]] == ["f16", "q8_0"]
     assert jobs["broken"]["error_type"] == "InvalidFileError"
     table = captured.err.splitlines()
-    assert table[0].split() == ["job", "outtypes", "sizes", "seconds", "verification", "error"]
+    header = ["job", "outtypes", "sizes", "seconds", "verification", "quality", "error"]
+    assert table[0].split() == header
     row = next(line for line in table if line.startswith("broken"))
     assert "InvalidFileError" in row and "config.json" in row
     assert table[-1].startswith("1 of 2 jobs succeeded")
