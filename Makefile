@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup backend serve test clean
+.PHONY: setup backend serve test test-fast test-convert test-worker test-llorch test-build clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ test: setup $(VENV)/.llorch-test-installed
 	$(VENV)/bin/ruff format --check llorch worker convert tests build bench
 	$(VENV)/bin/mypy
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(ARGS)
+
+# Part of the suite, set up as `make test` is but without the lint: `test-fast` leaves out the
+# tests marked slow or e2e (pyproject's markers); `test-convert` and the others run one folder of
+# tests/ (tests/convert, tests/worker, ...). `make test` alone runs everything.
+test-fast: setup $(VENV)/.llorch-test-installed
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not slow and not e2e" $(ARGS)
+
+test-convert test-worker test-llorch test-build: setup $(VENV)/.llorch-test-installed
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/$(@:test-%=%) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build/out
