@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from llorch.worker.backend.errors import InvalidRequestError
@@ -154,12 +155,27 @@ def check_schema(schema: Any, param: str = "json_schema") -> None:
 def json_grammar(schema: dict[str, Any] | None) -> str:
     """The GBNF grammar of documents valid under `schema`; None: any JSON object. The schema
     and the grammar made from it are checked against the bounds above."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     if schema is not None:
         check_schema(schema)
     try:
+        # Key order is kept: the grammar writes an object's properties in the schema's order.
         text = json.dumps(_ANY_OBJECT if schema is None else schema)
+    except RecursionError:
+        raise SchemaError("the JSON schema nests too deeply to convert to a grammar") from None
+    if len(text) > _CACHED_SCHEMA_CHARS:
+        return _schema_grammar(text)
+    return _cached_schema_grammar(text)
+
+
+# The same schemas come back with every request of a client (its tools, its response format):
+# each is converted once. Longer ones are converted every time, so the cache stays small.
+_CACHED_SCHEMA_CHARS = 65536
+
+
+def _schema_grammar(text: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
         grammar = str(json_schema_to_gbnf(text))
     except RecursionError:
         raise SchemaError("the JSON schema nests too deeply to convert to a grammar") from None
@@ -168,3 +184,6 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
         raise SchemaError(f"the JSON schema cannot be converted to a grammar: {detail}") from None
     check_gbnf(grammar, param="json_schema")
     return grammar
+
+
+_cached_schema_grammar = lru_cache(maxsize=256)(_schema_grammar)

@@ -24,7 +24,7 @@ from llorch.worker.backend.protocol import (
     ReasoningBudget,
 )
 from llorch.worker.chat import formats
-from llorch.worker.chat.formats.base import ToolFormat, gbnf_literal, gbnf_until
+from llorch.worker.chat.formats.base import ToolFormat, ToolGrammar, gbnf_literal, gbnf_until
 from llorch.worker.chat.output import OutputPlan
 from llorch.worker.chat.reasoning import ThinkTags, opened_in_prompt, think_tags
 from llorch.worker.chat.template import ChatTemplateError, prompt_tokens, render_chat
@@ -195,7 +195,7 @@ def prepare(
         chosen = tools
         if mode is ToolChoiceMode.NAMED:
             chosen = tuple(t for t in tools if t.name == request.tool_choice.name)
-        section = tool_format.grammar(chosen, parallel=request.parallel_tool_calls)  # type: ignore[union-attr]
+        section = _tool_grammar(tool_format, chosen, request.parallel_tool_calls)  # type: ignore[arg-type]
         forced = mode is not ToolChoiceMode.AUTO
         gbnf_text = section.gbnf
         if forced and budget == 0 and section.unthinking is not None:
@@ -375,6 +375,25 @@ def _calls_as_text(messages: list[Message], *, results: bool = True) -> list[Mes
         else:
             out.append(message)
     return out
+
+
+# Agents send the same tools with every turn: their call section's grammar (20 tools: ~20 ms
+# of schema conversion) is made once. Tool lists longer than this are converted every time, so
+# that the cache's memory stays bounded.
+_CACHED_TOOLS_CHARS = 65536
+
+
+def _tool_grammar(tool_format: ToolFormat, tools: Sequence[Tool], parallel: bool) -> ToolGrammar:
+    described = json.dumps([[t.name, t.description, t.parameters, t.strict] for t in tools])
+    if len(described) > _CACHED_TOOLS_CHARS:
+        return tool_format.grammar(tools, parallel=parallel)
+    return _cached_tool_grammar(tool_format.name, described, parallel)
+
+
+@lru_cache(maxsize=64)
+def _cached_tool_grammar(format_name: str, described: str, parallel: bool) -> ToolGrammar:
+    tools = [Tool(n, d, p, s) for n, d, p, s in json.loads(described)]
+    return formats.load(format_name).grammar(tools, parallel=parallel)
 
 
 def _renamed_root(grammar: str, name: str) -> str:

@@ -118,3 +118,31 @@ def test_every_familys_template_renders_calls_and_results(template, name: str) -
     assert "get_weather" in text and "sunny" in text and "Paris" in text
     # Only Granite 3.3's template drops an assistant's calls (the core then writes them out).
     assert facts.shows_calls == (name != "ibm-granite-granite-3.3-2B-Instruct")
+
+
+def test_a_tool_lists_grammar_is_made_once_and_equals_the_formats_own():
+    from llorch.worker.chat import formats
+    from llorch.worker.chat.prompt import _cached_tool_grammar, _tool_grammar
+
+    hermes = formats.load("hermes")
+    tools = [
+        TOOL,
+        Tool("get_time", None, {"type": "object", "properties": {"z": {"type": "integer"}}}),
+    ]
+    _cached_tool_grammar.cache_clear()
+    first = _tool_grammar(hermes, tools, True)
+    assert first == hermes.grammar(tools, parallel=True)
+    assert _tool_grammar(hermes, list(tools), True) is first  # the same list, sent again
+    assert _tool_grammar(hermes, tools, False) != first  # parallel or not: two grammars
+    assert _cached_tool_grammar.cache_info().hits == 1
+
+
+def test_a_bad_schema_is_refused_every_time_not_cached():
+    from llorch.worker.backend.errors import InvalidRequestError
+    from llorch.worker.backend.grammar import json_grammar
+
+    bad = {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}
+    for _ in range(2):
+        with pytest.raises(InvalidRequestError):
+            json_grammar(bad)
+    assert json_grammar({"type": "integer"}) == json_grammar({"type": "integer"})
