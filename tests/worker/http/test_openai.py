@@ -8,7 +8,8 @@ import threading
 
 import pytest
 from fakes import N_VOCAB, FakeBackend
-from openai_helpers import assert_error, chunks_of, client_for
+from openai_helpers import assert_error, chunks_of
+from support import model_loaded
 
 from llorch.worker.backend.errors import QueueFullError
 
@@ -25,10 +26,8 @@ def backend():
 
 
 @pytest.fixture
-def client(backend):
-    with client_for(backend) as c:
-        assert c.app.state.fleet.default.scheduler.wait_loaded(5)
-        yield c
+def client(backend, open_client):
+    return open_client(backend)
 
 
 # -- completions -----------------------------------------------------------------------------
@@ -172,16 +171,15 @@ def test_chat_uses_the_builtin_template_and_rest_of_context(client, backend):
     assert body["usage"]["prompt_tokens"] == len(prompt)
 
 
-def test_chat_uses_the_models_jinja_template():
+def test_chat_uses_the_models_jinja_template(open_client):
     backend = FakeBackend(n_ctx=256, chat_template=GEMMA_STYLE)
-    with client_for(backend) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
-        body = {"messages": messages, "max_completion_tokens": 3, "max_tokens": 9}
-        assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == {
-            "role": "assistant",
-            "content": "Hel",
-        }
+    c = open_client(backend)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    body = {"messages": messages, "max_completion_tokens": 3, "max_tokens": 9}
+    assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hel",
+    }
     prompt = "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
     assert backend.requests[0].prompt_tokens == tuple(ord(c) for c in prompt)
 
@@ -202,20 +200,18 @@ def test_chat_stream_role_then_content_then_finish(client):
     }
 
 
-def test_no_chat_template_is_a_400():
-    with client_for(FakeBackend(builtin_template=False)) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        response = c.post("/v1/chat/completions", json={"messages": [{"role": "user"}]})
-        assert "no chat template" in assert_error(response, 400)["message"]
+def test_no_chat_template_is_a_400(open_client):
+    c = open_client(FakeBackend(builtin_template=False))
+    response = c.post("/v1/chat/completions", json={"messages": [{"role": "user"}]})
+    assert "no chat template" in assert_error(response, 400)["message"]
 
 
-def test_template_raise_exception_is_a_400():
+def test_template_raise_exception_is_a_400(open_client):
     template = "{{ raise_exception('roles must alternate') }}"
-    with client_for(FakeBackend(chat_template=template)) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        body = {"messages": [{"role": "user", "content": "x"}]}
-        error = assert_error(c.post("/v1/chat/completions", json=body), 400)
-        assert "roles must alternate" in error["message"]
+    c = open_client(FakeBackend(chat_template=template))
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    error = assert_error(c.post("/v1/chat/completions", json=body), 400)
+    assert "roles must alternate" in error["message"]
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -279,14 +275,14 @@ def test_context_overflow(client):
     assert error["code"] == "context_length_exceeded"
 
 
-def test_not_ready_is_503():
+def test_not_ready_is_503(open_client):
     gate = threading.Event()
-    with client_for(FakeBackend(load_gate=gate)) as c:
-        # Listed while it loads, with its state; generation waits for it: 503.
-        assert c.get("/v1/models").json()["data"][0]["state"] == "loading"
-        assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 503)
-        gate.set()
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
+    c = open_client(FakeBackend(load_gate=gate), loaded=False)
+    # Listed while it loads, with its state; generation waits for it: 503.
+    assert c.get("/v1/models").json()["data"][0]["state"] == "loading"
+    assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 503)
+    gate.set()
+    model_loaded(c)
 
 
 def test_queue_full_is_429_with_retry_after(client, monkeypatch):
@@ -308,33 +304,28 @@ def test_models(client):
     assert assert_error(client.get("/v1/models/other"), 404)["code"] == "model_not_found"
 
 
-def test_a_closed_stream_cancels_the_job():
+def test_a_closed_stream_cancels_the_job(open_client):
     backend = FakeBackend(script="x" * 2000, delay=0.01, n_ctx=4096)
-    with client_for(backend) as c:
-        scheduler = c.app.state.fleet.default.scheduler
-        scheduler.wait_loaded(5)
-        body = {"prompt": "Hi", "max_tokens": 2000, "stream": True}
-        with c.stream("POST", "/v1/completions", json=body) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    break
-        # The whole script takes 20 s; a cancelled job ends at its next token.
-        assert scheduler.wait_drained(3)
+    c = open_client(backend)
+    body = {"prompt": "Hi", "max_tokens": 2000, "stream": True}
+    with c.stream("POST", "/v1/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break
+    # The whole script takes 20 s; a cancelled job ends at its next token.
+    assert c.app.state.fleet.default.scheduler.wait_drained(3)
 
 
-def test_a_failure_mid_generation():
+def test_a_failure_mid_generation(open_client):
     # Two tokens, then the sequence fails.
-    with client_for(
-        FakeBackend(n_ctx=256, fail=RuntimeError("the device fell over"), fail_at=2)
-    ) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        error = assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 500)
-        assert error["type"] == "server_error" and "fell over" in error["message"]
-        body = {"messages": [{"role": "user", "content": "x"}], "stream": True}
-        chunks = chunks_of(c.post("/v1/chat/completions", json=body))
-        assert "[DONE]" not in chunks  # the stream ends with the error, as OpenAI's does
-        assert chunks[-1]["error"]["type"] == "server_error"
-        assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks[:-1]) == "He"
+    c = open_client(FakeBackend(n_ctx=256, fail=RuntimeError("the device fell over"), fail_at=2))
+    error = assert_error(c.post("/v1/completions", json={"prompt": "Hi"}), 500)
+    assert error["type"] == "server_error" and "fell over" in error["message"]
+    body = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    chunks = chunks_of(c.post("/v1/chat/completions", json=body))
+    assert "[DONE]" not in chunks  # the stream ends with the error, as OpenAI's does
+    assert chunks[-1]["error"]["type"] == "server_error"
+    assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks[:-1]) == "He"
 
 
 def test_developer_role_is_the_system_role(client, backend):
@@ -367,20 +358,19 @@ def test_n_choices_whole_and_streamed(client, backend):
     assert by_choice == {0: "He", 1: "He"} and finishes == {0: "length", 1: "length"}
 
 
-def test_a_chat_deleted_by_its_job_id_is_reported_as_cancelled():
+def test_a_chat_deleted_by_its_job_id_is_reported_as_cancelled(open_client):
     # A /v1 request's job id is its reply id: DELETE /jobs/{id} ends it, and the stream says
     # it was cancelled (not that the worker is stopping).
     backend = FakeBackend(script="x" * 2000, delay=0.01, n_ctx=4096)
-    with client_for(backend) as c:
-        c.app.state.fleet.default.scheduler.wait_loaded(5)
-        body = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
-        frames = []
-        with c.stream("POST", "/v1/chat/completions", json=body) as response:
-            for line in response.iter_lines():
-                if not line.startswith("data: "):
-                    continue
-                frames.append(json.loads(line.removeprefix("data: ")))
-                if len(frames) == 2:  # the role chunk, then the first text
-                    assert c.delete(f"/jobs/{frames[0]['id']}").status_code == 202
-        error = frames[-1]["error"]
-        assert error["code"] == "request_cancelled" and "cancelled" in error["message"]
+    c = open_client(backend)
+    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    frames = []
+    with c.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            frames.append(json.loads(line.removeprefix("data: ")))
+            if len(frames) == 2:  # the role chunk, then the first text
+                assert c.delete(f"/jobs/{frames[0]['id']}").status_code == 202
+    error = frames[-1]["error"]
+    assert error["code"] == "request_cancelled" and "cancelled" in error["message"]
