@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from llorch.worker import rerank
+from llorch.worker import media
 from llorch.worker.backend import grammar
 from llorch.worker.backend.errors import InvalidRequestError, NotReadyError, WorkerError
 from llorch.worker.backend.protocol import (
@@ -26,6 +27,7 @@ from llorch.worker.backend.protocol import (
     ChatMessage,
     GenerationRequest,
     LoraKey,
+    MediaSpan,
     ModelInfo,
     lora_key,
 )
@@ -36,6 +38,7 @@ from llorch.worker.chat.stream import ChatStream
 from llorch.worker.chat.types import ChatRequest, JsonFormat
 from llorch.worker.job_stream import JobStream
 from llorch.worker.jobs import Capacity, JobEvent, State
+from llorch.worker.media import MarkedVocabulary, MediaLimits, MediaRef
 from llorch.worker.scheduler import Scheduler
 
 __all__ = ["Embeddings", "Engine", "Health", "JobRequest", "JobStream"]
@@ -61,6 +64,9 @@ class JobRequest:
     lora: Sequence[tuple[str, float | None]] | None = None
     json_format: JsonFormat | None = None  # the answer is JSON (becomes the grammar)
     grammar_param: str = "grammar"  # the request field an error about the grammar names
+    # Images, in the order of their markers in the prompt (media.EXECUTE_MARKER in text; a
+    # chat's tokens carry media.MARKER_ID where its template put media.CHAT_MARKER).
+    media: tuple[MediaRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,9 +99,11 @@ class Engine:
         observe_job: JobObserverFactory | None = None,
         json_grammar: Callable[[dict[str, Any] | None], str] = grammar.json_grammar,
         chat_defaults: ChatDefaults | None = None,
+        media_limits: MediaLimits | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.chat_defaults = chat_defaults or ChatDefaults()
+        self.media_limits = media_limits or MediaLimits()
         self._observe_job = observe_job
         # JSON schema (None: any object) -> GBNF; the converter is llama.cpp's, imported only
         # when it runs, so that importing the HTTP layer loads no llama_cpp.
@@ -255,6 +263,50 @@ class Engine:
             )
         return tokens
 
+    async def _media_prompt(self, request: JobRequest) -> tuple[list[int], tuple[MediaSpan, ...]]:
+        """The prompt's tokens with its images' pieces in place, each image loaded, decoded
+        and bounded first (worker/media.py): a bad one is a 400 naming its field."""
+        model = self.loaded()
+        first = request.media[0].param
+        if "vision" not in model.media_inputs:
+            raise InvalidRequestError(
+                f"{first}: {model.name} takes no images; serve it with its projector (--mmproj)",
+                param=first,
+            )
+        media.check_count(request.media, self.media_limits, first.split("[")[0])
+        if isinstance(request.prompt, str):
+            tokens = await asyncio.to_thread(
+                media.tokenize_marked,
+                self.scheduler.tokenize,
+                request.prompt,
+                media.EXECUTE_MARKER,
+            )
+        else:
+            tokens = list(request.prompt)
+            self.check_token_ids([t for t in tokens if t != media.MARKER_ID], "prompt")
+        markers = tokens.count(media.MARKER_ID)
+        if markers != len(request.media):
+            where = "prompt" if isinstance(request.prompt, str) else "the rendered chat"
+            raise InvalidRequestError(
+                f"{where} has {markers} image markers ({media.EXECUTE_MARKER} in a prompt) "
+                f"for {len(request.media)} images",
+                param="prompt" if isinstance(request.prompt, str) else "messages",
+            )
+        limits = self.media_limits
+        images = await asyncio.gather(
+            *(asyncio.to_thread(media.load_image, ref, limits) for ref in request.media)
+        )
+        full, spans = await asyncio.to_thread(
+            self.scheduler.media_prompt, tokens, images, media.MARKER_ID
+        )
+        if full and full[-1] < 0:
+            raise InvalidRequestError(
+                "the prompt ends with an image: text must follow it (the first token is "
+                "predicted from text)",
+                param="prompt",
+            )
+        return list(full), spans
+
     def _submit(
         self, request: JobRequest, tokens: list[int], generation: GenerationRequest
     ) -> JobStream:
@@ -301,8 +353,14 @@ class Engine:
         request's seed + i when one is given). Queued together, they are decoded together and
         the prompt is read once: the others copy its KV cache. Refused as a whole."""
         # The prompt is tokenized and the grammar parsed once for every choice.
-        tokens = await self._prompt_tokens(request)
+        spans: tuple[MediaSpan, ...] = ()
+        if request.media:
+            tokens, spans = await self._media_prompt(request)
+        else:
+            tokens = await self._prompt_tokens(request)
         checked = await self._checked_generation(request)
+        if spans:  # drafts are looked up in the text: no speculation over placeholders
+            checked = replace(checked, media=spans, speculative=False)
         streams: list[JobStream] = []
         try:
             for i in range(n):
@@ -331,6 +389,7 @@ class Engine:
             timeout_s=request.timeout_s,
             lora=request.lora,
             grammar_param=prepared.grammar_param,
+            media=request.media,
         )
         streams = await self.generate_choices(job, request.n)
         return [ChatStream(s, prepared.plan, len(prepared.tokens)) for s in streams]
@@ -353,7 +412,7 @@ class Engine:
             prompt.prepare,
             request,
             self.loaded(),
-            self.scheduler,
+            MarkedVocabulary(self.scheduler) if request.media else self.scheduler,
             self.chat_defaults,
             generation,
             json_grammar,

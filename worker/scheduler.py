@@ -39,10 +39,12 @@ from llorch.worker.backend.protocol import (
     BatchDecoder,
     CacheSummary,
     ChatMessage,
+    DecodedImage,
     FinishEvent,
     GenerationEvent,
     GenerationRequest,
     LoadOptions,
+    MediaSpan,
     ModelBackend,
     ModelInfo,
     RankInput,
@@ -307,6 +309,13 @@ class Scheduler:
         """Relevance scores of query-document pairs, on the embedding thread (as embed)."""
         with self._vocabulary() as backend:
             return self._embedding.submit(backend.rank, inputs).result()
+
+    def media_prompt(
+        self, tokens: Sequence[int], images: Sequence[DecodedImage], marker: int
+    ) -> tuple[tuple[int, ...], tuple[MediaSpan, ...]]:
+        """The prompt with its images' pieces (ModelBackend.media_prompt), off the model thread."""
+        with self._vocabulary() as backend:
+            return backend.media_prompt(tokens, images, marker)
 
     def check_grammar(self, grammar: str) -> None:
         with self._vocabulary() as backend:

@@ -73,6 +73,8 @@ def build_app(
         if entry != first:  # the draft model too: its vocabulary is the first model's
             loaded = replace(loaded, speculative=replace(options.speculative, draft_model=None))
 
+        loaded = replace(loaded, mmproj=settings.mmproj_for(entry.name, entry == first))
+
         def resolve() -> Path:
             return resolve_model(entry.source, stopping=scheduler.stopping.is_set)
 
@@ -83,6 +85,7 @@ def build_app(
             observe_job=observe,
             json_grammar=json_grammar,
             chat_defaults=settings.chat_defaults(entry.name),
+            media_limits=settings.media_limits,
         )
 
     fleet = Fleet(

@@ -19,6 +19,7 @@ from llorch.worker.backend.protocol import LoraSpec, SpecOptions
 from llorch.worker.chat.prompt import ChatDefaults
 from llorch.worker.chat.types import ReasoningFormat
 from llorch.worker.fleet import ModelEntry
+from llorch.worker.media import MediaLimits
 from llorch.worker.models import CHAT_MODEL_NAME
 
 
@@ -182,6 +183,26 @@ class WorkerSettings(BaseSettings):
         "/v1/responses/{id} (those asked with store: true; the least recently used are "
         "forgotten first; 0: none)",
     )
+    mmproj: list[str] = Field(
+        default_factory=list,
+        description="a multimodal projector GGUF (llama.cpp's mtmd, mmproj-*.gguf): PATH for "
+        "the first model, or NAME=PATH for a named one; repeatable. The model then takes images",
+    )
+    max_media_per_request: int = Field(
+        8, ge=0, le=1024, description="images one request may carry at most"
+    )
+    max_image_pixels: int = Field(
+        16_777_216,
+        ge=1,
+        le=1 << 32,
+        description="an image's width x height at most, read from its header before it is "
+        "decoded (a decompression bomb is refused undecoded)",
+    )
+    allowed_media_hosts: str = Field(
+        "",
+        description="comma-separated hosts whose http(s) image URLs are fetched (* for any "
+        "public host; loopback and private addresses only when listed); empty: data: URIs only",
+    )
     # SecretStr: the token never shows in a repr, a log line or an error message.
     api_token: SecretStr | None = Field(
         None,
@@ -201,6 +222,34 @@ class WorkerSettings(BaseSettings):
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValueError(f"cannot read chat template {path}: {exc}") from None
         return values
+
+    @field_validator("mmproj")
+    @classmethod
+    def _projector_files(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _, path = _named_path(value)
+            if not path.is_file():
+                raise ValueError(f"projector file not found: {path}")
+        return values
+
+    def mmproj_for(self, name: str | None, first: bool) -> Path | None:
+        """The projector of the model served as `name` (NAME=PATH; a bare PATH is the first
+        model's)."""
+        found = None
+        for value in self.mmproj:
+            which, path = _named_path(value)
+            if (which is None and first) or (which is not None and which == name):
+                found = path
+        return found
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        hosts = tuple(h.strip() for h in self.allowed_media_hosts.split(",") if h.strip())
+        return MediaLimits(
+            max_per_request=self.max_media_per_request,
+            max_image_pixels=self.max_image_pixels,
+            allowed_hosts=hosts,
+        )
 
     @field_validator("chat_template_kwargs")
     @classmethod

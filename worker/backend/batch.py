@@ -28,6 +28,7 @@ from llorch.worker.backend.protocol import (
     FinishEvent,
     GenerationRequest,
     LoraKey,
+    MediaSpan,
     PromptScores,
     Scored,
     SequenceFailed,
@@ -46,6 +47,11 @@ class TokenBytes(Protocol):
         ...
 
 
+# Encodes a media chunk and decodes its embeddings into a sequence: (context, span,
+# seq_id, n_batch); raises when it cannot (worker/backend/mtmd.py's Projector.eval).
+MediaEval = Callable[[ll.llama_context_p, MediaSpan, int, int], None]
+
+
 class LlamaBatchDecoder:
     def __init__(
         self,
@@ -62,7 +68,10 @@ class LlamaBatchDecoder:
         spec: SpecOptions | None = None,
         drafter: Drafter | None = None,
         cache_bytes: int = 0,
+        media: MediaEval | None = None,
     ) -> None:
+        self._media = media
+        self._media_turn = 0
         self._adapters = adapters
         # Finished sequences' KV state in host RAM (--cache-ram): see prompt_cache.py.
         self._cache = PromptCache(ctx, cache_bytes) if cache_bytes > 0 else None
@@ -144,7 +153,8 @@ class LlamaBatchDecoder:
         chain = sampling.build_chain(
             request.sampling, self._n_vocab, self._ctx_per_slot, self._vocab
         )
-        sampling.accept_prompt(chain, prompt)
+        # Media placeholders are no tokens of the vocabulary: penalties see the text only.
+        sampling.accept_prompt(chain, [t for t in prompt if t >= 0] if request.media else prompt)
         leader = None if request.echo else self._reading(request)
         if leader is not None:
             self._follow(leader, slot, key, request, chain)
@@ -155,6 +165,9 @@ class LlamaBatchDecoder:
         # At least one prompt token is decoded again: its logits give the first token. Echo
         # scores every prompt token, so it reads the whole prompt.
         keep = 0 if request.echo else min(self._reusable(slot, request), len(prompt) - 1)
+        for span in request.media:  # an image is decoded whole, or not kept at all
+            if span.start < keep < span.start + span.length:
+                keep = span.start
         memory = ll.llama_get_memory(self._ctx)
         if keep < len(slot.cached) and not ll.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
             # Some caches cannot drop a tail (llama.h); start this sequence from scratch.
@@ -244,6 +257,8 @@ class LlamaBatchDecoder:
         for slot in self._slots:
             if slot.seq is not None and slot.seq.cancelled:
                 self._finish(slot, StopReason.CANCELLED, out)
+        if self._media is not None:
+            self._ingest_media(out)
         budget = self._n_batch
         group = self._next_group()
         self._speculation.propose(self._slots, group)
@@ -292,6 +307,38 @@ class LlamaBatchDecoder:
             else:
                 self._sample_and_emit(slot, index, out)
         return out
+
+    def _ingest_media(self, out: Emitted) -> None:
+        """Encode and decode one media chunk a sequence has reached, in a decode of its own
+        (mtmd's helper), one per step, taking turns: the other sequences' tokens wait one
+        image at most."""
+        waiting = [
+            s
+            for s in self._slots
+            if s.seq is not None and s.seq.to_ingest and s.seq.to_ingest[0] < 0
+        ]
+        if not waiting or self._media is None:
+            return
+        self._media_turn += 1
+        slot = waiting[self._media_turn % len(waiting)]
+        seq = slot.seq
+        assert seq is not None
+        at = len(slot.cached)
+        span = next((m for m in seq.request.media if m.start == at), None)
+        try:
+            if span is None:
+                raise InferenceError(f"no media chunk starts at prompt position {at}")
+            self._media(self._ctx, span, slot.seq_id, self._n_batch)
+        except Exception as exc:
+            ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
+            slot.cached.clear()
+            error = exc if isinstance(exc, InferenceError) else InferenceError(str(exc))
+            out.append((seq.key, SequenceFailed(error)))
+            self._release(slot)
+            return
+        slot.cached.extend(seq.to_ingest[: span.length])
+        del seq.to_ingest[: span.length]
+        self._summary = None
 
     def _sample_and_emit(self, slot: Slot, index: int, out: Emitted) -> None:
         seq = slot.seq
@@ -402,8 +449,12 @@ class LlamaBatchDecoder:
             seq = slot.seq
             if seq is None or seq.request.lora != group or not seq.to_ingest or n >= budget:
                 continue
-            placed.append((slot, len(slot.cached)))
             chunk = seq.to_ingest[: budget - n]
+            if seq.request.media:  # text up to the next image, which _ingest_media decodes
+                chunk = chunk[: next((j for j, t in enumerate(chunk) if t < 0), len(chunk))]
+                if not chunk:
+                    continue
+            placed.append((slot, len(slot.cached)))
             del seq.to_ingest[: len(chunk)]
             prompt = seq.request.prompt_tokens
             for j, token in enumerate(chunk):

@@ -23,17 +23,21 @@ from llorch.worker.backend import drafters, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.embed import LlamaEmbedder
 from llorch.worker.backend.errors import (
+    InvalidRequestError,
     ModelLoadError,
     OutOfMemoryError,
     WorkerError,
 )
 from llorch.worker.backend.grammar import GrammarError
 from llorch.worker.backend.lora import LoraAdapters
+from llorch.worker.backend.mtmd import Projector, expand
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
+    DecodedImage,
     FimTokens,
     LoadOptions,
+    MediaSpan,
     ModelInfo,
     RankInput,
 )
@@ -105,6 +109,7 @@ class LlamaCppBackend:
         self._embedder: LlamaEmbedder | None = None  # created on the first embedding
         self._adapters: LoraAdapters | None = None
         self._options: LoadOptions | None = None
+        self._projector: Projector | None = None  # --mmproj: images in
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -176,6 +181,10 @@ class LlamaCppBackend:
                 per_slot,
                 actual,
             )
+        if options.mmproj is not None:
+            self._projector = Projector(
+                options.mmproj, self._model, threads, _gpu_offload() and options.n_gpu_layers != 0
+            )
         self._decoder = LlamaBatchDecoder(
             ctx,
             self._vocab,
@@ -188,6 +197,7 @@ class LlamaCppBackend:
             adapters=self._adapters,
             spec=options.speculative,
             cache_bytes=options.cache_bytes,
+            media=self._projector.eval if self._projector is not None else None,
             drafter=drafters.model_drafter(
                 options.speculative, self._vocab, parallel, actual, threads, options.n_gpu_layers
             ),
@@ -303,6 +313,7 @@ class LlamaCppBackend:
             lora=options.lora,
             source=provenance.model_source(self._meta),
             fim=self._fim_tokens(),
+            media_inputs=self._projector.inputs if self._projector is not None else (),
         )
 
     def _fim_tokens(self) -> FimTokens:
@@ -362,6 +373,19 @@ class LlamaCppBackend:
             raise ModelLoadError("no model loaded")
         return self._decoder
 
+    def media_prompt(
+        self, tokens: Sequence[int], images: Sequence[DecodedImage], marker: int
+    ) -> tuple[tuple[int, ...], tuple[MediaSpan, ...]]:
+        if self._projector is None:
+            raise InvalidRequestError(
+                f"{self.info().name} takes no images: it is served without a projector (--mmproj)",
+                param="messages",
+            )
+        pieces = [
+            self._projector.media_pieces(image, f"image {i}") for i, image in enumerate(images)
+        ]
+        return expand(tokens, pieces, marker)
+
     # -- chat ------------------------------------------------------------------------------
 
     def builtin_chat_template(
@@ -402,6 +426,9 @@ class LlamaCppBackend:
         if self._decoder is not None:
             self._decoder.close()
             self._decoder = None
+        if self._projector is not None:  # before the model it reads
+            self._projector.close()
+            self._projector = None
         if self._ctx is not None:
             ll.llama_free(self._ctx)
             self._ctx = None

@@ -112,6 +112,29 @@ class LoadOptions:
     speculative: SpecOptions = SpecOptions()
     # Host RAM for finished sequences' KV state (the prompt cache), in bytes; 0: none.
     cache_bytes: int = 0
+    # The multimodal projector (llama.cpp's mtmd, --mmproj): images in; None: text only.
+    mmproj: Path | None = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image as the projector takes it: RGB bytes, row by row, and the hash of those
+    bytes and the size (what the prompt cache keys the image by)."""
+
+    rgb: bytes
+    width: int
+    height: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class MediaSpan:
+    """A media chunk in a prompt: `length` placeholder ids from `start`, which the decoder
+    fills with the chunk's embeddings (`chunk` is the backend's, opaque here)."""
+
+    start: int
+    length: int
+    chunk: object
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,8 @@ class GenerationRequest:
     # `[TOOL_CALLS]` or `<|channel|>`); other control tokens add no text.
     preserved_tokens: frozenset[int] = frozenset()
     reasoning_budget: ReasoningBudget | None = None
+    # Images in the prompt: their placeholder ids in prompt_tokens are negative.
+    media: tuple[MediaSpan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -272,6 +297,8 @@ class ModelInfo:
     # empty when it says nothing (backend/provenance.py).
     source: dict[str, Any] = field(default_factory=dict)
     fim: FimTokens = FimTokens()  # fill-in-the-middle tokens (POST /infill, worker/fim.py)
+    # What the projector (--mmproj) lets the model read besides text: "vision", "audio".
+    media_inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -371,6 +398,15 @@ class ModelBackend(Protocol):
 
     def decoder(self) -> BatchDecoder:
         """The batch decoder over this model's context (one per loaded model)."""
+        ...
+
+    def media_prompt(
+        self, tokens: Sequence[int], images: Sequence[DecodedImage], marker: int
+    ) -> tuple[tuple[int, ...], tuple[MediaSpan, ...]]:
+        """`tokens` with each `marker` replaced by its image (in order): the family's markup
+        around it and placeholder ids for its embeddings, and where those are. Off the model
+        thread (it only preprocesses). Raises InvalidRequestError for an image the projector
+        refuses, or when the model takes none."""
         ...
 
     def builtin_chat_template(

@@ -15,6 +15,7 @@ from typing import Any
 
 from llorch.worker.backend.errors import WorkerError
 from llorch.worker.backend.protocol import FinishEvent, SamplingParams, Scored, StopReason
+from llorch.worker.media import MediaRef
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class ChatRequest:
     reasoning: ReasoningOptions = ReasoningOptions()
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     n: int = 1
+    # Images, in order: each stands in a message's content as media.CHAT_MARKER.
+    media: tuple[MediaRef, ...] = ()
 
 
 # -- events ------------------------------------------------------------------------------------

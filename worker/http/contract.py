@@ -23,6 +23,7 @@ from llorch.worker.http.sampling import json_format, sampling_params
 from llorch.worker.http.schemas import DetokenizeRequest, ExecuteRequest, TokenizeRequest
 from llorch.worker.http.sse import SSE_HEADERS, EventStream, frame
 from llorch.worker.jobs import JobEvent, JobFailed, JobStarted
+from llorch.worker.media import MediaRef
 
 
 def _iso(ts: float) -> str:
@@ -54,6 +55,10 @@ def build_router(fleet: Fleet) -> APIRouter:
             timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
             lora=body.lora_pairs(),
             json_format=json_format(body),
+            media=tuple(
+                MediaRef(image, f"images[{i}]", bare_base64=True)
+                for i, image in enumerate(body.images or ())
+            ),
         )
         stream = await engine.generate(job)
         model = engine.model.name if engine.model else ""

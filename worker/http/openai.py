@@ -68,13 +68,17 @@ def build_router(fleet: Fleet) -> APIRouter:
     created = int(time.time())
 
     def card(name: str, state: str) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": name,
             "object": "model",
             "created": created,
             "owned_by": "llorch",
             "state": state,  # an extension: loaded models are ready, others load on demand
         }
+        model = fleet.loaded()[name].model if name in fleet.loaded() else None
+        if model is not None:  # an extension too: what the model reads (--mmproj adds media)
+            body["inputs"] = ["text", *model.media_inputs]
+        return body
 
     @router.get("/v1/models", responses=openapi.errors(401, 421, 503, openai=True))
     async def list_models() -> JSONResponse:

@@ -41,15 +41,19 @@ from llorch.worker.http.sampling import json_format, sampling_params
 from llorch.worker.http.sse import SSE_HEADERS, frame
 from llorch.worker.http.streaming import merged, next_or_gone
 from llorch.worker.jobs import cancellation_error
+from llorch.worker.media import CHAT_MARKER, MediaRef
 
 _DONE = b"data: [DONE]\n\n"
 
 
 def chat_request(body: ChatCompletionRequest, job_id: str) -> ChatRequest:
     """The surface-neutral request of an OpenAI chat body."""
+    media: list[MediaRef] = []
+    messages = tuple(_message(m, i, media) for i, m in enumerate(body.messages))
     return ChatRequest(
         job_id=job_id,
-        messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
+        messages=messages,
+        media=tuple(media),
         tools=tuple(
             Tool(
                 t.function.name,
@@ -101,7 +105,24 @@ def _tool_choice(body: ChatCompletionRequest) -> ToolChoice:
     return ToolChoice(ToolChoiceMode.NAMED, choice.function.name)
 
 
-def _message(message: ChatMessageIn, index: int) -> Message:
+def _content(message: ChatMessageIn, index: int, media: list[MediaRef]) -> str:
+    """The message's text, with the chat marker where each image goes (its reference added
+    to `media`, in order): the engine decodes the images and the model's template places
+    them (worker/media.py)."""
+    if not isinstance(message.content, list):
+        return message.text
+    pieces = []
+    for j, part in enumerate(message.content):
+        if part.image_url is not None and part.type == "image_url":
+            param = f"messages[{index}].content[{j}].image_url.url"
+            media.append(MediaRef(part.image_url.url, param))
+            pieces.append(CHAT_MARKER)
+        else:
+            pieces.append(part.text or "")
+    return "".join(pieces)
+
+
+def _message(message: ChatMessageIn, index: int, media: list[MediaRef]) -> Message:
     calls = []
     for j, call in enumerate(message.tool_calls or ()):
         param = f"messages[{index}].tool_calls[{j}].function.arguments"
@@ -124,7 +145,7 @@ def _message(message: ChatMessageIn, index: int) -> Message:
     role = "system" if message.role == "developer" else message.role
     return Message(
         role,
-        message.text,
+        _content(message, index, media),
         reasoning=message.reasoning_content,
         tool_calls=tuple(calls),
         tool_call_id=message.tool_call_id if role == "tool" else None,

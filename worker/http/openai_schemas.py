@@ -53,6 +53,9 @@ COMPLETION_MAX_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_TOOLS = 512
 MAX_NAME_CHARS = 256
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+# An image part's URL: a data: URI is as long as the image (the body limit bounds it first).
+MAX_IMAGE_URL_CHARS = 1 << 30
+CONTENT_PART_TYPES = ("text", "image_url")
 TokenIds = Annotated[
     list[Annotated[int, Field(ge=0)]],
     Field(min_length=1, max_length=MAX_PROMPT_TOKENS, description="Token ids. " + IN_VOCABULARY),
@@ -251,14 +254,34 @@ class CompletionRequest(SamplingFields):
         return self.prompt  # type: ignore[return-value]
 
 
-class ChatContentPart(StrictModel):
-    """Only text parts are served: the schema says so, and a part of another type (an image)
-    is refused with a 400 that names its type."""
+class ImageUrlIn(StrictModel):
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_IMAGE_URL_CHARS,
+        description="A data: URI of a PNG, JPEG, WebP, GIF or BMP image (base64), or an "
+        "http(s) URL of a host in --allowed-media-hosts. A model served without a projector "
+        "(--mmproj), a corrupt, truncated or unread format, more images than "
+        "--max-media-per-request or more pixels than --max-image-pixels is a 400 naming the "
+        "part.",
+    )
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the projector decides
 
-    model_config = ConfigDict(json_schema_extra=rules(equals("type", "text"), given("text")))
+
+class ChatContentPart(StrictModel):
+    """Text and image parts are served; a part of another type (audio) is refused with a 400
+    that names its type."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            {"required": ["type"], "properties": {"type": {"enum": list(CONTENT_PART_TYPES)}}},
+            when(equals("type", "text"), given("text")),
+            when(equals("type", "image_url"), given("image_url")),
+        )
+    )
 
     type: str = Field(max_length=64)
     text: str | None = None
+    image_url: ImageUrlIn | None = None
 
 
 class FunctionCallIn(StrictModel):
@@ -300,21 +323,32 @@ class ChatMessageIn(StrictModel):
 
     @field_validator("content")
     @classmethod
-    def _text_only(cls, content: str | list[ChatContentPart] | None) -> str:
+    def _parts(cls, content: str | list[ChatContentPart] | None) -> str | list[ChatContentPart]:
+        """Text, or the parts in order when an image is among them."""
         if content is None:
             return ""
         if isinstance(content, str):
             return content
         for part in content:
-            if part.type != "text" or part.text is None:
-                raise ValueError(f"only text content parts are supported, got {part.type!r}")
+            if part.type not in CONTENT_PART_TYPES:
+                raise ValueError(
+                    f"content parts of type {' and '.join(CONTENT_PART_TYPES)} are served, "
+                    f"got {part.type!r}"
+                )
+            if part.type == "text" and part.text is None:
+                raise ValueError("a text content part needs its text")
+            if part.type == "image_url" and part.image_url is None:
+                raise ValueError("an image_url content part needs its image_url")
         text = "".join(part.text or "" for part in content)
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"a message is at most {MAX_TEXT_CHARS} characters")
-        return text
+        return content if any(p.type != "text" for p in content) else text
 
     @property
     def text(self) -> str:
+        """The message's text (its image parts left out)."""
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content)
         return str(self.content or "")
 
 

@@ -159,6 +159,8 @@ def capacity_body(engine: Engine) -> dict[str, Any]:
         "queue": {"depth": capacity.queue_depth, "max": capacity.queue_max},
         "kv": {"used": capacity.kv_used, "total": capacity.kv_total},
         "ctx_per_slot": capacity.ctx_per_slot,
+        # What the model reads: text, and "vision" / "audio" with a projector (--mmproj).
+        "inputs": ["text", *(model.media_inputs if model else ())],
         # For routing a conversation to the worker holding its prefix (prompt_cache.py).
         "cache": {
             "prefix_block": PREFIX_BLOCK,

@@ -48,6 +48,14 @@ class ExecuteRequest(SamplingBody):
     )
     # Each token event carries the token's log-probability and this many alternatives.
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    images: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        max_length=1024,
+        description="Images (base64 PNG, JPEG, WebP, GIF or BMP), one for each <__media__> "
+        "marker in the prompt, in order; the model needs its projector (--mmproj). A corrupt, "
+        "truncated or unread image, more than --max-media-per-request or more pixels than "
+        "--max-image-pixels is a 400 naming it.",
+    )
 
     @model_validator(mode="after")
     def _one_constraint(self) -> ExecuteRequest:

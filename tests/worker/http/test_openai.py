@@ -245,7 +245,14 @@ def test_chat_validation(client):
     assert_error(client.post("/v1/chat/completions", json=body), 400)
     image = [{"type": "image_url", "image_url": {"url": "data:"}}]
     body = {"messages": [{"role": "user", "content": image}]}
-    assert "text" in assert_error(client.post("/v1/chat/completions", json=body), 400)["message"]
+    # a model served without a projector takes no images; the error says how to serve one
+    error = assert_error(client.post("/v1/chat/completions", json=body), 400)
+    assert "--mmproj" in error["message"]
+    assert error["param"] == "messages[0].content[0].image_url.url"
+    audio = [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]
+    body = {"messages": [{"role": "user", "content": audio}]}
+    error = assert_error(client.post("/v1/chat/completions", json=body), 400)
+    assert "input_audio" in error["message"] and "image_url" in error["message"]
     body = {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}
     assert_error(client.post("/v1/chat/completions", json=body), 400)
 

@@ -1,0 +1,203 @@
+"""A tiny random Gemma 3 vision-language checkpoint, converted to a text GGUF (llorch's
+converter) and its projector (llama.cpp's own converter, `convert_hf_to_gguf.py --mmproj`,
+from the vendored llama.cpp source that llama-cpp-python's sdist carries).
+
+Gemma 3 is the smallest family the vendored mtmd runs whole: a SigLIP tower, an average pool
+and one projection, one image chunk per image (no tiling), positions one per token (no M-RoPE).
+The sizes below give 16 image tokens for a 64x64 image: 8x8 patches of 8 pixels pooled 2x2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SIZE = 64
+IMAGE_TOKENS = 16  # mm_tokens_per_image: (64 / 8 / 2) ** 2
+VLM_SRC_ENV = "LLORCH_LLAMA_CPP_SRC"
+
+
+@dataclass(frozen=True)
+class TinyVlm:
+    folder: Path  # the Hugging Face checkpoint
+    text: Path  # the text part, GGUF F32
+    mmproj: Path  # the projector, GGUF F32
+
+
+def vendored_llama_cpp() -> Path | None:
+    """The llama.cpp source inside the llama-cpp-python sdist (the one the wheel was built
+    from), or None when it is not on this machine."""
+    from importlib.metadata import version
+
+    explicit = os.environ.get(VLM_SRC_ENV)
+    if explicit:
+        return Path(explicit)
+    base = (
+        Path.home()
+        / ".cache"
+        / "llorch"
+        / "src"
+        / f"llama_cpp_python-{version('llama_cpp_python')}"
+    )
+    source = base / "vendor" / "llama.cpp"
+    return source if (source / "convert_hf_to_gguf.py").is_file() else None
+
+
+def _spm(folder: Path) -> int:
+    import sentencepiece as spm
+
+    corpus = folder / "corpus.txt"
+    lines = [
+        "describe the image in one sentence please",
+        "the quick brown fox jumps over the lazy dog 123 4567",
+        "a red square on a white background, a blue circle, green lines",
+    ] * 40
+    corpus.write_text("\n".join(lines), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=300,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        user_defined_symbols=[
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<start_of_image>",
+            "<end_of_image>",
+        ],
+        minloglevel=2,
+        hard_vocab_limit=False,
+    )
+    corpus.unlink()
+    (folder / "tokenizer.vocab").unlink()
+    return int(spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
+
+
+def build_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A two-layer Gemma3ForConditionalGeneration with random weights, its tokenizer and the
+    preprocessor config the projector's converter reads (image size, mean/std, tokens)."""
+    import torch
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n_vocab = _spm(folder)
+    template = (
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == "
+        "'assistant' else m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<start_of_image>"
+        "{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    tokenizer_config = {
+        "bos_token": "<s>",
+        "eos_token": "<end_of_turn>",
+        "unk_token": "<unk>",
+        "chat_template": template,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    preprocessor = {
+        "image_processor_type": "Gemma3ImageProcessor",
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "image_seq_length": IMAGE_TOKENS,
+        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "do_resize": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "resample": 2,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    torch.manual_seed(seed)
+    text = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": 512,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "vocab_size": n_vocab,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": IMAGE_SIZE,
+        "patch_size": 8,
+    }
+    config = transformers.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=IMAGE_TOKENS,
+        boi_token_index=5,
+        eoi_token_index=6,
+        image_token_index=3,
+        eos_token_id=4,
+    )
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # larger weights than the default init: logits far from ties
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.08)
+            else:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    _released_layout(folder / "model.safetensors")
+    return folder
+
+
+def _released_layout(path: Path) -> None:
+    """transformers 5 saves the vision tower as `vision_tower.*`; the released Gemma 3
+    checkpoints (and llama.cpp's tensor map) name it `vision_tower.vision_model.*`, which
+    transformers still loads."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    renamed = {
+        "vision_tower.vision_model." + k.removeprefix("vision_tower.")
+        if k.startswith("vision_tower.")
+        else k: v
+        for k, v in tensors.items()
+    }
+    save_file(renamed, path, metadata={"format": "pt"})
+
+
+def convert_projector(folder: Path, out: Path, source: Path) -> Path:
+    """llama.cpp's converter, run with this Python (its torch and transformers), writing the
+    projector only."""
+    cmd = [
+        sys.executable,
+        str(source / "convert_hf_to_gguf.py"),
+        str(folder),
+        "--mmproj",
+        "--outtype",
+        "f32",
+        "--outfile",
+        str(out),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_LOCAL_GGUF": ""}
+    env.pop("NO_LOCAL_GGUF")
+    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    return out
+
+
+def build(base: Path, source: Path) -> TinyVlm:
+    from llorch.convert import convert
+
+    folder = build_checkpoint(base / "hf")
+    text = base / "tiny-gemma3-vlm-f32.gguf"
+    convert(folder, text, outtype="f32")
+    mmproj = convert_projector(folder, base / "mmproj-tiny-gemma3-vlm-f32.gguf", source)
+    return TinyVlm(folder, text, mmproj)

@@ -1,0 +1,382 @@
+"""Images in, end to end: a tiny random Gemma 3 vision model (tests/tiny_vlm.py: the text part
+converted by llorch, the projector by llama.cpp's own converter) served by llama-server
+`--mmproj` and by a llorch worker `--mmproj` over real sockets.
+
+- The same image and prompt give the same greedy tokens, log-probabilities and prompt length
+  on both (llama-server's /completion with multimodal_data, our /execute with images), and
+  different images give different tokens (the image is read, not ignored).
+- A chat with a data-URI image through the official openai client answers as llama-server
+  does on the prompt the template renders.
+- Image requests decoded in one batch with text-only ones answer as they do alone.
+- A second turn about the same image reuses its KV cache (the image is not encoded again).
+- Every bad-media case is a 400 naming the part, and leaves no slot busy.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tiny_vlm
+from support import free_port, sse_events, start_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MARKER = "<__media__>"
+N_PREDICT = 12
+PROMPT = f"the quick {MARKER} brown fox"
+MAX_PIXELS = 10_000  # 64 x 64 images pass, 200 x 200 do not
+
+
+def _png(seed: int | None, size: int = tiny_vlm.IMAGE_SIZE, color: tuple[int, ...] = ()) -> bytes:
+    from PIL import Image
+
+    if seed is None:
+        image = Image.new("RGB", (size, size), color)
+    else:
+        pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+IMAGES = {"noise-0": _png(0), "noise-5": _png(5), "red": _png(None, color=(255, 0, 0))}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _binary() -> Path:
+    from importlib.metadata import version
+
+    base = Path.home() / ".cache" / "llorch" / "llama-server" / version("llama_cpp_python")
+    return base / "build" / "bin" / "llama-server"
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
+    source = tiny_vlm.vendored_llama_cpp()
+    if source is None:
+        pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
+    return tiny_vlm.build(tmp_path_factory.mktemp("vlm"), source)
+
+
+@pytest.fixture(scope="module")
+def served(vlm: tiny_vlm.TinyVlm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    binary = _binary()
+    if not binary.exists():
+        pytest.skip(f"no llama-server at {binary} (bench/serving.py llama_server_binary())")
+    tmp = tmp_path_factory.mktemp("media")
+    port = free_port()
+    cmd = [str(binary), "-m", str(vlm.text), "--mmproj", str(vlm.mmproj), "--port", str(port)]
+    cmd += ["-c", "1024", "-np", "1", "-t", "2", "--no-webui"]
+    # llama-server picks a random marker per process; this pins mtmd's default instead.
+    env = {**os.environ, "LLAMA_MEDIA_MARKER": MARKER}
+    with (tmp / "llama-server.log").open("wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    worker = start_worker(
+        tmp, "--model", str(vlm.text), "--mmproj", str(vlm.mmproj), "--ctx-size", "1024",
+        "--parallel", "4", "--threads", "2", "--max-media-per-request", "2",
+        "--max-image-pixels", str(MAX_PIXELS),
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(url, server, tmp / "llama-server.log")
+        yield {"llama_server": url, "worker": worker.url}
+    finally:
+        server.terminate()
+        server.wait(30)
+        worker.stop()
+
+
+def _wait(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"llama-server did not start:\n{log.read_text()[-3000:]}")
+
+
+def _theirs(served: dict, prompt: str, images: list[bytes], n: int = N_PREDICT) -> dict:
+    body = {
+        "prompt": {"prompt_string": prompt, "multimodal_data": [_b64(i) for i in images]},
+        "n_predict": n,
+        "temperature": 0.0,
+        "n_probs": 3,
+        "return_tokens": True,
+        "cache_prompt": False,
+    }
+    reply = httpx.post(f"{served['llama_server']}/completion", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def _ours(served: dict, prompt: str, images: list[bytes], job: str, n: int = N_PREDICT) -> dict:
+    """/execute's events gathered: token ids, their log-probabilities, the metrics, and when
+    the job started and ended (to show requests overlapped)."""
+    body = {
+        "job_id": job,
+        "prompt": prompt,
+        "images": [_b64(i) for i in images],
+        "max_tokens": n,
+        "temperature": 0.0,
+        "top_logprobs": 3,
+    }
+    out: dict[str, Any] = {"tokens": [], "logprobs": [], "top": []}
+    with httpx.stream("POST", f"{served['worker']}/execute", json=body, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        for event in sse_events(r):
+            if event["type"] == "started":
+                out["started"] = time.monotonic()
+            elif event["type"] == "token":
+                out["tokens"].append(event["id"])
+                out["logprobs"].append(event["logprob"])
+                out["top"].append({t["id"]: t["logprob"] for t in event["top_logprobs"]})
+            elif event["type"] == "metrics":
+                out["metrics"] = event
+            elif event["type"] == "error":
+                raise AssertionError(event)
+    out["ended"] = time.monotonic()
+    return out
+
+
+def _same_answer(ours: dict, theirs: dict) -> None:
+    """The same token ids, and the same top log-probabilities at each step. llama-server
+    leaves out the probabilities of a step whose token ends inside a UTF-8 character (a byte
+    token), so its steps are matched to ours in order, by their alternatives."""
+    assert ours["tokens"] == theirs["tokens"]
+    steps = theirs["completion_probabilities"]
+    matched = 0
+    for mine in ours["top"]:
+        if matched < len(steps):
+            alts = {a["id"]: a["logprob"] for a in steps[matched]["top_logprobs"]}
+            if set(alts) == set(mine):
+                for token, logprob in alts.items():
+                    assert mine[token] == pytest.approx(logprob, abs=2e-3)
+                matched += 1
+    assert matched == len(steps) >= len(ours["top"]) // 2
+
+
+def test_greedy_tokens_equal_llama_servers(served: dict) -> None:
+    answers = []
+    for name, image in IMAGES.items():
+        theirs = _theirs(served, PROMPT, [image])
+        ours = _ours(served, PROMPT, [image], f"same-{name}")
+        _same_answer(ours, theirs)
+        # usage counts the image's tokens, as llama-server does
+        assert ours["metrics"]["prompt_tokens"] == theirs["tokens_evaluated"]
+        assert ours["metrics"]["prompt_tokens"] > tiny_vlm.IMAGE_TOKENS
+        answers.append(tuple(ours["tokens"]))
+    assert len(set(answers)) == len(answers), "the answer does not depend on the image"
+
+
+def test_two_images_in_one_prompt(served: dict) -> None:
+    prompt = f"a {MARKER} and {MARKER} b"
+    images = [IMAGES["red"], IMAGES["noise-5"]]
+    _same_answer(_ours(served, prompt, images, "two"), _theirs(served, prompt, images))
+
+
+def test_openai_client_chat_with_a_data_uri_image(served: dict) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served['worker']}/v1", api_key="unused")
+    uri = "data:image/png;base64," + _b64(IMAGES["noise-5"])
+    reply = client.chat.completions.create(
+        model="tiny",
+        max_tokens=N_PREDICT,
+        temperature=0,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "describe "},
+                    {"type": "image_url", "image_url": {"url": uri}},
+                    {"type": "text", "text": " the image"},
+                ],
+            }
+        ],
+    )
+    # The tiny checkpoint's template puts a user turn as Gemma's does; the image goes where
+    # its part was, and mtmd wraps it in <start_of_image> ... <end_of_image>.
+    # (llama-server adds the BOS the template writes as <s>)
+    prompt = f"<start_of_turn>user\ndescribe {MARKER} the image<end_of_turn>\n"
+    prompt += "<start_of_turn>model\n"
+    theirs = _theirs(served, prompt, [IMAGES["noise-5"]])
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == theirs["tokens_evaluated"]
+    assert reply.choices[0].message.content == theirs["content"]
+
+
+def test_images_batched_with_text_requests(served: dict) -> None:
+    alone = {name: _theirs(served, PROMPT, [IMAGES[name]]) for name in ("noise-0", "red")}
+    text_prompt = "the quick brown fox jumps over the lazy dog"
+    text_alone = _ours(served, text_prompt, [], "text-alone", n=32)
+    results: dict[str, dict] = {}
+
+    def run(key: str, prompt: str, images: list[bytes], n: int) -> None:
+        results[key] = _ours(served, prompt, images, f"mixed-{key}", n)
+
+    jobs = [
+        threading.Thread(target=run, args=("text-0", text_prompt, [], 32)),
+        threading.Thread(target=run, args=("noise-0", PROMPT, [IMAGES["noise-0"]], N_PREDICT)),
+        threading.Thread(target=run, args=("red", PROMPT, [IMAGES["red"]], N_PREDICT)),
+        threading.Thread(target=run, args=("text-1", text_prompt, [], 32)),
+    ]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    for name in ("noise-0", "red"):
+        _same_answer(results[name], alone[name])
+        # decoded while a text request was: their runs overlapped
+        assert any(
+            results[name]["started"] < results[t]["ended"]
+            and results[t]["started"] < results[name]["ended"]
+            for t in ("text-0", "text-1")
+        )
+    for key in ("text-0", "text-1"):
+        assert results[key]["tokens"] == text_alone["tokens"]
+
+
+def test_a_second_turn_reuses_the_images_cache(served: dict) -> None:
+    image = _png(11)
+    first = _ours(served, PROMPT, [image], "turn-1")
+    second = _ours(served, PROMPT + " again", [image], "turn-2")
+    after = httpx.post(
+        f"{served['llama_server']}/tokenize", json={"content": PROMPT.split(MARKER)[1]}, timeout=30
+    ).json()["tokens"]
+    # the prompt up to the end of the image (<end_of_image> included), and before its start
+    image_end = first["metrics"]["prompt_tokens"] - len(after)
+    image_start = image_end - 1 - tiny_vlm.IMAGE_TOKENS
+    # everything before the new text was in the KV cache: the image was not read again
+    assert second["metrics"]["prompt_cached"] >= image_end
+    # a different image after the same text is not taken for the cached one
+    other = _ours(served, PROMPT + " again", [_png(12)], "turn-3")
+    assert other["metrics"]["prompt_cached"] <= image_start
+
+
+# -- bad media ---------------------------------------------------------------------------------
+
+
+def _bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A PNG whose header says width x height, with a few bytes of data: what a decoder would
+    inflate to gigabytes if it trusted the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\x00" * 4096)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def _tiff() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="TIFF")
+    return out.getvalue()
+
+
+BAD = {
+    "corrupt": (os.urandom(64) + b"not an image", "format llorch reads"),
+    "truncated": (_png(3)[: len(_png(3)) // 2], "truncated"),
+    "bomb": (_bomb(), "50000x50000"),
+    "too-many-pixels": (_png(4, size=200), "--max-image-pixels"),
+    "unread-format": (_tiff(), "TIFF"),
+}
+
+
+def _capacity_idle(served: dict) -> None:
+    capacity = httpx.get(f"{served['worker']}/capacity", timeout=30).json()
+    assert capacity["slots"]["busy"] == 0 and capacity["queue"]["depth"] == 0
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_image_is_a_400_naming_the_part(served: dict, case: str) -> None:
+    data, why = BAD[case]
+    uri = "data:image/png;base64," + _b64(data)
+    body = {
+        "model": "tiny",
+        "max_tokens": 4,
+        "messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}]},
+        ],
+    }
+    reply = httpx.post(f"{served['worker']}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "messages[2].content[0].image_url.url"
+    assert why in error["message"]
+    # the contract's /execute names its field too
+    execute = {"job_id": f"bad-{case}", "prompt": PROMPT, "images": [_b64(data)], "max_tokens": 4}
+    reply = httpx.post(f"{served['worker']}/execute", json=execute, timeout=60)
+    assert reply.status_code == 400, reply.text
+    (entry,) = reply.json()["errors"]
+    assert entry["field"] == "images[0]" and why in entry["message"]
+    _capacity_idle(served)
+
+
+def test_more_images_than_allowed(served: dict) -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _b64(_png(1))}}
+    body = {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [part] * 3}]}
+    reply = httpx.post(f"{served['worker']}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert "at most 2" in reply.json()["error"]["message"]
+    assert "--max-media-per-request" in reply.json()["error"]["message"]
+    _capacity_idle(served)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("data:image/png;base64,@@@@", "not valid base64"),
+        ("data:image/png,rawbytes", "must be base64"),
+        ("http://127.0.0.1:1/cat.png", "--allowed-media-hosts"),
+        ("ftp://example.com/cat.png", "data: URI"),
+    ],
+)
+def test_bad_image_urls(served: dict, url: str, why: str) -> None:
+    part = {"type": "image_url", "image_url": {"url": url}}
+    body = {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": [part]}]}
+    reply = httpx.post(f"{served['worker']}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert why in reply.json()["error"]["message"]
+
+
+def test_markers_and_images_must_agree(served: dict) -> None:
+    body = {"job_id": "markers", "prompt": "no marker here", "images": [_b64(_png(1))]}
+    reply = httpx.post(f"{served['worker']}/execute", json=body | {"max_tokens": 4}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert "0 image markers" in reply.json()["errors"][0]["message"]
+
+
+def test_models_and_capacity_say_the_model_reads_images(served: dict) -> None:
+    models = httpx.get(f"{served['worker']}/v1/models", timeout=30).json()
+    assert models["data"][0]["inputs"] == ["text", "vision"]
+    capacity = httpx.get(f"{served['worker']}/capacity", timeout=30).json()
+    assert capacity["inputs"] == ["text", "vision"]

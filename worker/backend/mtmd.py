@@ -1,0 +1,208 @@
+"""Images in, through llama.cpp's mtmd library (the projector file, `--mmproj`).
+
+A projector turns an image into embeddings of the text model's width; mtmd preprocesses the
+image as the model's own processor does (resize, normalise, tiles) and wraps it in the
+family's markup (Gemma 3's `<start_of_image>` … `<end_of_image>`). Here:
+
+- `Projector.media_pieces` (any thread, as llama-server tokenizes in its HTTP threads): an
+  image's text tokens and its media chunk, preprocessed but not yet encoded;
+- `Projector.eval` (the model thread): encode a chunk and decode its embeddings into one
+  sequence, as llama-server does (mtmd_helper_eval_chunk_single).
+
+Inside the decoder a media chunk stands in the prompt as a run of negative placeholder ids
+derived from the hash of the decoded pixels, so that prefix reuse and the host-RAM prompt
+cache match an image by its content (a second turn about the same image does not encode it
+again) and never confuse two images.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as ll
+import numpy as np
+from llama_cpp import mtmd_cpp as mt
+
+from llorch.worker.backend.errors import InvalidRequestError, ModelLoadError
+from llorch.worker.backend.protocol import DecodedImage, MediaSpan
+
+log = logging.getLogger("llorch.mtmd")
+
+
+class MediaChunk:
+    """One preprocessed media chunk (mtmd_input_chunk), owned: freed with the object."""
+
+    def __init__(self, handle: int, n_tokens: int, n_pos: int) -> None:
+        self._handle: int | None = handle
+        self.n_tokens = n_tokens
+        self.n_pos = n_pos
+
+    @property
+    def handle(self) -> int:
+        assert self._handle is not None, "the chunk was freed"
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            mt.mtmd_input_chunk_free(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def placeholders(digest: bytes, n: int) -> tuple[int, ...]:
+    """The ids a media chunk of `n` tokens holds in the prompt: negative int32s (the prompt
+    cache hashes prompts as int32), a function of the pixels' hash and the position, so two
+    images share a prefix only when every one of their ids agrees."""
+    seed = int.from_bytes(hashlib.sha256(digest).digest()[:8], "little")
+    ids = np.random.default_rng(seed).integers(2, 2**31, size=n, dtype=np.int64)
+    return tuple(int(-x) for x in ids)
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """An image in the prompt: the text tokens mtmd puts before and after it (the family's
+    markup), and its chunk."""
+
+    before: tuple[int, ...]
+    chunk: MediaChunk
+    after: tuple[int, ...]
+    ids: tuple[int, ...]  # the chunk's placeholders
+
+
+class Projector:
+    """An mtmd context over a loaded text model."""
+
+    def __init__(self, path: Path, model: ll.llama_model_p, threads: int, use_gpu: bool) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"projector file not found: {path}")
+        params = mt.mtmd_context_params_default()
+        params.use_gpu = use_gpu
+        params.n_threads = threads
+        params.print_timings = False
+        params.warmup = False
+        ctx = mt.mtmd_init_from_file(str(path).encode(), model, params)
+        if not ctx:
+            raise ModelLoadError(
+                f"llama.cpp's mtmd could not load the projector {path} for this model (a "
+                "projector converted for another model, or a family this llama.cpp does not run)"
+            )
+        self._ctx: int | None = ctx
+        self.vision = bool(mt.mtmd_support_vision(ctx))
+        self.audio = bool(mt.mtmd_support_audio(ctx))
+        if mt.mtmd_decode_use_mrope(ctx):
+            # M-RoPE (Qwen2-VL and later) gives image tokens 2-D positions and text after an
+            # image positions that are not one per token; the decoder counts one per token.
+            self.close()
+            raise ModelLoadError(
+                f"{path.name} is a projector whose model uses M-RoPE positions (Qwen-VL); "
+                "llorch serves images for models with one position per token "
+                "(Gemma 3, SmolVLM/Idefics3, LLaVA-style, Pixtral, Llama 4)"
+            )
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(name for name, on in (("vision", self.vision), ("audio", self.audio)) if on)
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            mt.mtmd_free(self._ctx)
+            self._ctx = None
+
+    def _handle(self) -> int:
+        assert self._ctx is not None, "the projector is closed"
+        return self._ctx
+
+    def media_pieces(self, image: DecodedImage, param: str) -> Pieces:
+        """The prompt pieces of one image (preprocessed here, encoded on the model thread)."""
+        if not self.vision:
+            raise InvalidRequestError(
+                f"{param}: this model's projector takes no images", param=param
+            )
+        data = (ctypes.c_uint8 * len(image.rgb)).from_buffer_copy(image.rgb)
+        bitmap = mt.mtmd_bitmap_init(image.width, image.height, data)
+        if not bitmap:
+            raise InvalidRequestError(f"{param}: mtmd refused the image", param=param)
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            part = mt.mtmd_input_part(text=None, bitmap=bitmap)
+            parts = (ctypes.POINTER(mt.mtmd_input_part) * 1)(ctypes.pointer(part))
+            rc = mt.mtmd_tokenize_from_parts(self._handle(), chunks, parts, 1, False)
+            if rc != 0:
+                raise InvalidRequestError(
+                    f"{param}: mtmd could not preprocess the image (status {rc})", param=param
+                )
+            return self._pieces(chunks, image.sha256, param)
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+            mt.mtmd_bitmap_free(bitmap)
+
+    @staticmethod
+    def _pieces(chunks: int, digest: bytes, param: str) -> Pieces:
+        before: list[int] = []
+        after: list[int] = []
+        media: MediaChunk | None = None
+        for i in range(mt.mtmd_input_chunks_size(chunks)):
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            kind = mt.mtmd_input_chunk_get_type(chunk)
+            if kind == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t(0)
+                ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                (after if media is not None else before).extend(ptr[i] for i in range(n.value))
+            elif media is None:
+                n_tokens = mt.mtmd_input_chunk_get_n_tokens(chunk)
+                n_pos = mt.mtmd_input_chunk_get_n_pos(chunk)
+                copy = mt.mtmd_input_chunk_copy(chunk)
+                media = MediaChunk(copy, n_tokens, n_pos)
+            else:  # tiles come as one chunk per image in the families served (see above)
+                raise InvalidRequestError(
+                    f"{param}: this projector cuts an image into several chunks, which llorch "
+                    "does not decode yet",
+                    param=param,
+                )
+        if media is None:
+            raise InvalidRequestError(f"{param}: mtmd made no chunk of the image", param=param)
+        return Pieces(tuple(before), media, tuple(after), placeholders(digest, media.n_tokens))
+
+    def eval(self, lctx: ll.llama_context_p, span: MediaSpan, seq_id: int, n_batch: int) -> None:
+        """Encode the chunk and decode its embeddings at positions span.start.. of `seq_id`."""
+        chunk = span.chunk
+        assert isinstance(chunk, MediaChunk)
+        new_n_past = ll.llama_pos(0)
+        rc = mt.mtmd_helper_eval_chunk_single(
+            self._handle(),
+            lctx,
+            chunk.handle,
+            span.start,
+            seq_id,
+            n_batch,
+            False,
+            ctypes.byref(new_n_past),
+        )
+        if rc != 0:
+            raise RuntimeError(f"mtmd could not encode or decode an image (status {rc})")
+
+
+def expand(
+    tokens: Sequence[int], pieces: Sequence[Pieces], marker: int
+) -> tuple[tuple[int, ...], tuple[MediaSpan, ...]]:
+    """The prompt with each `marker` replaced by its image's pieces, and the media spans."""
+    out: list[int] = []
+    spans: list[MediaSpan] = []
+    images = iter(pieces)
+    for token in tokens:
+        if token != marker:
+            out.append(token)
+            continue
+        piece = next(images)
+        out.extend(piece.before)
+        spans.append(MediaSpan(len(out), len(piece.ids), piece.chunk))
+        out.extend(piece.ids)
+        out.extend(piece.after)
+    return tuple(out), tuple(spans)
