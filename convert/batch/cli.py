@@ -62,6 +62,13 @@ def register(subparsers: Any) -> None:
         "this text (KL divergence, top-1 agreement, perplexity); default: the manifest's",
     )
     p.add_argument("--quality-chunk", type=int, help="tokens per evaluation chunk (512)")
+    p.add_argument(
+        "--push",
+        metavar="ORG/REPO",
+        help="upload every source's finished outputs to this existing Hugging Face model repo "
+        "with a generated model card, one commit per source, skipping files it already has "
+        "(default: the manifest's `push`); the token is huggingface_hub's (HF_TOKEN)",
+    )
     p.add_argument("--executor", choices=EXECUTORS, default="local", help="where jobs run")
     p.add_argument("--address", help="Ray cluster address (with --executor ray)")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout, even on a terminal")
@@ -84,6 +91,7 @@ def _plan(args: argparse.Namespace) -> Any:
         imatrix_chunk=args.imatrix_chunk,
         quality=args.quality,
         quality_chunk=args.quality_chunk,
+        push=args.push,
     )
     if args.verify == "logits":  # the flag wins over the manifest, for every job
         jobs = tuple(dataclasses.replace(j, verify=True, verify_logits=True) for j in plan.jobs)
@@ -132,7 +140,33 @@ def run_batch(args: argparse.Namespace) -> int:
         return interrupted(COMMAND, exc, "finished outputs kept")
     finally:
         sink.close()
+    pushed_ok = _push(plan, report, sink if not terminal else None)
     if not terminal:
         print(json.dumps({"event": "report", **report.to_json()}), flush=True)
     print(summary_table(report), file=sys.stdout if terminal else sys.stderr)
-    return 0 if report.ok else 1
+    return 0 if report.ok and pushed_ok else 1
+
+
+def _push(plan: Any, report: Any, sink: Any) -> bool:
+    """Each succeeded job with a `push` repo, pushed; a refused push is one line on stderr."""
+    from llorch.convert.batch.push import PushError, push_job
+
+    ok = True
+    done = {j.id for j in report.jobs if j.ok}
+    for job in plan.jobs:
+        if job.push is None or job.id not in done:
+            continue
+        try:
+            result = push_job(report.out_dir, job.id, job.push, on_event=sink)
+        except PushError as exc:
+            ok = False
+            if sink is not None:
+                sink({"event": "push_error", "job": job.id, "repo": job.push, "message": str(exc)})
+            print(f"llorch {COMMAND}: error: push of {job.id}: {exc}", file=sys.stderr)
+            continue
+        if sink is None:
+            print(
+                f"pushed {job.id} to {job.push}: {len(result.uploaded)} file(s) uploaded, "
+                f"{len(result.unchanged)} unchanged"
+            )
+    return ok

@@ -42,6 +42,8 @@ class _Defaults(BaseModel):
     imatrix_chunk: int | None = Field(default=None, ge=16)
     quality: str | None = None
     quality_chunk: int | None = Field(default=None, ge=16)
+    # a Hugging Face model repo (org/name) the finished outputs are pushed to
+    push: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
 class _Entry(_Defaults):
@@ -74,6 +76,7 @@ class JobSpec:
     imatrix_chunk: int = 512
     quality: str | None = None  # absolute path of the evaluation text
     quality_chunk: int = 512
+    push: str | None = None  # the model repo the finished outputs are pushed to
 
     def options(self) -> dict[str, Any]:
         """What changes the bytes of an output (besides the source files and versions)."""
@@ -193,6 +196,7 @@ def load_manifest(
                 overrides=overrides,
                 imatrix=texts.get("imatrix"),
                 quality=texts.get("quality"),
+                push=entry.push or manifest.push,
                 **chunks,
             )
         )
@@ -236,6 +240,7 @@ def with_texts(
     imatrix_chunk: int | None = None,
     quality: str | None = None,
     quality_chunk: int | None = None,
+    push: str | None = None,
 ) -> Plan:
     """The plan with an imatrix (file or calibration text) and an evaluation text for every
     job (the command line's --imatrix and --quality win over the manifest's)."""
@@ -251,6 +256,10 @@ def with_texts(
         change["imatrix_chunk"] = imatrix_chunk
     if quality_chunk is not None:
         change["quality_chunk"] = quality_chunk
+    if push is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", push):
+            raise ManifestError(f"--push {push!r}: expected a model repo, ORG/NAME")
+        change["push"] = push
     jobs = tuple(dataclasses.replace(j, **change) for j in plan.jobs)
     for j in jobs:
         for t in j.outtypes:

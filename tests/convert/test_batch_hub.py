@@ -7,10 +7,16 @@ files from its `siblings`), `GET /api/models/{repo}/tree/{commit}` for the files
 releases), then per file `HEAD` and `GET /{repo}/resolve/{commit}/{file}`, whose `X-Repo-Commit`
 and `ETag` (`X-Linked-Etag` and `X-Linked-Size` for LFS files) it requires. huggingface_hub
 reads HF_ENDPOINT and HF_HUB_OFFLINE when it is imported, so each run is a process of its own.
+
+For `convert-batch --push` it also takes commits to the repos in `repos` (huggingface_hub's
+create_commit: `POST /api/models/{repo}/paths-info/{rev}` for what the repo has,
+`.../preupload/{rev}` for each file's upload mode, always "regular" here so the content comes
+inline, base64, in the NDJSON of `.../commit/{rev}`), with `token` as the only accepted token.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -21,7 +27,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import gguf
 import pytest
@@ -42,6 +48,9 @@ class FakeHub:
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
         self.requests: list[tuple[str, str]] = []  # (method, path) in the order asked
+        self.repos: dict[str, dict[str, bytes]] = {}  # pushable repos: path -> content
+        self.commits: list[tuple[str, list[str]]] = []  # (repo, paths) of each commit
+        self.token = "hf_write"
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +61,9 @@ class FakeHub:
 
             def do_HEAD(self) -> None:
                 hub.answer(self, body=False)
+
+            def do_POST(self) -> None:
+                hub.answer_post(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -114,6 +126,52 @@ class FakeHub:
                 headers |= {"X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(entry["size"])}
             return self._send(request, 200, self.files[name], headers, body)
         self._send(request, 404, b"{}", {"X-Error-Code": "EntryNotFound"}, body)
+
+    def answer_post(self, request: BaseHTTPRequestHandler) -> None:
+        path = unquote(urlsplit(request.path).path)
+        self.requests.append(("POST", path))
+        data = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        if path == "/api/validate-yaml":
+            return self._send(request, 200, b"{}", {}, True)
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            message = "Invalid credentials in Authorization header"
+            body = json.dumps({"error": message}).encode()
+            return self._send(request, 401, body, {"X-Error-Message": message}, True)
+        parts = path.removeprefix("/api/models/").split("/")
+        repo, action = "/".join(parts[:2]), parts[2] if len(parts) > 2 else ""
+        if repo not in self.repos:
+            body = json.dumps({"error": "Repository not found"}).encode()
+            return self._send(request, 404, body, {"X-Error-Code": "RepoNotFound"}, True)
+        files = self.repos[repo]
+        if action == "paths-info":
+            asked = parse_qs(data.decode())["paths"]
+            found = [self._repo_entry(name, files[name]) for name in asked if name in files]
+            return self._send(request, 200, json.dumps(found).encode(), {}, True)
+        if action == "preupload":
+            asked = json.loads(data)["files"]
+            modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                     for f in asked]  # fmt: skip
+            return self._send(request, 200, json.dumps({"files": modes}).encode(), {}, True)
+        if action == "commit":
+            paths = []
+            for line in data.decode().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    paths.append(item["value"]["path"])
+            self.commits.append((repo, paths))
+            oid = hashlib.sha1(repr(self.commits).encode()).hexdigest()
+            answer = {"commitUrl": f"{self.url}/{repo}/commit/{oid}", "commitOid": oid}
+            return self._send(request, 200, json.dumps(answer).encode(), {}, True)
+        self._send(request, 404, b"{}", {"X-Error-Code": "EntryNotFound"}, True)
+
+    def _repo_entry(self, name: str, data: bytes) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": "file", "path": name, "size": len(data)}
+        entry["oid"] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if self._lfs(name) or name.endswith(".gguf"):  # as the Hub stores large binaries
+            sha256 = hashlib.sha256(data).hexdigest()
+            entry["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": 134}
+        return entry
 
     @staticmethod
     def _send(
@@ -243,3 +301,78 @@ def test_only_the_shards_the_index_names_are_downloaded(tmp_path: Path) -> None:
     }
     (output,) = report["jobs"][0]["outputs"]
     assert not output["skipped"] and output["source"]["commit"] == COMMIT
+
+
+def _push_batch(tmp_path: Path, hub_url: str, repo: str, token: str) -> subprocess.CompletedProcess:
+    """`llorch convert-batch` of a local tiny model to f16 and q4_k_m with `--push repo`."""
+    src = tmp_path / "src"
+    if not src.exists():
+        tiny_llama(src, name="acme/tiny")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env |= {
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_TOKEN": token,
+        "LLORCH_CACHE": str(tmp_path / "cache" / "gguf"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+    manifest = tmp_path / "batch.toml"
+    manifest.write_text(
+        f'outtypes = ["f16", "q4_k_m"]\nlicense = "apache-2.0"\n[[models]]\nsource = "{src}"\n'
+    )
+    cmd = [sys.executable, "-m", "llorch.cli", "convert-batch", str(manifest), "--json"]
+    cmd += ["--out", str(tmp_path / "out"), "--push", repo]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_push_uploads_outputs_and_card_then_only_what_is_missing(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    repo = "acme/tiny-GGUF"
+    hub.repos[repo] = {}
+    done = _push_batch(tmp_path, hub.url, repo, hub.token)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out"
+    made = sorted(p.name for p in out.iterdir() if p.name.endswith((".gguf", ".json")))
+    assert len(made) == 4  # two GGUF files and their provenance sidecars
+    assert sorted(hub.repos[repo]) == sorted([*made, "README.md"])
+    for name in made:
+        assert hub.repos[repo][name] == (out / name).read_bytes(), name
+    card = hub.repos[repo]["README.md"].decode()
+    assert "license: apache-2.0" in card and "- gguf" in card
+    assert "| Q4_K_M |" in card and "| F16 |" in card and "`general.architecture`: llama" in card
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    [pushed] = [e for e in events if e["event"] == "push"]
+    assert sorted(pushed["uploaded"]) == sorted([*made, "README.md"]) and pushed["commit"]
+    assert len(hub.commits) == 1
+
+    # run again: nothing new to upload, no commit
+    again = _push_batch(tmp_path, hub.url, repo, hub.token)
+    assert again.returncode == 0, again.stderr
+    assert len(hub.commits) == 1
+    # a file the repo lost (or never got) is the only one uploaded
+    q4 = next(n for n in made if n.endswith("Q4_K_M.gguf"))
+    del hub.repos[repo][q4]
+    hub.repos[repo][made[0]] = b"changed on the hub"
+    resumed = _push_batch(tmp_path, hub.url, repo, hub.token)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(hub.commits[-1][1]) == sorted([q4, made[0]])
+    assert hub.repos[repo][made[0]] == (out / made[0]).read_bytes()
+
+
+def test_push_refused_token_and_missing_repo_are_clear_errors(tmp_path: Path, hub: FakeHub) -> None:
+    hub.repos["acme/tiny-GGUF"] = {}
+    refused = _push_batch(tmp_path, hub.url, "acme/tiny-GGUF", "hf_wrong")
+    assert refused.returncode == 1
+    assert "acme/tiny-GGUF: the token was refused (HTTP 401)" in refused.stderr
+    assert hub.repos["acme/tiny-GGUF"] == {} and hub.commits == []
+    missing = _push_batch(tmp_path, hub.url, "acme/nowhere", hub.token)
+    assert missing.returncode == 1
+    assert "acme/nowhere: no such model repo" in missing.stderr
+    events = [json.loads(line) for line in missing.stdout.splitlines() if line.startswith("{")]
+    assert [e["repo"] for e in events if e["event"] == "push_error"] == ["acme/nowhere"]
+    # the outputs themselves were made and kept
+    assert events[-1]["event"] == "report" and events[-1]["ok"] is True
