@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGUFReader
+from gguf import GGUFReader, Keys
 
 _BLOCK = re.compile(r"blk\.(\d+)\.")
 # Compute buffers: about 0.5 GiB for a batch of 512 over a 128k vocabulary, plus slack for
@@ -30,8 +30,9 @@ class ModelFootprint:
     n_ctx_train: int
 
 
-def _field_int(reader: GGUFReader, key: str, default: int = 0) -> int:
-    field = reader.fields.get(key)
+def _field_int(reader: GGUFReader, key: str, arch: str, default: int = 0) -> int:
+    """The integer at `key` (a gguf.Keys template, "{arch}.block_count") for `arch`."""
+    field = reader.fields.get(key.format(arch=arch))
     if field is None:
         return default
     return int(field.parts[-1][0])
@@ -39,7 +40,7 @@ def _field_int(reader: GGUFReader, key: str, default: int = 0) -> int:
 
 def footprint(path: Path) -> ModelFootprint:
     reader = GGUFReader(str(path))
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    arch = bytes(reader.fields[Keys.General.ARCHITECTURE].parts[-1]).decode()
     per_block: dict[int, int] = defaultdict(int)
     other = 0
     for tensor in reader.tensors:
@@ -48,14 +49,14 @@ def footprint(path: Path) -> ModelFootprint:
             per_block[int(match.group(1))] += int(tensor.n_bytes)
         else:
             other += int(tensor.n_bytes)
-    n_layer = _field_int(reader, f"{arch}.block_count", len(per_block))
-    n_head = _field_int(reader, f"{arch}.attention.head_count", 1)
-    n_head_kv = _field_int(reader, f"{arch}.attention.head_count_kv", n_head)
-    n_embd = _field_int(reader, f"{arch}.embedding_length")
-    head_k = _field_int(reader, f"{arch}.attention.key_length", n_embd // max(1, n_head))
-    head_v = _field_int(reader, f"{arch}.attention.value_length", head_k)
+    n_layer = _field_int(reader, Keys.LLM.BLOCK_COUNT, arch, len(per_block))
+    n_head = _field_int(reader, Keys.Attention.HEAD_COUNT, arch, 1)
+    n_head_kv = _field_int(reader, Keys.Attention.HEAD_COUNT_KV, arch, n_head)
+    n_embd = _field_int(reader, Keys.LLM.EMBEDDING_LENGTH, arch)
+    head_k = _field_int(reader, Keys.Attention.KEY_LENGTH, arch, n_embd // max(1, n_head))
+    head_v = _field_int(reader, Keys.Attention.VALUE_LENGTH, arch, head_k)
     kv = n_head_kv * (head_k + head_v) * KV_BYTES_PER_VALUE
-    n_ctx_train = _field_int(reader, f"{arch}.context_length", 4096)
+    n_ctx_train = _field_int(reader, Keys.LLM.CONTEXT_LENGTH, arch, 4096)
     return ModelFootprint(tuple(per_block[i] for i in range(n_layer)), other, kv, n_ctx_train)
 
 
