@@ -15,7 +15,10 @@ import ctypes
 import logging
 import os
 import sys
+import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger("llorch.llama_cpp")
@@ -24,6 +27,8 @@ log.addHandler(logging.NullHandler())
 _LEVELS = {4: logging.ERROR}
 _recent: deque[str] = deque(maxlen=64)  # raw fragments; a line may come in several
 _callback: Any = None  # kept referenced: llama.cpp holds the pointer
+# capture(): thread id -> every fragment that thread logs while its block runs
+_captures: dict[int, list[str]] = {}
 
 
 def install() -> None:
@@ -39,6 +44,9 @@ def install() -> None:
         del user_data
         fragment = text.decode("utf-8", "replace")
         _recent.append(fragment)
+        captured = _captures.get(threading.get_ident())
+        if captured is not None:
+            captured.append(fragment)
         if echo:
             sys.stderr.write(fragment)
         line = fragment.rstrip()
@@ -52,6 +60,19 @@ def install() -> None:
 def clear() -> None:
     """Forget what was logged so far: call before the operation whose failure to explain."""
     _recent.clear()
+
+
+@contextmanager
+def capture() -> Iterator[list[str]]:
+    """Every fragment llama.cpp logs from this thread while the block runs (its lines about
+    what it allocated, which llama.h has no call for); other threads' loads stay out."""
+    fragments: list[str] = []
+    ident = threading.get_ident()
+    _captures[ident] = fragments
+    try:
+        yield fragments
+    finally:
+        _captures.pop(ident, None)
 
 
 def last_error() -> str:

@@ -239,4 +239,5 @@ def footprint_bytes(spec: str | None, options: LoadOptions) -> int | None:
     except Exception:  # not a GGUF the reader understands: the load will say why
         return None
     n_ctx = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
-    return path.stat().st_size + offload.kv_cache_bytes(model, n_ctx)
+    kv = offload.kv_cache_bytes(model, n_ctx, options.cache_type_k, options.cache_type_v)
+    return path.stat().st_size + kv

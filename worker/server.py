@@ -72,6 +72,7 @@ def build_app(
         loaded = replace(options, lora=settings.lora_specs) if entry == first else options
         if entry != first:  # the draft model too: its vocabulary is the first model's
             loaded = replace(loaded, speculative=replace(options.speculative, draft_model=None))
+        loaded = _with_cache_types(loaded, settings, entry)
 
         loaded = replace(loaded, mmproj=settings.mmproj_for(entry.name, entry == first))
 
@@ -93,13 +94,25 @@ def build_app(
         make_engine,
         max_loaded=settings.max_models,
         keep_alive_s=settings.keep_alive,
-        footprint=lambda entry: footprint_bytes(entry.source, options),
+        footprint=lambda entry: footprint_bytes(
+            entry.source, _with_cache_types(options, settings, entry)
+        ),
         free_memory=host_memory_available,
         # The built-in model is the chat model: chat requests that name no model go to it.
         default_chat=next((e.name for e in entries if e.builtin), None),
     )
     metrics.watch(fleet)
     return create_app(fleet, settings, metrics)
+
+
+def _with_cache_types(
+    options: LoadOptions, settings: WorkerSettings, entry: ModelEntry
+) -> LoadOptions:
+    """The KV cache types and flash attention of this model (--cache-type-k/-v NAME=TYPE)."""
+    type_k, type_v = settings.cache_types(entry.name)
+    return replace(
+        options, cache_type_k=type_k, cache_type_v=type_v, flash_attn=settings.flash_attn
+    )
 
 
 class _Server(uvicorn.Server):

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llorch.worker.backend.protocol import LoraSpec, SpecOptions
+from llorch.worker.backend.protocol import KV_CACHE_TYPES, LoraSpec, SpecOptions
 from llorch.worker.chat.prompt import ChatDefaults
 from llorch.worker.chat.types import ReasoningFormat
 from llorch.worker.fleet import ModelEntry
@@ -73,6 +73,22 @@ class WorkerSettings(BaseSettings):
     )
     parallel: int = Field(
         4, ge=1, le=256, description="slots: requests decoded together in one batch"
+    )
+    cache_type_k: str = Field(
+        "f16",
+        description=f"element type of the KV cache's keys: one of {', '.join(KV_CACHE_TYPES)} "
+        "for every model, or comma-separated NAME=TYPE for named models (q8_0 halves the "
+        "cache at a small loss; /health shows each model's types and size)",
+    )
+    cache_type_v: str = Field(
+        "f16",
+        description="element type of the KV cache's values, as --cache-type-k; a quantized "
+        "type needs flash attention, which is then turned on",
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="llama.cpp's flash attention (auto: where the device supports it; a "
+        "quantized --cache-type-v turns it on, and refuses off)",
     )
     backend_sampling: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -278,6 +294,33 @@ class WorkerSettings(BaseSettings):
             reasoning_budget=None if self.reasoning_budget < 0 else self.reasoning_budget,
         )
 
+    @field_validator("cache_type_k", "cache_type_v")
+    @classmethod
+    def _cache_types(cls, value: str, info: ValidationInfo) -> str:
+        flag = "--" + str(info.field_name).replace("_", "-")
+        _per_model_types(value, flag)
+        return value
+
+    @field_validator("flash_attn")
+    @classmethod
+    def _flash_attn_for_v(cls, value: str, info: ValidationInfo) -> str:
+        if value == "off":
+            for name, kind in _per_model_types(info.data.get("cache_type_v", "f16"), "").items():
+                if kind not in ("f16", "bf16"):
+                    whose = f" ({name})" if name else ""
+                    raise ValueError(
+                        f"--cache-type-v {kind}{whose} is quantized, which llama.cpp reads "
+                        "only with flash attention: use --flash-attn auto or on, or a V "
+                        "type of f16 or bf16"
+                    )
+        return value
+
+    def cache_types(self, name: str | None) -> tuple[str, str]:
+        """The (K, V) cache types of the model served as `name`: its NAME=TYPE entry, else
+        a bare TYPE given for every model, else f16."""
+        k, v = _per_model_types(self.cache_type_k, ""), _per_model_types(self.cache_type_v, "")
+        return (k.get(name or "", k.get("", "f16")), v.get(name or "", v.get("", "f16")))
+
     @field_validator("api_token")
     @classmethod
     def _token_not_blank(cls, token: SecretStr | None) -> SecretStr | None:
@@ -394,6 +437,22 @@ class WorkerSettings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+
+def _per_model_types(text: str, flag: str) -> dict[str, str]:
+    """`q8_0` → {"": "q8_0"}; `gemma=q8_0,chat=f16` → per name; every type one of
+    KV_CACHE_TYPES."""
+    types: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, kind = part.rpartition("=")
+        kind = kind.strip().lower()
+        if kind not in KV_CACHE_TYPES:
+            raise ValueError(
+                f"{flag} {part!r}: {kind!r} is not a KV cache type; valid: "
+                f"{', '.join(KV_CACHE_TYPES)}"
+            )
+        types[name.strip() if sep else ""] = kind
+    return types
 
 
 def _shares(text: str) -> tuple[float, ...]:

@@ -15,19 +15,30 @@ from pathlib import Path
 
 from gguf import GGUFReader, Keys
 
+from llorch.worker.backend import kvcache
+
 _BLOCK = re.compile(r"blk\.(\d+)\.")
 # Compute buffers: about 0.5 GiB for a batch of 512 over a 128k vocabulary, plus slack for
 # the CUDA context and fragmentation.
 COMPUTE_RESERVE_BYTES = 768 << 20
-KV_BYTES_PER_VALUE = 2  # the default F16 KV cache
 
 
 @dataclass(frozen=True)
 class ModelFootprint:
     layer_bytes: tuple[int, ...]  # weights of each block
     other_bytes: int  # embeddings, output norm and head: offloaded with the last layer
-    kv_bytes_per_token_per_layer: int
+    kv_bytes_per_token_per_layer: int  # at F16, the default
     n_ctx_train: int
+    k_values_per_token_per_layer: int = 0  # K and V elements per cell: priced per cache type
+    v_values_per_token_per_layer: int = 0
+
+    def kv_bytes_per_token(self, type_k: str = "f16", type_v: str = "f16") -> float:
+        """What one cell of one layer costs with these cache types (backend/kvcache.py)."""
+        if not self.k_values_per_token_per_layer:  # built by hand, F16 only
+            return self.kv_bytes_per_token_per_layer
+        return self.k_values_per_token_per_layer * kvcache.bytes_per_value(
+            type_k
+        ) + self.v_values_per_token_per_layer * kvcache.bytes_per_value(type_v)
 
 
 def _field_int(reader: GGUFReader, key: str, arch: str, default: int = 0) -> int:
@@ -55,15 +66,28 @@ def footprint(path: Path) -> ModelFootprint:
     n_embd = _field_int(reader, Keys.LLM.EMBEDDING_LENGTH, arch)
     head_k = _field_int(reader, Keys.Attention.KEY_LENGTH, arch, n_embd // max(1, n_head))
     head_v = _field_int(reader, Keys.Attention.VALUE_LENGTH, arch, head_k)
-    kv = n_head_kv * (head_k + head_v) * KV_BYTES_PER_VALUE
+    kv = n_head_kv * (head_k + head_v) * 2  # F16
     n_ctx_train = _field_int(reader, Keys.LLM.CONTEXT_LENGTH, arch, 4096)
-    return ModelFootprint(tuple(per_block[i] for i in range(n_layer)), other, kv, n_ctx_train)
+    return ModelFootprint(
+        tuple(per_block[i] for i in range(n_layer)),
+        other,
+        kv,
+        n_ctx_train,
+        n_head_kv * head_k,
+        n_head_kv * head_v,
+    )
 
 
-def fit_layers(model: ModelFootprint, free_bytes: int, n_ctx_total: int) -> int:
+def fit_layers(
+    model: ModelFootprint,
+    free_bytes: int,
+    n_ctx_total: int,
+    type_k: str = "f16",
+    type_v: str = "f16",
+) -> int:
     """How many layers to offload (n_layer + 1 means everything, output included)."""
     budget = free_bytes - COMPUTE_RESERVE_BYTES
-    kv_per_layer = model.kv_bytes_per_token_per_layer * n_ctx_total
+    kv_per_layer = round(model.kv_bytes_per_token(type_k, type_v) * n_ctx_total)
     used = 0
     fitted = 0
     for layer in model.layer_bytes:
@@ -76,9 +100,13 @@ def fit_layers(model: ModelFootprint, free_bytes: int, n_ctx_total: int) -> int:
     return fitted
 
 
-def kv_cache_bytes(model: ModelFootprint, n_ctx_total: int) -> int:
-    """The KV cache of every layer at `n_ctx_total` cells (all slots together)."""
-    return model.kv_bytes_per_token_per_layer * len(model.layer_bytes) * n_ctx_total
+def kv_cache_bytes(
+    model: ModelFootprint, n_ctx_total: int, type_k: str = "f16", type_v: str = "f16"
+) -> int:
+    """The KV cache of every layer at `n_ctx_total` cells (all slots together), with these
+    cache types: an upper bound, as sliding-window layers may keep only their window."""
+    per_token = model.kv_bytes_per_token(type_k, type_v) * len(model.layer_bytes)
+    return round(per_token * n_ctx_total)
 
 
 def weight_bytes(model: ModelFootprint, n_gpu_layers: int) -> tuple[int, int]:

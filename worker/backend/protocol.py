@@ -114,6 +114,11 @@ class LoadOptions:
     cache_bytes: int = 0
     # The multimodal projector (llama.cpp's mtmd, --mmproj): images in; None: text only.
     mmproj: Path | None = None
+    # The KV cache's element types (llama.cpp's names: f16, q8_0, ...; backend/kvcache.py) and
+    # flash attention ("auto", "on", "off"), which a quantized V cache needs.
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,21 @@ class FimTokens:
     bos: int | None = None
 
 
+# The KV cache's element types, llama.cpp's names (common/arg.cpp's kv_cache_types).
+KV_CACHE_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+
+
+@dataclass(frozen=True)
+class KvCacheInfo:
+    """The KV cache of a loaded context (backend/kvcache.py), as /health shows it."""
+
+    type_k: str
+    type_v: str
+    flash_attn: str  # "auto", "on" or "off", as asked
+    size_bytes: int  # all slots and layers, as llama.cpp reported it (to 0.01 MiB)
+    bytes_per_token: float  # size_bytes over the context's cells: what a token costs
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     path: Path
@@ -299,6 +319,7 @@ class ModelInfo:
     fim: FimTokens = FimTokens()  # fill-in-the-middle tokens (POST /infill, worker/fim.py)
     # What the projector (--mmproj) lets the model read besides text: "vision", "audio".
     media_inputs: tuple[str, ...] = ()
+    kv_cache: KvCacheInfo | None = None  # None: no cache (an encoder) or not known
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,8 @@ def health_body(health: Health, settings: WorkerSettings) -> dict[str, Any]:
         }
         if model.source:
             body["model"]["source"] = dict(model.source)
+        if model.kv_cache is not None:
+            body["model"]["kv_cache"] = dataclasses.asdict(model.kv_cache)
     info = health.backend
     if info is not None:
         body["backend"] = {
