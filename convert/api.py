@@ -217,7 +217,7 @@ def convert(
         _add_metadata(w, metadata or {})
         stats = gw.write_gguf(tmp, w, plans, stage_type, on_tensor=on_tensor)
         final = tmp
-        with gw.temp_path(out, ".quant.tmp") as qtmp:
+        with gw.temp_path(out, ".quant.tmp") as qtmp, gw.temp_path(out, ".meta.tmp") as mtmp:
             im_record = quality_record = None
             if not direct:
                 options = llamacpp.QuantizeOptions(tensor_types=overrides)
@@ -237,6 +237,9 @@ def convert(
                         chunks=quality_chunks,
                     )
                     quality_record = measured.to_json()
+                    # measured after quantizing: the keys go into a copy, tensors as they are
+                    llamacpp.copy_with_metadata(qtmp, mtmp, measured.gguf_metadata())
+                    final = mtmp
             llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
             differences: tuple[TokenDifference, ...] = ()

@@ -246,6 +246,31 @@ def quantize(
         )
 
 
+def copy_with_metadata(src: Path, dst: Path, metadata: Mapping[str, str | int | float]) -> None:
+    """`src` copied to `dst` with metadata keys added or replaced, its tensors as they are
+    (llama_model_quantize with only_copy: what `llama-quantize --override-kv ... COPY` does).
+    Integers are written as UINT32, floats as FLOAT32, as llama.cpp's quantizer writes them."""
+    lib = _lib()
+    params = lib.llama_model_quantize_default_params()
+    params.only_copy = True
+    overrides = (lib.llama_model_kv_override * (len(metadata) + 1))()
+    for o, (key, value) in zip(overrides, metadata.items(), strict=False):
+        o.key = key.encode()
+        if isinstance(value, str):
+            o.tag, o.value.val_str = lib.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()[:127]
+        elif isinstance(value, float):
+            o.tag, o.value.val_f64 = lib.LLAMA_KV_OVERRIDE_TYPE_FLOAT, value
+        else:
+            o.tag, o.value.val_i64 = lib.LLAMA_KV_OVERRIDE_TYPE_INT, value
+    params.kv_overrides = overrides
+    native_log.clear()
+    rc = lib.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    if rc != 0:
+        detail = native_log.last_error()
+        why = f": {detail}" if detail else ""
+        raise QuantizeError(f"{src}: copying with new metadata failed{why}")
+
+
 def ggml_type_constants() -> dict[str, int]:
     """ggml tensor types by lower-case name (q4_k -> GGML_TYPE_Q4_K), as llama-quantize's
     --tensor-type names them (ggml_type_name, compared case-insensitively)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from llorch import keys
 from llorch.convert.errors import ConversionError, QualityError
 
 DEFAULT_CHUNK = 512
@@ -47,6 +48,10 @@ class Quality:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def gguf_metadata(self) -> dict[str, str | int | float]:
+        """The GGUF keys (llorch.keys.QUALITY_PREFIX + field) `llorch detect` shows."""
+        return {keys.QUALITY_PREFIX + k: v for k, v in asdict(self).items()}
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

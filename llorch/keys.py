@@ -20,3 +20,7 @@ EMBEDDING_DEFAULT_PROMPT = "llorch.embedding.default_prompt"
 # In an imatrix convert-batch computed: what it was computed from (calibration text's sha256,
 # chunk size, the source's files), so a rerun reuses it only for the same inputs.
 IMATRIX_INPUTS = "llorch.imatrix.inputs"
+# A quantized file's quality against the high-precision file it was made from, on an evaluation
+# text (convert/quality.py): "llorch.quality." + reference, tokens, kld_mean, kld_p99, top1,
+# ppl, ppl_reference.
+QUALITY_PREFIX = "llorch.quality."

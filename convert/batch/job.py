@@ -208,14 +208,19 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                     extra["imatrix"] = imatrix[1]
                 if spec.get("quality"):
                     emit({"event": "stage", "job": job, "stage": f"quality {outtype}"})
-                    extra["quality"] = quality.measure(
+                    measured = quality.measure(
                         current,
                         tmp,
                         spec["quality"],
                         reference_name=base,
                         chunk=int(spec.get("quality_chunk") or quality.DEFAULT_CHUNK),
                         n_threads=threads,
-                    ).to_json()
+                    )
+                    extra["quality"] = measured.to_json()
+                    # measured after quantizing: the keys go into a copy, tensors as they are
+                    copy = stack.enter_context(gw.temp_path(final, ".meta.tmp"))
+                    llamacpp.copy_with_metadata(tmp, copy, measured.gguf_metadata())
+                    os.replace(copy, tmp)
                 verified = {"tokenizer": False, "strings": 0, "notes": ["not verified"]}
                 if spec["verify"]:
                     if vocab is None:

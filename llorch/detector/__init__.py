@@ -199,9 +199,15 @@ def _detect_hf(source: str, folder: Path) -> Detection:
 
 
 # GGUF keys that say where a file came from: GGUF's own source and base-model keys, who
-# quantized it, and llorch's (source revision and file digests, converter and llama.cpp
-# versions; see convert/batch/provenance.py).
-PROVENANCE_PREFIXES = ("general.source.", "general.base_model.", "general.quantized_by", "llorch.")
+# quantized it, the importance matrix llama-quantize records, and llorch's (source revision and
+# file digests, converter and llama.cpp versions, quality; see convert/batch/provenance.py).
+PROVENANCE_PREFIXES = (
+    "general.source.",
+    "general.base_model.",
+    "general.quantized_by",
+    "quantize.imatrix.",
+    "llorch.",
+)
 
 
 def gguf_provenance(reader: gguf.GGUFReader) -> dict[str, Any] | None:

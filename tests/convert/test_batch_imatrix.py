@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gguf
 import pytest
 from llama_tools import calibration_text, tool
 from tiny_hf import tiny_llama
@@ -21,6 +22,7 @@ from llorch.convert.batch import convert_batch, load_manifest, plan_from_dirs
 from llorch.convert.batch.plan import with_texts
 from llorch.convert.batch.progress import summary_table
 from llorch.convert.errors import ImatrixRequiredError
+from llorch.detector import detect
 
 TYPES = ["f16", "q4_k_m", "iq2_xxs"]
 CHUNK = 64
@@ -47,6 +49,10 @@ def _plan(src: Path, text: Path) -> Any:
     plan = plan_from_dirs([src], TYPES, has_imatrix=True)
     return with_texts(plan, imatrix=str(text), imatrix_chunk=CHUNK, quality=str(text),
                       quality_chunk=CHUNK)  # fmt: skip
+
+
+def _tensors(reader: gguf.GGUFReader) -> dict[str, tuple[str, bytes]]:
+    return {t.name: (t.tensor_type.name, bytes(t.data.tobytes())) for t in reader.tensors}
 
 
 def _sidecar(out: Path, outtype: str) -> dict[str, Any]:
@@ -76,11 +82,17 @@ def test_batch_with_imatrix_and_quality(tmp_path: Path) -> None:
     assert q2["kld_mean"] > q4["kld_mean"]  # fewer bits, further from the F16
     table = summary_table(report)
     assert "iq2_xxs KLD" in table and "q4_k_m KLD" in table
-    # the IQ2_XXS file is llama-quantize's with the kept matrix
+    # the IQ2_XXS file's tensors are llama-quantize's with the kept matrix; its metadata adds
+    # the quality measured (llorch detect shows it)
     ref = tmp_path / "ref.gguf"
     cmd = [str(tool("llama-quantize")), "--imatrix", str(kept), str(out / "m-733K-F16.gguf")]
     subprocess.run([*cmd, str(ref), "IQ2_XXS", "2"], check=True, capture_output=True)
-    assert (out / "m-733K-IQ2_XXS.gguf").read_bytes() == ref.read_bytes()
+    ours_reader = gguf.GGUFReader(out / "m-733K-IQ2_XXS.gguf")
+    assert _tensors(ours_reader) == _tensors(gguf.GGUFReader(ref))
+    shown = detect(out / "m-733K-IQ2_XXS.gguf").to_json()["provenance"]
+    assert shown["llorch.quality.kld_mean"] == pytest.approx(q2["kld_mean"], rel=1e-6)
+    assert shown["llorch.quality.reference"] == "f16"
+    assert shown["quantize.imatrix.file"] == str(kept)
     # a rerun does nothing: every output skipped, the matrix not recomputed
     again: list[dict[str, Any]] = []
     assert convert_batch(_plan(src.parent, text), out, on_event=again.append).ok
