@@ -18,7 +18,7 @@ Three measurements, in-process (llorch's batch decoder, as the worker drives it,
                   rounds interleaved, median reported
   8 / 32 streams  aggregate decode tokens/s with in-graph sampling on and off (temperature
                   0.8, top-k 40, top-p 0.95: a chain llama.cpp can sample inside the graph)
-  speculation     prompt lookup on and off on bench/spec.py's grounded task, greedy, with
+  speculation     prompt lookup on and off on bench/tasks.py's grounded task, greedy, with
                   CPU-side sampling (llorch never speculates on sequences sampled in the
                   graph); a random model does not copy its input: what drafts it accepts
                   come from its own loops
@@ -30,7 +30,6 @@ the section of docs/BENCHMARKS.md between its markers (or later, from gpu.md, --
 from __future__ import annotations
 
 import argparse
-import ast
 import faulthandler
 import json
 import os
@@ -48,6 +47,7 @@ from typing import Any
 import gguf
 import numpy as np
 from benchlib import REPO, load, write_section
+from tasks import TASKS
 
 from llorch.atomic import atomic_output
 from llorch.convert import llamacpp
@@ -90,22 +90,6 @@ SHAPES = {
 
 
 decode = load("bench_decode", REPO / "bench" / "decode.py")
-
-
-def grounded_prompt() -> str:
-    """TASKS["grounded"] of bench/spec.py, read from its source: importing spec.py would
-    import its HTTP client and bench/serving.py (matplotlib), which this run does without."""
-    tree = ast.parse((REPO / "bench" / "spec.py").read_text(encoding="utf-8"))
-    names = ("CODE", "PASSAGE", "TASKS")  # TASKS and the texts it is built from
-    wanted = [
-        node
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        and any(isinstance(t, ast.Name) and t.id in names for t in node.targets)
-    ]
-    namespace: dict[str, Any] = {}
-    exec(compile(ast.Module(wanted, []), "bench/spec.py", "exec"), namespace)
-    return str(namespace["TASKS"]["grounded"])
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -392,7 +376,7 @@ def concurrent(path: Path, ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def speculation(path: Path, ns: argparse.Namespace) -> dict[str, Any]:
-    prompt = grounded_prompt()
+    prompt = TASKS["grounded"]
     ctx = ctx_for(len(prompt.encode()), ns.tokens)
     backend = load(path, ns, 1, ctx, in_graph=False)
     runs: dict[bool, list[Run]] = {True: [], False: []}
@@ -503,7 +487,7 @@ def concurrent_table(conc: dict[str, Any], meta: dict[str, Any]) -> list[str]:
 def speculation_table(spec: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     off = spec["off"]["decode_tok_s"]
     lines = [
-        f"Speculation (prompt lookup), bench/spec.py's grounded task ({spec['prompt_tokens']} "
+        f"Speculation (prompt lookup), bench/tasks.py's grounded task ({spec['prompt_tokens']} "
         "prompt tokens), greedy, CPU-side sampling (llorch does not speculate on sequences "
         "sampled in the graph). The weights are random: the output does not copy the input, "
         "and the drafts that are accepted come from the model repeating its own output "

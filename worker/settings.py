@@ -152,10 +152,12 @@ class WorkerSettings(BaseSettings):
         description="comma-separated shares of the offloaded layers per device, rpc servers "
         "first, then local GPUs (e.g. 3,1; default: by free memory)",
     )
-    spec: Literal["off", "ngram"] = Field(
-        "off",
+    spec: Literal["auto", "off", "ngram"] = Field(
+        "auto",
         description="speculative decoding for requests that do not ask (their `speculative` "
-        "field): ngram drafts from the sequence's own prompt and output (prompt lookup)",
+        "field): ngram drafts from the sequence's own prompt and output (prompt lookup); "
+        "auto does so only where a step's measured cost and the sequence's acceptance "
+        "expect a gain",
     )
     draft_model: Path | None = Field(
         None,
@@ -375,6 +377,7 @@ class WorkerSettings(BaseSettings):
     def spec_options(self) -> SpecOptions:
         return SpecOptions(
             default=self.spec != "off" or self.draft_model is not None,
+            auto=self.spec == "auto",
             draft_model=self.draft_model,
             draft_max=self.spec_draft_max,
         )

@@ -163,9 +163,13 @@ def test_loopback_only(host, loopback):
 
 
 def test_speculation_flags():
-    assert not WorkerSettings().spec_options.default
+    auto = WorkerSettings().spec_options  # the default: prompt lookup under the cost rule
+    assert auto.default and auto.auto and auto.draft_model is None
+    off = settings_from_args(parse("--spec", "off")).spec_options
+    assert not off.default and not off.auto
     ngram = settings_from_args(parse("--spec", "ngram", "--spec-draft-max", "5")).spec_options
-    assert ngram.default and ngram.draft_model is None and ngram.draft_max == 5
+    assert ngram.default and not ngram.auto and ngram.draft_model is None
+    assert ngram.draft_max == 5
     drafted = settings_from_args(parse("--draft-model", "/d.gguf")).spec_options
     assert drafted.default and str(drafted.draft_model) == "/d.gguf"
 

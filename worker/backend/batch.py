@@ -269,8 +269,10 @@ class LlamaBatchDecoder:
                 return out
             if self._adapters is not None:
                 self._adapters.apply(self._ctx, group)
+            started = time.perf_counter()
             rc = self._decode(self._ctx, self._batch)
             if rc == 0:
+                self._timed(outputs, n_tokens, time.perf_counter() - started)
                 break
             self._take_back(placed)
             if rc != 1:
@@ -307,6 +309,13 @@ class LlamaBatchDecoder:
             else:
                 self._sample_and_emit(slot, index, out)
         return out
+
+    def _timed(self, outputs: list[tuple[Slot, int]], n_tokens: int, seconds: float) -> None:
+        """The decode's time for speculation's cost model: per position with logits (one per
+        output, and the drafts), when the batch read no prompt chunk."""
+        n_draft = sum(len(slot.seq.verifying) for slot, _ in outputs if slot.seq is not None)
+        n_logits = len(outputs) + n_draft
+        self._speculation.decoded(n_logits, n_draft, seconds, pure=n_logits == n_tokens)
 
     def _ingest_media(self, out: Emitted) -> None:
         """Encode and decode one media chunk a sequence has reached, in a decode of its own
@@ -548,6 +557,7 @@ class LlamaBatchDecoder:
                     prompt_cached=seq.reused,
                     drafted=seq.drafted,
                     accepted=seq.accepted,
+                    draft_saved_ms=self._speculation.saved_ms(slot),
                 ),
             )
         )

@@ -74,6 +74,9 @@ class SpecOptions:
     """Speculative decoding: draft tokens that the model verifies in one decode."""
 
     default: bool = False  # whether requests that do not say speculate (--spec, --draft-model)
+    # --spec auto: those requests draft only where the cost rule expects the step to gain
+    # (worker/backend/spec_cost.py); a request's `speculative: true` drafts regardless.
+    auto: bool = False
     draft_model: Path | None = None  # drafts with this GGUF; None: prompt lookup (n-grams)
     draft_max: int = 16  # a draft model's longest draft per sequence and step
     # Prompt lookup: the last `ngram` tokens are looked up earlier in the sequence, and the
@@ -159,7 +162,7 @@ class GenerationRequest:
     echo: bool = False
     lora: LoraKey = ()  # the adapters and scales to decode with
     # Draft tokens and verify them together (None: as the server is set up). Ignored where
-    # it does not apply: grammars, log-probabilities, echo, sampling inside the graph.
+    # it does not apply: log-probabilities, echo, sampling inside the graph.
     speculative: bool | None = None
     # Control tokens whose text goes into the output (a tool-call format's markup such as
     # `[TOOL_CALLS]` or `<|channel|>`); other control tokens add no text.
@@ -226,6 +229,7 @@ class FinishEvent:
     prompt_cached: int = 0  # prompt tokens found in the KV cache and not ingested again
     drafted: int = 0  # speculative decoding: draft tokens verified, and those accepted
     accepted: int = 0
+    draft_saved_ms: float = 0.0  # its estimated decode time saved (negative: lost)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@ chain sampled from the model's logits given the tokens before it, so the output 
 model's own distribution (greedy: its argmax path) and the chain accepts each token once
 (llama_sampler_sample accepts what it returns), exactly as without speculation. A token that a
 reasoning budget forces (batch.py) takes the sampled one's place at its position, so a draft
-is taken only as far as it equals the forced tokens too.
+is taken only as far as it equals the forced tokens too. A grammar is part of the chain: it
+has accepted exactly the tokens before each position when that position is sampled, and a
+draft token it refuses is simply not sampled there.
+
+Under `--spec auto` the requests that do not say whether to speculate draft only where the
+cost rule of spec_cost.py expects the step to yield more tokens per second with the draft
+than without: each sequence's recent acceptance against the measured cost of the positions.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import llama_cpp as ll
 from llorch.worker.backend.drafters import Drafter, NgramDrafter, Want
 from llorch.worker.backend.protocol import LoraKey, SpecOptions
 from llorch.worker.backend.slots import SeqState, Slot
+from llorch.worker.backend.spec_cost import Acceptance, StepCost, expected_taken, plan
 
 
 class Speculation:
@@ -40,48 +47,95 @@ class Speculation:
         self._drafter = drafter or NgramDrafter(
             options.ngram, options.ngram, options.ngram_draft_min
         )
+        self.cost = StepCost()
+        # Per slot of a speculating sequence: its acceptance, whether the cost rule decides
+        # for it (auto, and the request did not say), and its estimated time saved (ms).
+        self._acceptance: dict[int, Acceptance] = {}
+        self._gated: set[int] = set()
+        self._saved_ms: dict[int, float] = {}
+        # The last decode: positions with logits, and of those, draft positions.
+        self._step = (0, 0)
 
     def decide(self, slot: Slot) -> None:
-        """Speculation where it keeps the output exactly as without it and simple: not with a
-        grammar (its state would have to follow drafts that may be rejected), log-probabilities
-        or echo (scored one position per step), or a chain sampled inside the graph (one
-        sampled token per sequence and decode), nor where a rejected draft cannot be removed."""
+        """Speculation where it keeps the output exactly as without it and simple: not with
+        log-probabilities or echo (scored one position per step), or a chain sampled inside
+        the graph (one sampled token per sequence and decode), nor where a rejected draft
+        cannot be removed."""
         seq = slot.seq
         assert seq is not None
         request = seq.request
         wanted = self._options.default if request.speculative is None else request.speculative
         seq.speculate = (
             wanted
-            and request.sampling.grammar is None
             and request.logprobs is None
             and not request.echo
             and not seq.in_graph
             and self._can_drop_tail
         )
+        self._acceptance[slot.seq_id] = Acceptance()
+        self._saved_ms[slot.seq_id] = 0.0
+        self._gated.discard(slot.seq_id)
         if seq.speculate:
             adaptive = self._drafter.adaptive
             seq.draft_len = self._options.draft_max if adaptive else self._options.ngram_draft_max
+            if self._options.auto and request.speculative is None and not adaptive:
+                self._gated.add(slot.seq_id)
             self._drafter.reset(slot.seq_id)
+
+    def saved_ms(self, slot: Slot) -> float:
+        """The estimated decode time speculation saved the slot's sequence so far (ms;
+        negative: lost): each verified draft's tokens taken times the cost of a step without
+        drafts, less what the drafts added to that step (spec_cost.StepCost)."""
+        return self._saved_ms.get(slot.seq_id, 0.0)
 
     def propose(self, slots: list[Slot], group: LoraKey) -> None:
         """Drafts for the sequences that speculate in this step's adapter group: each at most
-        what is left of its max_tokens after the token its verification adds."""
+        what is left of its max_tokens after the token its verification adds; those the cost
+        rule decides for cut to the length it allows (none at all in a compute-bound step)."""
         wants: list[Want] = []
-        seqs: list[SeqState] = []
+        seqs: list[tuple[int, SeqState]] = []
+        generating = 0
         for slot in slots:
             seq = slot.seq
-            if seq is None or not seq.speculate or seq.next_token is None:
+            if seq is None or seq.next_token is None or seq.request.lora != group:
+                continue
+            generating += 1
+            if not seq.speculate:
                 continue
             if seq.pause > 0:
                 seq.pause -= 1
                 continue
             room = min(seq.request.max_tokens - seq.output.n_out - 1, seq.draft_len)
-            if seq.request.lora == group and room > 0:
+            if room > 0:
                 wants.append((slot.seq_id, [*slot.cached, seq.next_token], room))
-                seqs.append(seq)
-        if wants:
-            for seq, draft in zip(seqs, self._drafter.propose(wants), strict=True):
+                seqs.append((slot.seq_id, seq))
+        if not wants:
+            return
+        drafts = self._drafter.propose(wants)
+        base, expected = generating, float(generating)
+        gated: list[tuple[int, SeqState, list[int]]] = []
+        for (seq_id, seq), draft in zip(seqs, drafts, strict=True):
+            if seq_id in self._gated and draft:
+                gated.append((seq_id, seq, draft))
+            else:  # asked for, or a draft model's (adaptive): drafts regardless
                 seq.draft = draft
+                base += len(draft)
+                expected += expected_taken(self._acceptance[seq_id].p, len(draft))
+        if gated:
+            candidates = [(self._acceptance[i].p, len(d)) for i, _, d in gated]
+            for (seq_id, seq, draft), k in zip(
+                gated, plan(self.cost, base, candidates, expected), strict=True
+            ):
+                seq.draft = draft[:k]
+                if not k:
+                    self._acceptance[seq_id].held_back()
+
+    def decoded(self, n_logits: int, n_draft: int, seconds: float, pure: bool) -> None:
+        """After a decode of `n_logits` positions with logits, `n_draft` of them drafts:
+        timed into the cost model when the step read no prompt (`pure`)."""
+        self._step = (n_logits, n_draft)
+        if pure:
+            self.cost.observe(n_logits, seconds)
 
     def verify(
         self,
@@ -97,6 +151,9 @@ class Speculation:
         assert seq is not None
         draft, seq.verifying = seq.verifying, []
         seq.drafted += len(draft)
+        n, n_draft = self._step
+        plain = self.cost(max(1, n - n_draft))  # the step without any drafts
+        self._saved_ms[slot.seq_id] -= self.cost(n) - plain
         taken = 0
         for i in range(len(draft) + 1):
             token = sample(index + i)
@@ -104,9 +161,12 @@ class Speculation:
             if hit:  # counted before emit(), which may end the sequence with this token
                 seq.accepted += 1
                 taken += 1
+                self._saved_ms[slot.seq_id] += plain
             emit(token)
             if not hit or slot.seq is None:  # a miss, or the sequence ended here
                 break
+        # (after the sequence's end too: the slot's next request starts afresh in decide)
+        self._acceptance[slot.seq_id].verified(len(draft), taken)
         if self._drafter.adaptive:
             self._adapt(seq, len(draft), taken)
         kept = len(slot.cached) - len(draft) + taken  # through the last token and the draft taken

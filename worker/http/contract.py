@@ -157,4 +157,5 @@ def _metrics_frame(event: FinishEvent) -> dict[str, Any]:
         "seed": event.seed,
         "drafted": event.drafted,
         "accepted": event.accepted,
+        "draft_saved_ms": round(event.draft_saved_ms, 3),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -132,6 +132,13 @@ class WorkerMetrics:
             "Draft tokens accepted (speculative decoding)",
             registry=self.registry,
         )
+        # A gauge, not a counter: speculation that costs more than it saves makes it fall.
+        self.draft_saved = Gauge(
+            "llorch_draft_saved_seconds",
+            "Estimated decode time speculative decoding saved the finished requests, summed "
+            "(negative: lost); each request's own wait, from the measured step costs",
+            registry=self.registry,
+        )
         self.time_to_first_token = Histogram(
             "llorch_time_to_first_token_seconds",
             "From admission to the first generated token (queueing and prompt included)",
@@ -221,6 +228,7 @@ class JobObserver:
             self._metrics.finished(event.stop_reason.value)
             self._metrics.draft_tokens.inc(event.drafted)
             self._metrics.draft_accepted.inc(event.accepted)
+            self._metrics.draft_saved.inc(event.draft_saved_ms / 1000.0)
         elif isinstance(event, JobFailed):
             self._metrics.failed(event.error.code)
 

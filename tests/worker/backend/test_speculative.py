@@ -10,6 +10,7 @@ every token is checked to be the argmax of the re-score within MAX_GAP.
 
 from __future__ import annotations
 
+import runpy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,27 +32,14 @@ from llorch.worker.backend.protocol import (
     StopReason,
     TokenEvent,
 )
+from llorch.worker.backend.spec_cost import Acceptance, StepCost, expected_taken, plan
 
 GREEDY = SamplingParams(temperature=0.0)
 MAX_GAP = 0.5
-CODE = """def total_price(items, tax_rate):
-    subtotal = 0
-    for item in items:
-        subtotal += item.price * item.quantity
-    tax = subtotal * tax_rate
-    return subtotal + tax
-
-
-def average_price(items):
-    if not items:
-        return 0
-    return sum(item.price for item in items) / len(items)
-"""
-# Input-grounded: the answer copies most of the prompt, which prompt lookup can draft.
-REWRITE = (
-    "Rewrite the following Python code, renaming the variable `subtotal` to `net`.\n\n"
-    f"```python\n{CODE}```\n\nRewritten code:\n\n```python\n"
-)
+# bench/tasks.py's prompts. Input-grounded: the answer copies most of the prompt, which prompt
+# lookup can draft; two of its functions keep the prompt and answer in a 512-token context.
+TASKS = runpy.run_path(str(Path(__file__).parents[3] / "bench" / "tasks.py"))
+REWRITE = TASKS["rewrite"]("\n\n".join(TASKS["FUNCTIONS"][:2]))
 
 
 class Scorer:
@@ -66,9 +54,17 @@ class Scorer:
         params.n_threads = params.n_threads_batch = 2
         self.ctx = ll.llama_init_from_model(self.model, params)
         self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
+        self._rows: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
 
     def rows(self, prompt: list[int], output: list[int]) -> np.ndarray:
-        """Row j: the logits that predict output[j]."""
+        """Row j: the logits that predict output[j] (each pair scored once: the streams of
+        one prompt mostly agree)."""
+        key = (tuple(prompt), tuple(output))
+        if key not in self._rows:
+            self._rows[key] = self._score(prompt, output)
+        return self._rows[key]
+
+    def _score(self, prompt: list[int], output: list[int]) -> np.ndarray:
         tokens = prompt + output
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
         batch = ll.llama_batch_init(len(tokens), 0, 1)
@@ -316,3 +312,149 @@ def test_a_draft_model_with_another_vocabulary_is_refused(model_path, tmp_path):
     spec = SpecOptions(default=True, draft_model=draft)
     with pytest.raises(ModelLoadError, match="does not share the model's vocabulary"):
         backend.load(model_path, LoadOptions(ctx_size=256, threads=2, speculative=spec))
+
+
+# -- the cost rule of --spec auto ------------------------------------------------------------
+
+
+class FixedCost(StepCost):
+    """Step costs as the test sets them, whatever the machine's decodes take."""
+
+    def observe(self, n: int, seconds: float) -> None:
+        pass
+
+
+def test_drafting_stops_in_a_compute_bound_batch_and_resumes_when_it_drains():
+    cost = StepCost()  # the default model's curve: one position is most of a step's work
+    likely = [(0.9, 24)]
+    assert plan(cost, 1, likely)[0] > 0  # alone: a draft's extra positions come cheap
+    assert plan(cost, 64, likely) == [0]  # 64 sequences: each position costs its share
+    assert plan(cost, 2, likely)[0] > 0  # drained again
+    linear = FixedCost({1: 10.0, 2: 20.0})  # compute-bound from the first position
+    assert plan(linear, 1, [(0.99, 24)]) == [0]  # E(k) < k: never worth it
+    # Several candidates: the most likely goes first, and the step fills up.
+    lengths = plan(cost, 8, [(0.5, 24), (0.95, 24), (0.95, 24)])
+    assert lengths[0] == 0 and lengths[1] > 0
+
+
+def test_the_draft_length_follows_the_acceptance():
+    cost = StepCost()
+    lengths = [plan(cost, 1, [(p, 48)])[0] for p in (0.99, 0.9, 0.75, 0.3)]
+    assert lengths[0] > lengths[1] > lengths[2] > 0 and lengths[3] == 0
+    seen = Acceptance()
+    before = seen.p
+    seen.verified(12, 0)  # missed at once
+    assert seen.p < before
+    missed = seen.p
+    for _ in range(30):
+        seen.held_back()  # drafts the rule held back: the estimate drifts back
+    assert missed < seen.p <= before
+    seen.verified(12, 12)
+    assert seen.p > missed
+
+
+def test_the_step_cost_is_measured_and_estimated_between_and_beyond():
+    cost = StepCost()
+    assert cost(2) / cost(1) == pytest.approx(35 / 17)  # the prior's shape
+    cost.observe(1, 0.010)
+    cost.observe(4, 0.040)
+    assert cost(1) == pytest.approx(10.0) and cost(4) == pytest.approx(40.0)
+    assert cost(2) == pytest.approx(20.0)  # between two measured counts: interpolated
+    assert cost(8) == pytest.approx(40.0 * 60 / 41)  # beyond: scaled by the prior's shape
+    cost.observe(4, 0.020)  # a quicker step moves the estimate part of the way
+    assert 20.0 < cost(4) < 40.0
+    cost.observe(6, 0.001)  # timing noise never makes more positions cheaper than fewer
+    assert cost(6) >= cost(4)
+    assert expected_taken(0.5, 2) == pytest.approx(0.75) and expected_taken(1.0, 3) == 3
+
+
+# -- --spec auto on the real model -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auto_backend(model_path: Path) -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend()
+    spec = SpecOptions(default=True, auto=True)
+    backend.load(model_path, LoadOptions(ctx_size=384, parallel=16, threads=2, speculative=spec))
+    yield backend
+    backend.close()
+
+
+# Four rewrites that differ in the name asked for: 16 streams share four prompts (the copies
+# read the prompt once, in the same step).
+RENAMES = [
+    TASKS["rewrite"]("\n\n".join(TASKS["FUNCTIONS"][:2]), "subtotal", new)
+    for new in ("net", "base", "amount", "before_tax")
+]
+
+
+@pytest.mark.parametrize("streams", [1, 4, 16])
+def test_auto_keeps_the_greedy_output_at_1_4_and_16_streams(auto_backend, scorer, streams):
+    prompts = [tuple(auto_backend.tokenize(RENAMES[i % 4])) for i in range(streams)]
+
+    def run(speculative: bool | None) -> dict[str, tuple[list[int], str, FinishEvent]]:
+        return drive(
+            auto_backend.decoder(),
+            {
+                f"s{i}": GenerationRequest(p, 24, GREEDY, speculative=speculative)
+                for i, p in enumerate(prompts)
+            },
+        )
+
+    auto, plain = run(None), run(False)  # None: the server's default, auto
+    for i, prompt in enumerate(prompts):
+        ids, reference = auto[f"s{i}"][0], plain[f"s{i}"][0]
+        assert plain[f"s{i}"][2].drafted == 0
+        tie = scorer.first_near_tie(list(prompt), reference)
+        assert ids[:tie] == reference[:tie], i
+        assert max(scorer.gaps(list(prompt), ids)) <= MAX_GAP, i
+    ends = [end for _, _, end in auto.values()]
+    assert all(0 <= e.accepted <= e.drafted for e in ends)
+    if streams <= 4:  # the rule lets these few streams draft on this model
+        assert sum(e.accepted for e in ends) > 0
+
+
+def test_auto_holds_drafts_back_while_the_batch_is_full_and_drafts_once_it_drains(
+    auto_backend,
+):
+    decoder = auto_backend.decoder()
+    speculation = decoder._speculation
+    measured, decoded = speculation.cost, speculation.decoded
+    # Cheap second positions, then compute-bound: alone a sequence drafts, four do not.
+    speculation.cost = FixedCost({1: 10.0, 2: 11.0, 4: 40.0, 8: 80.0})
+    steps: list[tuple[int, int]] = []  # (positions with logits, of those drafts)
+
+    def record(n_logits: int, n_draft: int, seconds: float, pure: bool) -> None:
+        steps.append((n_logits, n_draft))
+        decoded(n_logits, n_draft, seconds, pure)
+
+    speculation.decoded = record  # type: ignore[method-assign]
+    try:
+        prompt = tuple(auto_backend.tokenize(RENAMES[0]))
+        lengths = {"a": 6, "b": 6, "c": 6, "long": 48}
+        results = drive(
+            decoder, {k: GenerationRequest(prompt, n, GREEDY) for k, n in lengths.items()}
+        )
+    finally:
+        speculation.cost, speculation.decoded = measured, decoded  # type: ignore[method-assign]
+    full = [(n, d) for n, d in steps if n - d == 4]  # the four generate together
+    alone = [(n, d) for n, d in steps if n - d == 1]
+    assert full and all(d == 0 for _, d in full)
+    assert any(d > 0 for _, d in alone)
+    assert results["long"][2].accepted > 0
+    assert all(results[k][2].drafted == 0 for k in "abc")
+    # The estimate of time saved: positive for drafts taken on cheap extra positions.
+    assert results["long"][2].draft_saved_ms > 0
+
+
+def test_a_grammar_verifies_drafts(spec_backend, scorer):
+    # Any text but a backtick: the rewritten code passes, the closing fence would not.
+    grammar = "root ::= [^`]*"
+    sampling = SamplingParams(temperature=0.0, grammar=grammar)
+    prompt = tuple(spec_backend.tokenize(REWRITE))
+    on = one(spec_backend, GenerationRequest(prompt, 24, sampling, speculative=True))
+    off = one(spec_backend, GenerationRequest(prompt, 24, sampling, speculative=False))
+    assert on[2].accepted > 0 and off[2].drafted == 0
+    tie = scorer.first_near_tie(list(prompt), off[0])
+    assert on[0][:tie] == off[0][:tie]
+    assert "`" not in on[1]

@@ -1,0 +1,159 @@
+"""When a draft pays: the cost rule of `--spec auto` (worker/backend/speculative.py).
+
+A decode step of n positions, each with a row of logits, costs c(n). Plain decoding of B
+sequences yields B tokens for c(B). A draft of k tokens after one sequence's token adds k
+positions and is worth the tokens it gets accepted: with a per-token acceptance p (each
+draft token is taken only if the ones before it were), E(k) = p + p^2 + ... + p^k. A step
+goes on being worth more while (tokens + E) / c(n + k) beats tokens / c(n): expected tokens
+per second of the whole batch. While a step is memory-bound (few positions: the weights are
+read once whatever their number) extra positions are cheap and drafts pay; once it is
+compute-bound c grows linearly, c(n + k) / c(n) ~ 1 + k / n, and no draft with E < k pays.
+
+c is measured: every step that decodes only generating sequences (no prompt chunk) times its
+llama_decode, per position count. Counts never seen are estimated from the nearest ones seen,
+in the shape of the default model's curve (Gemma 3 270M on 2 CPU cores: 17, 35, 41, 60, 102
+ms for 1, 2, 4, 8, 16 positions: one position's row of 262,144 logits is most of a step).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# The default model's step cost in ms per position count (#23's measurement); only its shape
+# matters: the rule compares costs with each other.
+PRIOR_MS: dict[int, float] = {1: 17.0, 2: 35.0, 4: 41.0, 8: 60.0, 16: 102.0}
+# A step's timings vary with the machine's load: each new one moves the estimate by this.
+EMA_WEIGHT = 0.2
+# A draft is taken only if it raises the step's expected tokens per second by this much:
+# the estimates are noisy, and a draft that only breaks even is not worth the risk.
+MARGIN = 0.03
+
+
+class StepCost:
+    """c(n): the time of a decode step with n positions with logits, as measured so far."""
+
+    def __init__(self, prior: dict[int, float] | None = None) -> None:
+        self._prior = sorted((prior or PRIOR_MS).items())
+        self._seen: dict[int, float] = {}
+        self._keys: list[int] = []  # sorted keys of _seen
+
+    def observe(self, n: int, seconds: float) -> None:
+        if n < 1 or seconds <= 0:
+            return
+        ms = seconds * 1000.0
+        old = self._seen.get(n)
+        if old is None:
+            bisect.insort(self._keys, n)
+            self._seen[n] = ms
+        else:
+            self._seen[n] = old + EMA_WEIGHT * (ms - old)
+
+    def prior(self, n: int) -> float:
+        """The prior curve, piecewise linear through its points and beyond the last one."""
+        points = self._prior
+        if n <= points[0][0]:
+            return points[0][1] * n / points[0][0]
+        for (n0, c0), (n1, c1) in itertools.pairwise(points):
+            if n <= n1:
+                return c0 + (c1 - c0) * (n - n0) / (n1 - n0)
+        (n0, c0), (n1, c1) = points[-2], points[-1]
+        return c1 + (c1 - c0) * (n - n1) / (n1 - n0)
+
+    def __call__(self, n: int) -> float:
+        """Measured where seen, interpolated between seen counts, and scaled from the nearest
+        one by the prior's shape outside them; never below a smaller count's cost (timing
+        noise must not make extra positions look free)."""
+        keys = self._keys
+        if not keys:
+            return self.prior(n)
+        i = bisect.bisect_left(keys, n)
+        if i < len(keys) and keys[i] == n:
+            estimate = self._seen[n]
+        elif 0 < i < len(keys):
+            n0, n1 = keys[i - 1], keys[i]
+            c0, c1 = self._seen[n0], self._seen[n1]
+            estimate = c0 + (c1 - c0) * (n - n0) / (n1 - n0)
+        else:
+            near = keys[0] if i == 0 else keys[-1]
+            estimate = self._seen[near] * self.prior(n) / self.prior(near)
+        below = max((self._seen[k] for k in keys[:i]), default=0.0)
+        return max(estimate, below)
+
+
+@dataclass
+class Acceptance:
+    """A sequence's recent per-token draft acceptance: taken and missed draft tokens, older
+    drafts weighing less (DECAY per draft), over a prior of PRIOR_TAKEN : PRIOR_MISSED."""
+
+    # Before any draft: a 12-token match in the sequence's own history mostly goes on as it
+    # did (bench/spec.py: 9 in 10 draft tokens taken on rewriting).
+    PRIOR_TAKEN = 4.5
+    PRIOR_MISSED = 0.5
+    DECAY = 0.8  # per verified draft: the last few drafts decide
+    IDLE_DECAY = 0.9  # per draft held back: back towards the prior, so drafting can resume
+
+    taken: float = 0.0
+    missed: float = 0.0
+
+    @property
+    def p(self) -> float:
+        taken = self.taken + self.PRIOR_TAKEN
+        return taken / (taken + self.missed + self.PRIOR_MISSED)
+
+    def verified(self, drafted: int, taken: int) -> None:
+        self.taken = self.DECAY * self.taken + taken
+        self.missed = self.DECAY * self.missed + (1 if taken < drafted else 0)
+
+    def held_back(self) -> None:
+        self.taken *= self.IDLE_DECAY
+        self.missed *= self.IDLE_DECAY
+
+
+def expected_taken(p: float, k: int) -> float:
+    """E(k) = p + p^2 + ... + p^k: draft tokens taken, each only after all before it."""
+    if p >= 1.0:
+        return float(k)
+    return p * (1.0 - p**k) / (1.0 - p)
+
+
+def plan(
+    cost: Callable[[int], float],
+    base: int,
+    candidates: Sequence[tuple[float, int]],
+    expected: float | None = None,
+) -> list[int]:
+    """How many tokens of each candidate draft to verify this step (0: none).
+
+    `base`: the positions the step has without these drafts (one per generating sequence and
+    any draft that is not up to the rule); `expected`: the tokens those yield (default
+    `base`); `candidates`: (acceptance p, the draft's length) per sequence. The most likely
+    drafts go first; each gets the length that most raises the step's expected tokens per
+    second, by at least MARGIN, or none."""
+    n, tokens = base, float(base if expected is None else expected)
+    memo: dict[int, float] = {}
+
+    def c(m: int) -> float:
+        if m not in memo:
+            memo[m] = cost(m)
+        return memo[m]
+
+    lengths = [0] * len(candidates)
+    for i in sorted(range(len(candidates)), key=lambda j: -candidates[j][0]):
+        p, longest = candidates[i]
+        rate = tokens / c(n) if n else 0.0
+        best, best_rate, best_gain = 0, rate * (1.0 + MARGIN), 0.0
+        gain, power = 0.0, 1.0
+        for k in range(1, longest + 1):
+            power *= p
+            gain += power
+            r = (tokens + gain) / c(n + k)
+            if r > best_rate:
+                best, best_rate, best_gain = k, r, gain
+        if best:
+            lengths[i] = best
+            n += best
+            tokens += best_gain
+    return lengths
