@@ -109,6 +109,11 @@ def reference(folder: Path, hf_architecture: str, tokens: tuple[int, ...]) -> Re
     finally:
         del model
     logits = getattr(out, "logits", None)
+    if hf_architecture.endswith("ForSequenceClassification"):
+        raise LogitsUnavailableError(
+            f"{hf_architecture} returns one score per input (a cross-encoder), not a token's "
+            "logits: logits verification is for models that generate"
+        )
     if logits is None:
         raise LogitsUnavailableError(
             f"{hf_architecture} returns no logits (an encoder): logits verification is for "

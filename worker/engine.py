@@ -90,6 +90,21 @@ class Embeddings:
     prompt_tokens: int
 
 
+def _embedding_prompt(model: ModelInfo, name: str | None) -> str:
+    """The text put before each text to embed: the named prompt, else the default one."""
+    name = name if name is not None else model.default_prompt
+    if name is None:
+        return ""
+    if name not in model.embedding_prompts:
+        names = ", ".join(sorted(model.embedding_prompts)) or "none"
+        raise InvalidRequestError(
+            f"prompt_name {name!r} is not one of {model.name}'s prompts ({names})",
+            param="prompt_name",
+            constraint=f"one of: {names}",
+        )
+    return model.embedding_prompts[name]
+
+
 class Engine:
     """Backend → scheduler → engine; the composition root (server.py) builds the chain."""
 
@@ -419,11 +434,18 @@ class Engine:
         )
 
     async def embed(
-        self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = False, param: str = "input"
+        self,
+        inputs: Sequence[str | Sequence[int]],
+        *,
+        truncate: bool = False,
+        param: str = "input",
+        prompt_name: str | None = None,
     ) -> Embeddings:
         """A vector per input (texts tokenized with the model's special tokens, or token
         ids), normalised (L2) unless the model's own config says not to. An input longer
-        than the model takes is a 400 naming the limit, or cut to it when `truncate`."""
+        than the model takes is a 400 naming the limit, or cut to it when `truncate`. A
+        text gets the model's prompt named `prompt_name` (else its default one) in front,
+        as sentence-transformers' encode does."""
         model = self.loaded()
         if model.reranker:
             raise InvalidRequestError(
@@ -431,6 +453,8 @@ class Engine:
                 "pairs (POST /v1/rerank) and gives no embeddings",
                 param="model",
             )
+        prompt = _embedding_prompt(model, prompt_name)
+        inputs = [prompt + item if isinstance(item, str) else item for item in inputs]
         token_lists: list[list[int]] = []
         for i, item in enumerate(inputs):
             tokens = await self.tokenize(item) if isinstance(item, str) else list(item)

@@ -13,17 +13,18 @@ Facts from transformers' modeling_bert and llama.cpp's src/models/bert.cpp and i
   mean-sqrt-len pooling, nor apply Dense modules after pooling; those are refused. A
   Normalize module is left to the caller (llama.cpp returns unnormalised pooled vectors).
 - Not converted: the pooler (a tanh head the embeddings do not use), `position_ids` buffers.
+- Cross-encoders (`BertForSequenceClassification`, ms-marco-MiniLM rerankers): the score is
+  classifier(tanh(pooler.dense(h_CLS))) (transformers' BertPooler then the classifier). That is
+  llama.cpp's rank pooling with `cls` (dense + tanh) and `cls_out`, so the pooler converts as
+  `cls` and the classifier as `cls_out`; the GGUF's pooling type is rank. llama.cpp's own
+  converter drops the pooler (conversion/bert.py), which changes every score. One label only:
+  a reranker scores a pair with one logit.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import gguf
 
-from llorch import keys
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import (
     ModelInput,
@@ -33,82 +34,14 @@ from llorch.convert.families.base import (
     map_tensors,
     write_common,
 )
+from llorch.convert.sentence_transformers import write_sentence_transformers
 
 _T = gguf.MODEL_TENSOR
-POOLING = {
-    "mean": gguf.PoolingType.MEAN,
-    "cls": gguf.PoolingType.CLS,
-    "lasttoken": gguf.PoolingType.LAST,
-}
-# Pooling/config.json flags, in sentence-transformers' order of precedence
-POOLING_FLAGS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
-UNSUPPORTED_FLAGS = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
-# sentence-transformers modules whose effect llama.cpp's embeddings reproduce (or leave to the
-# caller, like Normalize); anything else changes the vectors.
-KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
 GELU = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 NOT_CONVERTED = ("pooler.", "cls.")
 # llama.cpp adds these rows to F32 activations with ops that have no F16 form (as its own
 # converter, it keeps them F32)
 KEEP_F32 = frozenset({_T.POS_EMBD, _T.TOKEN_TYPES})
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from exc
-
-
-def pooling_type(folder: Path) -> gguf.PoolingType | None:
-    """The sentence-transformers pooling of the folder, or None without modules.json."""
-    modules_path = folder / "modules.json"
-    if not modules_path.is_file():
-        return None
-    modules = _read(modules_path)
-    pooling_dir = None
-    for mod in modules if isinstance(modules, list) else []:
-        kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
-        if kind not in KNOWN_MODULES:
-            raise ConfigError(
-                f"{modules_path}: sentence-transformers module {mod.get('type')!r} is not "
-                f"supported (llama.cpp's embeddings reproduce {', '.join(KNOWN_MODULES)})"
-            )
-        if kind == "Pooling":
-            pooling_dir = folder / str(mod.get("path", ""))
-    if pooling_dir is None:
-        return None
-    config_path = pooling_dir / "config.json"
-    config = _read(config_path)
-    for flag in UNSUPPORTED_FLAGS:
-        if config.get(flag):
-            raise ConfigError(f"{config_path}: {flag} is not supported by llama.cpp")
-    modes = [mode for flag, mode in POOLING_FLAGS.items() if config.get(flag)]
-    mode = config.get("pooling_mode") if not modes else modes[0]
-    if len(modes) > 1 or mode not in POOLING:
-        raise ConfigError(
-            f"{config_path}: pooling {modes or mode!r} is not supported; llama.cpp pools by "
-            f"one of {', '.join(POOLING)}"
-        )
-    return POOLING[str(mode)]
-
-
-def write_sentence_transformers(folder: Path, w: gguf.GGUFWriter) -> None:
-    """The pooling type, and whether the pooled vector is normalised (a Normalize module:
-    llama.cpp returns it unnormalised, so the worker does it), from the sentence-transformers
-    config; nothing without modules.json."""
-    pooling = pooling_type(folder)
-    if pooling is not None:
-        w.add_pooling_type(pooling)
-    modules_path = folder / "modules.json"
-    if modules_path.is_file():
-        modules = _read(modules_path)
-        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
-        w.add_bool(keys.EMBEDDING_NORMALIZE, "Normalize" in kinds)
 
 
 def _check(model: ModelInput) -> None:
@@ -126,12 +59,32 @@ def _check(model: ModelInput) -> None:
         raise ConfigError(f"{where}: a BERT decoder (is_decoder=true) is not supported")
 
 
+def is_cross_encoder(model: ModelInput) -> bool:
+    return model.hf_architecture.endswith("ForSequenceClassification")
+
+
+def check_one_label(model: ModelInput) -> None:
+    """A cross-encoder's score is its single logit; more labels are a classifier."""
+    labels = model.config.get("id2label")
+    # transformers' PretrainedConfig: two labels when config.json names none
+    n_labels = len(labels) if labels else int(model.config.get("num_labels", 2))
+    if n_labels != 1:
+        raise ConfigError(
+            f"{model.folder / 'config.json'}: {model.hf_architecture} with {n_labels} labels "
+            "is a classifier, not a reranker; only one label (a relevance logit) is supported"
+        )
+
+
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     _check(model)
     write_common(model, w, rms=False)
     w.add_causal_attention(False)
     w.add_token_type_count(cfg_int(model, "type_vocab_size", default=2))
-    write_sentence_transformers(model.folder, w)
+    if is_cross_encoder(model):
+        check_one_label(model)
+        w.add_pooling_type(gguf.PoolingType.RANK)
+    else:
+        write_sentence_transformers(model.folder, w)
 
 
 def _rename(name: str) -> str | None:
@@ -144,6 +97,16 @@ def _rename(name: str) -> str | None:
     if name.endswith(".beta"):
         return name[: -len(".beta")] + ".bias"
     return name
+
+
+def _rename_cross_encoder(name: str) -> str | None:
+    # gguf's names for llama.cpp's rank head: `classifier.dense` is cls, `classifier.out_proj`
+    # is cls_out
+    if name.startswith("bert.pooler.dense."):
+        return "classifier.dense." + name.rsplit(".", 1)[-1]
+    if name.startswith("classifier."):
+        return "classifier.out_proj." + name.rsplit(".", 1)[-1]
+    return _rename(name)
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
@@ -164,4 +127,9 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
         _T.ATTN_OUT_NORM: (d.n_embd,),
         _T.LAYER_OUT_NORM: (d.n_embd,),
     }
-    return map_tensors(model, expected=expected, rename=_rename, keep_f32=KEEP_F32)
+    rename = _rename
+    if is_cross_encoder(model):
+        check_one_label(model)
+        expected |= {_T.CLS: (d.n_embd, d.n_embd), _T.CLS_OUT: (1, d.n_embd)}
+        rename = _rename_cross_encoder
+    return map_tensors(model, expected=expected, rename=rename, keep_f32=KEEP_F32)

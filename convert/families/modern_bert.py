@@ -35,7 +35,7 @@ import gguf
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import ModelInput, PlannedTensor, cfg_float, cfg_int, map_tensors
-from llorch.convert.families.bert import write_sentence_transformers
+from llorch.convert.sentence_transformers import write_sentence_transformers
 
 _T = gguf.MODEL_TENSOR
 # transformers' ModernBertConfig defaults, which released configs rely on

@@ -5,6 +5,12 @@ both use HF's rotate-half RoPE, which llama.cpp runs as NEOX rope for these arch
 need no permutation. Qwen2 has q/k/v biases; Qwen3 has none but RMS-normalises Q and K per
 head (q_norm/k_norm of size head_dim) and sets head_dim explicitly. Tied embeddings (0.5B-3B
 sizes) leave out lm_head and llama.cpp reuses token_embd.
+
+Qwen3-Embedding: the checkpoint is the bare `Qwen3Model` (tensors without the `model.` prefix,
+no lm_head) with a sentence-transformers config: last-token pooling, Normalize, and an
+instruction prompt for queries (config_sentence_transformers.json), all written to the GGUF
+(convert/sentence_transformers.py). Its tokenizer appends <|endoftext|> to every text (the
+tokenizer.json post-processor), the token whose state is pooled.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from llorch.convert.families.base import (
     map_tensors,
     write_common,
 )
+from llorch.convert.sentence_transformers import write_sentence_transformers
 
 _T = gguf.MODEL_TENSOR
 
@@ -27,6 +34,12 @@ _T = gguf.MODEL_TENSOR
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     write_common(model, w)
     rope.write_scaling(model, w)
+    write_sentence_transformers(model.folder, w)
+
+
+def _bare(name: str) -> str:
+    """A bare Qwen3Model's tensor under the name its ForCausalLM checkpoints use."""
+    return name if name.startswith(("model.", "lm_head.")) else "model." + name
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
@@ -34,4 +47,5 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     expected = expected_shapes(model, d)
     expected[_T.ATTN_Q_NORM] = (d.head_dim,)
     expected[_T.ATTN_K_NORM] = (d.head_dim,)
-    return map_tensors(model, expected=expected)
+    bare = model.hf_architecture.endswith("Model")
+    return map_tensors(model, expected=expected, rename=_bare if bare else None)

@@ -88,6 +88,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("MixtralForCausalLM", _A.LLAMA, "llama", "mixtral", alias_of="LlamaForCausalLM"),
     ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen", "qwen2"),
     ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen", "qwen3"),
+    # Qwen3-Embedding: the bare decoder, pooled by its last token (convert/families/qwen.py)
+    ArchRow("Qwen3Model", _A.QWEN3, "qwen", "qwen3", alias_of="Qwen3ForCausalLM"),
     ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma", "gemma"),
     ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma", "gemma2"),
     ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma", "gemma3_text"),
@@ -139,6 +141,9 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
     ArchRow("BertModel", _A.BERT, "bert", "bert"),
+    # Cross-encoder rerankers (ms-marco-MiniLM): rank pooling over BertPooler and a one-logit
+    # classifier
+    ArchRow("BertForSequenceClassification", _A.BERT, "bert", "bert", alias_of="BertModel"),
     # Qwen3.5: Gated DeltaNet (linear attention) layers with a full-attention layer every 4th;
     # released checkpoints are the multimodal wrappers, whose language model converts.
     ArchRow("Qwen3_5ForCausalLM", _A.QWEN35, "qwen35", "qwen3_5_text"),
@@ -179,7 +184,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("ModernBertModel", _A.MODERN_BERT, "modern_bert", "modernbert"),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
-BY_MODEL_TYPE: Mapping[str, ArchRow] = {row.model_type: row for row in SUPPORTED}
+# A model_type names its first row: "bert" is BertModel, not the cross-encoder after it
+BY_MODEL_TYPE: Mapping[str, ArchRow] = {row.model_type: row for row in reversed(SUPPORTED)}
 
 
 def supported_names() -> list[str]:

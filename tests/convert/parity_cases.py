@@ -71,6 +71,14 @@ CASES: dict[str, Case] = {
     "qwen3-qk-norm": Case(
         "Qwen3ForCausalLM", "Qwen3Config", {**SMALL, "head_dim": 32}, tokenizer="qwen2"
     ),
+    # Qwen3-Embedding: the bare decoder (no lm_head, tied), pooled by its last token
+    "qwen3-embedding": Case(
+        "Qwen3Model",
+        "Qwen3Config",
+        {**SMALL, "head_dim": 32, "tie_word_embeddings": True},
+        tokenizer="qwen2",
+        pooling="lasttoken",
+    ),
     "gemma": Case(
         "GemmaForCausalLM", "GemmaConfig", {**SMALL, "head_dim": 16}, outtypes=("f32", "f16")
     ),
@@ -219,6 +227,15 @@ CASES.update(
         ),
         "bert-cls-pooling-cased": Case(
             "BertModel", "BertConfig", BERT, "wordpiece-cased", pooling="cls_token"
+        ),
+        # ms-marco-MiniLM-style cross-encoder: the encoder's hidden states, and its score
+        # (BertPooler, then the one-logit classifier) through llama.cpp's rank pooling
+        "bert-cross-encoder": Case(
+            "BertForSequenceClassification",
+            "BertConfig",
+            {**BERT, "num_labels": 1},
+            "wordpiece",
+            pooling="rank",
         ),
     }
 )

@@ -62,7 +62,10 @@ def test_logits_parity(case_id: str, checkpoint: Any, helpers: Any, tmp_path: Pa
         out = tmp_path / f"{case_id}-{outtype}.gguf"
         report = convert(built.folder, out, outtype=outtype)
         assert report.verified and out.is_file()
-        if case.pooling is not None:
+        if case.pooling == "rank":  # a cross-encoder: its hidden states, then its score
+            result, _ = helpers.embedding_parity(built.folder, out, built.n_vocab)
+            _check_rank(built.folder, out, helpers.sample_tokens(built.n_vocab))
+        elif case.pooling is not None:
             result, hidden = helpers.embedding_parity(built.folder, out, built.n_vocab)
             _check_pooled(out, helpers, built.n_vocab, hidden, case.pooling, BOUNDS[outtype][0])
         else:
@@ -102,3 +105,25 @@ def _check_pooled(
     assert float(np.abs(got - want).max()) <= bound * float(np.abs(hidden).max())
     if bound <= BOUNDS["f32"][0]:
         assert float(helpers.cosines(got, want)) >= COS_MIN
+
+
+def _check_rank(folder: Path, out: Path, tokens: list[int]) -> None:
+    """llama.cpp's rank pooling gives the cross-encoder's logit (one segment: token type 0
+    throughout, which llama.cpp's graph also adds; pairs are in test_cross_encoder.py)."""
+    import torch
+    import transformers
+
+    from llorch.convert import llamacpp
+    from llorch.worker.backend.embed import LlamaEmbedder
+    from llorch.worker.backend.protocol import RankInput
+
+    model = transformers.BertForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        want = float(model(torch.tensor([tokens])).logits[0, 0])
+    with llamacpp.load_model(out) as loaded:
+        ranker = LlamaEmbedder(loaded, n_ctx=len(tokens), threads=2, pooling=None)
+        try:
+            (got,) = ranker.rank([RankInput(tuple(tokens), len(tokens))])
+        finally:
+            ranker.close()
+    assert abs(got - want) <= 1e-3, (got, want)

@@ -51,6 +51,9 @@ class LlamaEmbedder:
         params.embeddings = True
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = n_ctx  # an encoder's input fits one micro-batch
+        # llama.cpp reserves an output per sequence within the batch's outputs and aborts
+        # the process past them (GGML_ASSERT n_outputs_max <= cparams.n_outputs_max)
+        max_sequences = min(max_sequences, n_ctx)
         params.n_seq_max = max_sequences
         params.kv_unified = True  # sequences of a batch share the cells; each batch starts clean
         params.n_threads = params.n_threads_batch = threads

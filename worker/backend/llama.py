@@ -7,6 +7,7 @@ scheduler guarantees that a single thread calls it.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import llama_cpp as ll
 from llorch import keys, native_log
 from llorch.llama_vocab import LlamaVocab
 from llorch.llamacpp_init import init_llama_cpp
-from llorch.worker.backend import drafters, kvcache, offload, provenance, rpc, system
+from llorch.worker.backend import drafters, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.embed import LlamaEmbedder
 from llorch.worker.backend.errors import (
@@ -36,7 +37,6 @@ from llorch.worker.backend.protocol import (
     ChatMessage,
     DecodedImage,
     FimTokens,
-    KvCacheInfo,
     LoadOptions,
     MediaSpan,
     ModelInfo,
@@ -75,13 +75,6 @@ def _kv_overrides(
     return array
 
 
-_FLASH_ATTN = {
-    "auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-}
-
-
 def _gpu_offload() -> bool:
     # Not llama_supports_gpu_offload(): a build with the RPC backend says yes to that on a
     # machine without a GPU.
@@ -118,7 +111,6 @@ class LlamaCppBackend:
         self._adapters: LoraAdapters | None = None
         self._options: LoadOptions | None = None
         self._projector: Projector | None = None  # --mmproj: images in
-        self._kv_bytes: int | None = None  # the KV cache llama.cpp allocated (its log line)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -172,16 +164,11 @@ class LlamaCppBackend:
         params.swa_full = True
         params.n_threads = threads
         params.n_threads_batch = threads
-        params.type_k = kvcache.ggml_type(options.cache_type_k)
-        params.type_v = kvcache.ggml_type(options.cache_type_v)
-        params.flash_attn_type = _FLASH_ATTN[options.flash_attn]
         native_log.clear()
-        with native_log.capture() as logged:
-            ctx = ll.llama_init_from_model(self._model, params)
+        ctx = ll.llama_init_from_model(self._model, params)
         if not ctx:
-            raise self._context_failure(path, parallel, per_slot, options, logged)
+            raise self._context_failure(path, parallel, per_slot)
         self._ctx = ctx
-        self._kv_bytes = kvcache.logged_size_bytes(logged)
         self._adapters = LoraAdapters(self._model, options.lora) if options.lora else None
         self._vocab = ll.llama_model_get_vocab(self._model)
         self._text = LlamaVocab(self._vocab)
@@ -235,26 +222,11 @@ class LlamaCppBackend:
         return ModelLoadError(f"llama.cpp could not load {path}{said}")
 
     @staticmethod
-    def _context_failure(
-        path: Path, parallel: int, per_slot: int, options: LoadOptions, logged: list[str]
-    ) -> WorkerError:
-        """A context llama.cpp could not create: cache types or flash attention it refused
-        for this model (in its own words), else memory, sized from the GGUF header, so the
-        message says how much the KV cache asked for and how much the machine had."""
-        types = (options.cache_type_k, options.cache_type_v)
-        refused = [
-            line.strip()
-            for line in "".join(logged).splitlines()
-            if "cache type" in line or "V cache" in line or "flash" in line.lower()
-            if "requires" in line or "does not" in line or "not support" in line
-        ]
-        if refused:
-            return ModelLoadError(
-                f"llama.cpp refused --cache-type-k {types[0]} --cache-type-v {types[1]} "
-                f"--flash-attn {options.flash_attn} for {path.name}: {refused[-1]}"
-            )
+    def _context_failure(path: Path, parallel: int, per_slot: int) -> WorkerError:
+        """A context llama.cpp could not create: sized from the GGUF header, so the message
+        says how much the KV cache asked for and how much the machine had."""
         try:
-            needed = offload.kv_cache_bytes(offload.footprint(path), parallel * per_slot, *types)
+            needed = offload.kv_cache_bytes(offload.footprint(path), parallel * per_slot)
         except Exception:
             needed = None
         free = host_memory_available()
@@ -280,9 +252,7 @@ class LlamaCppBackend:
         n_ctx_total = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
         # llama.cpp fills the first device first; size against the one with most room.
         free = max(d.memory_free_bytes for d in gpus)
-        layers = offload.fit_layers(
-            model, free, n_ctx_total, options.cache_type_k, options.cache_type_v
-        )
+        layers = offload.fit_layers(model, free, n_ctx_total)
         log.info("--n-gpu-layers auto: %d of %d layers fit", layers, len(model.layer_bytes) + 1)
         return layers
 
@@ -297,6 +267,9 @@ class LlamaCppBackend:
     def _meta(self, key: str) -> str:
         buf = ctypes.create_string_buffer(4096)
         n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n >= len(buf):  # the whole value (an embedding prompt may be long), not its start
+            buf = ctypes.create_string_buffer(n + 1)
+            n = ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace") if n >= 0 else ""
 
     def _describe(self, path: Path, options: LoadOptions) -> ModelInfo:
@@ -341,23 +314,12 @@ class LlamaCppBackend:
             normalize_embeddings=self._meta(keys.EMBEDDING_NORMALIZE) != "false",
             reranker=self._meta(gguf.Keys.LLM.POOLING_TYPE.format(arch=arch))
             == str(int(gguf.PoolingType.RANK)),
+            embedding_prompts=json.loads(self._meta(keys.EMBEDDING_PROMPTS) or "{}"),
+            default_prompt=self._meta(keys.EMBEDDING_DEFAULT_PROMPT) or None,
             lora=options.lora,
             source=provenance.model_source(self._meta),
             fim=self._fim_tokens(),
             media_inputs=self._projector.inputs if self._projector is not None else (),
-            kv_cache=self._kv_cache_info(options),
-        )
-
-    def _kv_cache_info(self, options: LoadOptions) -> KvCacheInfo | None:
-        if self._kv_bytes is None:
-            return None
-        assert self._ctx is not None
-        return KvCacheInfo(
-            type_k=options.cache_type_k,
-            type_v=options.cache_type_v,
-            flash_attn=options.flash_attn,
-            size_bytes=self._kv_bytes,
-            bytes_per_token=self._kv_bytes / max(1, ll.llama_n_ctx(self._ctx)),
         )
 
     def _fim_tokens(self) -> FimTokens:
@@ -445,7 +407,10 @@ class LlamaCppBackend:
         if self._embedder is None:
             info, options = self.info(), self._options
             assert self._model is not None and options is not None
-            pooling = None if info.embedding_only else options.embedding_pooling
+            # the GGUF's own pooling (an embedding model's sentence-transformers config: a
+            # decoder such as Qwen3-Embedding pools by its last token), else the option
+            declared = self._meta(gguf.Keys.LLM.POOLING_TYPE.format(arch=info.architecture))
+            pooling = None if info.embedding_only or declared else options.embedding_pooling
             self._embedder = LlamaEmbedder(
                 self._model,
                 n_ctx=info.n_ctx_embed,

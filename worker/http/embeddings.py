@@ -52,6 +52,12 @@ class EmbeddingRequest(BaseModel):
         "does not shorten them, so another size than the model's is refused with a 400.",
     )
     truncate: bool = False
+    prompt_name: str | None = Field(
+        None,
+        max_length=256,
+        description="The model's sentence-transformers prompt put before each text (e.g. "
+        "Qwen3-Embedding's `query`); unset: its default prompt, if it has one.",
+    )
 
 
 class EmbedRequest(BaseModel):
@@ -76,7 +82,9 @@ def build_router(fleet: Fleet) -> APIRouter:
         body = EmbeddingRequest.model_validate(parse_json(await request.body()))
         engine = await fleet.engine(body.model)
         model = engine.loaded()
-        result = await engine.embed(_as_list(body.input), truncate=body.truncate)
+        result = await engine.embed(
+            _as_list(body.input), truncate=body.truncate, prompt_name=body.prompt_name
+        )
         _check_dimensions(body.dimensions, result)
         data = [
             {"object": "embedding", "index": i, "embedding": _encoded(row, body.encoding_format)}
