@@ -20,7 +20,7 @@ import llama_cpp as ll
 from llorch import keys, native_log
 from llorch.llama_vocab import LlamaVocab
 from llorch.llamacpp_init import init_llama_cpp
-from llorch.worker.backend import drafters, offload, provenance, rpc, system
+from llorch.worker.backend import drafters, kvcache, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.embed import LlamaEmbedder
 from llorch.worker.backend.errors import (
@@ -37,6 +37,7 @@ from llorch.worker.backend.protocol import (
     ChatMessage,
     DecodedImage,
     FimTokens,
+    KvCacheInfo,
     LoadOptions,
     MediaSpan,
     ModelInfo,
@@ -75,6 +76,13 @@ def _kv_overrides(
     return array
 
 
+_FLASH_ATTN = {
+    "auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
 def _gpu_offload() -> bool:
     # Not llama_supports_gpu_offload(): a build with the RPC backend says yes to that on a
     # machine without a GPU.
@@ -111,6 +119,7 @@ class LlamaCppBackend:
         self._adapters: LoraAdapters | None = None
         self._options: LoadOptions | None = None
         self._projector: Projector | None = None  # --mmproj: images in
+        self._kv_bytes: int | None = None  # the KV cache llama.cpp allocated (its log line)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -164,11 +173,16 @@ class LlamaCppBackend:
         params.swa_full = True
         params.n_threads = threads
         params.n_threads_batch = threads
+        params.type_k = kvcache.ggml_type(options.cache_type_k)
+        params.type_v = kvcache.ggml_type(options.cache_type_v)
+        params.flash_attn_type = _FLASH_ATTN[options.flash_attn]
         native_log.clear()
-        ctx = ll.llama_init_from_model(self._model, params)
+        with native_log.capture() as logged:
+            ctx = ll.llama_init_from_model(self._model, params)
         if not ctx:
-            raise self._context_failure(path, parallel, per_slot)
+            raise self._context_failure(path, parallel, per_slot, options, logged)
         self._ctx = ctx
+        self._kv_bytes = kvcache.logged_size_bytes(logged)
         self._adapters = LoraAdapters(self._model, options.lora) if options.lora else None
         self._vocab = ll.llama_model_get_vocab(self._model)
         self._text = LlamaVocab(self._vocab)
@@ -222,11 +236,26 @@ class LlamaCppBackend:
         return ModelLoadError(f"llama.cpp could not load {path}{said}")
 
     @staticmethod
-    def _context_failure(path: Path, parallel: int, per_slot: int) -> WorkerError:
-        """A context llama.cpp could not create: sized from the GGUF header, so the message
-        says how much the KV cache asked for and how much the machine had."""
+    def _context_failure(
+        path: Path, parallel: int, per_slot: int, options: LoadOptions, logged: list[str]
+    ) -> WorkerError:
+        """A context llama.cpp could not create: cache types or flash attention it refused
+        for this model (in its own words), else memory, sized from the GGUF header, so the
+        message says how much the KV cache asked for and how much the machine had."""
+        types = (options.cache_type_k, options.cache_type_v)
+        refused = [
+            line.strip()
+            for line in "".join(logged).splitlines()
+            if "cache type" in line or "V cache" in line or "flash" in line.lower()
+            if "requires" in line or "does not" in line or "not support" in line
+        ]
+        if refused:
+            return ModelLoadError(
+                f"llama.cpp refused --cache-type-k {types[0]} --cache-type-v {types[1]} "
+                f"--flash-attn {options.flash_attn} for {path.name}: {refused[-1]}"
+            )
         try:
-            needed = offload.kv_cache_bytes(offload.footprint(path), parallel * per_slot)
+            needed = offload.kv_cache_bytes(offload.footprint(path), parallel * per_slot, *types)
         except Exception:
             needed = None
         free = host_memory_available()
@@ -252,7 +281,9 @@ class LlamaCppBackend:
         n_ctx_total = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
         # llama.cpp fills the first device first; size against the one with most room.
         free = max(d.memory_free_bytes for d in gpus)
-        layers = offload.fit_layers(model, free, n_ctx_total)
+        layers = offload.fit_layers(
+            model, free, n_ctx_total, options.cache_type_k, options.cache_type_v
+        )
         log.info("--n-gpu-layers auto: %d of %d layers fit", layers, len(model.layer_bytes) + 1)
         return layers
 
@@ -320,6 +351,19 @@ class LlamaCppBackend:
             source=provenance.model_source(self._meta),
             fim=self._fim_tokens(),
             media_inputs=self._projector.inputs if self._projector is not None else (),
+            kv_cache=self._kv_cache_info(options),
+        )
+
+    def _kv_cache_info(self, options: LoadOptions) -> KvCacheInfo | None:
+        if self._kv_bytes is None:
+            return None
+        assert self._ctx is not None
+        return KvCacheInfo(
+            type_k=options.cache_type_k,
+            type_v=options.cache_type_v,
+            flash_attn=options.flash_attn,
+            size_bytes=self._kv_bytes,
+            bytes_per_token=self._kv_bytes / max(1, ll.llama_n_ctx(self._ctx)),
         )
 
     def _fim_tokens(self) -> FimTokens:

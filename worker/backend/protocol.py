@@ -74,6 +74,9 @@ class SpecOptions:
     """Speculative decoding: draft tokens that the model verifies in one decode."""
 
     default: bool = False  # whether requests that do not say speculate (--spec, --draft-model)
+    # --spec auto: those requests draft only where the cost rule expects the step to gain
+    # (worker/backend/spec_cost.py); a request's `speculative: true` drafts regardless.
+    auto: bool = False
     draft_model: Path | None = None  # drafts with this GGUF; None: prompt lookup (n-grams)
     draft_max: int = 16  # a draft model's longest draft per sequence and step
     # Prompt lookup: the last `ngram` tokens are looked up earlier in the sequence, and the
@@ -114,6 +117,11 @@ class LoadOptions:
     cache_bytes: int = 0
     # The multimodal projector (llama.cpp's mtmd, --mmproj): images in; None: text only.
     mmproj: Path | None = None
+    # The KV cache's element types (llama.cpp's names: f16, q8_0, ...; backend/kvcache.py) and
+    # flash attention ("auto", "on", "off"), which a quantized V cache needs.
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ class GenerationRequest:
     echo: bool = False
     lora: LoraKey = ()  # the adapters and scales to decode with
     # Draft tokens and verify them together (None: as the server is set up). Ignored where
-    # it does not apply: grammars, log-probabilities, echo, sampling inside the graph.
+    # it does not apply: log-probabilities, echo, sampling inside the graph.
     speculative: bool | None = None
     # Control tokens whose text goes into the output (a tool-call format's markup such as
     # `[TOOL_CALLS]` or `<|channel|>`); other control tokens add no text.
@@ -221,6 +229,7 @@ class FinishEvent:
     prompt_cached: int = 0  # prompt tokens found in the KV cache and not ingested again
     drafted: int = 0  # speculative decoding: draft tokens verified, and those accepted
     accepted: int = 0
+    draft_saved_ms: float = 0.0  # its estimated decode time saved (negative: lost)
 
 
 @dataclass(frozen=True)
@@ -268,6 +277,21 @@ class FimTokens:
     bos: int | None = None
 
 
+# The KV cache's element types, llama.cpp's names (common/arg.cpp's kv_cache_types).
+KV_CACHE_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+
+
+@dataclass(frozen=True)
+class KvCacheInfo:
+    """The KV cache of a loaded context (backend/kvcache.py), as /health shows it."""
+
+    type_k: str
+    type_v: str
+    flash_attn: str  # "auto", "on" or "off", as asked
+    size_bytes: int  # all slots and layers, as llama.cpp reported it (to 0.01 MiB)
+    bytes_per_token: float  # size_bytes over the context's cells: what a token costs
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     path: Path
@@ -303,6 +327,7 @@ class ModelInfo:
     fim: FimTokens = FimTokens()  # fill-in-the-middle tokens (POST /infill, worker/fim.py)
     # What the projector (--mmproj) lets the model read besides text: "vision", "audio".
     media_inputs: tuple[str, ...] = ()
+    kv_cache: KvCacheInfo | None = None  # None: no cache (an encoder) or not known
 
 
 @dataclass(frozen=True)
