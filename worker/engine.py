@@ -413,6 +413,9 @@ class Engine:
         """How many tokens the prompt of `request` is (its template rendered with its tools),
         without generating: what count_tokens / input_tokens routes answer."""
         prepared = await self._prepared(request, GenerationRequest(sampling=request.sampling))
+        if request.media:  # each image counts the tokens its embeddings take
+            job = JobRequest(request.job_id, prepared.tokens, None, media=request.media)
+            return len((await self._media_prompt(job))[0])
         return len(prepared.tokens)
 
     async def _prepared(

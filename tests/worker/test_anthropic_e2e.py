@@ -195,7 +195,7 @@ def test_errors_are_the_sdks_exceptions(client, served):
             model=MODEL, max_tokens=5, messages=[{"role": "user", "content": [image]}]
         )
     assert refused.value.status_code == 400
-    assert "images are not served yet" in refused.value.message
+    assert "--mmproj" in refused.value.message  # the default model has no projector
     assert refused.value.body["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError, match="web_search"):
         client.messages.create(

@@ -226,6 +226,55 @@ def test_openai_client_chat_with_a_data_uri_image(served: dict) -> None:
     assert reply.choices[0].message.content == theirs["content"]
 
 
+def test_anthropic_image_block_and_its_token_count(served: dict) -> None:
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": _b64(IMAGES["red"])},
+    }
+    messages = [{"role": "user", "content": [image, {"type": "text", "text": "describe it"}]}]
+    body = {"model": "tiny", "max_tokens": N_PREDICT, "temperature": 0, "messages": messages}
+    reply = httpx.post(f"{served['worker']}/v1/messages", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    # Anthropic's blocks are separate pieces: a blank line between them
+    prompt = f"<start_of_turn>user\n{MARKER}\n\ndescribe it<end_of_turn>\n<start_of_turn>model\n"
+    theirs = _theirs(served, prompt, [IMAGES["red"]])
+    answer = reply.json()
+    assert "".join(b["text"] for b in answer["content"] if b["type"] == "text") == theirs["content"]
+    usage = answer["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == theirs["tokens_evaluated"]
+    counted = httpx.post(
+        f"{served['worker']}/v1/messages/count_tokens",
+        json={"model": "tiny", "messages": messages},
+        timeout=300,
+    )
+    assert counted.json()["input_tokens"] == theirs["tokens_evaluated"]
+
+
+def test_responses_input_image(served: dict) -> None:
+    uri = "data:image/png;base64," + _b64(IMAGES["noise-0"])
+    content = [
+        {"type": "input_text", "text": "describe "},
+        {"type": "input_image", "image_url": uri},
+        {"type": "input_text", "text": " the image"},
+    ]
+    body = {
+        "model": "tiny",
+        "max_output_tokens": N_PREDICT,
+        "temperature": 0,
+        "input": [{"role": "user", "content": content}],
+    }
+    reply = httpx.post(f"{served['worker']}/v1/responses", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    prompt = f"<start_of_turn>user\ndescribe {MARKER} the image<end_of_turn>\n"
+    theirs = _theirs(served, prompt + "<start_of_turn>model\n", [IMAGES["noise-0"]])
+    output = reply.json()["output"]
+    text = "".join(
+        part["text"] for item in output if item["type"] == "message" for part in item["content"]
+    )
+    assert text == theirs["content"]
+    assert reply.json()["usage"]["input_tokens"] == theirs["tokens_evaluated"]
+
+
 def test_images_batched_with_text_requests(served: dict) -> None:
     alone = {name: _theirs(served, PROMPT, [IMAGES[name]]) for name in ("noise-0", "red")}
     text_prompt = "the quick brown fox jumps over the lazy dog"

@@ -164,7 +164,7 @@ def test_refusals_arrive_as_openai_errors(client):
     image = {"type": "input_image", "image_url": "https://example.com/a.png"}
     with pytest.raises(openai.BadRequestError) as info:
         ask(client, input=[{"role": "user", "content": [image]}])
-    assert info.value.param == "input[0].content[0]"
+    assert info.value.param == "input[0].content[0].image_url" and "--mmproj" in info.value.message
 
 
 def test_an_agents_sdk_agent_calls_its_tool_over_both_apis(chat_worker: WorkerProcess):

@@ -31,6 +31,7 @@ from llorch.worker.http.anthropic_schemas import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from llorch.worker.media import CHAT_MARKER, MediaRef
 
 # The chat core names calls call_…; Anthropic's ids read toolu_….
 _CORE_PREFIX, _TOOL_USE_PREFIX = "call_", "toolu_"
@@ -59,8 +60,9 @@ def chat_request(body: CountTokensRequest, job_id: str) -> ChatRequest:
     """The surface-neutral request of a Messages body (count_tokens' body: no generation)."""
     messages = [Message("system", body.system_text)] if body.system_text else []
     calls_made: set[str] = set()
+    media: list[MediaRef] = []
     for i, message in enumerate(body.messages):
-        for turn in _turns(message.role, message.blocks, i, calls_made):
+        for turn in _turns(message.role, message.blocks, i, calls_made, media):
             last = messages[-1] if messages else None
             if last is not None and last.role == turn.role and turn.role in ("user", "assistant"):
                 # Anthropic combines consecutive turns of one role; many templates refuse them.
@@ -94,6 +96,7 @@ def chat_request(body: CountTokensRequest, job_id: str) -> ChatRequest:
         else ToolChoice(),
         parallel_tool_calls=not (choice is not None and choice.disable_parallel_tool_use),
         reasoning=reasoning,
+        media=tuple(media),
     )
     if isinstance(body, MessagesRequest):
         sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
@@ -102,7 +105,19 @@ def chat_request(body: CountTokensRequest, job_id: str) -> ChatRequest:
     return request
 
 
-def _turns(role: str, blocks: list[Any], index: int, calls_made: set[str]) -> list[Message]:
+def _image(block: ImageBlock, where: str, media: list[MediaRef]) -> str:
+    """The chat marker standing for the image in the text; its reference added to `media`."""
+    source = block.source
+    if source.type == "url":
+        media.append(MediaRef(source.url or "", f"{where}.source.url"))
+    else:
+        media.append(MediaRef(source.data or "", f"{where}.source.data", bare_base64=True))
+    return CHAT_MARKER
+
+
+def _turns(
+    role: str, blocks: list[Any], index: int, calls_made: set[str], media: list[MediaRef]
+) -> list[Message]:
     """A message's blocks as the core's turns: a user's tool results become tool turns (in
     order), its text one user turn; an assistant's thinking, text and tool_use one turn."""
     texts: list[str] = []
@@ -121,8 +136,8 @@ def _turns(role: str, blocks: list[Any], index: int, calls_made: set[str]) -> li
                 f"{where}: a {block.type} block cannot be in a {role} message", param=where
             )
         if isinstance(block, ImageBlock):
-            raise InvalidRequestError(f"{where}: images are not served yet", param=where)
-        if isinstance(block, TextBlock):
+            texts.append(_image(block, where, media))
+        elif isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ThinkingBlock):
             thinking.append(block.thinking)
@@ -134,7 +149,7 @@ def _turns(role: str, blocks: list[Any], index: int, calls_made: set[str]) -> li
             if texts:
                 out.append(Message("user", "\n\n".join(texts)))
                 texts = []
-            out.append(_tool_turn(block, where, calls_made))
+            out.append(_tool_turn(block, where, calls_made, media))
         # redacted_thinking: encrypted by Anthropic, nothing a template could show
     if role == "assistant":
         return [
@@ -152,7 +167,9 @@ def _turns(role: str, blocks: list[Any], index: int, calls_made: set[str]) -> li
     return out
 
 
-def _tool_turn(block: ToolResultBlock, where: str, calls_made: set[str]) -> Message:
+def _tool_turn(
+    block: ToolResultBlock, where: str, calls_made: set[str], media: list[MediaRef]
+) -> Message:
     call_id = _core_id(block.tool_use_id)
     if call_id not in calls_made:
         raise InvalidRequestError(
@@ -161,11 +178,10 @@ def _tool_turn(block: ToolResultBlock, where: str, calls_made: set[str]) -> Mess
         )
     content = block.content or ""
     if isinstance(content, list):
-        for k, part in enumerate(content):
-            if isinstance(part, ImageBlock):
-                place = f"{where}.content[{k}]"
-                raise InvalidRequestError(f"{place}: images are not served yet", param=place)
-        content = "\n\n".join(p.text for p in content if isinstance(p, TextBlock))
+        content = "\n\n".join(
+            _image(p, f"{where}.content[{k}]", media) if isinstance(p, ImageBlock) else p.text
+            for k, p in enumerate(content)
+        )
     if block.is_error:
         # Chat templates have no field for a failed call (nor has OpenAI's tool role): the
         # model learns of the failure from the text it reads, as is_error is meant to tell it.

@@ -2,7 +2,8 @@
 
 Unknown fields are ignored (clients send `metadata`, `cache_control`, `service_tier`, ...), as
 the OpenAI bodies do; what the worker cannot honour is refused with a 400 naming the field:
-server tools (web search, bash, text editor, ...) here, images when the body is translated.
+server tools (web search, bash, text editor, ...) here; images (image blocks) go to a model
+served with a projector, and a bad one is refused when its bytes are read (worker/media.py).
 """
 
 from __future__ import annotations
@@ -29,20 +30,33 @@ class TextBlock(StrictModel):
     text: Text
 
 
-class ImageBlock(StrictModel):
-    """Read so that the refusal can say what is missing (images are not served yet) rather
-    than that the block's type is unknown; the published schema admits no image."""
-
+class ImageSource(StrictModel):
     model_config = ConfigDict(
-        json_schema_extra={
-            "not": {},
-            "description": "Images are not served yet: a request with one is refused with a "
-            "400 that says so.",
-        }
+        json_schema_extra=rules(
+            when(equals("type", "base64"), given("data")),
+            when(equals("type", "url"), given("url")),
+        )
     )
 
+    type: Literal["base64", "url"]
+    media_type: str | None = Field(None, max_length=64)  # the image's own header decides
+    data: str | None = Field(
+        None,
+        min_length=1,
+        description="The image, base64 (PNG, JPEG, WebP, GIF or BMP). A model served without "
+        "a projector (--mmproj), a corrupt or truncated image, more images than "
+        "--max-media-per-request or more pixels than --max-image-pixels is a 400 naming it.",
+    )
+    url: str | None = Field(
+        None, min_length=1, description="An http(s) URL of a host in --allowed-media-hosts."
+    )
+
+
+class ImageBlock(StrictModel):
+    """An image, where the model has a projector (worker/media.py)."""
+
     type: Literal["image"]
-    source: dict[str, Any] | None = None
+    source: ImageSource
 
 
 class ToolUseBlock(StrictModel):

@@ -64,7 +64,7 @@ def build_router(fleet: Fleet, settings: WorkerSettings) -> APIRouter:
         engine = await fleet.chat_engine(body.model)
         name = fleet.served_name(engine) or engine.loaded().name
         reply = _Reply(f"resp_{uuid.uuid4().hex}", name, body, turns_of(body, store), store)
-        chat = chat_request(body, reply.turns.prompt, reply.id)
+        chat = chat_request(body, reply.turns, reply.id)
         with renamed_params(reply.turns.where):
             (stream,) = await engine.chat(chat, generation_of(chat))
         if body.stream:
@@ -83,7 +83,7 @@ def build_router(fleet: Fleet, settings: WorkerSettings) -> APIRouter:
         engine = await fleet.chat_engine(body.model)
         turns = turns_of(body, store)
         with renamed_params(turns.where):
-            count = await engine.chat_tokens(chat_request(body, turns.prompt, "input-tokens"))
+            count = await engine.chat_tokens(chat_request(body, turns, "input-tokens"))
         return JSONResponse({"object": "response.input_tokens", "input_tokens": count})
 
     @router.get(

@@ -33,9 +33,10 @@ from llorch.worker.http.responses_schemas import (
 )
 from llorch.worker.http.responses_store import ResponseStore
 from llorch.worker.http.sampling import json_format, sampling_params
+from llorch.worker.media import CHAT_MARKER, MediaRef
 
 _TEXT_PARTS = frozenset(TEXT_PARTS)
-_NOT_SERVED = {"input_image": "images", "input_file": "files", "input_audio": "audio"}
+_NOT_SERVED = {"input_file": "files", "input_audio": "audio"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Turns:
     earlier: tuple[Message, ...]
     own: tuple[Message, ...]
     where: list[str]  # of each prompt message, the request field a 400 about it names
+    # The input's images, in order (each a media.CHAT_MARKER in its message's text).
+    media: tuple[MediaRef, ...] = ()
 
     @property
     def prompt(self) -> tuple[Message, ...]:
@@ -54,8 +57,11 @@ class Turns:
     @property
     def kept(self) -> tuple[Message, ...]:
         """What a stored response keeps: not its instructions (OpenAI does not carry them over
-        to the next response)."""
-        return (*self.earlier, *self.own)
+        to the next response), nor its images (their text stays; the pixels are not kept)."""
+        return tuple(
+            replace(m, content=m.content.replace(CHAT_MARKER, ""))
+            for m in (*self.earlier, *self.own)
+        )
 
 
 def turns_of(body: ResponsesRequest, store: ResponseStore) -> Turns:
@@ -65,17 +71,20 @@ def turns_of(body: ResponsesRequest, store: ResponseStore) -> Turns:
     elif body.input is None:
         raise InvalidRequestError("input is required", param="input")
     instructions = (Message("system", body.instructions),) if body.instructions else ()
+    media: list[MediaRef] = []
     if isinstance(body.input, str):
         own, at = [Message("user", body.input)], ["input"]
     else:
-        own, at = input_messages(body.input or ())
+        own, at = input_messages(body.input or (), media)
     where = ["instructions"] * len(instructions) + ["previous_response_id"] * len(earlier) + at
     if not where:
         raise InvalidRequestError("input has no items: there is nothing to answer", param="input")
-    return Turns(instructions, earlier, tuple(own), where)
+    return Turns(instructions, earlier, tuple(own), where, tuple(media))
 
 
-def input_messages(items: Sequence[InputItem]) -> tuple[list[Message], list[str]]:
+def input_messages(
+    items: Sequence[InputItem], media: list[MediaRef] | None = None
+) -> tuple[list[Message], list[str]]:
     """Input items as chat turns: an assistant's reasoning, message and function calls that
     follow each other are one assistant turn (as one answer's output items are)."""
     out: list[Message] = []
@@ -104,7 +113,7 @@ def input_messages(items: Sequence[InputItem]) -> tuple[list[Message], list[str]
         if item.type == "message":
             if item.role is None:
                 raise InvalidRequestError(f"{at}.role is required", param=f"{at}.role")
-            text = _text(item.content, f"{at}.content")
+            text = _text(item.content, f"{at}.content", media)
             if item.role == "assistant":
                 turn = replace(gathered(at), content=text)
                 continue
@@ -137,15 +146,23 @@ def input_messages(items: Sequence[InputItem]) -> tuple[list[Message], list[str]
     return out, where
 
 
-def _text(content: str | list[ContentPart] | None, at: str) -> str:
+def _text(
+    content: str | list[ContentPart] | None, at: str, media: list[MediaRef] | None = None
+) -> str:
+    """The text of `content`; an input_image part (a message's, when `media` gathers them)
+    stands as the chat marker where it was."""
     if content is None or isinstance(content, str):
         return content or ""
     texts = []
     for j, part in enumerate(content):
-        if part.type in _NOT_SERVED:
+        if part.type == "input_image" and media is not None:
+            texts.append(_image(part, f"{at}[{j}]", media))
+            continue
+        if part.type in _NOT_SERVED or part.type == "input_image":
+            served = _NOT_SERVED.get(part.type, "images here")
             raise InvalidRequestError(
-                f"{at}[{j}] is an {part.type} part: {_NOT_SERVED[part.type]} are not served "
-                "yet (text parts only)",
+                f"{at}[{j}] is an {part.type} part: {served} are not served yet (text and "
+                "image parts only)",
                 param=f"{at}[{j}]",
                 value=part.type,
             )
@@ -161,6 +178,18 @@ def _text(content: str | list[ContentPart] | None, at: str) -> str:
                 value=part.type[:64],
             )
     return "".join(texts)
+
+
+def _image(part: ContentPart, at: str, media: list[MediaRef]) -> str:
+    url = part.image_url
+    if not url:
+        raise InvalidRequestError(
+            f"{at}: an input_image needs its image_url (a data: URI, or an http(s) URL of an "
+            "allowed host); file_id is not served",
+            param=f"{at}.image_url",
+        )
+    media.append(MediaRef(url, f"{at}.image_url"))
+    return CHAT_MARKER
 
 
 def _required(value: str | None, param: str) -> str:
@@ -183,8 +212,8 @@ def _call(item: InputItem, at: str) -> ToolCall:
     return ToolCall(_required(item.call_id, f"{at}.call_id"), name, arguments)
 
 
-def chat_request(body: ResponsesRequest, messages: Sequence[Message], job_id: str) -> ChatRequest:
-    """The surface-neutral request of a Responses body over `messages`."""
+def chat_request(body: ResponsesRequest, turns: Turns, job_id: str) -> ChatRequest:
+    """The surface-neutral request of a Responses body over its conversation."""
     tools = []
     for i, tool in enumerate(body.tools or ()):
         if tool.type != "function":
@@ -200,7 +229,8 @@ def chat_request(body: ResponsesRequest, messages: Sequence[Message], job_id: st
     effort = body.reasoning.effort if body.reasoning is not None else None
     return ChatRequest(
         job_id=job_id,
-        messages=tuple(messages),
+        messages=turns.prompt,
+        media=turns.media,
         tools=tuple(tools),
         tool_choice=_tool_choice(body),
         parallel_tool_calls=body.parallel_tool_calls,

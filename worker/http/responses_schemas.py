@@ -3,8 +3,9 @@
 The shapes follow OpenAI's API reference (and the `openai` SDK's `ResponseCreateParams`). Unknown
 fields are ignored, as OpenAI-compatible servers do (clients send `user`, `include`,
 `truncation`, `prompt_cache_key`, ...). Item, part and tool types are plain strings here: the
-translator (worker/http/responses.py) refuses those the worker cannot honour (images, files,
-built-in tools, other tools' items) with a 400 that names the field and the type.
+translator (worker/http/responses.py) refuses those the worker cannot honour (files, audio,
+built-in tools, other tools' items) with a 400 that names the field and the type; an
+input_image goes to a model served with a projector (worker/media.py).
 """
 
 from __future__ import annotations
@@ -53,12 +54,19 @@ class ContentPart(StrictModel):
     function call's output."""
 
     model_config = ConfigDict(
-        extra="allow", json_schema_extra=rules(_of_types(*TEXT_PARTS, "refusal"))
+        extra="allow", json_schema_extra=rules(_of_types(*TEXT_PARTS, "refusal", "input_image"))
     )
 
     type: str = Field(max_length=64)
     text: Text | None = None
     refusal: Text | None = None
+    image_url: str | None = Field(
+        None,
+        min_length=1,
+        description="input_image: a data: URI (base64 PNG, JPEG, WebP, GIF or BMP) or an "
+        "http(s) URL of a host in --allowed-media-hosts, in a message's content; a model "
+        "served without a projector (--mmproj) or a bad image is a 400 naming the part.",
+    )
 
 
 class InputItem(StrictModel):

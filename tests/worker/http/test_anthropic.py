@@ -425,11 +425,15 @@ def test_count_tokens_counts_the_tools():
 # -- errors -----------------------------------------------------------------------------------
 
 
+# An image to a model served without a projector: refused, naming the block.
+IMAGE = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+
+
 @pytest.mark.parametrize(
     ("body", "named"),
     [
         (
-            {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+            {"messages": [{"role": "user", "content": [IMAGE]}]},
             "messages[0].content[0]",
         ),
         (
@@ -442,7 +446,7 @@ def test_count_tokens_counts_the_tools():
                             {
                                 "type": "tool_result",
                                 "tool_use_id": "toolu_01abc",
-                                "content": [{"type": "image", "source": {}}],
+                                "content": [IMAGE],
                             }
                         ],
                     },

@@ -339,8 +339,13 @@ def test_built_in_tools_are_refused_naming_them(kind):
     [
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
-            "input[0].content[0]",
-            "images are not served yet",
+            "input[0].content[0].image_url",
+            "--mmproj",  # a model without a projector takes no images
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].image_url",
+            "file_id is not served",
         ),
         (
             {"input": [{"role": "user", "content": "x"}, {"type": "web_search_call", "id": "w"}]},
