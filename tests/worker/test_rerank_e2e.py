@@ -188,3 +188,18 @@ def test_a_reranker_gives_no_embeddings(worker: WorkerProcess) -> None:
     reply = httpx.post(f"{worker.url}/v1/embeddings", json={"input": "hi"}, timeout=60)
     assert reply.status_code == 400
     assert "reranker" in reply.json()["error"]["message"]
+
+
+def _pairs_scored(worker: WorkerProcess) -> float:
+    text = httpx.get(f"{worker.url}/metrics", timeout=60).text
+    (line,) = [x for x in text.splitlines() if x.startswith("llorch_rerank_pairs_total ")]
+    return float(line.split()[1])
+
+
+def test_metrics_count_pairs(worker: WorkerProcess) -> None:
+    before = _pairs_scored(worker)
+    body = {"query": QUERY, "documents": DOCUMENTS[:5]}
+    assert httpx.post(f"{worker.url}/v1/rerank", json=body, timeout=60).status_code == 200
+    body = {"query": QUERY, "texts": DOCUMENTS[:3]}
+    assert httpx.post(f"{worker.url}/rerank", json=body, timeout=60).status_code == 200
+    assert _pairs_scored(worker) - before == 8

@@ -80,7 +80,7 @@ def create_app(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics) -
     app.include_router(infill.build_router(fleet))
     app.include_router(responses.build_router(fleet, settings))
     app.include_router(embeddings.build_router(fleet))
-    app.include_router(rerank.build_router(fleet))
+    app.include_router(rerank.build_router(fleet, metrics))
     app.include_router(anthropic.build_router(fleet))
     app.include_router(ops.build_router(fleet, settings, metrics))
     openapi.install(

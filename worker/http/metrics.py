@@ -152,6 +152,12 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.rerank_pairs = Counter(
+            "llorch_rerank_pairs",
+            "Query-document pairs a cross-encoder scored (POST /v1/rerank, /rerank)",
+            registry=self.registry,
+        )
+
         self.http_requests = Counter(
             "llorch_http_requests",
             "HTTP requests by surface (contract, openai, responses, anthropic, infill, ops) and "

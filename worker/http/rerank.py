@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
 from llorch.worker.http.body import parse_json
+from llorch.worker.http.metrics import WorkerMetrics
 from llorch.worker.http.openai_schemas import Text
 
 # Cohere's documented bound on one request's documents
@@ -77,7 +78,7 @@ def _best_first(scores: list[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: -scores[i])
 
 
-def build_router(fleet: Fleet) -> APIRouter:
+def build_router(fleet: Fleet, metrics: WorkerMetrics) -> APIRouter:
     router = APIRouter()
 
     async def rerank(request: Request) -> JSONResponse:
@@ -89,6 +90,7 @@ def build_router(fleet: Fleet) -> APIRouter:
         engine = await fleet.engine(body.model)
         model = engine.loaded()
         ranking = await engine.rerank(body.query, texts, truncate=body.truncate)
+        metrics.rerank_pairs.inc(len(ranking.scores))
         results = []
         for i in _best_first(ranking.scores)[: body.top_n]:
             score = ranking.scores[i]
@@ -107,6 +109,7 @@ def build_router(fleet: Fleet) -> APIRouter:
     async def _tei(body: TeiRerankRequest) -> JSONResponse:
         engine = await fleet.engine(body.model)
         ranking = await engine.rerank(body.query, body.texts, truncate=body.truncate)
+        metrics.rerank_pairs.inc(len(ranking.scores))
         results = []
         for i in _best_first(ranking.scores):
             score = ranking.scores[i]
