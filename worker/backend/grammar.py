@@ -14,11 +14,14 @@ must not load llama_cpp just by being imported.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from llorch.worker.backend.errors import InvalidRequestError
+from llorch.worker.backend.integer_range import integer_range
 
 
 class SchemaError(InvalidRequestError):
@@ -158,13 +161,14 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
     if schema is not None:
         check_schema(schema)
     try:
+        ranges: list[str] = []
+        bounded = integer_ranges_marked(schema, ranges) if schema is not None else _ANY_OBJECT
         # Key order is kept: the grammar writes an object's properties in the schema's order.
-        text = json.dumps(_ANY_OBJECT if schema is None else schema)
+        text = json.dumps(bounded)
     except RecursionError:
         raise SchemaError("the JSON schema nests too deeply to convert to a grammar") from None
-    if len(text) > _CACHED_SCHEMA_CHARS:
-        return _schema_grammar(text)
-    return _cached_schema_grammar(text)
+    grammar = _schema_grammar(text) if len(text) > _CACHED_SCHEMA_CHARS else _cached(text)
+    return integer_ranges_written(grammar, ranges)
 
 
 # The same schemas come back with every request of a client (its tools, its response format):
@@ -186,4 +190,80 @@ def _schema_grammar(text: str) -> str:
     return grammar
 
 
-_cached_schema_grammar = lru_cache(maxsize=256)(_schema_grammar)
+_cached = lru_cache(maxsize=256)(_schema_grammar)
+
+
+# Integers bounded by minimum / maximum: the converter ignores the bounds, so each such node
+# goes to it as a constant string (a marker) whose literal is then replaced by the range's rule.
+_NOT_SCHEMAS = frozenset({"enum", "const", "default", "examples"})  # values, not schemas
+
+
+def _marker(n: int) -> str:
+    return f"@@llorch-integer-range-{n}@@"
+
+
+def _marker_literal(n: int) -> str:
+    return '"\\"' + _marker(n) + '\\""'
+
+
+def integer_ranges_marked(node: Any, ranges: list[str]) -> Any:
+    """`node` with every bounded integer schema replaced by a marker; each range's GBNF
+    expression appended to `ranges` in marker order."""
+    if isinstance(node, list):
+        return [integer_ranges_marked(item, ranges) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if (
+        node.get("type") == "integer"
+        and not {"enum", "const"} & node.keys()
+        and any(_number(node, key) is not None for key in _BOUND_KEYS)
+    ):
+        ranges.append(integer_range(*_integer_bounds(node)))
+        kept = {k: v for k, v in node.items() if k not in _BOUND_KEYS and k != "type"}
+        return kept | {"const": _marker(len(ranges) - 1)}
+    return {
+        key: value if key in _NOT_SCHEMAS else integer_ranges_marked(value, ranges)
+        for key, value in node.items()
+    }
+
+
+_BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def integer_ranges_written(grammar: str, ranges: Sequence[str]) -> str:
+    """`grammar` (converted from a schema integer_ranges_marked) with each marker's literal
+    replaced by its range: an integer, then the converter's optional space."""
+    for n, expression in enumerate(ranges):
+        grammar = grammar.replace(_marker_literal(n), f"({expression}) space")
+    return grammar
+
+
+def _number(node: dict[str, Any], key: str) -> float | None:
+    """A numeric bound of `node`; None where there is none (or draft 4's boolean flag)."""
+    value = node.get(key)
+    if value is None or isinstance(value, bool):
+        return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SchemaError(f"{key} of an integer must be a finite number, got {value!r}")
+    return value
+
+
+def _integer_bounds(node: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The smallest and largest integer `node` allows: minimum/maximum, the numeric
+    exclusive bounds of JSON Schema 6+, and draft 4's boolean ones."""
+    lows, highs = [], []
+    if (low := _number(node, "minimum")) is not None:
+        strict = node.get("exclusiveMinimum") is True
+        lows.append(math.floor(low) + 1 if strict else math.ceil(low))
+    if (high := _number(node, "maximum")) is not None:
+        strict = node.get("exclusiveMaximum") is True
+        highs.append(math.ceil(high) - 1 if strict else math.floor(high))
+    if (low := _number(node, "exclusiveMinimum")) is not None:
+        lows.append(math.floor(low) + 1)
+    if (high := _number(node, "exclusiveMaximum")) is not None:
+        highs.append(math.ceil(high) - 1)
+    lowest, highest = max(lows, default=None), min(highs, default=None)
+    if lowest is not None and highest is not None and lowest > highest:
+        given = ", ".join(f"{key} {node[key]}" for key in _BOUND_KEYS if key in node)
+        raise SchemaError(f"the integer bounds ({given}) allow no value")
+    return lowest, highest

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llorch.worker.backend.grammar import integer_ranges_marked, integer_ranges_written
 from llorch.worker.chat.types import Tool
 
 
@@ -201,6 +202,7 @@ class GrammarBuilder:
 
     rules: dict[str, str] = field(default_factory=dict)
     _converter: Any = None
+    _ranges: list[str] = field(default_factory=list)  # bounded integers (backend/grammar.py)
 
     def rule(self, name: str, body: str) -> str:
         self.rules[name] = body
@@ -215,7 +217,8 @@ class GrammarBuilder:
                 prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
             )
         converter = self._converter
-        resolved = converter.resolve_refs(dict(schema) if schema else {}, name)
+        bounded = integer_ranges_marked(dict(schema) if schema else {}, self._ranges)
+        resolved = converter.resolve_refs(bounded, name)
         return str(converter.visit(resolved, name))
 
     def arguments_rule(self, tool: Tool) -> str:
@@ -228,7 +231,8 @@ class GrammarBuilder:
         rules = dict(self._converter._rules) if self._converter is not None else {}
         rules.update(self.rules)
         rules["root"] = root
-        return "\n".join(f"{name} ::= {body}" for name, body in rules.items())
+        text = "\n".join(f"{name} ::= {body}" for name, body in rules.items())
+        return integer_ranges_written(text, self._ranges)
 
 
 def rule_name(text: str) -> str:
