@@ -1,14 +1,16 @@
-"""Speculative decoding through the worker: `--spec ngram`, the per-request `speculative`
-field on /execute and /v1, the drafted/accepted counts of the metrics event and /metrics, and
-a draft model with another vocabulary refused on /ready."""
+"""Speculative decoding through the worker: the default (`--spec auto`), the per-request
+`speculative` field on /execute and /v1, the drafted/accepted counts and the time saved of the
+metrics event and /metrics, and a draft model with another vocabulary refused on /ready."""
 
 from __future__ import annotations
 
 import contextlib
+import runpy
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,28 +18,18 @@ from support import WorkerProcess, free_port, sse_events, start_worker
 
 pytestmark = pytest.mark.e2e
 
-CODE = """def total_price(items, tax_rate):
-    subtotal = 0
-    for item in items:
-        subtotal += item.price * item.quantity
-    tax = subtotal * tax_rate
-    return subtotal + tax
-"""
-# Over a long output, a batch of drafts and a single token may pick differently where the two
-# best logits are within rounding (tests/worker/backend/test_speculative.py handles that);
-# the first 40 tokens of this answer have no such near-tie.
-REWRITE = (
-    "Rewrite the following Python code, renaming the variable `subtotal` to `net`.\n\n"
-    f"```python\n{CODE}```\n\nRewritten code:\n\n```python\n"
-)
+# bench/tasks.py's rewriting prompt, its first function only. Over a long output, a batch of
+# drafts and a single token may pick differently where the two best logits are within rounding
+# (tests/worker/backend/test_speculative.py handles that); the first 40 tokens of this answer
+# have no such near-tie.
+TASKS = runpy.run_path(str(Path(__file__).parents[2] / "bench" / "tasks.py"))
+REWRITE = TASKS["rewrite"](TASKS["FUNCTIONS"][0])
 
 
 @pytest.fixture(scope="module")
 def spec_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    proc = start_worker(
+    proc = start_worker(  # speculation as it comes: --spec auto
         tmp_path_factory.mktemp("spec"),
-        "--spec",
-        "ngram",
         "--parallel",
         "2",
         "--ctx-size",
@@ -65,7 +57,7 @@ def execute(url: str, **fields: object) -> tuple[str, dict]:
     return text, metrics
 
 
-def counter(url: str, name: str) -> float:
+def metric(url: str, name: str) -> float:
     for line in httpx.get(f"{url}/metrics").text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
@@ -74,15 +66,21 @@ def counter(url: str, name: str) -> float:
 
 def test_the_server_default_and_the_request_field(spec_worker):
     url = spec_worker.url
-    drafted_before = counter(url, "llorch_draft_tokens_total")
-    accepted_before = counter(url, "llorch_draft_accepted_total")
-    text, on = execute(url)  # --spec ngram: speculates unless asked not to
+    names = ("llorch_draft_tokens_total", "llorch_draft_accepted_total")
+    before = [metric(url, name) for name in (*names, "llorch_draft_saved_seconds")]
+    # auto: one stream copying its prompt drafts (the rule's estimate of a lone sequence)
+    text, on = execute(url)
     plain, off = execute(url, speculative=False)
+    forced, ngram = execute(url, speculative=True)  # drafts every match, as --spec ngram
     assert on["accepted"] > 0 and on["drafted"] >= on["accepted"]
-    assert off["drafted"] == off["accepted"] == 0
-    assert text == plain
-    assert counter(url, "llorch_draft_tokens_total") - drafted_before == on["drafted"]
-    assert counter(url, "llorch_draft_accepted_total") - accepted_before == on["accepted"]
+    assert ngram["accepted"] > 0
+    assert off["drafted"] == off["accepted"] == 0 and off["draft_saved_ms"] == 0
+    assert text == plain == forced
+    after = [metric(url, name) for name in (*names, "llorch_draft_saved_seconds")]
+    assert after[0] - before[0] == on["drafted"] + ngram["drafted"]
+    assert after[1] - before[1] == on["accepted"] + ngram["accepted"]
+    saved = (on["draft_saved_ms"] + ngram["draft_saved_ms"]) / 1000
+    assert after[2] - before[2] == pytest.approx(saved, abs=1e-5)
 
 
 def test_v1_takes_the_extension(spec_worker):
