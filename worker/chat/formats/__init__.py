@@ -16,6 +16,9 @@ from llorch.worker.chat.formats.base import ToolFormat
 # comes before Hermes; gpt-oss's harmony channels before everything).
 FAMILIES: tuple[str, ...] = (
     "gpt_oss",
+    "deepseek_v32",
+    "deepseek_v4",
+    "seed_oss",
     "qwen3_coder",
     "minimax_m2",
     "glm45",
@@ -30,6 +33,8 @@ FAMILIES: tuple[str, ...] = (
     "gemma4",
     "mistral_small",
     "mistral_nemo",
+    "nemotron_v2",
+    "apriel",
     "llama3",
     "hermes",
 )
