@@ -47,8 +47,9 @@ def _read(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({exc})") from exc
 
 
-def pooling_type(folder: Path) -> gguf.PoolingType | None:
-    """The sentence-transformers pooling of the folder, or None without modules.json."""
+def pooling_type(folder: Path, also: tuple[str, ...] = ()) -> gguf.PoolingType | None:
+    """The sentence-transformers pooling of the folder, or None without modules.json.
+    `also`: module kinds the family's graph applies itself (EmbeddingGemma's Dense)."""
     modules_path = folder / "modules.json"
     if not modules_path.is_file():
         return None
@@ -56,10 +57,11 @@ def pooling_type(folder: Path) -> gguf.PoolingType | None:
     pooling_dir = None
     for mod in modules if isinstance(modules, list) else []:
         kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
-        if kind not in KNOWN_MODULES:
+        if kind not in KNOWN_MODULES + also:
             raise ConfigError(
                 f"{modules_path}: sentence-transformers module {mod.get('type')!r} is not "
-                f"supported (llama.cpp's embeddings reproduce {', '.join(KNOWN_MODULES)})"
+                f"supported (llama.cpp's embeddings reproduce "
+                f"{', '.join(KNOWN_MODULES + also)})"
             )
         if kind == "Pooling":
             pooling_dir = folder / str(mod.get("path", ""))
@@ -80,11 +82,13 @@ def pooling_type(folder: Path) -> gguf.PoolingType | None:
     return POOLING[str(mode)]
 
 
-def write_sentence_transformers(folder: Path, w: gguf.GGUFWriter) -> None:
+def write_sentence_transformers(
+    folder: Path, w: gguf.GGUFWriter, also: tuple[str, ...] = ()
+) -> None:
     """The pooling type, and whether the pooled vector is normalised (a Normalize module:
     llama.cpp returns it unnormalised, so the worker does it), from the sentence-transformers
     config; nothing without modules.json."""
-    pooling = pooling_type(folder)
+    pooling = pooling_type(folder, also)
     if pooling is not None:
         w.add_pooling_type(pooling)
     modules_path = folder / "modules.json"

@@ -99,7 +99,7 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
         types = model.config.get("layer_types")
         if isinstance(types, list) and len(types) == d.n_layer:
             w.add_sliding_window_pattern([t == "sliding_attention" for t in types])
-    if model.arch == _A.GEMMA3 and window:
+    if model.arch in (_A.GEMMA3, _A.GEMMA_EMBEDDING) and window:
         w.add_rope_freq_base_swa(float(local.get("rope_theta", 10000.0)))
     for key, setter in (
         ("attn_logit_softcapping", w.add_attn_logit_softcapping),

@@ -93,6 +93,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma", "gemma"),
     ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma", "gemma2"),
     ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma", "gemma3_text"),
+    # EmbeddingGemma: Gemma 3's text model, bidirectional, with its Dense projections
+    ArchRow("Gemma3TextModel", _A.GEMMA_EMBEDDING, "gemma_embedding", "gemma3_text"),
     # Gemma 3 4B/12B/27B: the multimodal wrapper; its language model converts (text only).
     ArchRow(
         "Gemma3ForConditionalGeneration",

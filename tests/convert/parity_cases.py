@@ -103,6 +103,21 @@ CASES: dict[str, Case] = {
         },
         outtypes=("f32", "q8_0"),
     ),
+    # EmbeddingGemma: Gemma 3's text model with bidirectional attention (its Dense modules
+    # and prompts: test_embedding_gemma.py)
+    "embedding-gemma-bidirectional": Case(
+        "Gemma3TextModel",
+        "Gemma3TextConfig",
+        {
+            **SMALL,
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "use_bidirectional_attention": True,
+        },
+        pooling="mean_tokens",
+    ),
     "phi3-fused": Case(
         "Phi3ForCausalLM",
         "Phi3Config",
