@@ -94,7 +94,8 @@ def decode_image(data: bytes, limits: MediaLimits, param: str) -> DecodedImage:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:
         raise MediaError(
-            f"{param}: not an image in a format llorch reads ({', '.join(FORMATS)})",
+            f"{param}: not an image llorch reads (a corrupt header, or a format other than "
+            f"{', '.join(FORMATS)})",
             param=param,
         ) from None
     except Exception as exc:  # a header Pillow cannot parse

@@ -350,7 +350,7 @@ def _tiff() -> bytes:
 
 
 BAD = {
-    "corrupt": (os.urandom(64) + b"not an image", "format llorch reads"),
+    "corrupt": (os.urandom(64) + b"not an image", "not an image llorch reads"),
     "truncated": (_png(3)[: len(_png(3)) // 2], "truncated"),
     "bomb": (_bomb(), "50000x50000"),
     "too-many-pixels": (_png(4, size=200), "--max-image-pixels"),

@@ -66,14 +66,20 @@ def placeholders(digest: bytes, n: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class Pieces:
-    """An image in the prompt: the text tokens mtmd puts before and after it (the family's
-    markup), and its chunk."""
+class Tile:
+    """A media chunk of an image and the placeholder ids it holds in the prompt."""
 
-    before: tuple[int, ...]
     chunk: MediaChunk
-    after: tuple[int, ...]
-    ids: tuple[int, ...]  # the chunk's placeholders
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """An image in the prompt, as mtmd lays it out: text tokens (the family's markup) and
+    media chunks (one, or one per tile where the projector cuts the image), in order, each
+    chunk with its placeholder ids."""
+
+    items: tuple[tuple[int, ...] | Tile, ...]
 
 
 class Projector:
@@ -145,30 +151,28 @@ class Projector:
 
     @staticmethod
     def _pieces(chunks: int, digest: bytes, param: str) -> Pieces:
-        before: list[int] = []
-        after: list[int] = []
-        media: MediaChunk | None = None
+        items: list[tuple[int, ...] | Tile] = []
         for i in range(mt.mtmd_input_chunks_size(chunks)):
             chunk = mt.mtmd_input_chunks_get(chunks, i)
-            kind = mt.mtmd_input_chunk_get_type(chunk)
-            if kind == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n = ctypes.c_size_t(0)
                 ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                (after if media is not None else before).extend(ptr[i] for i in range(n.value))
-            elif media is None:
-                n_tokens = mt.mtmd_input_chunk_get_n_tokens(chunk)
-                n_pos = mt.mtmd_input_chunk_get_n_pos(chunk)
-                copy = mt.mtmd_input_chunk_copy(chunk)
-                media = MediaChunk(copy, n_tokens, n_pos)
-            else:  # tiles come as one chunk per image in the families served (see above)
+                items.append(tuple(ptr[k] for k in range(n.value)))
+                continue
+            n_tokens = mt.mtmd_input_chunk_get_n_tokens(chunk)
+            n_pos = mt.mtmd_input_chunk_get_n_pos(chunk)
+            if n_pos != n_tokens:  # (M-RoPE projectors are refused at load)
                 raise InvalidRequestError(
-                    f"{param}: this projector cuts an image into several chunks, which llorch "
-                    "does not decode yet",
+                    f"{param}: the projector gives this image {n_pos} positions for {n_tokens} "
+                    "tokens, which llorch does not decode",
                     param=param,
                 )
-        if media is None:
+            media = MediaChunk(mt.mtmd_input_chunk_copy(chunk), n_tokens, n_pos)
+            # a tile's ids: the image's hash and the tile's place in it
+            items.append(Tile(media, placeholders(digest + i.to_bytes(4, "little"), n_tokens)))
+        if not any(isinstance(item, Tile) for item in items):
             raise InvalidRequestError(f"{param}: mtmd made no chunk of the image", param=param)
-        return Pieces(tuple(before), media, tuple(after), placeholders(digest, media.n_tokens))
+        return Pieces(tuple(items))
 
     def eval(self, lctx: ll.llama_context_p, span: MediaSpan, seq_id: int, n_batch: int) -> None:
         """Encode the chunk and decode its embeddings at positions span.start.. of `seq_id`."""
@@ -200,9 +204,10 @@ def expand(
         if token != marker:
             out.append(token)
             continue
-        piece = next(images)
-        out.extend(piece.before)
-        spans.append(MediaSpan(len(out), len(piece.ids), piece.chunk))
-        out.extend(piece.ids)
-        out.extend(piece.after)
+        for item in next(images).items:
+            if isinstance(item, Tile):
+                spans.append(MediaSpan(len(out), len(item.ids), item.chunk))
+                out.extend(item.ids)
+            else:
+                out.extend(item)
     return tuple(out), tuple(spans)
