@@ -17,6 +17,9 @@ EMBEDDING_NORMALIZE = "llorch.embedding.normalize"
 # applied when a request names none.
 EMBEDDING_PROMPTS = "llorch.embedding.prompts"
 EMBEDDING_DEFAULT_PROMPT = "llorch.embedding.default_prompt"
+# Trained with Matryoshka representation learning (EmbeddingGemma, Qwen3-Embedding): a
+# vector's leading dimensions are an embedding of their own, so `dimensions` may shorten it.
+EMBEDDING_MATRYOSHKA = "llorch.embedding.matryoshka"
 # In an imatrix convert-batch computed: what it was computed from (calibration text's sha256,
 # chunk size, the source's files), so a rerun reuses it only for the same inputs.
 IMATRIX_INPUTS = "llorch.imatrix.inputs"

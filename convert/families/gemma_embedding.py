@@ -9,6 +9,8 @@ sentence-transformers' EmbeddingGemma configuration, and llama.cpp's converter
   (768 -> 3072 -> 768 in EmbeddingGemma-300m), then Normalize. llama.cpp applies the Dense
   modules after pooling as `dense_2` and `dense_3`, with their in/out sizes in the GGUF; their
   weights lie in the modules' own folders (2_Dense/model.safetensors, `linear.weight`).
+- Matryoshka-trained (768, 512, 256, 128 dimensions): the GGUF says so, and the worker's
+  `dimensions` shortens the vectors.
 - config.json's `sliding_window` is written as stored: transformers' config halves it for
   bidirectional attention when it loads (llama.cpp's converter reads the file for that
   reason).
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import gguf
 
+from llorch import keys
 from llorch.convert.errors import ConfigError
 from llorch.convert.families import gemma
 from llorch.convert.families.base import ModelInput, PlannedTensor
@@ -67,6 +70,8 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
         prefix = gguf.TENSOR_NAMES[DENSE[path]].removesuffix("_out")
         w.add_dense_features_dims(prefix, int(config["in_features"]), int(config["out_features"]))
     write_sentence_transformers(model.folder, w, also=("Dense",))
+    # EmbeddingGemma is trained for 768, 512, 256 and 128 dimensions (its model card)
+    w.add_bool(keys.EMBEDDING_MATRYOSHKA, True)
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:

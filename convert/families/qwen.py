@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gguf
 
+from llorch import keys
 from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
@@ -35,6 +36,9 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     write_common(model, w)
     rope.write_scaling(model, w)
     write_sentence_transformers(model.folder, w)
+    if model.hf_architecture == "Qwen3Model" and (model.folder / "modules.json").is_file():
+        # Qwen3-Embedding is Matryoshka-trained (its model card: 32 dimensions and up)
+        w.add_bool(keys.EMBEDDING_MATRYOSHKA, True)
 
 
 def _bare(name: str) -> str:

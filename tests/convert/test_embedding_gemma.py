@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from support import start_worker
 
+from llorch import keys
 from llorch.convert import convert
 from llorch.detector import detect
 
@@ -106,6 +107,7 @@ def test_served_embeddings_match_sentence_transformers(
     arch = "gemma-embedding"
     assert fields[gguf.Keys.LLM.POOLING_TYPE.format(arch=arch)] == gguf.PoolingType.MEAN
     assert fields[gguf.Keys.Attention.CAUSAL.format(arch=arch)] is False
+    assert fields[keys.EMBEDDING_MATRYOSHKA] is True
     shapes = {t.name: list(t.shape) for t in reader.tensors}
     assert shapes["dense_2.weight"] == [GEMMA3["hidden_size"], DENSE_WIDTH]
     assert shapes["dense_3.weight"] == [DENSE_WIDTH, GEMMA3["hidden_size"]]

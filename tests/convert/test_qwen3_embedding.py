@@ -104,6 +104,9 @@ def test_served_embeddings_match_sentence_transformers(
         query = httpx.post(url, json={"input": TEXTS, "prompt_name": "query"}, timeout=60)
         plain = httpx.post(url, json={"input": TEXTS}, timeout=60)
         bad = httpx.post(url, json={"input": TEXTS, "prompt_name": "passage"}, timeout=60)
+        body = {"input": TEXTS, "prompt_name": "query", "dimensions": 16}
+        short = httpx.post(url, json=body, timeout=60)
+        too_many = httpx.post(url, json={**body, "dimensions": 65}, timeout=60)
     finally:
         assert worker.stop() == 0
     for reply, want in ((query, want_query), (plain, want_plain)):
@@ -114,5 +117,14 @@ def test_served_embeddings_match_sentence_transformers(
         assert cosines.min() >= 0.9999
         assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert bad.status_code == 400
+    # Matryoshka: the leading 16 dimensions, normalised again (sentence-transformers'
+    # truncate_dim, then normalize)
+    assert fields[keys.EMBEDDING_MATRYOSHKA] is True
+    assert short.status_code == 200, short.text
+    got = np.array([d["embedding"] for d in short.json()["data"]])
+    assert got.shape == (len(TEXTS), 16)
+    assert helpers.cosines(got, want_query[:, :16]).min() >= 0.9999
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "dimensions"
     error = bad.json()["error"]
     assert error["param"] == "prompt_name" and "document, query" in error["message"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llorch import keys
 from llorch.worker.backend.errors import InvalidRequestError
-from llorch.worker.engine import Embeddings
+from llorch.worker.backend.protocol import ModelInfo
 from llorch.worker.fleet import Fleet
 from llorch.worker.http import openapi
 from llorch.worker.http.body import parse_json
@@ -48,8 +50,9 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(
         None,
         ge=1,
-        description="The embeddings' size, which only the loaded model knows: this worker "
-        "does not shorten them, so another size than the model's is refused with a 400.",
+        description="The embeddings' size: fewer than the model's only for a model trained "
+        "for it (Matryoshka: EmbeddingGemma, Qwen3-Embedding), whose vectors are cut to their "
+        "leading dimensions and normalised again; otherwise a 400.",
     )
     truncate: bool = False
     prompt_name: str | None = Field(
@@ -85,10 +88,10 @@ def build_router(fleet: Fleet) -> APIRouter:
         result = await engine.embed(
             _as_list(body.input), truncate=body.truncate, prompt_name=body.prompt_name
         )
-        _check_dimensions(body.dimensions, result)
+        vectors = _shortened(body.dimensions, result.vectors, model)
         data = [
             {"object": "embedding", "index": i, "embedding": _encoded(row, body.encoding_format)}
-            for i, row in enumerate(result.vectors)
+            for i, row in enumerate(vectors)
         ]
         usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
         return JSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
@@ -120,11 +123,27 @@ def _encoded(row: Any, encoding: str) -> list[float] | str:
     return [float(x) for x in row]
 
 
-def _check_dimensions(dimensions: int | None, result: Embeddings) -> None:
-    size = result.vectors.shape[1]
-    if dimensions is not None and dimensions != size:
+def _shortened(dimensions: int | None, vectors: np.ndarray, model: ModelInfo) -> np.ndarray:
+    """The vectors cut to `dimensions` where the model is Matryoshka-trained (and normalised
+    again where the model normalises); another size than the model's is a 400 otherwise."""
+    size = vectors.shape[1]
+    if dimensions is None or dimensions == size:
+        return vectors
+    if model.metadata.get(keys.EMBEDDING_MATRYOSHKA) != "true":
         raise InvalidRequestError(
-            f"this model's embeddings have {size} dimensions; it cannot give {dimensions}",
+            f"this model's embeddings have {size} dimensions; it cannot give {dimensions} "
+            "(it is not Matryoshka-trained)",
             param="dimensions",
             constraint=f"== {size}",
         )
+    if dimensions > size:
+        raise InvalidRequestError(
+            f"this model's embeddings have {size} dimensions; it cannot give {dimensions}",
+            param="dimensions",
+            constraint=f"<= {size}",
+        )
+    short = vectors[:, :dimensions]
+    if model.normalize_embeddings:
+        norms = np.linalg.norm(short, axis=1, keepdims=True)
+        short = short / np.where(norms > 0, norms, 1.0)
+    return short.astype(np.float32)
