@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llorch.worker import rerank
-from llorch.worker import media
+from llorch.worker import media, rerank
 from llorch.worker.backend import grammar
 from llorch.worker.backend.errors import InvalidRequestError, NotReadyError, WorkerError
 from llorch.worker.backend.protocol import (
@@ -497,7 +496,11 @@ class Engine:
             )
         form = rerank.PairForm.from_single(await self.tokenize(""))
         query_tokens = await self.tokenize(query, add_special=False)
-        document_tokens = [await self.tokenize(d, add_special=False) for d in documents]
+
+        def tokenize_all() -> list[list[int]]:  # one trip off the event loop, not one a text
+            return [self.scheduler.tokenize(d, False) for d in documents]
+
+        document_tokens = await asyncio.to_thread(tokenize_all)
         inputs = rerank.pairs(
             form, query_tokens, document_tokens, limit=model.n_ctx_embed, truncate=truncate
         )
