@@ -34,6 +34,7 @@ from typing import Any
 import gguf
 
 from llorch.convert.errors import ConfigError
+from llorch.convert.families import bert
 from llorch.convert.families.base import ModelInput, PlannedTensor, cfg_float, cfg_int, map_tensors
 from llorch.convert.sentence_transformers import write_sentence_transformers
 
@@ -52,6 +53,9 @@ ACTIVATIONS = {
 # gguf 0.19.0 (the pinned gguf-py) predates llama.cpp's LLM_KV_HIDDEN_ACT
 # (src/llama-arch.cpp); use gguf's constant once it has it.
 HIDDEN_ACT_KEY: str = getattr(gguf.Keys.LLM, "HIDDEN_ACT", "{arch}.hidden_activation")
+# ... and its LLM_KV_CLASSIFIER_POOLING_TYPE: how a cross-encoder pools before its head
+CLASSIFIER_POOLING_KEY: str = "{arch}.classifier.pooling_type"
+CLASSIFIER_POOLING = {"cls": gguf.PoolingType.CLS, "mean": gguf.PoolingType.MEAN}
 
 
 def _where(model: ModelInput) -> str:
@@ -149,11 +153,38 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     w.add_string(
         HIDDEN_ACT_KEY.format(arch=arch), ACTIVATIONS[model.config.get("hidden_activation", "gelu")]
     )
-    write_sentence_transformers(model.folder, w)
+    if bert.is_cross_encoder(model):
+        _write_cross_encoder(model, w)
+    else:
+        write_sentence_transformers(model.folder, w)
+
+
+def _write_cross_encoder(model: ModelInput, w: gguf.GGUFWriter) -> None:
+    """ModernBertForSequenceClassification (gte-reranker-modernbert): pooled (CLS or mean,
+    `classifier_pooling`), then head.dense -> GELU -> head.norm -> classifier, which is
+    llama.cpp's rank pooling for modern-bert (cls, GELU, cls.norm without a bias, cls.output)."""
+    bert.check_one_label(model)
+    pooling = model.config.get("classifier_pooling", "cls")
+    if pooling not in CLASSIFIER_POOLING:
+        raise ConfigError(
+            f"{_where(model)}: classifier_pooling {pooling!r} is not supported; llama.cpp pools "
+            f"by one of {', '.join(CLASSIFIER_POOLING)}"
+        )
+    act = model.config.get("classifier_activation", "gelu")
+    if ACTIVATIONS.get(act) != "gelu":
+        raise ConfigError(f"{_where(model)}: classifier_activation {act!r}: llama.cpp uses GELU")
+    if model.config.get("norm_bias"):
+        raise ConfigError(f"{_where(model)}: norm_bias: llama.cpp's head norm has no bias")
+    w.add_pooling_type(gguf.PoolingType.RANK)
+    arch = gguf.MODEL_ARCH_NAMES[model.arch]
+    w.add_uint32(CLASSIFIER_POOLING_KEY.format(arch=arch), int(CLASSIFIER_POOLING[pooling]))
 
 
 def _rename(name: str) -> str:
-    # a ModernBertModel saved inside a task wrapper keeps the wrapper's `model.` prefix
+    # a ModernBertModel saved inside a task wrapper keeps the wrapper's `model.` prefix;
+    # a cross-encoder's classifier is gguf's classifier.out_proj (cls.output)
+    if name.startswith("classifier."):
+        return "classifier.out_proj." + name.removeprefix("classifier.")
     return name[len("model.") :] if name.startswith("model.") else name
 
 
@@ -171,4 +202,7 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
         _T.FFN_DOWN: (n_embd, n_ff),
         _T.OUTPUT_NORM: (n_embd,),
     }
+    if bert.is_cross_encoder(model):
+        bert.check_one_label(model)
+        expected |= {_T.CLS: (n_embd, n_embd), _T.CLS_NORM: (n_embd,), _T.CLS_OUT: (1, n_embd)}
     return map_tensors(model, expected=expected, rename=_rename)

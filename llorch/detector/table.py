@@ -184,6 +184,14 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("FalconH1ForCausalLM", _A.FALCON_H1, "falcon_h1", "falcon_h1"),
     # ModernBERT encoder (embeddings): alternating global / sliding-window layers
     ArchRow("ModernBertModel", _A.MODERN_BERT, "modern_bert", "modernbert"),
+    # ModernBERT cross-encoders (gte-reranker-modernbert): rank pooling over its head
+    ArchRow(
+        "ModernBertForSequenceClassification",
+        _A.MODERN_BERT,
+        "modern_bert",
+        "modernbert",
+        alias_of="ModernBertModel",
+    ),
 )
 _BY_NAME: Mapping[str, ArchRow] = {row.hf_name: row for row in SUPPORTED}
 # A model_type names its first row: "bert" is BertModel, not the cross-encoder after it

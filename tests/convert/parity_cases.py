@@ -951,6 +951,14 @@ CASES.update(
             pooling="mean_tokens",
             outtypes=("f32", "f16"),
         ),
+        # gte-reranker-modernbert-style cross-encoder: mean pooling before its head
+        "modern-bert-cross-encoder-mean": Case(
+            "ModernBertForSequenceClassification",
+            "ModernBertConfig",
+            {**MODERN_BERT, "num_labels": 1, "classifier_pooling": "mean"},
+            "modernbert",
+            pooling="rank",
+        ),
         "modern-bert-window8-silu-cls": Case(
             "ModernBertModel",
             "ModernBertConfig",

@@ -152,3 +152,25 @@ def test_pair_scores_match_transformers(tmp_path: Path) -> None:
     )
     assert np.abs(got - want).max() <= 1e-3
     assert np.abs(as_tokens - want).max() > 1e-3
+
+
+def test_modern_bert_cross_encoder_head(checkpoint: Any, tmp_path: Path) -> None:
+    """gte-reranker-modernbert's head: the classifier pooling written for llama.cpp (which
+    assumes mean without it), and a head llama.cpp's graph cannot run refused."""
+    from tests.convert.parity_cases import MODERN_BERT
+
+    config = {**MODERN_BERT, "num_labels": 1, "classifier_pooling": "cls"}
+    built = checkpoint(
+        "ModernBertForSequenceClassification", "ModernBertConfig", config, tokenizer="modernbert"
+    )
+    out = tmp_path / "ce.gguf"
+    convert(built.folder, out, outtype="f32")
+    fields = _fields(out)
+    assert fields["modern-bert.classifier.pooling_type"] == gguf.PoolingType.CLS
+    assert fields[gguf.Keys.LLM.POOLING_TYPE.format(arch="modern-bert")] == gguf.PoolingType.RANK
+    shapes = {t.name: list(t.shape) for t in gguf.GGUFReader(out).tensors}
+    assert {"cls.weight", "cls.norm.weight", "cls.output.weight"} <= shapes.keys()
+    stored = json.loads((built.folder / "config.json").read_text())
+    (built.folder / "config.json").write_text(json.dumps({**stored, "norm_bias": True}))
+    with pytest.raises(ConfigError, match="norm_bias"):
+        convert(built.folder, tmp_path / "o.gguf", outtype="f32")

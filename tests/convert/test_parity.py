@@ -16,6 +16,7 @@ reference's hidden states pooled the same way.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,8 @@ def _check_rank(folder: Path, out: Path, tokens: list[int]) -> None:
     from llorch.worker.backend.embed import LlamaEmbedder
     from llorch.worker.backend.protocol import RankInput
 
-    model = transformers.BertForSequenceClassification.from_pretrained(folder).eval()
+    arch = json.loads((folder / "config.json").read_text())["architectures"][0]
+    model = getattr(transformers, arch).from_pretrained(folder).eval()
     with torch.no_grad():
         want = float(model(torch.tensor([tokens])).logits[0, 0])
     with llamacpp.load_model(out) as loaded:
