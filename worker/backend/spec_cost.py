@@ -30,6 +30,10 @@ EMA_WEIGHT = 0.2
 # A draft is taken only if it raises the step's expected tokens per second by this much:
 # the estimates are noisy, and a draft that only breaks even is not worth the risk.
 MARGIN = 0.03
+# How much slower a step may get for a sequence that has no draft in it (or whose draft takes
+# fewer tokens than the step slows down): about the spread of a step's time on a busy machine.
+# Without this a copying sequence would buy its speed with its neighbours' time.
+SLACK = 0.10
 
 
 class StepCost:
@@ -124,15 +128,19 @@ def plan(
     base: int,
     candidates: Sequence[tuple[float, int]],
     expected: float | None = None,
+    bystanders: int = 0,
 ) -> list[int]:
     """How many tokens of each candidate draft to verify this step (0: none).
 
     `base`: the positions the step has without these drafts (one per generating sequence and
     any draft that is not up to the rule); `expected`: the tokens those yield (default
-    `base`); `candidates`: (acceptance p, the draft's length) per sequence. The most likely
-    drafts go first; each gets the length that most raises the step's expected tokens per
-    second, by at least MARGIN, or none."""
-    n, tokens = base, float(base if expected is None else expected)
+    `base`); `candidates`: (acceptance p, the draft's length) per sequence; `bystanders`:
+    generating sequences that are not candidates. The most likely drafts go first; each gets
+    the length that most raises the step's expected tokens per second, by at least MARGIN,
+    or none. Then no sequence may lose: while a drafting sequence would get fewer tokens
+    than the step slows down, its draft goes; while a sequence without a draft would wait
+    more than SLACK longer for its token, the least likely draft goes (the last one left is
+    shortened instead); what is left must still pay."""
     memo: dict[int, float] = {}
 
     def c(m: int) -> float:
@@ -140,6 +148,39 @@ def plan(
             memo[m] = cost(m)
         return memo[m]
 
+    lengths = _fastest(c, base, candidates, expected)
+    plain = c(base)
+    while any(lengths):
+        drafting = [i for i, k in enumerate(lengths) if k]
+        slower = c(base + sum(lengths)) / plain
+        idle = bystanders + len(candidates) - len(drafting)
+        gains = {i: 1.0 + expected_taken(candidates[i][0], lengths[i]) for i in drafting}
+        worst = min(drafting, key=lambda i: gains[i])
+        if gains[worst] * (1.0 + SLACK) < slower:  # it would wait longer per token
+            lengths[worst] = 0
+        elif idle and slower > 1.0 + SLACK:  # a sequence without a draft would
+            least = min(drafting, key=lambda i: candidates[i][0])
+            if len(drafting) > 1:
+                lengths[least] = 0
+            else:
+                lengths[least] -= 1
+        else:
+            break
+    tokens = float(base if expected is None else expected)
+    gain = sum(expected_taken(p, k) for (p, _), k in zip(candidates, lengths, strict=True))
+    if (tokens + gain) / c(base + sum(lengths)) < tokens / plain * (1.0 + MARGIN):
+        return [0] * len(candidates)  # what is left of the drafts no longer pays
+    return lengths
+
+
+def _fastest(
+    c: Callable[[int], float],
+    base: int,
+    candidates: Sequence[tuple[float, int]],
+    expected: float | None,
+) -> list[int]:
+    """The draft lengths that most raise the step's expected tokens per second, greedily."""
+    n, tokens = base, float(base if expected is None else expected)
     lengths = [0] * len(candidates)
     for i in sorted(range(len(candidates)), key=lambda j: -candidates[j][0]):
         p, longest = candidates[i]

@@ -114,18 +114,20 @@ class Speculation:
         drafts = self._drafter.propose(wants)
         base, expected = generating, float(generating)
         gated: list[tuple[int, SeqState, list[int]]] = []
+        bystanders = generating  # sequences without a draft in this step
         for (seq_id, seq), draft in zip(seqs, drafts, strict=True):
             if seq_id in self._gated and draft:
                 gated.append((seq_id, seq, draft))
-            else:  # asked for, or a draft model's (adaptive): drafts regardless
+                bystanders -= 1
+            elif draft:  # asked for, or a draft model's (adaptive): drafts regardless
                 seq.draft = draft
                 base += len(draft)
                 expected += expected_taken(self._acceptance[seq_id].p, len(draft))
+                bystanders -= 1
         if gated:
             candidates = [(self._acceptance[i].p, len(d)) for i, _, d in gated]
-            for (seq_id, seq, draft), k in zip(
-                gated, plan(self.cost, base, candidates, expected), strict=True
-            ):
+            lengths = plan(self.cost, base, candidates, expected, bystanders)
+            for (seq_id, seq, draft), k in zip(gated, lengths, strict=True):
                 seq.draft = draft[:k]
                 if not k:
                     self._acceptance[seq_id].held_back()

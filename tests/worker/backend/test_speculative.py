@@ -32,7 +32,7 @@ from llorch.worker.backend.protocol import (
     StopReason,
     TokenEvent,
 )
-from llorch.worker.backend.spec_cost import Acceptance, StepCost, expected_taken, plan
+from llorch.worker.backend.spec_cost import SLACK, Acceptance, StepCost, expected_taken, plan
 
 GREEDY = SamplingParams(temperature=0.0)
 MAX_GAP = 0.5
@@ -332,9 +332,30 @@ def test_drafting_stops_in_a_compute_bound_batch_and_resumes_when_it_drains():
     assert plan(cost, 2, likely)[0] > 0  # drained again
     linear = FixedCost({1: 10.0, 2: 20.0})  # compute-bound from the first position
     assert plan(linear, 1, [(0.99, 24)]) == [0]  # E(k) < k: never worth it
-    # Several candidates: the most likely goes first, and the step fills up.
-    lengths = plan(cost, 8, [(0.5, 24), (0.95, 24), (0.95, 24)])
-    assert lengths[0] == 0 and lengths[1] > 0
+    # Two sequences that copy: both draft, the first (taken first) the longer.
+    first, second = plan(cost, 2, [(0.95, 24), (0.95, 24)])
+    assert first >= second > 0
+
+
+def test_no_sequence_waits_much_longer_for_its_neighbours_drafts():
+    cpu = StepCost()  # 4 positions: 41 ms, and about 5 more per extra position
+    flat = FixedCost({1: 10.0, 64: 12.0})  # a GPU-like step: positions nearly free
+    assert plan(cpu, 4, [(0.95, 48)], bystanders=3) == [0]
+    assert plan(flat, 4, [(0.95, 48)], bystanders=3)[0] > 0
+    # Whatever the mix, a sequence without a draft waits at most SLACK longer for its
+    # token, and a drafting one expects at least as many tokens as the step slows down.
+    for cost in (cpu, flat):
+        for base in (1, 2, 3, 4, 8):
+            for ps in ((0.95,), (0.3, 0.9), (0.5, 0.95, 0.99), (0.99,) * 4):
+                candidates = [(p, 48) for p in ps][:base]
+                idle = base - len(candidates)
+                lengths = plan(cost, base, candidates, bystanders=idle)
+                slower = cost(base + sum(lengths)) / cost(base)
+                if idle + lengths.count(0) and any(lengths):
+                    assert slower <= 1 + SLACK + 1e-9, (base, ps, lengths)
+                for (p, _), k in zip(candidates, lengths, strict=True):
+                    if k:
+                        assert (1 + expected_taken(p, k)) * (1 + SLACK) >= slower
 
 
 def test_the_draft_length_follows_the_acceptance():
@@ -391,17 +412,28 @@ RENAMES = [
 @pytest.mark.parametrize("streams", [1, 4, 16])
 def test_auto_keeps_the_greedy_output_at_1_4_and_16_streams(auto_backend, scorer, streams):
     prompts = [tuple(auto_backend.tokenize(RENAMES[i % 4])) for i in range(streams)]
+    decoder = auto_backend.decoder()
+    speculation = decoder._speculation
+    measured = speculation.cost
+    if streams > 1:
+        # On 2 CPU cores the rule lets no draft slow 3 or 15 neighbours; with the step cost
+        # of a GPU (extra positions nearly free) every stream drafts, which is what this
+        # checks.
+        speculation.cost = FixedCost({1: 10.0, 1024: 12.0})
 
     def run(speculative: bool | None) -> dict[str, tuple[list[int], str, FinishEvent]]:
         return drive(
-            auto_backend.decoder(),
+            decoder,
             {
                 f"s{i}": GenerationRequest(p, 24, GREEDY, speculative=speculative)
                 for i, p in enumerate(prompts)
             },
         )
 
-    auto, plain = run(None), run(False)  # None: the server's default, auto
+    try:
+        auto, plain = run(None), run(False)  # None: the server's default, auto
+    finally:
+        speculation.cost = measured
     for i, prompt in enumerate(prompts):
         ids, reference = auto[f"s{i}"][0], plain[f"s{i}"][0]
         assert plain[f"s{i}"][2].drafted == 0
@@ -410,8 +442,8 @@ def test_auto_keeps_the_greedy_output_at_1_4_and_16_streams(auto_backend, scorer
         assert max(scorer.gaps(list(prompt), ids)) <= MAX_GAP, i
     ends = [end for _, _, end in auto.values()]
     assert all(0 <= e.accepted <= e.drafted for e in ends)
-    if streams <= 4:  # the rule lets these few streams draft on this model
-        assert sum(e.accepted for e in ends) > 0
+    drafting = [e for e in ends if e.accepted > 0]
+    assert len(drafting) >= (1 if streams == 1 else streams // 2), [e.drafted for e in ends]
 
 
 def test_auto_holds_drafts_back_while_the_batch_is_full_and_drafts_once_it_drains(
