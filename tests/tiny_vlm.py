@@ -187,8 +187,9 @@ def convert_projector(folder: Path, out: Path, source: Path) -> Path:
         "--outfile",
         str(out),
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_LOCAL_GGUF": ""}
-    env.pop("NO_LOCAL_GGUF")
+    # its own gguf-py (beside it in the source), which knows the projector's keys
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("NO_LOCAL_GGUF", None)
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     return out
 
@@ -201,3 +202,19 @@ def build(base: Path, source: Path) -> TinyVlm:
     convert(folder, text, outtype="f32")
     mmproj = convert_projector(folder, base / "mmproj-tiny-gemma3-vlm-f32.gguf", source)
     return TinyVlm(folder, text, mmproj)
+
+
+def cached(base: Path, source: Path) -> TinyVlm:
+    """The model built once under `base` (pytest's session folder, getbasetemp()): the test
+    modules that serve it share one build."""
+    folder = base / "tiny-vlm"
+    done = folder / "built"
+    if not done.exists():
+        built = build(folder, source)
+        done.touch()
+        return built
+    return TinyVlm(
+        folder / "hf",
+        folder / "tiny-gemma3-vlm-f32.gguf",
+        folder / "mmproj-tiny-gemma3-vlm-f32.gguf",
+    )

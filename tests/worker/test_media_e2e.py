@@ -72,7 +72,7 @@ def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
     source = tiny_vlm.vendored_llama_cpp()
     if source is None:
         pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
-    return tiny_vlm.build(tmp_path_factory.mktemp("vlm"), source)
+    return tiny_vlm.cached(tmp_path_factory.getbasetemp(), source)
 
 
 @pytest.fixture(scope="module")

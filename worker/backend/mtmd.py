@@ -174,6 +174,19 @@ class Projector:
             raise InvalidRequestError(f"{param}: mtmd made no chunk of the image", param=param)
         return Pieces(tuple(items))
 
+    def embeddings(self, image: DecodedImage, n_embd: int) -> list[np.ndarray]:
+        """The projector's output for each chunk of `image` ((tokens, n_embd) each), as the
+        decoder would get it: for checking a converted projector against its reference."""
+        out = []
+        for item in self.media_pieces(image, "image").items:
+            if isinstance(item, Tile):
+                if mt.mtmd_encode_chunk(self._handle(), item.chunk.handle) != 0:
+                    raise RuntimeError("mtmd could not encode the image")
+                data = mt.mtmd_get_output_embd(self._handle())
+                flat = np.ctypeslib.as_array(data, shape=(item.chunk.n_tokens * n_embd,))
+                out.append(flat.reshape(item.chunk.n_tokens, n_embd).copy())
+        return out
+
     def eval(self, lctx: ll.llama_context_p, span: MediaSpan, seq_id: int, n_batch: int) -> None:
         """Encode the chunk and decode its embeddings at positions span.start.. of `seq_id`."""
         chunk = span.chunk

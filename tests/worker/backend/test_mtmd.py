@@ -1,0 +1,127 @@
+"""The projector as mtmd runs it against transformers: the image embeddings of the tiny Gemma 3
+vision model (tests/tiny_vlm.py), its projector converted by llama.cpp's converter, for the
+same pixels given at the model's own size (no resampling to differ), row by row; and the
+logits of a text+image prompt decoded by the worker's batch decoder against the reference's
+at every position after the image."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import llama_cpp as ll
+import numpy as np
+import pytest
+import tiny_vlm
+
+from llorch.worker.backend.llama import LlamaCppBackend
+from llorch.worker.backend.mtmd import Projector
+from llorch.worker.backend.protocol import DecodedImage, GenerationRequest, LoadOptions
+
+pytestmark = pytest.mark.slow
+
+COS_MIN = 0.9999
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
+    source = tiny_vlm.vendored_llama_cpp()
+    if source is None:
+        pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
+    return tiny_vlm.cached(tmp_path_factory.getbasetemp(), source)
+
+
+def _image(seed: int) -> tuple[DecodedImage, np.ndarray]:
+    size = tiny_vlm.IMAGE_SIZE
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    rgb = pixels.tobytes()
+    decoded = DecodedImage(rgb, size, size, hashlib.sha256(rgb).digest())
+    # Gemma 3's processor: rescale to 0..1, normalise with mean = std = 0.5, channels first
+    values = (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
+    return decoded, values.transpose(2, 0, 1)[None]
+
+
+def _reference(folder: Path) -> object:
+    import torch
+    import transformers
+
+    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    return model.eval()
+
+
+def _cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    dot = (got * ref).sum(axis=-1)
+    return dot / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+
+
+def test_image_embeddings_equal_the_references(vlm: tiny_vlm.TinyVlm) -> None:
+    import torch
+
+    reference = _reference(vlm.folder)
+    params = ll.llama_model_default_params()
+    model = ll.llama_model_load_from_file(str(vlm.text).encode(), params)
+    assert model
+    projector = Projector(vlm.mmproj, model, threads=2, use_gpu=False)
+    try:
+        n_embd = ll.llama_model_n_embd(model)
+        for seed in (0, 1):
+            image, pixel_values = _image(seed)
+            (got,) = projector.embeddings(image, n_embd)
+            with torch.no_grad():
+                features = reference.model.get_image_features(  # type: ignore[attr-defined]
+                    pixel_values=torch.from_numpy(pixel_values)
+                )
+            ref = getattr(features, "pooler_output", features)
+            ref = ref.reshape(-1, n_embd).float().numpy()
+            assert got.shape == ref.shape == (tiny_vlm.IMAGE_TOKENS, n_embd)
+            assert _cosines(got, ref).min() >= COS_MIN
+    finally:
+        projector.close()
+        ll.llama_model_free(model)
+
+
+def test_logits_after_an_image_equal_the_references(vlm: tiny_vlm.TinyVlm) -> None:
+    """The batch decoder reads a text+image prompt (the image through mtmd) and gives the
+    reference's next-token distribution: the last position's logits (the first generated
+    token's log-probabilities) for two images."""
+    import torch
+
+    reference = _reference(vlm.folder)
+    backend = LlamaCppBackend()
+    backend.load(vlm.text, LoadOptions(ctx_size=256, parallel=1, mmproj=vlm.mmproj))
+    try:
+        for seed in (2, 3):
+            image, pixel_values = _image(seed)
+            head = backend.tokenize("the quick ", True, True)
+            tail = backend.tokenize(" brown fox", False, True)
+            tokens, spans = backend.media_prompt([*head, -1, *tail], [image], -1)
+            decoder = backend.decoder()
+            request = GenerationRequest(prompt_tokens=tokens, max_tokens=1, logprobs=5, media=spans)
+            decoder.add("k", request)
+            first = None
+            while first is None:
+                for _, event in decoder.step():
+                    scored = getattr(event, "scored", None)
+                    if scored is not None:
+                        first = scored
+                    assert not hasattr(event, "error"), event
+            # the reference: image token ids where mtmd put the embeddings
+            ids = [t if t >= 0 else reference.config.image_token_id for t in tokens]  # type: ignore[attr-defined]
+            # token type 1: image tokens, which attend to each other both ways (as mtmd
+            # decodes them, non-causally)
+            types = [int(t < 0) for t in tokens]
+            with torch.no_grad():
+                logits = reference(  # type: ignore[operator]
+                    input_ids=torch.tensor([ids]),
+                    pixel_values=torch.from_numpy(pixel_values),
+                    token_type_ids=torch.tensor([types]),
+                ).logits[0, -1]
+            ref = torch.log_softmax(logits.float(), -1).numpy()
+            top = [t.token_id for t in first.top]
+            assert top == list(np.argsort(-ref)[:5])
+            # the embeddings agree to a cosine of 0.9999 (llama.cpp's CPU GELU reads an F16
+            # table): a few thousandths in the log-probabilities
+            for alt in first.top:
+                assert alt.logprob == pytest.approx(ref[alt.token_id], abs=5e-3)
+    finally:
+        backend.close()
