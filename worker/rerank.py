@@ -13,7 +13,9 @@ are longer than half of it (the document gets the odd token when they tie).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from llorch.worker.backend.errors import InvalidRequestError
@@ -99,3 +101,47 @@ def pairs(
         n_query, n_document = longest_first(len(query), len(document), budget)
         out.append(form.pair(query[:n_query], document[:n_document]))
     return out
+
+
+Scorer = Callable[[Sequence[RankInput]], list[float]]
+
+
+class RankBatcher:
+    """Pairs of concurrent rerank requests scored together: each request's pairs wait in a
+    queue; the embedding thread takes every waiting request's pairs at once and decodes them
+    in one call (packed into the context's batch), so requests that arrive while a decode runs
+    share the next one instead of taking a call each. Thread-safe."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[Scorer, list[RankInput], Future[list[float]]]] = []
+
+    def rank(self, score: Scorer, inputs: Sequence[RankInput]) -> list[float]:
+        """`score(pairs)` of these pairs, called on the executor with other requests' too."""
+        done: Future[list[float]] = Future()
+        with self._lock:
+            self._waiting.append((score, list(inputs), done))
+        self._executor.submit(self._drain)
+        return done.result()
+
+    def _drain(self) -> None:
+        with self._lock:
+            taken, self._waiting = self._waiting, []
+        # one call per scorer (one per loaded backend: a reload swaps it)
+        by_scorer: dict[int, list[tuple[list[RankInput], Future[list[float]]]]] = {}
+        scorers: dict[int, Scorer] = {}
+        for score, inputs, done in taken:
+            by_scorer.setdefault(id(score), []).append((inputs, done))
+            scorers[id(score)] = score
+        for key, requests in by_scorer.items():
+            try:
+                scores = scorers[key]([pair for inputs, _ in requests for pair in inputs])
+            except BaseException as exc:  # each request gets the failure
+                for _, done in requests:
+                    done.set_exception(exc)
+                continue
+            start = 0
+            for inputs, done in requests:
+                done.set_result(scores[start : start + len(inputs)])
+                start += len(inputs)

@@ -62,6 +62,7 @@ from llorch.worker.jobs import (
     Sink,
     State,
 )
+from llorch.worker.rerank import RankBatcher
 
 __all__ = [
     "CancelReason",
@@ -107,6 +108,8 @@ class Scheduler:
         self._users = 0  # threads using the backend's vocabulary outside the model thread
         self._deadlines = Deadlines(self._expire)
         self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llorch-embed")
+        # concurrent rerank requests' pairs decoded together on that thread
+        self._ranks = RankBatcher(self._embedding)
         self._kv_used = 0  # snapshot after each step, read by capacity()
         self._cache_summary = CacheSummary()
         self._slots_total = 1
@@ -306,9 +309,10 @@ class Scheduler:
             return self._embedding.submit(backend.embed, inputs).result()
 
     def rank(self, inputs: Sequence[RankInput]) -> list[float]:
-        """Relevance scores of query-document pairs, on the embedding thread (as embed)."""
+        """Relevance scores of query-document pairs, on the embedding thread (as embed),
+        with the pairs of the other rerank requests waiting then (worker/rerank.py)."""
         with self._vocabulary() as backend:
-            return self._embedding.submit(backend.rank, inputs).result()
+            return self._ranks.rank(backend.rank, inputs)
 
     def media_prompt(
         self, tokens: Sequence[int], images: Sequence[DecodedImage], marker: int

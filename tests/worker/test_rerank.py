@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,41 @@ def test_too_long_without_truncate_names_the_document() -> None:
         pairs(form, [1, 2], [[3], [4, 5, 6, 7]], limit=8, truncate=False)
     assert caught.value.param == "documents[1]"
     assert longest_first(3, 3, 100) == (3, 3)
+
+
+def test_concurrent_requests_share_a_call() -> None:
+    """While one call runs, the requests that arrive wait and then go in one call together,
+    each getting its own scores back."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llorch.worker.backend.protocol import RankInput
+    from llorch.worker.rerank import RankBatcher
+
+    calls: list[list[int]] = []
+    running, release = threading.Event(), threading.Event()
+
+    def score(inputs: Sequence[RankInput]) -> list[float]:
+        calls.append([p.n_first for p in inputs])
+        running.set()
+        release.wait(timeout=60)
+        return [float(p.n_first) for p in inputs]
+
+    def pairs_of(request: int) -> list[RankInput]:
+        return [RankInput((1, 2), 10 * request + i) for i in range(request + 1)]
+
+    with ThreadPoolExecutor(max_workers=1) as executor, ThreadPoolExecutor(4) as clients:
+        batcher = RankBatcher(executor)
+        first = clients.submit(batcher.rank, score, pairs_of(0))
+        assert running.wait(timeout=60)
+        later = [clients.submit(batcher.rank, score, pairs_of(r)) for r in (1, 2, 3)]
+        for _ in range(6000):  # until all three wait behind the running call
+            if len(batcher._waiting) == 3:
+                break
+            threading.Event().wait(0.01)
+        assert len(batcher._waiting) == 3
+        release.set()
+        results = [first.result(timeout=60)] + [f.result(timeout=60) for f in later]
+    assert len(calls) == 2 and sorted(calls[1]) == [10, 11, 20, 21, 22, 30, 31, 32, 33]
+    for request, got in enumerate(results):
+        assert got == [float(p.n_first) for p in pairs_of(request)]

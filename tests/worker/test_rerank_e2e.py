@@ -203,3 +203,23 @@ def test_metrics_count_pairs(worker: WorkerProcess) -> None:
     body = {"query": QUERY, "texts": DOCUMENTS[:3]}
     assert httpx.post(f"{worker.url}/rerank", json=body, timeout=60).status_code == 200
     assert _pairs_scored(worker) - before == 8
+
+
+def test_concurrent_requests(worker: WorkerProcess, cross_encoder: Path) -> None:
+    """Requests arriving together are scored together (worker/rerank.py's batcher): each
+    still gets its own documents' scores, in its own order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [QUERY, "Where is the Eiffel tower?", "clubs in Berlin", "café"]
+
+    def ask(query: str) -> dict[int, float]:
+        body = {"query": query, "documents": DOCUMENTS[:5]}
+        reply = httpx.post(f"{worker.url}/v1/rerank", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        return {r["index"]: r["relevance_score"] for r in reply.json()["results"]}
+
+    with ThreadPoolExecutor(len(queries)) as pool:
+        answers = list(pool.map(ask, queries))
+    for query, got in zip(queries, answers, strict=True):
+        want, _ = reference(cross_encoder, query, DOCUMENTS[:5])
+        assert max(abs(got[i] - want[i]) for i in range(5)) <= 1e-3, query
