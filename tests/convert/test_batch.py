@@ -35,6 +35,7 @@ def _field(reader: gguf.GGUFReader, key: str) -> Any:
     return None if found is None else found.contents()
 
 
+@pytest.mark.slow
 def test_one_bad_source_of_four_is_its_own_error(tmp_path: Path) -> None:
     src = tmp_path / "src"
     tiny_llama(src / "good-a", seed=1)
@@ -80,6 +81,7 @@ def test_a_killed_job_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
     assert {e["job"] for e in events if e["event"] == "output"} == {"first", "last"}
 
 
+@pytest.mark.slow
 def test_a_job_that_would_overflow_max_ram_waits(tmp_path: Path) -> None:
     src = tmp_path / "src"
     for i in range(3):

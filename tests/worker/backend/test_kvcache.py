@@ -91,6 +91,7 @@ def test_q8_0_takes_17_32_of_f16s_memory_and_health_says_so(f16, q8):
     assert a.bytes_per_token * 512 == pytest.approx(a.size_bytes)
 
 
+@pytest.mark.slow
 def test_q8_0_scores_and_decodes_like_f16_within_the_tolerance(f16, q8):
     prompt = tuple(f16.tokenize(TEXT))
     reference = greedy(f16, prompt)

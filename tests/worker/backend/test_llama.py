@@ -66,6 +66,7 @@ def test_max_tokens_is_exact(backend):
         assert finish.stop_reason is StopReason.MAX_TOKENS
 
 
+@pytest.mark.slow
 def test_token_texts_concatenate_to_the_detokenized_output(backend):
     # Emoji and CJK make tokens that end inside multi-byte characters likely.
     for prompt in ("Emoji: 😀🎉🚀 and more emoji:", "日本語の文章を書きます。", FRANCE):
@@ -124,6 +125,7 @@ def test_cancellation_stops_within_one_token(backend):
     assert 1 <= len(tokens) <= 4
 
 
+@pytest.mark.slow
 def test_kv_cache_is_cleared_between_requests(backend):
     alone, _ = run(backend, FRANCE, max_tokens=10)
     run(backend, "A long unrelated story about dragons and castles begins", max_tokens=20)
@@ -157,6 +159,7 @@ def test_long_prompt_is_ingested_in_several_batches(backend):
 HOT = dict(temperature=1.5)
 
 
+@pytest.mark.slow
 def test_same_seed_same_text_and_different_seeds_differ(backend):
     a, fa = run(backend, "Once upon a time", 24, SamplingParams(seed=42, **HOT))
     b, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=42, **HOT))
@@ -166,12 +169,14 @@ def test_same_seed_same_text_and_different_seeds_differ(backend):
     assert text_of(a) != text_of(c)
 
 
+@pytest.mark.slow
 def test_temperature_changes_the_output(backend):
     greedy, _ = run(backend, "Once upon a time", 24)
     hot, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=42, **HOT))
     assert text_of(greedy) != text_of(hot)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "narrowing", [dict(top_k=1), dict(top_p=0.001), dict(min_p=1.0)], ids=lambda d: next(iter(d))
 )
@@ -184,6 +189,7 @@ def test_narrowing_parameters_turn_hot_sampling_into_greedy(backend, narrowing):
         assert text_of(narrowed) == text_of(greedy)
 
 
+@pytest.mark.slow
 def test_repetition_penalty_changes_a_repetitive_greedy_output(backend):
     plain, _ = run(backend, FRANCE, 30)
     assert text_of(plain).count("Paris") >= 2  # the base model repeats the Q/A pattern
@@ -219,6 +225,7 @@ def test_a_grammar_that_does_not_parse_is_an_invalid_request(backend):
         run(backend, FRANCE, 4, SamplingParams(grammar="root ::= ("))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("penalty", [dict(presence_penalty=1.5), dict(frequency_penalty=1.5)])
 def test_presence_and_frequency_penalties_change_a_repetitive_output(backend, penalty):
     plain, _ = run(backend, FRANCE, 30)
@@ -226,6 +233,7 @@ def test_presence_and_frequency_penalties_change_a_repetitive_output(backend, pe
     assert text_of(penalised) != text_of(plain)
 
 
+@pytest.mark.slow
 def test_typical_p_changes_hot_sampling(backend):
     base, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=5, **HOT))
     typical, _ = run(backend, "Once upon a time", 24, SamplingParams(seed=5, typical_p=0.2, **HOT))
@@ -246,6 +254,7 @@ def test_backend_sampling_gives_the_greedy_tokens_of_the_cpu_chain(backend, in_g
     assert [t.token_id for t in graph] == [t.token_id for t in cpu]
 
 
+@pytest.mark.slow
 def test_backend_sampling_is_reproducible_with_a_seed(in_graph):
     params = SamplingParams(seed=11, temperature=0.8, top_k=40)
     first, _ = run(in_graph, "Once upon a time", 16, params)
@@ -253,6 +262,7 @@ def test_backend_sampling_is_reproducible_with_a_seed(in_graph):
     assert text_of(first) == text_of(second)
 
 
+@pytest.mark.slow
 def test_chains_the_graph_cannot_run_fall_back_to_the_cpu(backend, in_graph):
     from llorch.worker.backend import sampling
 

@@ -117,6 +117,7 @@ def run_together(
     return out
 
 
+@pytest.mark.slow
 def test_requests_with_and_without_the_adapter_in_one_batch(served):
     prompt = served.tokenize(FRANCE)
     with_adapter = reference_tokens(served, prompt, 1.0)
