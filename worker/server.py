@@ -56,6 +56,9 @@ def build_app(
         embedding_pooling=settings.embedding_pooling,
         speculative=settings.spec_options,
         cache_bytes=settings.cache_ram << 20,
+        swa_full=settings.swa_full,
+        ctx_checkpoints=settings.ctx_checkpoints,
+        checkpoint_every=settings.checkpoint_every,
     )
     metrics = WorkerMetrics()
     entries = settings.model_entries

@@ -85,6 +85,26 @@ class WorkerSettings(BaseSettings):
         description="element type of the KV cache's values, as --cache-type-k; a quantized "
         "type needs flash attention, which is then turned on",
     )
+    swa_full: bool = Field(
+        False,
+        description="sliding-window layers (Gemma 2/3/4) keep the whole context, as before "
+        "checkpoints (off: only their window, a fraction of the memory)",
+    )
+    ctx_checkpoints: int = Field(
+        32,
+        ge=0,
+        le=1024,
+        description="checkpoints per slot of the state a sliding window or a recurrent "
+        "layer cannot cut back, so that a next turn sharing part of a slot reuses it "
+        "(llama-server's --ctx-checkpoints; 0: none, such turns are read again)",
+    )
+    checkpoint_every: int = Field(
+        8192,
+        ge=0,
+        le=1 << 20,
+        description="tokens between checkpoints while a long prompt is read (also taken "
+        "4 and 4 + batch tokens before its end; 0: only those)",
+    )
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",
         description="llama.cpp's flash attention (auto: where the device supports it; a "

@@ -19,6 +19,7 @@ from typing import Protocol
 import llama_cpp as ll
 
 from llorch.worker.backend import logprobs, sampling
+from llorch.worker.backend.checkpoints import Checkpoints
 from llorch.worker.backend.drafters import Drafter
 from llorch.worker.backend.errors import InferenceError, OutOfMemoryError
 from llorch.worker.backend.lora import LoraAdapters
@@ -69,8 +70,11 @@ class LlamaBatchDecoder:
         drafter: Drafter | None = None,
         cache_bytes: int = 0,
         media: MediaEval | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self._media = media
+        # Prefix reuse where the cache cannot be cut back (windows, recurrent state).
+        self._checkpoints = checkpoints
         self._media_turn = 0
         self._adapters = adapters
         # Finished sequences' KV state in host RAM (--cache-ram): see prompt_cache.py.
@@ -115,6 +119,10 @@ class LlamaBatchDecoder:
                 entries=len(self._cache) if self._cache is not None else 0,
                 bytes_used=self._cache.used_bytes if self._cache is not None else 0,
                 bytes_budget=self._cache.budget_bytes if self._cache is not None else 0,
+                checkpoints=self._checkpoints.count if self._checkpoints is not None else 0,
+                checkpoint_bytes=(
+                    self._checkpoints.bytes_used if self._checkpoints is not None else 0
+                ),
             )
         return self._summary
 
@@ -126,6 +134,8 @@ class LlamaBatchDecoder:
         if entry is None or common <= self._reusable(slot, request):
             return
         ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
+        if self._checkpoints is not None:
+            self._checkpoints.clear(slot.seq_id)
         if self._cache.restore(entry, slot.seq_id):
             slot.cached, slot.cached_lora = list(entry.tokens), entry.lora
         else:
@@ -169,10 +179,16 @@ class LlamaBatchDecoder:
             if span.start < keep < span.start + span.length:
                 keep = span.start
         memory = ll.llama_get_memory(self._ctx)
+        if self._checkpoints is not None and keep < len(slot.cached):
+            # A window or a recurrent state cut at `keep` would not describe the tokens
+            # before it: the latest checkpoint at or before `keep` instead (checkpoints.py).
+            keep = self._checkpoints.cut(slot.seq_id, keep, len(slot.cached))
         if keep < len(slot.cached) and not ll.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
             # Some caches cannot drop a tail (llama.h); start this sequence from scratch.
             ll.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             keep = 0
+            if self._checkpoints is not None:
+                self._checkpoints.clear(slot.seq_id)
         del slot.cached[keep:]
         slot.cached_lora = request.lora
         slot.seq = SeqState(key, request, chain, list(prompt[keep:]), reused=keep)
@@ -225,6 +241,8 @@ class LlamaBatchDecoder:
         # whole when the KV cache is not unified).
         ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
         slot.cached.clear()
+        if self._checkpoints is not None:
+            self._checkpoints.clear(slot.seq_id)
         slot.seq = SeqState(key, request, chain, [], reused=len(request.prompt_tokens))
         slot.seq.leader = leader
         assert leader.seq is not None
@@ -463,6 +481,8 @@ class LlamaBatchDecoder:
                 chunk = chunk[: next((j for j, t in enumerate(chunk) if t < 0), len(chunk))]
                 if not chunk:
                     continue
+            elif self._checkpoints is not None and self._checkpoints.enabled:
+                chunk = self._checkpoint_chunk(slot, chunk)
             placed.append((slot, len(slot.cached)))
             del seq.to_ingest[: len(chunk)]
             prompt = seq.request.prompt_tokens
@@ -475,6 +495,18 @@ class LlamaBatchDecoder:
                 put(token, slot, last or seq.request.echo)
         batch.n_tokens = n
         return outputs, placed
+
+    def _checkpoint_chunk(self, slot: Slot, chunk: list[int]) -> list[int]:
+        """A checkpoint where the prompt's reading has reached one of its points, and the
+        chunk cut at the next point, so that the state there can be copied out."""
+        assert self._checkpoints is not None and slot.seq is not None
+        at = len(slot.cached)
+        points = self._checkpoints.boundaries(len(slot.seq.request.prompt_tokens))
+        if at in points:
+            self._checkpoints.take(slot.seq_id, at)
+            self._summary = None
+        following = [p for p in points if p > at]
+        return chunk[: min(following) - at] if following else chunk
 
     def _take_back(self, placed: list[tuple[Slot, int]]) -> None:
         """Undo _fill_batch after a failed decode: the tokens go back to where they came
@@ -499,6 +531,8 @@ class LlamaBatchDecoder:
         assert seq is not None
         ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
         slot.cached.clear()
+        if self._checkpoints is not None:
+            self._checkpoints.clear(slot.seq_id)
         error = OutOfMemoryError(
             "the KV cache has no room for this sequence: llama_decode found no cell for its "
             "next token even alone in the batch (status 1)"
@@ -513,6 +547,8 @@ class LlamaBatchDecoder:
                 # The cache may hold part of this batch: forget the whole sequence.
                 ll.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
                 slot.cached.clear()
+                if self._checkpoints is not None:
+                    self._checkpoints.clear(slot.seq_id)
                 out.append((slot.seq.key, SequenceFailed(error)))
                 self._release(slot)
 

@@ -22,6 +22,7 @@ from llorch.llama_vocab import LlamaVocab
 from llorch.llamacpp_init import init_llama_cpp
 from llorch.worker.backend import drafters, kvcache, offload, provenance, rpc, system
 from llorch.worker.backend.batch import LlamaBatchDecoder
+from llorch.worker.backend.checkpoints import Checkpoints
 from llorch.worker.backend.embed import LlamaEmbedder
 from llorch.worker.backend.errors import (
     InvalidRequestError,
@@ -168,9 +169,9 @@ class LlamaCppBackend:
         # One KV stream per sequence: each slot owns exactly ctx_size cells, so a request
         # admitted against ctx_size can never run out of room because of its neighbours.
         params.kv_unified = False
-        # Keep the whole window of sliding-window layers (Gemma 2/3): dropping a cached
-        # suffix for prefix reuse needs it (llama.cpp PR 13194).
-        params.swa_full = True
+        # Sliding-window layers (Gemma 2/3/4) keep only their window unless asked: prefix
+        # reuse past a cut goes through checkpoints (checkpoints.py, llama.cpp PR 13194).
+        params.swa_full = options.swa_full
         params.n_threads = threads
         params.n_threads_batch = threads
         params.type_k = kvcache.ggml_type(options.cache_type_k)
@@ -212,6 +213,14 @@ class LlamaCppBackend:
             adapters=self._adapters,
             spec=options.speculative,
             cache_bytes=options.cache_bytes,
+            checkpoints=Checkpoints(
+                ctx,
+                self._model,
+                swa_full=options.swa_full,
+                per_slot=options.ctx_checkpoints,
+                every=options.checkpoint_every,
+                n_ubatch=ll.llama_n_ubatch(ctx),
+            ),
             media=self._projector.eval if self._projector is not None else None,
             drafter=drafters.model_drafter(
                 options.speculative, self._vocab, parallel, actual, threads, options.n_gpu_layers

@@ -122,6 +122,12 @@ class LoadOptions:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     flash_attn: Literal["auto", "on", "off"] = "auto"
+    # Sliding-window layers keep the whole context (True) or only their window, with prefix
+    # reuse through checkpoints: at most `ctx_checkpoints` per slot, one every
+    # `checkpoint_every` tokens of a prompt and near its end (backend/checkpoints.py).
+    swa_full: bool = False
+    ctx_checkpoints: int = 32
+    checkpoint_every: int = 8192
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,9 @@ class CacheSummary:
     entries: int = 0
     bytes_used: int = 0
     bytes_budget: int = 0
+    # Context checkpoints held for the slots (backend/checkpoints.py), and their bytes.
+    checkpoints: int = 0
+    checkpoint_bytes: int = 0
 
 
 class BatchDecoder(Protocol):

@@ -168,6 +168,8 @@ def capacity_body(engine: Engine) -> dict[str, Any]:
             "entries": capacity.cache.entries,
             "bytes_used": capacity.cache.bytes_used,
             "bytes_budget": capacity.cache.bytes_budget,
+            "checkpoints": capacity.cache.checkpoints,
+            "checkpoint_bytes": capacity.cache.checkpoint_bytes,
         },
         "model": _model_summary(model) if model else None,
     }

@@ -238,6 +238,8 @@ def test_capacity_shape(open_client):
             "entries": 0,
             "bytes_used": 0,
             "bytes_budget": 0,
+            "checkpoints": 0,
+            "checkpoint_bytes": 0,
         },
     }
     assert body["slots"]["total"] >= 1 and body["kv"]["total"] >= 64

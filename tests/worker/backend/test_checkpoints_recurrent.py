@@ -1,0 +1,63 @@
+"""Prefix reuse through context checkpoints on recurrent and hybrid models, built tiny from
+random transformers checkpoints and converted: Mamba-2 (one recurrent state per sequence),
+Qwen 3.5 (Gated DeltaNet states beside a KV cache) and Falcon-H1 (Mamba-2 mixers beside
+attention). A slot holds a prompt and its answer; the next request shares only the prompt.
+A recurrent state cannot be cut back to it, so the slot restores the checkpoint taken 4
+tokens before the prompt's end: at least 90 % of the shared prefix is reused (none before
+checkpoints), and the answer is the one a fresh slot gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llorch.convert import convert
+from llorch.worker.backend.llama import LlamaCppBackend
+from llorch.worker.backend.protocol import (
+    FinishEvent,
+    GenerationRequest,
+    LoadOptions,
+    SamplingParams,
+    TokenEvent,
+)
+from llorch.worker.backend.single import generate
+from tests.convert import parity_cases
+from tests.convert.conftest import build_checkpoint, sample_tokens
+
+CASES = ["mamba2", "qwen35-hybrid", "falcon-h1-0.5b"]
+OPTIONS = LoadOptions(ctx_size=256, parallel=1, threads=2)
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def run(backend: LlamaCppBackend, prompt: list[int]) -> tuple[list[int], FinishEvent]:
+    events = list(generate(backend.decoder(), GenerationRequest(tuple(prompt), 8, GREEDY)))
+    end = events[-1]
+    assert isinstance(end, FinishEvent)
+    return [e.token_id for e in events if isinstance(e, TokenEvent)], end
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_a_turn_after_a_cut_restores_the_checkpoint(case_id: str, tmp_path: Path) -> None:
+    case = parity_cases.CASES[case_id]
+    built = build_checkpoint(
+        tmp_path / "hf", case.model_cls, case.config_cls, case.config, tokenizer="gpt2"
+    )
+    path = tmp_path / "m.gguf"
+    convert(built.folder, path, outtype="f32")
+    prompt = sample_tokens(built.n_vocab, n=80, seed=3)
+    follow_up = prompt + sample_tokens(built.n_vocab, n=5, seed=4)
+    backend, fresh = LlamaCppBackend(), LlamaCppBackend()
+    backend.load(path, OPTIONS)
+    fresh.load(path, OPTIONS)
+    try:
+        run(backend, prompt)  # the slot holds the prompt and its answer
+        got, end = run(backend, follow_up)  # shares only the prompt
+        assert end.prompt_cached == len(prompt) - 4  # the checkpoint 4 tokens before the end
+        assert end.prompt_cached >= 0.9 * len(prompt)
+        expected, cold = run(fresh, follow_up)
+        assert cold.prompt_cached == 0
+        assert got == expected
+    finally:
+        backend.close()
+        fresh.close()
