@@ -46,6 +46,7 @@ def conversation(backend: LlamaCppBackend) -> tuple[list[int], list[int], Finish
     return first, got, end
 
 
+@pytest.mark.slow
 def test_a_turn_after_a_cut_restores_the_checkpoint(model_path):
     backend = LlamaCppBackend()
     backend.load(model_path, OPTIONS)

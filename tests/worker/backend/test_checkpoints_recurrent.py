@@ -37,6 +37,7 @@ def run(backend: LlamaCppBackend, prompt: list[int]) -> tuple[list[int], FinishE
     return [e.token_id for e in events if isinstance(e, TokenEvent)], end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", CASES)
 def test_a_turn_after_a_cut_restores_the_checkpoint(case_id: str, tmp_path: Path) -> None:
     case = parity_cases.CASES[case_id]

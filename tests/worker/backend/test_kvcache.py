@@ -149,6 +149,7 @@ def test_memory_checks_price_the_cache_types():
     assert fit_layers(model, free, 1000, "q8_0", "q8_0") == 3  # both, and the output
 
 
+@pytest.mark.e2e
 def test_health_shows_the_types_and_size(worker):
     model = httpx.get(f"{worker.url}/health").json()["model"]
     kv = model["kv_cache"]
