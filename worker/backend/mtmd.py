@@ -17,6 +17,7 @@ again) and never confuse two images.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -53,7 +54,9 @@ class MediaChunk:
             self._handle = None
 
     def __del__(self) -> None:
-        self.close()
+        # at interpreter exit the bindings may be gone before the chunk
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def placeholders(digest: bytes, n: int) -> tuple[int, ...]:
