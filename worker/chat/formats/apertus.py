@@ -1,0 +1,138 @@
+"""Apertus (Swiss AI): the calls are one JSON list between tool tokens, each call an object
+whose one key is the function's name and whose value is the arguments,
+
+    <|tools_prefix|>[{"get_weather": {"city": "Paris"}}, {"search": {"query": "x"}}]<|tools_suffix|>
+
+(Apertus-8B-Instruct.jinja: `'{"' + function.name + '": ' + function.arguments|tojson + '}'`,
+joined by ", ".)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from llorch.worker.chat.formats.base import (
+    GrammarBuilder,
+    MalformedCall,
+    Parsed,
+    ParsedCall,
+    ToolGrammar,
+    gbnf_literal,
+    json_arguments,
+    object_text,
+    regex_literal,
+    skip_space,
+)
+from llorch.worker.chat.formats.jsoncalls import read_string
+from llorch.worker.chat.formats.jsongrammar import any_call, repeated
+from llorch.worker.chat.formats.sections import read_sections, unfinished
+from llorch.worker.chat.types import Tool
+
+START = "<|tools_prefix|>"
+END = "<|tools_suffix|>"
+
+
+def _read_call(text: str, at: int, *, partial: bool) -> tuple[ParsedCall | None, int | None]:
+    """`{"NAME": {...}}` from `at`: (the call so far, the index after it); (None, None) while
+    its name is being written."""
+    i = skip_space(text, at)
+    if i >= len(text):
+        return None, None
+    if text[i] != "{":
+        raise MalformedCall("a tool call is not a JSON object")
+    i = skip_space(text, i + 1)
+    if i >= len(text):
+        return None, None
+    name, i = read_string(text, i)
+    i = skip_space(text, i)
+    if name is None or i >= len(text):
+        return None, None
+    if text[i] != ":":
+        raise MalformedCall("a tool call is not {NAME: arguments}")
+    what = f"the call of {name}"
+    arguments, end = json_arguments(text, i + 1, partial=partial, what=what)
+    if end is None:
+        return ParsedCall(name, arguments, complete=False), None
+    close = skip_space(text, end)
+    if close >= len(text):
+        if not partial:
+            raise MalformedCall(f"{what} is not closed")
+        return ParsedCall(name, arguments, complete=False), None
+    if text[close] != "}":
+        raise MalformedCall(f"{what} has more than its arguments")
+    if partial:
+        try:
+            object_text(arguments, what=what)
+        except MalformedCall:
+            return ParsedCall(name, arguments, complete=False), None  # the final parse judges
+    return ParsedCall(name, arguments), close + 1
+
+
+class ApertusFormat:
+    name = "apertus"
+    markers = (START, END)
+
+    def matches(self, template: str) -> bool:
+        return "<|tools_prefix|>" in template and "<|tools_suffix|>" in template
+
+    def parse(self, text: str, *, partial: bool) -> Parsed:
+        def section(text: str, at: int, _: str) -> tuple[list[ParsedCall], int | None]:
+            calls: list[ParsedCall] = []
+            try:
+                return self._read(text, at, partial, calls)
+            except MalformedCall:
+                if not partial:
+                    raise
+                return calls, None  # the final parse judges
+
+        return read_sections(text, (START,), section, partial=partial)
+
+    def _read(
+        self, text: str, at: int, partial: bool, calls: list[ParsedCall]
+    ) -> tuple[list[ParsedCall], int | None]:
+        i = skip_space(text, at)
+        if i >= len(text):
+            return unfinished(calls, partial=partial, why=f"{START} holds no call")
+        if text[i] != "[":
+            raise MalformedCall(f"{START} is not followed by a JSON list")
+        i += 1
+        while True:
+            call, end = _read_call(text, i, partial=partial)
+            if call is not None:
+                calls.append(call)
+            if end is None:
+                return unfinished(calls, partial=partial, why="a call is not finished")
+            i = skip_space(text, end)
+            if text.startswith(",", i):
+                i += 1
+                continue
+            if text.startswith("]", i):
+                break
+            if i < len(text):
+                raise MalformedCall("the calls are not a JSON list")
+            return unfinished(calls, partial=partial, why="the list of calls is not closed")
+        i = skip_space(text, i + 1)
+        if text.startswith(END, i):
+            return calls, i + len(END)
+        if i == len(text) and not partial:
+            return calls, i  # the output ended before the closing token
+        if partial and END.startswith(text[i:]):
+            return calls, None
+        raise MalformedCall(f"the calls are not followed by {END}")
+
+    def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
+        builder = GrammarBuilder()
+        ws = builder.rule("ws", "[ \\t\\n]{0,20}")
+
+        def body(tool: Tool, arguments: str) -> str:
+            name = gbnf_literal(json.dumps(tool.name, ensure_ascii=False))
+            return f'"{{" {ws} {name} {ws} ":" {ws} {arguments} {ws} "}}"'
+
+        call = any_call(builder, tools, body)
+        calls = repeated(call, '", "', parallel=parallel)
+        root = f"{gbnf_literal(START + '[')} {calls} {gbnf_literal(']' + END)}"
+        return ToolGrammar(gbnf=builder.build(root), triggers=(regex_literal(START),))
+
+
+FORMAT = ApertusFormat()
