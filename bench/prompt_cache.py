@@ -145,7 +145,7 @@ def main() -> None:
     }
     if not ns.no_llama_server:
         base = [str(serving.llama_server_binary()), "-m", str(path), "--host", "127.0.0.1"]
-        base += ["-t", t, "-tb", t, "-np", "2", "-c", str(2 * per_slot), "--swa-full"]
+        base += ["-t", t, "-tb", t, "-np", "2", "-c", str(2 * per_slot)]
         commands["llama-server"] = lambda port, mib: [
             *base,
             "--port",
@@ -230,7 +230,7 @@ def section(
     lines += [
         "",
         f"- llorch: `--parallel 2 --ctx-size {ns.turn_tokens + 512} --cache-ram N`; "
-        f"llama-server: `-np 2 -c {2 * (ns.turn_tokens + 512)} --swa-full --cache-ram N` "
+        f"llama-server: `-np 2 -c {2 * (ns.turn_tokens + 512)} --cache-ram N` "
         "(its default unified KV and `--cache-idle-slots`), `cache_prompt: true`.",
         "- Without the cache the second turn can be slower than cold: it is read while the "
         "busy request decodes beside it.",
