@@ -34,6 +34,7 @@ FAMILIES: tuple[str, ...] = (
     "mistral_small",
     "mistral_nemo",
     "nemotron_v2",
+    "solar_open",
     "apertus",
     "minimax_m1",
     "lfm2",
