@@ -24,13 +24,19 @@ CHUNK = 64
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A one-layer Llama whose rows are 256 wide (one QK_K block: the IQ types apply), its F16
-    GGUF, a calibration text and llama-imatrix's matrix on them (GGUF and legacy .dat)."""
+    GGUF and a calibration text."""
     base = tmp_path_factory.mktemp("imatrix")
     src = tiny_llama(base / "src", hidden=256, seed=3)
     f16 = base / "f16.gguf"
     convert(src, f16, outtype="f16", verify=False)
     calib = calibration_text(base / "calib.txt", lines=40)
     return {"base": base, "src": src, "f16": f16, "calib": calib}
+
+
+@pytest.fixture(scope="module")
+def ref_imatrix(tiny: dict[str, Path]) -> Path:
+    """llama-imatrix's matrix of the tiny model on its calibration text."""
+    return llama_imatrix(tiny["f16"], tiny["calib"], tiny["base"] / "ref.imatrix.gguf")
 
 
 def llama_imatrix(model: Path, calib: Path, out: Path, *extra: str) -> Path:
@@ -90,8 +96,10 @@ def test_type_needing_imatrix_refused_before_any_work(
         convert(tiny["src"], tmp_path / "o.gguf", outtype="nvfp4")
 
 
-def test_imatrix_equals_llama_imatrix(tiny: dict[str, Path], tmp_path: Path) -> None:
-    ref_path = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.imatrix.gguf")
+def test_imatrix_equals_llama_imatrix(
+    tiny: dict[str, Path], ref_imatrix: Path, tmp_path: Path
+) -> None:
+    ref_path = ref_imatrix
     out = tmp_path / "ours.imatrix.gguf"
     code = main(
         ["imatrix", str(tiny["f16"]), str(tiny["calib"]), "-o", str(out), "--chunk", str(CHUNK)]
@@ -116,9 +124,11 @@ def tiny_tokens(tiny: dict[str, Path]) -> list[int]:
         return imatrix.tokenize_calibration(model, tiny["calib"].read_text())
 
 
-def test_legacy_dat_reads_as_llama_quantize_reads_it(tiny: dict[str, Path], tmp_path: Path) -> None:
+def test_legacy_dat_reads_as_llama_quantize_reads_it(
+    tiny: dict[str, Path], ref_imatrix: Path, tmp_path: Path
+) -> None:
     dat = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.dat", "--output-format", "dat")
-    gg = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.imatrix.gguf")
+    gg = ref_imatrix
     from_dat, from_gguf = imatrix.load(dat).quantizer_data(), imatrix.load(gg).quantizer_data()
     assert sorted(from_dat) == sorted(from_gguf)
     for name in from_gguf:
@@ -131,12 +141,12 @@ def test_legacy_dat_reads_as_llama_quantize_reads_it(tiny: dict[str, Path], tmp_
 
 @pytest.mark.parametrize("outtype", ["iq2_xxs", "q4_k_m"])
 def test_quantized_with_imatrix_is_byte_identical_to_llama_quantize(
-    tiny: dict[str, Path], tmp_path: Path, outtype: str
+    tiny: dict[str, Path], ref_imatrix: Path, tmp_path: Path, outtype: str
 ) -> None:
-    im = llama_imatrix(tiny["f16"], tiny["calib"], tmp_path / "ref.imatrix.gguf")
+    im = ref_imatrix
     ref = llama_quantize(tiny["f16"], tmp_path / "ref.gguf", outtype, "--imatrix", str(im))
     ours = tmp_path / "ours.gguf"
-    report = convert(tiny["src"], ours, outtype=outtype, imatrix=str(im))
+    report = convert(tiny["src"], ours, outtype=outtype, imatrix=str(im), verify=False)
     assert ours.read_bytes() == ref.read_bytes()
     assert report.imatrix is not None and report.imatrix["entries"] == 7
     assert report.imatrix["computed"] is False
