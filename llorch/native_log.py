@@ -23,8 +23,12 @@ from typing import Any
 
 log = logging.getLogger("llorch.llama_cpp")
 log.addHandler(logging.NullHandler())
+# Only llama.cpp's errors pass unless a user asks for more (`llorch serve --verbose`: its load
+# lines, KV cache size, buffers and chosen types are at info).
+log.setLevel(logging.ERROR)
 # ggml_log_level (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line
-_LEVELS = {4: logging.ERROR}
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_last = [logging.DEBUG]  # the level a continuation fragment takes
 _recent: deque[str] = deque(maxlen=64)  # raw fragments; a line may come in several
 _callback: Any = None  # kept referenced: llama.cpp holds the pointer
 # capture(): thread id -> every fragment that thread logs while its block runs
@@ -51,10 +55,16 @@ def install() -> None:
             sys.stderr.write(fragment)
         line = fragment.rstrip()
         if line:
-            log.log(_LEVELS.get(level, logging.DEBUG), "%s", line)
+            _last[0] = _LEVELS.get(level, _last[0])
+            log.log(_last[0], "%s", line)
 
     _callback = llama_cpp.llama_log_callback(forward)
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+def show(level: int) -> None:
+    """Pass llama.cpp's own lines from `level` up (logging's levels) to the handlers."""
+    log.setLevel(level)
 
 
 def clear() -> None:

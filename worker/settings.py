@@ -85,6 +85,14 @@ class WorkerSettings(BaseSettings):
         description="element type of the KV cache's values, as --cache-type-k; a quantized "
         "type needs flash attention, which is then turned on",
     )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the worker's log level"
+    )
+    verbose: bool = Field(
+        False,
+        description="also llama.cpp's own log lines at that level (from info: its load lines, "
+        "KV cache size, buffers and chosen types; debug: everything)",
+    )
     swa_full: bool = Field(
         False,
         description="sliding-window layers (Gemma 2/3/4) keep the whole context, as before "

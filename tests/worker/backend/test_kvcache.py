@@ -9,6 +9,7 @@ cache's rounding). Greedy decoding keeps F16's first 13 tokens."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +157,14 @@ def test_health_shows_the_types_and_size(worker):
     assert (kv["type_k"], kv["type_v"], kv["flash_attn"]) == ("f16", "f16", "auto")
     cells = model["n_ctx"] * 4  # the worker's 4 slots (--parallel's default)
     assert kv["size_bytes"] > 0 and kv["bytes_per_token"] == pytest.approx(kv["size_bytes"] / cells)
+
+
+def test_llama_cpps_load_lines_come_at_their_own_levels(model_path, caplog):
+    # What `serve --verbose` shows: llama.cpp's info lines (the cache's size and types) at
+    # INFO, not hidden among its debug lines; without it, only its errors pass.
+    assert logging.getLogger("llorch.llama_cpp").level == logging.ERROR
+    caplog.set_level(logging.INFO, logger="llorch.llama_cpp")
+    load(model_path, "q8_0", "q8_0").close()
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith("llama_kv_cache: size =") and "K (q8_0)" in m for m in info), info
+    assert not any(r.levelno == logging.DEBUG for r in caplog.records)
