@@ -40,6 +40,15 @@ TEMPLATES = {
     "gpt-oss": "openai-gpt-oss-120b",
     "deepseek-r1": "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B",
     "deepseek-v31": "deepseek-ai-DeepSeek-V3.1",
+    "deepseek-v32": "deepseek-ai-DeepSeek-V3.2",
+    "deepseek-v4": "deepseek-ai-DeepSeek-V4",
+    "seed-oss": "ByteDance-Seed-OSS",
+    "nemotron-v2": "NVIDIA-Nemotron-Nano-v2",
+    "apriel": "unsloth-Apriel-1.5",
+    "minimax-m1": "MiniMax-M1",
+    "apertus": "Apertus-8B-Instruct",
+    "lfm2": "LFM2.5-8B-A1B",
+    "solar-open": "upstage-Solar-Open-100B",
     "granite33": "ibm-granite-granite-3.3-2B-Instruct",
     "granite40": "ibm-granite-granite-4.0",
     "glm46": "GLM-4.6",
@@ -84,11 +93,13 @@ ASK = [{"role": "user", "content": "What will the weather be in Paris for the ne
 # What every family's markup starts with (none may reach a client's content).
 MARKUP = ("<tool_call>", "[TOOL_CALLS]", "<|channel|>", "<function=", "<\uff5ctool", "functools[",
           "<|tool_call", "<|python_tag|>", "<minimax:tool_call>", "<|START_ACTION|>",
-          "<|tool_calls_section_begin|>", '{"tool_calls"')  # fmt: skip
+          "<|tool_calls_section_begin|>", '{"tool_calls"', "<\uff5cDSML\uff5c", "<seed:tool_call>",
+          "<TOOLCALL>", "<tool_calls>", "<|tools_prefix|>", "<|tool_call_start|>",
+          "<|tool_calls|>")  # fmt: skip
 # No thinking (budget 0) in forced requests: the call itself is what they check.
 NO_THINKING = {"reasoning_budget": 0}
 # Room for a whole call section: SmolLM2's vocabulary spells DeepSeek's markers
-# (<｜tool▁calls▁begin｜>...) a byte at a time, ~110 tokens of markup around one call.
+# (<｜tool▁calls▁begin｜>...) a byte at a time, ~110 tokens of markup around one call.  # noqa: RUF003
 FORCED_TOKENS = 200
 
 
