@@ -221,6 +221,8 @@ def section(
         "- Every verified draft position costs a row of logits over Gemma 3's 262,144-token "
         "vocabulary, which is most of this 270M model's work per token; a rejected draft is "
         "paid for in full.",
+        "- `quotes` asks for a summary quoting the passage; this 270M model paraphrases more "
+        "than it quotes, so neither server finds much to draft there.",
     ]
     if with_server:
         lines.append(
