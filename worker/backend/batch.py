@@ -481,7 +481,9 @@ class LlamaBatchDecoder:
                 chunk = chunk[: next((j for j, t in enumerate(chunk) if t < 0), len(chunk))]
                 if not chunk:
                     continue
-            elif self._checkpoints is not None and self._checkpoints.enabled:
+            # (a point inside an image is never reached here: images are read whole, and the
+            # checkpoints of a prompt with images are taken in its text)
+            if self._checkpoints is not None and self._checkpoints.enabled:
                 chunk = self._checkpoint_chunk(slot, chunk)
             placed.append((slot, len(slot.cached)))
             del seq.to_ingest[: len(chunk)]

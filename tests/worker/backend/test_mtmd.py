@@ -125,3 +125,57 @@ def test_logits_after_an_image_equal_the_references(vlm: tiny_vlm.TinyVlm) -> No
                 assert alt.logprob == pytest.approx(ref[alt.token_id], abs=5e-3)
     finally:
         backend.close()
+
+
+def test_a_turn_past_the_window_reuses_the_image_through_a_checkpoint(
+    vlm: tiny_vlm.TinyVlm,
+) -> None:
+    """The tiny model's first layer sees a 512-token window, which keeps only the window and a
+    batch of cells: a third turn sharing only the first prompt (text, an image, text) goes
+    back to the checkpoint taken in that prompt's text, after the image, so the image is not
+    read again; and it answers as a fresh slot does."""
+    from llorch.worker.backend.protocol import FinishEvent, SamplingParams, TokenEvent
+    from llorch.worker.backend.single import generate
+
+    options = LoadOptions(ctx_size=1024, parallel=1, threads=2, batch_size=64, mmproj=vlm.mmproj)
+    greedy = SamplingParams(temperature=0.0)
+    image, _ = _image(4)
+
+    def prompt(backend: LlamaCppBackend, head: str, tail: str) -> tuple[tuple[int, ...], tuple]:
+        before = backend.tokenize(head, True, True)
+        after = backend.tokenize(tail, False, True)
+        return backend.media_prompt([*before, -1, *after], [image], -1)
+
+    def run(backend: LlamaCppBackend, tokens: tuple[int, ...], spans: tuple, n: int) -> tuple:
+        request = GenerationRequest(tokens, n, greedy, media=spans)
+        events = list(generate(backend.decoder(), request))
+        end = events[-1]
+        assert isinstance(end, FinishEvent)
+        return [e.token_id for e in events if isinstance(e, TokenEvent)], end
+
+    head = "describe the image in one sentence please, the quick brown fox: "
+    tail = " a red square on a white background, a blue circle, green lines."
+    backend = LlamaCppBackend()
+    backend.load(vlm.text, options)
+    try:
+        first, spans = prompt(backend, head, tail)
+        assert len(first) >= 64  # long enough to be checkpointed (checkpoints.MIN_PROMPT)
+        image_end = spans[0].start + spans[0].length
+        answer, _ = run(backend, first, spans, 4)
+        long = " the quick brown fox jumps over the lazy dog 123 4567" * 13
+        second = (*first, *answer, *backend.tokenize(long, False, True))
+        assert len(second) > 700  # the first prompt is out of the window's cells
+        run(backend, second, spans, 4)
+        third = (*first, *backend.tokenize(" which one?", False, True))
+        tokens, end = run(backend, third, spans, 8)
+        assert image_end <= end.prompt_cached < len(first)
+    finally:
+        backend.close()
+    fresh = LlamaCppBackend()
+    fresh.load(vlm.text, options)
+    try:
+        alone, end = run(fresh, third, spans, 8)
+        assert end.prompt_cached == 0
+        assert tokens == alone
+    finally:
+        fresh.close()
