@@ -88,7 +88,11 @@ class ChatStream:
             reader = self.reader
             inside = reader.thinking  # a token fed inside the block is thinking (its close too)
             deltas = reader.feed(event.text)
-            if reader.plan.think is None and reader.reasoning and not (reader.content or reader.calls):
+            if (
+                reader.plan.think is None
+                and reader.reasoning
+                and not (reader.content or reader.calls)
+            ):
                 inside = True  # a format's own thinking (gpt-oss): until the answer starts
             if inside:
                 self._thinking_tokens += 1
