@@ -6,6 +6,8 @@ end, reuses at least 90 % of the shared prefix, and answers exactly as a fresh s
 
 from __future__ import annotations
 
+import pytest
+
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.protocol import (
     FinishEvent,
