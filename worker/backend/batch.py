@@ -138,6 +138,8 @@ class LlamaBatchDecoder:
             self._checkpoints.clear(slot.seq_id)
         if self._cache.restore(entry, slot.seq_id):
             slot.cached, slot.cached_lora = list(entry.tokens), entry.lora
+            if self._checkpoints is not None:
+                self._checkpoints.adopt(slot.seq_id, entry.checkpoints)
         else:
             slot.cached.clear()
         self._summary = None
@@ -619,5 +621,6 @@ class LlamaBatchDecoder:
         self._by_key.pop(seq.key, None)
         slot.seq = None
         if self._cache is not None and slot.cached:  # (a failed sequence's is already gone)
-            self._cache.save(slot.seq_id, slot.cached, slot.cached_lora)
+            kept = self._checkpoints.of(slot.seq_id) if self._checkpoints is not None else ()
+            self._cache.save(slot.seq_id, slot.cached, slot.cached_lora, kept)
         self._summary = None

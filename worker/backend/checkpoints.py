@@ -130,6 +130,16 @@ class Checkpoints:
         pos_min = ll.llama_memory_seq_pos_min(ll.llama_get_memory(self._ctx), seq_id)
         return 0 <= pos_min < max(1, keep - self._n_swa)
 
+    def of(self, seq_id: int) -> tuple[Checkpoint, ...]:
+        """The checkpoints of `seq_id` (for the host-RAM cache, which keeps them)."""
+        return tuple(self._slots.get(seq_id, []))
+
+    def adopt(self, seq_id: int, checkpoints: tuple[Checkpoint, ...]) -> None:
+        """`seq_id` now holds the state these checkpoints were taken of (a cached entry)."""
+        self.clear(seq_id)
+        self._slots[seq_id] = list(checkpoints)
+        self.bytes_used += sum(len(c.data) for c in checkpoints)
+
     def drop_after(self, seq_id: int, n_tokens: int) -> None:
         mine = self._slots.get(seq_id, [])
         for c in [c for c in mine if c.n_tokens > n_tokens]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import llama_cpp as ll
 import numpy as np
 
+from llorch.worker.backend.checkpoints import Checkpoint
 from llorch.worker.backend.protocol import PREFIX_BLOCK, LoraKey
 from llorch.worker.backend.slots import common_prefix
 
@@ -45,6 +46,13 @@ class CachedState:
     tokens: tuple[int, ...]
     lora: LoraKey
     state: bytes
+    # The slot's context checkpoints (checkpoints.py): a prompt sharing only part of this
+    # entry goes back to one of them, where the cache cannot be cut (windows, recurrent).
+    checkpoints: tuple[Checkpoint, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.state) + sum(len(c.data) for c in self.checkpoints)
 
 
 class PromptCache:
@@ -59,7 +67,13 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def save(self, seq_id: int, tokens: Sequence[int], lora: LoraKey) -> None:
+    def save(
+        self,
+        seq_id: int,
+        tokens: Sequence[int],
+        lora: LoraKey,
+        checkpoints: Sequence[Checkpoint] = (),
+    ) -> None:
         """Keep the state of `seq_id`, which holds `tokens` at positions 0..n-1."""
         if len(tokens) < MIN_TOKENS:
             return
@@ -77,8 +91,9 @@ class PromptCache:
         # An entry this one extends is of no more use: the longer one serves its prefixes.
         for old in [k for k in self._entries if k[1] == lora and key[0][: len(k[0])] == k[0]]:
             self._drop(old)
-        self._entries[key] = CachedState(key[0], lora, bytes(buffer)[:written])
-        self.used_bytes += written
+        entry = CachedState(key[0], lora, bytes(buffer)[:written], tuple(checkpoints))
+        self._entries[key] = entry
+        self.used_bytes += entry.size
         while self.used_bytes > self.budget_bytes and self._entries:
             self._drop(next(iter(self._entries)))
 
@@ -104,4 +119,4 @@ class PromptCache:
         return (tokens for tokens, _ in self._entries)
 
     def _drop(self, key: tuple[tuple[int, ...], LoraKey]) -> None:
-        self.used_bytes -= len(self._entries.pop(key).state)
+        self.used_bytes -= self._entries.pop(key).size

@@ -62,3 +62,42 @@ def test_a_turn_after_a_cut_restores_the_checkpoint(case_id: str, tmp_path: Path
     finally:
         backend.close()
         fresh.close()
+
+
+@pytest.mark.slow
+def test_the_host_ram_cache_keeps_the_checkpoints(tmp_path: Path) -> None:
+    """The same turn on another slot: the first slot is busy, the host-RAM cache holds the
+    first turn's state and its checkpoints, and the turn restores the one 4 tokens before the
+    shared prompt's end there (Qwen 3.5 hybrid: recurrent states and a KV cache)."""
+    case = parity_cases.CASES["qwen35-hybrid"]
+    built = build_checkpoint(
+        tmp_path / "hf", case.model_cls, case.config_cls, case.config, tokenizer="gpt2"
+    )
+    path = tmp_path / "m.gguf"
+    convert(built.folder, path, outtype="f32")
+    prompt = sample_tokens(built.n_vocab, n=80, seed=3)
+    follow_up = prompt + sample_tokens(built.n_vocab, n=5, seed=4)
+    backend, fresh = LlamaCppBackend(), LlamaCppBackend()
+    backend.load(path, LoadOptions(ctx_size=256, parallel=2, threads=2, cache_bytes=64 << 20))
+    fresh.load(path, OPTIONS)
+    try:
+        decoder = backend.decoder()
+        run(backend, prompt)  # slot 0 holds it; the cache gets its state and checkpoints
+        decoder.add("busy", GenerationRequest(tuple(prompt), 40, GREEDY))  # slot 0 again
+        decoder.step()
+        decoder.add("turn", GenerationRequest(tuple(follow_up), 8, GREEDY))  # on slot 1
+        got: list[int] = []
+        end = None
+        while end is None:
+            for key, event in decoder.step():
+                if key == "turn" and isinstance(event, TokenEvent):
+                    got.append(event.token_id)
+                elif key == "turn":
+                    end = event
+        assert isinstance(end, FinishEvent), end
+        assert end.prompt_cached == len(prompt) - 4
+        expected, _ = run(fresh, follow_up)
+        assert got == expected
+    finally:
+        backend.close()
+        fresh.close()
