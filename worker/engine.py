@@ -28,6 +28,7 @@ from llorch.worker.backend.protocol import (
     LoraKey,
     MediaSpan,
     ModelInfo,
+    RankInput,
     lora_key,
 )
 from llorch.worker.chat import prompt
@@ -485,8 +486,9 @@ class Engine:
     async def rerank(
         self, query: str, documents: Sequence[str], *, truncate: bool = True
     ) -> rerank.Ranking:
-        """The cross-encoder's score of each (query, document) pair, in the documents' order;
-        pairs are formed and cut as worker/rerank.py says, and decoded together."""
+        """The reranker's score of each (query, document) pair, in the documents' order (a
+        cross-encoder's logit; an LLM reranker's "yes" logit less its "no"); pairs are formed
+        and cut as worker/rerank.py says, and decoded together."""
         model = self.loaded()
         if not model.reranker:
             raise InvalidRequestError(
@@ -494,6 +496,35 @@ class Engine:
                 "it cannot score documents",
                 param="model",
             )
+        if model.rerank_template is not None:  # an LLM reranker: its prompt per pair
+            inputs = await asyncio.to_thread(
+                self._prompt_pairs, model.rerank_template, query, documents, truncate
+            )
+        else:
+            inputs = await self._cross_encoder_pairs(query, documents, truncate=truncate)
+        scores = await asyncio.to_thread(self.scheduler.rank, inputs)
+        return rerank.Ranking(scores, sum(len(pair.tokens) for pair in inputs))
+
+    def _prompt_pairs(
+        self, template: str, query: str, documents: Sequence[str], truncate: bool
+    ) -> list[RankInput]:
+        """An LLM reranker's pairs, its rerank template filled per document (run off the
+        event loop: one trip for every text)."""
+        scheduler = self.scheduler
+        return rerank.template_pairs(
+            rerank.TemplateForm(template),
+            lambda text, special: scheduler.tokenize(text, False, special),
+            scheduler.detokenize,
+            query,
+            documents,
+            limit=self.loaded().n_ctx_embed,
+            truncate=truncate,
+        )
+
+    async def _cross_encoder_pairs(
+        self, query: str, documents: Sequence[str], *, truncate: bool
+    ) -> list[RankInput]:
+        model = self.loaded()
         form = rerank.PairForm.from_single(await self.tokenize(""))
         query_tokens = await self.tokenize(query, add_special=False)
 
@@ -501,11 +532,9 @@ class Engine:
             return [self.scheduler.tokenize(d, False) for d in documents]
 
         document_tokens = await asyncio.to_thread(tokenize_all)
-        inputs = rerank.pairs(
+        return rerank.pairs(
             form, query_tokens, document_tokens, limit=model.n_ctx_embed, truncate=truncate
         )
-        scores = await asyncio.to_thread(self.scheduler.rank, inputs)
-        return rerank.Ranking(scores, sum(len(pair.tokens) for pair in inputs))
 
     def abort(self, job_id: str) -> bool:
         """Cancel a queued or running job: a queued one ends at once (CANCELLED), a running

@@ -9,10 +9,18 @@ A pair longer than the model reads is cut as sentence-transformers' CrossEncoder
 (the tokenizer's `truncation=True`, Hugging Face tokenizers' LongestFirst): tokens come off the
 end of the longer of query and document until both fit, the budget split evenly where both
 are longer than half of it (the document gets the odd token when they tie).
+
+An LLM reranker (Qwen3-Reranker) reads a pair as a prompt instead: its GGUF's `rerank` chat
+template with the query and the document in place of `{query}` and `{document}`, tokenized
+whole with its control tokens parsed and no BOS added, as llama-server's /rerank does and as
+the model card's reference code tokenizes it (`TemplateForm`). Such a pair is cut the same
+way, longest first, on the query's and document's own tokens, and formed again from their
+text.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
@@ -56,6 +64,82 @@ class PairForm:
     def pair(self, query: Sequence[int], document: Sequence[int]) -> RankInput:
         first = (*self.open, *query, *self.close)
         return RankInput(tokens=(*first, *document, *self.close), n_first=len(first))
+
+
+_SLOTS = re.compile(r"\{query\}|\{document\}")
+_TRIES = 4  # re-forming a cut pair may merge tokens differently: cut again, a few times
+
+
+@dataclass(frozen=True)
+class TemplateForm:
+    """An LLM reranker's pair prompt: the GGUF's rerank template (tokenizer.chat_template.
+    rerank, as llama.cpp's converter writes it for Qwen3-Reranker)."""
+
+    template: str
+
+    def text(self, query: str, document: str) -> str:
+        """The template with the query and the document in place (each slot filled once:
+        a query that contains `{document}` stays as written)."""
+        values = {"{query}": query, "{document}": document}
+        return _SLOTS.sub(lambda m: values[m.group(0)], self.template)
+
+
+def template_pairs(
+    form: TemplateForm,
+    tokenize: Callable[[str, bool], list[int]],
+    detokenize: Callable[[Sequence[int]], str],
+    query: str,
+    documents: Sequence[str],
+    *,
+    limit: int,
+    truncate: bool,
+    param: str = "documents",
+) -> list[RankInput]:
+    """One prompt per document within `limit` tokens; `tokenize(text, parse_special)` adds
+    no BOS. Too long: cut (truncate) or refused with a 400 naming the document."""
+    out = []
+    query_tokens: list[int] | None = None
+    for i, document in enumerate(documents):
+        tokens = tokenize(form.text(query, document), True)
+        if len(tokens) > limit and not truncate:
+            raise InvalidRequestError(
+                f"the prompt of the query and document {i} is {len(tokens)} tokens; this "
+                f"model reads at most {limit} (or ask for truncate: true)",
+                param=f"{param}[{i}]",
+                constraint=f"tokens <= {limit}",
+            )
+        if len(tokens) > limit:
+            if query_tokens is None:
+                query_tokens = tokenize(query, False)
+            tokens = _cut(form, tokenize, detokenize, query_tokens, document, len(tokens), limit)
+        out.append(RankInput(tokens=tuple(tokens), n_first=len(tokens)))
+    return out
+
+
+def _cut(
+    form: TemplateForm,
+    tokenize: Callable[[str, bool], list[int]],
+    detokenize: Callable[[Sequence[int]], str],
+    query: list[int],
+    document: str,
+    n_tokens: int,
+    limit: int,
+) -> list[int]:
+    doc = tokenize(document, False)
+    budget = limit - (n_tokens - len(query) - len(doc))  # what the template leaves them
+    for _ in range(_TRIES):
+        if budget < 2:
+            break
+        n_query, n_doc = longest_first(len(query), len(doc), budget)
+        tokens = tokenize(form.text(detokenize(query[:n_query]), detokenize(doc[:n_doc])), True)
+        if len(tokens) <= limit:
+            return tokens
+        budget -= len(tokens) - limit
+    raise InvalidRequestError(
+        f"this model reads at most {limit} tokens, too few for its rerank prompt with a "
+        "query and a document",
+        param="model",
+    )
 
 
 def longest_first(n_query: int, n_document: int, budget: int) -> tuple[int, int]:

@@ -9,12 +9,15 @@ micro-batch, so the context's batch is its whole context.
 
 A cross-encoder's GGUF pools by rank: each sequence (a query-document pair) gives its
 classifier's logit, read the same way (rank). Where its pairs have a second segment to mark
-(BERT's token type 1), they are fed as input embeddings (backend/segments.py).
+(BERT's token type 1), they are fed as input embeddings (backend/segments.py). An LLM
+reranker (Qwen3-Reranker) gives the softmax of its "yes" and "no" logits, read back as their
+difference.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,6 +40,24 @@ _NAMES = {value: name for name, value in POOLINGS.items()}
 # in-process on a MiniLM-L6 cross-encoder, 32 pairs of ~37 tokens: 2.2x the pairs/s at 2048
 # tokens a decode than at 512, its training context); the compute buffer grows with it.
 MIN_BATCH_TOKENS = 2048
+
+
+SOFTMAX = ("qwen3", "qwen3vl")  # the arches whose rank head llama.cpp ends with a softmax
+
+
+def _arch(model: ll.llama_model_p) -> str:
+    buf = ctypes.create_string_buffer(64)
+    n = ll.llama_model_meta_val_str(model, b"general.architecture", buf, len(buf))
+    return buf.value.decode() if n >= 0 else ""
+
+
+def _logit(probabilities: np.ndarray) -> float:
+    """The score a softmax over ("yes", "no") came from: logit(yes) - logit(no), the
+    log-odds, whose sigmoid is p(yes) again (a cross-encoder's scores are logits too). From
+    both outputs, not from p(yes) alone: p(no) keeps its precision where p(yes) rounds to 1."""
+    tiny = float(np.finfo(np.float32).tiny)
+    yes, no = (max(float(p), tiny) for p in probabilities[:2])
+    return math.log(yes) - math.log(no)
 
 
 class LlamaEmbedder:
@@ -89,6 +110,9 @@ class LlamaEmbedder:
         self._embd_batch: Any = None  # input embeddings, made on first use
         # a rank-pooled sequence gives its classifier's outputs (one logit for a reranker)
         self._width = ll.llama_model_n_cls_out(model) if self.pooling == "rank" else self.n_embd
+        # llama.cpp ends a qwen3 rank head with a softmax ("softmax for qwen3 reranker",
+        # src/llama-graph.cpp): Qwen3-Reranker's outputs are p(yes) and p(no)
+        self._softmax = self.pooling == "rank" and self._width == 2 and _arch(model) in SOFTMAX
 
     def _groups(self, lengths: Sequence[int]) -> Iterator[range]:
         """Consecutive inputs packed into decodes of at most n_ctx tokens and max_sequences
@@ -120,7 +144,7 @@ class LlamaEmbedder:
                 rows = self._decode_segments(pairs)
             else:
                 rows = self._decode([p.tokens for p in pairs])
-            scores += [float(row[0]) for row in rows]
+            scores += [_logit(row) if self._softmax else float(row[0]) for row in rows]
         return scores
 
     def _place(self, batch: Any, group: Sequence[Sequence[int]]) -> int:

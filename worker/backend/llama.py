@@ -354,6 +354,8 @@ class LlamaCppBackend:
             normalize_embeddings=self._meta(keys.EMBEDDING_NORMALIZE) != "false",
             reranker=self._meta(gguf.Keys.LLM.POOLING_TYPE.format(arch=arch))
             == str(int(gguf.PoolingType.RANK)),
+            rerank_template=self._meta(gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="rerank"))
+            or None,
             embedding_prompts=json.loads(self._meta(keys.EMBEDDING_PROMPTS) or "{}"),
             default_prompt=self._meta(keys.EMBEDDING_DEFAULT_PROMPT) or None,
             lora=options.lora,
@@ -469,7 +471,10 @@ class LlamaCppBackend:
                 n_ctx=info.n_ctx_embed,
                 threads=options.threads or default_threads(),
                 pooling=pooling,
-                segments=open_segments(info.path) if info.reranker else None,
+                # BERT's second segment; an LLM reranker (Qwen3) has none
+                segments=(
+                    open_segments(info.path) if info.reranker and info.embedding_only else None
+                ),
             )
         return self._embedder
 

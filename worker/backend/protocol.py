@@ -322,6 +322,10 @@ class ModelInfo:
     # A cross-encoder (the GGUF's pooling type is rank): it scores query-document pairs
     # (POST /v1/rerank) and has no embeddings to give.
     reranker: bool = False
+    # An LLM reranker's pair prompt (Qwen3-Reranker): the GGUF's `rerank` chat template, with
+    # `{query}` and `{document}` to fill, as llama-server's /rerank fills it; None: the
+    # cross-encoder's own pair form (worker/rerank.py)
+    rerank_template: str | None = None
     # sentence-transformers' prompts by name, prepended to a text to embed, and the one a
     # request naming none gets (config_sentence_transformers.json, written by the converter)
     embedding_prompts: dict[str, str] = field(default_factory=dict)

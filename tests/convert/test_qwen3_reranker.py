@@ -1,0 +1,153 @@
+"""Qwen3-Reranker: a Qwen3ForCausalLM scored by its "yes" logit less its "no" at the end of its
+instruction template. A tiny random one (with a Qwen2-style byte-level BPE tokenizer that has
+"yes" and "no" as tokens, and the model card's title in README.md) converted to F32, served,
+and reranked over a real socket; scores compared with transformers' logits on the same
+formatted text, tokenized by the checkpoint's tokenizer as the model card's code does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+import httpx
+import numpy as np
+import pytest
+from support import start_worker
+
+from llorch.convert import convert
+from llorch.convert.families.qwen3_reranker import TEMPLATE
+from llorch.detector import detect
+
+QWEN3 = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+}
+QUERY = "How many people live in Berlin?"
+DOCUMENTS = [
+    "Berlin has a population of 3,520,031 registered inhabitants.",
+    "Berlin is well known for its museums.",
+    "The capital of France is Paris. yes or no",
+    "中文测试 日本語 emoji 🦙",
+    "",
+    "a query's {query} slot and a {document} slot, written in a document",
+]
+LONG = " ".join(["Berlin's districts change every year."] * 60)  # past the served context
+CTX = 512
+
+
+def _build(checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
+    # the tokenizer learns "yes" and "no" as tokens of their own, as Qwen's vocabulary has them
+    monkeypatch.setattr(helpers, "CORPUS", [*helpers.CORPUS, *["yes no, Yes No"] * 80])
+    built = checkpoint("Qwen3ForCausalLM", "Qwen3Config", QWEN3, tokenizer="qwen2")
+    (built.folder / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n# {name}\n\nText.\n")
+    return built.folder
+
+
+def _reference(folder: Path, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
+    """logit(yes) - logit(no) at the last position of each pair's prompt, and its tokens."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    yes, no = tokenizer.convert_tokens_to_ids(["yes", "no"])
+    model = transformers.Qwen3ForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    scores, n_tokens = [], 0
+    for document in documents:
+        text = TEMPLATE.replace("{query}", query).replace("{document}", document)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        n_tokens += len(ids)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        scores.append(float(logits[yes] - logits[no]))
+    return np.array(scores), n_tokens
+
+
+@pytest.mark.e2e
+def test_served_scores_match_transformers(
+    checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = _build(checkpoint, helpers, monkeypatch, "Qwen3-Reranker-0.6B")
+    assert detect(folder).llama_arch == "qwen3"
+    out = tmp_path / "qwen3-reranker.gguf"
+    report = convert(folder, out, outtype="f32")
+    assert report.verified
+    reader = gguf.GGUFReader(out)
+    fields = {name: f.contents() for name, f in reader.fields.items()}
+    assert fields[gguf.Keys.LLM.POOLING_TYPE.format(arch="qwen3")] == gguf.PoolingType.RANK
+    assert fields[gguf.Keys.Classifier.OUTPUT_LABELS.format(arch="qwen3")] == ["yes", "no"]
+    assert fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="rerank")] == TEMPLATE
+    tensors = {t.name: t for t in reader.tensors}
+    assert list(tensors["cls.output.weight"].shape) == [QWEN3["hidden_size"], 2]
+    assert "output.weight" in tensors  # still the Qwen3 it was: the lm_head stays
+
+    documents = [*DOCUMENTS, LONG]
+    want, _ = _reference(folder, QUERY, DOCUMENTS)
+    order = sorted(range(len(DOCUMENTS)), key=lambda i: -want[i])
+    assert np.ptp(want) > 0.1  # the scores differ enough for the order to mean something
+    worker = start_worker(
+        tmp_path, "--model", str(out), "--threads", "2", "--parallel", "1", "--ctx-size", str(CTX)
+    )
+    try:
+        url = f"{worker.url}/v1/rerank"
+        body = {"model": "m", "query": QUERY, "documents": DOCUMENTS, "return_documents": True}
+        raw = httpx.post(url, json=body, timeout=120)
+        normalized = httpx.post(url, json={**body, "normalize": True, "top_n": 3}, timeout=120)
+        tei = httpx.post(
+            f"{worker.url}/rerank", json={"query": QUERY, "texts": DOCUMENTS}, timeout=120
+        )
+        cut = httpx.post(url, json={"query": QUERY, "documents": documents}, timeout=120)
+        refused = httpx.post(
+            url, json={"query": QUERY, "documents": documents, "truncate": False}, timeout=120
+        )
+        embeddings = httpx.post(f"{worker.url}/v1/embeddings", json={"input": "x"}, timeout=60)
+    finally:
+        assert worker.stop() == 0
+
+    assert raw.status_code == 200, raw.text
+    results = raw.json()["results"]
+    got = np.array([r["relevance_score"] for r in sorted(results, key=lambda r: r["index"])])
+    print("transformers logit(yes) - logit(no):", np.round(want, 5))
+    print("served |score - reference| per document:", np.abs(got - want))
+    assert [r["index"] for r in results] == order
+    assert np.abs(got - want).max() <= 1e-3
+    assert [r["document"]["text"] for r in results] == [DOCUMENTS[i] for i in order]
+    _, n_tokens = _reference(folder, QUERY, DOCUMENTS)
+    assert raw.json()["usage"]["prompt_tokens"] == n_tokens  # the same tokens as the reference
+
+    # normalize: the model card's score, p(yes) of the softmax over "no" and "yes"
+    assert normalized.status_code == 200, normalized.text
+    p_yes = 1 / (1 + np.exp(-want))
+    top = normalized.json()["results"]
+    assert [r["index"] for r in top] == order[:3]
+    for r in top:
+        assert r["relevance_score"] == pytest.approx(p_yes[r["index"]], abs=1e-4)
+    assert tei.status_code == 200, tei.text
+    assert [r["index"] for r in tei.json()] == order
+    assert [r["score"] for r in tei.json()] == pytest.approx([p_yes[i] for i in order], abs=1e-4)
+
+    # a prompt past the served context: cut (the document loses its end) or a 400 naming it
+    assert cut.status_code == 200, cut.text
+    assert CTX - 8 <= cut.json()["usage"]["prompt_tokens"] - n_tokens <= CTX
+    scores = {r["index"]: r["relevance_score"] for r in cut.json()["results"]}
+    assert [scores[i] for i in range(len(DOCUMENTS))] == pytest.approx(list(want), abs=1e-3)
+    assert refused.status_code == 400, refused.text
+    assert f"documents[{len(DOCUMENTS)}]" in refused.text
+    assert embeddings.status_code == 400 and "reranker" in embeddings.text
+
+
+def test_without_its_name_it_is_a_plain_qwen3(
+    checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = _build(checkpoint, helpers, monkeypatch, "Qwen3-0.6B")
+    out = tmp_path / "qwen3.gguf"
+    convert(folder, out, outtype="f32", verify=False)
+    reader = gguf.GGUFReader(out)
+    assert "cls.output.weight" not in {t.name for t in reader.tensors}
+    assert gguf.Keys.LLM.POOLING_TYPE.format(arch="qwen3") not in reader.fields
