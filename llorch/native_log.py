@@ -31,8 +31,9 @@ _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERR
 _last = [logging.DEBUG]  # the level a continuation fragment takes
 _recent: deque[str] = deque(maxlen=64)  # raw fragments; a line may come in several
 _callback: Any = None  # kept referenced: llama.cpp holds the pointer
-# capture(): thread id -> every fragment that thread logs while its block runs
-_captures: dict[int, list[str]] = {}
+# capture(): thread id -> the open blocks' lists, each getting every fragment that thread
+# logs while its block runs (blocks nest: a load inside a caller's capture feeds both)
+_captures: dict[int, list[list[str]]] = {}
 
 
 def install() -> None:
@@ -48,8 +49,7 @@ def install() -> None:
         del user_data
         fragment = text.decode("utf-8", "replace")
         _recent.append(fragment)
-        captured = _captures.get(threading.get_ident())
-        if captured is not None:
+        for captured in _captures.get(threading.get_ident(), ()):
             captured.append(fragment)
         if echo:
             sys.stderr.write(fragment)
@@ -78,11 +78,15 @@ def capture() -> Iterator[list[str]]:
     what it allocated, which llama.h has no call for); other threads' loads stay out."""
     fragments: list[str] = []
     ident = threading.get_ident()
-    _captures[ident] = fragments
+    _captures.setdefault(ident, []).append(fragments)
     try:
         yield fragments
     finally:
-        _captures.pop(ident, None)
+        blocks = _captures[ident]
+        # by identity: two blocks may hold equal lists
+        del blocks[next(i for i, b in enumerate(blocks) if b is fragments)]
+        if not blocks:
+            del _captures[ident]
 
 
 def last_error() -> str:

@@ -238,6 +238,9 @@ def footprint_bytes(spec: str | None, options: LoadOptions) -> int | None:
         model = offload.footprint(path)
     except Exception:  # not a GGUF the reader understands: the load will say why
         return None
-    n_ctx = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
+    per_slot = options.ctx_size or model.n_ctx_train
+    if options.fit is not None:  # --fit picks at most its cap; less where memory is short
+        per_slot = min(options.fit.ctx_max or model.n_ctx_train, model.n_ctx_train)
+    n_ctx = per_slot * max(1, options.parallel)
     kv = offload.kv_cache_bytes(model, n_ctx, options.cache_type_k, options.cache_type_v)
     return path.stat().st_size + kv

@@ -49,7 +49,7 @@ def build_app(
         ctx_size=settings.ctx_size,
         parallel=settings.parallel,
         backend_sampling={"auto": None, "on": True, "off": False}[settings.backend_sampling],
-        n_gpu_layers=settings.n_gpu_layers,
+        n_gpu_layers=settings.gpu_layers,
         threads=settings.threads,
         rpc_servers=settings.rpc_servers,
         tensor_split=settings.tensor_split_shares,
@@ -59,6 +59,7 @@ def build_app(
         swa_full=settings.swa_full,
         ctx_checkpoints=settings.ctx_checkpoints,
         checkpoint_every=settings.checkpoint_every,
+        fit=settings.fit_options,
     )
     metrics = WorkerMetrics()
     entries = settings.model_entries
@@ -111,10 +112,15 @@ def build_app(
 def _with_cache_types(
     options: LoadOptions, settings: WorkerSettings, entry: ModelEntry
 ) -> LoadOptions:
-    """The KV cache types and flash attention of this model (--cache-type-k/-v NAME=TYPE)."""
+    """The KV cache types and flash attention of this model (--cache-type-k/-v NAME=TYPE),
+    and where its tensors go (--override-tensor, --n-cpu-moe)."""
     type_k, type_v = settings.cache_types(entry.name)
     return replace(
-        options, cache_type_k=type_k, cache_type_v=type_v, flash_attn=settings.flash_attn
+        options,
+        cache_type_k=type_k,
+        cache_type_v=type_v,
+        flash_attn=settings.flash_attn,
+        tensor_overrides=settings.tensor_overrides(entry.name),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llorch.worker.backend.protocol import KV_CACHE_TYPES, LoraSpec, SpecOptions
+from llorch.worker.backend import tensor_overrides
+from llorch.worker.backend.protocol import KV_CACHE_TYPES, FitOptions, LoraSpec, SpecOptions
 from llorch.worker.chat.prompt import ChatDefaults
 from llorch.worker.chat.types import ReasoningFormat
 from llorch.worker.fleet import ModelEntry
@@ -69,7 +71,31 @@ class WorkerSettings(BaseSettings):
         None, description="URL to POST {worker_id, url, model, backend, vram_bytes} to when ready"
     )
     ctx_size: int = Field(
-        4096, ge=0, le=1 << 20, description="context of each slot in tokens (0: the model's own)"
+        4096,
+        ge=0,
+        le=1 << 20,
+        description="context of each slot in tokens (0: the model's own); giving it turns "
+        "--fit off",
+    )
+    fit: bool = Field(
+        True,
+        description="without --ctx-size, pick the context per slot (and, on a GPU, the "
+        "layers) that fits the free memory for --parallel slots, from --fit-ctx-max down to "
+        "512 tokens; /health shows the choice (llama-server's --fit)",
+    )
+    fit_ctx_max: int = Field(
+        4096,
+        ge=0,
+        le=1 << 20,
+        description="the largest context per slot --fit picks (0: the model's training "
+        "context, as llama-server does; each slot's KV cache grows with it)",
+    )
+    fit_target: int = Field(
+        1024,
+        ge=0,
+        le=1 << 24,
+        description="MiB --fit leaves free on the device it sizes against (llama.cpp's "
+        "--fit-target)",
     )
     parallel: int = Field(
         4, ge=1, le=256, description="slots: requests decoded together in one batch"
@@ -127,6 +153,20 @@ class WorkerSettings(BaseSettings):
         -1,
         description="layers to offload to the GPU (-1: all; auto: as many as fit in free GPU "
         "memory; ignored without a GPU)",
+    )
+    override_tensor: list[str] = Field(
+        default_factory=list,
+        description="REGEX=BUFFER: tensors whose name matches go to that buffer type (CPU, "
+        "CUDA0, ...: llama.cpp's -ot), comma-separated or repeated, the first match wins; "
+        "NAME=REGEX=BUFFER for one model",
+    )
+    n_cpu_moe: str = Field(
+        "0",
+        description="keep the expert weights of the first N layers of a mixture-of-experts "
+        "model in host memory (N, or comma-separated NAME=N for named models)",
+    )
+    cpu_moe: bool = Field(
+        False, description="keep every layer's expert weights in host memory (--n-cpu-moe all)"
     )
     embedding_pooling: Literal["last", "mean"] = Field(
         "last",
@@ -351,6 +391,52 @@ class WorkerSettings(BaseSettings):
         k, v = _per_model_types(self.cache_type_k, ""), _per_model_types(self.cache_type_v, "")
         return (k.get(name or "", k.get("", "f16")), v.get(name or "", v.get("", "f16")))
 
+    @property
+    def fit_options(self) -> FitOptions | None:
+        """--fit's bounds, or None where it is off (--no-fit, or --ctx-size given)."""
+        if not self.fit or "ctx_size" in self.model_fields_set:
+            return None
+        return FitOptions(ctx_max=self.fit_ctx_max, target_bytes=self.fit_target << 20)
+
+    @property
+    def gpu_layers(self) -> int | Literal["auto"]:
+        """--n-gpu-layers; with --fit and none given, auto (llama-server's default)."""
+        if self.fit_options is not None and "n_gpu_layers" not in self.model_fields_set:
+            return "auto"
+        return self.n_gpu_layers
+
+    @field_validator("override_tensor")
+    @classmethod
+    def _overrides(cls, values: list[str]) -> list[str]:
+        for value in values:
+            for part in (p.strip() for p in value.split(",") if p.strip()):
+                tensor_overrides.parse(_named_override(part)[1])
+        return values
+
+    @field_validator("n_cpu_moe")
+    @classmethod
+    def _n_cpu_moe(cls, value: str) -> str:
+        _per_model_counts(value)
+        return value
+
+    def tensor_overrides(self, name: str | None) -> tuple[tuple[str, str], ...]:
+        """Where the tensors of the model served as `name` go: its --override-tensor
+        entries (bare ones and NAME= ones), then the experts --cpu-moe / --n-cpu-moe keep on
+        the CPU."""
+        pairs: list[tuple[str, str]] = []
+        for value in self.override_tensor:
+            for part in (p.strip() for p in value.split(",") if p.strip()):
+                which, text = _named_override(part)
+                if which is None or which == name:
+                    pairs.extend(tensor_overrides.parse(text))
+        counts = _per_model_counts(self.n_cpu_moe)
+        n = counts.get(name or "", counts.get("", 0))
+        if self.cpu_moe:
+            pairs.extend(tensor_overrides.cpu_moe(None))
+        elif n:
+            pairs.extend(tensor_overrides.cpu_moe(n))
+        return tuple(pairs)
+
     @field_validator("api_token")
     @classmethod
     def _token_not_blank(cls, token: SecretStr | None) -> SecretStr | None:
@@ -484,6 +570,25 @@ def _per_model_types(text: str, flag: str) -> dict[str, str]:
             )
         types[name.strip() if sep else ""] = kind
     return types
+
+
+def _named_override(part: str) -> tuple[str | None, str]:
+    """`NAME=REGEX=BUFFER` → (NAME, REGEX=BUFFER); `REGEX=BUFFER` → (None, it)."""
+    name, sep, rest = part.partition("=")
+    if sep and "=" in rest and re.fullmatch(r"[\w.-]+", name.strip()):
+        return name.strip(), rest
+    return None, part
+
+
+def _per_model_counts(text: str) -> dict[str, int]:
+    """`2` → {"": 2}; `moe=2,other=0` → per name; every count a whole number >= 0."""
+    counts: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, count = part.rpartition("=")
+        if not count.strip().isdigit():
+            raise ValueError(f"--n-cpu-moe {part!r}: {count!r} is not a number of layers")
+        counts[name.strip() if sep else ""] = int(count)
+    return counts
 
 
 def _shares(text: str) -> tuple[float, ...]:

@@ -20,7 +20,16 @@ import llama_cpp as ll
 from llorch import keys, native_log
 from llorch.llama_vocab import LlamaVocab
 from llorch.llamacpp_init import init_llama_cpp
-from llorch.worker.backend import drafters, kvcache, offload, provenance, rpc, system
+from llorch.worker.backend import (
+    drafters,
+    fit,
+    kvcache,
+    offload,
+    provenance,
+    rpc,
+    system,
+    tensor_overrides,
+)
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.checkpoints import Checkpoints
 from llorch.worker.backend.embed import LlamaEmbedder
@@ -38,6 +47,7 @@ from llorch.worker.backend.protocol import (
     ChatMessage,
     DecodedImage,
     FimTokens,
+    FitInfo,
     KvCacheInfo,
     LoadOptions,
     MediaSpan,
@@ -121,6 +131,7 @@ class LlamaCppBackend:
         self._options: LoadOptions | None = None
         self._projector: Projector | None = None  # --mmproj: images in
         self._kv_bytes: int | None = None  # the KV cache llama.cpp allocated (its log line)
+        self._fit: FitInfo | None = None  # what --fit chose
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -142,12 +153,22 @@ class LlamaCppBackend:
         overrides = _kv_overrides(options.metadata_overrides)
         if overrides is not None:
             model_params.kv_overrides = overrides
+        # kept referenced until the load returns: llama.cpp reads the patterns while loading
+        placed = tensor_overrides.build(options.tensor_overrides)
+        if placed is not None:
+            model_params.tensor_buft_overrides = ctypes.cast(placed, ctypes.c_void_p)
+        free = self._free_before_load(options) if options.fit is not None else None
         native_log.clear()
-        model = ll.llama_model_load_from_file(str(path).encode(), model_params)
+        with native_log.capture() as loading:
+            model = ll.llama_model_load_from_file(str(path).encode(), model_params)
+        del placed
         if not model:
             raise self._load_failure(path, options.n_gpu_layers)
         self._model = model
+        self._fit = None
         try:
+            if options.fit is not None:
+                options = self._fit_context(options, free, loading)
             self._create_context(path, options)
             self._info = self._describe(path, options)
         except BaseException:
@@ -278,6 +299,59 @@ class LlamaCppBackend:
         )
 
     @staticmethod
+    def _free_before_load(options: LoadOptions) -> int | None:
+        """The memory --fit sizes against, read before the weights take theirs: the GPU
+        with most room when layers go to one, else the host's."""
+        gpus = [d for d in system.devices() if d.kind in ("gpu", "igpu")]
+        if gpus and _gpu_offload() and options.n_gpu_layers != 0:
+            return max(d.memory_free_bytes for d in gpus)
+        return fit.free_host_bytes()
+
+    def _fit_context(
+        self, options: LoadOptions, free: int | None, loading: list[str]
+    ) -> LoadOptions:
+        """--fit: the context per slot that fits, logged and kept for /health."""
+        assert self._model is not None and options.fit is not None
+        n_layer = ll.llama_model_n_layer(self._model)
+        weights = ll.llama_model_size(self._model)
+        device = "host"
+        if _gpu_offload() and options.n_gpu_layers != 0:
+            # the offloaded share of the weights (the output layer counts as a layer)
+            device = "gpu"
+            if 0 < int(options.n_gpu_layers) < n_layer + 1:
+                weights = weights * int(options.n_gpu_layers) // (n_layer + 1)
+        arch = self._meta("general.architecture")
+        n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self._model))
+        model = fit.loaded_footprint(self._meta, arch, n_layer, n_vocab, weights, loading)
+        choice = fit.choose(
+            model,
+            options.fit,
+            free_bytes=free,
+            weights_bytes=weights,
+            parallel=max(1, options.parallel),
+            type_k=options.cache_type_k,
+            type_v=options.cache_type_v,
+            swa_full=options.swa_full,
+            n_ubatch=options.batch_size,
+            device=device,
+        )
+        log.info(
+            "--fit: %d slots x %d tokens, %s expected (weights %s, KV cache %s, compute %s) "
+            "of %s free on the %s: %s",
+            choice.parallel,
+            choice.ctx_per_slot,
+            _gib(choice.expected_bytes),
+            _gib(choice.weights_bytes),
+            _gib(choice.kv_bytes),
+            _gib(choice.compute_bytes),
+            _gib(choice.free_bytes),
+            choice.device,
+            choice.reason,
+        )
+        self._fit = choice
+        return replace(options, ctx_size=choice.ctx_per_slot)
+
+    @staticmethod
     def _fit_gpu_layers(path: Path, options: LoadOptions) -> int:
         gpus = [d for d in system.devices() if d.kind in ("gpu", "igpu")]
         if not gpus or not _gpu_offload():
@@ -290,6 +364,11 @@ class LlamaCppBackend:
         n_ctx_total = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
         # llama.cpp fills the first device first; size against the one with most room.
         free = max(d.memory_free_bytes for d in gpus)
+        if options.fit is not None:
+            # --fit, as llama.cpp's: layers at the floor context, which then grows into
+            # what they leave (backend/fit.py)
+            n_ctx_total = options.fit.ctx_min * max(1, options.parallel)
+            free -= options.fit.target_bytes
         layers = offload.fit_layers(
             model, free, n_ctx_total, options.cache_type_k, options.cache_type_v
         )
@@ -363,6 +442,7 @@ class LlamaCppBackend:
             fim=self._fim_tokens(),
             media_inputs=self._projector.inputs if self._projector is not None else (),
             kv_cache=self._kv_cache_info(options),
+            fit=self._fit,
         )
 
     def _kv_cache_info(self, options: LoadOptions) -> KvCacheInfo | None:

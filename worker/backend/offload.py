@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,12 @@ class ModelFootprint:
     n_ctx_train: int
     k_values_per_token_per_layer: int = 0  # K and V elements per cell: priced per cache type
     v_values_per_token_per_layer: int = 0
+    # Which layers attend through a sliding window of n_swa tokens (Gemma 2/3/4): without
+    # --swa-full their cache keeps only the window (); (): none, or not known (an upper bound).
+    swa_layers: tuple[bool, ...] = ()
+    n_swa: int = 0
+    n_vocab: int = 0  # the logits' width: the compute buffer holds a batch of them
+    n_embd: int = 0
 
     def kv_bytes_per_token(self, type_k: str = "f16", type_v: str = "f16") -> float:
         """What one cell of one layer costs with these cache types (backend/kvcache.py)."""
@@ -49,6 +56,34 @@ def _field_int(reader: GGUFReader, key: str, arch: str, default: int = 0) -> int
     return int(field.parts[-1][0])
 
 
+def shape(
+    get: Callable[[str, int], int],
+    layer_bytes: tuple[int, ...],
+    other_bytes: int,
+    n_vocab: int,
+    swa_layers: tuple[bool, ...] = (),
+) -> ModelFootprint:
+    """A footprint from the model's hyperparameters, `get(gguf.Keys template, default)`
+    (read from the GGUF header, or from a model llama.cpp has loaded)."""
+    n_head = get(Keys.Attention.HEAD_COUNT, 1)
+    n_head_kv = get(Keys.Attention.HEAD_COUNT_KV, n_head)
+    n_embd = get(Keys.LLM.EMBEDDING_LENGTH, 0)
+    head_k = get(Keys.Attention.KEY_LENGTH, n_embd // max(1, n_head))
+    head_v = get(Keys.Attention.VALUE_LENGTH, head_k)
+    return ModelFootprint(
+        layer_bytes,
+        other_bytes,
+        n_head_kv * (head_k + head_v) * 2,  # F16
+        get(Keys.LLM.CONTEXT_LENGTH, 4096),
+        n_head_kv * head_k,
+        n_head_kv * head_v,
+        swa_layers,
+        get(Keys.Attention.SLIDING_WINDOW, 0) if any(swa_layers) else 0,
+        n_vocab,
+        n_embd,
+    )
+
+
 def footprint(path: Path) -> ModelFootprint:
     reader = GGUFReader(str(path))
     arch = bytes(reader.fields[Keys.General.ARCHITECTURE].parts[-1]).decode()
@@ -61,21 +96,52 @@ def footprint(path: Path) -> ModelFootprint:
         else:
             other += int(tensor.n_bytes)
     n_layer = _field_int(reader, Keys.LLM.BLOCK_COUNT, arch, len(per_block))
-    n_head = _field_int(reader, Keys.Attention.HEAD_COUNT, arch, 1)
-    n_head_kv = _field_int(reader, Keys.Attention.HEAD_COUNT_KV, arch, n_head)
-    n_embd = _field_int(reader, Keys.LLM.EMBEDDING_LENGTH, arch)
-    head_k = _field_int(reader, Keys.Attention.KEY_LENGTH, arch, n_embd // max(1, n_head))
-    head_v = _field_int(reader, Keys.Attention.VALUE_LENGTH, arch, head_k)
-    kv = n_head_kv * (head_k + head_v) * 2  # F16
-    n_ctx_train = _field_int(reader, Keys.LLM.CONTEXT_LENGTH, arch, 4096)
-    return ModelFootprint(
+    tokens = reader.fields.get(Keys.Tokenizer.LIST)
+    return shape(
+        lambda key, default: _field_int(reader, key, arch, default),
         tuple(per_block[i] for i in range(n_layer)),
         other,
-        kv,
-        n_ctx_train,
-        n_head_kv * head_k,
-        n_head_kv * head_v,
+        len(tokens.data) if tokens is not None else 0,
     )
+
+
+def kv_cells_per_slot(
+    model: ModelFootprint, layer: int, per_slot: int, swa_full: bool, n_ubatch: int
+) -> int:
+    """The cells layer `layer` keeps for one slot of `per_slot` tokens: all of them, or for a
+    sliding-window layer without --swa-full its window and a batch, padded to 256 cells
+    (llama-kv-cache-iswa.cpp: size_swa = GGML_PAD(n_swa + n_ubatch, 256), at most per_slot)."""
+    if swa_full or layer >= len(model.swa_layers) or not model.swa_layers[layer]:
+        return per_slot
+    return min(per_slot, -(-(model.n_swa + n_ubatch) // 256) * 256)
+
+
+def context_bytes(
+    model: ModelFootprint,
+    per_slot: int,
+    parallel: int,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    *,
+    swa_full: bool = True,
+    n_ubatch: int = 512,
+) -> int:
+    """The KV cache of `parallel` slots of `per_slot` tokens, each layer priced at the cells
+    it keeps (kv_cells_per_slot) and its cache types."""
+    per_token = model.kv_bytes_per_token(type_k, type_v)
+    cells = sum(
+        kv_cells_per_slot(model, layer, per_slot, swa_full, n_ubatch)
+        for layer in range(len(model.layer_bytes))
+    )
+    return round(per_token * cells * parallel)
+
+
+def compute_bytes(model: ModelFootprint, parallel: int, n_ubatch: int = 512) -> int:
+    """llama.cpp's compute buffer and logits: a batch of n_ubatch rows of logits and two
+    of the hidden state, F32 (measured with flash attention: Gemma 3 270M 514.5 MiB,
+    SmolLM2-135M 98.25 MiB at n_ubatch 512, to the byte), and one row of logits per slot
+    for the output buffer. Without flash attention a GPU needs more: the fit's margin."""
+    return 4 * n_ubatch * (model.n_vocab + 2 * model.n_embd) + 4 * parallel * model.n_vocab
 
 
 def fit_layers(
@@ -104,9 +170,9 @@ def kv_cache_bytes(
     model: ModelFootprint, n_ctx_total: int, type_k: str = "f16", type_v: str = "f16"
 ) -> int:
     """The KV cache of every layer at `n_ctx_total` cells (all slots together), with these
-    cache types: an upper bound, as sliding-window layers may keep only their window."""
-    per_token = model.kv_bytes_per_token(type_k, type_v) * len(model.layer_bytes)
-    return round(per_token * n_ctx_total)
+    cache types: an upper bound, as sliding-window layers may keep only their window
+    (context_bytes prices them)."""
+    return context_bytes(model, n_ctx_total, 1, type_k, type_v)
 
 
 def weight_bytes(model: ModelFootprint, n_gpu_layers: int) -> tuple[int, int]:

@@ -92,6 +92,34 @@ class SpecOptions:
 
 
 @dataclass(frozen=True)
+class FitOptions:
+    """--fit's bounds: the context per slot is at most ctx_max (0: the model's training
+    context) and at least ctx_min, and target_bytes stay free (llama.cpp's --fit-target)."""
+
+    ctx_max: int = 4096
+    ctx_min: int = 512
+    target_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What --fit chose, as /health shows it: the context per slot, the bytes the model is
+    expected to take with it (weights, KV cache, compute buffers), the free bytes it saw on
+    the device it sized against, and why."""
+
+    ctx_per_slot: int
+    parallel: int
+    expected_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    free_bytes: int
+    target_bytes: int
+    device: str  # "host" or "gpu"
+    reason: str
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     ctx_size: int = 4096  # per sequence; 0: the model's training context
     parallel: int = 1  # sequences decoded together (slots), each with ctx_size tokens
@@ -128,6 +156,12 @@ class LoadOptions:
     swa_full: bool = False
     ctx_checkpoints: int = 32
     checkpoint_every: int = 8192
+    # --fit: the context per slot is chosen to fit the free memory (ctx_size is then not
+    # used; backend/fit.py); None: ctx_size as given.
+    fit: FitOptions | None = None
+    # Where tensors go, as llama.cpp's -ot: (regex, buffer type name) in order, the first
+    # match wins (--override-tensor, --n-cpu-moe, --cpu-moe; backend/tensor_overrides.py).
+    tensor_overrides: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -338,6 +372,7 @@ class ModelInfo:
     # What the projector (--mmproj) lets the model read besides text: "vision", "audio".
     media_inputs: tuple[str, ...] = ()
     kv_cache: KvCacheInfo | None = None  # None: no cache (an encoder) or not known
+    fit: FitInfo | None = None  # what --fit chose; None: --ctx-size as given
 
 
 @dataclass(frozen=True)

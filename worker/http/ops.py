@@ -212,6 +212,8 @@ def health_body(health: Health, settings: WorkerSettings) -> dict[str, Any]:
             body["model"]["source"] = dict(model.source)
         if model.kv_cache is not None:
             body["model"]["kv_cache"] = dataclasses.asdict(model.kv_cache)
+        if model.fit is not None:  # what --fit chose, and from what
+            body["model"]["fit"] = dataclasses.asdict(model.fit)
     info = health.backend
     if info is not None:
         body["backend"] = {

@@ -1,0 +1,143 @@
+"""`--fit`: the context per slot that fits the free memory, as llama-server's `--fit` does.
+
+llama.cpp's own fit (common/fit.cpp, `llama_params_fit`; the `llama-fit-params` tool prints
+what it picks) is not in llama.h. The facts taken from it: it keeps `--fit-target` (1 GiB)
+free on each device; it starts from the training context and lowers it, a multiple of 256
+cells per stream, down to a floor (`--fit-ctx`, 4096 there); it counts the weights, the KV
+cache and the compute buffers; and only where the floor does not fit does it take layers off
+the GPU. Here the costs come from offload.py (the same per-token KV price admission and the
+several-models check use), with each sliding-window layer priced at the cells it keeps, read
+from the model llama.cpp has just loaded (its loader logs which layers slide): loading a
+GGUF through llama.cpp takes a second where gguf's Python reader takes many (a 262,144-token
+vocabulary).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+
+from llorch.worker.backend import offload
+from llorch.worker.backend.errors import OutOfMemoryError
+from llorch.worker.backend.protocol import FitInfo, FitOptions
+from llorch.worker.models import host_memory_available
+
+log = logging.getLogger("llorch.backend")
+
+ALIGN = 256  # llama.cpp rounds a context up to this many cells; fit.cpp rounds down to it
+# llama_model_loader: "layer   5 assigned to device CPU, is_swa = 0"
+_IS_SWA = re.compile(r"layer +(\d+) assigned to device [^,]+, is_swa = ([01])")
+
+
+def free_host_bytes() -> int | None:
+    """What the host can allocate without swapping (MemAvailable); a test patches this."""
+    return host_memory_available()
+
+
+def loaded_footprint(
+    meta: Callable[[str], str],
+    arch: str,
+    n_layer: int,
+    n_vocab: int,
+    weights_bytes: int,
+    logged: Iterable[str],
+) -> offload.ModelFootprint:
+    """The footprint of a model llama.cpp has loaded: its hyperparameters from the GGUF's
+    metadata (`meta(key)`), its sliding-window layers from the loader's log lines. The
+    weights count as a whole (other_bytes): the host holds them all."""
+    slides = {int(m[1]): m[2] == "1" for m in _IS_SWA.finditer("".join(logged))}
+
+    def get(key: str, default: int) -> int:
+        try:
+            return int(meta(key.format(arch=arch)))
+        except ValueError:  # absent, or an array per layer: the default
+            return default
+
+    swa = tuple(slides.get(i, False) for i in range(n_layer))
+    return offload.shape(get, (0,) * n_layer, weights_bytes, n_vocab, swa)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def choose(
+    model: offload.ModelFootprint,
+    options: FitOptions,
+    *,
+    free_bytes: int | None,
+    weights_bytes: int,
+    parallel: int,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    swa_full: bool = False,
+    n_ubatch: int = 512,
+    device: str = "host",
+) -> FitInfo:
+    """The largest context per slot, a multiple of 256 between the floor and the cap (the
+    training context or --fit-ctx-max, whichever is smaller), whose weights, KV cache of
+    `parallel` slots and compute buffers leave `options.target_bytes` of `free_bytes`.
+    Raises OutOfMemoryError when even the floor does not fit."""
+    train = model.n_ctx_train
+    cap = min(options.ctx_max or train, train)
+    floor = min(options.ctx_min, cap)
+    compute = offload.compute_bytes(model, parallel, n_ubatch)
+
+    def kv(ctx: int) -> int:
+        return offload.context_bytes(
+            model, ctx, parallel, type_k, type_v, swa_full=swa_full, n_ubatch=n_ubatch
+        )
+
+    def info(ctx: int, free: int, reason: str) -> FitInfo:
+        cache = kv(ctx)
+        return FitInfo(
+            ctx_per_slot=ctx,
+            parallel=parallel,
+            expected_bytes=weights_bytes + cache + compute,
+            weights_bytes=weights_bytes,
+            kv_bytes=cache,
+            compute_bytes=compute,
+            free_bytes=free,
+            target_bytes=options.target_bytes,
+            device=device,
+            reason=reason,
+        )
+
+    bound = "--fit-ctx-max" if options.ctx_max and options.ctx_max < train else "training context"
+    if free_bytes is None:
+        return info(cap, 0, f"free memory unknown: the cap ({bound}) of {cap} tokens")
+    budget = free_bytes - options.target_bytes
+
+    def fits(ctx: int) -> bool:
+        return weights_bytes + kv(ctx) + compute <= budget
+
+    if fits(cap):
+        return info(cap, free_bytes, f"the cap ({bound}) of {cap} tokens per slot fits")
+    if not fits(floor):
+        need = weights_bytes + kv(floor) + compute
+        raise OutOfMemoryError(
+            f"--fit: even {parallel} slots x {floor} tokens need {_gib(need)} on the {device} "
+            f"(weights {_gib(weights_bytes)}, KV cache {_gib(kv(floor))}, compute buffers "
+            f"{_gib(compute)}) and --fit-target keeps {_gib(options.target_bytes)} free; "
+            f"{_gib(free_bytes)} is free. Lower --parallel or --fit-target, use a smaller "
+            "quantization or --cache-type-k/-v q8_0, or give --ctx-size to skip the fit",
+            device=device,
+            needed_bytes=need + options.target_bytes,
+            free_bytes=free_bytes,
+        )
+    lo, hi = -(-floor // ALIGN), cap // ALIGN  # in steps of 256 cells; floor itself fits
+    best = floor
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid * ALIGN):
+            best, lo = max(best, mid * ALIGN), mid + 1
+        else:
+            hi = mid - 1
+    whole = weights_bytes + kv(cap) + compute
+    return info(
+        best,
+        free_bytes,
+        f"{parallel} slots x {cap} tokens ({bound}) would need {_gib(whole)}, more than the "
+        f"{_gib(free_bytes)} free less --fit-target's {_gib(options.target_bytes)}",
+    )
