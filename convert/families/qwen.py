@@ -12,8 +12,8 @@ instruction prompt for queries (config_sentence_transformers.json), all written 
 (convert/sentence_transformers.py). Its tokenizer appends <|endoftext|> to every text (the
 tokenizer.json post-processor), the token whose state is pooled.
 
-Qwen3-Reranker: a Qwen3ForCausalLM scored by its "yes" against its "no" after an instruction
-template; its rank head and template are convert/families/qwen3_reranker.py's.
+Qwen3ForCausalLM converts through convert/families/qwen3.py, which adds Qwen3-Reranker's rank
+head and template to this.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import gguf
 
 from llorch import keys
-from llorch.convert.families import qwen3_reranker, rope
+from llorch.convert.families import rope
 from llorch.convert.families.base import (
     ModelInput,
     PlannedTensor,
@@ -38,9 +38,6 @@ _T = gguf.MODEL_TENSOR
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     write_common(model, w)
     rope.write_scaling(model, w)
-    if qwen3_reranker.is_reranker(model):
-        qwen3_reranker.write_hparams(model, w)
-        return
     write_sentence_transformers(model.folder, w)
     if model.hf_architecture == "Qwen3Model" and (model.folder / "modules.json").is_file():
         # Qwen3-Embedding is Matryoshka-trained (its model card: 32 dimensions and up)
@@ -58,7 +55,4 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     expected[_T.ATTN_Q_NORM] = (d.head_dim,)
     expected[_T.ATTN_K_NORM] = (d.head_dim,)
     bare = model.hf_architecture.endswith("Model")
-    plans = map_tensors(model, expected=expected, rename=_bare if bare else None)
-    if qwen3_reranker.is_reranker(model):
-        plans.append(qwen3_reranker.cls_out(model))
-    return plans
+    return map_tensors(model, expected=expected, rename=_bare if bare else None)

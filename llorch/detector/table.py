@@ -87,9 +87,10 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # Mixtral runs as llama.cpp `llama` with experts (stacked by convert/families/moe.py).
     ArchRow("MixtralForCausalLM", _A.LLAMA, "llama", "mixtral", alias_of="LlamaForCausalLM"),
     ArchRow("Qwen2ForCausalLM", _A.QWEN2, "qwen", "qwen2"),
-    ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen", "qwen3"),
+    # Qwen3 dense, and Qwen3-Reranker (recognised by its name: convert/families/qwen3.py)
+    ArchRow("Qwen3ForCausalLM", _A.QWEN3, "qwen3", "qwen3"),
     # Qwen3-Embedding: the bare decoder, pooled by its last token (convert/families/qwen.py)
-    ArchRow("Qwen3Model", _A.QWEN3, "qwen", "qwen3", alias_of="Qwen3ForCausalLM"),
+    ArchRow("Qwen3Model", _A.QWEN3, "qwen3", "qwen3", alias_of="Qwen3ForCausalLM"),
     ArchRow("GemmaForCausalLM", _A.GEMMA, "gemma", "gemma"),
     ArchRow("Gemma2ForCausalLM", _A.GEMMA2, "gemma", "gemma2"),
     ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma", "gemma3_text"),

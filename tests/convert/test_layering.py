@@ -18,6 +18,7 @@ EXTENDS = {
     "gemma_embedding": "gemma",  # EmbeddingGemma: Gemma 3's text model, bidirectional
     "granite": "llama",
     "ministral3": "llama",
+    "qwen3": "qwen",  # Qwen3-Reranker's rank head on the Qwen3 conversion
     "modern_bert": "bert",  # the sentence-transformers pooling keys
     "smollm3": "llama",
     "stablelm": "phi2",

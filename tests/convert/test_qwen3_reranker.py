@@ -16,7 +16,7 @@ import pytest
 from support import start_worker
 
 from llorch.convert import convert
-from llorch.convert.families.qwen3_reranker import TEMPLATE
+from llorch.convert.families.qwen3 import TEMPLATE
 from llorch.detector import detect
 
 QWEN3 = {

@@ -1,4 +1,6 @@
-"""Qwen3-Reranker: a Qwen3ForCausalLM whose relevance score is its "yes" against its "no".
+"""Qwen3 (`Qwen3ForCausalLM`, and `Qwen3Model`: Qwen3-Embedding) converts as the qwen family
+does; Qwen3-Reranker, a Qwen3ForCausalLM whose relevance score is its "yes" against its "no",
+gets its rank head and template here.
 
 Facts from the model card (Qwen/Qwen3-Reranker-0.6B) and llama.cpp's converter
 (conversion/qwen.py, Qwen3Model) and graph (src/llama-graph.cpp, rank pooling):
@@ -28,7 +30,8 @@ import gguf
 import numpy as np
 
 from llorch.convert.errors import ConfigError
-from llorch.convert.families.base import ModelInput, PlannedTensor
+from llorch.convert.families import qwen, rope
+from llorch.convert.families.base import ModelInput, PlannedTensor, write_common
 
 SYSTEM = (
     "Judge whether the Document meets the requirements based on the Query and the Instruct "
@@ -74,10 +77,22 @@ def label_ids(model: ModelInput) -> tuple[int, ...]:
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
+    if not is_reranker(model):
+        qwen.write_hparams(model, w)
+        return
     label_ids(model)  # refused before anything is written
+    write_common(model, w)
+    rope.write_scaling(model, w)
     w.add_pooling_type(gguf.PoolingType.RANK)
     w.add_classifier_output_labels(list(LABELS))
     w.add_chat_template([{"name": "rerank", "template": TEMPLATE}])
+
+
+def plan(model: ModelInput) -> list[PlannedTensor]:
+    plans = qwen.plan(model)
+    if is_reranker(model):
+        plans.append(cls_out(model))
+    return plans
 
 
 def cls_out(model: ModelInput) -> PlannedTensor:
