@@ -20,6 +20,9 @@ EMBEDDING_DEFAULT_PROMPT = "llorch.embedding.default_prompt"
 # Trained with Matryoshka representation learning (EmbeddingGemma, Qwen3-Embedding): a
 # vector's leading dimensions are an embedding of their own, so `dimensions` may shorten it.
 EMBEDDING_MATRYOSHKA = "llorch.embedding.matryoshka"
+# Whether a shortened vector is layer-normalised whole before its leading dimensions are kept
+# (nomic-embed-text-v1.5's model card: layer_norm, truncate, then L2 normalisation).
+EMBEDDING_MATRYOSHKA_LAYER_NORM = "llorch.embedding.matryoshka_layer_norm"
 # In an imatrix convert-batch computed: what it was computed from (calibration text's sha256,
 # chunk size, the source's files), so a rerun reuses it only for the same inputs.
 IMATRIX_INPUTS = "llorch.imatrix.inputs"

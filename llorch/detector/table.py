@@ -183,6 +183,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # Falcon-H1: attention and a Mamba-2 mixer in parallel in every layer (a KV cache and a
     # recurrent state per sequence); the muP multipliers are folded into the weights
     ArchRow("FalconH1ForCausalLM", _A.FALCON_H1, "falcon_h1", "falcon_h1"),
+    # NomicBERT encoder (nomic-embed-text v1 / v1.5): rotary, SwiGLU, post-norm
+    ArchRow("NomicBertModel", _A.NOMIC_BERT, "nomic_bert", "nomic_bert"),
     # ModernBERT encoder (embeddings): alternating global / sliding-window layers
     ArchRow("ModernBertModel", _A.MODERN_BERT, "modern_bert", "modernbert"),
     # ModernBERT cross-encoders (gte-reranker-modernbert): rank pooling over its head

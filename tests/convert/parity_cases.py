@@ -254,6 +254,25 @@ CASES.update(
         ),
     }
 )
+# nomic-embed-text-v1.5 ratios: head_dim 64, SwiGLU intermediate 4x, rotary base 1000, no
+# biases, post-norm, type_vocab 2 (its config in nomic's own names: test_nomic_bert.py)
+NOMIC_BERT = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+}
+CASES["nomic-bert-mean-pooling"] = Case(
+    "NomicBertModel",
+    "NomicBertConfig",
+    NOMIC_BERT,
+    "wordpiece",
+    pooling="mean_tokens",
+    outtypes=("f32", "f16"),
+)
 # Released configs scaled down (ratios kept): Qwen3-30B-A3B (head_dim 2x hidden/heads, GQA 8:1,
 # norm_topk_prob, untied), Qwen1.5-MoE-A2.7B (qkv biases, shared expert 4x an expert, its
 # sigmoid gate), OLMoE-1B-7B (full-width q/k norms, no GQA, experts half the hidden width).

@@ -125,7 +125,9 @@ def _encoded(row: Any, encoding: str) -> list[float] | str:
 
 def _shortened(dimensions: int | None, vectors: np.ndarray, model: ModelInfo) -> np.ndarray:
     """The vectors cut to `dimensions` where the model is Matryoshka-trained (and normalised
-    again where the model normalises); another size than the model's is a 400 otherwise."""
+    again where the model normalises); another size than the model's is a 400 otherwise. A
+    model whose card layer-normalises first (nomic-embed-text-v1.5: layer norm, truncate,
+    L2 normalisation) is shortened so, always normalised."""
     size = vectors.shape[1]
     if dimensions is None or dimensions == size:
         return vectors
@@ -142,8 +144,12 @@ def _shortened(dimensions: int | None, vectors: np.ndarray, model: ModelInfo) ->
             param="dimensions",
             constraint=f"<= {size}",
         )
+    layer_norm = model.metadata.get(keys.EMBEDDING_MATRYOSHKA_LAYER_NORM) == "true"
+    if layer_norm:  # torch's F.layer_norm over the whole vector, no affine, eps 1e-5
+        centred = vectors - vectors.mean(axis=1, keepdims=True)
+        vectors = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + 1e-5)
     short = vectors[:, :dimensions]
-    if model.normalize_embeddings:
+    if model.normalize_embeddings or layer_norm:
         norms = np.linalg.norm(short, axis=1, keepdims=True)
         short = short / np.where(norms > 0, norms, 1.0)
     return short.astype(np.float32)
