@@ -141,3 +141,42 @@ def choose(
         f"{parallel} slots x {cap} tokens ({bound}) would need {_gib(whole)}, more than the "
         f"{_gib(free_bytes)} free less --fit-target's {_gib(options.target_bytes)}",
     )
+
+
+def with_fewer_layers(
+    model: offload.ModelFootprint,
+    options: FitOptions,
+    *,
+    free_bytes: int,
+    parallel: int,
+    type_k: str = "f16",
+    type_v: str = "f16",
+    n_ubatch: int = 512,
+) -> tuple[int, FitInfo]:
+    """The GPU's second step, where not even the floor fits with every layer on it: the
+    floor context and as many layers as fit with it (llama.cpp's order: the context first,
+    then the layers). `model` is read from the GGUF header, which has each layer's weights.
+    Returns (n_gpu_layers, what was chosen)."""
+    floor = min(options.ctx_min, model.n_ctx_train)
+    # the compute buffers stay on the GPU whatever the layers; --fit-target is the slack
+    # (the CUDA context, fragmentation) that --n-gpu-layers auto's fixed reserve stands for
+    compute = offload.compute_bytes(model, parallel, n_ubatch)
+    budget = free_bytes - options.target_bytes
+    layers = offload.fit_layers(model, budget, floor * parallel, type_k, type_v, reserve=compute)
+    n_layer = len(model.layer_bytes)
+    on_gpu, _ = offload.weight_bytes(model, layers)
+    kv = offload.context_bytes(model, floor, parallel, type_k, type_v) * min(layers, n_layer)
+    kv //= max(1, n_layer)
+    return layers, FitInfo(
+        ctx_per_slot=floor,
+        parallel=parallel,
+        expected_bytes=on_gpu + kv + compute,
+        weights_bytes=on_gpu,
+        kv_bytes=kv,
+        compute_bytes=compute,
+        free_bytes=free_bytes,
+        target_bytes=options.target_bytes,
+        device="gpu",
+        reason=f"not even {floor} tokens a slot fit with every layer on the GPU: {layers} of "
+        f"{n_layer + 1} layers do, the rest run on the CPU",
+    )

@@ -42,10 +42,12 @@ from llorch.worker.backend.errors import (
 from llorch.worker.backend.grammar import GrammarError
 from llorch.worker.backend.lora import LoraAdapters
 from llorch.worker.backend.mtmd import Projector, expand
+from llorch.worker.backend.offload import ModelFootprint
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
     DecodedImage,
+    Device,
     FimTokens,
     FitInfo,
     KvCacheInfo,
@@ -100,6 +102,13 @@ def _gpu_offload() -> bool:
     return system.has_gpu()
 
 
+def _gpus() -> list[Device]:
+    """The GPUs layers can go to (none where the build cannot offload)."""
+    if not _gpu_offload():
+        return []
+    return [d for d in system.devices() if d.kind in ("gpu", "igpu")]
+
+
 def _gib(n: int | None) -> str:
     return "an unknown amount" if n is None else f"{n / 2**30:.2f} GiB"
 
@@ -141,7 +150,10 @@ class LlamaCppBackend:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         init_llama_cpp()
-        if options.n_gpu_layers == "auto":
+        self._fit = None
+        if options.n_gpu_layers == "auto" and options.fit is not None and _gpus():
+            options = self._fit_on_gpu(path, options)  # the layers and the context
+        elif options.n_gpu_layers == "auto":
             options = replace(options, n_gpu_layers=self._fit_gpu_layers(path, options))
         assert isinstance(options.n_gpu_layers, int)
         model_params = ll.llama_model_default_params()
@@ -157,7 +169,8 @@ class LlamaCppBackend:
         placed = tensor_overrides.build(options.tensor_overrides)
         if placed is not None:
             model_params.tensor_buft_overrides = ctypes.cast(placed, ctypes.c_void_p)
-        free = self._free_before_load(options) if options.fit is not None else None
+        fitting = options.fit is not None and self._fit is None  # not chosen before the load
+        free = self._free_before_load(options) if fitting else None
         native_log.clear()
         with native_log.capture() as loading:
             model = ll.llama_model_load_from_file(str(path).encode(), model_params)
@@ -165,9 +178,8 @@ class LlamaCppBackend:
         if not model:
             raise self._load_failure(path, options.n_gpu_layers)
         self._model = model
-        self._fit = None
         try:
-            if options.fit is not None:
+            if fitting:
                 options = self._fit_context(options, free, loading)
             self._create_context(path, options)
             self._info = self._describe(path, options)
@@ -302,29 +314,91 @@ class LlamaCppBackend:
     def _free_before_load(options: LoadOptions) -> int | None:
         """The memory --fit sizes against, read before the weights take theirs: the GPU
         with most room when layers go to one, else the host's."""
-        gpus = [d for d in system.devices() if d.kind in ("gpu", "igpu")]
-        if gpus and _gpu_offload() and options.n_gpu_layers != 0:
+        gpus = _gpus()
+        if gpus and options.n_gpu_layers != 0:
             return max(d.memory_free_bytes for d in gpus)
         return fit.free_host_bytes()
+
+    @staticmethod
+    def _footprint(model: ll.llama_model_p, weights: int, loading: list[str]) -> ModelFootprint:
+        """What --fit prices for a model llama.cpp has loaded (or sized: no_alloc)."""
+
+        def meta(key: str) -> str:
+            buf = ctypes.create_string_buffer(256)
+            n = ll.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+            return buf.value.decode("utf-8", "replace") if n >= 0 else ""
+
+        n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+        arch = meta("general.architecture")
+        n_layer = ll.llama_model_n_layer(model)
+        return fit.loaded_footprint(meta, arch, n_layer, n_vocab, weights, loading)
+
+    def _fit_on_gpu(self, path: Path, options: LoadOptions) -> LoadOptions:
+        """--fit on a GPU, before the load: every layer on the GPU with the context that
+        fits there, sized from a load that allocates nothing (llama.cpp's no_alloc, as its
+        own fit measures); where not even the floor fits, the floor context and the layers
+        that fit with it (`--n-gpu-layers auto` at that context, from the GGUF header)."""
+        assert options.fit is not None
+        free = max(d.memory_free_bytes for d in _gpus())
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = -1
+        params.no_alloc = True  # with no mapping either, as common/fit.cpp loads it
+        params.load_mode = ll.LLAMA_LOAD_MODE_NONE
+        with native_log.capture() as loading:
+            probe = ll.llama_model_load_from_file(str(path).encode(), params)
+        if not probe:  # the real load will say why
+            return replace(options, n_gpu_layers=-1)
+        try:
+            weights = ll.llama_model_size(probe)
+            model = self._footprint(probe, weights, loading)
+        finally:
+            ll.llama_model_free(probe)
+        parallel = max(1, options.parallel)
+        types = (options.cache_type_k, options.cache_type_v)
+        try:
+            choice = fit.choose(
+                model,
+                options.fit,
+                free_bytes=free,
+                weights_bytes=weights,
+                parallel=parallel,
+                type_k=types[0],
+                type_v=types[1],
+                swa_full=options.swa_full,
+                n_ubatch=options.batch_size,
+                device="gpu",
+            )
+            layers = -1
+        except OutOfMemoryError:
+            layers, choice = fit.with_fewer_layers(
+                offload.footprint(path),
+                options.fit,
+                free_bytes=free,
+                parallel=parallel,
+                type_k=types[0],
+                type_v=types[1],
+                n_ubatch=options.batch_size,
+            )
+        self._log_fit(choice)
+        self._fit = choice
+        return replace(options, n_gpu_layers=layers, ctx_size=choice.ctx_per_slot)
 
     def _fit_context(
         self, options: LoadOptions, free: int | None, loading: list[str]
     ) -> LoadOptions:
-        """--fit: the context per slot that fits, logged and kept for /health."""
+        """--fit after the load (the host, or a GPU with --n-gpu-layers given): the context
+        per slot that fits, logged and kept for /health."""
         assert self._model is not None and options.fit is not None
         n_layer = ll.llama_model_n_layer(self._model)
         weights = ll.llama_model_size(self._model)
         device = "host"
-        if _gpu_offload() and options.n_gpu_layers != 0:
+        if _gpus() and options.n_gpu_layers != 0:
             # the offloaded share of the weights (the output layer counts as a layer)
             device = "gpu"
             if 0 < int(options.n_gpu_layers) < n_layer + 1:
                 weights = weights * int(options.n_gpu_layers) // (n_layer + 1)
-        arch = self._meta("general.architecture")
-        n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self._model))
-        model = fit.loaded_footprint(self._meta, arch, n_layer, n_vocab, weights, loading)
         choice = fit.choose(
-            model,
+            self._footprint(self._model, weights, loading),
             options.fit,
             free_bytes=free,
             weights_bytes=weights,
@@ -335,6 +409,12 @@ class LlamaCppBackend:
             n_ubatch=options.batch_size,
             device=device,
         )
+        self._log_fit(choice)
+        self._fit = choice
+        return replace(options, ctx_size=choice.ctx_per_slot)
+
+    @staticmethod
+    def _log_fit(choice: FitInfo) -> None:
         log.info(
             "--fit: %d slots x %d tokens, %s expected (weights %s, KV cache %s, compute %s) "
             "of %s free on the %s: %s",
@@ -348,13 +428,11 @@ class LlamaCppBackend:
             choice.device,
             choice.reason,
         )
-        self._fit = choice
-        return replace(options, ctx_size=choice.ctx_per_slot)
 
     @staticmethod
     def _fit_gpu_layers(path: Path, options: LoadOptions) -> int:
-        gpus = [d for d in system.devices() if d.kind in ("gpu", "igpu")]
-        if not gpus or not _gpu_offload():
+        gpus = _gpus()
+        if not gpus:
             return 0
         try:
             model = offload.footprint(path)
@@ -364,11 +442,6 @@ class LlamaCppBackend:
         n_ctx_total = (options.ctx_size or model.n_ctx_train) * max(1, options.parallel)
         # llama.cpp fills the first device first; size against the one with most room.
         free = max(d.memory_free_bytes for d in gpus)
-        if options.fit is not None:
-            # --fit, as llama.cpp's: layers at the floor context, which then grows into
-            # what they leave (backend/fit.py)
-            n_ctx_total = options.fit.ctx_min * max(1, options.parallel)
-            free -= options.fit.target_bytes
         layers = offload.fit_layers(
             model, free, n_ctx_total, options.cache_type_k, options.cache_type_v
         )

@@ -150,9 +150,12 @@ def fit_layers(
     n_ctx_total: int,
     type_k: str = "f16",
     type_v: str = "f16",
+    *,
+    reserve: int = COMPUTE_RESERVE_BYTES,
 ) -> int:
-    """How many layers to offload (n_layer + 1 means everything, output included)."""
-    budget = free_bytes - COMPUTE_RESERVE_BYTES
+    """How many layers to offload (n_layer + 1 means everything, output included), keeping
+    `reserve` bytes for the compute buffers."""
+    budget = free_bytes - reserve
     kv_per_layer = round(model.kv_bytes_per_token(type_k, type_v) * n_ctx_total)
     used = 0
     fitted = 0

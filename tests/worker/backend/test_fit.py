@@ -16,20 +16,31 @@ import httpx
 import pytest
 from llama_tools import tool
 
-from llorch.worker.backend import fit
+from llorch.convert import convert
+from llorch.worker.backend import fit, llama, offload, system
 from llorch.worker.backend.errors import OutOfMemoryError
 from llorch.worker.backend.llama import LlamaCppBackend
-from llorch.worker.backend.protocol import FitOptions, LoadOptions, ModelInfo
+from llorch.worker.backend.protocol import Device, FitOptions, LoadOptions, ModelInfo
 from llorch.worker.settings import WorkerSettings
+from tests.convert import parity_cases
+from tests.convert.conftest import build_checkpoint
 
 MiB = 1 << 20
 GLOBAL_LAYERS, CELL = 3, 1024  # the layers that keep every cell; bytes of a cell at F16
 
 
-def load(model_path: Path, monkeypatch, free: int | None, **fit_options) -> ModelInfo:
+def load(
+    model_path: Path, monkeypatch, free: int | None, gpu_layers: int | str = 0, **fit_options
+) -> ModelInfo:
     monkeypatch.setattr(fit, "free_host_bytes", lambda: free)
     backend = LlamaCppBackend()
-    options = LoadOptions(parallel=4, threads=2, fit=FitOptions(**fit_options))
+    options = LoadOptions(
+        parallel=4,
+        threads=2,
+        n_gpu_layers=gpu_layers,  # type: ignore[arg-type]
+        backend_sampling=False,
+        fit=FitOptions(**fit_options),
+    )
     try:
         return backend.load(model_path, options)
     finally:
@@ -140,3 +151,48 @@ def test_a_worker_without_ctx_size_fits_and_health_says_so(tmp_path):
     finally:
         worker.stop()
     assert "--fit: 2 slots x 4096 tokens" in worker.output()
+
+
+def fake_gpu(monkeypatch, free: int) -> None:
+    """A GPU with `free` bytes free beside the CPU: llama.cpp still computes on the CPU (this
+    build has no GPU backend), but the worker sizes and places as it would on one."""
+    gpu = Device("CUDA0", "a GPU for the test", "gpu", 80 << 30, free)
+    monkeypatch.setattr(llama, "_gpu_offload", lambda: True)
+    monkeypatch.setattr(system, "devices", lambda: (Device("CPU", "cpu", "cpu"), gpu))
+
+
+def test_on_a_gpu_every_layer_and_the_context_that_fits_there(model_path, monkeypatch):
+    fake_gpu(monkeypatch, 2200 * MiB)
+    info = load(model_path, monkeypatch, None, gpu_layers="auto", ctx_max=0)
+    chosen = info.fit
+    assert chosen is not None and chosen.device == "gpu" and info.n_gpu_layers == -1
+    assert chosen.free_bytes == 2200 * MiB  # the GPU's, not the host's (None here)
+    assert 512 < chosen.ctx_per_slot == info.n_ctx < 32768
+    assert chosen.expected_bytes <= chosen.free_bytes - chosen.target_bytes
+    # sized from a load that allocated nothing (no_alloc), priced as the real one allocates
+    assert info.kv_cache is not None and chosen.kv_bytes == info.kv_cache.size_bytes
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    case = parity_cases.CASES["qwen3moe"]
+    folder = tmp_path_factory.mktemp("tiny")
+    built = build_checkpoint(
+        folder / "hf", case.model_cls, case.config_cls, case.config, tokenizer="gpt2"
+    )
+    convert(built.folder, folder / "m.gguf", outtype="f32")
+    return folder / "m.gguf"
+
+
+def test_on_a_gpu_where_the_floor_does_not_fit_fewer_layers(tiny, monkeypatch):
+    header = offload.footprint(tiny)
+    floor = min(512, header.n_ctx_train)
+    # room for the compute buffers and one layer's weights and cache at the floor, no more
+    layer = header.layer_bytes[0] + round(header.kv_bytes_per_token() * floor * 4)
+    free = offload.compute_bytes(header, 4) + layer + 1
+    fake_gpu(monkeypatch, free)
+    info = load(tiny, monkeypatch, None, gpu_layers="auto", target_bytes=0)
+    chosen = info.fit
+    assert chosen is not None and info.n_gpu_layers == 1 and chosen.ctx_per_slot == floor
+    assert chosen.reason.startswith(f"not even {floor} tokens a slot fit")
+    assert chosen.device == "gpu" and chosen.expected_bytes <= free
