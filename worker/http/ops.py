@@ -45,6 +45,14 @@ def build_router(fleet: Fleet, settings: WorkerSettings, metrics: WorkerMetrics)
         body["status"] = "healthy" if state in _HEALTHY_NAMES else "unhealthy"
         body["state"] = state
         body["models"] = fleet.states()
+        # what --fit chose for each loaded model (the default one's is also model.fit)
+        fits = {
+            name: dataclasses.asdict(engine.model.fit)
+            for name, engine in fleet.loaded().items()
+            if engine.model is not None and engine.model.fit is not None
+        }
+        if fits:
+            body["fit"] = fits
         if not holds_token(request.headers.get("authorization"), settings.api_token):
             # Probes hold no token: they get the status, not the model's path or the machine.
             body = {key: body[key] for key in ("status", "state")}

@@ -137,20 +137,27 @@ def test_the_estimate_and_choice_agree_with_llama_fit_params(model_path, monkeyp
 
 
 @pytest.mark.e2e
-def test_a_worker_without_ctx_size_fits_and_health_says_so(tmp_path):
+def test_a_worker_without_ctx_size_fits_each_model_and_health_says_so(model_path, tmp_path):
     from support import start_worker
 
-    worker = start_worker(tmp_path, "--threads", "2", "--parallel", "2", "--no-chat-model")
+    worker = start_worker(
+        tmp_path,
+        *("--model", f"a={model_path}", "--model", f"b={model_path}"),
+        *("--cache-type-k", "b=q8_0", "--threads", "2", "--parallel", "2"),
+    )
     try:
-        model = httpx.get(f"{worker.url}/health").json()["model"]
-        chosen = model["fit"]
-        assert chosen["ctx_per_slot"] == model["n_ctx"] == 4096  # the cap, on this machine
-        assert chosen["parallel"] == 2 and chosen["device"] == "host"
-        assert chosen["free_bytes"] > chosen["expected_bytes"] > 0
-        assert chosen["kv_bytes"] == model["kv_cache"]["size_bytes"]
+        body = httpx.get(f"{worker.url}/health").json()
     finally:
         worker.stop()
-    assert "--fit: 2 slots x 4096 tokens" in worker.output()
+    model, fits = body["model"], body["fit"]
+    assert set(fits) == {"a", "b"} and model["fit"] == fits["a"]  # the default: the first
+    for chosen in fits.values():
+        assert chosen["ctx_per_slot"] == 4096  # the cap, on this machine
+        assert chosen["parallel"] == 2 and chosen["device"] == "host"
+        assert chosen["free_bytes"] > chosen["expected_bytes"] > 0
+    assert fits["a"]["kv_bytes"] == model["kv_cache"]["size_bytes"]
+    assert fits["b"]["kv_bytes"] < fits["a"]["kv_bytes"]  # its keys are Q8_0
+    assert worker.output().count("--fit: 2 slots x 4096 tokens") == 2
 
 
 def fake_gpu(monkeypatch, free: int) -> None:
