@@ -525,7 +525,7 @@ class Engine:
         self, query: str, documents: Sequence[str], *, truncate: bool
     ) -> list[RankInput]:
         model = self.loaded()
-        form = rerank.PairForm.from_single(await self.tokenize(""))
+        form = rerank.PairForm.from_single(await self.tokenize(""), model.pair_separator)
         query_tokens = await self.tokenize(query, add_special=False)
 
         def tokenize_all() -> list[list[int]]:  # one trip off the event loop, not one a text

@@ -3,7 +3,9 @@
 BERT's pair form (transformers' BertTokenizer.build_inputs_with_special_tokens with a pair):
 `[CLS] query [SEP] document [SEP]`, token type 0 up to the first `[SEP]` included and 1 after
 it. The opening and closing tokens are the ones the model's tokenizer adds to a single text
-(llama.cpp's add_bos/add_sep: `[CLS]` and `[SEP]` for WordPiece).
+(llama.cpp's add_bos/add_sep: `[CLS]` and `[SEP]` for WordPiece). RoBERTa's (XLM-RoBERTa
+cross-encoders) is `<s> query </s></s> document </s>`: a GGUF whose tokenizer adds EOS and
+SEP both has that separator between the texts, as llama-server's /rerank forms the pair.
 
 A pair longer than the model reads is cut as sentence-transformers' CrossEncoder cuts it
 (the tokenizer's `truncation=True`, Hugging Face tokenizers' LongestFirst): tokens come off the
@@ -40,29 +42,33 @@ class Ranking:
 
 @dataclass(frozen=True)
 class PairForm:
-    """How the model's tokenizer wraps a pair: `open query close document close`."""
+    """How the model's tokenizer wraps a pair: `open query middle document close`; the
+    middle is the closing token, and a separator after it where the tokenizer adds one
+    (RoBERTa's `</s></s>`)."""
 
     open: tuple[int, ...]
     close: tuple[int, ...]
+    middle: tuple[int, ...]
 
     @classmethod
-    def from_single(cls, empty: Sequence[int]) -> PairForm:
+    def from_single(cls, empty: Sequence[int], separator: int | None = None) -> PairForm:
         """From the tokens the tokenizer gives an empty text with its specials: `[CLS]
-        [SEP]` for BERT."""
+        [SEP]` for BERT, `<s> </s>` for XLM-RoBERTa, whose pair has its `separator` too."""
         if len(empty) != 2:
             raise InvalidRequestError(
                 "this model's tokenizer does not wrap a text in an opening and a closing token "
                 f"(it gives {list(empty)} for an empty one): it has no BERT-style pair form",
                 param="model",
             )
-        return cls((empty[0],), (empty[1],))
+        extra = () if separator is None else (separator,)
+        return cls((empty[0],), (empty[1],), (empty[1], *extra))
 
     @property
     def n_specials(self) -> int:
-        return len(self.open) + 2 * len(self.close)
+        return len(self.open) + len(self.middle) + len(self.close)
 
     def pair(self, query: Sequence[int], document: Sequence[int]) -> RankInput:
-        first = (*self.open, *query, *self.close)
+        first = (*self.open, *query, *self.middle)
         return RankInput(tokens=(*first, *document, *self.close), n_first=len(first))
 
 

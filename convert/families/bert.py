@@ -44,7 +44,7 @@ NOT_CONVERTED = ("pooler.", "cls.")
 KEEP_F32 = frozenset({_T.POS_EMBD, _T.TOKEN_TYPES})
 
 
-def _check(model: ModelInput) -> None:
+def check(model: ModelInput) -> None:
     where = model.folder / "config.json"
     position = model.config.get("position_embedding_type", "absolute")
     if position != "absolute":
@@ -76,7 +76,7 @@ def check_one_label(model: ModelInput) -> None:
 
 
 def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
-    _check(model)
+    check(model)
     write_common(model, w, rms=False)
     w.add_causal_attention(False)
     w.add_token_type_count(cfg_int(model, "type_vocab_size", default=2))
@@ -110,7 +110,7 @@ def _rename_cross_encoder(name: str) -> str | None:
 
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
-    _check(model)
+    check(model)
     d = dims(model)
     n_ctx = cfg_int(model, "max_position_embeddings")
     expected = {

@@ -27,8 +27,8 @@ STRIP_ACCENTS_KEY: str = getattr(
 
 @dataclass(frozen=True)
 class Vocab:
-    kind: str  # "sentencepiece", "bpe" or "wordpiece"
-    ggml_model: str  # tokenizer.ggml.model: "llama", "gpt2", "bert" or "gemma4"
+    kind: str  # "sentencepiece", "bpe", "wordpiece" or "unigram"
+    ggml_model: str  # tokenizer.ggml.model: "llama", "gpt2", "bert", "gemma4" or "t5"
     tokens: tuple[str, ...]
     types: tuple[int, ...]
     scores: tuple[float, ...] | None
@@ -46,6 +46,11 @@ class Vocab:
     strip_accents: bool | None = None
     # characters llama.cpp is known to tokenize differently (named in notes): not verified
     differs: re.Pattern[str] | None = None
+    # Unigram (ugm.py): a pair's separator after the first text's EOS, SentencePiece's
+    # whitespace collapsing and its precompiled normalisation map
+    add_sep: bool | None = None
+    remove_extra_whitespaces: bool | None = None
+    precompiled_charsmap: bytes = b""
 
     def verifiable(self, text: str) -> bool:
         return self.differs is None or self.differs.search(text) is None
@@ -80,6 +85,12 @@ def write_vocab(vocab: Vocab, writer: gguf.GGUFWriter) -> None:
         writer.add_add_space_prefix(vocab.add_space_prefix)
     if vocab.chat_template is not None:
         writer.add_chat_template(vocab.chat_template)
+    if vocab.add_sep is not None:
+        writer.add_add_sep_token(vocab.add_sep)
+    if vocab.remove_extra_whitespaces is not None:
+        writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+    if vocab.precompiled_charsmap:
+        writer.add_precompiled_charsmap(vocab.precompiled_charsmap)
     if vocab.ggml_model == "bert":
         writer.add_add_sep_token(True)
         writer.add_bool(LOWERCASE_KEY, bool(vocab.lowercase))

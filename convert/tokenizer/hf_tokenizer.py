@@ -2,7 +2,8 @@
 
 SentencePiece `tokenizer.model` becomes llama.cpp's "llama" (SPM) vocabulary; byte-level BPE
 `tokenizer.json` becomes "gpt2" with merges and a pre-tokenizer name (pretokenizer.py);
-a WordPiece `tokenizer.json` (BERT) becomes "bert" (wordpiece.py); Gemma 4's SPM-style
+a WordPiece `tokenizer.json` (BERT) becomes "bert" (wordpiece.py), a Unigram one (XLM-RoBERTa)
+"t5" (ugm.py); Gemma 4's SPM-style
 BPE `tokenizer.json` becomes "gemma4" (gemma4.py).
 Special token ids, add_bos/add_eos and the chat template come from tokenizer_config.json,
 config.json, generation_config.json, chat_template.jinja and chat_template.json.
@@ -17,7 +18,7 @@ from typing import Any
 import gguf
 
 from llorch.convert.errors import MissingTokenizerError, ShapeMismatchError, TokenizerError
-from llorch.convert.tokenizer import fim_tokens, gemma4, pretokenizer, wordpiece
+from llorch.convert.tokenizer import fim_tokens, gemma4, pretokenizer, ugm, wordpiece
 from llorch.convert.tokenizer.gguf_vocab import Vocab
 from llorch.convert.tokenizer.spm import BPE, MODEL_TYPES, read_spm
 from llorch.detector import read_json
@@ -96,6 +97,8 @@ def load_vocab(
     # the table's tokenizer column: Gemma 4's tokenizer.json, even beside a tokenizer.model
     row = row_for_config(config)
     spm_bpe = row is not None and row.tokenizer == gemma4.GGML_MODEL and gemma4.is_spm_bpe(tok_json)
+    if not spm_path.is_file() and ugm.is_unigram(tok_json):
+        return ugm.ugm_vocab(json_path, tok_json, tok_cfg, n_vocab, _chat_template(folder, tok_cfg))
     if not spm_path.is_file() and wordpiece.is_wordpiece(tok_json):
         chat = _chat_template(folder, tok_cfg)
         return wordpiece.wordpiece_vocab(json_path, tok_json, tok_cfg, n_vocab, chat)

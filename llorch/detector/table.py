@@ -147,6 +147,16 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # Cross-encoder rerankers (ms-marco-MiniLM): rank pooling over BertPooler and a one-logit
     # classifier
     ArchRow("BertForSequenceClassification", _A.BERT, "bert", "bert", alias_of="BertModel"),
+    # XLM-RoBERTa encoders (bge-m3, multilingual-e5) and cross-encoders (bge-reranker-v2-m3):
+    # BERT's graph with RoBERTa's position offset and a SentencePiece Unigram tokenizer
+    ArchRow("XLMRobertaModel", _A.BERT, "xlm_roberta", "xlm-roberta"),
+    ArchRow(
+        "XLMRobertaForSequenceClassification",
+        _A.BERT,
+        "xlm_roberta",
+        "xlm-roberta",
+        alias_of="XLMRobertaModel",
+    ),
     # Qwen3.5: Gated DeltaNet (linear attention) layers with a full-attention layer every 4th;
     # released checkpoints are the multimodal wrappers, whose language model converts.
     ArchRow("Qwen3_5ForCausalLM", _A.QWEN35, "qwen35", "qwen3_5_text"),

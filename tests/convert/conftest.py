@@ -57,6 +57,32 @@ def make_spm(
     return int(spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
 
 
+def make_unigram(folder: Path, *, vocab_size: int = 400) -> int:
+    """An XLM-RoBERTa tokenizer: a SentencePiece Unigram model trained here (nmt_nfkc
+    normalisation, as XLM-R's), turned into tokenizer.json by transformers as XLM-R's is."""
+    import tempfile
+
+    import sentencepiece as spm
+    import transformers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(CORPUS), encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(Path(tmp) / "sentencepiece.bpe"),
+            vocab_size=vocab_size,
+            model_type="unigram",
+            normalization_rule_name="nmt_nfkc",
+            minloglevel=2,
+            hard_vocab_limit=False,
+        )
+        corpus.unlink()
+        tok = transformers.XLMRobertaTokenizer.from_pretrained(tmp)
+        tok.save_pretrained(folder)
+    return len(tok)
+
+
 def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, trainers
     from tokenizers import pre_tokenizers as pt
@@ -272,6 +298,8 @@ def build_checkpoint(
         n_vocab = make_wordpiece(folder, lowercase=tokenizer == "wordpiece")
     elif tokenizer == "gemma4-bpe":  # tokenizer.json only, no tokenizer.model
         n_vocab = make_gemma4_bpe(folder)
+    elif tokenizer == "unigram":  # XLM-RoBERTa
+        n_vocab = make_unigram(folder)
     elif tokenizer == "modernbert":
         n_vocab = make_modernbert_bpe(folder)
     else:

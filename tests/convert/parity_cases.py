@@ -273,6 +273,28 @@ CASES["nomic-bert-mean-pooling"] = Case(
     pooling="mean_tokens",
     outtypes=("f32", "f16"),
 )
+# bge-m3 / bge-reranker-v2-m3 ratios: BERT's with RoBERTa's position offset (pad id 1: two
+# unused position rows), one token type, and a SentencePiece Unigram tokenizer
+XLM_ROBERTA = {
+    **BERT,
+    "max_position_embeddings": 66,
+    "type_vocab_size": 1,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "layer_norm_eps": 1e-5,
+}
+CASES["xlm-roberta-cls-pooling"] = Case(
+    "XLMRobertaModel", "XLMRobertaConfig", XLM_ROBERTA, "unigram", pooling="cls_token"
+)
+# its cross-encoder head (dense, tanh, out_proj on <s>) through llama.cpp's rank pooling
+CASES["xlm-roberta-cross-encoder"] = Case(
+    "XLMRobertaForSequenceClassification",
+    "XLMRobertaConfig",
+    {**XLM_ROBERTA, "num_labels": 1},
+    "unigram",
+    pooling="rank",
+)
 # Released configs scaled down (ratios kept): Qwen3-30B-A3B (head_dim 2x hidden/heads, GQA 8:1,
 # norm_topk_prob, untied), Qwen1.5-MoE-A2.7B (qkv biases, shared expert 4x an expert, its
 # sigmoid gate), OLMoE-1B-7B (full-width q/k norms, no GQA, experts half the hidden width).

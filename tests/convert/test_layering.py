@@ -19,6 +19,7 @@ EXTENDS = {
     "granite": "llama",
     "ministral3": "llama",
     "qwen3": "qwen",  # Qwen3-Reranker's rank head on the Qwen3 conversion
+    "xlm_roberta": "bert",  # BERT's graph and checks, RoBERTa's positions
     "modern_bert": "bert",  # the sentence-transformers pooling keys
     "smollm3": "llama",
     "stablelm": "phi2",

@@ -49,7 +49,7 @@ def test_truncation_matches_the_tokenizers(tokenizer: Any) -> None:
 
 
 def test_too_long_without_truncate_names_the_document() -> None:
-    form = PairForm((101,), (102,))
+    form = PairForm((101,), (102,), (102,))
     with pytest.raises(InvalidRequestError, match="document 1 are 9 tokens") as caught:
         pairs(form, [1, 2], [[3], [4, 5, 6, 7]], limit=8, truncate=False)
     assert caught.value.param == "documents[1]"

@@ -508,6 +508,7 @@ class LlamaCppBackend:
             == str(int(gguf.PoolingType.RANK)),
             rerank_template=self._meta(gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="rerank"))
             or None,
+            pair_separator=self._pair_separator(),
             embedding_prompts=json.loads(self._meta(keys.EMBEDDING_PROMPTS) or "{}"),
             default_prompt=self._meta(keys.EMBEDDING_DEFAULT_PROMPT) or None,
             lora=options.lora,
@@ -574,6 +575,12 @@ class LlamaCppBackend:
                 "the grammar does not parse (GBNF with a `root` rule)", param="grammar"
             )
         ll.llama_sampler_free(sampler)
+
+    def _pair_separator(self) -> int | None:
+        vocab = self._vocab
+        if ll.llama_vocab_get_add_eos(vocab) and ll.llama_vocab_get_add_sep(vocab):
+            return int(ll.llama_vocab_sep(vocab))
+        return None
 
     def _words(self) -> LlamaVocab:
         if self._text is None:

@@ -360,6 +360,9 @@ class ModelInfo:
     # `{query}` and `{document}` to fill, as llama-server's /rerank fills it; None: the
     # cross-encoder's own pair form (worker/rerank.py)
     rerank_template: str | None = None
+    # A RoBERTa-style pair's separator after the query's closing token (`</s></s>`): the SEP
+    # id where the tokenizer adds EOS and SEP both, as llama-server's /rerank reads it
+    pair_separator: int | None = None
     # sentence-transformers' prompts by name, prepended to a text to embed, and the one a
     # request naming none gets (config_sentence_transformers.json, written by the converter)
     embedding_prompts: dict[str, str] = field(default_factory=dict)
