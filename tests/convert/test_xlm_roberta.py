@@ -116,3 +116,41 @@ def test_older_tokenizer_json_converts_and_verifies(checkpoint: Any, tmp_path: P
     report = convert(built.folder, tmp_path / "older.gguf", outtype="f32")
     assert report.verified and report.verify_strings > 10
     assert any(note.startswith("Unigram") for note in report.notes)
+
+
+@pytest.mark.e2e
+def test_served_embeddings_match_sentence_transformers(
+    checkpoint: Any, helpers: Any, tmp_path: Path
+) -> None:
+    """bge-m3's modules: CLS pooling, then Normalize."""
+    from sentence_transformers import SentenceTransformer
+
+    built = checkpoint("XLMRobertaModel", "XLMRobertaConfig", XLM_ROBERTA, tokenizer="unigram")
+    kind = "sentence_transformers.models."
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": kind + "Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": kind + "Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": kind + "Normalize"},
+    ]
+    (built.folder / "modules.json").write_text(json.dumps(modules))
+    (built.folder / "1_Pooling").mkdir()
+    pooling = {
+        "word_embedding_dimension": XLM_ROBERTA["hidden_size"],
+        "pooling_mode_cls_token": True,
+    }
+    (built.folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (built.folder / "2_Normalize").mkdir()
+    out = tmp_path / "xlmr.gguf"
+    assert convert(built.folder, out, outtype="f32").verified
+    texts = [*DOCUMENTS[:4], "a  run of  spaces and\nnewlines"]
+    want = SentenceTransformer(str(built.folder), device="cpu").encode(texts)
+    worker = start_worker(tmp_path, "--model", str(out), "--threads", "2")
+    try:
+        reply = httpx.post(f"{worker.url}/v1/embeddings", json={"input": texts}, timeout=60)
+    finally:
+        assert worker.stop() == 0
+    assert reply.status_code == 200, reply.text
+    got = np.array([d["embedding"] for d in reply.json()["data"]])
+    cosines = helpers.cosines(got, want)
+    print("XLM-RoBERTa cosine per text:", np.round(cosines, 7))
+    assert cosines.min() >= 0.9999
