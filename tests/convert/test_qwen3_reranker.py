@@ -151,3 +151,46 @@ def test_without_its_name_it_is_a_plain_qwen3(
     reader = gguf.GGUFReader(out)
     assert "cls.output.weight" not in {t.name for t in reader.tensors}
     assert gguf.Keys.LLM.POOLING_TYPE.format(arch="qwen3") not in reader.fields
+
+
+@pytest.mark.e2e
+def test_llama_server_scores_the_gguf_alike(
+    checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The GGUF is what llama.cpp's reranker path reads: llama-server --rerank (built from the
+    vendored llama.cpp) fills its rerank template and gives p(yes), the model card's score."""
+    import subprocess
+    import time
+
+    from llama_tools import tool
+    from support import free_port
+
+    binary = tool("llama-server")
+    folder = _build(checkpoint, helpers, monkeypatch, "Qwen3-Reranker-0.6B")
+    out = tmp_path / "qwen3-reranker.gguf"
+    convert(folder, out, outtype="f32", verify=False)
+    want, _ = _reference(folder, QUERY, DOCUMENTS)
+    port = free_port()
+    cmd = [str(binary), "-m", str(out), "--port", str(port), "--rerank", "-c", "2048", "-t", "2"]
+    with (tmp_path / "llama-server.log").open("wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, (tmp_path / "llama-server.log").read_text()
+            time.sleep(0.25)
+        body = {"query": QUERY, "documents": DOCUMENTS}
+        reply = httpx.post(f"{url}/v1/rerank", json=body, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert reply.status_code == 200, reply.text
+    got = {r["index"]: r["relevance_score"] for r in reply.json()["results"]}
+    p_yes = 1 / (1 + np.exp(-want))
+    print("llama-server |p(yes) - reference|:", [abs(got[i] - p_yes[i]) for i in got])
+    assert max(abs(got[i] - p_yes[i]) for i in range(len(DOCUMENTS))) <= 1e-4
