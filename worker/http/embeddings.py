@@ -59,7 +59,8 @@ class EmbeddingRequest(BaseModel):
         None,
         max_length=256,
         description="The model's sentence-transformers prompt put before each text (e.g. "
-        "Qwen3-Embedding's `query`); unset: its default prompt, if it has one.",
+        "Qwen3-Embedding's `query`); unset: its default prompt, if it has one. A name the "
+        "model does not declare is a 400 listing the ones it does.",
     )
 
 

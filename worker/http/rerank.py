@@ -47,7 +47,12 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    model: str | None = Field(None, max_length=256)
+    model: str | None = Field(
+        None,
+        max_length=256,
+        description="A served reranker (a cross-encoder whose GGUF pools by rank, or an LLM "
+        "reranker); any other model is a 400 naming it.",
+    )
     query: Query
     documents: Annotated[list[Text | Document], Field(min_length=1, max_length=MAX_DOCUMENTS)]
     top_n: int | None = Field(None, ge=1, description="Return the best top_n results only.")

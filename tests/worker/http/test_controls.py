@@ -241,6 +241,7 @@ def test_capacity_shape(open_client):
             "checkpoints": 0,
             "checkpoint_bytes": 0,
         },
+        "inputs": ["text"],  # no projector: text only
     }
     assert body["slots"]["total"] >= 1 and body["kv"]["total"] >= 64
 
