@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -216,10 +216,10 @@ def integer_ranges_marked(node: Any, ranges: list[str]) -> Any:
     if (
         node.get("type") == "integer"
         and not {"enum", "const"} & node.keys()
-        and any(_number(node, key) is not None for key in _BOUND_KEYS)
+        and any(_number(node, key) is not None for key in BOUND_KEYS)
     ):
-        ranges.append(integer_range(*_integer_bounds(node)))
-        kept = {k: v for k, v in node.items() if k not in _BOUND_KEYS and k != "type"}
+        ranges.append(integer_range(*integer_bounds(node)))
+        kept = {k: v for k, v in node.items() if k not in BOUND_KEYS and k != "type"}
         return kept | {"const": _marker(len(ranges) - 1)}
     return {
         key: value if key in _NOT_SCHEMAS else integer_ranges_marked(value, ranges)
@@ -227,7 +227,7 @@ def integer_ranges_marked(node: Any, ranges: list[str]) -> Any:
     }
 
 
-_BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
 def integer_ranges_written(grammar: str, ranges: Sequence[str]) -> str:
@@ -238,7 +238,7 @@ def integer_ranges_written(grammar: str, ranges: Sequence[str]) -> str:
     return grammar
 
 
-def _number(node: dict[str, Any], key: str) -> float | None:
+def _number(node: Mapping[str, Any], key: str) -> float | None:
     """A numeric bound of `node`; None where there is none (or draft 4's boolean flag)."""
     value = node.get(key)
     if value is None or isinstance(value, bool):
@@ -248,7 +248,7 @@ def _number(node: dict[str, Any], key: str) -> float | None:
     return value
 
 
-def _integer_bounds(node: dict[str, Any]) -> tuple[int | None, int | None]:
+def integer_bounds(node: Mapping[str, Any]) -> tuple[int | None, int | None]:
     """The smallest and largest integer `node` allows: minimum/maximum, the numeric
     exclusive bounds of JSON Schema 6+, and draft 4's boolean ones."""
     lows, highs = [], []
@@ -264,6 +264,6 @@ def _integer_bounds(node: dict[str, Any]) -> tuple[int | None, int | None]:
         highs.append(math.ceil(high) - 1)
     lowest, highest = max(lows, default=None), min(highs, default=None)
     if lowest is not None and highest is not None and lowest > highest:
-        given = ", ".join(f"{key} {node[key]}" for key in _BOUND_KEYS if key in node)
+        given = ", ".join(f"{key} {node[key]}" for key in BOUND_KEYS if key in node)
         raise SchemaError(f"the integer bounds ({given}) allow no value")
     return lowest, highest

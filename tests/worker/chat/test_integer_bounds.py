@@ -60,3 +60,17 @@ def test_bounds_that_allow_no_integer_are_refused() -> None:
         json_grammar({"type": "object", "properties": {"x": empty}})
     with pytest.raises(InvalidRequestError, match="finite number"):
         json_grammar({"type": "integer", "minimum": "1"})
+
+
+def test_gemma4_calls_keep_the_bounds(grammar_accepts: Callable[..., bool]) -> None:
+    # Gemma 4 writes arguments in its own notation (no JSON grammar): its integers too.
+    from llorch.worker.chat.formats.gemma4 import FORMAT
+    from llorch.worker.chat.types import Tool
+
+    days = {"type": "integer", "minimum": 1, "maximum": 7}
+    tool = Tool("f", None, {"type": "object", "properties": {"days": days}, "required": ["days"]})
+    gbnf = FORMAT.grammar([tool], parallel=False).gbnf
+    for n in (-1, 0, 1, 4, 7, 8, 10, 1000000000000000):
+        assert grammar_accepts(gbnf, f"<|tool_call>call:f{{days:{n}}}<tool_call|>") == (
+            1 <= n <= 7
+        ), n

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llorch.worker.backend.grammar import BOUND_KEYS, integer_bounds
+from llorch.worker.backend.integer_range import integer_range
 from llorch.worker.chat.formats.base import (
     GrammarBuilder,
     Parsed,
@@ -163,6 +165,10 @@ def _value(builder: GrammarBuilder, schema: Any, name: str) -> str:
     if isinstance(kind, list):
         kinds = [_value(builder, {**schema, "type": k}, f"{name}-{k}") for k in kind]
         return "(" + " | ".join(kinds) + ")"
+    if kind == "integer" and any(key in schema for key in BOUND_KEYS):
+        # Its bounds, as the JSON grammars of the other families bound them (Gemma writes
+        # integers as JSON does).
+        return builder.rule(name, f"({integer_range(*integer_bounds(schema))})")
     simple = {"string": "g-string", "integer": "g-integer", "number": "g-number"}
     simple |= {"boolean": '("true" | "false")', "null": '"null"'}
     if kind in simple:
