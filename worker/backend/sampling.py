@@ -188,12 +188,50 @@ def sample(chain: SamplerChain, ctx: ll.llama_context_p, index: int, n_vocab: in
         if chain.penalties is not None:
             ll.llama_sampler_accept(chain.handle, token)
         return token
-    token = _pick(chain, logits, with_grammar=True)
+    if chain.seed is None:
+        token = _greedy_allowed(chain, logits)
+    else:
+        token = _pick(chain, logits, with_grammar=True)
     accept(chain, token)
     return token
 
 
-def _pick(chain: SamplerChain, logits: np.ndarray, *, with_grammar: bool) -> int:
+# How many of the best candidates a greedy chain tries against the grammar before all of them.
+FIRST_CANDIDATES = 64
+
+
+def _greedy_allowed(chain: SamplerChain, logits: np.ndarray) -> int:
+    """Greedy under a grammar: the highest (biased, penalised) logit the grammar allows, the
+    lowest id among equals, as the grammar over every candidate and then greedy give. The
+    grammar sees the best FIRST_CANDIDATES (and any equal to the last of them) first, and the
+    rest only when none of those fits. Measured on two cores, one pass of a JSON grammar over
+    every candidate: 6.9 ms for SmolLM2's 49,152, 26.5 ms for Gemma 3's 262,144 (a decode
+    step of either is ~17-25 ms), 0.03 ms over 64; a forced call pays it at every token the
+    chain's own pick does not fit."""
+    assert chain.grammar is not None
+    candidates, array = _candidates(logits)
+    ll.llama_sampler_apply(chain.handle, ctypes.byref(array))  # bias and penalties, in place
+    scores = candidates["logit"]
+    if len(scores) > FIRST_CANDIDATES:
+        threshold = np.partition(scores, -FIRST_CANDIDATES)[-FIRST_CANDIDATES]
+        best = candidates[scores >= threshold]  # ascending ids
+        subset = ll.llama_token_data_array(
+            data=best.ctypes.data_as(ll.llama_token_data_p),
+            size=len(best),
+            selected=-1,
+            sorted=False,
+        )
+        ll.llama_sampler_apply(chain.grammar, ctypes.byref(subset))
+        if np.isfinite(best["logit"]).any():
+            return int(best["id"][np.argmax(best["logit"])])
+    ll.llama_sampler_apply(chain.grammar, ctypes.byref(array))
+    if not np.isfinite(scores).any():
+        raise InvalidRequestError("the grammar allows no token here")
+    return int(candidates["id"][np.argmax(scores)])
+
+
+def _candidates(logits: np.ndarray) -> tuple[np.ndarray, ll.llama_token_data_array]:
+    """Every token with its logit, in id order, and llama.cpp's view of them."""
     candidates = np.empty(len(logits), dtype=_TOKEN_DATA)
     candidates["id"] = np.arange(len(logits), dtype=np.int32)
     candidates["logit"] = logits
@@ -204,6 +242,11 @@ def _pick(chain: SamplerChain, logits: np.ndarray, *, with_grammar: bool) -> int
         selected=-1,
         sorted=False,
     )
+    return candidates, array
+
+
+def _pick(chain: SamplerChain, logits: np.ndarray, *, with_grammar: bool) -> int:
+    candidates, array = _candidates(logits)
     if with_grammar:
         assert chain.grammar is not None
         ll.llama_sampler_apply(chain.grammar, ctypes.byref(array))

@@ -15,7 +15,7 @@ from support import FRANCE
 
 from llorch.worker.backend import sampling
 from llorch.worker.backend.budget import Phase, ThinkingBudget
-from llorch.worker.backend.grammar import GrammarError, check_trigger_patterns
+from llorch.worker.backend.grammar import GrammarError, check_trigger_patterns, json_grammar
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.protocol import (
     FinishEvent,
@@ -137,6 +137,60 @@ def test_without_its_trigger_a_lazy_grammar_changes_nothing(backend):
     ids, text, _ = run(backend, request(backend, FRANCE, 12, lazy(XYZ_CALL, "<tool_call>")))
     assert (ids, text) == (plain, plain_text)
     assert "<tool_call>" not in text
+
+
+def test_greedy_under_a_grammar_picks_as_llama_cpp_does(backend):
+    """The best allowed candidate, found among the best few first (sampling.py): the same
+    tokens as llama.cpp's chain of grammar, logit bias, penalties and greedy over every
+    candidate, through picks the model makes itself (inside strings) and picks only the
+    grammar's whole-vocabulary pass finds (the keys and the markup)."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+    }
+    grammar = json_grammar(schema)
+    banned = tokens_of(backend, " Paris")[0]
+    params = SamplingParams(
+        temperature=0.0, grammar=grammar, repetition_penalty=1.3, logit_bias=((banned, -5.0),)
+    )
+    prompt = backend.tokenize(FRANCE)
+    ids, text, _ = run(backend, request(backend, prompt, 40, params))
+    assert text.startswith('{"city"'), text
+    model = backend._model  # type: ignore[attr-defined]
+    vocab = ll.llama_model_get_vocab(model)
+    n_vocab = ll.llama_vocab_n_tokens(vocab)
+    ctx_params = ll.llama_context_default_params()
+    ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = 512
+    ctx_params.n_threads = ctx_params.n_threads_batch = 2
+    ctx = ll.llama_init_from_model(model, ctx_params)
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    ll.llama_sampler_chain_add(
+        chain, ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    )
+    bias = (ll.llama_logit_bias * 1)()
+    bias[0].token, bias[0].bias = banned, -5.0
+    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(n_vocab, 1, bias))
+    penalties = ll.llama_sampler_init_penalties(n_vocab, 512, 1.3, 0.0, 0.0)
+    for token in prompt:  # the penalties see the prompt, the grammar only the output
+        ll.llama_sampler_accept(penalties, token)
+    ll.llama_sampler_chain_add(chain, penalties)
+    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+    expected: list[int] = []
+    try:
+        batch = (ll.llama_token * len(prompt))(*prompt)
+        assert ll.llama_decode(ctx, ll.llama_batch_get_one(batch, len(prompt))) == 0
+        while len(expected) < 40:
+            token = ll.llama_sampler_sample(chain, ctx, -1)
+            if ll.llama_vocab_is_eog(vocab, token):
+                break
+            expected.append(token)
+            one = (ll.llama_token * 1)(token)
+            assert ll.llama_decode(ctx, ll.llama_batch_get_one(one, 1)) == 0
+    finally:
+        ll.llama_sampler_free(chain)
+        ll.llama_free(ctx)
+    assert ids == expected
 
 
 @pytest.mark.parametrize(
