@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGUFReader, Keys
+from gguf import Keys
 
+from llorch.gguf_header import StringArray, read_header
 from llorch.worker.backend import kvcache
 
 _BLOCK = re.compile(r"blk\.(\d+)\.")
@@ -48,14 +49,6 @@ class ModelFootprint:
         ) + self.v_values_per_token_per_layer * kvcache.bytes_per_value(type_v)
 
 
-def _field_int(reader: GGUFReader, key: str, arch: str, default: int = 0) -> int:
-    """The integer at `key` (a gguf.Keys template, "{arch}.block_count") for `arch`."""
-    field = reader.fields.get(key.format(arch=arch))
-    if field is None:
-        return default
-    return int(field.parts[-1][0])
-
-
 def shape(
     get: Callable[[str, int], int],
     layer_bytes: tuple[int, ...],
@@ -85,23 +78,23 @@ def shape(
 
 
 def footprint(path: Path) -> ModelFootprint:
-    reader = GGUFReader(str(path))
-    arch = bytes(reader.fields[Keys.General.ARCHITECTURE].parts[-1]).decode()
+    header = read_header(path)
+    arch = header.fields[Keys.General.ARCHITECTURE]
     per_block: dict[int, int] = defaultdict(int)
     other = 0
-    for tensor in reader.tensors:
+    for tensor in header.tensors:
         match = _BLOCK.match(tensor.name)
         if match:
-            per_block[int(match.group(1))] += int(tensor.n_bytes)
+            per_block[int(match.group(1))] += tensor.n_bytes
         else:
-            other += int(tensor.n_bytes)
-    n_layer = _field_int(reader, Keys.LLM.BLOCK_COUNT, arch, len(per_block))
-    tokens = reader.fields.get(Keys.Tokenizer.LIST)
+            other += tensor.n_bytes
+    n_layer = header.int_field(Keys.LLM.BLOCK_COUNT.format(arch=arch), len(per_block))
+    tokens = header.fields.get(Keys.Tokenizer.LIST)
     return shape(
-        lambda key, default: _field_int(reader, key, arch, default),
+        lambda key, default: header.int_field(key.format(arch=arch), default),
         tuple(per_block[i] for i in range(n_layer)),
         other,
-        len(tokens.data) if tokens is not None else 0,
+        tokens.length if isinstance(tokens, StringArray) else 0,
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from llorch.worker.backend import offload
 from llorch.worker.backend.offload import COMPUTE_RESERVE_BYTES, ModelFootprint
 
@@ -38,9 +36,6 @@ def test_all_blocks_but_not_the_output_layer():
     assert offload.fit_layers(MODEL, free, 4096) == 10
 
 
-# gguf's reader parses the whole header in Python, Gemma 3's 262,144-token vocabulary
-# included: over a minute on the shared 2-core machine.
-@pytest.mark.slow
 def test_footprint_of_the_default_model(model_path):
     model = offload.footprint(model_path)
     assert len(model.layer_bytes) == 18  # Gemma 3 270M
