@@ -1,6 +1,7 @@
 """Rerank throughput, side by side in one run: llorch vs llama-server, same GGUF, threads.
 
     python bench/rerank.py [--model GGUF] [--documents 256] [--batch 32] [--threads 2]
+                           [--slot-ctx 256]
 
 Both serve a cross-encoder and answer POST /v1/rerank; each request carries one query and
 --batch documents, the requests go one after another, and the servers alternate by round.
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    # an LLM reranker's prompt (Qwen3-Reranker's template) is longer than a cross-encoder's pair
+    parser.add_argument("--slot-ctx", type=int, default=256, help="llama-server's context a slot")
     args = parser.parse_args()
     bench = load("bench_serving", REPO / "bench" / "serving.py")
     embeddings = load("bench_embeddings", REPO / "bench" / "embeddings.py")
@@ -87,7 +90,7 @@ def main() -> None:
     server_cmd = [
         str(bench.llama_server_binary()), "-m", str(gguf), "--rerank", "--port",
         str(port_b), "-t", threads, "-tb", threads, "-np", str(args.batch), "-b", "8192",
-        "-ub", "8192", "-c", str(256 * args.batch),
+        "-ub", "8192", "-c", str(args.slot_ctx * args.batch),
     ]  # fmt: skip
     servers = [
         bench.start("llorch", llorch_cmd, port_a, "/ready", work),

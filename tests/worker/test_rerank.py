@@ -92,3 +92,18 @@ def test_concurrent_requests_share_a_call() -> None:
     assert len(calls) == 2 and sorted(calls[1]) == [10, 11, 20, 21, 22, 30, 31, 32, 33]
     for request, got in enumerate(results):
         assert got == [float(p.n_first) for p in pairs_of(request)]
+
+
+def test_a_decoders_inputs_pack_into_small_decodes() -> None:
+    """A decoder's packed inputs attend over the whole decode (one KV cache): packed up to
+    DECODER_PACK_TOKENS, an input longer than that alone, never more than max_sequences."""
+    from llorch.worker.backend.embed import DECODER_PACK_TOKENS, LlamaEmbedder
+
+    embedder = LlamaEmbedder.__new__(LlamaEmbedder)  # the packing rule only, no model
+    embedder._pack, embedder.max_sequences = DECODER_PACK_TOKENS, 64
+    lengths = [300, 300, 300, 300, 2000, 10, 10]
+    groups = [list(g) for g in embedder._groups(lengths)]
+    assert groups == [[0, 1, 2], [3], [4], [5, 6]]
+    assert all(sum(lengths[i] for i in g) <= DECODER_PACK_TOKENS for g in groups if len(g) > 1)
+    embedder.max_sequences = 2
+    assert [list(g) for g in embedder._groups([10] * 5)] == [[0, 1], [2, 3], [4]]
