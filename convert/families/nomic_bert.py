@@ -14,9 +14,9 @@ converter (conversion/bert.py, NomicBertModel) and graph (src/models/bert.cpp):
   max_trained_positions 2048); transformers' NomicBertConfig uses BERT's (hidden_size, ...,
   rope_parameters, hidden_act "silu"). Both are read. The context is the trained 2048 tokens,
   as llama.cpp's converter writes it ("nomic-embed-text v1 and v1.5 are trained for 2048").
-- Refused as llama.cpp's converter refuses them: prenorm, partial or interleaved rotary,
-  rotary scaling, a causal variant; v2-MoE (moe_every_n_layers: llama.cpp's nomic-bert-moe)
-  is not converted here.
+- Refused: prenorm, partial or interleaved rotary, rotary scaling, a causal variant (what
+  llama.cpp's converter asserts against), and RMSNorm (its graph's norms are LayerNorms);
+  v2-MoE (moe_every_n_layers: llama.cpp's nomic-bert-moe) is not converted here.
 - Pooling, Normalize and prompts come from the sentence-transformers config as for BERT.
   nomic-embed-text-v1.5 is Matryoshka-trained (recognised by its name, as its config does not
   say it), and its model card shortens a vector by a layer norm over the whole vector, then
@@ -63,6 +63,7 @@ def _check(model: ModelInput) -> None:
         "activation_function / hidden_act": act not in SWIGLU,
         "moe_every_n_layers (nomic-embed-text-v2-moe)": bool(cfg.get("moe_every_n_layers")),
         "prenorm": bool(cfg.get("prenorm")),
+        "use_rms_norm": bool(cfg.get("use_rms_norm")),
         "causal": bool(cfg.get("causal")),
         "rotary_emb_fraction": cfg.get("rotary_emb_fraction", 1.0) != 1.0,
         "rotary_emb_interleaved": bool(cfg.get("rotary_emb_interleaved")),

@@ -107,7 +107,13 @@ def test_released_config_names_convert_alike(checkpoint: Any, helpers: Any, tmp_
     assert (fields, tensors) == _contents(tmp_path / "released.gguf")
     # what llama.cpp's nomic-bert graph cannot run is refused, naming the setting
     released = json.loads((built.folder / "config.json").read_text())
-    for key, value in (("prenorm", True), ("moe_every_n_layers", 2), ("rotary_emb_fraction", 0.5)):
+    refused = (
+        ("prenorm", True),
+        ("moe_every_n_layers", 2),
+        ("rotary_emb_fraction", 0.5),
+        ("use_rms_norm", True),
+    )
+    for key, value in refused:
         (built.folder / "config.json").write_text(json.dumps({**released, key: value}))
         with pytest.raises(ConfigError, match=key):
             convert(built.folder, tmp_path / "refused.gguf", outtype="f32", verify=False)
