@@ -39,6 +39,7 @@ from llorch.worker.chat.types import ChatRequest, JsonFormat
 from llorch.worker.job_stream import JobStream
 from llorch.worker.jobs import Capacity, JobEvent, State
 from llorch.worker.media import MarkedVocabulary, MediaLimits, MediaRef
+from llorch.worker.rerank import TemplateForm
 from llorch.worker.scheduler import Scheduler
 
 __all__ = ["Embeddings", "Engine", "Health", "JobRequest", "JobStream"]
@@ -484,7 +485,12 @@ class Engine:
         return Embeddings(vectors, sum(len(t) for t in token_lists))
 
     async def rerank(
-        self, query: str, documents: Sequence[str], *, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool = True,
+        instruction: str | None = None,
     ) -> rerank.Ranking:
         """The reranker's score of each (query, document) pair, in the documents' order (a
         cross-encoder's logit; an LLM reranker's "yes" logit less its "no"); pairs are formed
@@ -497,8 +503,13 @@ class Engine:
                 param="model",
             )
         if model.rerank_template is not None:  # an LLM reranker: its prompt per pair
-            inputs = await asyncio.to_thread(
-                self._prompt_pairs, model.rerank_template, query, documents, truncate
+            form = TemplateForm(model.rerank_template).instructed(instruction)
+            inputs = await asyncio.to_thread(self._prompt_pairs, form, query, documents, truncate)
+        elif instruction is not None:
+            raise InvalidRequestError(
+                f"{model.name} is a cross-encoder: it reads no instruction (an LLM reranker "
+                "such as Qwen3-Reranker does)",
+                param="instruction",
             )
         else:
             inputs = await self._cross_encoder_pairs(query, documents, truncate=truncate)
@@ -506,13 +517,13 @@ class Engine:
         return rerank.Ranking(scores, sum(len(pair.tokens) for pair in inputs))
 
     def _prompt_pairs(
-        self, template: str, query: str, documents: Sequence[str], truncate: bool
+        self, form: TemplateForm, query: str, documents: Sequence[str], truncate: bool
     ) -> list[RankInput]:
         """An LLM reranker's pairs, its rerank template filled per document (run off the
         event loop: one trip for every text)."""
         scheduler = self.scheduler
         return rerank.template_pairs(
-            rerank.TemplateForm(template),
+            form,
             lambda text, special: scheduler.tokenize(text, False, special),
             scheduler.detokenize,
             query,

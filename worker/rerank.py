@@ -72,7 +72,9 @@ class PairForm:
         return RankInput(tokens=(*first, *document, *self.close), n_first=len(first))
 
 
-_SLOTS = re.compile(r"\{query\}|\{document\}")
+INSTRUCT = "<Instruct>: "  # Qwen3-Reranker's task line (its model card's format_instruction)
+_INSTRUCTION = "{instruction}"
+_SLOTS = re.compile(r"\{query\}|\{document\}|\{instruction\}")
 _TRIES = 4  # re-forming a cut pair may merge tokens differently: cut again, a few times
 
 
@@ -82,12 +84,32 @@ class TemplateForm:
     rerank, as llama.cpp's converter writes it for Qwen3-Reranker)."""
 
     template: str
+    instruction: str | None = None  # filled in at `{instruction}` (instructed)
+
+    def instructed(self, instruction: str | None) -> TemplateForm:
+        """The template with `instruction` in place of its own task instruction (the text of
+        Qwen3-Reranker's `<Instruct>: ` line); None: as it is."""
+        if instruction is None:
+            return self
+        start = self.template.find(INSTRUCT)
+        end = self.template.find("\n", start + len(INSTRUCT))
+        if start < 0 or end < 0:
+            raise InvalidRequestError(
+                f"this model's rerank template has no {INSTRUCT.strip()!r} line to put an "
+                "instruction in",
+                param="instruction",
+            )
+        begin = start + len(INSTRUCT)
+        template = self.template[:begin] + _INSTRUCTION + self.template[end:]
+        return TemplateForm(template, instruction)
 
     def text(self, query: str, document: str) -> str:
-        """The template with the query and the document in place (each slot filled once:
-        a query that contains `{document}` stays as written)."""
+        """The template with the query, the document (and the instruction) in place, each
+        slot filled once: a query that contains `{document}` stays as written."""
         values = {"{query}": query, "{document}": document}
-        return _SLOTS.sub(lambda m: values[m.group(0)], self.template)
+        if self.instruction is not None:
+            values[_INSTRUCTION] = self.instruction
+        return _SLOTS.sub(lambda m: values.get(m.group(0), m.group(0)), self.template)
 
 
 def template_pairs(

@@ -16,7 +16,7 @@ import pytest
 from support import start_worker
 
 from llorch.convert import convert
-from llorch.convert.families.qwen3 import TEMPLATE
+from llorch.convert.families.qwen3 import INSTRUCTION, TEMPLATE
 from llorch.detector import detect
 
 QWEN3 = {
@@ -40,6 +40,7 @@ DOCUMENTS = [
 ]
 LONG = " ".join(["Berlin's districts change every year."] * 60)  # past the served context
 CTX = 512
+TASK = "Given a question about a city, find the passage that answers it"
 
 
 def _build(checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> Path:
@@ -50,7 +51,9 @@ def _build(checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, name:
     return built.folder
 
 
-def _reference(folder: Path, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
+def _reference(
+    folder: Path, query: str, documents: list[str], template: str = TEMPLATE
+) -> tuple[np.ndarray, int]:
     """logit(yes) - logit(no) at the last position of each pair's prompt, and its tokens."""
     import torch
     import transformers
@@ -60,7 +63,7 @@ def _reference(folder: Path, query: str, documents: list[str]) -> tuple[np.ndarr
     model = transformers.Qwen3ForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     scores, n_tokens = [], 0
     for document in documents:
-        text = TEMPLATE.replace("{query}", query).replace("{document}", document)
+        text = template.replace("{query}", query).replace("{document}", document)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         n_tokens += len(ids)
         with torch.no_grad():
@@ -107,6 +110,7 @@ def test_served_scores_match_transformers(
             url, json={"query": QUERY, "documents": documents, "truncate": False}, timeout=120
         )
         embeddings = httpx.post(f"{worker.url}/v1/embeddings", json={"input": "x"}, timeout=60)
+        instructed = httpx.post(url, json={**body, "instruction": TASK}, timeout=120)
     finally:
         assert worker.stop() == 0
 
@@ -140,6 +144,14 @@ def test_served_scores_match_transformers(
     assert refused.status_code == 400, refused.text
     assert f"documents[{len(DOCUMENTS)}]" in refused.text
     assert embeddings.status_code == 400 and "reranker" in embeddings.text
+
+    # a task instruction of the request's in place of the template's (the model card's
+    # format_instruction)
+    assert instructed.status_code == 200, instructed.text
+    want_task, _ = _reference(folder, QUERY, DOCUMENTS, TEMPLATE.replace(INSTRUCTION, TASK))
+    assert np.abs(want_task - want).max() > 1e-3  # the instruction matters
+    got_task = {r["index"]: r["relevance_score"] for r in instructed.json()["results"]}
+    assert max(abs(got_task[i] - want_task[i]) for i in range(len(DOCUMENTS))) <= 1e-3
 
 
 def test_without_its_name_it_is_a_plain_qwen3(

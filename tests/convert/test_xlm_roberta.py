@@ -80,6 +80,9 @@ def test_served_scores_match_transformers(checkpoint: Any, tmp_path: Path) -> No
     try:
         body = {"query": QUERY, "documents": DOCUMENTS}
         reply = httpx.post(f"{worker.url}/v1/rerank", json=body, timeout=60)
+        instructed = httpx.post(
+            f"{worker.url}/v1/rerank", json={**body, "instruction": "Find it"}, timeout=60
+        )
     finally:
         assert worker.stop() == 0
     assert reply.status_code == 200, reply.text
@@ -89,6 +92,7 @@ def test_served_scores_match_transformers(checkpoint: Any, tmp_path: Path) -> No
     assert [r["index"] for r in results] == order
     assert np.abs(got - want).max() <= 1e-3
     assert reply.json()["usage"]["prompt_tokens"] == n_tokens  # the same pairs, cut alike
+    assert instructed.status_code == 400 and "instruction" in instructed.text  # not an LLM
     assert json.loads((built.folder / "config.json").read_text())["pad_token_id"] == 1
 
 

@@ -107,3 +107,17 @@ def test_a_decoders_inputs_pack_into_small_decodes() -> None:
     assert all(sum(lengths[i] for i in g) <= DECODER_PACK_TOKENS for g in groups if len(g) > 1)
     embedder.max_sequences = 2
     assert [list(g) for g in embedder._groups([10] * 5)] == [[0, 1], [2, 3], [4]]
+
+
+def test_an_instruction_replaces_the_templates_own() -> None:
+    from llorch.worker.rerank import TemplateForm
+
+    form = TemplateForm("<s>\n<Instruct>: default task\n<Query>: {query}\n<Document>: {document}")
+    custom = form.instructed("find {document} passages")
+    assert custom.text("q {document}", "d") == (
+        "<s>\n<Instruct>: find {document} passages\n<Query>: q {document}\n<Document>: d"
+    )
+    assert form.instructed(None) is form
+    with pytest.raises(InvalidRequestError) as caught:
+        TemplateForm("{query} {document}").instructed("task")
+    assert caught.value.param == "instruction"

@@ -32,6 +32,10 @@ TRUNCATE = (
     "from its end, as sentence-transformers' CrossEncoder does); false: such a pair is a 400."
 )
 Query = Annotated[Text, Field(min_length=1)]
+INSTRUCTION = (
+    "An LLM reranker's task instruction (Qwen3-Reranker's `<Instruct>`) in place of the one its "
+    "template carries; a cross-encoder has none (400)."
+)
 
 
 class Document(BaseModel):
@@ -59,6 +63,7 @@ class RerankRequest(BaseModel):
     return_documents: bool = False
     normalize: bool = Field(False, description="Scores as the sigmoid of the model's logit.")
     truncate: bool = Field(True, description=TRUNCATE)
+    instruction: Annotated[Text, Field(min_length=1)] | None = Field(None, description=INSTRUCTION)
 
 
 class TeiRerankRequest(BaseModel):
@@ -72,6 +77,7 @@ class TeiRerankRequest(BaseModel):
     raw_scores: bool = Field(False, description="The model's logit instead of its sigmoid.")
     return_text: bool = False
     truncate: bool = Field(True, description=TRUNCATE)
+    instruction: Annotated[Text, Field(min_length=1)] | None = Field(None, description=INSTRUCTION)
 
 
 def _sigmoid(x: float) -> float:
@@ -94,7 +100,9 @@ def build_router(fleet: Fleet, metrics: WorkerMetrics) -> APIRouter:
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         engine = await fleet.engine(body.model)
         model = engine.loaded()
-        ranking = await engine.rerank(body.query, texts, truncate=body.truncate)
+        ranking = await engine.rerank(
+            body.query, texts, truncate=body.truncate, instruction=body.instruction
+        )
         metrics.rerank_pairs.inc(len(ranking.scores))
         results = []
         for i in _best_first(ranking.scores)[: body.top_n]:
@@ -113,7 +121,9 @@ def build_router(fleet: Fleet, metrics: WorkerMetrics) -> APIRouter:
 
     async def _tei(body: TeiRerankRequest) -> JSONResponse:
         engine = await fleet.engine(body.model)
-        ranking = await engine.rerank(body.query, body.texts, truncate=body.truncate)
+        ranking = await engine.rerank(
+            body.query, body.texts, truncate=body.truncate, instruction=body.instruction
+        )
         metrics.rerank_pairs.inc(len(ranking.scores))
         results = []
         for i in _best_first(ranking.scores):
