@@ -197,7 +197,7 @@ class LlamaBatchDecoder:
         self._by_key[key] = slot
         if request.echo:
             first = TokenLogprob(prompt[0], self._token_bytes(prompt[0]), None)
-            slot.seq.prompt_scores.append(Scored(first))
+            slot.seq.echo.prompt_scores.append(Scored(first))
         # Log-probabilities need the logits on the host: such a chain is never moved. Nor is
         # a reasoning budget's: a forced token replaces what the chain would sample, which
         # the graph samples before the host could say so (llama.cpp's common sampler refuses
@@ -224,7 +224,7 @@ class LlamaBatchDecoder:
                 and seq.request.prompt_tokens == request.prompt_tokens
                 and seq.request.lora == request.lora
                 and seq.first_token_at == 0.0
-                and seq.leader is None
+                and seq.shared.leader is None
                 and not seq.in_graph  # its logits must be on the host to sample from
                 and not seq.request.echo
             ):
@@ -246,9 +246,9 @@ class LlamaBatchDecoder:
         if self._checkpoints is not None:
             self._checkpoints.clear(slot.seq_id)
         slot.seq = SeqState(key, request, chain, [], reused=len(request.prompt_tokens))
-        slot.seq.leader = leader
+        slot.seq.shared.leader = leader
         assert leader.seq is not None
-        leader.seq.followers.append(slot)
+        leader.seq.shared.followers.append(slot)
         self._by_key[key] = slot
         self._speculation.decide(slot)
 
@@ -261,7 +261,7 @@ class LlamaBatchDecoder:
             ll.llama_get_memory(self._ctx), leader.seq_id, follower.seq_id, -1, -1
         )
         follower.cached = list(leader.cached)
-        seq.leader = None
+        seq.shared.leader = None
         seq.first_token_at = now
         self._sample_and_emit(follower, index, out)
 
@@ -308,7 +308,7 @@ class LlamaBatchDecoder:
                 budget = max(1, n_tokens // 2)
         now = time.perf_counter()
         for slot in self._slots:
-            if slot.seq is not None and slot.seq.to_score:
+            if slot.seq is not None and slot.seq.echo.to_score:
                 self._score_prompt(slot.seq)
         for slot, index in outputs:
             seq = slot.seq
@@ -316,14 +316,14 @@ class LlamaBatchDecoder:
             if seq.first_token_at == 0.0:
                 seq.first_token_at = now
                 if seq.request.echo:  # the prompt is read: its scores go before any token
-                    out.append((seq.key, PromptScores(tuple(seq.prompt_scores))))
+                    out.append((seq.key, PromptScores(tuple(seq.echo.prompt_scores))))
                 if seq.request.max_tokens == 0:
                     self._finish(slot, StopReason.MAX_TOKENS, out)
                     continue
-                for follower in seq.followers:
+                for follower in seq.shared.followers:
                     self._fork(slot, follower, index, out, now)
-                seq.followers.clear()
-            if seq.verifying:
+                seq.shared.followers.clear()
+            if seq.spec.verifying:
                 emit = functools.partial(self._on_token, slot, out=out)
                 self._speculation.verify(slot, index, functools.partial(self._sample, seq), emit)
             else:
@@ -333,7 +333,7 @@ class LlamaBatchDecoder:
     def _timed(self, outputs: list[tuple[Slot, int]], n_tokens: int, seconds: float) -> None:
         """The decode's time for speculation's cost model: per position with logits (one per
         output, and the drafts), when the batch read no prompt chunk."""
-        n_draft = sum(len(slot.seq.verifying) for slot, _ in outputs if slot.seq is not None)
+        n_draft = sum(len(slot.seq.spec.verifying) for slot, _ in outputs if slot.seq is not None)
         n_logits = len(outputs) + n_draft
         self._speculation.decoded(n_logits, n_draft, seconds, pure=n_logits == n_tokens)
 
@@ -381,12 +381,12 @@ class LlamaBatchDecoder:
 
     def _score_prompt(self, seq: SeqState) -> None:
         top = seq.request.logprobs or 0
-        for index, predicted in seq.to_score:
+        for index, predicted in seq.echo.to_score:
             distribution = logprobs.log_softmax(self._ctx, index, self._n_vocab)
-            seq.prompt_scores.append(
+            seq.echo.prompt_scores.append(
                 logprobs.score(distribution, predicted, top, self._token_bytes)
             )
-        seq.to_score.clear()
+        seq.echo.to_score.clear()
 
     def _sample(self, seq: SeqState, index: int) -> int:
         forced = self._forced(seq)
@@ -469,9 +469,9 @@ class LlamaBatchDecoder:
             outputs.append((slot, n))
             put(seq.next_token, slot, True)
             seq.next_token = None
-            seq.verifying = seq.draft[: max(0, budget - n - (len(generating) - i - 1))]
-            seq.draft = []
-            for token in seq.verifying:
+            seq.spec.verifying = seq.spec.proposed[: max(0, budget - n - (len(generating) - i - 1))]
+            seq.spec.proposed = []
+            for token in seq.spec.verifying:
                 put(token, slot, True)
         # Then prompt chunks, in slot order, as far as the batch has room.
         for slot in self._slots:
@@ -495,7 +495,7 @@ class LlamaBatchDecoder:
                 if last:
                     outputs.append((slot, n))
                 elif seq.request.echo:  # these logits score the next prompt token
-                    seq.to_score.append((n, prompt[len(slot.cached) + 1]))
+                    seq.echo.to_score.append((n, prompt[len(slot.cached) + 1]))
                 put(token, slot, last or seq.request.echo)
         batch.n_tokens = n
         return outputs, placed
@@ -522,13 +522,13 @@ class LlamaBatchDecoder:
             assert seq is not None
             tokens = slot.cached[before:]
             del slot.cached[before:]
-            seq.to_score.clear()
+            seq.echo.to_score.clear()
             ll.llama_memory_seq_rm(memory, slot.seq_id, before, -1)
             if seq.output.n_out == 0:
                 seq.to_ingest[:0] = tokens  # a prompt chunk: nothing generated yet
             else:
                 seq.next_token = tokens[0]  # the one generated token, and its draft
-                seq.draft, seq.verifying = tokens[1:], []
+                seq.spec.proposed, seq.spec.verifying = tokens[1:], []
 
     def _fail(self, slot: Slot, out: Emitted) -> None:
         seq = slot.seq
@@ -595,8 +595,8 @@ class LlamaBatchDecoder:
                     stop_sequence_matched=matched,
                     prompt_time_ms=(started - seq.added_at) * 1000.0,
                     prompt_cached=seq.reused,
-                    drafted=seq.drafted,
-                    accepted=seq.accepted,
+                    drafted=seq.spec.drafted,
+                    accepted=seq.spec.accepted,
                     draft_saved_ms=self._speculation.saved_ms(slot),
                 ),
             )
@@ -609,14 +609,14 @@ class LlamaBatchDecoder:
             return
         if seq.in_graph:  # detach before freeing: the context keeps the pointer
             ll.llama_set_sampler(self._ctx, slot.seq_id, None)
-        for follower in seq.followers:  # the leader left before its prompt was read
+        for follower in seq.shared.followers:  # the leader left before its prompt was read
             waiting = follower.seq
             assert waiting is not None
-            waiting.leader, waiting.reused = None, 0
+            waiting.shared.leader, waiting.reused = None, 0
             waiting.to_ingest = list(waiting.request.prompt_tokens)
-        seq.followers.clear()
-        if seq.leader is not None and seq.leader.seq is not None:
-            seq.leader.seq.followers.remove(slot)
+        seq.shared.followers.clear()
+        if seq.shared.leader is not None and seq.shared.leader.seq is not None:
+            seq.shared.leader.seq.shared.followers.remove(slot)
         sampling.free_chain(seq.chain)
         self._by_key.pop(seq.key, None)
         slot.seq = None

@@ -13,6 +13,41 @@ from llorch.worker.backend.text import SequenceText
 
 
 @dataclass
+class Drafting:
+    """Speculative decoding of one sequence (speculative.py): whether it drafts, the draft
+    proposed for the next decode, the draft in the decode now (after next_token), and the
+    totals."""
+
+    on: bool = False
+    proposed: list[int] = field(default_factory=list)
+    verifying: list[int] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
+    max_len: int = 0  # the longest draft to ask for next (adapts)
+    pause: int = 0  # steps left without drafting, after drafts that missed at once
+    misses: int = 0  # such drafts in a row
+
+
+@dataclass
+class Echo:
+    """Scoring the prompt (echo): (batch index, the prompt token its logits predict) of this
+    step, and the scores of the prompt so far (its first token has none: nothing predicts
+    it)."""
+
+    to_score: list[tuple[int, int]] = field(default_factory=list)
+    prompt_scores: list[Scored] = field(default_factory=list)
+
+
+@dataclass
+class SharedPrompt:
+    """The same prompt as a sequence still reading it (n > 1, or identical requests): a
+    follower waits, then copies its leader's KV cache instead of reading the prompt again."""
+
+    leader: Slot | None = None
+    followers: list[Slot] = field(default_factory=list)
+
+
+@dataclass
 class SeqState:
     """The state of one request while it occupies a slot."""
 
@@ -27,24 +62,9 @@ class SeqState:
     output: SequenceText = field(init=False)
     cancelled: bool = False
     in_graph: bool = False  # sampled inside llama.cpp's graph (backend sampling)
-    # Echo: (batch index, the prompt token its logits predict) of this step, and the scores
-    # of the prompt so far (its first token has none: nothing predicts it).
-    to_score: list[tuple[int, int]] = field(default_factory=list)
-    prompt_scores: list[Scored] = field(default_factory=list)
-    # The same prompt as a sequence still reading it (n > 1, or identical requests): this one
-    # waits, then copies the leader's KV cache instead of reading the prompt again.
-    leader: Slot | None = None
-    followers: list[Slot] = field(default_factory=list)
-    # Speculative decoding: whether this sequence drafts, the draft proposed for the next
-    # decode, the draft in the decode now (after next_token), and the totals.
-    speculate: bool = False
-    draft: list[int] = field(default_factory=list)
-    verifying: list[int] = field(default_factory=list)
-    drafted: int = 0
-    accepted: int = 0
-    draft_len: int = 0  # the longest draft to ask for next (adapts: speculative.py)
-    pause: int = 0  # steps left without drafting, after drafts that missed at once
-    misses: int = 0  # such drafts in a row
+    spec: Drafting = field(default_factory=Drafting)
+    echo: Echo = field(default_factory=Echo)
+    shared: SharedPrompt = field(default_factory=SharedPrompt)
     # The reasoning budget's state: which closing-tag token is forced next, if any.
     budget: ThinkingBudget | None = field(init=False)
 

@@ -65,7 +65,7 @@ class Speculation:
         assert seq is not None
         request = seq.request
         wanted = self._options.default if request.speculative is None else request.speculative
-        seq.speculate = (
+        seq.spec.on = (
             wanted
             and request.logprobs is None
             and not request.echo
@@ -75,9 +75,11 @@ class Speculation:
         self._acceptance[slot.seq_id] = Acceptance()
         self._saved_ms[slot.seq_id] = 0.0
         self._gated.discard(slot.seq_id)
-        if seq.speculate:
+        if seq.spec.on:
             adaptive = self._drafter.adaptive
-            seq.draft_len = self._options.draft_max if adaptive else self._options.ngram_draft_max
+            seq.spec.max_len = (
+                self._options.draft_max if adaptive else self._options.ngram_draft_max
+            )
             if self._options.auto and request.speculative is None and not adaptive:
                 self._gated.add(slot.seq_id)
             self._drafter.reset(slot.seq_id)
@@ -100,12 +102,12 @@ class Speculation:
             if seq is None or seq.next_token is None or seq.request.lora != group:
                 continue
             generating += 1
-            if not seq.speculate:
+            if not seq.spec.on:
                 continue
-            if seq.pause > 0:
-                seq.pause -= 1
+            if seq.spec.pause > 0:
+                seq.spec.pause -= 1
                 continue
-            room = min(seq.request.max_tokens - seq.output.n_out - 1, seq.draft_len)
+            room = min(seq.request.max_tokens - seq.output.n_out - 1, seq.spec.max_len)
             if room > 0:
                 wants.append((slot.seq_id, [*slot.cached, seq.next_token], room))
                 seqs.append((slot.seq_id, seq))
@@ -120,7 +122,7 @@ class Speculation:
                 gated.append((seq_id, seq, draft))
                 bystanders -= 1
             elif draft:  # asked for, or a draft model's (adaptive): drafts regardless
-                seq.draft = draft
+                seq.spec.proposed = draft
                 base += len(draft)
                 expected += expected_taken(self._acceptance[seq_id].p, len(draft))
                 bystanders -= 1
@@ -128,7 +130,7 @@ class Speculation:
             candidates = [(self._acceptance[i].p, len(d)) for i, _, d in gated]
             lengths = plan(self.cost, base, candidates, expected, bystanders)
             for (seq_id, seq, draft), k in zip(gated, lengths, strict=True):
-                seq.draft = draft[:k]
+                seq.spec.proposed = draft[:k]
                 if not k:
                     self._acceptance[seq_id].held_back()
 
@@ -151,8 +153,8 @@ class Speculation:
         while the sample equals the draft; then drop the KV cells of the draft not taken."""
         seq = slot.seq
         assert seq is not None
-        draft, seq.verifying = seq.verifying, []
-        seq.drafted += len(draft)
+        draft, seq.spec.verifying = seq.spec.verifying, []
+        seq.spec.drafted += len(draft)
         n, n_draft = self._step
         plain = self.cost(max(1, n - n_draft))  # the step without any drafts
         self._saved_ms[slot.seq_id] -= self.cost(n) - plain
@@ -161,7 +163,7 @@ class Speculation:
             token = sample(index + i)
             hit = i < len(draft) and token == draft[i]
             if hit:  # counted before emit(), which may end the sequence with this token
-                seq.accepted += 1
+                seq.spec.accepted += 1
                 taken += 1
                 self._saved_ms[slot.seq_id] += plain
             emit(token)
@@ -186,14 +188,14 @@ class Speculation:
         if not drafted:
             return
         if taken == drafted:
-            seq.draft_len = min(2 * seq.draft_len, self._options.draft_max)
+            seq.spec.max_len = min(2 * seq.spec.max_len, self._options.draft_max)
         else:
-            seq.draft_len = max(taken, 2)
+            seq.spec.max_len = max(taken, 2)
         if taken:
-            seq.misses = 0
+            seq.spec.misses = 0
         else:
-            seq.pause = min(1 << seq.misses, 16)
-            seq.misses += 1
+            seq.spec.pause = min(1 << seq.spec.misses, 16)
+            seq.spec.misses += 1
 
     def close(self) -> None:
         self._drafter.close()
