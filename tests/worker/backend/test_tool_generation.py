@@ -71,8 +71,20 @@ def lazy(grammar: str, *triggers: str) -> SamplingParams:
 def llama_cpp_greedy(
     backend: LlamaCppBackend, prompt: list[int], n: int, grammar: str, triggers: tuple[str, ...]
 ) -> list[int]:
+    """The reference for a lazy grammar: llama.cpp's lazy grammar sampler, then greedy."""
+    vocab = ll.llama_model_get_vocab(backend._model)  # type: ignore[attr-defined]
+    patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
+    lazy_grammar = ll.llama_sampler_init_grammar_lazy_patterns(
+        vocab, grammar.encode(), b"root", patterns, len(triggers), None, 0
+    )
+    return llama_cpp_tokens(backend, prompt, n, [lazy_grammar])
+
+
+def llama_cpp_tokens(
+    backend: LlamaCppBackend, prompt: list[int], n: int, samplers: list[ll.llama_sampler_p]
+) -> list[int]:
     """The reference: llama.cpp on its own, through its low-level API: a context of its own,
-    a chain of its lazy grammar sampler and greedy, llama_sampler_sample token by token."""
+    a chain of `samplers` and greedy, llama_sampler_sample token by token."""
     model = backend._model  # type: ignore[attr-defined]
     vocab = ll.llama_model_get_vocab(model)
     params = ll.llama_context_default_params()
@@ -80,12 +92,8 @@ def llama_cpp_greedy(
     params.n_threads = params.n_threads_batch = 2
     ctx = ll.llama_init_from_model(model, params)
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
-    grammar_sampler = ll.llama_sampler_init_grammar_lazy_patterns(
-        vocab, grammar.encode(), b"root", patterns, len(triggers), None, 0
-    )
-    ll.llama_sampler_chain_add(chain, grammar_sampler)
-    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+    for sampler in [*samplers, ll.llama_sampler_init_greedy()]:
+        ll.llama_sampler_chain_add(chain, sampler)
     out: list[int] = []
     try:
         batch = (ll.llama_token * len(prompt))(*prompt)
@@ -157,39 +165,19 @@ def test_greedy_under_a_grammar_picks_as_llama_cpp_does(backend):
     prompt = backend.tokenize(FRANCE)
     ids, text, _ = run(backend, request(backend, prompt, 40, params))
     assert text.startswith('{"city"'), text
-    model = backend._model  # type: ignore[attr-defined]
-    vocab = ll.llama_model_get_vocab(model)
+    vocab = ll.llama_model_get_vocab(backend._model)  # type: ignore[attr-defined]
     n_vocab = ll.llama_vocab_n_tokens(vocab)
-    ctx_params = ll.llama_context_default_params()
-    ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = 512
-    ctx_params.n_threads = ctx_params.n_threads_batch = 2
-    ctx = ll.llama_init_from_model(model, ctx_params)
-    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    ll.llama_sampler_chain_add(
-        chain, ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    )
     bias = (ll.llama_logit_bias * 1)()
     bias[0].token, bias[0].bias = banned, -5.0
-    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(n_vocab, 1, bias))
     penalties = ll.llama_sampler_init_penalties(n_vocab, 512, 1.3, 0.0, 0.0)
     for token in prompt:  # the penalties see the prompt, the grammar only the output
         ll.llama_sampler_accept(penalties, token)
-    ll.llama_sampler_chain_add(chain, penalties)
-    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-    expected: list[int] = []
-    try:
-        batch = (ll.llama_token * len(prompt))(*prompt)
-        assert ll.llama_decode(ctx, ll.llama_batch_get_one(batch, len(prompt))) == 0
-        while len(expected) < 40:
-            token = ll.llama_sampler_sample(chain, ctx, -1)
-            if ll.llama_vocab_is_eog(vocab, token):
-                break
-            expected.append(token)
-            one = (ll.llama_token * 1)(token)
-            assert ll.llama_decode(ctx, ll.llama_batch_get_one(one, 1)) == 0
-    finally:
-        ll.llama_sampler_free(chain)
-        ll.llama_free(ctx)
+    samplers = [
+        ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root"),
+        ll.llama_sampler_init_logit_bias(n_vocab, 1, bias),
+        penalties,
+    ]
+    expected = llama_cpp_tokens(backend, prompt, 40, samplers)
     assert ids == expected
 
 
