@@ -8,6 +8,8 @@ checkpoints), and the answer is the one a fresh slot gives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -37,17 +39,33 @@ def run(backend: LlamaCppBackend, prompt: list[int]) -> tuple[list[int], FinishE
     return [e.token_id for e in events if isinstance(e, TokenEvent)], end
 
 
+Model = tuple[Path, list[int], list[int]]  # the GGUF, a prompt, a turn sharing only it
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Model]:
+    """A case's model, built and converted once for the module."""
+
+    @cache
+    def made(case_id: str) -> Model:
+        case = parity_cases.CASES[case_id]
+        folder = tmp_path_factory.mktemp(case_id)
+        built = build_checkpoint(
+            folder / "hf", case.model_cls, case.config_cls, case.config, tokenizer="gpt2"
+        )
+        convert(built.folder, folder / "m.gguf", outtype="f32")
+        prompt = sample_tokens(built.n_vocab, n=80, seed=3)
+        return folder / "m.gguf", prompt, prompt + sample_tokens(built.n_vocab, n=5, seed=4)
+
+    return made
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case_id", CASES)
-def test_a_turn_after_a_cut_restores_the_checkpoint(case_id: str, tmp_path: Path) -> None:
-    case = parity_cases.CASES[case_id]
-    built = build_checkpoint(
-        tmp_path / "hf", case.model_cls, case.config_cls, case.config, tokenizer="gpt2"
-    )
-    path = tmp_path / "m.gguf"
-    convert(built.folder, path, outtype="f32")
-    prompt = sample_tokens(built.n_vocab, n=80, seed=3)
-    follow_up = prompt + sample_tokens(built.n_vocab, n=5, seed=4)
+def test_a_turn_after_a_cut_restores_the_checkpoint(
+    case_id: str, model: Callable[[str], Model]
+) -> None:
+    path, prompt, follow_up = model(case_id)
     backend, fresh = LlamaCppBackend(), LlamaCppBackend()
     backend.load(path, OPTIONS)
     fresh.load(path, OPTIONS)
@@ -65,18 +83,11 @@ def test_a_turn_after_a_cut_restores_the_checkpoint(case_id: str, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_the_host_ram_cache_keeps_the_checkpoints(tmp_path: Path) -> None:
+def test_the_host_ram_cache_keeps_the_checkpoints(model: Callable[[str], Model]) -> None:
     """The same turn on another slot: the first slot is busy, the host-RAM cache holds the
     first turn's state and its checkpoints, and the turn restores the one 4 tokens before the
     shared prompt's end there (Qwen 3.5 hybrid: recurrent states and a KV cache)."""
-    case = parity_cases.CASES["qwen35-hybrid"]
-    built = build_checkpoint(
-        tmp_path / "hf", case.model_cls, case.config_cls, case.config, tokenizer="gpt2"
-    )
-    path = tmp_path / "m.gguf"
-    convert(built.folder, path, outtype="f32")
-    prompt = sample_tokens(built.n_vocab, n=80, seed=3)
-    follow_up = prompt + sample_tokens(built.n_vocab, n=5, seed=4)
+    path, prompt, follow_up = model("qwen35-hybrid")
     backend, fresh = LlamaCppBackend(), LlamaCppBackend()
     backend.load(path, LoadOptions(ctx_size=256, parallel=2, threads=2, cache_bytes=64 << 20))
     fresh.load(path, OPTIONS)
