@@ -36,6 +36,13 @@ class ModelInput:
     n_vocab: int
     text_part: TextPart | None  # the table row's: a multimodal wrapper's language model
 
+    def names(self) -> list[str]:
+        """What the checkpoint is called: its folder's name, a Hub cache's repository folder
+        (`models--Org--Name`, above `snapshots/<commit>`) and config.json's `_name_or_path`."""
+        found = [self.folder.name, str(self.config.get("_name_or_path") or "")]
+        found += [part for part in self.folder.parts if part.startswith("models--")]
+        return [name for name in found if name]
+
     def text_name(self, name: str) -> str | None:
         """A checkpoint tensor's name as the text model's checkpoints spell it; None for a
         wrapper's part that is not converted."""

@@ -78,8 +78,7 @@ def _check(model: ModelInput) -> None:
 
 
 def is_matryoshka(model: ModelInput) -> bool:
-    name = str(model.config.get("_name_or_path") or "")
-    hints = [name, *model.folder.parts]
+    hints = model.names()
     readme = model.folder / "README.md"
     if readme.is_file():
         hints += [

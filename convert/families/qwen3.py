@@ -17,7 +17,7 @@ Facts from the model card (Qwen/Qwen3-Reranker-0.6B) and llama.cpp's converter
 - Recognised as llama.cpp's converter does, minus its guesses from other architectures: the
   config says only Qwen3ForCausalLM, so the model card's title ("# Qwen3-Reranker", which
   the released README.md files start with) or the name ("qwen3-reranker" in the folder's
-  path, a Hub cache's `models--Qwen--Qwen3-Reranker-0.6B` included, or `_name_or_path`).
+  name, a Hub cache's `models--Qwen--Qwen3-Reranker-0.6B`, or `_name_or_path`).
 - Unlike llama.cpp's converter, the lm_head stays as the output too: the file is still the
   Qwen3 it was trained from, and an untied checkpoint keeps its own output projection.
 """
@@ -57,8 +57,7 @@ def is_reranker(model: ModelInput) -> bool:
         text = readme.read_text(encoding="utf-8", errors="replace")
         if any(line.lower().startswith("# " + _NAME) for line in text.splitlines()):
             return True
-    name = str(model.config.get("_name_or_path") or "")
-    return _NAME in name.lower() or any(_NAME in part.lower() for part in model.folder.parts)
+    return any(_NAME in name.lower() for name in model.names())
 
 
 def label_ids(model: ModelInput) -> tuple[int, ...]:

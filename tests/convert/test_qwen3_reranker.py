@@ -157,12 +157,22 @@ def test_served_scores_match_transformers(
 def test_without_its_name_it_is_a_plain_qwen3(
     checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    folder = _build(checkpoint, helpers, monkeypatch, "Qwen3-0.6B")
-    out = tmp_path / "qwen3.gguf"
-    convert(folder, out, outtype="f32", verify=False)
-    reader = gguf.GGUFReader(out)
-    assert "cls.output.weight" not in {t.name for t in reader.tensors}
-    assert gguf.Keys.LLM.POOLING_TYPE.format(arch="qwen3") not in reader.fields
+    """Recognised by its own name only: a folder inside one named after the reranker is a
+    plain Qwen3; a Hub cache's snapshot of Qwen/Qwen3-Reranker-0.6B is the reranker."""
+    nested = tmp_path / "qwen3-reranker-runs" / "Qwen3-0.6B"
+    cached = tmp_path / "models--Qwen--Qwen3-Reranker-0.6B" / "snapshots" / ("a" * 40)
+    nested.parent.mkdir()
+    _build(checkpoint, helpers, monkeypatch, "Qwen3-0.6B").rename(nested)
+    for folder, reranker in ((nested, False), (cached, True)):
+        if folder == cached:
+            cached.parent.mkdir(parents=True)
+            nested.rename(cached)
+        out = tmp_path / f"{folder.name}.gguf"
+        convert(folder, out, outtype="f32", verify=False)
+        reader = gguf.GGUFReader(out)
+        assert ("cls.output.weight" in {t.name for t in reader.tensors}) is reranker
+        pooling = gguf.Keys.LLM.POOLING_TYPE.format(arch="qwen3")
+        assert (pooling in reader.fields) is reranker
 
 
 @pytest.mark.e2e
