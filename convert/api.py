@@ -12,7 +12,7 @@ from typing import Any
 import gguf
 
 from llorch.convert import imatrix as imx
-from llorch.convert import llamacpp, verify_logits
+from llorch.convert import llamacpp, projector, verify_logits
 from llorch.convert import quality as quality_mod
 from llorch.convert import writer as gw
 from llorch.convert.errors import (
@@ -61,6 +61,9 @@ class ConversionReport:
     imatrix: dict[str, Any] | None = None
     # quality.Quality as JSON: the output measured against the F16/BF16 it was quantized from
     quality: dict[str, Any] | None = None
+    # a multimodal checkpoint's projector file (convert/projector.py): output, projector_type,
+    # outtype, n_tensors, parameters, bytes
+    mmproj: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -153,6 +156,7 @@ def convert(
     quality: str | os.PathLike[str] | None = None,
     quality_chunk: int = DEFAULT_QUALITY_CHUNK,
     quality_chunks: int | None = None,
+    mmproj: bool = True,
 ) -> ConversionReport:
     """Convert an HF SafeTensors folder (or cached repo id) to GGUF.
 
@@ -170,6 +174,8 @@ def convert(
     `tensor_types`: llama-quantize's --tensor-type, "REGEX=TYPE" each.
     `quality`: an evaluation text; the quantized output is measured against the F16/BF16 file
     it was made from (convert/quality.py: KL divergence, top-1 agreement, perplexities).
+    `mmproj`: a multimodal checkpoint's projector is also written, beside the output
+    (`<stem>-mmproj-<f16|f32>.gguf`, convert/projector.py), F16 or F32 whatever the outtype.
     """
     start = time.monotonic()
     outtype = gw.check_outtype(outtype)
@@ -198,6 +204,9 @@ def convert(
         raise OutputExistsError(out)  # before the work, not after it
     vocab = load_vocab(model.folder, model.n_vocab, pre_override=pre, config=det.config)
     plans = family.plan(model)
+    vision = projector.prepare(det, out, outtype) if mmproj else None
+    if vision is not None and vision.out.exists() and not overwrite:
+        raise OutputExistsError(vision.out)
     _check_output_head(model, plans)
     gw.check_prequantized(plans, outtype)
     if on_plan is not None:
@@ -205,7 +214,8 @@ def convert(
     direct = outtype in gw.DIRECT
     stage_type = outtype if direct else ("bf16" if det.dtype == "BF16" else "f16")
     notes = list(vocab.notes)
-    with gw.temp_path(out) as tmp:
+    mm_record = None
+    with gw.temp_path(out) as tmp, projector.temp(vision) as mm_tmp:
         w = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[model.arch])
         w.add_name(model_name(model))
         w.add_size_label(gguf.size_label(model.ckpt.n_parameters(), 0, 0, 0))
@@ -216,6 +226,8 @@ def convert(
         write_vocab(vocab, w)
         _add_metadata(w, metadata or {})
         stats = gw.write_gguf(tmp, w, plans, stage_type, on_tensor=on_tensor)
+        if vision is not None and mm_tmp is not None:
+            mm_tensors = projector.write(vision, mm_tmp, model_name(model), metadata)
         final = tmp
         with gw.temp_path(out, ".quant.tmp") as qtmp, gw.temp_path(out, ".meta.tmp") as mtmp:
             im_record = quality_record = None
@@ -255,6 +267,9 @@ def convert(
                 logits = found.to_json()
             if out.exists() and not overwrite:
                 raise OutputExistsError(out)  # it appeared while this conversion ran
+            if vision is not None and mm_tmp is not None:
+                projector.place(vision, mm_tmp)
+                mm_record = projector.report(vision, mm_tensors)
             try:
                 os.replace(final, out)
             except OSError as exc:
@@ -278,6 +293,7 @@ def convert(
         logits=logits,
         imatrix=im_record,
         quality=quality_record,
+        mmproj=mm_record,
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llorch.convert.api import DEFAULT_OUTTYPE, convert
 from llorch.convert.errors import ConversionCancelled
+from llorch.convert.projector import is_projector
 from llorch.detector import detect
 from llorch.digests import cache_home, file_sha256
 
@@ -71,7 +72,9 @@ def cached_gguf(
     folder = Path(cache_dir) if cache_dir is not None else cache_root()
     key = source_key(det.path, options)
     target_dir = folder / key
-    existing = sorted(target_dir.glob("*.gguf")) if target_dir.is_dir() else []
+    # the text part; a multimodal checkpoint's projector lies beside it (convert/projector.py)
+    found = sorted(target_dir.glob("*.gguf")) if target_dir.is_dir() else []
+    existing = [p for p in found if not is_projector(p)]
     if existing:
         return existing[0]
     target_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,8 @@ def cached_gguf(
         )
         if stopping is not None and stopping():  # asked during the last steps (verification)
             Path(report.output).unlink(missing_ok=True)
+            if report.mmproj is not None:
+                Path(report.mmproj["output"]).unlink(missing_ok=True)
             check(None)
     except BaseException:
         with contextlib.suppress(OSError):

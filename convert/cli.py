@@ -86,6 +86,12 @@ def register(subparsers: Any) -> None:
         "--quality-chunk", type=int, default=512, help="tokens per evaluation chunk (512)"
     )
     conv.add_argument("--quality-chunks", type=int, help="at most this many evaluation chunks")
+    conv.add_argument(
+        "--no-mmproj",
+        action="store_true",
+        help="a multimodal checkpoint: write the text part only, not its projector "
+        "(<output stem>-mmproj-<f16|f32>.gguf, llama.cpp's mtmd)",
+    )
     conv.add_argument("--force", action="store_true", help="replace the output file if it exists")
     conv.add_argument("--json", action="store_true", help="print the report as JSON")
     conv.set_defaults(func=run_convert)
@@ -156,6 +162,7 @@ def run_convert(args: argparse.Namespace) -> int:
                 quality=args.quality,
                 quality_chunk=args.quality_chunk,
                 quality_chunks=args.quality_chunks,
+                mmproj=not args.no_mmproj,
             )
     except OutputExistsError as exc:
         return fail("convert", OutputExistsError(exc.path, "--force"), as_json=args.json)
@@ -178,6 +185,12 @@ def run_convert(args: argparse.Namespace) -> int:
             f"{report.output}: {report.llama_arch} {report.outtype}, {report.n_tensors} tensors, "
             f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s; {verified}"
         )
+        if report.mmproj is not None:
+            mm = report.mmproj
+            print(
+                f"{mm['output']}: projector {mm['projector_type']} {mm['outtype']}, "
+                f"{mm['n_tensors']} tensors, {mm['bytes'] / 1e6:.1f} MB"
+            )
         if report.logits is not None:
             lg = report.logits
             print(

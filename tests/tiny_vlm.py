@@ -1,6 +1,7 @@
-"""A tiny random Gemma 3 vision-language checkpoint, converted to a text GGUF (llorch's
-converter) and its projector (llama.cpp's own converter, `convert_hf_to_gguf.py --mmproj`,
-from the vendored llama.cpp source that llama-cpp-python's sdist carries).
+"""A tiny random Gemma 3 vision-language checkpoint, converted by llorch's converter to a text
+GGUF and its projector beside it. llama.cpp's own converter (`convert_hf_to_gguf.py --mmproj`,
+from the vendored llama.cpp source that llama-cpp-python's sdist carries) writes the projector
+the anchor test compares llorch's with (tests/convert/test_gemma3_projector.py).
 
 Gemma 3 is the smallest family the vendored mtmd runs whole: a SigLIP tower, an average pool
 and one projection, one image chunk per image (no tiling), positions one per token (no M-RoPE).
@@ -9,12 +10,16 @@ The sizes below give 16 image tokens for a 64x64 image: 8x8 patches of 8 pixels 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 IMAGE_SIZE = 64
 IMAGE_TOKENS = 16  # mm_tokens_per_image: (64 / 8 / 2) ** 2
@@ -25,7 +30,7 @@ VLM_SRC_ENV = "LLORCH_LLAMA_CPP_SRC"
 class TinyVlm:
     folder: Path  # the Hugging Face checkpoint
     text: Path  # the text part, GGUF F32
-    mmproj: Path  # the projector, GGUF F32
+    mmproj: Path  # the projector llorch wrote beside it, GGUF F32
 
 
 def vendored_llama_cpp() -> Path | None:
@@ -174,7 +179,7 @@ def _released_layout(path: Path) -> None:
     save_file(renamed, path, metadata={"format": "pt"})
 
 
-def convert_projector(folder: Path, out: Path, source: Path) -> Path:
+def convert_projector(folder: Path, out: Path, source: Path, outtype: str = "f32") -> Path:
     """llama.cpp's converter, run with this Python (its torch and transformers), writing the
     projector only."""
     cmd = [
@@ -183,7 +188,7 @@ def convert_projector(folder: Path, out: Path, source: Path) -> Path:
         str(folder),
         "--mmproj",
         "--outtype",
-        "f32",
+        outtype,
         "--outfile",
         str(out),
     ]
@@ -194,27 +199,67 @@ def convert_projector(folder: Path, out: Path, source: Path) -> Path:
     return out
 
 
-def build(base: Path, source: Path) -> TinyVlm:
+def build(base: Path) -> TinyVlm:
     from llorch.convert import convert
 
     folder = build_checkpoint(base / "hf")
     text = base / "tiny-gemma3-vlm-f32.gguf"
-    convert(folder, text, outtype="f32")
-    mmproj = convert_projector(folder, base / "mmproj-tiny-gemma3-vlm-f32.gguf", source)
-    return TinyVlm(folder, text, mmproj)
+    report = convert(folder, text, outtype="f32")
+    assert report.mmproj is not None
+    return TinyVlm(folder, text, Path(report.mmproj["output"]))
 
 
-def cached(base: Path, source: Path) -> TinyVlm:
+def cached(base: Path) -> TinyVlm:
     """The model built once under `base` (pytest's session folder, getbasetemp()): the test
     modules that serve it share one build."""
     folder = base / "tiny-vlm"
     done = folder / "built"
     if not done.exists():
-        built = build(folder, source)
+        built = build(folder)
         done.touch()
         return built
     return TinyVlm(
         folder / "hf",
         folder / "tiny-gemma3-vlm-f32.gguf",
-        folder / "mmproj-tiny-gemma3-vlm-f32.gguf",
+        folder / "tiny-gemma3-vlm-f32-mmproj-f32.gguf",
     )
+
+
+# The parity harness: the same pixels for mtmd and for the reference.
+
+
+def image(seed: int) -> tuple[Any, np.ndarray]:
+    """A random image at the model's own size (no resampling to differ), as the worker's
+    DecodedImage and as the reference's pixel values."""
+    from llorch.worker.backend.protocol import DecodedImage
+
+    size = IMAGE_SIZE
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    rgb = pixels.tobytes()
+    decoded = DecodedImage(rgb, size, size, hashlib.sha256(rgb).digest())
+    # Gemma 3's processor: rescale to 0..1, normalise with mean = std = 0.5, channels first
+    values = (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
+    return decoded, values.transpose(2, 0, 1)[None]
+
+
+def reference(folder: Path) -> Any:
+    import torch
+    import transformers
+
+    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    return model.eval()
+
+
+def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> np.ndarray:
+    """The reference's vision tower + projector: one row per image token."""
+    import torch
+
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=torch.from_numpy(pixel_values))
+    out = getattr(features, "pooler_output", features)
+    return np.asarray(out.reshape(-1, n_embd).float().numpy())
+
+
+def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    dot = (got * ref).sum(axis=-1)
+    return np.asarray(dot / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1)))

@@ -176,6 +176,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 on_tensor=on_tensor,
                 metadata=_metadata(spec, name, files),
                 check_logits=spec.get("verify_logits", False),
+                mmproj=False,  # the projector is not carried through a batch yet (#18)
             )
             current = dst
             verified = {

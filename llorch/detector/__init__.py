@@ -58,6 +58,9 @@ class Detection:
     checkpoint: Checkpoint | None = field(default=None, repr=False, compare=False)
     # GGUF only: where the file came from (PROVENANCE_PREFIXES keys), when it says so
     provenance: Mapping[str, Any] | None = field(default=None, compare=False)
+    # the multimodal projector (llama.cpp's clip projector type): the one an HF checkpoint's
+    # vision part converts to, or the one a projector GGUF (llama_arch "clip") holds
+    projector: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         extra = {"provenance": dict(self.provenance)} if self.provenance is not None else {}
@@ -74,6 +77,7 @@ class Detection:
             "tokenizer": self.tokenizer,
             "supported": self.supported,
             "reason": self.reason,
+            "projector": self.projector,
             **extra,
         }
 
@@ -195,6 +199,7 @@ def _detect_hf(source: str, folder: Path) -> Detection:
         reason=reason,
         config=config,
         checkpoint=ckpt,
+        projector=row.vision.projector_type if row is not None and row.vision else None,
     )
 
 
@@ -248,6 +253,7 @@ def _detect_gguf(source: str, path: Path) -> Detection:
         supported=True,  # llama.cpp decides at load time; it knows more arches than we convert
         reason=None,
         provenance=gguf_provenance(reader),
+        projector=field(gguf.Keys.Clip.PROJECTOR_TYPE),
     )
 
 

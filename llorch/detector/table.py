@@ -22,7 +22,7 @@ class TextPart:
     """Where a multimodal wrapper's checkpoint keeps its language model: prefixes renamed to
     the names the text model's own checkpoints use, and the prefixes of the parts left out
     (vision and audio towers, projectors: llama.cpp reads them from an mmproj file, which
-    llorch does not write)."""
+    llorch writes where the row has a `vision` part)."""
 
     renamed: tuple[tuple[str, str], ...]  # (wrapper prefix, text model prefix), first match
     left_out: tuple[str, ...]
@@ -54,6 +54,17 @@ GEMMA4_TEXT = TextPart(
     ),
 )
 QWEN35_TEXT = TextPart(renamed=(("model.language_model.", "model."),), left_out=("model.visual.",))
+
+
+@dataclass(frozen=True)
+class VisionPart:
+    """A multimodal wrapper's vision tower and projector, written as llama.cpp's mtmd
+    projector file (clip arch, `<text>-mmproj-<type>.gguf`) beside the text part."""
+
+    projector_type: str  # llama.cpp's clip projector type (gguf.VisionProjectorType)
+    family: str  # the module under convert.families that writes it
+
+
 # llama.cpp's converter reads Gemma 4's tokenizer.json only (an SPM-style BPE written as the
 # "gemma4" tokenizer model), even where a tokenizer.model lies beside it
 GEMMA4_TOKENIZER = "gemma4"
@@ -72,6 +83,7 @@ class ArchRow:
     # the llama.cpp tokenizer model the vocabulary is written as whatever tokenizer files lie
     # in the folder; None: the files decide (convert/tokenizer/)
     tokenizer: str | None = None
+    vision: VisionPart | None = None  # multimodal wrappers whose projector llorch writes
 
     @property
     def llama_arch(self) -> str:
@@ -96,7 +108,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Gemma3ForCausalLM", _A.GEMMA3, "gemma", "gemma3_text"),
     # EmbeddingGemma: Gemma 3's text model, bidirectional, with its Dense projections
     ArchRow("Gemma3TextModel", _A.GEMMA_EMBEDDING, "gemma_embedding", "gemma3_text"),
-    # Gemma 3 4B/12B/27B: the multimodal wrapper; its language model converts (text only).
+    # Gemma 3 4B/12B/27B: the multimodal wrapper; its language model converts as Gemma 3
+    # text, its SigLIP tower and projector as llama.cpp's clip `gemma3` projector.
     ArchRow(
         "Gemma3ForConditionalGeneration",
         _A.GEMMA3,
@@ -104,6 +117,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "gemma3",
         alias_of="Gemma3ForCausalLM",
         text_part=LLAVA_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.GEMMA3, "gemma3_vision"),
     ),
     ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3", "phi3"),
     ArchRow("PhiForCausalLM", _A.PHI2, "phi2", "phi"),

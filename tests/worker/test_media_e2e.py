@@ -1,5 +1,5 @@
 """Images in, end to end: a tiny random Gemma 3 vision model (tests/tiny_vlm.py: the text part
-converted by llorch, the projector by llama.cpp's own converter) served by llama-server
+and its projector converted by llorch) served by llama-server
 `--mmproj` and by a llorch worker `--mmproj` over real sockets.
 
 - The same image and prompt give the same greedy tokens, log-probabilities and prompt length
@@ -69,10 +69,7 @@ def _binary() -> Path:
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
-    source = tiny_vlm.vendored_llama_cpp()
-    if source is None:
-        pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
-    return tiny_vlm.cached(tmp_path_factory.getbasetemp(), source)
+    return tiny_vlm.cached(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

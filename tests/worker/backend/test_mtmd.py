@@ -1,13 +1,10 @@
 """The projector as mtmd runs it against transformers: the image embeddings of the tiny Gemma 3
-vision model (tests/tiny_vlm.py), its projector converted by llama.cpp's converter, for the
+vision model (tests/tiny_vlm.py), its projector converted by llorch's converter, for the
 same pixels given at the model's own size (no resampling to differ), row by row; and the
 logits of a text+image prompt decoded by the worker's batch decoder against the reference's
 at every position after the image."""
 
 from __future__ import annotations
-
-import hashlib
-from pathlib import Path
 
 import llama_cpp as ll
 import numpy as np
@@ -16,7 +13,7 @@ import tiny_vlm
 
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.mtmd import Projector
-from llorch.worker.backend.protocol import DecodedImage, GenerationRequest, LoadOptions
+from llorch.worker.backend.protocol import GenerationRequest, LoadOptions
 
 pytestmark = pytest.mark.slow
 
@@ -25,38 +22,14 @@ COS_MIN = 0.9999
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
-    source = tiny_vlm.vendored_llama_cpp()
-    if source is None:
-        pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
-    return tiny_vlm.cached(tmp_path_factory.getbasetemp(), source)
+    return tiny_vlm.cached(tmp_path_factory.getbasetemp())
 
 
-def _image(seed: int) -> tuple[DecodedImage, np.ndarray]:
-    size = tiny_vlm.IMAGE_SIZE
-    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    rgb = pixels.tobytes()
-    decoded = DecodedImage(rgb, size, size, hashlib.sha256(rgb).digest())
-    # Gemma 3's processor: rescale to 0..1, normalise with mean = std = 0.5, channels first
-    values = (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
-    return decoded, values.transpose(2, 0, 1)[None]
-
-
-def _reference(folder: Path) -> object:
-    import torch
-    import transformers
-
-    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
-    return model.eval()
-
-
-def _cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    dot = (got * ref).sum(axis=-1)
-    return dot / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+_image = tiny_vlm.image
+_reference = tiny_vlm.reference
 
 
 def test_image_embeddings_equal_the_references(vlm: tiny_vlm.TinyVlm) -> None:
-    import torch
-
     reference = _reference(vlm.folder)
     params = ll.llama_model_default_params()
     model = ll.llama_model_load_from_file(str(vlm.text).encode(), params)
@@ -67,14 +40,9 @@ def test_image_embeddings_equal_the_references(vlm: tiny_vlm.TinyVlm) -> None:
         for seed in (0, 1):
             image, pixel_values = _image(seed)
             (got,) = projector.embeddings(image, n_embd)
-            with torch.no_grad():
-                features = reference.model.get_image_features(  # type: ignore[attr-defined]
-                    pixel_values=torch.from_numpy(pixel_values)
-                )
-            ref = getattr(features, "pooler_output", features)
-            ref = ref.reshape(-1, n_embd).float().numpy()
+            ref = tiny_vlm.reference_embeddings(reference, pixel_values, n_embd)
             assert got.shape == ref.shape == (tiny_vlm.IMAGE_TOKENS, n_embd)
-            assert _cosines(got, ref).min() >= COS_MIN
+            assert tiny_vlm.cosines(got, ref).min() >= COS_MIN
     finally:
         projector.close()
         ll.llama_model_free(model)

@@ -1,0 +1,180 @@
+"""A multimodal checkpoint's projector file: its vision tower and projector written as llama.cpp's
+mtmd reads them (arch `clip`, general.type `mmproj`), beside the text GGUF as
+`<text stem>-mmproj-<f16|f32>.gguf`.
+
+The table row's `vision` part names the projector type and the family module that maps it
+(`write_hparams` and `plan`, as the text families). The projector stays F16 (F32 when the text
+part is f32) whatever the text part's type, as llama.cpp recommends: its vision towers are
+small beside the language model, and mtmd's clip graph reads F16 and F32. The file is planned
+with the text part (every tensor mapped before anything is written) and written to a temp
+file by the text part's writer, renamed beside it on success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import gguf
+
+from llorch.convert import writer as gw
+from llorch.convert.errors import ConfigError, OutputError
+from llorch.convert.families.base import PlannedTensor
+from llorch.detector import Detection, lookup, read_json, text_config
+from llorch.detector.safetensors import Checkpoint
+
+PROJECTOR_NAME = re.compile(r"-mmproj-(f16|f32)\.gguf$")
+
+
+@dataclass(frozen=True)
+class VisionInput:
+    folder: Path
+    config: Mapping[str, Any]  # config.json as written
+    vision: Mapping[str, Any]  # its vision_config
+    n_embd_text: int  # the language model's hidden size: the projection's output
+    preprocessor: Mapping[str, Any]  # preprocessor_config.json, processor_config.json's image part
+    ckpt: Checkpoint
+
+
+class VisionFamily(Protocol):
+    def write_hparams(self, model: VisionInput, writer: gguf.GGUFWriter) -> None: ...
+
+    def plan(self, model: VisionInput) -> list[PlannedTensor]: ...
+
+
+def vision_int(model: VisionInput, key: str, default: int) -> int:
+    value = model.vision.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{model.folder / 'config.json'}: vision_config.{key} is not an integer")
+    return value
+
+
+def projector_type(outtype: str) -> str:
+    """The projector's type for a text part's outtype."""
+    return "f32" if outtype == "f32" else "f16"
+
+
+def projector_path(text_out: Path, outtype: str) -> Path:
+    return text_out.with_name(
+        f"{text_out.name.removesuffix('.gguf')}-mmproj-{projector_type(outtype)}.gguf"
+    )
+
+
+def is_projector(path: Path) -> bool:
+    return PROJECTOR_NAME.search(path.name) is not None
+
+
+def _preprocessor(folder: Path) -> dict[str, Any]:
+    """As llama.cpp's MmprojModel reads it: preprocessor_config.json, then processor_config.json
+    with its `image_processor` lifted to the top."""
+    merged: dict[str, Any] = {}
+    for name, nested in (
+        ("preprocessor_config.json", None),
+        ("processor_config.json", "image_processor"),
+    ):
+        path = folder / name
+        if path.is_file():
+            cfg = read_json(path)
+            if nested is not None and isinstance(cfg.get(nested), dict):
+                cfg = {**cfg, **cfg[nested]}
+            merged.update(cfg)
+    return merged
+
+
+@dataclass(frozen=True)
+class ProjectorJob:
+    """A planned projector file: where it goes, its type, its tensors."""
+
+    model: VisionInput
+    family: VisionFamily
+    projector: str  # llama.cpp's clip projector type
+    out: Path
+    outtype: str  # f16 or f32
+    plans: list[PlannedTensor]
+
+    @property
+    def parameters(self) -> int:
+        total = 0
+        for p in self.plans:
+            n = 1
+            for d in p.shape:
+                n *= d
+            total += n
+        return total
+
+
+def prepare(det: Detection, text_out: Path, outtype: str) -> ProjectorJob | None:
+    """The projector of a detected checkpoint whose row has a vision part, planned; None for
+    a text-only one."""
+    if det.hf_architecture is None or det.checkpoint is None or det.config is None:
+        return None
+    part = lookup(det.hf_architecture).vision
+    vision = det.config.get("vision_config")
+    if part is None or not isinstance(vision, dict):
+        return None
+    from llorch.convert.families import load_family
+
+    family = cast(VisionFamily, load_family(part.family))
+    n_embd = text_config(det.config).get("hidden_size")
+    if not isinstance(n_embd, int):
+        raise ConfigError(f"{det.path / 'config.json'}: missing integer text hidden_size")
+    model = VisionInput(
+        det.path, det.config, vision, n_embd, _preprocessor(det.path), det.checkpoint
+    )
+    ptype = projector_type(outtype)
+    plans = family.plan(model)
+    return ProjectorJob(
+        model, family, part.projector_type, projector_path(text_out, outtype), ptype, plans
+    )
+
+
+@contextlib.contextmanager
+def temp(job: ProjectorJob | None) -> Iterator[Path | None]:
+    if job is None:
+        yield None
+        return
+    with gw.temp_path(job.out) as tmp:
+        yield tmp
+
+
+def write(
+    job: ProjectorJob, path: Path, name: str, metadata: Mapping[str, Any] | None = None
+) -> int:
+    """The projector file at `path` (a temp file); the number of tensors."""
+    w = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
+    w.add_type(gguf.GGUFType.MMPROJ)
+    w.add_name(name)
+    w.add_size_label(gguf.size_label(job.parameters, 0, 0, 0))
+    w.add_file_type(gw.DIRECT[job.outtype][1])
+    job.family.write_hparams(job.model, w)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in (metadata or {}).items():
+        w.kv_data[0].pop(key, None)
+        if isinstance(value, str):
+            w.add_string(key, value)
+        else:
+            w.add_array(key, list(value))
+    return gw.write_gguf(path, w, job.plans, job.outtype).n_tensors
+
+
+def place(job: ProjectorJob, tmp: Path) -> None:
+    try:
+        os.replace(tmp, job.out)
+    except OSError as exc:
+        raise OutputError(f"{job.out}: cannot move the finished file here ({exc})") from exc
+
+
+def report(job: ProjectorJob, n_tensors: int) -> dict[str, Any]:
+    return {
+        "output": str(job.out),
+        "projector_type": job.projector,
+        "outtype": job.outtype,
+        "n_tensors": n_tensors,
+        "parameters": job.parameters,
+        "bytes": job.out.stat().st_size,
+    }

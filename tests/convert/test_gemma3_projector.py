@@ -1,0 +1,171 @@
+"""Gemma 3's projector as llorch writes it (convert/projector.py, convert/families/
+gemma3_vision.py), on the tiny random Gemma 3 vision model (tests/tiny_vlm.py):
+
+- the anchor: the same file as llama.cpp's own converter (`convert_hf_to_gguf.py --mmproj`)
+  writes for the same checkpoint, F32 and F16: every key but the name, every tensor's name,
+  type, shape and bytes;
+- mtmd reads the F16 projector written beside a Q8_0 text part and gives the reference's image
+  embeddings (transformers' vision tower + projector on the same pixels), row by row;
+- `llorch detect` names both parts; `--no-mmproj` writes the text part only; a projector that
+  would be overwritten, or a vision tensor without a GGUF name, stops the conversion before
+  anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import llama_cpp as ll
+import numpy as np
+import pytest
+import tiny_vlm
+
+from llorch.cli import main
+from llorch.convert import convert
+from llorch.convert.errors import OutputExistsError, UnmappedTensorError
+
+pytestmark = pytest.mark.slow
+
+COS_MIN = 0.9999
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
+    return tiny_vlm.cached(tmp_path_factory.getbasetemp())
+
+
+def _fields(reader: gguf.GGUFReader) -> dict[str, object]:
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_the_projector_is_llama_cpps(vlm: tiny_vlm.TinyVlm, tmp_path: Path, outtype: str) -> None:
+    source = tiny_vlm.vendored_llama_cpp()
+    if source is None:
+        pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
+    if outtype == "f32":
+        ours = vlm.mmproj
+    else:
+        report = convert(vlm.folder, tmp_path / "tiny-f16.gguf", outtype="f16", verify=False)
+        assert report.mmproj is not None and report.mmproj["outtype"] == "f16"
+        ours = Path(report.mmproj["output"])
+    assert ours.name.endswith(f"-mmproj-{outtype}.gguf")
+    theirs = tiny_vlm.convert_projector(vlm.folder, tmp_path / "theirs.gguf", source, outtype)
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+    fa, fb = _fields(a), _fields(b)
+    # llama.cpp's name is the folder's, title-cased ("Hf"); ours is the text part's
+    assert fa.pop("general.name") == "hf"
+    fb.pop("general.name")
+    assert fa == fb
+    assert fa["general.architecture"] == "clip" and fa["clip.projector_type"] == "gemma3"
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert sorted(ta) == sorted(tb)
+    assert len(ta) == 23  # 1 block of 12, embeddings 3, post-norm 2, tinygemma3's head left out
+    for name, theirs_t in tb.items():
+        ours_t = ta[name]
+        assert ours_t.tensor_type == theirs_t.tensor_type, name
+        assert list(ours_t.shape) == list(theirs_t.shape), name
+        assert np.asarray(ours_t.data).tobytes() == np.asarray(theirs_t.data).tobytes(), name
+    # the types llama.cpp chose: the input projection always F16, the embeddings F32
+    assert ta["mm.input_projection.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    assert ta["v.patch_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    want = gguf.GGMLQuantizationType[outtype.upper()]
+    assert ta["v.blk.0.attn_q.weight"].tensor_type == want
+
+
+def test_mtmd_reads_the_f16_projector_beside_a_q8_0_text_part_as_the_reference(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path
+) -> None:
+    from llorch.worker.backend.mtmd import Projector
+
+    report = convert(vlm.folder, tmp_path / "tiny-q8_0.gguf", outtype="q8_0", verify=False)
+    assert report.mmproj is not None
+    mmproj = Path(report.mmproj["output"])
+    assert mmproj == tmp_path / "tiny-q8_0-mmproj-f16.gguf"
+    assert report.mmproj["projector_type"] == "gemma3" and report.mmproj["n_tensors"] == 23
+    header = _fields(gguf.GGUFReader(mmproj))
+    assert header["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
+    reference = tiny_vlm.reference(vlm.folder)
+    model = ll.llama_model_load_from_file(
+        str(report.output).encode(), ll.llama_model_default_params()
+    )
+    assert model
+    projector = Projector(mmproj, model, threads=2, use_gpu=False)
+    try:
+        n_embd = ll.llama_model_n_embd(model)
+        for seed in (0, 1):
+            image, pixel_values = tiny_vlm.image(seed)
+            (got,) = projector.embeddings(image, n_embd)
+            ref = tiny_vlm.reference_embeddings(reference, pixel_values, n_embd)
+            assert got.shape == ref.shape == (tiny_vlm.IMAGE_TOKENS, n_embd)
+            assert tiny_vlm.cosines(got, ref).min() >= COS_MIN
+    finally:
+        projector.close()
+        ll.llama_model_free(model)
+
+
+def test_detect_names_the_text_part_and_the_projector(
+    vlm: tiny_vlm.TinyVlm, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["detect", str(vlm.folder)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["llama_arch"], found["projector"]) == ("gemma3", "gemma3")
+    assert main(["detect", str(vlm.mmproj)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["llama_arch"], found["projector"]) == ("clip", "gemma3")
+    assert main(["detect", str(vlm.text)]) == 0
+    assert json.loads(capsys.readouterr().out)["projector"] is None
+
+
+def test_no_mmproj_writes_the_text_part_only(vlm: tiny_vlm.TinyVlm, tmp_path: Path) -> None:
+    out = tmp_path / "text.gguf"
+    assert (
+        main(["convert", str(vlm.folder), "-o", str(out), "--outtype", "f32", "--no-mmproj"]) == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text.gguf"]
+
+
+def test_an_existing_projector_stops_the_conversion_first(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path
+) -> None:
+    (tmp_path / "m-mmproj-f16.gguf").write_bytes(b"mine")
+    with pytest.raises(OutputExistsError, match=r"m-mmproj-f16\.gguf"):
+        convert(vlm.folder, tmp_path / "m.gguf", outtype="f16", verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-mmproj-f16.gguf"]
+    assert (tmp_path / "m-mmproj-f16.gguf").read_bytes() == b"mine"
+
+
+def test_a_vision_tensor_without_a_gguf_name_is_refused_before_writing(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "hf"
+    shutil.copytree(vlm.folder, folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["vision_tower.vision_model.encoder.layers.0.mystery.weight"] = np.zeros(
+        (4, 4), np.float32
+    )
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UnmappedTensorError, match="mystery"):
+        convert(folder, out / "m.gguf", outtype="f16", verify=False)
+    assert list(out.iterdir()) == []
+
+
+def test_the_conversion_cache_gives_the_text_part_and_keeps_the_projector(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path
+) -> None:
+    """The projector's name sorts before the text part's (`-mmproj` < `.gguf`): the cache,
+    which serves an HF folder through its one GGUF, must not take it for the model."""
+    from llorch.convert.cache import cached_gguf
+
+    for _ in range(2):  # converted, then found
+        got = cached_gguf(vlm.folder, outtype="f16", cache_dir=tmp_path, verify=False)
+        assert gguf.GGUFReader(got).get_field("general.architecture").contents() == "gemma3"
+    (projector,) = tmp_path.glob("*/*-mmproj-f16.gguf")
+    assert projector.parent == got.parent
