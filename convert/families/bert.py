@@ -111,12 +111,23 @@ def _rename_cross_encoder(name: str) -> str | None:
 
 def plan(model: ModelInput) -> list[PlannedTensor]:
     check(model)
+    expected = expected_shapes(model, type_vocab_size=2)
+    rename = _rename
+    if is_cross_encoder(model):
+        check_one_label(model)
+        rename = _rename_cross_encoder
+    return map_tensors(model, expected=expected, rename=rename, keep_f32=KEEP_F32)
+
+
+def expected_shapes(model: ModelInput, *, type_vocab_size: int) -> dict[gguf.MODEL_TENSOR, tuple]:
+    """The shapes of a BERT-style encoder's tensors (and a cross-encoder's head), GGUF order;
+    `type_vocab_size` when the config does not say."""
     d = dims(model)
     n_ctx = cfg_int(model, "max_position_embeddings")
     expected = {
         _T.TOKEN_EMBD: (model.n_vocab, d.n_embd),
         _T.POS_EMBD: (n_ctx, d.n_embd),
-        _T.TOKEN_TYPES: (cfg_int(model, "type_vocab_size", default=2), d.n_embd),
+        _T.TOKEN_TYPES: (cfg_int(model, "type_vocab_size", default=type_vocab_size), d.n_embd),
         _T.ATTN_Q: (d.n_embd, d.n_embd),
         _T.ATTN_K: (d.n_embd, d.n_embd),
         _T.ATTN_V: (d.n_embd, d.n_embd),
@@ -127,9 +138,6 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
         _T.ATTN_OUT_NORM: (d.n_embd,),
         _T.LAYER_OUT_NORM: (d.n_embd,),
     }
-    rename = _rename
     if is_cross_encoder(model):
-        check_one_label(model)
         expected |= {_T.CLS: (d.n_embd, d.n_embd), _T.CLS_OUT: (1, d.n_embd)}
-        rename = _rename_cross_encoder
-    return map_tensors(model, expected=expected, rename=rename, keep_f32=KEEP_F32)
+    return expected

@@ -55,23 +55,9 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     bert.check(model)
     d = dims(model)
     n_positions = cfg_int(model, "max_position_embeddings")
-    expected = {
-        _T.TOKEN_EMBD: (model.n_vocab, d.n_embd),
-        _T.POS_EMBD: (n_positions, d.n_embd),
-        _T.TOKEN_TYPES: (cfg_int(model, "type_vocab_size", default=1), d.n_embd),
-        _T.ATTN_Q: (d.n_embd, d.n_embd),
-        _T.ATTN_K: (d.n_embd, d.n_embd),
-        _T.ATTN_V: (d.n_embd, d.n_embd),
-        _T.ATTN_OUT: (d.n_embd, d.n_embd),
-        _T.FFN_UP: (d.n_ff, d.n_embd),
-        _T.FFN_DOWN: (d.n_embd, d.n_ff),
-        _T.TOKEN_EMBD_NORM: (d.n_embd,),
-        _T.ATTN_OUT_NORM: (d.n_embd,),
-        _T.LAYER_OUT_NORM: (d.n_embd,),
-    }
+    expected = bert.expected_shapes(model, type_vocab_size=1)
     if bert.is_cross_encoder(model):
         bert.check_one_label(model)
-        expected |= {_T.CLS: (d.n_embd, d.n_embd), _T.CLS_OUT: (1, d.n_embd)}
     plans = map_tensors(model, expected=expected, rename=_rename, keep_f32=bert.KEEP_F32)
     offset = _offset(model)
     out = []
