@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import gguf
 import llama_cpp as ll
 import numpy as np
 
@@ -58,7 +59,7 @@ def _meta(model: ll.llama_model_p, key: str) -> str:
 
 
 def _arch(model: ll.llama_model_p) -> str:
-    return _meta(model, "general.architecture")
+    return _meta(model, gguf.Keys.General.ARCHITECTURE)
 
 
 def _logit(probabilities: np.ndarray) -> float:

@@ -329,7 +329,7 @@ class LlamaCppBackend:
             return buf.value.decode("utf-8", "replace") if n >= 0 else ""
 
         n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
-        arch = meta("general.architecture")
+        arch = meta(gguf.Keys.General.ARCHITECTURE)
         n_layer = ll.llama_model_n_layer(model)
         return fit.loaded_footprint(meta, arch, n_layer, n_vocab, weights, loading)
 
@@ -479,14 +479,14 @@ class LlamaCppBackend:
             if k.startswith("tokenizer.ggml.") or k == "tokenizer.chat_template":
                 continue  # vocabularies and templates are large and not metadata to show
             metadata[k] = val.value.decode("utf-8", "replace")
-        arch = self._meta("general.architecture")
-        encoder = self._meta(f"{arch}.attention.causal") == "false"
+        arch = self._meta(gguf.Keys.General.ARCHITECTURE)
+        encoder = self._meta(gguf.Keys.Attention.CAUSAL.format(arch=arch)) == "false"
         n_ctx = ll.llama_n_ctx_seq(self._ctx)
         self._options = options
         return ModelInfo(
             path=path.resolve(),
-            architecture=self._meta("general.architecture"),
-            name=self._meta("general.name") or path.stem,
+            architecture=self._meta(gguf.Keys.General.ARCHITECTURE),
+            name=self._meta(gguf.Keys.General.NAME) or path.stem,
             description=desc.value.decode("utf-8", "replace"),
             size_bytes=path.stat().st_size,
             n_params=ll.llama_model_n_params(self._model),
