@@ -204,7 +204,9 @@ def convert(
         raise OutputExistsError(out)  # before the work, not after it
     vocab = load_vocab(model.folder, model.n_vocab, pre_override=pre, config=det.config)
     plans = family.plan(model)
-    vision = projector.prepare(det, out, outtype) if mmproj else None
+    vision = (
+        projector.prepare(det, projector.projector_path(out, outtype), outtype) if mmproj else None
+    )
     if vision is not None and vision.out.exists() and not overwrite:
         raise OutputExistsError(vision.out)
     _check_output_head(model, plans)

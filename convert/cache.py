@@ -33,6 +33,9 @@ _READ = (
     "chat_template.jinja",
     "chat_template.json",
     "model.safetensors.index.json",
+    # a multimodal checkpoint's projector: image size, mean/std, tokens (convert/projector.py)
+    "preprocessor_config.json",
+    "processor_config.json",
 )
 
 

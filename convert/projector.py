@@ -25,10 +25,11 @@ import gguf
 from llorch.convert import writer as gw
 from llorch.convert.errors import ConfigError, OutputError
 from llorch.convert.families.base import PlannedTensor
-from llorch.detector import Detection, lookup, read_json, text_config
+from llorch.detector import Detection, lookup, read_json, row_for_config, text_config
 from llorch.detector.safetensors import Checkpoint
 
 PROJECTOR_NAME = re.compile(r"-mmproj-(f16|f32)\.gguf$")
+MMPROJ = "mmproj"  # the projector among a batch job's outputs (its records' outtype)
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,18 @@ class ProjectorJob:
         return total
 
 
-def prepare(det: Detection, text_out: Path, outtype: str) -> ProjectorJob | None:
-    """The projector of a detected checkpoint whose row has a vision part, planned; None for
-    a text-only one."""
+def has_projector(folder: Path) -> bool:
+    """Whether a checkpoint folder's architecture has a vision part llorch writes."""
+    config = read_json(folder / "config.json")
+    row = row_for_config(config)
+    return (
+        row is not None and row.vision is not None and isinstance(config.get("vision_config"), dict)
+    )
+
+
+def prepare(det: Detection, out: Path, outtype: str) -> ProjectorJob | None:
+    """The projector (to be written at `out`) of a detected checkpoint whose row has a vision
+    part, planned; None for a text-only one."""
     if det.hf_architecture is None or det.checkpoint is None or det.config is None:
         return None
     part = lookup(det.hf_architecture).vision
@@ -128,9 +138,7 @@ def prepare(det: Detection, text_out: Path, outtype: str) -> ProjectorJob | None
     )
     ptype = projector_type(outtype)
     plans = family.plan(model)
-    return ProjectorJob(
-        model, family, part.projector_type, projector_path(text_out, outtype), ptype, plans
-    )
+    return ProjectorJob(model, family, part.projector_type, out, ptype, plans)
 
 
 @contextlib.contextmanager
@@ -167,6 +175,21 @@ def place(job: ProjectorJob, tmp: Path) -> None:
         os.replace(tmp, job.out)
     except OSError as exc:
         raise OutputError(f"{job.out}: cannot move the finished file here ({exc})") from exc
+
+
+def convert_projector(
+    det: Detection, out: Path, outtype: str, name: str, metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The projector alone, written at `out` (temp file, renamed on success): a batch's,
+    beside outputs it makes on its own."""
+    job = prepare(det, out, outtype)
+    if job is None:
+        raise ConfigError(f"{det.path}: {det.hf_architecture} has no projector llorch writes")
+    with temp(job) as tmp:
+        assert tmp is not None
+        n_tensors = write(job, tmp, name, metadata)
+        place(job, tmp)
+    return report(job, n_tensors)
 
 
 def report(job: ProjectorJob, n_tensors: int) -> dict[str, Any]:

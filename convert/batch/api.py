@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llorch.convert import projector
 from llorch.convert.batch import provenance
 from llorch.convert.batch.errors import OutDirLockedError
 from llorch.convert.batch.executor import Event, LocalExecutor, Outcome, Task
@@ -80,14 +81,24 @@ def _locked(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _outputs(job: JobSpec) -> list[str]:
+    """The job's outputs: its outtypes, and a multimodal checkpoint's projector."""
+    try:
+        mmproj = projector.has_projector(job.source.folder)
+    except DetectionError:
+        mmproj = False  # the job itself reports what is wrong with its config
+    return [*job.outtypes, *([projector.MMPROJ] if mmproj else [])]
+
+
 def _todo(job: JobSpec, records: dict[tuple[str, str], dict[str, Any]], out_dir: Path) -> list[str]:
-    found = [records.get((job.id, t)) for t in job.outtypes]
+    outputs = _outputs(job)
+    found = [records.get((job.id, t)) for t in outputs]
     if not any(found):
-        return list(job.outtypes)  # nothing to compare: no need to hash the sources here
+        return outputs  # nothing to compare: no need to hash the sources here
     files = provenance.source_files(job.source.folder)
     return [
         t
-        for t, record in zip(job.outtypes, found, strict=True)
+        for t, record in zip(outputs, found, strict=True)
         if record is None
         or not provenance.is_current(
             record, provenance.expected(job.id, t, files, job.options()), out_dir
@@ -130,7 +141,7 @@ def convert_batch(
         tasks = []
         for job in plan.jobs:
             todo = _todo(job, records, out)
-            for t in (t for t in job.outtypes if t not in todo):
+            for t in (t for t in _outputs(job) if t not in todo):
                 reports[job.id].outputs.append({**records[(job.id, t)], "skipped": True})
                 emit(
                     {

@@ -3,7 +3,9 @@
 The high-precision output (f32, bf16 or f16 as asked, preferred in that order, or a temporary
 F16/BF16 intermediate when only quantized types are asked) is written by llorch's converter;
 every other outtype is made from it by llama.cpp's quantizer, so the weights are read once.
-Each output is renamed into place complete, then its provenance sidecar is written.
+Each output is renamed into place complete, then its provenance sidecar is written. A
+multimodal checkpoint's projector (convert/projector.py) is one more output, `mmproj`, written
+on its own from the checkpoint (F16, F32 beside an F32 base) as `<name>-<size>-mmproj-f16.gguf`.
 
 Run as `python -m llorch.convert.batch.job SPEC_JSON`: events go out as JSON lines on the
 original stdout (fd 1 is pointed at stderr, so stray native prints cannot corrupt them); when
@@ -27,7 +29,7 @@ from typing import Any
 import gguf
 
 from llorch.convert import imatrix as imx
-from llorch.convert import llamacpp, quality, verify_logits
+from llorch.convert import llamacpp, projector, quality, verify_logits
 from llorch.convert import writer as gw
 from llorch.convert.api import convert, quant_options
 from llorch.convert.batch import provenance
@@ -135,7 +137,7 @@ def _finish(
         "file": out.name,
         "bytes": out.stat().st_size,
         "sha256": file_sha256(out),
-        "from": None if outtype == base else base,
+        "from": None if outtype in (base, projector.MMPROJ) else base,
         "source": spec["source"],
         "verification": verify,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -176,7 +178,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 on_tensor=on_tensor,
                 metadata=_metadata(spec, name, files),
                 check_logits=spec.get("verify_logits", False),
-                mmproj=False,  # the projector is not carried through a batch yet (#18)
+                mmproj=False,  # written on its own, as the job's `mmproj` output
             )
             current = dst
             verified = {
@@ -191,8 +193,10 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 record = _finish(spec, base, dst, base, files, verified)
                 emit({"event": "output", "job": job, "seconds": _since(started), **record})
         vocab = None
-        quantized = [t for t in todo if t != base]
+        quantized = [t for t in todo if t not in (base, projector.MMPROJ)]
         stem = output_name(det, spec, base).removesuffix(f"-{base.upper()}.gguf")
+        if projector.MMPROJ in todo:
+            _projector(spec, det, base, files, stem, emit)
         imatrix = _imatrix(spec, current, base, files, stem, emit) if quantized else None
         for outtype in quantized:
             emit({"event": "stage", "job": job, "stage": f"quantize {outtype}"})
@@ -242,6 +246,22 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 os.replace(tmp, final)
             record = _finish(spec, outtype, final, base, files, verified, extra)
             emit({"event": "output", "job": job, "seconds": _since(t0), **record})
+
+
+def _projector(
+    spec: dict[str, Any], det: Detection, base: str, files: dict[str, str], stem: str, emit: Emit
+) -> None:
+    """The job's `mmproj` output, with the same provenance keys as its other outputs."""
+    t0 = time.monotonic()
+    emit({"event": "stage", "job": spec["id"], "stage": "convert mmproj"})
+    ptype = projector.projector_type(base)
+    out = Path(spec["out_dir"]) / f"{stem}-mmproj-{ptype}.gguf"
+    name = model_name(det, spec)
+    made = projector.convert_projector(det, out, base, name, _metadata(spec, name, files))
+    checked = {"projector": made["projector_type"], "tensors": made["n_tensors"]}
+    extra = {"projector_type": made["projector_type"], "projector_outtype": ptype}
+    record = _finish(spec, projector.MMPROJ, out, base, files, checked, extra)
+    emit({"event": "output", "job": spec["id"], "seconds": _since(t0), **record})
 
 
 def _since(t0: float) -> float:

@@ -67,7 +67,8 @@ class ProgressBars:
 
 
 def _verification(outputs: list[dict[str, Any]]) -> str:
-    checks = [o.get("verification") or {} for o in outputs]
+    # a projector (outtype mmproj) has no tokenizer to verify
+    checks = [o.get("verification") or {} for o in outputs if o.get("outtype") != "mmproj"]
     if not checks:
         return "-"
     if all(c.get("tokenizer") for c in checks):

@@ -103,7 +103,9 @@ def _row(record: Mapping[str, Any]) -> str:
 def model_card(repo: str, records: Sequence[Mapping[str, Any]], out_dir: Path) -> str:
     """README.md for `repo`: source, license and base model carried over, one row per file
     (type, size, quality), how the files were made, and their GGUF metadata."""
-    first = records[0]
+    # the text outputs: a projector (outtype mmproj) is a row, not the model's facts
+    text = [r for r in records if r.get("outtype") != "mmproj"] or list(records)
+    first = text[0]
     source = first.get("source") or {}
     base = source.get("repo_id")
     facts = _gguf_facts(out_dir / first["file"])
@@ -178,8 +180,8 @@ def model_card(repo: str, records: Sequence[Mapping[str, Any]], out_dir: Path) -
         "## Use",
         "",
         "```sh",
-        f"llama-server -hf {repo}:{records[-1]['outtype'].upper()}",
-        f"ollama run hf.co/{repo}:{records[-1]['outtype'].upper()}",
+        f"llama-server -hf {repo}:{text[-1]['outtype'].upper()}",
+        f"ollama run hf.co/{repo}:{text[-1]['outtype'].upper()}",
         "```",
         "",
     ]

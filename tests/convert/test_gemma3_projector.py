@@ -169,3 +169,55 @@ def test_the_conversion_cache_gives_the_text_part_and_keeps_the_projector(
         assert gguf.GGUFReader(got).get_field("general.architecture").contents() == "gemma3"
     (projector,) = tmp_path.glob("*/*-mmproj-f16.gguf")
     assert projector.parent == got.parent
+
+
+def test_convert_batch_carries_the_projector_with_its_provenance(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector is the job's `mmproj` output: F16 beside an F16 base and a Q8_0 made
+    from it, the same tensors as `convert` writes, the provenance keys in its GGUF and its
+    sidecar; a rerun skips it, and only it is redone when it is gone. The model card's facts
+    are the text part's."""
+    from llorch.convert.batch import convert_batch, plan_from_dirs
+    from llorch.convert.batch import provenance as prov
+    from llorch.convert.batch.push import model_card
+
+    monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "cache" / "gguf"))  # its digest memo
+    out = tmp_path / "out"
+    plan = plan_from_dirs([vlm.folder], outtypes=("f16", "q8_0"))
+    report = convert_batch(plan, out)
+    assert report.ok, report.failed
+    (job,) = report.jobs
+    assert sorted(o["outtype"] for o in job.outputs) == ["f16", "mmproj", "q8_0"]
+    (mmproj,) = out.glob("*-mmproj-f16.gguf")
+    (text,) = out.glob("*-F16.gguf")
+    assert mmproj.name == text.name.removesuffix("-F16.gguf") + "-mmproj-f16.gguf"
+    record = json.loads(prov.sidecar_path(mmproj).read_text())
+    assert (record["outtype"], record["from"], record["file"]) == ("mmproj", None, mmproj.name)
+    assert record["projector_type"] == "gemma3" and record["bytes"] == mmproj.stat().st_size
+    assert "preprocessor_config.json" in record["source_files"]
+    reader = gguf.GGUFReader(mmproj)
+    fields = _fields(reader)
+    assert fields["general.architecture"] == "clip"
+    names, digests = reader.get_field(prov.KEY_FILES), reader.get_field(prov.KEY_SHA256)
+    assert names is not None and digests is not None
+    files = dict(zip(names.contents(), digests.contents(), strict=True))
+    assert files == record["source_files"]
+    single = convert(vlm.folder, tmp_path / "one.gguf", outtype="f16", verify=False)
+    assert single.mmproj is not None
+    alone = {
+        t.name: np.asarray(t.data).tobytes()
+        for t in gguf.GGUFReader(single.mmproj["output"]).tensors
+    }
+    assert {t.name: np.asarray(t.data).tobytes() for t in reader.tensors} == alone
+    card = model_card("acme/tiny-vlm", list(prov.read_sidecars(out).values()), out)
+    assert "`general.architecture`: gemma3" in card and mmproj.name in card
+    # the last text output (the projector's sidecar sorts last: `mmproj` after `Q8_0`)
+    assert "llama-server -hf acme/tiny-vlm:Q8_0" in card
+
+    again = convert_batch(plan, out)
+    assert all(o["skipped"] for o in again.jobs[0].outputs) and len(again.jobs[0].outputs) == 3
+    mmproj.unlink()
+    redone = convert_batch(plan, out)
+    made = [o["outtype"] for o in redone.jobs[0].outputs if not o["skipped"]]
+    assert made == ["mmproj"] and mmproj.is_file()
