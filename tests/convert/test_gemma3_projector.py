@@ -41,19 +41,34 @@ def _fields(reader: gguf.GGUFReader) -> dict[str, object]:
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
-@pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_the_projector_is_llama_cpps(vlm: tiny_vlm.TinyVlm, tmp_path: Path, outtype: str) -> None:
+def _bf16_copy(folder: Path, dst: Path) -> Path:
+    """The checkpoint stored in BF16, as the released Gemma 3 checkpoints are."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, dst)
+    tensors = load_file(dst / "model.safetensors")
+    cast = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+    save_file(cast, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize(("outtype", "stored"), [("f32", "F32"), ("f16", "F32"), ("f16", "BF16")])
+def test_the_projector_is_llama_cpps(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path, outtype: str, stored: str
+) -> None:
     source = tiny_vlm.vendored_llama_cpp()
     if source is None:
         pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
+    folder = vlm.folder if stored == "F32" else _bf16_copy(vlm.folder, tmp_path / "bf16" / "hf")
     if outtype == "f32":
         ours = vlm.mmproj
     else:
-        report = convert(vlm.folder, tmp_path / "tiny-f16.gguf", outtype="f16", verify=False)
+        report = convert(folder, tmp_path / "tiny-f16.gguf", outtype="f16", verify=False)
         assert report.mmproj is not None and report.mmproj["outtype"] == "f16"
         ours = Path(report.mmproj["output"])
     assert ours.name.endswith(f"-mmproj-{outtype}.gguf")
-    theirs = tiny_vlm.convert_projector(vlm.folder, tmp_path / "theirs.gguf", source, outtype)
+    theirs = tiny_vlm.convert_projector(folder, tmp_path / "theirs.gguf", source, outtype)
     a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
     fa, fb = _fields(a), _fields(b)
     # llama.cpp's name is the folder's, title-cased ("Hf"); ours is the text part's
