@@ -27,15 +27,12 @@ _T = gguf.MODEL_TENSOR
 _Q = gguf.GGMLQuantizationType
 
 # checkpoint prefix -> the released checkpoints' prefix, which gguf's map knows (first match):
-# transformers 4 and the released files, transformers 5's `model.` wrapper and its
-# `vision_tower.` without `vision_model.`
+# the released files (transformers 4), and transformers 5's `vision_tower.` without
+# `vision_model.` (the wrapper's other prefixes: llorch.detector.table.LLAVA_TEXT)
 RENAMED = (
     ("vision_tower.vision_model.", "vision_tower.vision_model."),
-    ("model.vision_tower.vision_model.", "vision_tower.vision_model."),
     ("vision_tower.", "vision_tower.vision_model."),
-    ("model.vision_tower.", "vision_tower.vision_model."),
     ("multi_modal_projector.", "multi_modal_projector."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
 )
 LEFT_OUT = ("vision_tower.vision_model.head.",)
 

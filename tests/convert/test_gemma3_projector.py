@@ -236,3 +236,29 @@ def test_convert_batch_carries_the_projector_with_its_provenance(
     redone = convert_batch(plan, out)
     made = [o["outtype"] for o in redone.jobs[0].outputs if not o["skipped"]]
     assert made == ["mmproj"] and mmproj.is_file()
+
+
+def test_the_transformers_5_layout_gives_the_same_projector(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path
+) -> None:
+    """transformers 5 saves the tower as `vision_tower.*`; tests/tiny_vlm.py renames it to the
+    released checkpoints' `vision_tower.vision_model.*`."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "hf"
+    shutil.copytree(vlm.folder, folder)
+    released = "vision_tower.vision_model."
+    tensors = load_file(folder / "model.safetensors")
+    moved = {
+        "vision_tower." + k.removeprefix(released) if k.startswith(released) else k: v
+        for k, v in tensors.items()
+    }
+    assert len(moved) == len(tensors) and not any(k.startswith(released) for k in moved)
+    save_file(moved, folder / "model.safetensors", metadata={"format": "pt"})
+    report = convert(folder, tmp_path / "m.gguf", outtype="f32", verify=False)
+    assert report.mmproj is not None
+
+    def tensors_of(path: Path | str) -> dict[str, bytes]:
+        return {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(path).tensors}
+
+    assert tensors_of(report.mmproj["output"]) == tensors_of(vlm.mmproj)
