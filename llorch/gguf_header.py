@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -71,19 +72,22 @@ class GGUFHeaderError(ValueError):
     pass
 
 
-def read_header(path: Path | str) -> GGUFHeader:
+def read_header(path: Path | str, strings: Callable[[str], bool] = lambda key: False) -> GGUFHeader:
+    """The header of `path`; the string arrays of the keys `strings` accepts are read whole
+    (as tuples of str), the others as their length."""
     with open(path, "rb") as file:
         try:
             with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                return _Parser(data).header()
+                return _Parser(data, strings).header()
         except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
             raise GGUFHeaderError(f"{path}: not a readable GGUF header ({exc})") from exc
 
 
 class _Parser:
-    def __init__(self, data: mmap.mmap) -> None:
+    def __init__(self, data: mmap.mmap, strings: Callable[[str], bool]) -> None:
         self._data = data
         self._at = 0
+        self._strings = strings
 
     def _take(self, fmt: str) -> Any:
         (value,) = struct.unpack_from("<" + fmt, self._data, self._at)
@@ -109,11 +113,11 @@ class _Parser:
         fields = {}
         for _ in range(n_fields):
             key = self._string()
-            fields[key] = self._value(GGUFValueType(self._take("I")))
+            fields[key] = self._value(GGUFValueType(self._take("I")), self._strings(key))
         tensors = tuple(self._tensor() for _ in range(n_tensors))
         return GGUFHeader(fields, tensors)
 
-    def _value(self, kind: GGUFValueType) -> Any:
+    def _value(self, kind: GGUFValueType, whole: bool = True) -> Any:
         if kind == GGUFValueType.STRING:
             return self._string()
         if kind in _SCALARS:
@@ -122,6 +126,8 @@ class _Parser:
             raise ValueError(f"value type {kind}")
         item = GGUFValueType(self._take("I"))
         count = self._take("Q")
+        if item == GGUFValueType.STRING and whole:
+            return tuple(self._string() for _ in range(count))
         if item == GGUFValueType.STRING:
             for _ in range(count):  # only the lengths are read
                 self._at += 8 + struct.unpack_from("<Q", self._data, self._at)[0]

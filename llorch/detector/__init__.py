@@ -11,6 +11,7 @@ parity test in tests/convert (tests/llorch/test_detector.py checks that every ro
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -36,6 +37,7 @@ from llorch.detector.table import (
     row_for_config,
     supported_names,
 )
+from llorch.gguf_header import GGUFHeaderError, read_header
 
 
 @dataclass(frozen=True)
@@ -215,10 +217,10 @@ PROVENANCE_PREFIXES = (
 )
 
 
-def gguf_provenance(reader: gguf.GGUFReader) -> dict[str, Any] | None:
+def gguf_provenance(fields: dict[str, Any]) -> dict[str, Any] | None:
     found = {
-        name: f.contents()
-        for name, f in reader.fields.items()
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in fields.items()
         if name.startswith(PROVENANCE_PREFIXES)
     }
     return found or None
@@ -226,18 +228,14 @@ def gguf_provenance(reader: gguf.GGUFReader) -> dict[str, Any] | None:
 
 def _detect_gguf(source: str, path: Path) -> Detection:
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError/IndexError/struct errors
+        header = read_header(path, strings=lambda key: key.startswith(PROVENANCE_PREFIXES))
+    except GGUFHeaderError as exc:
         raise InvalidFileError(f"{path}: not a readable GGUF file ({exc})") from exc
-
-    def field(key: str) -> Any:
-        f = reader.get_field(key)
-        return None if f is None else f.contents()
-
-    arch = field(gguf.Keys.General.ARCHITECTURE)
-    ftype = field(gguf.Keys.General.FILE_TYPE)
-    params = sum(int(t.n_elements) for t in reader.tensors)
-    tok_model = field(gguf.Keys.Tokenizer.MODEL)
+    value_of = header.fields.get
+    arch = value_of(gguf.Keys.General.ARCHITECTURE)
+    ftype = value_of(gguf.Keys.General.FILE_TYPE)
+    params = sum(math.prod(t.shape) for t in header.tensors)
+    tok_model: Any = value_of(gguf.Keys.Tokenizer.MODEL)
     dtype = gguf.LlamaFileType(ftype).name if isinstance(ftype, int) else None
     return Detection(
         source=source,
@@ -252,8 +250,8 @@ def _detect_gguf(source: str, path: Path) -> Detection:
         tokenizer=GGUF_TOKENIZERS.get(tok_model, tok_model),
         supported=True,  # llama.cpp decides at load time; it knows more arches than we convert
         reason=None,
-        provenance=gguf_provenance(reader),
-        projector=field(gguf.Keys.Clip.PROJECTOR_TYPE),
+        provenance=gguf_provenance(header.fields),
+        projector=value_of(gguf.Keys.Clip.PROJECTOR_TYPE),
     )
 
 

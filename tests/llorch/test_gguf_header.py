@@ -77,6 +77,9 @@ def test_every_value_type_and_tensor_type(tmp_path: Path) -> None:
     check(path)
     header = read_header(path)
     assert header.fields["t.strings"] == StringArray(4)
+    whole = read_header(path, strings=lambda key: key == "t.strings").fields
+    assert whole["t.strings"] == ("a", "", "ünï", "x" * 300)
+    assert whole == header.fields | {"t.strings": whole["t.strings"]}
     assert header.int_field("t.ints") == 3 and header.int_field("absent", 7) == 7
 
 
