@@ -85,10 +85,7 @@ def tiny_model(tmp: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(REPO / "tests"))
     import tiny_vlm
 
-    source = tiny_vlm.vendored_llama_cpp()
-    if source is None:
-        raise SystemExit("no vendored llama.cpp source for the projector's converter")
-    built = tiny_vlm.build(tmp, source)
+    built = tiny_vlm.build(tmp)  # the text part and its projector, both by llorch's converter
     return built.text, built.mmproj
 
 
