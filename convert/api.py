@@ -105,6 +105,21 @@ def _check_output_head(model: ModelInput, plans: list[PlannedTensor]) -> None:
         )
 
 
+def _left_out(model: ModelInput, vision: projector.ProjectorJob | None, asked: bool) -> list[str]:
+    """A multimodal wrapper converted without its projector says so: which parts are left
+    out and why."""
+    n = sum(1 for ref in model.ckpt if model.text_name(ref.name) is None)
+    if n == 0 or vision is not None:
+        return []
+    why = (
+        "--no-mmproj"
+        if not asked and lookup(model.hf_architecture).vision is not None
+        else "llorch does not write this family's projector; llama.cpp's "
+        "convert_hf_to_gguf.py --mmproj does"
+    )
+    return [f"text part only: {n} tensors of the vision/audio parts left out ({why})"]
+
+
 def model_name(model: ModelInput) -> str:
     name = model.config.get("_name_or_path")
     if isinstance(name, str) and name and not name.startswith(("/", ".")):
@@ -216,6 +231,7 @@ def convert(
     direct = outtype in gw.DIRECT
     stage_type = outtype if direct else ("bf16" if det.dtype == "BF16" else "f16")
     notes = list(vocab.notes)
+    notes.extend(_left_out(model, vision, mmproj))
     mm_record = None
     with gw.temp_path(out) as tmp, projector.temp(vision) as mm_tmp:
         w = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[model.arch])

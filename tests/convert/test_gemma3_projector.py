@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import gguf
 import llama_cpp as ll
@@ -26,6 +27,7 @@ import tiny_vlm
 from llorch.cli import main
 from llorch.convert import convert
 from llorch.convert.errors import OutputExistsError, UnmappedTensorError
+from tests.convert.parity_cases import CASES
 
 pytestmark = pytest.mark.slow
 
@@ -135,12 +137,31 @@ def test_detect_names_the_text_part_and_the_projector(
     assert json.loads(capsys.readouterr().out)["projector"] is None
 
 
-def test_no_mmproj_writes_the_text_part_only(vlm: tiny_vlm.TinyVlm, tmp_path: Path) -> None:
+def test_no_mmproj_writes_the_text_part_only(
+    vlm: tiny_vlm.TinyVlm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "text.gguf"
     assert (
         main(["convert", str(vlm.folder), "-o", str(out), "--outtype", "f32", "--no-mmproj"]) == 0
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text.gguf"]
+    # the tower's 32 tensors and the projector's 2
+    note = "note: text part only: 34 tensors of the vision/audio parts left out (--no-mmproj)"
+    assert note in capsys.readouterr().out
+
+
+def test_a_wrapper_whose_projector_llorch_does_not_write_says_so(
+    checkpoint: Any, tmp_path: Path
+) -> None:
+    """Mistral 3 (Pixtral): the language model converts, and the report says the vision part
+    was left out and who writes it."""
+    case = CASES["mistral3-multimodal-text-part"]
+    built = checkpoint(case.model_cls, case.config_cls, case.config)
+    report = convert(built.folder, tmp_path / "m.gguf", outtype="f32", verify=False)
+    assert report.mmproj is None
+    assert not list(tmp_path.glob("*mmproj*"))
+    (note,) = [n for n in report.notes if n.startswith("text part only")]
+    assert "llama.cpp's convert_hf_to_gguf.py --mmproj" in note
 
 
 def test_an_existing_projector_stops_the_conversion_first(
