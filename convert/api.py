@@ -34,6 +34,7 @@ from llorch.detector.errors import InvalidFileError
 from llorch.detector.safetensors import Checkpoint
 
 DEFAULT_OUTTYPE = "f16"
+LEFT_OUT = "text part only:"  # the note of a wrapper converted without its projector
 DEFAULT_QUALITY_CHUNK = 512
 
 
@@ -117,7 +118,7 @@ def _left_out(model: ModelInput, vision: projector.ProjectorJob | None, asked: b
         else "llorch does not write this family's projector; llama.cpp's "
         "convert_hf_to_gguf.py --mmproj does"
     )
-    return [f"text part only: {n} tensors of the vision/audio parts left out ({why})"]
+    return [f"{LEFT_OUT} {n} tensors of the vision/audio parts left out ({why})"]
 
 
 def model_name(model: ModelInput) -> str:

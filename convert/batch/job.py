@@ -31,7 +31,7 @@ import gguf
 from llorch.convert import imatrix as imx
 from llorch.convert import llamacpp, projector, quality, verify_logits
 from llorch.convert import writer as gw
-from llorch.convert.api import convert, quant_options
+from llorch.convert.api import LEFT_OUT, convert, quant_options
 from llorch.convert.batch import provenance
 from llorch.convert.batch.plan import HIGH_PRECISION
 from llorch.convert.errors import ConversionError
@@ -167,6 +167,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                 done[0] += 1
                 emit({"event": "tensor", "job": job, "done": done[0]})
 
+            mmproj = projector.has_projector(det.path)
             report = convert(
                 det,
                 dst,
@@ -184,7 +185,8 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
             verified = {
                 "tokenizer": report.verified,
                 "strings": report.verify_strings,
-                "notes": list(report.notes),
+                # the projector is this job's own output (`mmproj`), not left out
+                "notes": [n for n in report.notes if not n.startswith(LEFT_OUT) or not mmproj],
                 "differences": list(report.verify_differences),
             }
             if report.logits is not None:

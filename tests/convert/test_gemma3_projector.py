@@ -232,6 +232,9 @@ def test_convert_batch_carries_the_projector_with_its_provenance(
     assert (record["outtype"], record["from"], record["file"]) == ("mmproj", None, mmproj.name)
     assert record["projector_type"] == "gemma3" and record["bytes"] == mmproj.stat().st_size
     assert "preprocessor_config.json" in record["source_files"]
+    # the text part's notes do not call the projector left out: it is the job's own output
+    text_record = json.loads(prov.sidecar_path(text).read_text())
+    assert not [n for n in text_record["verification"]["notes"] if "left out" in n]
     reader = gguf.GGUFReader(mmproj)
     fields = _fields(reader)
     assert fields["general.architecture"] == "clip"
