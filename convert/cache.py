@@ -102,3 +102,13 @@ def cached_gguf(
             target_dir.rmdir()  # only if empty: a concurrent success stays
         raise
     return Path(report.output)
+
+
+def cached_projector(text: Path, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The projector that converting a multimodal checkpoint wrote beside `text`, a GGUF that
+    cached_gguf returned; None for a text-only model, and for a GGUF outside the cache (one
+    returned as it was given: what lies beside it is not known to be its projector)."""
+    folder = Path(cache_dir) if cache_dir is not None else cache_root()
+    if text.parent.parent.resolve() != folder.resolve() or is_projector(text):
+        return None
+    return next((p for p in sorted(text.parent.glob("*.gguf")) if is_projector(p)), None)

@@ -25,6 +25,7 @@ from llorch.worker.backend.protocol import LoadOptions
 __all__ = [
     "CHAT_MODEL_NAME",
     "chat_model_path",
+    "converted_projector",
     "default_model_path",
     "file_sha256",
     "resolve_model",
@@ -206,6 +207,18 @@ def resolve_model(spec: str | None, stopping: Callable[[], bool] | None = None) 
         return Path(cached_gguf(spec, stopping=stopping))
     except MODEL_ERRORS as exc:  # the message names the file and the problem
         raise ModelLoadError(str(exc)) from exc
+
+
+def converted_projector(spec: str | None, path: Path) -> Path | None:
+    """The projector to serve with `path`, what resolve_model gave for `spec`: the one its
+    conversion wrote when `spec` is a Hugging Face folder or repo id of a multimodal
+    checkpoint (as if --mmproj named it); None for a GGUF file given as it is."""
+    given = Path(spec).expanduser() if spec is not None else None
+    if given is None or given.is_file() or (spec == CHAT_MODEL_NAME and not given.exists()):
+        return None
+    from llorch.convert.cache import cached_projector
+
+    return cached_projector(Path(path))
 
 
 def host_memory_available() -> int | None:

@@ -89,10 +89,14 @@ class Scheduler:
         options: LoadOptions,
         *,
         max_queue: int = 64,
+        options_for: Callable[[Path], LoadOptions] | None = None,
     ) -> None:
+        """`options_for`: the load options for the file `model_path` gave, where they depend
+        on it (an HF folder's conversion brings its projector); `options` otherwise."""
         self._backend = backend
         self._model_path = model_path
         self._options = options
+        self._options_for = options_for
         self._thread = threading.Thread(target=self._run, name="llorch-model", daemon=True)
         self._state = State.LOADING
         self._error: WorkerError | None = None
@@ -364,7 +368,8 @@ class Scheduler:
             path = self._model_path()
             if self.stopping.is_set():
                 raise ShuttingDownError("the worker stopped while the model was being prepared")
-            self.model = self._backend.load(path, self._options)
+            options = self._options_for(path) if self._options_for else self._options
+            self.model = self._backend.load(path, options)
             self.backend_info = self._backend.backend_info()
         except Exception as exc:
             log.exception("model loading failed")

@@ -24,7 +24,12 @@ from llorch.worker.fleet import Fleet, ModelEntry
 from llorch.worker.http import wire
 from llorch.worker.http.app import create_app
 from llorch.worker.http.metrics import WorkerMetrics
-from llorch.worker.models import footprint_bytes, host_memory_available, resolve_model
+from llorch.worker.models import (
+    converted_projector,
+    footprint_bytes,
+    host_memory_available,
+    resolve_model,
+)
 from llorch.worker.scheduler import Scheduler, State
 from llorch.worker.settings import WorkerSettings
 
@@ -83,7 +88,19 @@ def build_app(
         def resolve() -> Path:
             return resolve_model(entry.source, stopping=scheduler.stopping.is_set)
 
-        scheduler = Scheduler(own, model_path or resolve, loaded, max_queue=settings.max_queue)
+        def with_projector(path: Path) -> LoadOptions:
+            # An HF folder's conversion brings its projector; an explicit --mmproj wins.
+            if loaded.mmproj is not None:
+                return loaded
+            return replace(loaded, mmproj=converted_projector(entry.source, path))
+
+        scheduler = Scheduler(
+            own,
+            model_path or resolve,
+            loaded,
+            max_queue=settings.max_queue,
+            options_for=with_projector,
+        )
         observe = metrics.job_observer
         return Engine(
             scheduler,

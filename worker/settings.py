@@ -272,7 +272,8 @@ class WorkerSettings(BaseSettings):
     mmproj: list[str] = Field(
         default_factory=list,
         description="a multimodal projector GGUF (llama.cpp's mtmd, mmproj-*.gguf): PATH for "
-        "the first model, or NAME=PATH for a named one; repeatable. The model then takes images",
+        "the first model, or NAME=PATH for a named one; repeatable. The model then takes images. "
+        "An HF folder or repo id given to --model brings the projector its conversion wrote",
     )
     max_media_per_request: int = Field(
         8, ge=0, le=1024, description="images one request may carry at most"

@@ -79,3 +79,52 @@ def test_the_chat_models_name_is_a_file_first(tmp_path: Path, monkeypatch) -> No
     assert models.footprint_bytes(models.CHAT_MODEL_NAME, options) is None
     (tmp_path / models.CHAT_MODEL_NAME).write_bytes(b"a local file")
     assert models.resolve_model(models.CHAT_MODEL_NAME) == Path(models.CHAT_MODEL_NAME)
+
+
+def test_an_hf_folder_is_served_with_the_projector_its_conversion_wrote(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A folder (or repo id) resolved into the conversion cache brings the projector beside
+    its text GGUF; an explicit --mmproj for that model wins; the same GGUF named as a file
+    brings none."""
+    from fakes import FakeBackend
+    from fastapi.testclient import TestClient
+
+    from llorch.worker.fleet import ModelEntry
+    from llorch.worker.server import build_app
+    from llorch.worker.settings import WorkerSettings
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLORCH_CACHE", str(cache))
+    (cache / "0123abcd").mkdir(parents=True)
+    text = cache / "0123abcd" / "tiny.gguf"
+    projector = cache / "0123abcd" / "tiny-mmproj-f16.gguf"
+    pinned = tmp_path / "pinned-mmproj-f16.gguf"
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for path in (text, projector, pinned):
+        path.write_bytes(b"")
+    given: dict[str, Path | None] = {}
+
+    class Recording(FakeBackend):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def load(self, path: Path, options: LoadOptions) -> object:
+            given[self.name] = options.mmproj
+            return super().load(path, options)
+
+    served = [f"folder={folder}", f"pinned={folder}", f"file={text}"]
+    settings = WorkerSettings(model=served, mmproj=[f"pinned={pinned}"])
+
+    def make(entry: ModelEntry) -> Recording:
+        return Recording(entry.name or "")
+
+    # every model resolves to the cached text GGUF, as the folder's conversion would give it
+    app = build_app(make, settings, model_path=lambda: text)
+    with TestClient(app, base_url="http://127.0.0.1"):
+        for engine in app.state.fleet.loaded().values():
+            assert engine.wait_loaded(5)
+    assert given == {"folder": projector, "pinned": pinned, "file": None}
+    assert models.converted_projector(str(folder), tmp_path / "elsewhere" / "m.gguf") is None
