@@ -127,9 +127,16 @@ def _theirs(served: dict, prompt: str, images: list[bytes], n: int = N_PREDICT) 
     return dict(reply.json())
 
 
-def _ours(served: dict, prompt: str, images: list[bytes], job: str, n: int = N_PREDICT) -> dict:
+def _ours(
+    served: dict,
+    prompt: str,
+    images: list[bytes],
+    job: str,
+    n: int = N_PREDICT,
+    first_token: threading.Event | None = None,
+) -> dict:
     """/execute's events gathered: token ids, their log-probabilities, the metrics, and when
-    the job started and ended (to show requests overlapped)."""
+    the job started and ended (to show requests overlapped); `first_token` set at the first."""
     body = {
         "job_id": job,
         "prompt": prompt,
@@ -145,6 +152,8 @@ def _ours(served: dict, prompt: str, images: list[bytes], job: str, n: int = N_P
             if event["type"] == "started":
                 out["started"] = time.monotonic()
             elif event["type"] == "token":
+                if first_token is not None:
+                    first_token.set()
                 out["tokens"].append(event["id"])
                 out["logprobs"].append(event["logprob"])
                 out["top"].append({t["id"]: t["logprob"] for t in event["top_logprobs"]})
@@ -278,29 +287,41 @@ def test_images_batched_with_text_requests(served: dict) -> None:
     text_alone = _ours(served, text_prompt, [], "text-alone", n=32)
     results: dict[str, dict] = {}
 
-    def run(key: str, prompt: str, images: list[bytes], n: int) -> None:
-        results[key] = _ours(served, prompt, images, f"mixed-{key}", n)
+    def run(key: str, prompt: str, images: list[bytes], n: int, *first: threading.Event) -> None:
+        results[key] = _ours(served, prompt, images, f"mixed-{key}", n, *first)
 
-    jobs = [
-        threading.Thread(target=run, args=("text-0", text_prompt, [], 32)),
-        threading.Thread(target=run, args=("noise-0", PROMPT, [IMAGES["noise-0"]], N_PREDICT)),
-        threading.Thread(target=run, args=("red", PROMPT, [IMAGES["red"]], N_PREDICT)),
-        threading.Thread(target=run, args=("text-1", text_prompt, [], 32)),
+    # Two text requests long enough to outlast the image requests, which start once both
+    # generate and end before they are cancelled: the runs overlap by construction, whatever
+    # the machine's speed.
+    generating = [threading.Event(), threading.Event()]
+    texts = [
+        threading.Thread(target=run, args=(f"text-{i}", text_prompt, [], 900, generating[i]))
+        for i in range(2)
     ]
-    for job in jobs:
+    for job in texts:
         job.start()
-    for job in jobs:
+    assert all(event.wait(120) for event in generating)
+    images = [
+        threading.Thread(target=run, args=(name, PROMPT, [IMAGES[name]], N_PREDICT))
+        for name in ("noise-0", "red")
+    ]
+    for job in images:
+        job.start()
+    for job in images:
+        job.join()
+    for i in range(2):
+        httpx.delete(f"{served['worker']}/jobs/mixed-text-{i}", timeout=30)
+    for job in texts:
         job.join()
     for name in ("noise-0", "red"):
         _same_answer(results[name], alone[name])
-        # decoded while a text request was: their runs overlapped
-        assert any(
-            results[name]["started"] < results[t]["ended"]
-            and results[t]["started"] < results[name]["ended"]
-            for t in ("text-0", "text-1")
-        )
+        for t in ("text-0", "text-1"):  # decoded while both text requests were
+            assert results[t]["started"] < results[name]["started"] < results[t]["ended"]
     for key in ("text-0", "text-1"):
-        assert results[key]["tokens"] == text_alone["tokens"]
+        # in a batch with images, a text request's tokens are those it gets alone
+        n = len(text_alone["tokens"])
+        assert n > 0 and results[key]["tokens"][:n] == text_alone["tokens"]
+        assert len(results[key]["tokens"]) > n  # still generating when the images ended
 
 
 def test_a_second_turn_reuses_the_images_cache(served: dict) -> None:
