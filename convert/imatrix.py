@@ -273,7 +273,8 @@ class _Collector:
         self.lib.ggml_backend_tensor_get(ptr, buf.ctypes.data, 0, nbytes)
         shape = tuple(int(t.ne[i]) for i in (3, 2, 1, 0))
         strides = tuple(int(t.nb[i]) for i in (3, 2, 1, 0))
-        return np.lib.stride_tricks.as_strided(buf.view(dtype), shape, strides).copy()
+        # A view of `buf`, which is this call's own copy of the tensor (callers convert it).
+        return np.lib.stride_tricks.as_strided(buf.view(dtype), shape, strides, writeable=False)
 
     def __call__(self, ptr: int, ask: bool, user_data: Any) -> bool:
         del user_data
