@@ -10,8 +10,10 @@ token: the KL divergence of the candidate's next-token distribution from the ref
 (terms where the reference's log-probability is at most -16 left out, as there), whether both
 put the same token first, and each model's negative log-likelihood of the actual next token.
 
-Both models are evaluated chunk by chunk side by side, so no logits are stored: memory is two
-models and one chunk's logits of each.
+Both models are evaluated chunk by chunk side by side. Measuring several candidates against
+one reference (a batch's quantized types), a ReferenceCache keeps the reference's
+log-probabilities of each chunk up to a memory budget, so the reference is evaluated once, as
+llama-perplexity keeps them in its --kl-divergence-base file.
 """
 
 from __future__ import annotations
@@ -52,6 +54,24 @@ class Quality:
     def gguf_metadata(self) -> dict[str, str | int | float]:
         """The GGUF keys (llorch.keys.QUALITY_PREFIX + field) `llorch detect` shows."""
         return {keys.QUALITY_PREFIX + k: v for k, v in asdict(self).items()}
+
+
+class ReferenceCache:
+    """The reference's log-probabilities per chunk, kept between measurements against it;
+    at most `budget_bytes` (past it, chunks are evaluated again)."""
+
+    def __init__(self, budget_bytes: int = 1 << 30) -> None:
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self._chunks: dict[tuple[str, str, int, int], np.ndarray] = {}
+
+    def get(self, key: tuple[str, str, int, int]) -> np.ndarray | None:
+        return self._chunks.get(key)
+
+    def put(self, key: tuple[str, str, int, int], log_probs: np.ndarray) -> None:
+        if key not in self._chunks and self.used_bytes + log_probs.nbytes <= self.budget_bytes:
+            self._chunks[key] = log_probs
+            self.used_bytes += log_probs.nbytes
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -110,6 +130,7 @@ def measure(
     chunks: int | None = None,
     n_threads: int = 0,
     on_chunk: Callable[[int, int], None] | None = None,
+    cache: ReferenceCache | None = None,
 ) -> Quality:
     """`candidate` against `reference` on the text file `text` (see the module's docstring)."""
     import contextlib
@@ -147,7 +168,12 @@ def measure(
             part = tokens[c * chunk : (c + 1) * chunk]
             if bos is not None:
                 part[0] = bos
-            lp_ref = ref.log_probs(part, first)
+            key = (str(reference), str(text), chunk, c)
+            lp_ref = cache.get(key) if cache is not None else None
+            if lp_ref is None:
+                lp_ref = ref.log_probs(part, first)
+                if cache is not None:
+                    cache.put(key, lp_ref)
             lp = cand.log_probs(part, first)
             target = np.asarray(tokens[c * chunk + first + 1 : (c + 1) * chunk])
             rows = np.arange(len(target))

@@ -200,6 +200,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
         if projector.MMPROJ in todo:
             _projector(spec, det, base, files, stem, emit)
         imatrix = _imatrix(spec, current, base, files, stem, emit) if quantized else None
+        references = quality.ReferenceCache()  # the high-precision output's, for every type
         for outtype in quantized:
             emit({"event": "stage", "job": job, "stage": f"quantize {outtype}"})
             t0 = time.monotonic()
@@ -222,6 +223,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                         reference_name=base,
                         chunk=int(spec.get("quality_chunk") or quality.DEFAULT_CHUNK),
                         n_threads=threads,
+                        cache=references,
                     )
                     extra["quality"] = measured.to_json()
                     # measured after quantizing: the keys go into a copy, tensors as they are

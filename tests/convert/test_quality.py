@@ -111,10 +111,19 @@ def test_quality_agrees_with_llama_perplexity(model: dict[str, Path], tmp_path: 
 def test_kl_divergence_orders_types_by_their_bits(model: dict[str, Path]) -> None:
     order = ["q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"]
     found = {}
+    # One reference cache for every type, as convert-batch measures them: the reference's
+    # log-probabilities are computed for the first type only, and every number equals a
+    # measurement without the cache.
+    cache = quality.ReferenceCache()
     for name in order:
         out = model["base"] / f"{name}.gguf"
         llamacpp.quantize(model["f16"], out, gw.quantizer_types()[name], n_threads=2)
         found[name] = quality.measure(model["f16"], out, model["eval"], chunk=CHUNK, chunks=8)
+        cached = quality.measure(
+            model["f16"], out, model["eval"], chunk=CHUNK, chunks=8, cache=cache
+        )
+        assert cached == found[name]
+        assert cache.used_bytes > 0 and len(cache._chunks) == 8
     kld = [found[n].kld_mean for n in order]
     top1 = [found[n].top1 for n in order]
     assert kld == sorted(kld, reverse=True), dict(zip(order, kld, strict=True))
