@@ -257,15 +257,28 @@ def make_gemma4_bpe(folder: Path, *, vocab_size: int = 400) -> int:
     return int(tok.get_vocab_size())
 
 
-def write_pooling(folder: Path, mode: str | None) -> None:
-    """sentence-transformers modules.json and 1_Pooling/config.json (mode None: no pooling)."""
+def write_pooling(
+    folder: Path, mode: str | None, *, dimension: int | None = None, normalize: bool = False
+) -> None:
+    """sentence-transformers modules.json and 1_Pooling/config.json (mode None: no pooling);
+    `dimension`: the pooling's word_embedding_dimension, which sentence-transformers itself
+    needs to load the folder; `normalize`: a 2_Normalize module after it."""
     kind = "sentence_transformers.models."
     modules = [{"idx": 0, "name": "0", "path": "", "type": kind + "Transformer"}]
     if mode is not None:
         modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": kind + "Pooling"})
         (folder / "1_Pooling").mkdir(exist_ok=True)
-        flags = {f"pooling_mode_{m}": m == mode for m in ("cls_token", "mean_tokens", "lasttoken")}
+        flags: dict[str, Any] = {
+            f"pooling_mode_{m}": m == mode for m in ("cls_token", "mean_tokens", "lasttoken")
+        }
+        if dimension is not None:
+            flags["word_embedding_dimension"] = dimension
         (folder / "1_Pooling" / "config.json").write_text(json.dumps(flags))
+    if normalize:
+        idx = len(modules)
+        path = f"{idx}_Normalize"
+        modules.append({"idx": idx, "name": str(idx), "path": path, "type": kind + "Normalize"})
+        (folder / path).mkdir(exist_ok=True)
     (folder / "modules.json").write_text(json.dumps(modules))
 
 

@@ -25,6 +25,7 @@ from llorch import keys
 from llorch.convert import convert
 from llorch.convert.errors import ConfigError
 from llorch.detector import detect
+from tests.convert.conftest import write_pooling
 
 NOMIC = {
     "hidden_size": 64,
@@ -135,17 +136,8 @@ def test_served_embeddings_match_sentence_transformers(helpers: Any, tmp_path: P
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             (folder / name).write_bytes(zf.read(name))
     _nomic(folder, 30528)  # 30522 tokens padded to a multiple of 64, as nomic's vocabulary
-    kind = "sentence_transformers.models."  # nomic-embed-text-v1.5's modules
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": kind + "Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": kind + "Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": kind + "Normalize"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir()
-    pooling = {"word_embedding_dimension": NOMIC["hidden_size"], "pooling_mode_mean_tokens": True}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (folder / "2_Normalize").mkdir()
+    # nomic-embed-text-v1.5's modules
+    write_pooling(folder, "mean_tokens", dimension=NOMIC["hidden_size"], normalize=True)
 
     out = tmp_path / "nomic.gguf"
     report = convert(folder, out, outtype="f32")

@@ -17,6 +17,7 @@ from support import start_worker
 from llorch import keys
 from llorch.convert import convert
 from llorch.detector import detect
+from tests.convert.conftest import write_pooling
 
 QWEN3 = {
     "hidden_size": 64,
@@ -60,17 +61,7 @@ def _as_qwen3_embedding(folder: Path) -> None:
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["add_bos_token"] = False
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    kind = "sentence_transformers.models."
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": kind + "Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": kind + "Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": kind + "Normalize"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir()
-    pooling = {"word_embedding_dimension": QWEN3["hidden_size"], "pooling_mode_lasttoken": True}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (folder / "2_Normalize").mkdir()
+    write_pooling(folder, "lasttoken", dimension=QWEN3["hidden_size"], normalize=True)
     st_config = {"prompts": PROMPTS, "default_prompt_name": None}
     (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config))
 

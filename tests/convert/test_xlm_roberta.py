@@ -130,20 +130,9 @@ def test_served_embeddings_match_sentence_transformers(
     from sentence_transformers import SentenceTransformer
 
     built = checkpoint("XLMRobertaModel", "XLMRobertaConfig", XLM_ROBERTA, tokenizer="unigram")
-    kind = "sentence_transformers.models."
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": kind + "Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": kind + "Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": kind + "Normalize"},
-    ]
-    (built.folder / "modules.json").write_text(json.dumps(modules))
-    (built.folder / "1_Pooling").mkdir()
-    pooling = {
-        "word_embedding_dimension": XLM_ROBERTA["hidden_size"],
-        "pooling_mode_cls_token": True,
-    }
-    (built.folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (built.folder / "2_Normalize").mkdir()
+    helpers.write_pooling(
+        built.folder, "cls_token", dimension=XLM_ROBERTA["hidden_size"], normalize=True
+    )
     out = tmp_path / "xlmr.gguf"
     assert convert(built.folder, out, outtype="f32").verified
     texts = [*DOCUMENTS[:4], "a  run of  spaces and\nnewlines"]
