@@ -263,3 +263,26 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
 def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     dot = (got * ref).sum(axis=-1)
     return np.asarray(dot / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1)))
+
+
+def check_embeddings(text: Path, mmproj: Path, reference_model: Any, cos_min: float) -> None:
+    """mtmd's image embeddings from `mmproj` beside `text` against `reference_model`'s vision
+    tower + projector, for two images at the model's size: every row's cosine >= cos_min."""
+    import llama_cpp as ll
+
+    from llorch.worker.backend.mtmd import Projector
+
+    model = ll.llama_model_load_from_file(str(text).encode(), ll.llama_model_default_params())
+    assert model
+    projector = Projector(mmproj, model, threads=2, use_gpu=False)
+    try:
+        n_embd = ll.llama_model_n_embd(model)
+        for seed in (0, 1):
+            picture, pixel_values = image(seed)
+            (got,) = projector.embeddings(picture, n_embd)
+            ref = reference_embeddings(reference_model, pixel_values, n_embd)
+            assert got.shape == ref.shape == (IMAGE_TOKENS, n_embd)
+            assert cosines(got, ref).min() >= cos_min
+    finally:
+        projector.close()
+        ll.llama_model_free(model)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import gguf
-import llama_cpp as ll
 import numpy as np
 import pytest
 import tiny_vlm
@@ -96,8 +95,6 @@ def test_the_projector_is_llama_cpps(
 def test_mtmd_reads_the_f16_projector_beside_a_q8_0_text_part_as_the_reference(
     vlm: tiny_vlm.TinyVlm, tmp_path: Path
 ) -> None:
-    from llorch.worker.backend.mtmd import Projector
-
     report = convert(vlm.folder, tmp_path / "tiny-q8_0.gguf", outtype="q8_0", verify=False)
     assert report.mmproj is not None
     mmproj = Path(report.mmproj["output"])
@@ -105,23 +102,7 @@ def test_mtmd_reads_the_f16_projector_beside_a_q8_0_text_part_as_the_reference(
     assert report.mmproj["projector_type"] == "gemma3" and report.mmproj["n_tensors"] == 23
     header = _fields(gguf.GGUFReader(mmproj))
     assert header["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
-    reference = tiny_vlm.reference(vlm.folder)
-    model = ll.llama_model_load_from_file(
-        str(report.output).encode(), ll.llama_model_default_params()
-    )
-    assert model
-    projector = Projector(mmproj, model, threads=2, use_gpu=False)
-    try:
-        n_embd = ll.llama_model_n_embd(model)
-        for seed in (0, 1):
-            image, pixel_values = tiny_vlm.image(seed)
-            (got,) = projector.embeddings(image, n_embd)
-            ref = tiny_vlm.reference_embeddings(reference, pixel_values, n_embd)
-            assert got.shape == ref.shape == (tiny_vlm.IMAGE_TOKENS, n_embd)
-            assert tiny_vlm.cosines(got, ref).min() >= COS_MIN
-    finally:
-        projector.close()
-        ll.llama_model_free(model)
+    tiny_vlm.check_embeddings(report.output, mmproj, tiny_vlm.reference(vlm.folder), COS_MIN)
 
 
 def test_detect_names_the_text_part_and_the_projector(

@@ -6,13 +6,11 @@ at every position after the image."""
 
 from __future__ import annotations
 
-import llama_cpp as ll
 import numpy as np
 import pytest
 import tiny_vlm
 
 from llorch.worker.backend.llama import LlamaCppBackend
-from llorch.worker.backend.mtmd import Projector
 from llorch.worker.backend.protocol import GenerationRequest, LoadOptions
 
 pytestmark = pytest.mark.slow
@@ -30,22 +28,7 @@ _reference = tiny_vlm.reference
 
 
 def test_image_embeddings_equal_the_references(vlm: tiny_vlm.TinyVlm) -> None:
-    reference = _reference(vlm.folder)
-    params = ll.llama_model_default_params()
-    model = ll.llama_model_load_from_file(str(vlm.text).encode(), params)
-    assert model
-    projector = Projector(vlm.mmproj, model, threads=2, use_gpu=False)
-    try:
-        n_embd = ll.llama_model_n_embd(model)
-        for seed in (0, 1):
-            image, pixel_values = _image(seed)
-            (got,) = projector.embeddings(image, n_embd)
-            ref = tiny_vlm.reference_embeddings(reference, pixel_values, n_embd)
-            assert got.shape == ref.shape == (tiny_vlm.IMAGE_TOKENS, n_embd)
-            assert tiny_vlm.cosines(got, ref).min() >= COS_MIN
-    finally:
-        projector.close()
-        ll.llama_model_free(model)
+    tiny_vlm.check_embeddings(vlm.text, vlm.mmproj, _reference(vlm.folder), COS_MIN)
 
 
 def test_logits_after_an_image_equal_the_references(vlm: tiny_vlm.TinyVlm) -> None:
