@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -23,7 +23,13 @@ from typing import Any, Protocol, cast
 import gguf
 
 from llorch.convert import writer as gw
-from llorch.convert.errors import ConfigError, OutputError
+from llorch.convert.errors import (
+    ConfigError,
+    MissingTensorError,
+    OutputError,
+    ShapeMismatchError,
+    UnmappedTensorError,
+)
 from llorch.convert.families.base import PlannedTensor
 from llorch.detector import Detection, lookup, read_json, row_for_config, text_config
 from llorch.detector.safetensors import Checkpoint
@@ -53,6 +59,51 @@ def vision_int(model: VisionInput, key: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"{model.folder / 'config.json'}: vision_config.{key} is not an integer")
     return value
+
+
+def plan_tower(
+    model: VisionInput,
+    projector: str,
+    n_block: int,
+    source_name: Callable[[str], str | None],
+    expected: Mapping[gguf.MODEL_TENSOR, tuple[int, ...]],
+    required: Sequence[gguf.MODEL_TENSOR],
+    planned: Callable[[str, str, gguf.MODEL_TENSOR, tuple[int, ...]], PlannedTensor],
+) -> list[PlannedTensor]:
+    """Every vision tensor of the checkpoint mapped to its GGUF name by gguf's MMPROJ map, or
+    an error naming the first that has none; shapes checked against `expected` (weights
+    only), and the `required` kinds present. `source_name` gives a checkpoint tensor's name
+    as the map knows it (None: not the vision part's, or left out); `planned` makes the
+    tensor's plan (its type, any transform) from (source, GGUF name, kind, shape)."""
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, n_block)
+    plans: list[PlannedTensor] = []
+    found_kinds: set[gguf.MODEL_TENSOR] = set()
+    for ref in model.ckpt:
+        name = source_name(ref.name)
+        if name is None:
+            continue
+        found = tmap.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        if found is None:
+            raise UnmappedTensorError(
+                f"{ref.file}: tensor {ref.name!r} {list(ref.shape)} has no GGUF name for "
+                f"llama.cpp's clip {projector} projector"
+            )
+        kind, gguf_name = found
+        want = expected.get(kind)
+        if want is not None and not ref.name.endswith(".bias") and ref.shape != want:
+            raise ShapeMismatchError(
+                f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, config.json "
+                f"implies {list(want)}"
+            )
+        found_kinds.add(kind)
+        plans.append(planned(ref.name, gguf_name, kind, ref.shape))
+    missing = [gguf.TENSOR_NAMES[k] for k in required if k not in found_kinds]
+    if missing:
+        raise MissingTensorError(
+            f"{model.folder}: the vision part lacks {', '.join(missing)} (llama.cpp's "
+            f"{projector} projector needs them)"
+        )
+    return plans
 
 
 def projector_type(outtype: str) -> str:

@@ -19,9 +19,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from llorch.convert.errors import MissingTensorError, ShapeMismatchError, UnmappedTensorError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, vision_int
+from llorch.convert.projector import VisionInput, plan_tower, vision_int
 
 _T = gguf.MODEL_TENSOR
 _Q = gguf.GGMLQuantizationType
@@ -55,11 +54,9 @@ ALWAYS_F16 = frozenset({_T.V_MM_INP_PROJ})
 REQUIRED = (_T.V_ENC_EMBD_PATCH, _T.V_ENC_EMBD_POS, _T.V_MM_INP_PROJ, _T.V_MM_SOFT_EMB_NORM)
 
 
-def is_vision(name: str) -> bool:
-    return name.startswith(tuple(prefix for prefix, _ in RENAMED))
-
-
 def _released_name(name: str) -> str | None:
+    """The released checkpoints' name of a vision tensor; None for any other tensor, or one
+    left out."""
     for prefix, released in RENAMED:
         if name.startswith(prefix):
             out = released + name.removeprefix(prefix)
@@ -113,39 +110,11 @@ def _expected(model: VisionInput) -> dict[_T, tuple[int, ...]]:
 
 
 def plan(model: VisionInput) -> list[PlannedTensor]:
+    def planned(source: str, name: str, kind: _T, shape: tuple[int, ...]) -> PlannedTensor:
+        return _planned(model, source, name, kind, shape)
+
     n_block = vision_int(model, "num_hidden_layers", SIGLIP["num_hidden_layers"])
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, n_block)
-    expected = _expected(model)
-    plans: list[PlannedTensor] = []
-    found_kinds: set[_T] = set()
-    for ref in model.ckpt:
-        if not is_vision(ref.name):
-            continue
-        name = _released_name(ref.name)
-        if name is None:
-            continue
-        found = tmap.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
-        if found is None:
-            raise UnmappedTensorError(
-                f"{ref.file}: tensor {ref.name!r} {list(ref.shape)} has no GGUF name for "
-                "llama.cpp's clip gemma3 projector"
-            )
-        kind, gguf_name = found
-        want = expected.get(kind)
-        if want is not None and not ref.name.endswith(".bias") and ref.shape != want:
-            raise ShapeMismatchError(
-                f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, config.json "
-                f"implies {list(want)}"
-            )
-        found_kinds.add(kind)
-        plans.append(_planned(model, ref.name, gguf_name, kind, ref.shape))
-    missing = [gguf.TENSOR_NAMES[k] for k in REQUIRED if k not in found_kinds]
-    if missing:
-        raise MissingTensorError(
-            f"{model.folder}: the vision part lacks {', '.join(missing)} (llama.cpp's gemma3 "
-            "projector needs them)"
-        )
-    return plans
+    return plan_tower(model, "gemma3", n_block, _released_name, _expected(model), REQUIRED, planned)
 
 
 def _planned(

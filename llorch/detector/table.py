@@ -53,6 +53,11 @@ GEMMA4_TEXT = TextPart(
         f"model.{part}." for part in ("vision_tower", "embed_vision", "audio_tower", "embed_audio")
     ),
 )
+# Idefics3 / SmolVLM: a Llama language model beside the SigLIP-like tower and its connector
+IDEFICS3_TEXT = TextPart(
+    renamed=(("model.text_model.", "model."),),
+    left_out=("model.vision_model.", "model.connector."),
+)
 QWEN35_TEXT = TextPart(renamed=(("model.language_model.", "model."),), left_out=("model.visual.",))
 
 
@@ -118,6 +123,26 @@ SUPPORTED: tuple[ArchRow, ...] = (
         alias_of="Gemma3ForCausalLM",
         text_part=LLAVA_TEXT,
         vision=VisionPart(gguf.VisionProjectorType.GEMMA3, "gemma3_vision"),
+    ),
+    # Idefics3 and SmolVLM (v1, v2): the language model converts as Llama, the vision tower
+    # and connector (pixel shuffle, one projection) as llama.cpp's clip `idefics3` projector.
+    ArchRow(
+        "Idefics3ForConditionalGeneration",
+        _A.LLAMA,
+        "llama",
+        "idefics3",
+        alias_of="LlamaForCausalLM",
+        text_part=IDEFICS3_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.IDEFICS3, "idefics3_vision"),
+    ),
+    ArchRow(
+        "SmolVLMForConditionalGeneration",
+        _A.LLAMA,
+        "llama",
+        "smolvlm",
+        alias_of="LlamaForCausalLM",
+        text_part=IDEFICS3_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.IDEFICS3, "idefics3_vision"),
     ),
     ArchRow("Phi3ForCausalLM", _A.PHI3, "phi3", "phi3"),
     ArchRow("PhiForCausalLM", _A.PHI2, "phi2", "phi"),

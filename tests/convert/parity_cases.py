@@ -217,7 +217,33 @@ CASES: dict[str, Case] = {
             "mm_tokens_per_image": 4,
         },
     ),
+    # SmolVLM-256M's ratios, scaled down: the tower's 8 x 8 patches shuffled by 2 (16 image
+    # tokens a tile); tests/tiny_vlm.py builds the same checkpoint with its image tokens
+    "smolvlm-multimodal-text-part": Case(
+        "SmolVLMForConditionalGeneration",
+        "SmolVLMConfig",
+        {
+            "text_config": {"model_type": "llama", **SMALL, "head_dim": 16},
+            "vision_config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 64,
+                "patch_size": 8,
+            },
+            "scale_factor": 2,
+            "image_token_id": 3,
+        },
+        tokenizer="gpt2",
+    ),
 }
+CASES["idefics3-multimodal-text-part"] = Case(
+    "Idefics3ForConditionalGeneration",
+    "Idefics3Config",
+    CASES["smolvlm-multimodal-text-part"].config,
+    tokenizer="gpt2",
+)
 
 
 # all-MiniLM-L6-v2 / bge-small ratios: head_dim 32, intermediate 4x, post-norm, type_vocab 2
