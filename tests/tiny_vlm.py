@@ -6,6 +6,12 @@ the anchor test compares llorch's with (tests/convert/test_gemma3_projector.py).
 Gemma 3 is the smallest family the vendored mtmd runs whole: a SigLIP tower, an average pool
 and one projection, one image chunk per image (no tiling), positions one per token (no M-RoPE).
 The sizes below give 16 image tokens for a 64x64 image: 8x8 patches of 8 pixels pooled 2x2.
+
+SmolVLM (Idefics3's graph: a SigLIP-like tower, a pixel shuffle by 2 and one projection) is
+built the same way (`family="smolvlm"`, the configuration of parity_cases'
+`smolvlm-multimodal-text-part`): 16 tokens for each 64x64 tile. mtmd cuts an image into tiles
+and adds an overview (the whole image resized to one tile); the processor's longest edge is one
+tile, so a 64x64 image is one tile and an overview that are both the image itself.
 """
 
 from __future__ import annotations
@@ -151,15 +157,104 @@ def build_checkpoint(folder: Path, seed: int = 0) -> Path:
         image_token_index=3,
         eos_token_id=4,
     )
-    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    _save(transformers.Gemma3ForConditionalGeneration(config), folder)
+    _released_layout(folder / "model.safetensors")
+    return folder
+
+
+def _save(model: Any, folder: Path) -> None:
+    import torch
+
     with torch.no_grad():  # larger weights than the default init: logits far from ties
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
             else:
                 p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder)
-    _released_layout(folder / "model.safetensors")
+    model.eval().save_pretrained(folder)
+
+
+# SmolVLM's markup, as its processor and mtmd (tools/mtmd/mtmd.cpp) write an image's tiles
+SMOLVLM_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
+SMOLVLM_TOKENS += [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
+
+
+def _bpe(folder: Path) -> dict[str, int]:
+    """A byte-level BPE (SmolVLM's tokenizer is GPT-2 style) whose merges include "\n\n",
+    with SmolVLM's image tokens: mtmd looks those up by their text."""
+    from tokenizers import Tokenizer, decoders, models, trainers
+    from tokenizers import pre_tokenizers as pt
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pt.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pt.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [
+        "User: describe the image in one sentence please\n\nAssistant: a red square\n",
+        "the quick brown fox jumps over the lazy dog 123 4567\n\n",
+    ] * 40
+    tok.train_from_iterator(lines, trainer)
+    tok.add_special_tokens(SMOLVLM_TOKENS)
+    tok.save(str(folder / "tokenizer.json"))
+    ids = {t: int(tok.token_to_id(t)) for t in ("<image>", "<|im_start|>", "<end_of_utterance>")}
+    return {"vocab_size": int(tok.get_vocab_size()), **ids}
+
+
+def build_smolvlm_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """SmolVLMForConditionalGeneration with random weights (parity_cases'
+    `smolvlm-multimodal-text-part`), its tokenizer with the image tokens, and its processor's
+    config: tiles of 64 pixels, the longest edge one tile."""
+    import torch
+    import transformers
+
+    from tests.convert.parity_cases import CASES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _bpe(folder)
+    template = (
+        "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}: {% if m['content'] "
+        "is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}{% if p['type'] == "
+        "'image' %}<image>{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}"
+        "{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:"
+        "{% endif %}"
+    )
+    tokenizer_config = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<end_of_utterance>",
+        "pad_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "chat_template": template,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    preprocessor = {
+        "image_processor_type": "Idefics3ImageProcessor",
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "size": {"longest_edge": IMAGE_SIZE},
+        "max_image_size": {"longest_edge": IMAGE_SIZE},
+        "do_image_splitting": True,
+        "do_resize": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "resample": 1,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    case = CASES["smolvlm-multimodal-text-part"]
+    text = {**case.config["text_config"], "vocab_size": vocab["vocab_size"]}
+    ids = {
+        "image_token_id": vocab["<image>"],
+        "bos_token_id": vocab["<|im_start|>"],
+        "eos_token_id": vocab["<end_of_utterance>"],
+    }
+    config = getattr(transformers, case.config_cls)(**{**case.config, "text_config": text, **ids})
+    torch.manual_seed(seed)
+    _save(getattr(transformers, case.model_cls)(config), folder)
     return folder
 
 
@@ -199,30 +294,75 @@ def convert_projector(folder: Path, out: Path, source: Path, outtype: str = "f32
     return out
 
 
-def build(base: Path) -> TinyVlm:
+BUILDERS = {"gemma3": build_checkpoint, "smolvlm": build_smolvlm_checkpoint}
+TEXT_NAMES = {"gemma3": "tiny-gemma3-vlm-f32.gguf", "smolvlm": "tiny-smolvlm-f32.gguf"}
+
+
+def _built(base: Path, family: str) -> TinyVlm:
+    text = base / TEXT_NAMES[family]
+    return TinyVlm(base / "hf", text, text.with_name(text.stem + "-mmproj-f32.gguf"))
+
+
+def bf16_copy(folder: Path, dst: Path) -> Path:
+    """The checkpoint stored in BF16, as the released checkpoints are."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, dst)
+    tensors = load_file(dst / "model.safetensors")
+    cast = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+    save_file(cast, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def header_fields(reader: Any) -> dict[str, object]:
+    """A GGUFReader's keys and values, without the GGUF.* header fields."""
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def assert_same_projector(ours: Path, theirs: Path) -> tuple[dict[str, object], dict[str, Any]]:
+    """`ours` holds what `theirs` (llama.cpp's converter's) holds: every key but the name
+    (llama.cpp's is the folder's, title-cased: "Hf"; ours the text part's), every tensor's
+    name, type, shape and bytes. Our keys and tensors by name."""
+    import gguf
+
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+    fa, fb = header_fields(a), header_fields(b)
+    assert fa.pop("general.name") == "hf"
+    fb.pop("general.name")
+    assert fa == fb
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert sorted(ta) == sorted(tb)
+    for name, theirs_t in tb.items():
+        ours_t = ta[name]
+        assert ours_t.tensor_type == theirs_t.tensor_type, name
+        assert list(ours_t.shape) == list(theirs_t.shape), name
+        assert np.asarray(ours_t.data).tobytes() == np.asarray(theirs_t.data).tobytes(), name
+    return fa, ta
+
+
+def build(base: Path, family: str = "gemma3") -> TinyVlm:
     from llorch.convert import convert
 
-    folder = build_checkpoint(base / "hf")
-    text = base / "tiny-gemma3-vlm-f32.gguf"
-    report = convert(folder, text, outtype="f32")
-    assert report.mmproj is not None
-    return TinyVlm(folder, text, Path(report.mmproj["output"]))
+    built = _built(base, family)
+    BUILDERS[family](built.folder)
+    report = convert(built.folder, built.text, outtype="f32")
+    assert report.mmproj is not None and Path(report.mmproj["output"]) == built.mmproj
+    return built
 
 
-def cached(base: Path) -> TinyVlm:
+def cached(base: Path, family: str = "gemma3") -> TinyVlm:
     """The model built once under `base` (pytest's session folder, getbasetemp()): the test
     modules that serve it share one build."""
-    folder = base / "tiny-vlm"
+    folder = base / ("tiny-vlm" if family == "gemma3" else f"tiny-vlm-{family}")
     done = folder / "built"
     if not done.exists():
-        built = build(folder)
+        built = build(folder, family)
         done.touch()
         return built
-    return TinyVlm(
-        folder / "hf",
-        folder / "tiny-gemma3-vlm-f32.gguf",
-        folder / "tiny-gemma3-vlm-f32-mmproj-f32.gguf",
-    )
+    return _built(folder, family)
 
 
 # The parity harness: the same pixels for mtmd and for the reference.
@@ -246,17 +386,23 @@ def reference(folder: Path) -> Any:
     import torch
     import transformers
 
-    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
-    return model.eval()
+    config = json.loads((folder / "config.json").read_text())
+    cls = getattr(transformers, config["architectures"][0])
+    return cls.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> np.ndarray:
     """The reference's vision tower + projector: one row per image token."""
     import torch
 
+    pixels = torch.from_numpy(pixel_values)
+    if model.config.model_type in ("idefics3", "smolvlm"):
+        pixels = pixels[None]  # (batch, images, channels, height, width)
     with torch.no_grad():
-        features = model.model.get_image_features(pixel_values=torch.from_numpy(pixel_values))
+        features = model.model.get_image_features(pixel_values=pixels)
     out = getattr(features, "pooler_output", features)
+    if isinstance(out, (list, tuple)):  # Idefics3: one tensor per image
+        out = torch.cat(list(out))
     return np.asarray(out.reshape(-1, n_embd).float().numpy())
 
 
@@ -265,9 +411,13 @@ def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.asarray(dot / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1)))
 
 
-def check_embeddings(text: Path, mmproj: Path, reference_model: Any, cos_min: float) -> None:
+def check_embeddings(
+    text: Path, mmproj: Path, reference_model: Any, cos_min: float, chunks: int = 1
+) -> float:
     """mtmd's image embeddings from `mmproj` beside `text` against `reference_model`'s vision
-    tower + projector, for two images at the model's size: every row's cosine >= cos_min."""
+    tower + projector, for two images at the model's size: mtmd makes `chunks` chunks of each
+    (SmolVLM: its one tile and the overview, both the image itself), and every row of every
+    chunk has a cosine >= cos_min. The smallest cosine measured."""
     import llama_cpp as ll
 
     from llorch.worker.backend.mtmd import Projector
@@ -275,14 +425,19 @@ def check_embeddings(text: Path, mmproj: Path, reference_model: Any, cos_min: fl
     model = ll.llama_model_load_from_file(str(text).encode(), ll.llama_model_default_params())
     assert model
     projector = Projector(mmproj, model, threads=2, use_gpu=False)
+    lowest = 1.0
     try:
         n_embd = ll.llama_model_n_embd(model)
         for seed in (0, 1):
             picture, pixel_values = image(seed)
-            (got,) = projector.embeddings(picture, n_embd)
+            got = projector.embeddings(picture, n_embd)
             ref = reference_embeddings(reference_model, pixel_values, n_embd)
-            assert got.shape == ref.shape == (IMAGE_TOKENS, n_embd)
-            assert cosines(got, ref).min() >= cos_min
+            assert len(got) == chunks
+            for tile in got:
+                assert tile.shape == ref.shape == (IMAGE_TOKENS, n_embd)
+                lowest = min(lowest, float(cosines(tile, ref).min()))
+        assert lowest >= cos_min, lowest
+        return lowest
     finally:
         projector.close()
         ll.llama_model_free(model)

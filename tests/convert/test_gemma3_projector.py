@@ -38,22 +38,6 @@ def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
     return tiny_vlm.cached(tmp_path_factory.getbasetemp())
 
 
-def _fields(reader: gguf.GGUFReader) -> dict[str, object]:
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-
-
-def _bf16_copy(folder: Path, dst: Path) -> Path:
-    """The checkpoint stored in BF16, as the released Gemma 3 checkpoints are."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(folder, dst)
-    tensors = load_file(dst / "model.safetensors")
-    cast = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
-    save_file(cast, dst / "model.safetensors", metadata={"format": "pt"})
-    return dst
-
-
 @pytest.mark.parametrize(("outtype", "stored"), [("f32", "F32"), ("f16", "F32"), ("f16", "BF16")])
 def test_the_projector_is_llama_cpps(
     vlm: tiny_vlm.TinyVlm, tmp_path: Path, outtype: str, stored: str
@@ -61,7 +45,9 @@ def test_the_projector_is_llama_cpps(
     source = tiny_vlm.vendored_llama_cpp()
     if source is None:
         pytest.skip("no vendored llama.cpp source (the llama-cpp-python sdist) for its converter")
-    folder = vlm.folder if stored == "F32" else _bf16_copy(vlm.folder, tmp_path / "bf16" / "hf")
+    folder = (
+        vlm.folder if stored == "F32" else tiny_vlm.bf16_copy(vlm.folder, tmp_path / "bf16" / "hf")
+    )
     if outtype == "f32":
         ours = vlm.mmproj
     else:
@@ -70,21 +56,9 @@ def test_the_projector_is_llama_cpps(
         ours = Path(report.mmproj["output"])
     assert ours.name.endswith(f"-mmproj-{outtype}.gguf")
     theirs = tiny_vlm.convert_projector(folder, tmp_path / "theirs.gguf", source, outtype)
-    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
-    fa, fb = _fields(a), _fields(b)
-    # llama.cpp's name is the folder's, title-cased ("Hf"); ours is the text part's
-    assert fa.pop("general.name") == "hf"
-    fb.pop("general.name")
-    assert fa == fb
+    fa, ta = tiny_vlm.assert_same_projector(ours, theirs)
     assert fa["general.architecture"] == "clip" and fa["clip.projector_type"] == "gemma3"
-    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    assert sorted(ta) == sorted(tb)
     assert len(ta) == 23  # 1 block of 12, embeddings 3, post-norm 2, tinygemma3's head left out
-    for name, theirs_t in tb.items():
-        ours_t = ta[name]
-        assert ours_t.tensor_type == theirs_t.tensor_type, name
-        assert list(ours_t.shape) == list(theirs_t.shape), name
-        assert np.asarray(ours_t.data).tobytes() == np.asarray(theirs_t.data).tobytes(), name
     # the types llama.cpp chose: the input projection always F16, the embeddings F32
     assert ta["mm.input_projection.weight"].tensor_type == gguf.GGMLQuantizationType.F16
     assert ta["v.patch_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F32
@@ -100,7 +74,7 @@ def test_mtmd_reads_the_f16_projector_beside_a_q8_0_text_part_as_the_reference(
     mmproj = Path(report.mmproj["output"])
     assert mmproj == tmp_path / "tiny-q8_0-mmproj-f16.gguf"
     assert report.mmproj["projector_type"] == "gemma3" and report.mmproj["n_tensors"] == 23
-    header = _fields(gguf.GGUFReader(mmproj))
+    header = tiny_vlm.header_fields(gguf.GGUFReader(mmproj))
     assert header["general.file_type"] == gguf.LlamaFileType.MOSTLY_F16
     tiny_vlm.check_embeddings(report.output, mmproj, tiny_vlm.reference(vlm.folder), COS_MIN)
 
@@ -217,7 +191,7 @@ def test_convert_batch_carries_the_projector_with_its_provenance(
     text_record = json.loads(prov.sidecar_path(text).read_text())
     assert not [n for n in text_record["verification"]["notes"] if "left out" in n]
     reader = gguf.GGUFReader(mmproj)
-    fields = _fields(reader)
+    fields = tiny_vlm.header_fields(reader)
     assert fields["general.architecture"] == "clip"
     names, digests = reader.get_field(prov.KEY_FILES), reader.get_field(prov.KEY_SHA256)
     assert names is not None and digests is not None
