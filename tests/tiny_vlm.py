@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,9 +180,10 @@ SMOLVLM_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_
 SMOLVLM_TOKENS += [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
 
 
-def _bpe(folder: Path) -> dict[str, int]:
-    """A byte-level BPE (SmolVLM's tokenizer is GPT-2 style) whose merges include "\n\n",
-    with SmolVLM's image tokens: mtmd looks those up by their text."""
+def _bpe(folder: Path, specials: list[str] = SMOLVLM_TOKENS) -> dict[str, int]:
+    """A byte-level BPE (SmolVLM's and Mistral 3's tokenizers are) whose merges include
+    "\n\n", with the family's image tokens: mtmd looks those up by their text. The ids of
+    `specials` and the BOS by text, and the vocabulary's size."""
     from tokenizers import Tokenizer, decoders, models, trainers
     from tokenizers import pre_tokenizers as pt
 
@@ -199,9 +201,9 @@ def _bpe(folder: Path) -> dict[str, int]:
         "the quick brown fox jumps over the lazy dog 123 4567\n\n",
     ] * 40
     tok.train_from_iterator(lines, trainer)
-    tok.add_special_tokens(SMOLVLM_TOKENS)
+    tok.add_special_tokens(specials)
     tok.save(str(folder / "tokenizer.json"))
-    ids = {t: int(tok.token_to_id(t)) for t in ("<image>", "<|im_start|>", "<end_of_utterance>")}
+    ids = {t: int(tok.token_to_id(t)) for t in [*specials, "<|im_start|>"]}
     return {"vocab_size": int(tok.get_vocab_size()), **ids}
 
 
@@ -294,8 +296,75 @@ def convert_projector(folder: Path, out: Path, source: Path, outtype: str = "f32
     return out
 
 
-BUILDERS = {"gemma3": build_checkpoint, "smolvlm": build_smolvlm_checkpoint}
-TEXT_NAMES = {"gemma3": "tiny-gemma3-vlm-f32.gguf", "smolvlm": "tiny-smolvlm-f32.gguf"}
+# Mistral 3's image tokens (Pixtral's processor: [IMG] per patch, [IMG_BREAK] after each row
+# but the last, [IMG_END] last)
+MISTRAL3_TOKENS = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+
+
+def build_mistral3_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Mistral3ForConditionalGeneration with random weights: parity_cases'
+    `mistral3-multimodal-text-part` text model, a Pixtral tower of 8-pixel patches merged 2 x 2
+    (16 tokens for a 64 x 64 image), three layers (llama.cpp's converter maps the projector's
+    linear_2 only for a tower of more than two), SiLU as released."""
+    import torch
+    import transformers
+
+    from tests.convert.parity_cases import CASES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _bpe(folder, MISTRAL3_TOKENS)
+    template = (
+        "{{ bos_token }}{% for m in messages %}[INST]{% if m['content'] is string %}"
+        "{{ m['content'] }}{% endif %}[/INST]{% endfor %}"
+    )
+    tokenizer_config = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|endoftext|>",
+        "chat_template": template,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    preprocessor = {
+        "image_processor_type": "PixtralImageProcessor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "patch_size": 8,
+        "size": {"longest_edge": 1024},
+        "rescale_factor": 1 / 255,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    case = CASES["mistral3-multimodal-text-part"]
+    text = {**case.config["text_config"], "vocab_size": vocab["vocab_size"]}
+    vision = {
+        **case.config["vision_config"],
+        "num_hidden_layers": 3,
+        "image_size": 1024,
+        "patch_size": 8,
+        "hidden_act": "silu",
+    }
+    config = transformers.Mistral3Config(
+        **{
+            **case.config,
+            "text_config": text,
+            "vision_config": vision,
+            "image_token_index": vocab["[IMG]"],
+            "spatial_merge_size": 2,
+        }
+    )
+    torch.manual_seed(seed)
+    _save(transformers.Mistral3ForConditionalGeneration(config), folder)
+    return folder
+
+
+BUILDERS = {
+    "gemma3": build_checkpoint,
+    "smolvlm": build_smolvlm_checkpoint,
+    "mistral3": build_mistral3_checkpoint,
+}
+TEXT_NAMES = {
+    "gemma3": "tiny-gemma3-vlm-f32.gguf",
+    "smolvlm": "tiny-smolvlm-f32.gguf",
+    "mistral3": "tiny-mistral3-f32.gguf",
+}
 
 
 def _built(base: Path, family: str) -> TinyVlm:
@@ -322,10 +391,13 @@ def header_fields(reader: Any) -> dict[str, object]:
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
-def assert_same_projector(ours: Path, theirs: Path) -> tuple[dict[str, object], dict[str, Any]]:
+def assert_same_projector(
+    ours: Path, theirs: Path, only_ours: frozenset[str] = frozenset()
+) -> tuple[dict[str, object], dict[str, Any]]:
     """`ours` holds what `theirs` (llama.cpp's converter's) holds: every key but the name
     (llama.cpp's is the folder's, title-cased: "Hf"; ours the text part's), every tensor's
-    name, type, shape and bytes. Our keys and tensors by name."""
+    name, type, shape and bytes; `only_ours` names the tensors it has and theirs lacks. Our
+    keys and tensors by name."""
     import gguf
 
     a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
@@ -334,7 +406,7 @@ def assert_same_projector(ours: Path, theirs: Path) -> tuple[dict[str, object], 
     fb.pop("general.name")
     assert fa == fb
     ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    assert sorted(ta) == sorted(tb)
+    assert sorted(ta) == sorted([*tb, *only_ours])
     for name, theirs_t in tb.items():
         ours_t = ta[name]
         assert ours_t.tensor_type == theirs_t.tensor_type, name
@@ -368,18 +440,21 @@ def cached(base: Path, family: str = "gemma3") -> TinyVlm:
 # The parity harness: the same pixels for mtmd and for the reference.
 
 
-def image(seed: int) -> tuple[Any, np.ndarray]:
+def image(
+    seed: int, mean: Sequence[float] = (0.5,) * 3, std: Sequence[float] = (0.5,) * 3
+) -> tuple[Any, np.ndarray]:
     """A random image at the model's own size (no resampling to differ), as the worker's
-    DecodedImage and as the reference's pixel values."""
+    DecodedImage and as the reference's pixel values: as the processors make them, rescaled
+    to 0..1, normalised with the model's mean and std (Gemma 3's, SmolVLM's: 0.5), channels
+    first."""
     from llorch.worker.backend.protocol import DecodedImage
 
     size = IMAGE_SIZE
     pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
     rgb = pixels.tobytes()
     decoded = DecodedImage(rgb, size, size, hashlib.sha256(rgb).digest())
-    # Gemma 3's processor: rescale to 0..1, normalise with mean = std = 0.5, channels first
-    values = (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
-    return decoded, values.transpose(2, 0, 1)[None]
+    values = (pixels.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+    return decoded, values.astype(np.float32).transpose(2, 0, 1)[None]
 
 
 def reference(folder: Path) -> Any:
@@ -396,14 +471,28 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
     import torch
 
     pixels = torch.from_numpy(pixel_values)
-    if model.config.model_type in ("idefics3", "smolvlm"):
+    kind = model.config.model_type
+    kwargs = {}
+    if kind in ("idefics3", "smolvlm"):
         pixels = pixels[None]  # (batch, images, channels, height, width)
+    elif kind == "mistral3":
+        kwargs["image_sizes"] = torch.tensor([pixel_values.shape[2:]])
     with torch.no_grad():
-        features = model.model.get_image_features(pixel_values=pixels)
+        features = model.model.get_image_features(pixel_values=pixels, **kwargs)
     out = getattr(features, "pooler_output", features)
-    if isinstance(out, (list, tuple)):  # Idefics3: one tensor per image
+    if isinstance(out, (list, tuple)):  # Idefics3, Mistral 3: one tensor per image
         out = torch.cat(list(out))
-    return np.asarray(out.reshape(-1, n_embd).float().numpy())
+    rows = np.asarray(out.reshape(-1, n_embd).float().numpy())
+    if kind != "mistral3":
+        return rows
+    # Pixtral's prompt: the text embedding of [IMG_BREAK] after each row of merged patches but
+    # the last, where mtmd puts the projector's copy of it
+    side = int(len(rows) ** 0.5)
+    tokenizer = json.loads((Path(model.config._name_or_path) / "tokenizer.json").read_text())
+    (index,) = [t["id"] for t in tokenizer["added_tokens"] if t["content"] == "[IMG_BREAK]"]
+    brk = model.get_input_embeddings().weight[index].detach().float().numpy()[None]
+    parts = [rows[i * side : (i + 1) * side] for i in range(side)]
+    return np.concatenate([x for part in parts[:-1] for x in (part, brk)] + [parts[-1]])
 
 
 def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -412,12 +501,18 @@ def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def check_embeddings(
-    text: Path, mmproj: Path, reference_model: Any, cos_min: float, chunks: int = 1
+    text: Path,
+    mmproj: Path,
+    reference_model: Any,
+    cos_min: float,
+    chunks: int = 1,
+    rows: int = IMAGE_TOKENS,
 ) -> float:
     """mtmd's image embeddings from `mmproj` beside `text` against `reference_model`'s vision
     tower + projector, for two images at the model's size: mtmd makes `chunks` chunks of each
     (SmolVLM: its one tile and the overview, both the image itself), and every row of every
-    chunk has a cosine >= cos_min. The smallest cosine measured."""
+    chunk (`rows` of them: Mistral 3's with its [IMG_BREAK] rows) has a cosine >= cos_min.
+    The smallest cosine measured."""
     import llama_cpp as ll
 
     from llorch.worker.backend.mtmd import Projector
@@ -425,16 +520,19 @@ def check_embeddings(
     model = ll.llama_model_load_from_file(str(text).encode(), ll.llama_model_default_params())
     assert model
     projector = Projector(mmproj, model, threads=2, use_gpu=False)
+    folder = Path(reference_model.config._name_or_path)
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    normalisation = (processor["image_mean"], processor["image_std"])
     lowest = 1.0
     try:
         n_embd = ll.llama_model_n_embd(model)
         for seed in (0, 1):
-            picture, pixel_values = image(seed)
+            picture, pixel_values = image(seed, *normalisation)
             got = projector.embeddings(picture, n_embd)
             ref = reference_embeddings(reference_model, pixel_values, n_embd)
             assert len(got) == chunks
             for tile in got:
-                assert tile.shape == ref.shape == (IMAGE_TOKENS, n_embd)
+                assert tile.shape == ref.shape == (rows, n_embd)
                 lowest = min(lowest, float(cosines(tile, ref).min()))
         assert lowest >= cos_min, lowest
         return lowest

@@ -170,7 +170,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("Glm4ForCausalLM", _A.GLM4, "glm4", "glm4"),
     ArchRow("Glm4MoeForCausalLM", _A.GLM4_MOE, "glm4moe", "glm4_moe"),
     ArchRow("Ministral3ForCausalLM", _A.MISTRAL3, "ministral3", "ministral3"),
-    # Ministral 3 / Mistral Small 3.x with vision: the language model converts (text only).
+    # Ministral 3 / Mistral Small 3.x with vision: the language model converts as Ministral 3,
+    # the Pixtral tower and Mistral 3's projector as llama.cpp's clip `pixtral` projector.
     ArchRow(
         "Mistral3ForConditionalGeneration",
         _A.MISTRAL3,
@@ -178,6 +179,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "mistral3",
         alias_of="Ministral3ForCausalLM",
         text_part=LLAVA_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.PIXTRAL, "pixtral_vision"),
     ),
     # State-space models: a recurrent state per sequence instead of a KV cache
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),

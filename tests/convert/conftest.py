@@ -91,7 +91,7 @@ def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
 
     tok = Tokenizer(models.BPE())
     bytes_only = pt.ByteLevel(add_prefix_space=False, use_regex=False)
-    if kind == "gpt2":
+    if kind in ("gpt2", "pixtral"):  # pixtral: with Mistral 3's image tokens
         tok.pre_tokenizer = pt.ByteLevel(add_prefix_space=False)
     elif kind == "llama3":
         tok.pre_tokenizer = pt.Sequence([pt.Split(Regex(LLAMA3_REGEX), "isolated"), bytes_only])
@@ -125,6 +125,8 @@ def make_bpe(folder: Path, kind: str, *, vocab_size: int = 400) -> int:
     tok.train_from_iterator(CORPUS, trainer)
     tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
     tok.add_tokens(["<tool_call>"])
+    if kind == "pixtral":
+        tok.add_special_tokens(["[IMG]", "[IMG_BREAK]", "[IMG_END]"])
     tok.save(str(folder / "tokenizer.json"))
     cfg = {
         "bos_token": "<|bos|>",

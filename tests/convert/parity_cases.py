@@ -704,6 +704,7 @@ CASES.update(
                 "image_token_index": 3,
                 "tie_word_embeddings": False,  # as released: lm_head stored
             },
+            tokenizer="pixtral",  # [IMG_BREAK]: its projector's row of the token embeddings
         ),
         "starcoder1-multi-query": Case(
             "GPTBigCodeForCausalLM",

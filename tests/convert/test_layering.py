@@ -18,6 +18,7 @@ EXTENDS = {
     "gemma_embedding": "gemma",  # EmbeddingGemma: Gemma 3's text model, bidirectional
     "granite": "llama",
     "ministral3": "llama",
+    "pixtral_vision": "llama",  # the rotate-half to interleaved q/k permutation
     "qwen3": "qwen",  # Qwen3-Reranker's rank head on the Qwen3 conversion
     "xlm_roberta": "bert",  # BERT's graph and checks, RoBERTa's positions
     "modern_bert": "bert",  # the sentence-transformers pooling keys
