@@ -68,13 +68,16 @@ def plan_tower(
     source_name: Callable[[str], str | None],
     expected: Mapping[gguf.MODEL_TENSOR, tuple[int, ...]],
     required: Sequence[gguf.MODEL_TENSOR],
-    planned: Callable[[str, str, gguf.MODEL_TENSOR, tuple[int, ...]], PlannedTensor],
+    planned: Callable[
+        [str, str, gguf.MODEL_TENSOR, tuple[int, ...]], PlannedTensor | Sequence[PlannedTensor]
+    ],
 ) -> list[PlannedTensor]:
     """Every vision tensor of the checkpoint mapped to its GGUF name by gguf's MMPROJ map, or
     an error naming the first that has none; shapes checked against `expected` (weights
     only), and the `required` kinds present. `source_name` gives a checkpoint tensor's name
     as the map knows it (None: not the vision part's, or left out); `planned` makes the
-    tensor's plan (its type, any transform) from (source, GGUF name, kind, shape)."""
+    tensor's plan (its type, any transform) from (source, GGUF name, kind, shape), or the
+    plans of the tensors it is split into."""
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, n_block)
     plans: list[PlannedTensor] = []
     found_kinds: set[gguf.MODEL_TENSOR] = set()
@@ -96,7 +99,8 @@ def plan_tower(
                 f"implies {list(want)}"
             )
         found_kinds.add(kind)
-        plans.append(planned(ref.name, gguf_name, kind, ref.shape))
+        made = planned(ref.name, gguf_name, kind, ref.shape)
+        plans.extend([made] if isinstance(made, PlannedTensor) else made)
     missing = [gguf.TENSOR_NAMES[k] for k in required if k not in found_kinds]
     if missing:
         raise MissingTensorError(

@@ -203,7 +203,7 @@ def _bpe(folder: Path, specials: list[str] = SMOLVLM_TOKENS) -> dict[str, int]:
     tok.train_from_iterator(lines, trainer)
     tok.add_special_tokens(specials)
     tok.save(str(folder / "tokenizer.json"))
-    ids = {t: int(tok.token_to_id(t)) for t in [*specials, "<|im_start|>"]}
+    ids = {t: int(tok.token_to_id(t)) for t in [*specials, "<|im_start|>", "<|im_end|>"]}
     return {"vocab_size": int(tok.get_vocab_size()), **ids}
 
 
@@ -355,15 +355,78 @@ def build_mistral3_checkpoint(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# Qwen2.5-VL's image tokens: mtmd wraps an image in <|vision_start|> ... <|vision_end|>
+QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+QWEN_VL_IMAGE_SIZE = 224  # 16 x 16 patches of 14: 8 x 8 merged tokens in 2 x 2 windows
+QWEN_VL_IMAGE_TOKENS = 64
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def build_qwen25vl_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Qwen2_5_VLForConditionalGeneration with random weights (parity_cases'
+    `qwen2.5-vl-multimodal-text-part`): a four-layer tower with windows in layers 0 and 2,
+    its tokenizer with the vision tokens, a ChatML template that leaves the image's place to
+    mtmd's markup."""
+    import torch
+    import transformers
+
+    from tests.convert.parity_cases import CASES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _bpe(folder, QWEN_VL_TOKENS)
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+        "{{ m['content'] }}{% else %}{% for p in m['content'] %}{% if p['type'] == 'text' %}"
+        "{{ p['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer_config = {
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "chat_template": template,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    preprocessor = {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "patch_size": 14,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "rescale_factor": 1 / 255,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    case = CASES["qwen2.5-vl-multimodal-text-part"]
+    text = {
+        **case.config["text_config"],
+        "vocab_size": vocab["vocab_size"],
+        "eos_token_id": vocab["<|im_end|>"],
+    }
+    ids = {
+        "image_token_id": vocab["<|image_pad|>"],
+        "vision_start_token_id": vocab["<|vision_start|>"],
+        "vision_end_token_id": vocab["<|vision_end|>"],
+    }
+    config = transformers.Qwen2_5_VLConfig(**{**case.config, "text_config": text, **ids})
+    torch.manual_seed(seed)
+    _save(transformers.Qwen2_5_VLForConditionalGeneration(config), folder)
+    return folder
+
+
 BUILDERS = {
     "gemma3": build_checkpoint,
     "smolvlm": build_smolvlm_checkpoint,
     "mistral3": build_mistral3_checkpoint,
+    "qwen2.5-vl": build_qwen25vl_checkpoint,
 }
 TEXT_NAMES = {
     "gemma3": "tiny-gemma3-vlm-f32.gguf",
     "smolvlm": "tiny-smolvlm-f32.gguf",
     "mistral3": "tiny-mistral3-f32.gguf",
+    "qwen2.5-vl": "tiny-qwen25vl-f32.gguf",
 }
 
 
@@ -441,7 +504,10 @@ def cached(base: Path, family: str = "gemma3") -> TinyVlm:
 
 
 def image(
-    seed: int, mean: Sequence[float] = (0.5,) * 3, std: Sequence[float] = (0.5,) * 3
+    seed: int,
+    mean: Sequence[float] = (0.5,) * 3,
+    std: Sequence[float] = (0.5,) * 3,
+    size: int = IMAGE_SIZE,
 ) -> tuple[Any, np.ndarray]:
     """A random image at the model's own size (no resampling to differ), as the worker's
     DecodedImage and as the reference's pixel values: as the processors make them, rescaled
@@ -449,7 +515,6 @@ def image(
     first."""
     from llorch.worker.backend.protocol import DecodedImage
 
-    size = IMAGE_SIZE
     pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
     rgb = pixels.tobytes()
     decoded = DecodedImage(rgb, size, size, hashlib.sha256(rgb).digest())
@@ -477,6 +542,9 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
         pixels = pixels[None]  # (batch, images, channels, height, width)
     elif kind == "mistral3":
         kwargs["image_sizes"] = torch.tensor([pixel_values.shape[2:]])
+    elif kind == "qwen2_5_vl":
+        pixels, grid = _qwen_patches(pixel_values, model.config.vision_config)
+        kwargs["image_grid_thw"] = torch.tensor([grid])
     with torch.no_grad():
         features = model.model.get_image_features(pixel_values=pixels, **kwargs)
     out = getattr(features, "pooler_output", features)
@@ -495,6 +563,22 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
     return np.concatenate([x for part in parts[:-1] for x in (part, brk)] + [parts[-1]])
 
 
+def _qwen_patches(pixel_values: np.ndarray, vision: Any) -> tuple[Any, list[int]]:
+    """One image as Qwen2VLImageProcessor flattens it: the image as both frames, patches in
+    2 x 2 merge groups, row-major; the patches and the (t, h, w) grid."""
+    import torch
+
+    frames, patch, merge = vision.temporal_patch_size, vision.patch_size, vision.spatial_merge_size
+    _, channels, height, width = pixel_values.shape
+    stacked = np.repeat(pixel_values, frames, axis=0)
+    gh, gw = height // patch, width // patch
+    grid = stacked.reshape(
+        1, frames, channels, gh // merge, merge, patch, gw // merge, merge, patch
+    )
+    flat = grid.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gh * gw, -1)
+    return torch.from_numpy(np.ascontiguousarray(flat)), [1, gh, gw]
+
+
 def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     dot = (got * ref).sum(axis=-1)
     return np.asarray(dot / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1)))
@@ -507,6 +591,7 @@ def check_embeddings(
     cos_min: float,
     chunks: int = 1,
     rows: int = IMAGE_TOKENS,
+    size: int = IMAGE_SIZE,
 ) -> float:
     """mtmd's image embeddings from `mmproj` beside `text` against `reference_model`'s vision
     tower + projector, for two images at the model's size: mtmd makes `chunks` chunks of each
@@ -527,7 +612,7 @@ def check_embeddings(
     try:
         n_embd = ll.llama_model_n_embd(model)
         for seed in (0, 1):
-            picture, pixel_values = image(seed, *normalisation)
+            picture, pixel_values = image(seed, *normalisation, size=size)
             got = projector.embeddings(picture, n_embd)
             ref = reference_embeddings(reference_model, pixel_values, n_embd)
             assert len(got) == chunks
@@ -538,4 +623,67 @@ def check_embeddings(
         return lowest
     finally:
         projector.close()
+        ll.llama_model_free(model)
+
+
+def mtmd_greedy(
+    text: Path, mmproj: Path, prompt: str, picture: Any, n: int, n_ctx: int = 512
+) -> tuple[list[int], list[int]]:
+    """llama.cpp's own path for a prompt with one image (`prompt` holds mtmd's default marker
+    where it goes): mtmd_tokenize, mtmd_helper_eval_chunks from position 0, then `n` greedy
+    tokens, each decoded at the position after the last (llama-server's and mtmd-cli's way,
+    M-RoPE positions included). The prompt's text tokens (the image's left out), and the
+    tokens generated."""
+    import ctypes
+
+    import llama_cpp as ll
+    from llama_cpp import mtmd_cpp as mt
+
+    model = ll.llama_model_load_from_file(str(text).encode(), ll.llama_model_default_params())
+    assert model
+    params = ll.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_threads, params.n_threads_batch = n_ctx, n_ctx, 2, 2
+    lctx = ll.llama_init_from_model(model, params)
+    mparams = mt.mtmd_context_params_default()
+    mparams.use_gpu, mparams.n_threads, mparams.print_timings = False, 2, False
+    mctx = mt.mtmd_init_from_file(str(mmproj).encode(), model, mparams)
+    assert mctx
+    data = (ctypes.c_uint8 * len(picture.rgb)).from_buffer_copy(picture.rgb)
+    bitmap = mt.mtmd_bitmap_init(picture.width, picture.height, data)
+    chunks = mt.mtmd_input_chunks_init()
+    batch = ll.llama_batch_init(1, 0, 1)
+    try:
+        raw = prompt.encode()
+        text_in = mt.mtmd_input_text(raw, len(raw), True, True)
+        bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        assert mt.mtmd_tokenize(mctx, chunks, ctypes.byref(text_in), bitmaps, 1) == 0
+        prompt_tokens: list[int] = []
+        for i in range(mt.mtmd_input_chunks_size(chunks)):
+            chunk = mt.mtmd_input_chunks_get(chunks, i)
+            if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                count = ctypes.c_size_t(0)
+                ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                prompt_tokens += [ptr[k] for k in range(count.value)]
+        n_past = ll.llama_pos(0)
+        rc = mt.mtmd_helper_eval_chunks(mctx, lctx, chunks, 0, 0, n_ctx, True, ctypes.byref(n_past))
+        assert rc == 0
+        n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+        out: list[int] = []
+        pos = n_past.value
+        for _ in range(n):
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(lctx, -1), shape=(n_vocab,))
+            token = int(np.argmax(logits))
+            out.append(token)
+            batch.n_tokens = 1
+            batch.token[0], batch.pos[0], batch.n_seq_id[0] = token, pos, 1
+            batch.seq_id[0][0], batch.logits[0] = 0, True
+            assert ll.llama_decode(lctx, batch) == 0
+            pos += 1
+        return prompt_tokens, out
+    finally:
+        ll.llama_batch_free(batch)
+        mt.mtmd_input_chunks_free(chunks)
+        mt.mtmd_bitmap_free(bitmap)
+        mt.mtmd_free(mctx)
+        ll.llama_free(lctx)
         ll.llama_model_free(model)

@@ -58,6 +58,11 @@ IDEFICS3_TEXT = TextPart(
     renamed=(("model.text_model.", "model."),),
     left_out=("model.vision_model.", "model.connector."),
 )
+# Qwen2.5-VL: released as `model.layers.*` beside `visual.*`; transformers 5 models may name
+# the language model `model.language_model.*` and the tower `model.visual.*`
+QWEN_VL_TEXT = TextPart(
+    renamed=(("model.language_model.", "model."),), left_out=("visual.", "model.visual.")
+)
 QWEN35_TEXT = TextPart(renamed=(("model.language_model.", "model."),), left_out=("model.visual.",))
 
 
@@ -180,6 +185,16 @@ SUPPORTED: tuple[ArchRow, ...] = (
         alias_of="Ministral3ForCausalLM",
         text_part=LLAVA_TEXT,
         vision=VisionPart(gguf.VisionProjectorType.PIXTRAL, "pixtral_vision"),
+    ),
+    # Qwen2.5-VL: Qwen2's decoder with M-RoPE sections (llama.cpp `qwen2vl`), its ViT and
+    # patch merger as llama.cpp's clip `qwen2.5vl_merger` projector.
+    ArchRow(
+        "Qwen2_5_VLForConditionalGeneration",
+        _A.QWEN2VL,
+        "qwen2vl",
+        "qwen2_5_vl",
+        text_part=QWEN_VL_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.QWEN25VL, "qwen25vl_vision"),
     ),
     # State-space models: a recurrent state per sequence instead of a KV cache
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),

@@ -238,6 +238,38 @@ CASES: dict[str, Case] = {
         tokenizer="gpt2",
     ),
 }
+# Qwen2.5-VL (the 7B's ratios: head 128 with mrope_section [16, 24, 24] -> head 16 with
+# [2, 3, 3]); the tower is Qwen2.5-VL's shape at patch 14 and windows of 112 pixels
+# (tests/tiny_vlm.py builds the same checkpoint with its image tokens)
+CASES["qwen2.5-vl-multimodal-text-part"] = Case(
+    "Qwen2_5_VLForConditionalGeneration",
+    "Qwen2_5_VLConfig",
+    {
+        "text_config": {
+            **SMALL,
+            "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [2, 3, 3],
+            },
+        },
+        "vision_config": {
+            "depth": 4,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1, 3],
+        },
+    },
+    tokenizer="qwen2",
+)
 CASES["idefics3-multimodal-text-part"] = Case(
     "Idefics3ForConditionalGeneration",
     "Idefics3Config",

@@ -36,6 +36,7 @@ from llorch.worker.backend.protocol import (
     SpecOptions,
     StopReason,
     TokenLogprob,
+    position,
 )
 from llorch.worker.backend.slots import SeqState, Slot, common_prefix
 from llorch.worker.backend.speculative import Speculation
@@ -48,9 +49,10 @@ class TokenBytes(Protocol):
         ...
 
 
-# Encodes a media chunk and decodes its embeddings into a sequence: (context, span,
-# seq_id, n_batch); raises when it cannot (worker/backend/mtmd.py's Projector.eval).
-MediaEval = Callable[[ll.llama_context_p, MediaSpan, int, int], None]
+# Encodes a media chunk and decodes its embeddings into a sequence: (context, span, its
+# first position, seq_id, n_batch); raises when it cannot (worker/backend/mtmd.py's
+# Projector.eval).
+MediaEval = Callable[[ll.llama_context_p, MediaSpan, int, int, int], None]
 
 
 class LlamaBatchDecoder:
@@ -185,7 +187,9 @@ class LlamaBatchDecoder:
             # A window or a recurrent state cut at `keep` would not describe the tokens
             # before it: the latest checkpoint at or before `keep` instead (checkpoints.py).
             keep = self._checkpoints.cut(slot.seq_id, keep, len(slot.cached))
-        if keep < len(slot.cached) and not ll.llama_memory_seq_rm(memory, slot.seq_id, keep, -1):
+        # (the cache holds positions: after an M-RoPE image they run behind the token count)
+        cut = position(request.media, keep)
+        if keep < len(slot.cached) and not ll.llama_memory_seq_rm(memory, slot.seq_id, cut, -1):
             # Some caches cannot drop a tail (llama.h); start this sequence from scratch.
             ll.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             keep = 0
@@ -357,7 +361,8 @@ class LlamaBatchDecoder:
         try:
             if span is None:
                 raise InferenceError(f"no media chunk starts at prompt position {at}")
-            self._media(self._ctx, span, slot.seq_id, self._n_batch)
+            pos = position(seq.request.media, at)
+            self._media(self._ctx, span, pos, slot.seq_id, self._n_batch)
         except Exception as exc:
             ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
             slot.cached.clear()
@@ -443,10 +448,10 @@ class LlamaBatchDecoder:
         outputs: list[tuple[Slot, int]] = []
         placed: list[tuple[Slot, int]] = []
 
-        def put(token: int, slot: Slot, logits: bool) -> None:
+        def put(token: int, slot: Slot, logits: bool, shift: int) -> None:
             nonlocal n
             batch.token[n] = token
-            batch.pos[n] = len(slot.cached)
+            batch.pos[n] = len(slot.cached) - shift
             batch.n_seq_id[n] = 1
             batch.seq_id[n][0] = slot.seq_id
             batch.logits[n] = logits
@@ -467,12 +472,13 @@ class LlamaBatchDecoder:
                 break
             placed.append((slot, len(slot.cached)))
             outputs.append((slot, n))
-            put(seq.next_token, slot, True)
+            shift = _shift(seq.request.media, len(slot.cached))
+            put(seq.next_token, slot, True, shift)
             seq.next_token = None
             seq.spec.verifying = seq.spec.proposed[: max(0, budget - n - (len(generating) - i - 1))]
             seq.spec.proposed = []
             for token in seq.spec.verifying:
-                put(token, slot, True)
+                put(token, slot, True, shift)
         # Then prompt chunks, in slot order, as far as the batch has room.
         for slot in self._slots:
             seq = slot.seq
@@ -490,13 +496,14 @@ class LlamaBatchDecoder:
             placed.append((slot, len(slot.cached)))
             del seq.to_ingest[: len(chunk)]
             prompt = seq.request.prompt_tokens
+            shift = _shift(seq.request.media, len(slot.cached))  # (no image inside a chunk)
             for j, token in enumerate(chunk):
                 last = j == len(chunk) - 1 and not seq.to_ingest
                 if last:
                     outputs.append((slot, n))
                 elif seq.request.echo:  # these logits score the next prompt token
                     seq.echo.to_score.append((n, prompt[len(slot.cached) + 1]))
-                put(token, slot, last or seq.request.echo)
+                put(token, slot, last or seq.request.echo, shift)
         batch.n_tokens = n
         return outputs, placed
 
@@ -523,7 +530,7 @@ class LlamaBatchDecoder:
             tokens = slot.cached[before:]
             del slot.cached[before:]
             seq.echo.to_score.clear()
-            ll.llama_memory_seq_rm(memory, slot.seq_id, before, -1)
+            ll.llama_memory_seq_rm(memory, slot.seq_id, position(seq.request.media, before), -1)
             if seq.output.n_out == 0:
                 seq.to_ingest[:0] = tokens  # a prompt chunk: nothing generated yet
             else:
@@ -624,3 +631,8 @@ class LlamaBatchDecoder:
             kept = self._checkpoints.of(slot.seq_id) if self._checkpoints is not None else ()
             self._cache.save(slot.seq_id, slot.cached, slot.cached_lora, kept)
         self._summary = None
+
+
+def _shift(media: Sequence[MediaSpan], index: int) -> int:
+    """How far the position of the token at `index` runs behind it (M-RoPE images)."""
+    return index - position(media, index) if media else 0

@@ -105,15 +105,10 @@ class Projector:
         self._ctx: int | None = ctx
         self.vision = bool(mt.mtmd_support_vision(ctx))
         self.audio = bool(mt.mtmd_support_audio(ctx))
-        if mt.mtmd_decode_use_mrope(ctx):
-            # M-RoPE (Qwen2-VL and later) gives image tokens 2-D positions and text after an
-            # image positions that are not one per token; the decoder counts one per token.
-            self.close()
-            raise ModelLoadError(
-                f"{path.name} is a projector whose model uses M-RoPE positions (Qwen-VL); "
-                "llorch serves images for models with one position per token "
-                "(Gemma 3, SmolVLM/Idefics3, LLaVA-style, Pixtral, Llama 4)"
-            )
+        # M-RoPE (Qwen2-VL and later): an image's tokens get 2-D positions, and the text after
+        # it continues from its start plus max(columns, rows), not plus its token count
+        # (MediaSpan.n_pos; the decoder places every token by protocol.position).
+        self.mrope = bool(mt.mtmd_decode_use_mrope(ctx))
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -152,8 +147,7 @@ class Projector:
             mt.mtmd_input_chunks_free(chunks)
             mt.mtmd_bitmap_free(bitmap)
 
-    @staticmethod
-    def _pieces(chunks: int, digest: bytes, param: str) -> Pieces:
+    def _pieces(self, chunks: int, digest: bytes, param: str) -> Pieces:
         items: list[tuple[int, ...] | Tile] = []
         for i in range(mt.mtmd_input_chunks_size(chunks)):
             chunk = mt.mtmd_input_chunks_get(chunks, i)
@@ -164,7 +158,7 @@ class Projector:
                 continue
             n_tokens = mt.mtmd_input_chunk_get_n_tokens(chunk)
             n_pos = mt.mtmd_input_chunk_get_n_pos(chunk)
-            if n_pos != n_tokens:  # (M-RoPE projectors are refused at load)
+            if n_pos != n_tokens and not self.mrope:
                 raise InvalidRequestError(
                     f"{param}: the projector gives this image {n_pos} positions for {n_tokens} "
                     "tokens, which llorch does not decode",
@@ -190,8 +184,11 @@ class Projector:
                 out.append(flat.reshape(item.chunk.n_tokens, n_embd).copy())
         return out
 
-    def eval(self, lctx: ll.llama_context_p, span: MediaSpan, seq_id: int, n_batch: int) -> None:
-        """Encode the chunk and decode its embeddings at positions span.start.. of `seq_id`."""
+    def eval(
+        self, lctx: ll.llama_context_p, span: MediaSpan, pos: int, seq_id: int, n_batch: int
+    ) -> None:
+        """Encode the chunk and decode its embeddings into `seq_id` from position `pos` (mtmd's
+        helper lays out an M-RoPE image's 2-D positions from there)."""
         chunk = span.chunk
         assert isinstance(chunk, MediaChunk)
         new_n_past = ll.llama_pos(0)
@@ -199,7 +196,7 @@ class Projector:
             self._handle(),
             lctx,
             chunk.handle,
-            span.start,
+            pos,
             seq_id,
             n_batch,
             False,
@@ -222,7 +219,9 @@ def expand(
             continue
         for item in next(images).items:
             if isinstance(item, Tile):
-                spans.append(MediaSpan(len(out), len(item.ids), item.chunk))
+                chunk = item.chunk
+                n_pos = chunk.n_pos if chunk.n_pos != chunk.n_tokens else None
+                spans.append(MediaSpan(len(out), len(item.ids), chunk, n_pos))
                 out.extend(item.ids)
             else:
                 out.extend(item)

@@ -178,11 +178,25 @@ class DecodedImage:
 @dataclass(frozen=True)
 class MediaSpan:
     """A media chunk in a prompt: `length` placeholder ids from `start`, which the decoder
-    fills with the chunk's embeddings (`chunk` is the backend's, opaque here)."""
+    fills with the chunk's embeddings (`chunk` is the backend's, opaque here). `n_pos`: the
+    positions the chunk takes (None: one per token); M-RoPE models (Qwen-VL) give an image
+    2-D positions that advance the sequence's position by max(columns, rows) only."""
 
     start: int
     length: int
     chunk: object
+    n_pos: int | None = None
+
+    @property
+    def shift(self) -> int:
+        """How much less than one a token the positions after the chunk advance."""
+        return 0 if self.n_pos is None else self.length - self.n_pos
+
+
+def position(media: Sequence[MediaSpan], index: int) -> int:
+    """The position of the prompt's token at `index` (or of the token that follows when
+    `index` is its length): the index, less the shift of every chunk before it."""
+    return index - sum(span.shift for span in media if span.start + span.length <= index)
 
 
 @dataclass(frozen=True)

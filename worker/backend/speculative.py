@@ -25,7 +25,7 @@ from collections.abc import Callable
 import llama_cpp as ll
 
 from llorch.worker.backend.drafters import Drafter, NgramDrafter, Want
-from llorch.worker.backend.protocol import LoraKey, SpecOptions
+from llorch.worker.backend.protocol import LoraKey, SpecOptions, position
 from llorch.worker.backend.slots import SeqState, Slot
 from llorch.worker.backend.spec_cost import Acceptance, StepCost, expected_taken, plan
 
@@ -175,7 +175,8 @@ class Speculation:
             self._adapt(seq, len(draft), taken)
         kept = len(slot.cached) - len(draft) + taken  # through the last token and the draft taken
         if kept < len(slot.cached):
-            ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, kept, -1)
+            cut = position(seq.request.media, kept)  # (M-RoPE images: positions behind)
+            ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), slot.seq_id, cut, -1)
             del slot.cached[kept:]
 
     def _adapt(self, seq: SeqState, drafted: int, taken: int) -> None:
