@@ -1,0 +1,92 @@
+"""Qwen2.5-VL served end to end: the tiny random Qwen2.5-VL (tests/tiny_vlm.py, family
+"qwen2.5-vl") served from its Hugging Face folder, whose projector (clip `qwen2.5vl_merger`)
+the conversion cache writes beside the text part, answers chat requests with an image in one
+worker over a real socket; its greedy answer is llama.cpp's own for the same files, prompt
+and image (mtmd_tokenize, mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as
+llama-server lays them out), token for token (compared as text through the worker's
+/detokenize, and by count), for two images; the prompt holds the image's 64 tokens."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tiny_vlm
+from support import start_worker
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+N = 10
+SIZE = tiny_vlm.QWEN_VL_IMAGE_SIZE
+
+
+def _png(seed: int) -> bytes:
+    from PIL import Image
+
+    picture, _ = tiny_vlm.image(seed, size=SIZE)
+    pixels = np.frombuffer(picture.rgb, dtype=np.uint8).reshape(SIZE, SIZE, 3)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _chat(url: str, image: bytes) -> dict[str, object]:
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    content = [
+        {"type": "text", "text": "describe "},
+        {"type": "image_url", "image_url": {"url": uri}},
+    ]
+    body = {
+        "model": "qwen",
+        "max_tokens": N,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": content}],
+    }
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    data: dict[str, object] = reply.json()
+    return data
+
+
+def test_a_qwen25vl_folder_answers_as_llama_cpp_does(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vlm = tiny_vlm.cached(tmp_path_factory.getbasetemp(), "qwen2.5-vl")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLORCH_CACHE", str(cache))  # inherited by the worker
+    worker = start_worker(
+        tmp_path, "--model", f"qwen={vlm.folder}", "--ctx-size", "512", "--parallel", "1",
+        "--threads", "2",
+    )  # fmt: skip
+    try:
+        listed = httpx.get(f"{worker.url}/v1/models", timeout=30).json()["data"]
+        assert [m["inputs"] for m in listed] == [["text", "vision"]]
+        ggufs = sorted(cache.rglob("*.gguf"))
+        (mmproj,) = [p for p in ggufs if "-mmproj-" in p.name]
+        (text,) = [p for p in ggufs if p != mmproj]
+        eos = httpx.post(
+            f"{worker.url}/tokenize", json={"content": "<|im_end|>", "add_special": False}
+        ).json()["tokens"]
+        prompt = "<|im_start|>user\ndescribe <__media__><|im_end|>\n<|im_start|>assistant\n"
+        answers = []
+        for seed in (0, 1):
+            data = _chat(worker.url, _png(seed))
+            picture, _ = tiny_vlm.image(seed, size=SIZE)
+            ref_prompt, expected = tiny_vlm.mtmd_greedy(text, mmproj, prompt, picture, N)
+            if eos[0] in expected:  # the worker stops there
+                expected = expected[: expected.index(eos[0])]
+            want = httpx.post(f"{worker.url}/detokenize", json={"tokens": expected}).json()
+            choice = data["choices"][0]  # type: ignore[index]
+            usage = data["usage"]  # type: ignore[index]
+            print(f"ANSWER seed {seed}: {choice['message']['content']!r} tokens {expected}")
+            assert choice["message"]["content"] == want["content"]
+            assert usage["completion_tokens"] == len(expected)
+            assert usage["prompt_tokens"] == len(ref_prompt) + tiny_vlm.QWEN_VL_IMAGE_TOKENS
+            answers.append(expected)
+        assert answers[0] != answers[1], "the answer does not depend on the image"
+    finally:
+        assert worker.stop() == 0
