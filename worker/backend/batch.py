@@ -42,6 +42,10 @@ from llorch.worker.backend.slots import SeqState, Slot, common_prefix
 from llorch.worker.backend.speculative import Speculation
 from llorch.worker.backend.text import Emitted
 
+# A shared prefix shorter than this (a BOS, a role header) is no reason to take a slot that
+# holds another conversation when an empty one is free.
+MIN_REUSE = 8
+
 
 class TokenBytes(Protocol):
     def __call__(self, token: int, *, special: bool = False) -> bytes:
@@ -128,6 +132,22 @@ class LlamaBatchDecoder:
             )
         return self._summary
 
+    def _save_before_reuse(self, slot: Slot, request: GenerationRequest) -> None:
+        """A finished sequence's state stays in its slot until another prompt takes the slot;
+        only then, and only if that prompt would cut it, is it copied to the host-RAM cache
+        (as llama-server saves a slot's prompt when a new task takes the slot): a copy made
+        when each request ends held a second copy of every idle slot in host memory."""
+        assert self._cache is not None
+        keep = (
+            0
+            if request.echo
+            else min(self._reusable(slot, request), len(request.prompt_tokens) - 1)
+        )
+        if slot.cached and keep < len(slot.cached):
+            kept = self._checkpoints.of(slot.seq_id) if self._checkpoints is not None else ()
+            self._cache.save(slot.seq_id, slot.cached, slot.cached_lora, kept)
+            self._summary = None
+
     def _restore_cached(self, slot: Slot, request: GenerationRequest) -> None:
         """The host-RAM cache holds a longer prefix of this prompt than the slot: copy it in
         (a conversation's next turn that lands on another slot)."""
@@ -164,6 +184,12 @@ class LlamaBatchDecoder:
         # The slot whose cached tokens share the longest prefix with this prompt, decoded
         # with the same adapters (an adapter changes the keys and values in the cache).
         slot = max(free, key=lambda s: self._reusable(s, request))
+        if self._reusable(slot, request) < MIN_REUSE:
+            # Nothing worth keeping anywhere: an empty slot, so that no idle conversation is
+            # cut (and copied to host RAM) for the sake of a token or two.
+            slot = next((s for s in free if not s.cached), slot)
+        if self._cache is not None:
+            self._save_before_reuse(slot, request)
         chain = sampling.build_chain(
             request.sampling, self._n_vocab, self._ctx_per_slot, self._vocab
         )
@@ -627,9 +653,6 @@ class LlamaBatchDecoder:
         sampling.free_chain(seq.chain)
         self._by_key.pop(seq.key, None)
         slot.seq = None
-        if self._cache is not None and slot.cached:  # (a failed sequence's is already gone)
-            kept = self._checkpoints.of(slot.seq_id) if self._checkpoints is not None else ()
-            self._cache.save(slot.seq_id, slot.cached, slot.cached_lora, kept)
         self._summary = None
 
 

@@ -3,10 +3,12 @@ host RAM (`--cache-ram MiB`, least recently used out first), so that a conversat
 turn, or a shared system prompt, is not read again whichever slot it lands on.
 
 A slot keeps its own last tokens in the KV cache, but the next turn of a conversation often
-lands on another slot (the first is busy, or was given to someone else). When a sequence ends,
-its state is copied out with llama.cpp's per-sequence state API (llama_state_seq_get_data);
-a new prompt whose longest cached prefix is here rather than in its slot has that state
-copied back in (llama_state_seq_set_data) before the rest of the prompt is read.
+lands on another slot (the first is busy, or was given to someone else). When a new prompt
+takes a slot and would cut the finished sequence it holds, that sequence's state is first
+copied out with llama.cpp's per-sequence state API (llama_state_seq_get_data) — not when the
+sequence ends, which kept a second copy of every idle slot; a new prompt whose longest cached
+prefix is here rather than in its slot has that state copied back in
+(llama_state_seq_set_data) before the rest of the prompt is read.
 
 `/capacity` publishes hashes of what is cached, block by block, so that an orchestrator can
 route a conversation to the worker that holds its prefix: PREFIX_BLOCK-token blocks, each

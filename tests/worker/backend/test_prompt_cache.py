@@ -107,12 +107,17 @@ def test_the_next_turn_reuses_its_prefix_on_another_slot(model_path):
         turn1 = backend.tokenize(TEXT + " The total of the first three items is")
         events = list(generate(decoder, GenerationRequest(tuple(turn1), 8, greedy)))
         answer = [e.token_id for e in events if isinstance(e, TokenEvent)]
-        assert decoder.cache_summary().entries == 1
+        # Turn 1 stays in its slot, not copied to host RAM while the slot is idle, and is
+        # published from there.
+        assert decoder.cache_summary().entries == 0
         assert prefix_hashes(turn1)[0] in decoder.cache_summary().prefixes
-        # Something else fills the other slot, then a long job holds turn 1's slot.
+        # Something else fills the other slot, then a long job holds turn 1's slot: taking it
+        # copies turn 1 and its answer out first.
         other = backend.tokenize("Tell me about the weather in Paris. " * 12)
         list(generate(decoder, GenerationRequest(tuple(other), 2, greedy)))
+        assert decoder.cache_summary().entries == 0
         decoder.add("busy", GenerationRequest(tuple(turn1), 200, greedy))
+        assert decoder.cache_summary().entries == 1
         turn2 = turn1 + answer + backend.tokenize(" And of the next two?", add_special=False)
         decoder.add("turn2", GenerationRequest(tuple(turn2), 4, greedy))
         finish: FinishEvent | None = None
