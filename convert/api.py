@@ -88,7 +88,8 @@ def _model_input(det: Detection) -> ModelInput:
     ckpt = det.checkpoint if det.checkpoint is not None else Checkpoint(folder)
     if det.tokenizer is None:
         raise MissingTokenizerError(
-            f"{folder}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found"
+            f"{folder}: no tokenizer.model (SentencePiece), tokenizer.json or "
+            "sentencepiece.bpe.model (XLM-RoBERTa) found"
         )
     n_vocab = config.get("vocab_size")
     if not isinstance(n_vocab, int):

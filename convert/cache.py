@@ -27,6 +27,7 @@ _READ = (
     "generation_config.json",
     "tokenizer.model",
     "tokenizer.json",
+    "sentencepiece.bpe.model",  # XLM-RoBERTa's, read where there is no tokenizer.json
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",

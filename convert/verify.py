@@ -13,7 +13,8 @@ tokenizes as llama.cpp does; a string without special tokens is always compared 
 
 SentencePiece reference semantics follow the Hugging Face slow tokenizer (and llama.cpp):
 the text is split at special tokens and each piece in between is encoded on its own, so each
-gets the dummy-prefix space.
+gets the dummy-prefix space. XLM-RoBERTa's `sentencepiece.bpe.model` is read the same way, its
+ids moved to fairseq's (ugm.fairseq_id), as transformers' XLMRobertaTokenizer does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from llorch.convert import llamacpp
 from llorch.convert.errors import VerificationError
+from llorch.convert.tokenizer import ugm
 from llorch.convert.tokenizer.gguf_vocab import Vocab, special_texts
 
 Strip = tuple[bool, bool]  # (lstrip, rstrip) of a special token in llama.cpp
@@ -92,7 +94,9 @@ def special_splitter(vocab: Vocab) -> re.Pattern[str] | None:
     return re.compile("(" + "|".join(re.escape(s) for s in specials) + ")") if specials else None
 
 
-def _spm_reference(vocab: Vocab) -> Callable[[str], list[int]]:
+def _spm_reference(
+    vocab: Vocab, to_id: Callable[[int], int] = lambda i: i
+) -> Callable[[str], list[int]]:
     import sentencepiece
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(vocab.files[0]))
@@ -108,7 +112,7 @@ def _spm_reference(vocab: Vocab) -> Callable[[str], list[int]]:
             if part in ids and splitter is not None and splitter.fullmatch(part):
                 out.append(ids[part])
             else:
-                out.extend(sp.encode(part))
+                out.extend(to_id(i) for i in sp.encode(part))
         return out
 
     return encode
@@ -184,7 +188,12 @@ def verify_tokenizer(gguf_path: Path, vocab: Vocab, extra: Sequence[str] = ()) -
     """Tokenize the corpus both ways; raise VerificationError on the first unexplained
     difference. Known legacy-spacing differences (SentencePiece only) are returned."""
     spm = vocab.kind == "sentencepiece"
-    reference = _spm_reference(vocab) if spm else _bpe_reference(vocab)
+    if spm:
+        reference = _spm_reference(vocab)
+    elif vocab.files[0].name == ugm.FAIRSEQ_FILE:
+        reference = _spm_reference(vocab, ugm.fairseq_id)
+    else:
+        reference = _bpe_reference(vocab)
     splitter = special_splitter(vocab) if spm else None
     texts = [t for t in corpus_for(vocab) + list(extra) if vocab.verifiable(t)]
     total = 0

@@ -20,7 +20,7 @@ from llorch.convert.batch.errors import SourceResolveError
 HF_PREFIX = "hf:"
 # What conversion reads besides the weights (llorch.convert.cache._READ); nothing else is
 # fetched.
-SMALL_FILES = ["*.json", "tokenizer.model", "*.jinja"]
+SMALL_FILES = ["*.json", "tokenizer.model", "sentencepiece.bpe.model", "*.jinja"]
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 

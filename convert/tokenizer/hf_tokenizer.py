@@ -3,7 +3,8 @@
 SentencePiece `tokenizer.model` becomes llama.cpp's "llama" (SPM) vocabulary; byte-level BPE
 `tokenizer.json` becomes "gpt2" with merges and a pre-tokenizer name (pretokenizer.py);
 a WordPiece `tokenizer.json` (BERT) becomes "bert" (wordpiece.py), a Unigram one (XLM-RoBERTa)
-"t5" (ugm.py); Gemma 4's SPM-style
+"t5" (ugm.py), as does XLM-RoBERTa's `sentencepiece.bpe.model` in a folder without
+tokenizer.json; Gemma 4's SPM-style
 BPE `tokenizer.json` becomes "gemma4" (gemma4.py).
 Special token ids, add_bos/add_eos and the chat template come from tokenizer_config.json,
 config.json, generation_config.json, chat_template.jinja and chat_template.json.
@@ -25,6 +26,10 @@ from llorch.detector import read_json
 from llorch.detector.table import row_for_config
 
 _T = gguf.TokenType
+# tokenizer classes whose sentencepiece.bpe.model has fairseq's layout (ugm.fairseq_vocab);
+# mBART's, M2M100's and CamemBERT's files of that name put their specials elsewhere
+_FAIRSEQ_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast")
+_FAIRSEQ_FAMILIES = ("xlm_roberta",)
 
 
 def _content(value: Any) -> str | None:
@@ -97,6 +102,16 @@ def load_vocab(
     # the table's tokenizer column: Gemma 4's tokenizer.json, even beside a tokenizer.model
     row = row_for_config(config)
     spm_bpe = row is not None and row.tokenizer == gemma4.GGML_MODEL and gemma4.is_spm_bpe(tok_json)
+    fairseq = folder / ugm.FAIRSEQ_FILE
+    if not spm_path.is_file() and not json_path.is_file() and fairseq.is_file():
+        cls = tok_cfg.get("tokenizer_class") or config.get("tokenizer_class")
+        if (row is None or row.family not in _FAIRSEQ_FAMILIES) and cls not in _FAIRSEQ_CLASSES:
+            raise TokenizerError(
+                f"{fairseq}: read only as XLM-RoBERTa's tokenizer (families "
+                f"{list(_FAIRSEQ_FAMILIES)} or tokenizer_class {list(_FAIRSEQ_CLASSES)}); this "
+                f"folder's tokenizer_class is {cls!r}: add its tokenizer.json"
+            )
+        return ugm.fairseq_vocab(fairseq, tok_cfg, n_vocab, _chat_template(folder, tok_cfg))
     if not spm_path.is_file() and ugm.is_unigram(tok_json):
         return ugm.ugm_vocab(json_path, tok_json, tok_cfg, n_vocab, _chat_template(folder, tok_cfg))
     if not spm_path.is_file() and wordpiece.is_wordpiece(tok_json):
@@ -145,7 +160,8 @@ def load_vocab(
         default_bos, default_eos = _post_processor_adds(tok_json)
     else:
         raise MissingTokenizerError(
-            f"{folder}: no tokenizer.model (SentencePiece) or tokenizer.json (BPE) found"
+            f"{folder}: no tokenizer.model (SentencePiece), tokenizer.json or "
+            f"{ugm.FAIRSEQ_FILE} (XLM-RoBERTa) found"
         )
     for idx, (content, special) in sorted(_added_tokens(folder, tok_json, tok_cfg).items()):
         while idx >= len(tokens):

@@ -13,6 +13,13 @@ src/llama-vocab.cpp (llm_tokenizer_ugm):
 - `<s> text </s>`, and the pair `<s> A </s></s> B </s>`: add BOS and EOS, and SEP (`</s>`)
   between a pair's query and document, which is what llama-server's /rerank and llorch's
   pair form read from `tokenizer.ggml.add_sep_token`.
+- A folder with only `sentencepiece.bpe.model` (fairseq's XLM-R file; `fairseq_vocab`): its
+  pieces are SentencePiece's `<unk>` 0, `<s>` 1, `</s>` 2, then the rest; fairseq's
+  dictionary (and transformers' XLMRobertaTokenizer, and the tokenizer.json it converts to)
+  puts `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3 first, every later piece one id up
+  (fairseq_offset 1), and `<mask>` after the last piece. llama.cpp's converter realigns the
+  same way but leaves `<mask>` a `[PAD]` entry (it names it only for nomic-bert-moe); written
+  here as the tokenizer.json has it, so both files give the same vocabulary.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import gguf
 
 from llorch.convert.errors import ShapeMismatchError, TokenizerError
 from llorch.convert.tokenizer.gguf_vocab import Vocab
+from llorch.convert.tokenizer.spm import UNIGRAM, read_spm
 
 _T = gguf.TokenType
 ROLES = {
@@ -177,4 +185,73 @@ def ugm_vocab(
         precompiled_charsmap=charsmap,
         differs=_edges(specials) if edges else None,
         notes=(EDGE_NOTE,) if edges else (),
+    )
+
+
+FAIRSEQ_FILE = "sentencepiece.bpe.model"
+FAIRSEQ_HEAD = ("<s>", "<pad>", "</s>", "<unk>")
+FAIRSEQ_OFFSET = 1  # a SentencePiece id past its first three is one lower than fairseq's
+
+
+def fairseq_id(spm_id: int) -> int:
+    """fairseq's id of a SentencePiece id (`<unk>` 0 -> 3; SentencePiece's `<s>`/`</s>`
+    never come out of its encoder)."""
+    return FAIRSEQ_HEAD.index("<unk>") if spm_id == 0 else spm_id + FAIRSEQ_OFFSET
+
+
+def fairseq_vocab(
+    model_path: Path,
+    tok_cfg: dict[str, Any],
+    n_vocab: int,
+    chat_template: str | list[dict[str, str]] | None,
+) -> Vocab:
+    """The GGUF vocabulary of an XLM-R `sentencepiece.bpe.model` (fairseq's layout)."""
+    spm = read_spm(model_path)
+    kinds = (int(_T.UNKNOWN), int(_T.CONTROL), int(_T.CONTROL))
+    if spm.model_type != UNIGRAM or tuple(spm.types[:3]) != kinds:
+        raise TokenizerError(
+            f"{model_path}: not XLM-RoBERTa's SentencePiece model (a Unigram model whose first "
+            f"pieces are <unk>, <s>, </s>); found {spm.pieces[:3]} and model type "
+            f"{spm.model_type}"
+        )
+    if int(_T.BYTE) in spm.types:
+        raise TokenizerError(f"{model_path}: a Unigram model with byte pieces is not supported")
+    head = [int(_T.CONTROL)] * 3 + [int(_T.UNKNOWN)]
+    tokens = [*FAIRSEQ_HEAD, *spm.pieces[3:], "<mask>"]
+    scores = [0.0] * 4 + list(spm.scores[3:]) + [0.0]
+    types = [*head, *(int(t) for t in spm.types[3:]), int(_T.CONTROL)]
+    if len(tokens) > n_vocab:
+        raise ShapeMismatchError(
+            f"{model_path}: tokenizer has {len(tokens)} tokens but the embedding has {n_vocab} rows"
+        )
+    for i in range(len(tokens), n_vocab):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-10000.0)
+        types.append(int(_T.UNUSED))
+    index = {t: i for i, t in enumerate(tokens)}
+    # XLMRobertaTokenizer's defaults, unless tokenizer_config.json names others
+    named = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "sep": "</s>"}
+    special_ids = {role: index[text] for role, text in {**named, "mask": "<mask>"}.items()}
+    for role, key in ROLES.items():
+        value = tok_cfg.get(key)
+        text = value.get("content") if isinstance(value, dict) else value
+        if isinstance(text, str) and text in index:
+            special_ids[role] = index[text]
+    return Vocab(
+        kind="unigram",
+        ggml_model="t5",
+        tokens=tuple(tokens),
+        types=tuple(types),
+        scores=tuple(scores),
+        merges=(),
+        pre="default",
+        special_ids=special_ids,
+        add_bos=True,  # build_inputs_with_special_tokens: `<s> A </s>`, `<s> A </s></s> B </s>`
+        add_eos=True,
+        add_space_prefix=spm.add_dummy_prefix,
+        chat_template=chat_template,
+        files=(model_path,),
+        add_sep=True,
+        remove_extra_whitespaces=spm.remove_extra_whitespaces,
+        precompiled_charsmap=spm.precompiled_charsmap,
     )

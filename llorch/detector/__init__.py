@@ -142,6 +142,8 @@ def tokenizer_kind(folder: Path) -> str | None:
                 return "wordpiece" if _WORDPIECE.search(m) else "bpe"
         except (OSError, ValueError):  # empty or unreadable: the converter reports it
             return "bpe"
+    if (folder / "sentencepiece.bpe.model").is_file():  # XLM-RoBERTa's (fairseq's) file
+        return "unigram"
     return None
 
 
@@ -185,7 +187,7 @@ def _detect_hf(source: str, folder: Path) -> Detection:
     elif row is None:
         reason = f"unsupported architecture {hf_arch!r}; supported: {', '.join(supported_names())}"
     elif tok is None:
-        reason = "no tokenizer.model or tokenizer.json in the folder"
+        reason = "no tokenizer.model, tokenizer.json or sentencepiece.bpe.model in the folder"
     return Detection(
         source=source,
         path=folder,

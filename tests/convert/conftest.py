@@ -57,9 +57,11 @@ def make_spm(
     return int(spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
 
 
-def make_unigram(folder: Path, *, vocab_size: int = 400) -> int:
+def make_unigram(folder: Path, *, vocab_size: int = 400, keep_model: bool = False) -> int:
     """An XLM-RoBERTa tokenizer: a SentencePiece Unigram model trained here (nmt_nfkc
-    normalisation, as XLM-R's), turned into tokenizer.json by transformers as XLM-R's is."""
+    normalisation, as XLM-R's), turned into tokenizer.json by transformers as XLM-R's is;
+    `keep_model`: the trained sentencepiece.bpe.model beside it."""
+    import shutil
     import tempfile
 
     import sentencepiece as spm
@@ -80,6 +82,8 @@ def make_unigram(folder: Path, *, vocab_size: int = 400) -> int:
         corpus.unlink()
         tok = transformers.XLMRobertaTokenizer.from_pretrained(tmp)
         tok.save_pretrained(folder)
+        if keep_model:
+            shutil.copy(Path(tmp) / "sentencepiece.bpe.model", folder)
     return len(tok)
 
 
@@ -313,8 +317,8 @@ def build_checkpoint(
         n_vocab = make_wordpiece(folder, lowercase=tokenizer == "wordpiece")
     elif tokenizer == "gemma4-bpe":  # tokenizer.json only, no tokenizer.model
         n_vocab = make_gemma4_bpe(folder)
-    elif tokenizer == "unigram":  # XLM-RoBERTa
-        n_vocab = make_unigram(folder)
+    elif tokenizer in ("unigram", "unigram+model"):  # XLM-RoBERTa; +model: its .model too
+        n_vocab = make_unigram(folder, keep_model=tokenizer == "unigram+model")
     elif tokenizer == "modernbert":
         n_vocab = make_modernbert_bpe(folder)
     else:
