@@ -359,6 +359,9 @@ def build_mistral3_checkpoint(folder: Path, seed: int = 0) -> Path:
 QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
 QWEN_VL_IMAGE_SIZE = 224  # 16 x 16 patches of 14: 8 x 8 merged tokens in 2 x 2 windows
 QWEN_VL_IMAGE_TOKENS = 64
+QWEN3_VL_IMAGE_SIZE = 128  # 8 x 8 patches of 16: 4 x 4 merged tokens, the position grid resampled
+QWEN3_VL_IMAGE_TOKENS = 16
+QWEN35_IMAGE_SIZE = 112  # 8 x 8 patches of 14: 4 x 4 merged tokens
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -368,6 +371,34 @@ def build_qwen25vl_checkpoint(folder: Path, seed: int = 0) -> Path:
     `qwen2.5-vl-multimodal-text-part`): a four-layer tower with windows in layers 0 and 2,
     its tokenizer with the vision tokens, a ChatML template that leaves the image's place to
     mtmd's markup."""
+    return _build_qwen_vl(folder, "qwen2.5-vl-multimodal-text-part", 14, CLIP_MEAN, CLIP_STD, seed)
+
+
+def build_qwen3vl_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Qwen3VLForConditionalGeneration with random weights (parity_cases'
+    `qwen3-vl-multimodal-text-part`): a four-layer tower of 16-pixel patches over a 4 x 4
+    position grid, deepstack from layers 1 and 2, the tokenizer and template as Qwen2.5-VL's."""
+    half = [0.5, 0.5, 0.5]  # Qwen3-VL's preprocessor_config.json
+    return _build_qwen_vl(folder, "qwen3-vl-multimodal-text-part", 16, half, half, seed)
+
+
+def build_qwen35_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Qwen3_5ForConditionalGeneration with random weights (parity_cases'
+    `qwen35-multimodal-text-part-tied`: the hybrid DeltaNet language model, a one-layer tower
+    of 14-pixel patches over a 4 x 4 position grid, no deepstack), the tokenizer and template
+    as Qwen2.5-VL's."""
+    half = [0.5, 0.5, 0.5]
+    return _build_qwen_vl(folder, "qwen35-multimodal-text-part-tied", 14, half, half, seed)
+
+
+def _build_qwen_vl(
+    folder: Path,
+    case_id: str,
+    patch: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+) -> Path:
     import torch
     import transformers
 
@@ -389,9 +420,9 @@ def build_qwen25vl_checkpoint(folder: Path, seed: int = 0) -> Path:
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     preprocessor = {
         "image_processor_type": "Qwen2VLImageProcessor",
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
-        "patch_size": 14,
+        "image_mean": list(mean),
+        "image_std": list(std),
+        "patch_size": patch,
         "merge_size": 2,
         "temporal_patch_size": 2,
         "min_pixels": 3136,
@@ -399,7 +430,7 @@ def build_qwen25vl_checkpoint(folder: Path, seed: int = 0) -> Path:
         "rescale_factor": 1 / 255,
     }
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
-    case = CASES["qwen2.5-vl-multimodal-text-part"]
+    case = CASES[case_id]
     text = {
         **case.config["text_config"],
         "vocab_size": vocab["vocab_size"],
@@ -410,9 +441,9 @@ def build_qwen25vl_checkpoint(folder: Path, seed: int = 0) -> Path:
         "vision_start_token_id": vocab["<|vision_start|>"],
         "vision_end_token_id": vocab["<|vision_end|>"],
     }
-    config = transformers.Qwen2_5_VLConfig(**{**case.config, "text_config": text, **ids})
+    config = getattr(transformers, case.config_cls)(**{**case.config, "text_config": text, **ids})
     torch.manual_seed(seed)
-    _save(transformers.Qwen2_5_VLForConditionalGeneration(config), folder)
+    _save(getattr(transformers, case.model_cls)(config), folder)
     return folder
 
 
@@ -421,12 +452,16 @@ BUILDERS = {
     "smolvlm": build_smolvlm_checkpoint,
     "mistral3": build_mistral3_checkpoint,
     "qwen2.5-vl": build_qwen25vl_checkpoint,
+    "qwen3-vl": build_qwen3vl_checkpoint,
+    "qwen3.5": build_qwen35_checkpoint,
 }
 TEXT_NAMES = {
     "gemma3": "tiny-gemma3-vlm-f32.gguf",
     "smolvlm": "tiny-smolvlm-f32.gguf",
     "mistral3": "tiny-mistral3-f32.gguf",
     "qwen2.5-vl": "tiny-qwen25vl-f32.gguf",
+    "qwen3-vl": "tiny-qwen3vl-f32.gguf",
+    "qwen3.5": "tiny-qwen35-f32.gguf",
 }
 
 
@@ -542,14 +577,18 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
         pixels = pixels[None]  # (batch, images, channels, height, width)
     elif kind == "mistral3":
         kwargs["image_sizes"] = torch.tensor([pixel_values.shape[2:]])
-    elif kind == "qwen2_5_vl":
+    elif kind in QWEN_VL_TYPES:
         pixels, grid = _qwen_patches(pixel_values, model.config.vision_config)
         kwargs["image_grid_thw"] = torch.tensor([grid])
     with torch.no_grad():
         features = model.model.get_image_features(pixel_values=pixels, **kwargs)
     out = getattr(features, "pooler_output", features)
-    if isinstance(out, (list, tuple)):  # Idefics3, Mistral 3: one tensor per image
+    if isinstance(out, (list, tuple)):  # Idefics3, Mistral 3, Qwen3-VL: one tensor per image
         out = torch.cat(list(out))
+    # Qwen3-VL: each deepstack merger's rows after the merged ones, as mtmd concatenates them
+    # (the text model's input rows: llama.cpp's n_embd_inp)
+    deepstack = getattr(features, "deepstack_features", None) or []
+    out = torch.cat([out, *[torch.cat(list(f)) for f in deepstack]], dim=-1)
     rows = np.asarray(out.reshape(-1, n_embd).float().numpy())
     if kind != "mistral3":
         return rows
@@ -561,6 +600,9 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
     brk = model.get_input_embeddings().weight[index].detach().float().numpy()[None]
     parts = [rows[i * side : (i + 1) * side] for i in range(side)]
     return np.concatenate([x for part in parts[:-1] for x in (part, brk)] + [parts[-1]])
+
+
+QWEN_VL_TYPES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
 
 
 def _qwen_patches(pixel_values: np.ndarray, vision: Any) -> tuple[Any, list[int]]:
@@ -597,6 +639,8 @@ def check_embeddings(
     tower + projector, for two images at the model's size: mtmd makes `chunks` chunks of each
     (SmolVLM: its one tile and the overview, both the image itself), and every row of every
     chunk (`rows` of them: Mistral 3's with its [IMG_BREAK] rows) has a cosine >= cos_min.
+    A row is the text model's input row (llama.cpp's n_embd_inp): for Qwen3-VL the merged
+    embedding and the deepstack features after it, each of which is checked on its own too.
     The smallest cosine measured."""
     import llama_cpp as ll
 
@@ -610,15 +654,18 @@ def check_embeddings(
     normalisation = (processor["image_mean"], processor["image_std"])
     lowest = 1.0
     try:
-        n_embd = ll.llama_model_n_embd(model)
+        n_embd, width = ll.llama_model_n_embd(model), ll.llama_model_n_embd_inp(model)
         for seed in (0, 1):
             picture, pixel_values = image(seed, *normalisation, size=size)
-            got = projector.embeddings(picture, n_embd)
-            ref = reference_embeddings(reference_model, pixel_values, n_embd)
+            got = projector.embeddings(picture, width)
+            ref = reference_embeddings(reference_model, pixel_values, width)
             assert len(got) == chunks
             for tile in got:
-                assert tile.shape == ref.shape == (rows, n_embd)
+                assert tile.shape == ref.shape == (rows, width)
                 lowest = min(lowest, float(cosines(tile, ref).min()))
+                for part in range(0, width if width > n_embd else 0, n_embd):
+                    cut = np.s_[:, part : part + n_embd]
+                    lowest = min(lowest, float(cosines(tile[cut], ref[cut]).min()))
         assert lowest >= cos_min, lowest
         return lowest
     finally:

@@ -58,8 +58,9 @@ IDEFICS3_TEXT = TextPart(
     renamed=(("model.text_model.", "model."),),
     left_out=("model.vision_model.", "model.connector."),
 )
-# Qwen2.5-VL: released as `model.layers.*` beside `visual.*`; transformers 5 models may name
-# the language model `model.language_model.*` and the tower `model.visual.*`
+# Qwen2.5-VL: released as `model.layers.*` beside `visual.*`; transformers 5 models (and
+# Qwen3-VL as released) name the language model `model.language_model.*` and the tower
+# `model.visual.*`
 QWEN_VL_TEXT = TextPart(
     renamed=(("model.language_model.", "model."),), left_out=("visual.", "model.visual.")
 )
@@ -196,6 +197,17 @@ SUPPORTED: tuple[ArchRow, ...] = (
         text_part=QWEN_VL_TEXT,
         vision=VisionPart(gguf.VisionProjectorType.QWEN25VL, "qwen25vl_vision"),
     ),
+    # Qwen3-VL (dense): Qwen3's decoder with interleaved M-RoPE sections and deepstack inputs
+    # (llama.cpp `qwen3vl`), its ViT, patch merger and deepstack mergers as llama.cpp's clip
+    # `qwen3vl_merger` projector.
+    ArchRow(
+        "Qwen3VLForConditionalGeneration",
+        _A.QWEN3VL,
+        "qwen3vl",
+        "qwen3_vl",
+        text_part=QWEN_VL_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.QWEN3VL, "qwen3vl_vision"),
+    ),
     # State-space models: a recurrent state per sequence instead of a KV cache
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),
     # Encoder for embeddings (sentence-transformers checkpoints): pooled, not generated from.
@@ -214,7 +226,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
         alias_of="XLMRobertaModel",
     ),
     # Qwen3.5: Gated DeltaNet (linear attention) layers with a full-attention layer every 4th;
-    # released checkpoints are the multimodal wrappers, whose language model converts.
+    # released checkpoints are the multimodal wrappers, whose language model converts, and
+    # whose tower (Qwen3-VL's without deepstack) is llama.cpp's clip `qwen3vl_merger` projector.
     ArchRow("Qwen3_5ForCausalLM", _A.QWEN35, "qwen35", "qwen3_5_text"),
     ArchRow(
         "Qwen3_5ForConditionalGeneration",
@@ -223,6 +236,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "qwen3_5",
         alias_of="Qwen3_5ForCausalLM",
         text_part=QWEN35_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.QWEN3VL, "qwen3vl_vision"),
     ),
     ArchRow("Qwen3_5MoeForCausalLM", _A.QWEN35MOE, "qwen35", "qwen3_5_moe_text"),
     ArchRow(
@@ -232,6 +246,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "qwen3_5_moe",
         alias_of="Qwen3_5MoeForCausalLM",
         text_part=QWEN35_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.QWEN3VL, "qwen3vl_vision"),
     ),
     # Gemma 4 text: per-type head sizes, proportional RoPE, per-layer embeddings, shared KV,
     # MoE beside a dense MLP (convert/families/gemma4.py)

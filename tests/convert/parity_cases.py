@@ -270,6 +270,41 @@ CASES["qwen2.5-vl-multimodal-text-part"] = Case(
     },
     tokenizer="qwen2",
 )
+# Qwen3-VL (the 4B's ratios: head 128 with interleaved mrope_section [24, 20, 20] -> head 16
+# with [3, 3, 2]; deepstack from 3 of 24 tower layers -> 2 of 4, not the first); the tower is
+# Qwen3-VL's shape at patch 16 with a 4 x 4 position grid (tests/tiny_vlm.py builds the same
+# checkpoint with its image tokens)
+CASES["qwen3-vl-multimodal-text-part"] = Case(
+    "Qwen3VLForConditionalGeneration",
+    "Qwen3VLConfig",
+    {
+        "text_config": {
+            **SMALL,
+            "head_dim": 16,
+            "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [3, 3, 2],
+                "mrope_interleaved": True,
+            },
+        },
+        "vision_config": {
+            "depth": 4,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 16,
+            "deepstack_visual_indexes": [1, 2],
+        },
+    },
+    tokenizer="qwen2",
+)
 CASES["idefics3-multimodal-text-part"] = Case(
     "Idefics3ForConditionalGeneration",
     "Idefics3Config",

@@ -108,9 +108,9 @@ def test_no_mmproj_writes_the_text_part_only(
 def test_a_wrapper_whose_projector_llorch_does_not_write_says_so(
     checkpoint: Any, tmp_path: Path
 ) -> None:
-    """Qwen 3.5: the language model converts, and the report says the vision part was left
+    """Gemma 4: the language model converts, and the report says the vision part was left
     out and who writes it."""
-    case = CASES["qwen35-multimodal-text-part-tied"]
+    case = CASES["gemma4-31b-multimodal-text-part"]
     built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer=case.tokenizer)
     report = convert(built.folder, tmp_path / "m.gguf", outtype="f32", verify=False)
     assert report.mmproj is None

@@ -19,7 +19,9 @@ EXTENDS = {
     "granite": "llama",
     "ministral3": "llama",
     "pixtral_vision": "llama",  # the rotate-half to interleaved q/k permutation
+    "qwen2vl": "qwen",  # Qwen2's decoder with M-RoPE sections
     "qwen3": "qwen",  # Qwen3-Reranker's rank head on the Qwen3 conversion
+    "qwen3vl": "qwen2vl",  # Qwen2-VL's M-RoPE sections on Qwen3's decoder, deepstack
     "xlm_roberta": "bert",  # BERT's graph and checks, RoBERTa's positions
     "modern_bert": "bert",  # the sentence-transformers pooling keys
     "smollm3": "llama",

@@ -1,6 +1,7 @@
 """Qwen3.5 checkpoints as released: the multimodal wrapper's file also holds a vision tower
 (`model.visual.*`) and a multi-token-prediction head (`mtp.*`, whose MoE layer names its
-experts like layer 0's). Neither is converted, and layer 0's experts stay layer 0's."""
+experts like layer 0's). Neither is in the text part (the tower goes to the projector beside
+it: tests/convert/test_qwen3vl_projector.py), and layer 0's experts stay layer 0's."""
 
 from __future__ import annotations
 
