@@ -266,6 +266,9 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("FalconH1ForCausalLM", _A.FALCON_H1, "falcon_h1", "falcon_h1"),
     # NomicBERT encoder (nomic-embed-text v1 / v1.5): rotary, SwiGLU, post-norm
     ArchRow("NomicBertModel", _A.NOMIC_BERT, "nomic_bert", "nomic_bert"),
+    # Jina Embeddings v3 (transformers' port, without its task LoRA adapters): XLM-R with
+    # rotary positions and a fused QKV
+    ArchRow("JinaEmbeddingsV3Model", _A.JINA_BERT_V3, "jina_embeddings_v3", "jina_embeddings_v3"),
     # ModernBERT encoder (embeddings): alternating global / sliding-window layers
     ArchRow("ModernBertModel", _A.MODERN_BERT, "modern_bert", "modernbert"),
     # ModernBERT cross-encoders (gte-reranker-modernbert): rank pooling over its head

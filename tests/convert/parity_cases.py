@@ -388,6 +388,16 @@ CASES["xlm-roberta-cross-encoder"] = Case(
     "unigram",
     pooling="rank",
 )
+# jina-embeddings-v3 ratios (XLM-R's, head_dim 64, rotary base 20000, qkv biases): its
+# sentence-transformers pooling is the mean
+CASES["jina-embeddings-v3-mean-pooling"] = Case(
+    "JinaEmbeddingsV3Model",
+    "JinaEmbeddingsV3Config",
+    {**XLM_ROBERTA, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512},
+    "unigram",
+    pooling="mean_tokens",
+    outtypes=("f32", "f16"),
+)
 # Released configs scaled down (ratios kept): Qwen3-30B-A3B (head_dim 2x hidden/heads, GQA 8:1,
 # norm_topk_prob, untied), Qwen1.5-MoE-A2.7B (qkv biases, shared expert 4x an expert, its
 # sigmoid gate), OLMoE-1B-7B (full-width q/k norms, no GQA, experts half the hidden width).

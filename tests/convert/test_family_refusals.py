@@ -71,6 +71,7 @@ QWEN35 = {
         "mrope_section": [1, 1, 0],
     },
 }
+JINA_V3 = {**TINY, "max_position_embeddings": 66, "type_vocab_size": 1}
 
 CASES = {
     "qwen2moe-renormalised-top-k": (
@@ -256,6 +257,21 @@ CASES = {
         "ModernBertConfig",
         MB,
         {"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "rope_parameters": None},
+        "rope_type 'linear'",
+    ),
+    # jina-embeddings-v3 as jinaai released it (XLMRobertaLoRA): its task adapters
+    "jina-v3-task-adapters": (
+        "JinaEmbeddingsV3Model",
+        "JinaEmbeddingsV3Config",
+        JINA_V3,
+        {"lora_adaptations": ["retrieval.query", "retrieval.passage"]},
+        "lora_adaptations",
+    ),
+    "jina-v3-scaled-rope": (
+        "JinaEmbeddingsV3Model",
+        "JinaEmbeddingsV3Config",
+        JINA_V3,
+        {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 20000.0}},
         "rope_type 'linear'",
     ),
 }
