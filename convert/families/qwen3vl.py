@@ -13,6 +13,9 @@ src/llama-hparams.cpp (`n_embd_inp`):
   same position in every section: Qwen3's NEOX rope.
 - `num_deepstack_layers` is the length of the vision config's `deepstack_visual_indexes`;
   llama.cpp's input width is then n_embd x (1 + that), which mtmd's projector output matches.
+  llama.cpp adds feature i to layer i after the last layer's rows are cut to the outputs, a
+  shape assertion when the last layer takes one (the released models feed 3 of 28 or more
+  layers): a config with as many deepstack layers as text layers is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ def n_deepstack(model: ModelInput) -> int:
     if not isinstance(indexes, list):
         raise ConfigError(
             f"{model.folder / 'config.json'}: vision_config.deepstack_visual_indexes is not a list"
+        )
+    n_layer = model.config.get("num_hidden_layers")
+    if isinstance(n_layer, int) and len(indexes) >= n_layer:
+        raise ConfigError(
+            f"{model.folder / 'config.json'}: {len(indexes)} deepstack layers for a "
+            f"{n_layer}-layer language model; llama.cpp's qwen3vl graph needs its last layer "
+            "without one"
         )
     return len(indexes)
 

@@ -271,7 +271,8 @@ CASES["qwen2.5-vl-multimodal-text-part"] = Case(
     tokenizer="qwen2",
 )
 # Qwen3-VL (the 4B's ratios: head 128 with interleaved mrope_section [24, 20, 20] -> head 16
-# with [3, 3, 2]; deepstack from 3 of 24 tower layers -> 2 of 4, not the first); the tower is
+# with [3, 3, 2]; deepstack from 3 of 24 tower layers into the first 3 of 36 text layers -> 2
+# of 4 (not the first) into 2 of 3); the tower is
 # Qwen3-VL's shape at patch 16 with a 4 x 4 position grid (tests/tiny_vlm.py builds the same
 # checkpoint with its image tokens)
 CASES["qwen3-vl-multimodal-text-part"] = Case(
@@ -280,6 +281,7 @@ CASES["qwen3-vl-multimodal-text-part"] = Case(
     {
         "text_config": {
             **SMALL,
+            "num_hidden_layers": 3,
             "head_dim": 16,
             "max_position_embeddings": 1024,
             "rms_norm_eps": 1e-6,

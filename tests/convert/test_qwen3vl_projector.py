@@ -12,7 +12,8 @@ Qwen3-VL (tests/tiny_vlm.py, family "qwen3-vl": deepstack from tower layers 1 an
   position grid resampled to 8 x 8 patches): every row of mtmd's output, which for Qwen3-VL
   is the merged embedding and both deepstack features side by side (the text model's input
   rows), and each of those parts on its own;
-- a config mtmd would run wrong (another merge size) is refused before anything is written.
+- a config llama.cpp would run wrong or not at all (another merge size; a deepstack feature
+  for the last text layer) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -94,16 +95,27 @@ def test_mtmd_gives_the_references_embeddings(
     print(f"COSINE {family} f16 projector: min {lowest:.7f}")
 
 
-def test_a_merge_mtmd_does_not_run_is_refused(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"spatial_merge_size": 4}, "spatial_merge_size 4"),
+        # llama.cpp's qwen3vl graph fails an assertion when the last text layer takes one
+        ({"deepstack_visual_indexes": [0, 1, 2]}, "3 deepstack layers for a 3-layer"),
+    ],
+)
+def test_a_config_llama_cpp_does_not_run_is_refused(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    change: dict[str, object],
+    match: str,
 ) -> None:
     folder = tmp_path / "hf"
     shutil.copytree(_vlm(tmp_path_factory, "qwen3-vl").folder, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["vision_config"]["spatial_merge_size"] = 4
+    config["vision_config"].update(change)
     (folder / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(ConfigError, match="spatial_merge_size 4"):
+    with pytest.raises(ConfigError, match=match):
         convert(folder, out / "m.gguf", outtype="f16", verify=False)
     assert list(out.iterdir()) == []

@@ -1,10 +1,12 @@
-"""Qwen2.5-VL served end to end: the tiny random Qwen2.5-VL (tests/tiny_vlm.py, family
-"qwen2.5-vl") served from its Hugging Face folder, whose projector (clip `qwen2.5vl_merger`)
-the conversion cache writes beside the text part, answers chat requests with an image in one
-worker over a real socket; its greedy answer is llama.cpp's own for the same files, prompt
-and image (mtmd_tokenize, mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as
-llama-server lays them out), token for token (compared as text through the worker's
-/detokenize, and by count), for two images; the prompt holds the image's 64 tokens."""
+"""Qwen2.5-VL and Qwen3-VL served end to end: the tiny random Qwen2.5-VL and Qwen3-VL
+(tests/tiny_vlm.py, families "qwen2.5-vl" and "qwen3-vl") served from their Hugging Face
+folders, whose projectors (clip `qwen2.5vl_merger`, `qwen3vl_merger`: Qwen3-VL's image rows
+carry its two deepstack features beside the merged embedding) the conversion cache writes
+beside the text part, answer chat requests with an image in one worker over a real socket;
+the greedy answer is llama.cpp's own for the same files, prompt and image (mtmd_tokenize,
+mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as llama-server lays them
+out), token for token (compared as text through the worker's /detokenize, and by count), for
+two images; the prompt holds the image's tokens (64 for Qwen2.5-VL, 16 for Qwen3-VL)."""
 
 from __future__ import annotations
 
@@ -21,14 +23,18 @@ from support import start_worker
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 N = 10
-SIZE = tiny_vlm.QWEN_VL_IMAGE_SIZE
+# family: image size, image tokens
+FAMILIES = {
+    "qwen2.5-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS),
+    "qwen3-vl": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS),
+}
 
 
-def _png(seed: int) -> bytes:
+def _png(seed: int, size: int) -> bytes:
     from PIL import Image
 
-    picture, _ = tiny_vlm.image(seed, size=SIZE)
-    pixels = np.frombuffer(picture.rgb, dtype=np.uint8).reshape(SIZE, SIZE, 3)
+    picture, _ = tiny_vlm.image(seed, size=size)
+    pixels = np.frombuffer(picture.rgb, dtype=np.uint8).reshape(size, size, 3)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
     return out.getvalue()
@@ -52,10 +58,15 @@ def _chat(url: str, image: bytes) -> dict[str, object]:
     return data
 
 
-def test_a_qwen25vl_folder_answers_as_llama_cpp_does(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_qwen_vl_folder_answers_as_llama_cpp_does(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    family: str,
 ) -> None:
-    vlm = tiny_vlm.cached(tmp_path_factory.getbasetemp(), "qwen2.5-vl")
+    size, n_image = FAMILIES[family]
+    vlm = tiny_vlm.cached(tmp_path_factory.getbasetemp(), family)
     cache = tmp_path / "cache"
     monkeypatch.setenv("LLORCH_CACHE", str(cache))  # inherited by the worker
     worker = start_worker(
@@ -74,8 +85,8 @@ def test_a_qwen25vl_folder_answers_as_llama_cpp_does(
         prompt = "<|im_start|>user\ndescribe <__media__><|im_end|>\n<|im_start|>assistant\n"
         answers = []
         for seed in (0, 1):
-            data = _chat(worker.url, _png(seed))
-            picture, _ = tiny_vlm.image(seed, size=SIZE)
+            data = _chat(worker.url, _png(seed, size))
+            picture, _ = tiny_vlm.image(seed, size=size)
             ref_prompt, expected = tiny_vlm.mtmd_greedy(text, mmproj, prompt, picture, N)
             if eos[0] in expected:  # the worker stops there
                 expected = expected[: expected.index(eos[0])]
@@ -85,7 +96,7 @@ def test_a_qwen25vl_folder_answers_as_llama_cpp_does(
             print(f"ANSWER seed {seed}: {choice['message']['content']!r} tokens {expected}")
             assert choice["message"]["content"] == want["content"]
             assert usage["completion_tokens"] == len(expected)
-            assert usage["prompt_tokens"] == len(ref_prompt) + tiny_vlm.QWEN_VL_IMAGE_TOKENS
+            assert usage["prompt_tokens"] == len(ref_prompt) + n_image
             answers.append(expected)
         assert answers[0] != answers[1], "the answer does not depend on the image"
     finally:
