@@ -134,16 +134,18 @@ class LlamaBatchDecoder:
 
     def _save_before_reuse(self, slot: Slot, request: GenerationRequest) -> None:
         """A finished sequence's state stays in its slot until another prompt takes the slot;
-        only then, and only if that prompt would cut it, is it copied to the host-RAM cache
-        (as llama-server saves a slot's prompt when a new task takes the slot): a copy made
-        when each request ends held a second copy of every idle slot in host memory."""
+        only then, and only if that prompt keeps less than half of it, is it copied to the
+        host-RAM cache (as llama-server saves a slot's prompt when a new task takes the slot):
+        a copy made when each request ends held a second copy of every idle slot in host
+        memory, and a next turn that drops only the previous answer would pay for copying the
+        whole conversation out before its first token."""
         assert self._cache is not None
         keep = (
             0
             if request.echo
             else min(self._reusable(slot, request), len(request.prompt_tokens) - 1)
         )
-        if slot.cached and keep < len(slot.cached):
+        if slot.cached and keep < len(slot.cached) // 2:
             kept = self._checkpoints.of(slot.seq_id) if self._checkpoints is not None else ()
             self._cache.save(slot.seq_id, slot.cached, slot.cached_lora, kept)
             self._summary = None

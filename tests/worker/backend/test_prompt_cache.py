@@ -111,12 +111,14 @@ def test_the_next_turn_reuses_its_prefix_on_another_slot(model_path):
         # published from there.
         assert decoder.cache_summary().entries == 0
         assert prefix_hashes(turn1)[0] in decoder.cache_summary().prefixes
-        # Something else fills the other slot, then a long job holds turn 1's slot: taking it
-        # copies turn 1 and its answer out first.
+        # Something else fills the other slot, then a long job sharing the first third of
+        # turn 1 holds turn 1's slot: taking it (and keeping less than half) copies turn 1
+        # and its answer out first.
         other = backend.tokenize("Tell me about the weather in Paris. " * 12)
         list(generate(decoder, GenerationRequest(tuple(other), 2, greedy)))
         assert decoder.cache_summary().entries == 0
-        decoder.add("busy", GenerationRequest(tuple(turn1), 200, greedy))
+        busy = turn1[: len(turn1) // 3] + backend.tokenize(" Now, a poem.", add_special=False)
+        decoder.add("busy", GenerationRequest(tuple(busy), 200, greedy))
         assert decoder.cache_summary().entries == 1
         turn2 = turn1 + answer + backend.tokenize(" And of the next two?", add_special=False)
         decoder.add("turn2", GenerationRequest(tuple(turn2), 4, greedy))
