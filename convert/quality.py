@@ -58,18 +58,17 @@ class Quality:
 
 @dataclass(frozen=True)
 class _ReferenceChunk:
-    """The reference's scored rows of one chunk: log-probabilities (float32), the probabilities
-    that count towards the KL divergence (those of log-probability above MIN_LOG_PROB, the
-    rest 0), its most likely tokens and the log-probability of each actual next token."""
+    """The reference's scored rows of one chunk: log-probabilities (float32; the probabilities
+    are taken from them again for each candidate, which keeps twice the chunks in a cache's
+    budget), its most likely tokens and the log-probability of each actual next token."""
 
     log_probs: np.ndarray
-    kept_probs: np.ndarray
     top: np.ndarray
     target_log_probs: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return self.log_probs.nbytes + self.kept_probs.nbytes
+        return self.log_probs.nbytes
 
 
 class ReferenceCache:
@@ -91,20 +90,19 @@ class ReferenceCache:
 
 
 def _log_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Log-probabilities (float32) of each row of `logits`, the rows' probabilities and their
-    most likely tokens. Float32 throughout but for the normaliser, summed in float64 after
-    subtracting each row's maximum, so every log-probability is exact to float32's rounding
-    of its own size: llama-perplexity's own arithmetic is float (its base file keeps the
-    reference's log-probabilities in 16 bits). Half the passes over the vocabulary of a
-    float64 version, on half the bytes: the numpy side was ~3 s of each measured type."""
+    """Log-probabilities (float32) of each row of `logits`, its most likely tokens, and a
+    scratch array of the same shape (the caller's to reuse). Float32 throughout but for the
+    normaliser, summed in float64 after subtracting each row's maximum, so every
+    log-probability is exact to float32's rounding of its own size: llama-perplexity's own
+    arithmetic is float (its base file keeps the reference's log-probabilities in 16 bits).
+    Half the passes over the vocabulary of a float64 version, on half the bytes: the numpy
+    side was ~3 s of each measured type."""
     top = logits.argmax(axis=1)
     rows = np.arange(len(logits))
-    shifted = logits - logits[rows, top][:, None]
-    probs = np.exp(shifted)
-    norm = probs.sum(axis=1, dtype=np.float64)
-    probs /= norm.astype(np.float32)[:, None]
-    shifted -= np.log(norm).astype(np.float32)[:, None]
-    return shifted, probs, top
+    log_probs = logits - logits[rows, top][:, None]
+    scratch = np.exp(log_probs)
+    log_probs -= np.log(scratch.sum(axis=1, dtype=np.float64)).astype(np.float32)[:, None]
+    return log_probs, top, scratch
 
 
 class _Evaluator:
@@ -149,10 +147,9 @@ class _Evaluator:
         return logits[:-1]
 
     def reference(self, tokens: list[int], first: int, target: np.ndarray) -> _ReferenceChunk:
-        log_probs, probs, top = _log_softmax(self.logits(tokens, first))
-        probs[log_probs <= MIN_LOG_PROB] = 0.0
+        log_probs, top, _ = _log_softmax(self.logits(tokens, first))
         rows = np.arange(len(target))
-        return _ReferenceChunk(log_probs, probs, top, log_probs[rows, target].copy())
+        return _ReferenceChunk(log_probs, top, log_probs[rows, target].copy())
 
 
 def _against(
@@ -162,14 +159,12 @@ def _against(
     of p_ref * (log p_ref - log p) over the kept terms), the log-probability of the actual next
     token, and the most likely token. The difference of the two log-probabilities is taken
     before the sum, so agreeing models sum small terms rather than cancel two entropies."""
-    top = logits.argmax(axis=1)
-    rows = np.arange(len(logits))
-    log_probs = logits - logits[rows, top][:, None]
-    scratch = np.exp(log_probs)
-    log_probs -= np.log(scratch.sum(axis=1, dtype=np.float64)).astype(np.float32)[:, None]
+    log_probs, top, scratch = _log_softmax(logits)
     np.subtract(ref.log_probs, log_probs, out=scratch)
-    kld = np.einsum("ij,ij->i", ref.kept_probs, scratch, dtype=np.float64)
-    return kld, log_probs[rows, target], top
+    kept = np.exp(ref.log_probs)
+    kept[ref.log_probs <= MIN_LOG_PROB] = 0.0
+    kld = np.einsum("ij,ij->i", kept, scratch, dtype=np.float64)
+    return kld, log_probs[np.arange(len(target)), target], top
 
 
 def measure(
