@@ -18,8 +18,9 @@ llama-perplexity keeps them in its --kl-divergence-base file.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,20 +90,33 @@ class ReferenceCache:
             self.used_bytes += chunk.nbytes
 
 
-def _log_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Log-probabilities (float32) of each row of `logits`, its most likely tokens, and a
-    scratch array of the same shape (the caller's to reuse). Float32 throughout but for the
-    normaliser, summed in float64 after subtracting each row's maximum, so every
-    log-probability is exact to float32's rounding of its own size: llama-perplexity's own
-    arithmetic is float (its base file keeps the reference's log-probabilities in 16 bits).
-    Half the passes over the vocabulary of a float64 version, on half the bytes: the numpy
-    side was ~3 s of each measured type."""
+class _Scratch:
+    """Work arrays of a chunk's shape, reused for every chunk: a fresh array of this size
+    each time costs a page fault per 4 KiB once other arrays are kept (the reference cache
+    keeps glibc from reusing freed blocks), which measured 12x the arithmetic."""
+
+    def __init__(self, rows: int, n_vocab: int) -> None:
+        self.log_probs = np.empty((rows, n_vocab), np.float32)
+        self.values = np.empty((rows, n_vocab), np.float32)
+        self.mask = np.empty((rows, n_vocab), np.bool_)
+
+
+def _log_softmax(
+    logits: np.ndarray, values: np.ndarray, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probabilities (float32; into `out`, or a new array) of each row of `logits` and
+    its most likely tokens; `values` is scratch. Float32 throughout but for the normaliser,
+    summed in float64 after subtracting each row's maximum, so every log-probability is exact
+    to float32's rounding of its own size: llama-perplexity's own arithmetic is float (its
+    base file keeps the reference's log-probabilities in 16 bits). Half the passes over the
+    vocabulary of a float64 version, on half the bytes: the numpy side was ~3 s of each
+    measured type."""
     top = logits.argmax(axis=1)
     rows = np.arange(len(logits))
-    log_probs = logits - logits[rows, top][:, None]
-    scratch = np.exp(log_probs)
-    log_probs -= np.log(scratch.sum(axis=1, dtype=np.float64)).astype(np.float32)[:, None]
-    return log_probs, top, scratch
+    log_probs = np.subtract(logits, logits[rows, top][:, None], out=out)
+    np.exp(log_probs, out=values)
+    log_probs -= np.log(values.sum(axis=1, dtype=np.float64)).astype(np.float32)[:, None]
+    return log_probs, top
 
 
 class _Evaluator:
@@ -146,25 +160,48 @@ class _Evaluator:
         logits = np.ctypeslib.as_array(ptr, shape=(n_out * n_vocab,)).reshape(n_out, n_vocab)
         return logits[:-1]
 
-    def reference(self, tokens: list[int], first: int, target: np.ndarray) -> _ReferenceChunk:
-        log_probs, top, _ = _log_softmax(self.logits(tokens, first))
+    def reference(
+        self, tokens: list[int], first: int, target: np.ndarray, scratch: _Scratch
+    ) -> _ReferenceChunk:
+        log_probs, top = _log_softmax(self.logits(tokens, first), scratch.values)
         rows = np.arange(len(target))
         return _ReferenceChunk(log_probs, top, log_probs[rows, target].copy())
 
 
 def _against(
-    logits: np.ndarray, ref: _ReferenceChunk, target: np.ndarray
+    logits: np.ndarray, ref: _ReferenceChunk, target: np.ndarray, scratch: _Scratch
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per scored row of a candidate's logits: the KL divergence from the reference (the sum
     of p_ref * (log p_ref - log p) over the kept terms), the log-probability of the actual next
     token, and the most likely token. The difference of the two log-probabilities is taken
     before the sum, so agreeing models sum small terms rather than cancel two entropies."""
-    log_probs, top, scratch = _log_softmax(logits)
-    np.subtract(ref.log_probs, log_probs, out=scratch)
-    kept = np.exp(ref.log_probs)
-    kept[ref.log_probs <= MIN_LOG_PROB] = 0.0
-    kld = np.einsum("ij,ij->i", kept, scratch, dtype=np.float64)
-    return kld, log_probs[np.arange(len(target)), target], top
+    log_probs, top = _log_softmax(logits, scratch.values, out=scratch.log_probs)
+    target_log_probs = log_probs[np.arange(len(target)), target]
+    differences = np.subtract(ref.log_probs, log_probs, out=scratch.values)
+    kept = np.exp(ref.log_probs, out=scratch.log_probs)
+    np.less_equal(ref.log_probs, MIN_LOG_PROB, out=scratch.mask)
+    kept[scratch.mask] = 0.0
+    kld = np.einsum("ij,ij->i", kept, differences, dtype=np.float64)
+    return kld, target_log_probs, top
+
+
+@contextlib.contextmanager
+def _without_huge_page_advice() -> Iterator[None]:
+    """numpy asks the kernel to back every array of 4 MiB or more with huge pages
+    (madvise(MADV_HUGEPAGE), numpy 1.20's release notes); under transparent huge pages'
+    default `defrag = madvise`, each first touch of such an array may then compact memory
+    synchronously. The reference's log-probabilities are hundreds of MiB of new arrays:
+    measured, 14-16 s of a 76-chunk reference pass with the advice, 10 s without."""
+    setter = getattr(getattr(np, "_core", None), "multiarray", None)
+    toggle = getattr(setter, "_set_madvise_hugepage", None)
+    if toggle is None:
+        yield
+        return
+    before = toggle(False)
+    try:
+        yield
+    finally:
+        toggle(before)
 
 
 def measure(
@@ -180,8 +217,6 @@ def measure(
     cache: ReferenceCache | None = None,
 ) -> Quality:
     """`candidate` against `reference` on the text file `text` (see the module's docstring)."""
-    import contextlib
-
     text = Path(text)
     try:
         content = text.read_text(encoding="utf-8")
@@ -191,6 +226,7 @@ def measure(
         raise QualityError(f"chunk {chunk}: must be at least 16 tokens")
     threads = n_threads or (os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_without_huge_page_advice())
         ref = _Evaluator(stack, Path(reference), chunk, threads)
         cand = _Evaluator(stack, Path(candidate), chunk, threads)
         if ref.vocab.n_tokens != cand.vocab.n_tokens:
@@ -208,6 +244,7 @@ def measure(
         bos = ref.vocab.bos() if lib.llama_vocab_get_add_bos(ref.vocab.pointer) else None
         n_chunks = len(tokens) // chunk if chunks is None else min(chunks, len(tokens) // chunk)
         first = chunk // 2
+        scratch = _Scratch(chunk - first - 1, ref.vocab.n_tokens)
         kld: list[np.ndarray] = []
         same = 0
         nll = nll_ref = 0.0
@@ -219,10 +256,10 @@ def measure(
             key = (str(reference), str(text), chunk, c)
             rc = cache.get(key) if cache is not None else None
             if rc is None:
-                rc = ref.reference(part, first, target)
+                rc = ref.reference(part, first, target, scratch)
                 if cache is not None:
                     cache.put(key, rc)
-            terms, target_lp, top = _against(cand.logits(part, first), rc, target)
+            terms, target_lp, top = _against(cand.logits(part, first), rc, target, scratch)
             kld.append(terms)
             nll -= float(target_lp.sum(dtype=np.float64))
             nll_ref -= float(rc.target_log_probs.sum(dtype=np.float64))

@@ -158,6 +158,10 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         current = out_dir / names[base]
+        # A tokenizer check that holds for every quantized output: llama.cpp's quantizer copies
+        # the high-precision file's metadata, vocabulary included, unchanged (llama-quant.cpp
+        # copies every key but the file type), so it is checked once per job, not per type.
+        checked: tuple[str, dict[str, Any]] | None = None
         if not (asked and base not in todo):  # else: the finished base output is reused
             dst = current if asked else stack.enter_context(gw.temp_path(current, ".base.tmp"))
             emit({"event": "stage", "job": job, "stage": f"convert {base}"})
@@ -191,6 +195,8 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
             }
             if report.logits is not None:
                 verified["logits"] = report.logits
+            if report.verified:
+                checked = (base, {k: v for k, v in verified.items() if k != "logits"})
             if asked:
                 record = _finish(spec, base, dst, base, files, verified)
                 emit({"event": "output", "job": job, "seconds": _since(started), **record})
@@ -231,19 +237,24 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                     llamacpp.copy_with_metadata(tmp, copy, measured.gguf_metadata())
                     os.replace(copy, tmp)
                 verified = {"tokenizer": False, "strings": 0, "notes": ["not verified"]}
-                if spec["verify"]:
+                if spec["verify"] and checked is not None:
+                    first, record = checked
+                    note = f"tokenizer checked in the {first} output: the quantizer copies it"
+                    verified = {**record, "notes": [*record["notes"], note]}
+                elif spec["verify"]:
                     if vocab is None:
                         n_vocab = int(text_config(det.config or {})["vocab_size"])
                         vocab = load_vocab(
                             det.path, n_vocab, pre_override=spec["pre"], config=det.config
                         )
-                    checked = verify_tokenizer(tmp, vocab)
+                    result = verify_tokenizer(tmp, vocab)
                     verified = {
                         "tokenizer": True,
-                        "strings": checked.strings,
-                        "notes": [d.note() for d in checked.differences],
-                        "differences": [d.to_json() for d in checked.differences],
+                        "strings": result.strings,
+                        "notes": [d.note() for d in result.differences],
+                        "differences": [d.to_json() for d in result.differences],
                     }
+                    checked = (outtype, dict(verified))
                 if spec.get("verify_logits"):
                     found = verify_logits.verify(tmp, det.path, str(det.hf_architecture), outtype)
                     verified["logits"] = found.to_json()

@@ -78,6 +78,11 @@ def test_batch_with_imatrix_and_quality(tmp_path: Path) -> None:
         q = record["quality"]
         assert q["reference"] == "f16" and q["tokens"] > 0 and 0 < q["top1"] <= 1
         assert q["kld_mean"] > 0 and q["kld_p99"] >= q["kld_mean"] * 0.5
+        # the F16 output's tokenizer check stands for the quantized ones (same vocabulary)
+        assert record["verification"]["tokenizer"] is True
+        base = _sidecar(out, "f16")["verification"]
+        assert record["verification"]["strings"] == base["strings"] > 0
+        assert "tokenizer checked in the f16 output" in " ".join(record["verification"]["notes"])
     q2, q4 = _sidecar(out, "iq2_xxs")["quality"], _sidecar(out, "q4_k_m")["quality"]
     assert q2["kld_mean"] > q4["kld_mean"]  # fewer bits, further from the F16
     table = summary_table(report)
