@@ -251,8 +251,11 @@ def test_the_host_ram_cache_restores_a_recurrent_state_whole(
     backend.load(out, options)
     try:
         decoder = backend.decoder()
-        first, _ = _generate(decoder, "turn 1", a)  # its state goes to the cache at the end
-        decoder.add("busy", GenerationRequest(tuple(a), 60, greedy))  # takes turn 1's slot
+        first, _ = _generate(decoder, "turn 1", a)
+        # A request sharing a third of turn 1 takes its slot: keeping less than half of it,
+        # the slot's state goes to the host-RAM cache first (as llama-server's f_keep < 0.5).
+        busy = a[: len(a) // 3] + helpers.sample_tokens(built.n_vocab, n=20, seed=7)
+        decoder.add("busy", GenerationRequest(tuple(busy), 60, greedy))
         decoder.step()
         turn2 = a + first + helpers.sample_tokens(built.n_vocab, n=3, seed=5)
         decoder.add("turn 2", GenerationRequest(tuple(turn2), 8, greedy))

@@ -93,8 +93,11 @@ def test_the_host_ram_cache_keeps_the_checkpoints(model: Callable[[str], Model])
     fresh.load(path, OPTIONS)
     try:
         decoder = backend.decoder()
-        run(backend, prompt)  # slot 0 holds it; the cache gets its state and checkpoints
-        decoder.add("busy", GenerationRequest(tuple(prompt), 40, GREEDY))  # slot 0 again
+        run(backend, prompt)  # slot 0 holds it and its answer
+        # A request sharing a third of it takes slot 0: keeping less than half, the slot's
+        # state and checkpoints go to the host-RAM cache first.
+        busy = prompt[: len(prompt) // 3] + follow_up[len(prompt) :]
+        decoder.add("busy", GenerationRequest(tuple(busy), 40, GREEDY))
         decoder.step()
         decoder.add("turn", GenerationRequest(tuple(follow_up), 8, GREEDY))  # on slot 1
         got: list[int] = []
