@@ -66,3 +66,42 @@ def test_a_turn_after_a_cut_restores_the_checkpoint(model_path):
     finally:
         backend.close()
         fresh.close()
+
+
+@pytest.mark.slow
+def test_a_converted_gemma_4_restores_its_checkpoint(tmp_path):
+    """The same on Gemma 4 (sliding layers beside full-attention layers with their own head
+    size), a tiny random checkpoint converted by llorch: its 8-token window keeps 8 + a batch
+    of cells (rounded up to 256); a second turn of 300 more tokens pushes the first prompt's
+    end out of them, and a third turn sharing only that prompt goes back to the checkpoint."""
+    from llorch.convert import convert
+    from tests.convert import parity_cases
+    from tests.convert.conftest import build_checkpoint, sample_tokens
+
+    case = parity_cases.CASES["gemma4-26b-a4b-moe"]
+    built = build_checkpoint(
+        tmp_path / "hf", case.model_cls, case.config_cls, case.config, tokenizer=case.tokenizer
+    )
+    path = tmp_path / "gemma4.gguf"
+    convert(built.folder, path, outtype="f32", verify=False)
+    first = sample_tokens(built.n_vocab, n=200, seed=3)
+    options = LoadOptions(ctx_size=1024, parallel=1, threads=2, batch_size=64)
+    backend, fresh = LlamaCppBackend(), LlamaCppBackend()
+    backend.load(path, options)
+    fresh.load(path, options)
+    try:
+        answer, _ = run(backend, first, 4)
+        second = first + answer + sample_tokens(built.n_vocab, n=300, seed=4)
+        _, end = run(backend, second, 1)
+        assert end.prompt_cached == len(first) + len(answer) - 1  # a plain extension
+        third = first + sample_tokens(built.n_vocab, n=5, seed=5)
+        got, end = run(backend, third)
+        checkpoints = backend.decoder()._checkpoints
+        assert checkpoints is not None and checkpoints.restored == 1
+        assert end.prompt_cached == len(first) - 4  # the checkpoint 4 tokens before the end
+        expected, cold = run(fresh, third)
+        assert cold.prompt_cached == 0
+        assert got == expected
+    finally:
+        backend.close()
+        fresh.close()
