@@ -61,6 +61,38 @@ def vision_int(model: VisionInput, key: str, default: int) -> int:
     return value
 
 
+def write_tower(
+    w: gguf.GGUFWriter,
+    model: VisionInput,
+    kind: str,
+    *,
+    image_size: int,
+    patch_size: int,
+    width: int,
+    ffn: int,
+    blocks: int,
+    heads: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> None:
+    """The keys every vision projector file starts with, in the order llama.cpp's converter
+    writes them (MmprojModel.set_gguf_parameters, then the projector type): the tower's
+    shape, the text model's width it projects to, and the preprocessor's normalisation
+    (`mean` / `std` where preprocessor_config.json gives none); `kind` is llama.cpp's
+    projector type (gguf.VisionProjectorType)."""
+    w.add_clip_has_vision_encoder(True)
+    w.add_vision_projection_dim(model.n_embd_text)
+    w.add_vision_image_size(image_size)
+    w.add_vision_patch_size(patch_size)
+    w.add_vision_embedding_length(width)
+    w.add_vision_feed_forward_length(ffn)
+    w.add_vision_block_count(blocks)
+    w.add_vision_head_count(heads)
+    w.add_vision_image_mean([float(x) for x in model.preprocessor.get("image_mean", mean)])
+    w.add_vision_image_std([float(x) for x in model.preprocessor.get("image_std", std)])
+    w.add_clip_projector_type(kind)
+
+
 def plan_tower(
     model: VisionInput,
     projector: str,

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int
+from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 _Q = gguf.GGMLQuantizationType
@@ -80,17 +80,19 @@ def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
     def v(key: str) -> int:
         return vision_int(model, key, SIGLIP[key])
 
-    w.add_clip_has_vision_encoder(True)
-    w.add_vision_projection_dim(model.n_embd_text)
-    w.add_vision_image_size(v("image_size"))
-    w.add_vision_patch_size(v("patch_size"))
-    w.add_vision_embedding_length(v("hidden_size"))
-    w.add_vision_feed_forward_length(v("intermediate_size"))
-    w.add_vision_block_count(v("num_hidden_layers"))
-    w.add_vision_head_count(v("num_attention_heads"))
-    w.add_vision_image_mean([float(x) for x in model.preprocessor.get("image_mean", MEAN_STD)])
-    w.add_vision_image_std([float(x) for x in model.preprocessor.get("image_std", MEAN_STD)])
-    w.add_clip_projector_type(gguf.VisionProjectorType.GEMMA3)
+    write_tower(
+        w,
+        model,
+        gguf.VisionProjectorType.GEMMA3,
+        image_size=v("image_size"),
+        patch_size=v("patch_size"),
+        width=v("hidden_size"),
+        ffn=v("intermediate_size"),
+        blocks=v("num_hidden_layers"),
+        heads=v("num_attention_heads"),
+        mean=MEAN_STD,
+        std=MEAN_STD,
+    )
     w.add_vision_attention_layernorm_eps(float(model.vision.get("layer_norm_eps", 1e-6)))
     w.add_vision_use_gelu(True)
     scale = (v("image_size") // v("patch_size")) // int(_tokens(model) ** 0.5)

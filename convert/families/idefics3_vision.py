@@ -29,7 +29,7 @@ import gguf
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int
+from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -72,17 +72,19 @@ def _longest_edge(model: VisionInput) -> int:
 
 
 def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
-    w.add_clip_has_vision_encoder(True)
-    w.add_vision_projection_dim(model.n_embd_text)
-    w.add_vision_image_size(_v(model, "image_size"))
-    w.add_vision_patch_size(_v(model, "patch_size"))
-    w.add_vision_embedding_length(_v(model, "hidden_size"))
-    w.add_vision_feed_forward_length(_v(model, "intermediate_size"))
-    w.add_vision_block_count(_v(model, "num_hidden_layers"))
-    w.add_vision_head_count(_v(model, "num_attention_heads"))
-    w.add_vision_image_mean([float(x) for x in model.preprocessor.get("image_mean", MEAN_STD)])
-    w.add_vision_image_std([float(x) for x in model.preprocessor.get("image_std", MEAN_STD)])
-    w.add_clip_projector_type(gguf.VisionProjectorType.IDEFICS3)
+    write_tower(
+        w,
+        model,
+        gguf.VisionProjectorType.IDEFICS3,
+        image_size=_v(model, "image_size"),
+        patch_size=_v(model, "patch_size"),
+        width=_v(model, "hidden_size"),
+        ffn=_v(model, "intermediate_size"),
+        blocks=_v(model, "num_hidden_layers"),
+        heads=_v(model, "num_attention_heads"),
+        mean=MEAN_STD,
+        std=MEAN_STD,
+    )
     w.add_vision_attention_layernorm_eps(float(model.vision.get("layer_norm_eps", LAYER_NORM_EPS)))
     w.add_vision_projector_scale_factor(_scale_factor(model))
     w.add_vision_use_gelu(True)

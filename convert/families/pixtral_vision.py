@@ -32,7 +32,7 @@ import numpy as np
 from llorch.convert.errors import ConfigError, MissingTensorError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
 from llorch.convert.families.llama import permute_rope
-from llorch.convert.projector import VisionInput, plan_tower, vision_int
+from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -70,17 +70,19 @@ def _v(model: VisionInput, key: str) -> int:
 
 
 def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
-    w.add_clip_has_vision_encoder(True)
-    w.add_vision_projection_dim(model.n_embd_text)
-    w.add_vision_image_size(_v(model, "image_size"))
-    w.add_vision_patch_size(_v(model, "patch_size"))
-    w.add_vision_embedding_length(_v(model, "hidden_size"))
-    w.add_vision_feed_forward_length(_v(model, "intermediate_size"))
-    w.add_vision_block_count(_v(model, "num_hidden_layers"))
-    w.add_vision_head_count(_v(model, "num_attention_heads"))
-    w.add_vision_image_mean([float(x) for x in model.preprocessor.get("image_mean", MEAN)])
-    w.add_vision_image_std([float(x) for x in model.preprocessor.get("image_std", STD)])
-    w.add_clip_projector_type(gguf.VisionProjectorType.PIXTRAL)
+    write_tower(
+        w,
+        model,
+        gguf.VisionProjectorType.PIXTRAL,
+        image_size=_v(model, "image_size"),
+        patch_size=_v(model, "patch_size"),
+        width=_v(model, "hidden_size"),
+        ffn=_v(model, "intermediate_size"),
+        blocks=_v(model, "num_hidden_layers"),
+        heads=_v(model, "num_attention_heads"),
+        mean=MEAN,
+        std=STD,
+    )
     w.add_vision_attention_layernorm_eps(float(model.vision.get("layer_norm_eps", LAYER_NORM_EPS)))
     act = model.vision.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:

@@ -32,7 +32,7 @@ import numpy as np
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int
+from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -98,17 +98,19 @@ def _check_fixed(model: VisionInput) -> None:
 
 def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
     _check_fixed(model)
-    w.add_clip_has_vision_encoder(True)
-    w.add_vision_projection_dim(model.n_embd_text)
-    w.add_vision_image_size(vision_int(model, "image_size", IMAGE_SIZE))
-    w.add_vision_patch_size(_v(model, "patch_size"))
-    w.add_vision_embedding_length(_v(model, "hidden_size"))
-    w.add_vision_feed_forward_length(_v(model, "intermediate_size"))
-    w.add_vision_block_count(_v(model, "depth"))
-    w.add_vision_head_count(_v(model, "num_heads"))
-    w.add_vision_image_mean([float(x) for x in model.preprocessor.get("image_mean", MEAN)])
-    w.add_vision_image_std([float(x) for x in model.preprocessor.get("image_std", STD)])
-    w.add_clip_projector_type(gguf.VisionProjectorType.QWEN25VL)
+    write_tower(
+        w,
+        model,
+        gguf.VisionProjectorType.QWEN25VL,
+        image_size=vision_int(model, "image_size", IMAGE_SIZE),
+        patch_size=_v(model, "patch_size"),
+        width=_v(model, "hidden_size"),
+        ffn=_v(model, "intermediate_size"),
+        blocks=_v(model, "depth"),
+        heads=_v(model, "num_heads"),
+        mean=MEAN,
+        std=STD,
+    )
     w.add_vision_use_silu(True)
     w.add_vision_n_wa_pattern(wa_pattern(model))
     w.add_vision_attention_layernorm_eps(float(model.config.get("rms_norm_eps", RMS_EPS)))

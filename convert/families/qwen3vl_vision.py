@@ -41,7 +41,7 @@ import numpy as np
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int
+from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -124,17 +124,19 @@ def _text_eps(model: VisionInput) -> float:
 def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
     _check_fixed(model)
     depth = _v(model, "depth")
-    w.add_clip_has_vision_encoder(True)
-    w.add_vision_projection_dim(model.n_embd_text)
-    w.add_vision_image_size(image_size(model))
-    w.add_vision_patch_size(_v(model, "patch_size"))
-    w.add_vision_embedding_length(_v(model, "hidden_size"))
-    w.add_vision_feed_forward_length(_v(model, "intermediate_size"))
-    w.add_vision_block_count(depth)
-    w.add_vision_head_count(_v(model, "num_heads"))
-    w.add_vision_image_mean([float(x) for x in model.preprocessor.get("image_mean", MEAN)])
-    w.add_vision_image_std([float(x) for x in model.preprocessor.get("image_std", STD)])
-    w.add_clip_projector_type(gguf.VisionProjectorType.QWEN3VL)
+    write_tower(
+        w,
+        model,
+        gguf.VisionProjectorType.QWEN3VL,
+        image_size=image_size(model),
+        patch_size=_v(model, "patch_size"),
+        width=_v(model, "hidden_size"),
+        ffn=_v(model, "intermediate_size"),
+        blocks=depth,
+        heads=_v(model, "num_heads"),
+        mean=MEAN,
+        std=STD,
+    )
     w.add_vision_use_gelu(True)
     if "spatial_merge_size" in model.vision:
         w.add_vision_spatial_merge_size(vision_int(model, "spatial_merge_size", MERGE))
