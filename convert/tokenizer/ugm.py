@@ -143,21 +143,8 @@ def ugm_vocab(
             )
         if idx != unk:
             types[idx] = int(_T.CONTROL if entry.get("special") else _T.USER_DEFINED)
-    if len(tokens) > n_vocab:
-        raise ShapeMismatchError(
-            f"{json_path}: tokenizer has {len(tokens)} tokens but the embedding has {n_vocab} rows"
-        )
-    for i in range(len(tokens), n_vocab):
-        tokens.append(f"[PAD{i}]")
-        scores.append(-10000.0)
-        types.append(int(_T.UNUSED))
-    index = {t: i for i, t in enumerate(tokens)}
-    special_ids = {}
-    for role, key in ROLES.items():
-        value = tok_cfg.get(key)
-        text = value.get("content") if isinstance(value, dict) else value
-        if isinstance(text, str) and text in index:
-            special_ids[role] = index[text]
+    _pad(tokens, scores, types, n_vocab, json_path)
+    special_ids = _special_ids(tokens, tok_cfg)
     add_space_prefix, split_spaces = _pre_tokenizer(tok_json, json_path)
     charsmap, collapse = _normalizer(tok_json, json_path)
     add_bos, add_eos, add_sep = _adds(tok_json)
@@ -193,6 +180,35 @@ FAIRSEQ_HEAD = ("<s>", "<pad>", "</s>", "<unk>")
 FAIRSEQ_OFFSET = 1  # a SentencePiece id past its first three is one lower than fairseq's
 
 
+def _pad(
+    tokens: list[str], scores: list[float], types: list[int], n_vocab: int, source: Path
+) -> None:
+    """Unused `[PADi]` pieces up to the embedding's rows (llama.cpp's converter does the
+    same); a vocabulary larger than the embedding is an error."""
+    if len(tokens) > n_vocab:
+        raise ShapeMismatchError(
+            f"{source}: tokenizer has {len(tokens)} tokens but the embedding has {n_vocab} rows"
+        )
+    for i in range(len(tokens), n_vocab):
+        tokens.append(f"[PAD{i}]")
+        scores.append(-10000.0)
+        types.append(int(_T.UNUSED))
+
+
+def _special_ids(
+    tokens: list[str], tok_cfg: dict[str, Any], defaults: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Each role's id: the piece tokenizer_config.json names for it, else `defaults`' piece."""
+    index = {t: i for i, t in enumerate(tokens)}
+    special_ids = {role: index[text] for role, text in (defaults or {}).items()}
+    for role, key in ROLES.items():
+        value = tok_cfg.get(key)
+        text = value.get("content") if isinstance(value, dict) else value
+        if isinstance(text, str) and text in index:
+            special_ids[role] = index[text]
+    return special_ids
+
+
 def fairseq_id(spm_id: int) -> int:
     """fairseq's id of a SentencePiece id (`<unk>` 0 -> 3; SentencePiece's `<s>`/`</s>`
     never come out of its encoder)."""
@@ -220,23 +236,10 @@ def fairseq_vocab(
     tokens = [*FAIRSEQ_HEAD, *spm.pieces[3:], "<mask>"]
     scores = [0.0] * 4 + list(spm.scores[3:]) + [0.0]
     types = [*head, *(int(t) for t in spm.types[3:]), int(_T.CONTROL)]
-    if len(tokens) > n_vocab:
-        raise ShapeMismatchError(
-            f"{model_path}: tokenizer has {len(tokens)} tokens but the embedding has {n_vocab} rows"
-        )
-    for i in range(len(tokens), n_vocab):
-        tokens.append(f"[PAD{i}]")
-        scores.append(-10000.0)
-        types.append(int(_T.UNUSED))
-    index = {t: i for i, t in enumerate(tokens)}
+    _pad(tokens, scores, types, n_vocab, model_path)
     # XLMRobertaTokenizer's defaults, unless tokenizer_config.json names others
     named = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "sep": "</s>"}
-    special_ids = {role: index[text] for role, text in {**named, "mask": "<mask>"}.items()}
-    for role, key in ROLES.items():
-        value = tok_cfg.get(key)
-        text = value.get("content") if isinstance(value, dict) else value
-        if isinstance(text, str) and text in index:
-            special_ids[role] = index[text]
+    special_ids = _special_ids(tokens, tok_cfg, {**named, "mask": "<mask>"})
     return Vocab(
         kind="unigram",
         ggml_model="t5",
