@@ -140,12 +140,7 @@ class LlamaBatchDecoder:
         memory, and a next turn that drops only the previous answer would pay for copying the
         whole conversation out before its first token."""
         assert self._cache is not None
-        keep = (
-            0
-            if request.echo
-            else min(self._reusable(slot, request), len(request.prompt_tokens) - 1)
-        )
-        if slot.cached and keep < len(slot.cached) // 2:
+        if slot.cached and self._kept(slot, request) < len(slot.cached) // 2:
             kept = self._checkpoints.of(slot.seq_id) if self._checkpoints is not None else ()
             self._cache.save(slot.seq_id, slot.cached, slot.cached_lora, kept)
             self._summary = None
@@ -204,9 +199,7 @@ class LlamaBatchDecoder:
         if self._cache is not None and not request.echo:
             self._restore_cached(slot, request)
         self._summary = None
-        # At least one prompt token is decoded again: its logits give the first token. Echo
-        # scores every prompt token, so it reads the whole prompt.
-        keep = 0 if request.echo else min(self._reusable(slot, request), len(prompt) - 1)
+        keep = self._kept(slot, request)
         for span in request.media:  # an image is decoded whole, or not kept at all
             if span.start < keep < span.start + span.length:
                 keep = span.start
@@ -239,6 +232,14 @@ class LlamaBatchDecoder:
         if self._backend_sampling and sampling.runs_in_graph(chain) and not (scores or budget):
             slot.seq.in_graph = bool(ll.llama_set_sampler(self._ctx, slot.seq_id, chain.handle))
         self._speculation.decide(slot)
+
+    def _kept(self, slot: Slot, request: GenerationRequest) -> int:
+        """How many of the slot's cached tokens `request` keeps. At least one prompt token is
+        decoded again: its logits give the first token. Echo scores every prompt token, so it
+        reads the whole prompt."""
+        if request.echo:
+            return 0
+        return min(self._reusable(slot, request), len(request.prompt_tokens) - 1)
 
     def _reusable(self, slot: Slot, request: GenerationRequest) -> int:
         """How many of the prompt's first tokens the slot's cache holds, as this request
