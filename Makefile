@@ -7,6 +7,10 @@ PRESET ?= cpu
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# pytest-xdist workers for the tests: one per core ("auto"), each pinned to its own share of
+# the cores (tests/support.py); 0 runs them in this process, one after another.
+TEST_WORKERS ?= auto
+PYTEST := HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: setup backend serve test test-fast test-convert test-worker test-llorch test-build clean
 
@@ -42,16 +46,16 @@ test: setup $(VENV)/.llorch-test-installed
 	$(VENV)/bin/ruff check llorch worker convert tests build bench
 	$(VENV)/bin/ruff format --check llorch worker convert tests build bench
 	$(VENV)/bin/mypy
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # Part of the suite, set up as `make test` is but without the lint: `test-fast` leaves out the
 # tests marked slow or e2e (pyproject's markers); `test-convert` and the others run one folder of
 # tests/ (tests/convert, tests/worker, ...). `make test` alone runs everything.
 test-fast: setup $(VENV)/.llorch-test-installed
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not slow and not e2e" $(ARGS)
+	$(PYTEST) -m "not slow and not e2e" $(ARGS)
 
 test-convert test-worker test-llorch test-build: setup $(VENV)/.llorch-test-installed
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/$(@:test-%=%) $(ARGS)
+	$(PYTEST) tests/$(@:test-%=%) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build/out

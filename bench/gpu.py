@@ -51,8 +51,9 @@ from tasks import TASKS
 
 from llorch.atomic import atomic_output
 from llorch.convert import llamacpp
+from llorch.cpus import default_threads
 from llorch.worker.backend import system
-from llorch.worker.backend.llama import LlamaCppBackend, default_threads
+from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.protocol import (
     FinishEvent,
     GenerationRequest,

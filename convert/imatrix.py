@@ -32,6 +32,7 @@ import numpy as np
 
 from llorch import atomic, keys
 from llorch.convert.errors import ConversionError, ImatrixError
+from llorch.cpus import default_threads
 
 DEFAULT_CHUNK = 512
 GGUF_SUFFIX = ".imatrix.gguf"
@@ -373,7 +374,7 @@ def compute(
     lib = llamacpp._lib()
     collector = _Collector()
     callback = lib.ggml_backend_sched_eval_callback(collector)
-    threads = n_threads or (os.cpu_count() or 1)
+    threads = n_threads or default_threads()
     with llamacpp.load_model(Path(model_path)) as model:
         tokens = tokenize_calibration(model, text)
         if len(tokens) < 2 * chunk:

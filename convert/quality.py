@@ -29,6 +29,7 @@ import numpy as np
 
 from llorch import keys
 from llorch.convert.errors import ConversionError, QualityError
+from llorch.cpus import default_threads
 
 DEFAULT_CHUNK = 512
 MIN_LOG_PROB = -16.0  # perplexity.cpp's log_softmax skips smaller reference terms
@@ -226,7 +227,7 @@ def measure(
         raise QualityError(f"{text}: cannot read the evaluation text ({exc})") from exc
     if chunk < 16:
         raise QualityError(f"chunk {chunk}: must be at least 16 tokens")
-    threads = n_threads or (os.cpu_count() or 1)
+    threads = n_threads or default_threads()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_without_huge_page_advice())
         ref = _Evaluator(stack, Path(reference), chunk, threads)

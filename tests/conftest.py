@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, start_worker
+from support import THREADS, WorkerProcess, start_worker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,7 +25,7 @@ def backend(model_path: Path) -> Iterator[object]:
     from llorch.worker.backend.protocol import LoadOptions
 
     instance = LlamaCppBackend()
-    instance.load(model_path, LoadOptions(ctx_size=1024, threads=2))
+    instance.load(model_path, LoadOptions(ctx_size=1024, threads=THREADS))
     yield instance
     instance.close()
 
@@ -34,7 +34,12 @@ def backend(model_path: Path) -> Iterator[object]:
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     # Gemma alone: the built-in chat model has tests of its own (test_default_chat_model.py).
     proc = start_worker(
-        tmp_path_factory.mktemp("worker"), "--ctx-size", "2048", "--threads", "2", "--no-chat-model"
+        tmp_path_factory.mktemp("worker"),
+        "--ctx-size",
+        "2048",
+        "--threads",
+        str(THREADS),
+        "--no-chat-model",
     )
     yield proc
     proc.stop()

@@ -4,6 +4,7 @@ condition with a deadline."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,31 @@ from typing import Any
 import httpx
 
 FRANCE = "Question: What is the capital of France?\nAnswer:"
+
+
+def _cpus_of_this_test_process() -> int:
+    """How many llama.cpp threads a test asks for: every CPU this process may use.
+
+    Under pytest-xdist (`-n N`), each worker first takes its own share of the CPUs, pinned
+    (children inherit it: a started worker, llama-server): two workers' llama.cpp threads never
+    share a core, where they would stall each other at llama.cpp's spinning barrier."""
+    worker, workers = (
+        os.environ.get("PYTEST_XDIST_WORKER"),
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT"),
+    )
+    if not hasattr(os, "sched_getaffinity"):  # macOS: no pinning, every CPU
+        return os.cpu_count() or 1
+    if worker and workers:
+        cpus, index, count = sorted(os.sched_getaffinity(0)), int(worker[2:]), int(workers)
+        if count <= len(cpus):  # worker "gw<index>" of count
+            share = cpus[index * len(cpus) // count : (index + 1) * len(cpus) // count]
+        else:
+            share = [cpus[index % len(cpus)]]
+        os.sched_setaffinity(0, share)
+    return len(os.sched_getaffinity(0))
+
+
+THREADS = _cpus_of_this_test_process()
 
 
 def wait_for(

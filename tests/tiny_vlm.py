@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from support import THREADS
 
 IMAGE_SIZE = 64
 IMAGE_TOKENS = 16  # mm_tokens_per_image: (64 / 8 / 2) ** 2
@@ -648,7 +649,7 @@ def check_embeddings(
 
     model = ll.llama_model_load_from_file(str(text).encode(), ll.llama_model_default_params())
     assert model
-    projector = Projector(mmproj, model, threads=2, use_gpu=False)
+    projector = Projector(mmproj, model, threads=THREADS, use_gpu=False)
     folder = Path(reference_model.config._name_or_path)
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     normalisation = (processor["image_mean"], processor["image_std"])
@@ -689,10 +690,15 @@ def mtmd_greedy(
     model = ll.llama_model_load_from_file(str(text).encode(), ll.llama_model_default_params())
     assert model
     params = ll.llama_context_default_params()
-    params.n_ctx, params.n_batch, params.n_threads, params.n_threads_batch = n_ctx, n_ctx, 2, 2
+    params.n_ctx, params.n_batch, params.n_threads, params.n_threads_batch = (
+        n_ctx,
+        n_ctx,
+        THREADS,
+        THREADS,
+    )
     lctx = ll.llama_init_from_model(model, params)
     mparams = mt.mtmd_context_params_default()
-    mparams.use_gpu, mparams.n_threads, mparams.print_timings = False, 2, False
+    mparams.use_gpu, mparams.n_threads, mparams.print_timings = False, THREADS, False
     mctx = mt.mtmd_init_from_file(str(mmproj).encode(), model, mparams)
     assert mctx
     data = (ctypes.c_uint8 * len(picture.rgb)).from_buffer_copy(picture.rgb)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from llorch.cpus import default_threads
 from llorch.worker.backend import rpc
 
 DEFAULT_HOST = "127.0.0.1"
@@ -132,8 +133,6 @@ def serve_rpc(
     chosen = served_devices(devices)
     _check_port_free(host, port)
     if threads is None:
-        from llorch.worker.backend.llama import default_threads
-
         threads = default_threads()
     endpoint = f"{host}:{port}"
     warning = remote_warning(endpoint)

@@ -216,9 +216,12 @@ def test_missing_lm_head_when_untied(base: Path, tmp_path: Path, capsys: Any) ->
     assert "tie_word_embeddings=false" in line and "lm_head.weight" in line
 
 
+# Ctrl-C's default handler first: a parent that ignores SIGINT (pytest-xdist's workers do)
+# passes that on to its children, where an interrupt would then do nothing.
 _INTERRUPT = """
 import os, signal, sys
 from llorch.convert import convert
+signal.signal(signal.SIGINT, signal.default_int_handler)
 convert(sys.argv[1], sys.argv[2], on_tensor=lambda p: os.kill(os.getpid(), signal.SIGINT))
 """
 

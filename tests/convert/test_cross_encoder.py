@@ -16,6 +16,7 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+from support import THREADS
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.errors import ConfigError
@@ -135,9 +136,9 @@ def test_pair_scores_match_transformers(tmp_path: Path) -> None:
         )
     with llamacpp.load_model(out) as loaded:
         marked = LlamaEmbedder(
-            loaded, n_ctx=64, threads=2, pooling=None, segments=open_segments(out)
+            loaded, n_ctx=64, threads=THREADS, pooling=None, segments=open_segments(out)
         )
-        unmarked = LlamaEmbedder(loaded, n_ctx=64, threads=2, pooling=None)
+        unmarked = LlamaEmbedder(loaded, n_ctx=64, threads=THREADS, pooling=None)
         try:
             got = np.array(marked.rank(inputs))
             as_tokens = np.array(unmarked.rank(inputs))

@@ -12,7 +12,7 @@ import gguf
 import httpx
 import numpy as np
 import pytest
-from support import start_worker
+from support import THREADS, start_worker
 
 from llorch import keys
 from llorch.convert import convert
@@ -114,7 +114,9 @@ def test_served_embeddings_match_sentence_transformers(
 
     reference = SentenceTransformer(str(built.folder), device="cpu")
     want = reference.encode(TEXTS, prompt_name="query")
-    worker = start_worker(tmp_path, "--model", str(out), "--threads", "2", "--parallel", "1")
+    worker = start_worker(
+        tmp_path, "--model", str(out), "--threads", str(THREADS), "--parallel", "1"
+    )
     try:
         reply = httpx.post(
             f"{worker.url}/v1/embeddings", json={"input": TEXTS, "prompt_name": "query"}, timeout=60

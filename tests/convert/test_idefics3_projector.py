@@ -22,6 +22,7 @@ import gguf
 import numpy as np
 import pytest
 import tiny_vlm
+from support import THREADS
 
 from llorch.cli import main
 from llorch.convert import convert
@@ -98,7 +99,7 @@ def test_mtmd_reads_the_f32_projector_as_the_reference_and_finds_the_markup(
     print(f"COSINE smolvlm f32 projector: min {lowest:.7f}")
     model = ll.llama_model_load_from_file(str(vlm.text).encode(), ll.llama_model_default_params())
     assert model
-    projector = Projector(vlm.mmproj, model, threads=2, use_gpu=False)
+    projector = Projector(vlm.mmproj, model, threads=THREADS, use_gpu=False)
     try:
         items = projector.media_pieces(tiny_vlm.image(0)[0], "image").items
         vocab = ll.llama_model_get_vocab(model)

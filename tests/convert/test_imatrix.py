@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 import pytest
 from llama_tools import calibration_text, tool
+from support import THREADS
 from tiny_hf import tiny_llama
 
 from llorch.cli import main
@@ -41,7 +42,7 @@ def ref_imatrix(tiny: dict[str, Path]) -> Path:
 
 def llama_imatrix(model: Path, calib: Path, out: Path, *extra: str) -> Path:
     cmd = [str(tool("llama-imatrix")), "-m", str(model), "-f", str(calib), "-o", str(out)]
-    cmd += ["-c", str(CHUNK), "-b", str(CHUNK), "-t", "2", "--no-ppl", *extra]
+    cmd += ["-c", str(CHUNK), "-b", str(CHUNK), "-t", str(THREADS), "--no-ppl", *extra]
     subprocess.run(cmd, check=True, capture_output=True, cwd=calib.parent)
     return out
 
@@ -69,7 +70,7 @@ def test_types_needing_an_imatrix_are_those_llamacpp_refuses(tiny: dict[str, Pat
     for name, ftype in sorted(gw.quantizer_types().items()):
         out = tiny["base"] / f"noimx-{name}.gguf"
         try:
-            llamacpp.quantize(tiny["f16"], out, ftype, n_threads=2)
+            llamacpp.quantize(tiny["f16"], out, ftype, n_threads=THREADS)
         except QuantizeError as exc:
             assert "imatrix" in str(exc), (name, str(exc))
             refused.add(name)

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 import openai
 import pytest
-from support import start_worker
+from support import THREADS, start_worker
 
 from llorch.convert import convert, llamacpp
 from llorch.convert.families import modern_bert
@@ -121,7 +121,9 @@ def test_served_as_embedding_model(
 
     folder = _released(checkpoint, helpers)
     monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "cache"))
-    worker = start_worker(tmp_path, "--model", str(folder), "--threads", "2", "--parallel", "1")
+    worker = start_worker(
+        tmp_path, "--model", str(folder), "--threads", str(THREADS), "--parallel", "1"
+    )
     try:
         client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key="x", max_retries=0)
         result = client.embeddings.create(model="mb", input=TEXTS)

@@ -19,7 +19,7 @@ import gguf
 import httpx
 import numpy as np
 import pytest
-from support import start_worker
+from support import THREADS, start_worker
 
 from llorch import keys
 from llorch.convert import convert
@@ -154,7 +154,7 @@ def test_served_embeddings_match_sentence_transformers(helpers: Any, tmp_path: P
     want_short = torch.nn.functional.normalize(normed[:, :16], p=2, dim=1).numpy()
     plain_short = torch.nn.functional.normalize(want[:, :16], p=2, dim=1).numpy()
     assert helpers.cosines(want_short, plain_short).min() < 0.99  # the layer norm matters
-    worker = start_worker(tmp_path, "--model", str(out), "--threads", "2")
+    worker = start_worker(tmp_path, "--model", str(out), "--threads", str(THREADS))
     try:
         url = f"{worker.url}/v1/embeddings"
         full = httpx.post(url, json={"input": TEXTS}, timeout=60)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import THREADS
 
 from llorch.convert import convert
 from llorch.detector import SUPPORTED
@@ -123,7 +124,7 @@ def _check_rank(folder: Path, out: Path, tokens: list[int]) -> None:
     with torch.no_grad():
         want = float(model(torch.tensor([tokens])).logits[0, 0])
     with llamacpp.load_model(out) as loaded:
-        ranker = LlamaEmbedder(loaded, n_ctx=len(tokens), threads=2, pooling=None)
+        ranker = LlamaEmbedder(loaded, n_ctx=len(tokens), threads=THREADS, pooling=None)
         try:
             (got,) = ranker.rank([RankInput(tuple(tokens), len(tokens))])
         finally:

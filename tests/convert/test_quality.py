@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 import pytest
 from llama_tools import calibration_text, tool
+from support import THREADS
 from tiny_hf import tiny_llama
 
 from llorch.cli import main
@@ -50,7 +51,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def llama_perplexity(base: Path, model: Path, text: Path, work: Path) -> dict[str, float]:
     exe = str(tool("llama-perplexity"))
     kld = work / "base.kld"
-    common = ["-f", str(text), "-c", str(CHUNK), "-b", str(CHUNK), "-t", "2"]
+    common = ["-f", str(text), "-c", str(CHUNK), "-b", str(CHUNK), "-t", str(THREADS)]
     if not kld.exists():
         cmd = [exe, "-m", str(base), *common, "--kl-divergence-base", str(kld)]
         subprocess.run(cmd, check=True, capture_output=True)
@@ -117,7 +118,7 @@ def test_kl_divergence_orders_types_by_their_bits(model: dict[str, Path]) -> Non
     cache = quality.ReferenceCache()
     for name in order:
         out = model["base"] / f"{name}.gguf"
-        llamacpp.quantize(model["f16"], out, gw.quantizer_types()[name], n_threads=2)
+        llamacpp.quantize(model["f16"], out, gw.quantizer_types()[name], n_threads=THREADS)
         found[name] = quality.measure(model["f16"], out, model["eval"], chunk=CHUNK, chunks=8)
         cached = quality.measure(
             model["f16"], out, model["eval"], chunk=CHUNK, chunks=8, cache=cache

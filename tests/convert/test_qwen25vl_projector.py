@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import tiny_vlm
+from support import THREADS
 
 from llorch.convert import convert
 from llorch.convert.errors import ConfigError
@@ -74,7 +75,7 @@ def test_the_image_is_one_chunk_with_2d_positions(vlm: tiny_vlm.TinyVlm) -> None
     from llorch.worker.backend.mtmd import Projector, Tile
 
     model = ll.llama_model_load_from_file(str(vlm.text).encode(), ll.llama_model_default_params())
-    projector = Projector(vlm.mmproj, model, threads=2, use_gpu=False)
+    projector = Projector(vlm.mmproj, model, threads=THREADS, use_gpu=False)
     try:
         assert projector.mrope
         picture, _ = tiny_vlm.image(0, size=tiny_vlm.QWEN_VL_IMAGE_SIZE)

@@ -12,7 +12,7 @@ import gguf
 import httpx
 import numpy as np
 import pytest
-from support import start_worker
+from support import THREADS, start_worker
 
 from llorch import keys
 from llorch.convert import convert
@@ -89,7 +89,9 @@ def test_served_embeddings_match_sentence_transformers(
     want_query = reference.encode(TEXTS, prompt_name="query")
     want_plain = reference.encode(TEXTS)
     assert helpers.cosines(want_query, want_plain).max() < 0.999  # the prompt matters
-    worker = start_worker(tmp_path, "--model", str(out), "--threads", "2", "--parallel", "1")
+    worker = start_worker(
+        tmp_path, "--model", str(out), "--threads", str(THREADS), "--parallel", "1"
+    )
     try:
         url = f"{worker.url}/v1/embeddings"
         query = httpx.post(url, json={"input": TEXTS, "prompt_name": "query"}, timeout=60)

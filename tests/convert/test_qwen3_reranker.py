@@ -13,7 +13,7 @@ import gguf
 import httpx
 import numpy as np
 import pytest
-from support import start_worker
+from support import THREADS, start_worker
 
 from llorch.convert import convert
 from llorch.convert.families.qwen3 import INSTRUCTION, TEMPLATE
@@ -95,7 +95,15 @@ def test_served_scores_match_transformers(
     order = sorted(range(len(DOCUMENTS)), key=lambda i: -want[i])
     assert np.ptp(want) > 0.1  # the scores differ enough for the order to mean something
     worker = start_worker(
-        tmp_path, "--model", str(out), "--threads", "2", "--parallel", "1", "--ctx-size", str(CTX)
+        tmp_path,
+        "--model",
+        str(out),
+        "--threads",
+        str(THREADS),
+        "--parallel",
+        "1",
+        "--ctx-size",
+        str(CTX),
     )
     try:
         url = f"{worker.url}/v1/rerank"
@@ -193,7 +201,18 @@ def test_llama_server_scores_the_gguf_alike(
     convert(folder, out, outtype="f32", verify=False)
     want, _ = _reference(folder, QUERY, DOCUMENTS)
     port = free_port()
-    cmd = [str(binary), "-m", str(out), "--port", str(port), "--rerank", "-c", "2048", "-t", "2"]
+    cmd = [
+        str(binary),
+        "-m",
+        str(out),
+        "--port",
+        str(port),
+        "--rerank",
+        "-c",
+        "2048",
+        "-t",
+        str(THREADS),
+    ]
     with (tmp_path / "llama-server.log").open("wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

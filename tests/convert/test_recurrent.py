@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import THREADS
 
 from llorch.convert import convert, llamacpp
 from tests.convert import parity_cases
@@ -42,7 +43,7 @@ def stepwise_logits(path: Path, tokens: list[int], n_prompt: int) -> np.ndarray:
     with llamacpp.load_model(path) as model:
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = max(len(tokens), 8)
-        cparams.n_threads = cparams.n_threads_batch = 2
+        cparams.n_threads = cparams.n_threads_batch = THREADS
         cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
         # hybrids attend too: CPU flash attention rounds Q to F16 (as llamacpp.logits avoids)
         cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -123,7 +124,7 @@ def _alone(path: Path, prompt: list[int], ctx_size: int) -> list[int]:
     from llorch.worker.backend.protocol import LoadOptions
 
     backend = LlamaCppBackend()
-    backend.load(path, LoadOptions(ctx_size=ctx_size, parallel=1, threads=2))
+    backend.load(path, LoadOptions(ctx_size=ctx_size, parallel=1, threads=THREADS))
     try:
         return _generate(backend.decoder(), "x", prompt)[0]
     finally:
@@ -150,7 +151,7 @@ def test_slot_reuse_never_corrupts_the_state(
     shared = a[:6] + helpers.sample_tokens(built.n_vocab, n=6, seed=4)
 
     backend = LlamaCppBackend()
-    backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=2))
+    backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=THREADS))
     try:
         decoder = backend.decoder()
         first, _ = _generate(decoder, "a", a)
@@ -208,7 +209,7 @@ def test_drafts_never_enter_a_recurrent_state(
     runs: dict[bool, tuple[list[int], Any]] = {}
     for speculative in (False, True):
         backend = LlamaCppBackend()
-        backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=2))
+        backend.load(out, LoadOptions(ctx_size=64, parallel=1, threads=THREADS))
         try:
             decoder = backend.decoder()
             if speculative:
@@ -244,7 +245,7 @@ def test_the_host_ram_cache_restores_a_recurrent_state_whole(
     out = tmp_path / "o.gguf"
     convert(built.folder, out, outtype="f32")
     greedy = SamplingParams(temperature=0.0)
-    options = LoadOptions(ctx_size=160, parallel=2, threads=2, cache_bytes=64 << 20)
+    options = LoadOptions(ctx_size=160, parallel=2, threads=THREADS, cache_bytes=64 << 20)
     a = helpers.sample_tokens(built.n_vocab, n=70, seed=3)  # the cache keeps >= 64 tokens
 
     backend = LlamaCppBackend()

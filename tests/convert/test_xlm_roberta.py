@@ -16,7 +16,7 @@ import gguf
 import httpx
 import numpy as np
 import pytest
-from support import start_worker
+from support import THREADS, start_worker
 
 from llorch.convert import convert
 from llorch.detector import detect
@@ -76,7 +76,7 @@ def test_served_scores_match_transformers(checkpoint: Any, tmp_path: Path) -> No
 
     want, n_tokens = _reference(built.folder)
     order = sorted(range(len(DOCUMENTS)), key=lambda i: -want[i])
-    worker = start_worker(tmp_path, "--model", str(out), "--threads", "2")
+    worker = start_worker(tmp_path, "--model", str(out), "--threads", str(THREADS))
     try:
         body = {"query": QUERY, "documents": DOCUMENTS}
         reply = httpx.post(f"{worker.url}/v1/rerank", json=body, timeout=60)
@@ -137,7 +137,7 @@ def test_served_embeddings_match_sentence_transformers(
     assert convert(built.folder, out, outtype="f32").verified
     texts = [*DOCUMENTS[:4], "a  run of  spaces and\nnewlines"]
     want = SentenceTransformer(str(built.folder), device="cpu").encode(texts)
-    worker = start_worker(tmp_path, "--model", str(out), "--threads", "2")
+    worker = start_worker(tmp_path, "--model", str(out), "--threads", str(THREADS))
     try:
         reply = httpx.post(f"{worker.url}/v1/embeddings", json={"input": texts}, timeout=60)
     finally:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, start_worker
+from support import THREADS, WorkerProcess, start_worker
 
 from llorch.worker import models
 
@@ -86,7 +86,7 @@ def thinker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]
     worker = start_worker(
         tmp_path_factory.mktemp("thinker"),
         *("--model", f"qwen35={gguf}", "--chat-template-file", f"qwen35={qwen35_template()}"),
-        *("--ctx-size", "2048", "--parallel", "1", "--threads", "2"),
+        *("--ctx-size", "2048", "--parallel", "1", "--threads", str(THREADS)),
     )
     yield worker
     worker.stop()

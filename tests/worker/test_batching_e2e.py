@@ -17,7 +17,7 @@ import httpx
 import llama_cpp as ll
 import numpy as np
 import pytest
-from support import FRANCE, WorkerProcess, sse_events, start_worker
+from support import FRANCE, THREADS, WorkerProcess, sse_events, start_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ def batching_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker
         "--ctx-size",
         "512",
         "--threads",
-        "2",
+        str(THREADS),
     )
     yield proc
     proc.stop()
@@ -56,7 +56,7 @@ class Scorer:
         self.model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
         params = ll.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = 512, 512, 512
-        params.n_threads = params.n_threads_batch = 2
+        params.n_threads = params.n_threads_batch = THREADS
         self.ctx = ll.llama_init_from_model(self.model, params)
         self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
 

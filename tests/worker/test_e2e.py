@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
-from support import FRANCE, WorkerProcess, free_port, sse_events, start_worker, wait_for
+from support import FRANCE, THREADS, WorkerProcess, free_port, sse_events, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +104,7 @@ def test_concurrent_requests_queue_and_each_get_their_own_text(tmp_path):
     # One slot: concurrent requests wait their turn, and each gets exactly the text it gets
     # alone. (With several slots they are decoded together; tests/worker/test_batching_e2e.py
     # checks those by re-scoring, since batched kernels may differ in the last bits.)
-    proc = start_worker(tmp_path, "--parallel", "1", "--threads", "2")
+    proc = start_worker(tmp_path, "--parallel", "1", "--threads", str(THREADS))
     try:
         prompts = [FRANCE, "The largest planet in the solar system is", "def fibonacci(n):"]
         alone = [text(execute(proc.url, prompt=p, max_tokens=20)[0]) for p in prompts]

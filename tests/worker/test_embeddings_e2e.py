@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from support import start_worker
+from support import THREADS, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,7 +44,9 @@ def test_minilm_embeddings_match_sentence_transformers(
     from sentence_transformers import SentenceTransformer
 
     monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "cache"))
-    worker = start_worker(tmp_path, "--model", str(minilm), "--threads", "2", "--parallel", "1")
+    worker = start_worker(
+        tmp_path, "--model", str(minilm), "--threads", str(THREADS), "--parallel", "1"
+    )
     try:
         client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key="x", max_retries=0)
         result = client.embeddings.create(model="minilm", input=TEXTS)

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from fim_checkpoints import build
-from support import free_port, start_worker
+from support import THREADS, free_port, start_worker
 
 from llorch.convert import convert, llamacpp
 from llorch.worker import fim
@@ -90,12 +90,12 @@ def served(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     convert(tmp / "hf", gguf_path, outtype="f32")
     port = free_port()
     cmd = [str(binary), "-m", str(gguf_path), "--port", str(port), "-c", str(N_CTX)]
-    cmd += ["-np", "1", "-b", "2048", "-n", str(N_PREDICT), "-t", "2", "--no-webui"]
+    cmd += ["-np", "1", "-b", "2048", "-n", str(N_PREDICT), "-t", str(THREADS), "--no-webui"]
     with (tmp / "llama-server.log").open("wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     worker = start_worker(
         tmp, "--model", str(gguf_path), "--ctx-size", str(N_CTX), "--parallel", "1",
-        "--threads", "2", "--cache-ram", "0",
+        "--threads", str(THREADS), "--cache-ram", "0",
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"

@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 import pytest
 import tiny_vlm
-from support import free_port, sse_events, start_worker
+from support import THREADS, free_port, sse_events, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -80,14 +80,14 @@ def served(vlm: tiny_vlm.TinyVlm, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("media")
     port = free_port()
     cmd = [str(binary), "-m", str(vlm.text), "--mmproj", str(vlm.mmproj), "--port", str(port)]
-    cmd += ["-c", "1024", "-np", "1", "-t", "2", "--no-webui"]
+    cmd += ["-c", "1024", "-np", "1", "-t", str(THREADS), "--no-webui"]
     # llama-server picks a random marker per process; this pins mtmd's default instead.
     env = {**os.environ, "LLAMA_MEDIA_MARKER": MARKER}
     with (tmp / "llama-server.log").open("wb") as log:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     worker = start_worker(
         tmp, "--model", str(vlm.text), "--mmproj", str(vlm.mmproj), "--ctx-size", "1024",
-        "--parallel", "4", "--threads", "2", "--max-media-per-request", "2",
+        "--parallel", "4", "--threads", str(THREADS), "--max-media-per-request", "2",
         "--max-image-pixels", str(MAX_PIXELS),
     )  # fmt: skip
     try:

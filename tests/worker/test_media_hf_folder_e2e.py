@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import tiny_vlm
-from support import start_worker
+from support import THREADS, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -65,7 +65,7 @@ def test_an_hf_folder_brings_its_projector(
     worker = start_worker(
         tmp_path, "--model", f"folder={vlm.folder}", "--model", f"given={text}",
         "--mmproj", f"given={projector}", "--ctx-size", "512", "--parallel", "1",
-        "--threads", "2",
+        "--threads", str(THREADS),
     )  # fmt: skip
     try:
         listed = httpx.get(f"{worker.url}/v1/models", timeout=30).json()["data"]

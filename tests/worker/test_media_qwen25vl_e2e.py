@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import tiny_vlm
-from support import start_worker
+from support import THREADS, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -71,7 +71,7 @@ def test_a_qwen_vl_folder_answers_as_llama_cpp_does(
     monkeypatch.setenv("LLORCH_CACHE", str(cache))  # inherited by the worker
     worker = start_worker(
         tmp_path, "--model", f"qwen={vlm.folder}", "--ctx-size", "512", "--parallel", "1",
-        "--threads", "2",
+        "--threads", str(THREADS),
     )  # fmt: skip
     try:
         listed = httpx.get(f"{worker.url}/v1/models", timeout=30).json()["data"]

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import tiny_vlm
-from support import start_worker
+from support import THREADS, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def test_a_smolvlm_folder_is_served_with_its_projector(
     monkeypatch.setenv("LLORCH_CACHE", str(tmp_path / "cache"))  # inherited by the worker
     worker = start_worker(
         tmp_path, "--model", f"smolvlm={vlm.folder}", "--ctx-size", "512", "--parallel", "1",
-        "--threads", "2",
+        "--threads", str(THREADS),
     )  # fmt: skip
     try:
         listed = httpx.get(f"{worker.url}/v1/models", timeout=30).json()["data"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import WorkerProcess, start_worker
+from support import THREADS, WorkerProcess, start_worker
 from tiny_hf import hf_cache_repo, tiny_llama
 
 from llorch.convert.batch import convert_batch, load_manifest
@@ -44,7 +44,7 @@ def test_a_batch_converted_model_reports_its_source_and_revision(
     worker = start_worker(
         tmp_path,
         *("--model", f"tiny={converted}", "--model", f"plain={model_path}"),
-        *("--ctx-size", "512", "--parallel", "1", "--threads", "2"),
+        *("--ctx-size", "512", "--parallel", "1", "--threads", str(THREADS)),
     )
     try:
         health = httpx.get(f"{worker.url}/health", timeout=10).json()

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from support import WorkerProcess, start_worker
+from support import THREADS, WorkerProcess, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -74,7 +74,7 @@ def worker(
     # F32: the parity bound is about llama.cpp's graph, not F16 rounding of the weights
     report = convert(cross_encoder, tmp / "reranker.gguf", outtype="f32")
     assert report.verified and report.llama_arch == "bert"
-    process = start_worker(tmp, "--model", str(tmp / "reranker.gguf"), "--threads", "2")
+    process = start_worker(tmp, "--model", str(tmp / "reranker.gguf"), "--threads", str(THREADS))
     try:
         yield process
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from rpc_servers import RpcServerProcess, dead_endpoint, start_rpc_server
-from support import FRANCE, WorkerProcess, free_port, sse_events, start_worker
+from support import FRANCE, THREADS, WorkerProcess, free_port, sse_events, start_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def test_a_worker_over_two_rpc_servers_gives_the_greedy_tokens_of_the_worker_alo
     endpoints = [s.endpoint for s in servers]
     split = start_worker(
         tmp_path,
-        *("--ctx-size", "2048", "--threads", "2"),
+        *("--ctx-size", "2048", "--threads", str(THREADS)),
         *("--rpc", ",".join(endpoints), "--tensor-split", "1,1", "--n-gpu-layers", "12"),
         ready_timeout=300,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import WorkerProcess, free_port, sse_events, start_worker
+from support import THREADS, WorkerProcess, free_port, sse_events, start_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def spec_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc
         "--ctx-size",
         "512",
         "--threads",
-        "2",
+        str(THREADS),
     )
     yield proc
     proc.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import gguf
 import llama_cpp as ll
 
 from llorch import keys, native_log
+from llorch.cpus import default_threads
 from llorch.llama_vocab import LlamaVocab
 from llorch.llamacpp_init import init_llama_cpp
 from llorch.worker.backend import (
@@ -60,13 +60,6 @@ from llorch.worker.backend.segments import open_segments
 from llorch.worker.models import file_sha256, host_memory_available
 
 log = logging.getLogger("llorch.backend")
-
-
-def default_threads() -> int:
-    # llama.cpp's own default is the number of physical cores; os.cpu_count() counts SMT
-    # siblings, which slow decoding down when oversubscribed.
-    count = os.cpu_count() or 1
-    return max(1, count // 2) if count > 4 else count
 
 
 def _kv_overrides(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import llama_cpp as ll
 import pytest
-from support import FRANCE
+from support import FRANCE, THREADS
 
 from llorch.worker.backend.errors import OutOfMemoryError
 from llorch.worker.backend.llama import LlamaCppBackend
@@ -32,7 +32,7 @@ PROMPTS = (FRANCE, "The opposite of hot is", "One, two, three,")
 @pytest.fixture(scope="module")
 def three_slots(model_path: Path) -> Iterator[LlamaCppBackend]:
     backend = LlamaCppBackend()
-    backend.load(model_path, LoadOptions(ctx_size=256, parallel=3, threads=2))
+    backend.load(model_path, LoadOptions(ctx_size=256, parallel=3, threads=THREADS))
     yield backend
     backend.close()
 

@@ -7,6 +7,7 @@ end, reuses at least 90 % of the shared prefix, and answers exactly as a fresh s
 from __future__ import annotations
 
 import pytest
+from support import THREADS
 
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.protocol import (
@@ -21,7 +22,7 @@ from llorch.worker.backend.single import generate
 GREEDY = SamplingParams(temperature=0.0)
 # A small batch keeps the window's cache small (512 + 64 cells, rounded up to 768), so a few
 # hundred tokens after the first prompt push it out of the window's cells.
-OPTIONS = LoadOptions(ctx_size=1024, parallel=1, threads=2, batch_size=64)
+OPTIONS = LoadOptions(ctx_size=1024, parallel=1, threads=THREADS, batch_size=64)
 FIRST = " ".join(f"Room {i} has {i % 7} chairs and {i % 5} tables." for i in range(12))
 SECOND = " ".join(f"Shelf {i} holds {i * 3 % 11} books." for i in range(75))
 THIRD = " Which room has the most chairs?"
@@ -85,7 +86,7 @@ def test_a_converted_gemma_4_restores_its_checkpoint(tmp_path):
     path = tmp_path / "gemma4.gguf"
     convert(built.folder, path, outtype="f32", verify=False)
     first = sample_tokens(built.n_vocab, n=200, seed=3)
-    options = LoadOptions(ctx_size=1024, parallel=1, threads=2, batch_size=64)
+    options = LoadOptions(ctx_size=1024, parallel=1, threads=THREADS, batch_size=64)
     backend, fresh = LlamaCppBackend(), LlamaCppBackend()
     backend.load(path, options)
     fresh.load(path, options)

@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from support import THREADS
 
 from llorch.convert import convert
 from llorch.worker.backend.llama import LlamaCppBackend
@@ -28,7 +29,7 @@ from tests.convert import parity_cases
 from tests.convert.conftest import build_checkpoint, sample_tokens
 
 CASES = ["mamba2", "qwen35-hybrid", "falcon-h1-0.5b"]
-OPTIONS = LoadOptions(ctx_size=256, parallel=1, threads=2)
+OPTIONS = LoadOptions(ctx_size=256, parallel=1, threads=THREADS)
 GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -89,7 +90,7 @@ def test_the_host_ram_cache_keeps_the_checkpoints(model: Callable[[str], Model])
     shared prompt's end there (Qwen 3.5 hybrid: recurrent states and a KV cache)."""
     path, prompt, follow_up = model("qwen35-hybrid")
     backend, fresh = LlamaCppBackend(), LlamaCppBackend()
-    backend.load(path, LoadOptions(ctx_size=256, parallel=2, threads=2, cache_bytes=64 << 20))
+    backend.load(path, LoadOptions(ctx_size=256, parallel=2, threads=THREADS, cache_bytes=64 << 20))
     fresh.load(path, OPTIONS)
     try:
         decoder = backend.decoder()

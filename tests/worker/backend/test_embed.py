@@ -7,6 +7,7 @@ from __future__ import annotations
 import llama_cpp as ll
 import numpy as np
 import pytest
+from support import THREADS
 
 from llorch.worker.backend.embed import LlamaEmbedder
 
@@ -18,7 +19,7 @@ def per_token_states(backend, tokens: list[int]) -> np.ndarray:
     params.embeddings = True
     params.pooling_type = ll.LLAMA_POOLING_TYPE_NONE
     params.n_ctx = params.n_batch = params.n_ubatch = 512
-    params.n_threads = params.n_threads_batch = 2
+    params.n_threads = params.n_threads_batch = THREADS
     ctx = ll.llama_init_from_model(backend._model, params)
     assert ctx
     batch = ll.llama_batch_init(len(tokens), 0, 1)
@@ -57,7 +58,7 @@ def test_last_token_pooling_of_several_inputs_in_one_decode(backend):
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 def test_pooling_choices_match_llama_cpp(backend, pooling):
-    embedder = LlamaEmbedder(backend._model, n_ctx=512, threads=2, pooling=pooling)
+    embedder = LlamaEmbedder(backend._model, n_ctx=512, threads=THREADS, pooling=pooling)
     try:
         assert embedder.pooling == pooling
         tokens = backend.tokenize(TEXTS[0])

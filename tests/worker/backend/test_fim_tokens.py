@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from fim_checkpoints import build
+from support import THREADS
 
 from llorch.convert import convert
 from llorch.worker.backend.llama import LlamaCppBackend
@@ -40,7 +41,7 @@ def test_a_coder_models_fim_tokens(tmp_path: Path) -> None:
     convert(tmp_path / "hf", path, outtype="f32")
     backend = LlamaCppBackend()
     try:
-        fim = backend.load(path, LoadOptions(ctx_size=256, threads=2)).fim
+        fim = backend.load(path, LoadOptions(ctx_size=256, threads=THREADS)).fim
     finally:
         backend.close()
     assert fim == FimTokens(

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from llama_tools import tool
+from support import THREADS
 
 from llorch.convert import convert
 from llorch.worker.backend import fit, llama, offload, system
@@ -36,7 +37,7 @@ def load(
     backend = LlamaCppBackend()
     options = LoadOptions(
         parallel=4,
-        threads=2,
+        threads=THREADS,
         n_gpu_layers=gpu_layers,  # type: ignore[arg-type]
         backend_sampling=False,
         fit=FitOptions(**fit_options),
@@ -110,7 +111,7 @@ def test_the_estimate_and_choice_agree_with_llama_fit_params(model_path, monkeyp
     context down: it projects the host memory the model takes (weights, KV, compute), and
     with a --fit-target that leaves 1,100 MiB of the host's total it lowers the context."""
     binary = tool("llama-fit-params")
-    base = [str(binary), "-m", str(model_path), "-np", "4", "-c", "0", "-t", "2", "-v"]
+    base = [str(binary), "-m", str(model_path), "-np", "4", "-c", "0", "-t", str(THREADS), "-v"]
     said = subprocess.run(base, capture_output=True, text=True, timeout=120, check=True)
     projected = re.search(
         r"projected to use (\d+) MiB of host memory vs\. (\d+) MiB of total", said.stderr
@@ -143,7 +144,7 @@ def test_a_worker_without_ctx_size_fits_each_model_and_health_says_so(model_path
     worker = start_worker(
         tmp_path,
         *("--model", f"a={model_path}", "--model", f"b={model_path}"),
-        *("--cache-type-k", "b=q8_0", "--threads", "2", "--parallel", "2"),
+        *("--cache-type-k", "b=q8_0", "--threads", str(THREADS), "--parallel", "2"),
     )
     try:
         body = httpx.get(f"{worker.url}/health").json()

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from support import THREADS
 
 from llorch.cli import main
 from llorch.worker.backend.errors import ModelLoadError
@@ -43,7 +44,7 @@ MEAN_NATS, MAX_NATS, SAME_GREEDY = 0.1, 0.5, 8
 
 def load(model_path: Path, type_k: str, type_v: str) -> LlamaCppBackend:
     backend = LlamaCppBackend()
-    options = LoadOptions(ctx_size=512, threads=2, cache_type_k=type_k, cache_type_v=type_v)
+    options = LoadOptions(ctx_size=512, threads=THREADS, cache_type_k=type_k, cache_type_v=type_v)
     backend.load(model_path, options)
     return backend
 
@@ -107,7 +108,7 @@ def test_q8_0_scores_and_decodes_like_f16_within_the_tolerance(f16, q8):
 
 def test_a_quantized_v_without_flash_attention_is_refused_at_load(model_path):
     backend = LlamaCppBackend()
-    options = LoadOptions(ctx_size=256, threads=2, cache_type_v="q8_0", flash_attn="off")
+    options = LoadOptions(ctx_size=256, threads=THREADS, cache_type_v="q8_0", flash_attn="off")
     with pytest.raises(ModelLoadError) as info:
         backend.load(model_path, options)
     message = str(info.value)

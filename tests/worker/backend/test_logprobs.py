@@ -8,7 +8,7 @@ import math
 import llama_cpp as ll
 import numpy as np
 import pytest
-from support import FRANCE
+from support import FRANCE, THREADS
 
 from llorch.worker.backend.protocol import (
     FinishEvent,
@@ -32,7 +32,7 @@ def reference_logprobs(
     params = ll.llama_context_default_params()
     params.n_ctx = 512
     params.n_batch = 512
-    params.n_threads = params.n_threads_batch = 2
+    params.n_threads = params.n_threads_batch = THREADS
     ctx = ll.llama_init_from_model(backend._model, params)
     assert ctx
     n_vocab = backend.info().n_vocab

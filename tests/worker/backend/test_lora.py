@@ -11,7 +11,7 @@ import gguf
 import llama_cpp as ll
 import numpy as np
 import pytest
-from support import FRANCE
+from support import FRANCE, THREADS
 
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.lora import LoraAdapters
@@ -63,7 +63,7 @@ def adapter(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served(model_path: Path, adapter: Path) -> Iterator[LlamaCppBackend]:
     backend = LlamaCppBackend()
     spec = LoraSpec("random", adapter, 1.0)
-    backend.load(model_path, LoadOptions(ctx_size=256, parallel=2, threads=2, lora=(spec,)))
+    backend.load(model_path, LoadOptions(ctx_size=256, parallel=2, threads=THREADS, lora=(spec,)))
     yield backend
     backend.close()
 
@@ -71,7 +71,7 @@ def served(model_path: Path, adapter: Path) -> Iterator[LlamaCppBackend]:
 def reference_tokens(backend: LlamaCppBackend, prompt: list[int], scale: float) -> list[int]:
     """Greedy tokens from llama.cpp directly, with the adapter at `scale` (0: none)."""
     params = ll.llama_context_default_params()
-    params.n_ctx, params.n_threads, params.n_threads_batch = 256, 2, 2
+    params.n_ctx, params.n_threads, params.n_threads_batch = 256, THREADS, THREADS
     ctx = ll.llama_init_from_model(backend._model, params)
     adapters = LoraAdapters(backend._model, backend.info().lora)
     batch = ll.llama_batch_init(256, 0, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tiny_vlm
+from support import THREADS
 
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.protocol import GenerationRequest, LoadOptions
@@ -88,7 +89,9 @@ def test_a_turn_past_the_window_reuses_the_image_through_a_checkpoint(
     from llorch.worker.backend.protocol import FinishEvent, SamplingParams, TokenEvent
     from llorch.worker.backend.single import generate
 
-    options = LoadOptions(ctx_size=1024, parallel=1, threads=2, batch_size=64, mmproj=vlm.mmproj)
+    options = LoadOptions(
+        ctx_size=1024, parallel=1, threads=THREADS, batch_size=64, mmproj=vlm.mmproj
+    )
     greedy = SamplingParams(temperature=0.0)
     image, _ = _image(4)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import tiny_vlm
+from support import THREADS
 
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.protocol import (
@@ -44,7 +45,7 @@ def vlm(tmp_path_factory: pytest.TempPathFactory) -> tiny_vlm.TinyVlm:
 
 
 def _options(vlm: tiny_vlm.TinyVlm) -> LoadOptions:
-    return LoadOptions(ctx_size=512, parallel=1, threads=2, mmproj=vlm.mmproj)
+    return LoadOptions(ctx_size=512, parallel=1, threads=THREADS, mmproj=vlm.mmproj)
 
 
 def _prompt(backend: LlamaCppBackend, picture: object, tail: str = TAIL) -> tuple:

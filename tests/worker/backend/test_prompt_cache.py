@@ -7,6 +7,7 @@ import hashlib
 
 import llama_cpp as ll
 import numpy as np
+from support import THREADS
 
 from llorch.worker.backend.prompt_cache import PREFIX_BLOCK, PromptCache, prefix_hashes
 
@@ -16,7 +17,7 @@ TEXT = " ".join(f"Item {i} costs {i * 3} euros." for i in range(40))
 def context(backend):
     params = ll.llama_context_default_params()
     params.n_ctx, params.n_seq_max, params.kv_unified, params.swa_full = 1024, 2, False, True
-    params.n_threads = params.n_threads_batch = 2
+    params.n_threads = params.n_threads_batch = THREADS
     ctx = ll.llama_init_from_model(backend._model, params)
     assert ctx
     return ctx
@@ -100,7 +101,7 @@ def test_the_next_turn_reuses_its_prefix_on_another_slot(model_path):
     greedy = SamplingParams(temperature=0.0)
     backend = LlamaCppBackend()
     backend.load(
-        model_path, LoadOptions(ctx_size=1024, parallel=2, threads=2, cache_bytes=256 << 20)
+        model_path, LoadOptions(ctx_size=1024, parallel=2, threads=THREADS, cache_bytes=256 << 20)
     )
     try:
         decoder = backend.decoder()
@@ -138,7 +139,7 @@ def test_the_next_turn_reuses_its_prefix_on_another_slot(model_path):
         backend.close()
     # The same greedy tokens as reading the whole conversation without any cache.
     plain = LlamaCppBackend()
-    plain.load(model_path, LoadOptions(ctx_size=1024, parallel=1, threads=2))
+    plain.load(model_path, LoadOptions(ctx_size=1024, parallel=1, threads=THREADS))
     try:
         events = list(generate(plain.decoder(), GenerationRequest(tuple(turn2), 4, greedy)))
         assert [e.token_id for e in events if isinstance(e, TokenEvent)] == text

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from rpc_servers import RpcServerProcess, dead_endpoint, start_rpc_server
-from support import FRANCE, free_port
+from support import FRANCE, THREADS, free_port
 
 from llorch.worker.backend import rpc
 from llorch.worker.backend.llama import LlamaCppBackend
@@ -172,7 +172,7 @@ def test_a_model_split_over_two_rpc_servers_gives_the_local_greedy_tokens(
     # Gemma 3 270M has 18 blocks plus the output layer: 12 offloaded layers leave 7 blocks on
     # this machine's CPU and put 6 on each rpc server.
     options = LoadOptions(
-        ctx_size=1024, threads=2, n_gpu_layers=12, rpc_servers=endpoints, tensor_split=(1, 1)
+        ctx_size=1024, threads=THREADS, n_gpu_layers=12, rpc_servers=endpoints, tensor_split=(1, 1)
     )
     split, second = LlamaCppBackend(), LlamaCppBackend()
     caplog.set_level(logging.DEBUG, logger="llorch.llama_cpp")
@@ -183,7 +183,9 @@ def test_a_model_split_over_two_rpc_servers_gives_the_local_greedy_tokens(
         assert greedy_tokens(split, FRANCE) == reference
         # A second model of the process on a server the first one holds: ggml shares the
         # connection, which an rpc server (one client at a time) requires.
-        second.load(model_path, LoadOptions(ctx_size=1024, threads=2, rpc_servers=endpoints[:1]))
+        second.load(
+            model_path, LoadOptions(ctx_size=1024, threads=THREADS, rpc_servers=endpoints[:1])
+        )
         assert greedy_tokens(second, FRANCE) == reference
     finally:
         second.close()

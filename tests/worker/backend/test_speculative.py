@@ -17,6 +17,7 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 import pytest
+from support import THREADS
 
 from llorch.worker.backend.batch import LlamaBatchDecoder
 from llorch.worker.backend.drafters import NgramDrafter, NgramIndex
@@ -51,7 +52,7 @@ class Scorer:
         )
         params = ll.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = 512
-        params.n_threads = params.n_threads_batch = 2
+        params.n_threads = params.n_threads_batch = THREADS
         self.ctx = ll.llama_init_from_model(self.model, params)
         self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
         self._rows: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
@@ -119,7 +120,7 @@ def scorer(model_path: Path) -> Iterator[Scorer]:
 @pytest.fixture(scope="module")
 def spec_backend(model_path: Path) -> Iterator[LlamaCppBackend]:
     backend = LlamaCppBackend()
-    backend.load(model_path, LoadOptions(ctx_size=512, parallel=3, threads=2))
+    backend.load(model_path, LoadOptions(ctx_size=512, parallel=3, threads=THREADS))
     yield backend
     backend.close()
 
@@ -288,7 +289,9 @@ def test_a_batch_without_room_is_retried_with_its_drafts(spec_backend, scorer):
 def test_a_draft_model_equal_to_the_model_has_every_draft_accepted(model_path, scorer):
     backend = LlamaCppBackend()
     spec = SpecOptions(default=True, draft_model=model_path, draft_max=4)
-    backend.load(model_path, LoadOptions(ctx_size=512, parallel=2, threads=2, speculative=spec))
+    backend.load(
+        model_path, LoadOptions(ctx_size=512, parallel=2, threads=THREADS, speculative=spec)
+    )
     try:
         prompt = list(backend.tokenize(REWRITE))
         ids, _, end = one(backend, rewrite(backend, 40))
@@ -311,7 +314,7 @@ def test_a_draft_model_with_another_vocabulary_is_refused(model_path, tmp_path):
     backend = LlamaCppBackend()
     spec = SpecOptions(default=True, draft_model=draft)
     with pytest.raises(ModelLoadError, match="does not share the model's vocabulary"):
-        backend.load(model_path, LoadOptions(ctx_size=256, threads=2, speculative=spec))
+        backend.load(model_path, LoadOptions(ctx_size=256, threads=THREADS, speculative=spec))
 
 
 # -- the cost rule of --spec auto ------------------------------------------------------------
@@ -396,7 +399,9 @@ def test_the_step_cost_is_measured_and_estimated_between_and_beyond():
 def auto_backend(model_path: Path) -> Iterator[LlamaCppBackend]:
     backend = LlamaCppBackend()
     spec = SpecOptions(default=True, auto=True)
-    backend.load(model_path, LoadOptions(ctx_size=384, parallel=16, threads=2, speculative=spec))
+    backend.load(
+        model_path, LoadOptions(ctx_size=384, parallel=16, threads=THREADS, speculative=spec)
+    )
     yield backend
     backend.close()
 

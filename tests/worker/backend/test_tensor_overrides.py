@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import THREADS
 
 from llorch import native_log
 from llorch.cli import main
@@ -48,7 +49,7 @@ def run(path: Path, overrides: tuple[tuple[str, str], ...]) -> tuple[list[int], 
     """Greedy tokens of a fixed prompt, and what llama.cpp's loader placed by override."""
     backend = LlamaCppBackend()
     with native_log.capture() as logged:
-        backend.load(path, LoadOptions(ctx_size=256, threads=2, tensor_overrides=overrides))
+        backend.load(path, LoadOptions(ctx_size=256, threads=THREADS, tensor_overrides=overrides))
     try:
         request = GenerationRequest(tuple(range(5, 25)), 8, SamplingParams(temperature=0.0))
         events = generate(backend.decoder(), request)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import llama_cpp as ll
 import pytest
-from support import FRANCE
+from support import FRANCE, THREADS
 
 from llorch.worker.backend import sampling
 from llorch.worker.backend.budget import Phase, ThinkingBudget
@@ -89,7 +89,7 @@ def llama_cpp_tokens(
     vocab = ll.llama_model_get_vocab(model)
     params = ll.llama_context_default_params()
     params.n_ctx = params.n_batch = params.n_ubatch = 512
-    params.n_threads = params.n_threads_batch = 2
+    params.n_threads = params.n_threads_batch = THREADS
     ctx = ll.llama_init_from_model(model, params)
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     for sampler in [*samplers, ll.llama_sampler_init_greedy()]:
@@ -315,7 +315,7 @@ def test_speculation_with_a_budget_gives_the_same_tokens(backend, think):
 @pytest.fixture(scope="module")
 def in_graph(model_path: Path) -> Iterator[LlamaCppBackend]:
     instance = LlamaCppBackend()
-    instance.load(model_path, LoadOptions(ctx_size=256, backend_sampling=True, threads=2))
+    instance.load(model_path, LoadOptions(ctx_size=256, backend_sampling=True, threads=THREADS))
     yield instance
     instance.close()
 

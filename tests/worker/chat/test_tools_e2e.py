@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import WorkerProcess, start_worker
+from support import THREADS, WorkerProcess, start_worker
 
 openai = pytest.importorskip("openai")
 
@@ -89,6 +89,9 @@ TIME = {
         },
     },
 }
+# Every request of a family offers the same tools: its prompts then share their prefix, which
+# the slot keeps from one request to the next (the family's tests run one after the other).
+TOOLS = [WEATHER, TIME]
 ASK = [{"role": "user", "content": "What will the weather be in Paris for the next 2 days?"}]
 # What every family's markup starts with (none may reach a client's content).
 MARKUP = ("<tool_call>", "[TOOL_CALLS]", "<|channel|>", "<function=", "<\uff5ctool", "functools[",
@@ -108,7 +111,7 @@ def tools_worker(tmp_path_factory: pytest.TempPathFactory, templates_dir: Path) 
     from llorch.worker.models import chat_model_path
 
     gguf = chat_model_path()
-    args: list[str] = ["--ctx-size", "2048", "--parallel", "1", "--threads", "2"]
+    args: list[str] = ["--ctx-size", "2048", "--parallel", "1", "--threads", str(THREADS)]
     for name, file in TEMPLATES.items():
         args += ["--model", f"{name}={gguf}"]
         args += ["--chat-template-file", f"{name}={templates_dir / (file + '.jinja')}"]
@@ -123,6 +126,13 @@ def tools_worker(tmp_path_factory: pytest.TempPathFactory, templates_dir: Path) 
 @pytest.fixture(scope="module")
 def client(tools_worker: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=tools_worker + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module", params=list(TEMPLATES))
+def family(request: pytest.FixtureRequest) -> str:
+    """A model name of the worker: module-scoped, so pytest runs each family's tests together
+    and its model is loaded once, its prompt read once."""
+    return str(request.param)
 
 
 def check_call(call: object, allowed: set[str]) -> dict:
@@ -141,12 +151,11 @@ def no_markup(text: str | None) -> None:
     assert not any(m in (text or "") for m in MARKUP), text
 
 
-@pytest.mark.parametrize("family", list(TEMPLATES))
 def test_forced_calls_parse_and_validate(client: openai.OpenAI, family: str) -> None:
     required = client.chat.completions.create(
         model=family,
         messages=ASK,
-        tools=[WEATHER, TIME],
+        tools=TOOLS,
         tool_choice="required",
         # One call: under a grammar that allows several, a 135M model keeps writing calls.
         parallel_tool_calls=False,
@@ -166,7 +175,7 @@ def test_forced_calls_parse_and_validate(client: openai.OpenAI, family: str) -> 
     stream = client.chat.completions.create(
         model=family,
         messages=ASK,
-        tools=[WEATHER, TIME],
+        tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "get_time"}},
         parallel_tool_calls=False,
         max_tokens=FORCED_TOKENS,
@@ -189,10 +198,9 @@ def test_forced_calls_parse_and_validate(client: openai.OpenAI, family: str) -> 
     no_markup(content)
 
 
-@pytest.mark.parametrize("family", list(TEMPLATES))
 def test_auto_none_and_a_tool_result(client: openai.OpenAI, family: str) -> None:
     auto = client.chat.completions.create(
-        model=family, messages=ASK, tools=[WEATHER], max_tokens=32, temperature=0
+        model=family, messages=ASK, tools=TOOLS, max_tokens=32, temperature=0
     )
     message = auto.choices[0].message
     if message.tool_calls:
@@ -205,7 +213,7 @@ def test_auto_none_and_a_tool_result(client: openai.OpenAI, family: str) -> None
     none = client.chat.completions.create(
         model=family,
         messages=ASK,
-        tools=[WEATHER],
+        tools=TOOLS,
         tool_choice="none",
         max_tokens=12,
         temperature=0,
@@ -238,7 +246,7 @@ def test_auto_none_and_a_tool_result(client: openai.OpenAI, family: str) -> None
         {"role": "tool", "tool_call_id": call_id, "content": '{"forecast": "sunny, 21 C"}'},
     ]
     after = client.chat.completions.create(
-        model=family, messages=turns, tools=[WEATHER], max_tokens=16, temperature=0
+        model=family, messages=turns, tools=TOOLS, max_tokens=16, temperature=0
     )
     assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
