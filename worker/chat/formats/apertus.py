@@ -26,7 +26,7 @@ from llorch.worker.chat.formats.base import (
 )
 from llorch.worker.chat.formats.jsoncalls import read_string
 from llorch.worker.chat.formats.jsongrammar import any_call, repeated
-from llorch.worker.chat.formats.sections import read_sections, unfinished
+from llorch.worker.chat.formats.sections import parse_call_lists
 from llorch.worker.chat.types import Tool
 
 START = "<|tools_prefix|>"
@@ -77,49 +77,10 @@ class ApertusFormat:
         return "<|tools_prefix|>" in template and "<|tools_suffix|>" in template
 
     def parse(self, text: str, *, partial: bool) -> Parsed:
-        def section(text: str, at: int, _: str) -> tuple[list[ParsedCall], int | None]:
-            calls: list[ParsedCall] = []
-            try:
-                return self._read(text, at, partial, calls)
-            except MalformedCall:
-                if not partial:
-                    raise
-                return calls, None  # the final parse judges
+        def read(text: str, i: int) -> tuple[ParsedCall | None, int | None]:
+            return _read_call(text, i, partial=partial)
 
-        return read_sections(text, (START,), section, partial=partial)
-
-    def _read(
-        self, text: str, at: int, partial: bool, calls: list[ParsedCall]
-    ) -> tuple[list[ParsedCall], int | None]:
-        i = skip_space(text, at)
-        if i >= len(text):
-            return unfinished(calls, partial=partial, why=f"{START} holds no call")
-        if text[i] != "[":
-            raise MalformedCall(f"{START} is not followed by a JSON list")
-        i += 1
-        while True:
-            call, end = _read_call(text, i, partial=partial)
-            if call is not None:
-                calls.append(call)
-            if end is None:
-                return unfinished(calls, partial=partial, why="a call is not finished")
-            i = skip_space(text, end)
-            if text.startswith(",", i):
-                i += 1
-                continue
-            if text.startswith("]", i):
-                break
-            if i < len(text):
-                raise MalformedCall("the calls are not a JSON list")
-            return unfinished(calls, partial=partial, why="the list of calls is not closed")
-        i = skip_space(text, i + 1)
-        if text.startswith(END, i):
-            return calls, i + len(END)
-        if i == len(text) and not partial:
-            return calls, i  # the output ended before the closing token
-        if partial and END.startswith(text[i:]):
-            return calls, None
-        raise MalformedCall(f"the calls are not followed by {END}")
+        return parse_call_lists(text, START, END, read, partial=partial, kind="JSON list")
 
     def grammar(self, tools: Sequence[Tool], *, parallel: bool) -> ToolGrammar:
         builder = GrammarBuilder()

@@ -219,3 +219,68 @@ class JsonCallSections:
         begin, end = self.section
         root = f"{gbnf_literal(begin)} {several if parallel else 'call'} {gbnf_literal(end)}"
         return ToolGrammar(builder.build(root), triggers=(regex_literal(begin),))
+
+
+# Reads one call of a list at index i: the call (None when nothing of it is there yet) and the
+# index after it (None while it is still being written).
+CallReader = Callable[[str, int], tuple[ParsedCall | None, int | None]]
+
+
+def parse_call_lists(
+    text: str, start: str, end: str, read_call: CallReader, *, partial: bool, kind: str
+) -> Parsed:
+    """Content and calls of output whose calls come as one bracketed list between a `start`
+    and an `end` token (Apertus: a JSON list; LFM2: a Python list), `kind` naming the list in
+    errors. While the output is being written, the calls read so far stay."""
+
+    def section(text: str, at: int, _: str) -> tuple[list[ParsedCall], int | None]:
+        calls: list[ParsedCall] = []
+        try:
+            return _read_call_list(text, at, calls, start, end, read_call, partial, kind)
+        except MalformedCall:
+            if not partial:
+                raise
+            return calls, None  # the calls so far stay; the final parse judges the rest
+
+    return read_sections(text, (start,), section, partial=partial)
+
+
+def _read_call_list(
+    text: str,
+    at: int,
+    calls: list[ParsedCall],
+    start: str,
+    end: str,
+    read_call: CallReader,
+    partial: bool,
+    kind: str,
+) -> tuple[list[ParsedCall], int | None]:
+    i = skip_space(text, at)
+    if i >= len(text):
+        return unfinished(calls, partial=partial, why=f"{start} holds no call")
+    if text[i] != "[":
+        raise MalformedCall(f"{start} is not followed by a {kind} of calls")
+    i += 1
+    while True:
+        call, after = read_call(text, i)
+        if call is not None:
+            calls.append(call)
+        if after is None:
+            return unfinished(calls, partial=partial, why="a call is not finished")
+        i = skip_space(text, after)
+        if text.startswith(",", i):
+            i += 1
+            continue
+        if text.startswith("]", i):
+            break
+        if i < len(text):
+            raise MalformedCall(f"the calls are not a {kind}")
+        return unfinished(calls, partial=partial, why=f"the {kind} of calls is not closed")
+    i = skip_space(text, i + 1)
+    if text.startswith(end, i):
+        return calls, i + len(end)
+    if not partial and i == len(text):
+        return calls, i  # the output ended before the closing token
+    if partial and end.startswith(text[i:]):
+        return calls, None
+    raise MalformedCall(f"the calls are not followed by {end}")
