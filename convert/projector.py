@@ -61,17 +61,36 @@ def vision_int(model: VisionInput, key: str, default: int) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class TowerShape:
+    """A vision tower's shape as the projector file's first keys give it."""
+
+    image_size: int
+    patch_size: int
+    width: int
+    ffn: int
+    blocks: int
+    heads: int
+
+    @classmethod
+    def vit(cls, get: Callable[[str], int]) -> TowerShape:
+        """From a ViT-style vision config's own keys (SigLIP, Pixtral), read by `get`."""
+        return cls(
+            image_size=get("image_size"),
+            patch_size=get("patch_size"),
+            width=get("hidden_size"),
+            ffn=get("intermediate_size"),
+            blocks=get("num_hidden_layers"),
+            heads=get("num_attention_heads"),
+        )
+
+
 def write_tower(
     w: gguf.GGUFWriter,
     model: VisionInput,
     kind: str,
+    shape: TowerShape,
     *,
-    image_size: int,
-    patch_size: int,
-    width: int,
-    ffn: int,
-    blocks: int,
-    heads: int,
     mean: Sequence[float],
     std: Sequence[float],
 ) -> None:
@@ -82,12 +101,12 @@ def write_tower(
     projector type (gguf.VisionProjectorType)."""
     w.add_clip_has_vision_encoder(True)
     w.add_vision_projection_dim(model.n_embd_text)
-    w.add_vision_image_size(image_size)
-    w.add_vision_patch_size(patch_size)
-    w.add_vision_embedding_length(width)
-    w.add_vision_feed_forward_length(ffn)
-    w.add_vision_block_count(blocks)
-    w.add_vision_head_count(heads)
+    w.add_vision_image_size(shape.image_size)
+    w.add_vision_patch_size(shape.patch_size)
+    w.add_vision_embedding_length(shape.width)
+    w.add_vision_feed_forward_length(shape.ffn)
+    w.add_vision_block_count(shape.blocks)
+    w.add_vision_head_count(shape.heads)
     w.add_vision_image_mean([float(x) for x in model.preprocessor.get("image_mean", mean)])
     w.add_vision_image_std([float(x) for x in model.preprocessor.get("image_std", std)])
     w.add_clip_projector_type(kind)

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
+from llorch.convert.projector import TowerShape, VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 _Q = gguf.GGMLQuantizationType
@@ -84,12 +84,7 @@ def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
         w,
         model,
         gguf.VisionProjectorType.GEMMA3,
-        image_size=v("image_size"),
-        patch_size=v("patch_size"),
-        width=v("hidden_size"),
-        ffn=v("intermediate_size"),
-        blocks=v("num_hidden_layers"),
-        heads=v("num_attention_heads"),
+        TowerShape.vit(v),
         mean=MEAN_STD,
         std=MEAN_STD,
     )

@@ -29,7 +29,7 @@ import gguf
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
+from llorch.convert.projector import TowerShape, VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -76,12 +76,7 @@ def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
         w,
         model,
         gguf.VisionProjectorType.IDEFICS3,
-        image_size=_v(model, "image_size"),
-        patch_size=_v(model, "patch_size"),
-        width=_v(model, "hidden_size"),
-        ffn=_v(model, "intermediate_size"),
-        blocks=_v(model, "num_hidden_layers"),
-        heads=_v(model, "num_attention_heads"),
+        TowerShape.vit(lambda key: _v(model, key)),
         mean=MEAN_STD,
         std=MEAN_STD,
     )

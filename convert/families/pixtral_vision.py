@@ -32,7 +32,7 @@ import numpy as np
 from llorch.convert.errors import ConfigError, MissingTensorError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
 from llorch.convert.families.llama import permute_rope
-from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
+from llorch.convert.projector import TowerShape, VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -74,12 +74,7 @@ def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
         w,
         model,
         gguf.VisionProjectorType.PIXTRAL,
-        image_size=_v(model, "image_size"),
-        patch_size=_v(model, "patch_size"),
-        width=_v(model, "hidden_size"),
-        ffn=_v(model, "intermediate_size"),
-        blocks=_v(model, "num_hidden_layers"),
-        heads=_v(model, "num_attention_heads"),
+        TowerShape.vit(lambda key: _v(model, key)),
         mean=MEAN,
         std=STD,
     )

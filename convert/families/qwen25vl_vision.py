@@ -32,7 +32,7 @@ import numpy as np
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
+from llorch.convert.projector import TowerShape, VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -102,12 +102,14 @@ def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
         w,
         model,
         gguf.VisionProjectorType.QWEN25VL,
-        image_size=vision_int(model, "image_size", IMAGE_SIZE),
-        patch_size=_v(model, "patch_size"),
-        width=_v(model, "hidden_size"),
-        ffn=_v(model, "intermediate_size"),
-        blocks=_v(model, "depth"),
-        heads=_v(model, "num_heads"),
+        TowerShape(
+            image_size=vision_int(model, "image_size", IMAGE_SIZE),
+            patch_size=_v(model, "patch_size"),
+            width=_v(model, "hidden_size"),
+            ffn=_v(model, "intermediate_size"),
+            blocks=_v(model, "depth"),
+            heads=_v(model, "num_heads"),
+        ),
         mean=MEAN,
         std=STD,
     )

@@ -41,7 +41,7 @@ import numpy as np
 
 from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import VisionInput, plan_tower, vision_int, write_tower
+from llorch.convert.projector import TowerShape, VisionInput, plan_tower, vision_int, write_tower
 
 _T = gguf.MODEL_TENSOR
 
@@ -128,12 +128,14 @@ def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
         w,
         model,
         gguf.VisionProjectorType.QWEN3VL,
-        image_size=image_size(model),
-        patch_size=_v(model, "patch_size"),
-        width=_v(model, "hidden_size"),
-        ffn=_v(model, "intermediate_size"),
-        blocks=depth,
-        heads=_v(model, "num_heads"),
+        TowerShape(
+            image_size=image_size(model),
+            patch_size=_v(model, "patch_size"),
+            width=_v(model, "hidden_size"),
+            ffn=_v(model, "intermediate_size"),
+            blocks=depth,
+            heads=_v(model, "num_heads"),
+        ),
         mean=MEAN,
         std=STD,
     )
