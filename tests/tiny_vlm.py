@@ -740,3 +740,29 @@ def mtmd_greedy(
         mt.mtmd_free(mctx)
         ll.llama_free(lctx)
         ll.llama_model_free(model)
+
+
+def media_prompt(backend: Any, head: str, picture: object, tail: str) -> tuple:
+    """`head`, one image and `tail` as a loaded LlamaCppBackend reads them: the prompt's
+    tokens (-1 where the image goes, then its placeholder positions) and its media spans."""
+    first = backend.tokenize(head, True, True)
+    after = backend.tokenize(tail, False, True)
+    return backend.media_prompt([*first, -1, *after], [picture], -1)
+
+
+def greedy_with_media(backend: Any, tokens: Sequence[int], spans: tuple, n: int) -> tuple:
+    """`n` greedy tokens after a media prompt through the backend's batch decoder, and the
+    request's finish event."""
+    from llorch.worker.backend.protocol import (
+        FinishEvent,
+        GenerationRequest,
+        SamplingParams,
+        TokenEvent,
+    )
+    from llorch.worker.backend.single import generate
+
+    request = GenerationRequest(tuple(tokens), n, SamplingParams(temperature=0.0), media=spans)
+    events = list(generate(backend.decoder(), request))
+    end = events[-1]
+    assert isinstance(end, FinishEvent), end
+    return [e.token_id for e in events if isinstance(e, TokenEvent)], end

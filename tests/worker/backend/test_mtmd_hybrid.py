@@ -19,14 +19,9 @@ from support import THREADS
 
 from llorch.worker.backend.llama import LlamaCppBackend
 from llorch.worker.backend.protocol import (
-    FinishEvent,
-    GenerationRequest,
     LoadOptions,
-    SamplingParams,
-    TokenEvent,
     position,
 )
-from llorch.worker.backend.single import generate
 from llorch.worker.backend.slots import common_prefix
 
 pytestmark = pytest.mark.slow
@@ -39,7 +34,6 @@ TAIL = (
 )
 N = 12
 SIZE = tiny_vlm.QWEN35_IMAGE_SIZE
-GREEDY = SamplingParams(temperature=0.0)
 EVERY = 16  # a checkpoint every 16 prompt tokens: several after the image
 
 
@@ -55,16 +49,11 @@ def _options(vlm: tiny_vlm.TinyVlm) -> LoadOptions:
 
 
 def _prompt(backend: LlamaCppBackend, picture: object, tail: str = TAIL) -> tuple:
-    head = backend.tokenize(HEAD, True, True)
-    after = backend.tokenize(tail, False, True)
-    return backend.media_prompt([*head, -1, *after], [picture], -1)
+    return tiny_vlm.media_prompt(backend, HEAD, picture, tail)
 
 
-def _run(backend: LlamaCppBackend, tokens: tuple, spans: tuple, n: int = N) -> tuple:
-    events = list(generate(backend.decoder(), GenerationRequest(tokens, n, GREEDY, media=spans)))
-    end = events[-1]
-    assert isinstance(end, FinishEvent), end
-    return [e.token_id for e in events if isinstance(e, TokenEvent)], end
+def _run(backend: LlamaCppBackend, tokens: tuple, spans: tuple) -> tuple:
+    return tiny_vlm.greedy_with_media(backend, tokens, spans, N)
 
 
 def test_greedy_tokens_equal_llama_cpps_mtmd_path(vlm: tiny_vlm.TinyVlm) -> None:
