@@ -1,13 +1,14 @@
 """The converter's layering, read from the source: a family module imports only the modules the
-families share, or the one family it is built on, and no converter module imports, even
-lazily, a module that imports it back."""
+families share, or the one family it is built on, and no module of the package (converter,
+worker, detector, shared) imports, even lazily, a module that imports it back."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-CONVERT = Path(__file__).resolve().parents[2] / "convert"
+ROOT = Path(__file__).resolve().parents[2]
+CONVERT = ROOT / "convert"
 PACKAGE = "llorch.convert"
 FAMILIES = f"{PACKAGE}.families"
 # The modules every family may import: no family of their own.
@@ -29,14 +30,17 @@ EXTENDS = {
 }
 
 
-def _modules() -> dict[str, Path]:
-    """Every converter module by its import name (a package by its folder's)."""
+def _modules(root: Path = CONVERT, package: str = PACKAGE) -> dict[str, Path]:
+    """Every module under `root` by its import name in `package` (a package by its folder's).
+    `llorch/worker` and `llorch/convert` are links to the top-level folders: read there."""
     found = {}
-    for path in CONVERT.rglob("*.py"):
-        parts = path.relative_to(CONVERT).with_suffix("").parts
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        if root.name == "llorch" and parts[0] in ("worker", "convert"):
+            continue
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        found[".".join((PACKAGE, *parts))] = path
+        found[".".join((package, *parts))] = path
     return found
 
 
@@ -59,8 +63,8 @@ def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     return {module for module in out if module in known and module != name}
 
 
-def _graph() -> dict[str, set[str]]:
-    known = _modules()
+def _graph(known: dict[str, Path] | None = None) -> dict[str, set[str]]:
+    known = _modules() if known is None else known
     return {name: _imports(name, path, known) for name, path in known.items()}
 
 
@@ -104,6 +108,18 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycle_between_converter_modules() -> None:
     graph = _graph()
     assert len(graph) > 50  # every module was read
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_import_cycle_anywhere_in_the_package() -> None:
+    known = {
+        **_modules(ROOT / "llorch", "llorch"),
+        **_modules(ROOT / "worker", "llorch.worker"),
+        **_modules(),
+    }
+    graph = _graph(known)
+    assert {"llorch.cli", "llorch.worker.server", "llorch.detector"} <= graph.keys()
     cycle = _cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
