@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from llorch.cpus import usable_cpus
+
 FRANCE = "Question: What is the capital of France?\nAnswer:"
 
 
@@ -29,16 +31,14 @@ def _cpus_of_this_test_process() -> int:
         os.environ.get("PYTEST_XDIST_WORKER"),
         os.environ.get("PYTEST_XDIST_WORKER_COUNT"),
     )
-    if not hasattr(os, "sched_getaffinity"):  # macOS: no pinning, every CPU
-        return os.cpu_count() or 1
-    if worker and workers:
+    if worker and workers and hasattr(os, "sched_setaffinity"):  # not on macOS
         cpus, index, count = sorted(os.sched_getaffinity(0)), int(worker[2:]), int(workers)
         if count <= len(cpus):  # worker "gw<index>" of count
             share = cpus[index * len(cpus) // count : (index + 1) * len(cpus) // count]
         else:
             share = [cpus[index % len(cpus)]]
         os.sched_setaffinity(0, share)
-    return len(os.sched_getaffinity(0))
+    return usable_cpus()
 
 
 THREADS = _cpus_of_this_test_process()

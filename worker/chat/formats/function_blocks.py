@@ -51,10 +51,14 @@ class FunctionBlocksFormat:
     # `<parameter=K>\n` VALUE `\n</parameter>` (Qwen3-Coder) rather than `<parameter=K>VALUE`.
     value_on_own_lines: bool
     markers: tuple[str, ...] = field(init=False)
+    _section_end: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         tags = ("<function=", "</function>", "<parameter=", VALUE_END)
         object.__setattr__(self, "markers", (self.call_start, self.call_end, *tags))
+        # Once here: a streamed answer is parsed again at every token.
+        end = re.compile(r"\s*" + re.escape(self.call_end))
+        object.__setattr__(self, "_section_end", end)
 
     def matches(self, template: str) -> bool:
         # The same test as llama.cpp's common_chat_try_specialized_template.
@@ -80,7 +84,7 @@ class FunctionBlocksFormat:
         )
         if end is None:
             return unfinished([call], partial=partial, why=f"the call of {name} is not closed")
-        section = re.compile(r"\s*" + re.escape(self.call_end)).match(text, end)
+        section = self._section_end.match(text, end)
         if section is not None:
             return [call], section.end()
         if not partial and not text[end:].strip():
