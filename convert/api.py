@@ -108,10 +108,21 @@ def _check_output_head(model: ModelInput, plans: list[PlannedTensor]) -> None:
 
 
 def _left_out(model: ModelInput, vision: projector.ProjectorJob | None, asked: bool) -> list[str]:
-    """A multimodal wrapper converted without its projector says so: which parts are left
-    out and why."""
-    n = sum(1 for ref in model.ckpt if model.text_name(ref.name) is None)
-    if n == 0 or vision is not None:
+    """A multimodal wrapper converted without its projector, or with one that does not hold
+    every part beside the text part, says so: which parts are left out and why."""
+    outside = [ref.name for ref in model.ckpt if model.text_name(ref.name) is None]
+    if vision is not None:  # the parts the projector does not hold either (Gemma 4's audio)
+        used = {source for plan in vision.plans for source in plan.sources}
+        rest = [name for name in outside if name not in used]
+        if not rest:
+            return []
+        parts = ", ".join(sorted({".".join(name.split(".")[:2]) + ".*" for name in rest}))
+        return [
+            f"{len(rest)} tensors of {parts} left out: the projector llorch writes for this "
+            "family does not hold them; llama.cpp's convert_hf_to_gguf.py --mmproj writes them"
+        ]
+    n = len(outside)
+    if n == 0:
         return []
     why = (
         "--no-mmproj"

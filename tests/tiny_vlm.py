@@ -21,8 +21,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -448,8 +449,109 @@ def _build_qwen_vl(
     return folder
 
 
+# Gemma 4: mtmd wraps an image in <|image> ... <image|> and takes 70 to 1120 tokens an image,
+# its sides multiples of patch x pooling: 108 pixels are 27 x 27 patches of 4, pooled 3 x 3
+# to 9 x 9 tokens, which both mtmd and Gemma4ImageProcessor keep as they are
+GEMMA4_TOKENS = ["<|image>", "<image|>", "<|image|>", "<|audio>", "<audio|>", "<|audio|>"]
+GEMMA4_IMAGE_SIZE = 108
+GEMMA4_IMAGE_TOKENS = 81
+GEMMA4_MEAN, GEMMA4_STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # rescaled only, as released
+
+
+def build_gemma4_checkpoint(folder: Path, seed: int = 0, audio: bool = False) -> Path:
+    """Gemma4ForConditionalGeneration with random weights: parity_cases'
+    `gemma4-31b-multimodal-text-part` language model, a two-layer tower of 4-pixel patches
+    pooled 3 x 3 with clipped linears (finite bounds, some of them reached) and standardized
+    soft tokens, its Gemma 4 tokenizer.json with the image and audio tokens; with `audio`, a
+    one-layer audio tower beside it (as E2B / E4B)."""
+    import torch
+    import transformers
+    from tokenizers import AddedToken, Tokenizer
+
+    from tests.convert.conftest import make_gemma4_bpe
+    from tests.convert.parity_cases import CASES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    make_gemma4_bpe(folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in GEMMA4_TOKENS])
+    tok.save(str(folder / "tokenizer.json"))
+    ids = {t: int(tok.token_to_id(t)) for t in GEMMA4_TOKENS}
+    template = (
+        "{{ bos_token }}{% for m in messages %}<|turn>{{ 'model' if m['role'] == 'assistant' "
+        "else m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+        "{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ p['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<turn|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
+    )
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config |= {"eos_token": "<turn|>", "chat_template": template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    preprocessor = {
+        "image_processor_type": "Gemma4ImageProcessor",
+        "image_mean": GEMMA4_MEAN,
+        "image_std": GEMMA4_STD,
+        "do_normalize": False,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "patch_size": 4,
+        "pooling_kernel_size": 3,
+        "max_soft_tokens": 280,
+        "resample": 3,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    case = CASES["gemma4-31b-multimodal-text-part"]
+    text = {**case.config["text_config"], "vocab_size": int(tok.get_vocab_size())}
+    text["eos_token_id"] = int(tok.token_to_id("<turn|>"))
+    vision = {
+        **case.config["vision_config"],
+        "num_hidden_layers": 2,
+        "use_clipped_linears": True,
+        "standardize": True,
+    }
+    audio_config = (
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "subsampling_conv_channels": [8, 4],
+            "output_proj_dims": 32,
+        }
+        if audio
+        else None
+    )
+    config = transformers.Gemma4Config(
+        text_config=text,
+        vision_config=vision,
+        audio_config=audio_config,
+        boi_token_id=ids["<|image>"],
+        eoi_token_id=ids["<image|>"],
+        image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|image|>"],
+        boa_token_id=ids["<|audio>"],
+        eoa_token_index=ids["<audio|>"],
+        audio_token_id=ids["<|audio|>"],
+    )
+    torch.manual_seed(seed)
+    model = transformers.Gemma4ForConditionalGeneration(config)
+    with torch.no_grad():
+        tower = model.model.vision_tower
+        tower.std_bias.copy_(torch.randn_like(tower.std_bias) * 0.5)
+        tower.std_scale.copy_(1.0 + torch.randn_like(tower.std_scale) * 0.2)
+        # finite bounds: inputs are RMS-normed (about N(0, 1)), outputs smaller
+        for name, buffer in tower.named_buffers():
+            bound = {"input": 1.5, "output": 0.5}.get(name.rsplit(".", 1)[-1].split("_")[0])
+            if bound is not None:
+                sign = -1.0 if name.endswith("_min") else 1.0
+                buffer.fill_(sign * bound * (1.0 + float(torch.rand(())) * 0.5))
+    _save(model, folder)
+    return folder
+
+
 BUILDERS = {
     "gemma3": build_checkpoint,
+    "gemma4": build_gemma4_checkpoint,
+    "gemma4-audio": partial(build_gemma4_checkpoint, audio=True),
     "smolvlm": build_smolvlm_checkpoint,
     "mistral3": build_mistral3_checkpoint,
     "qwen2.5-vl": build_qwen25vl_checkpoint,
@@ -458,6 +560,8 @@ BUILDERS = {
 }
 TEXT_NAMES = {
     "gemma3": "tiny-gemma3-vlm-f32.gguf",
+    "gemma4": "tiny-gemma4-f32.gguf",
+    "gemma4-audio": "tiny-gemma4-audio-f32.gguf",
     "smolvlm": "tiny-smolvlm-f32.gguf",
     "mistral3": "tiny-mistral3-f32.gguf",
     "qwen2.5-vl": "tiny-qwen25vl-f32.gguf",
@@ -491,20 +595,30 @@ def header_fields(reader: Any) -> dict[str, object]:
 
 
 def assert_same_projector(
-    ours: Path, theirs: Path, only_ours: frozenset[str] = frozenset()
+    ours: Path,
+    theirs: Path,
+    only_ours: frozenset[str] = frozenset(),
+    ours_keys: Mapping[str, object] | None = None,
+    theirs_only: Callable[[str], bool] | None = None,
 ) -> tuple[dict[str, object], dict[str, Any]]:
     """`ours` holds what `theirs` (llama.cpp's converter's) holds: every key but the name
     (llama.cpp's is the folder's, title-cased: "Hf"; ours the text part's), every tensor's
-    name, type, shape and bytes; `only_ours` names the tensors it has and theirs lacks. Our
-    keys and tensors by name."""
+    name, type, shape and bytes; `only_ours` names the tensors it has and theirs lacks,
+    `ours_keys` the keys (and values) it has and theirs lacks; `theirs_only` is true of the
+    keys and tensors of theirs that ours leaves out (a tower llorch does not write). Our keys
+    and tensors by name."""
     import gguf
 
     a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
     fa, fb = header_fields(a), header_fields(b)
     assert fa.pop("general.name") == "hf"
     fb.pop("general.name")
-    assert fa == fb
-    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    mine = dict(ours_keys or {})
+    assert {k: fa.pop(k) for k in mine} == mine
+    skip = theirs_only or (lambda _: False)
+    assert fa == {k: v for k, v in fb.items() if not skip(k)}
+    ta = {t.name: t for t in a.tensors}
+    tb = {t.name: t for t in b.tensors if not skip(t.name)}
     assert sorted(ta) == sorted([*tb, *only_ours])
     for name, theirs_t in tb.items():
         ours_t = ta[name]
@@ -581,6 +695,8 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
     elif kind in QWEN_VL_TYPES:
         pixels, grid = _qwen_patches(pixel_values, model.config.vision_config)
         kwargs["image_grid_thw"] = torch.tensor([grid])
+    elif kind == "gemma4":
+        pixels, kwargs["image_position_ids"] = _gemma4_patches(pixel_values, model.config)
     with torch.no_grad():
         features = model.model.get_image_features(pixel_values=pixels, **kwargs)
     out = getattr(features, "pooler_output", features)
@@ -620,6 +736,21 @@ def _qwen_patches(pixel_values: np.ndarray, vision: Any) -> tuple[Any, list[int]
     )
     flat = grid.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gh * gw, -1)
     return torch.from_numpy(np.ascontiguousarray(flat)), [1, gh, gw]
+
+
+def _gemma4_patches(pixel_values: np.ndarray, config: Any) -> tuple[Any, Any]:
+    """One image as Gemma4ImageProcessor patchifies it (no padding: the image fills its
+    budget): patches row-major, each (row, column, channel), and their (x, y) positions."""
+    import torch
+
+    patch = config.vision_config.patch_size
+    _, channels, height, width = pixel_values.shape
+    gh, gw = height // patch, width // patch
+    grid = pixel_values[0].reshape(channels, gh, patch, gw, patch).transpose(1, 3, 2, 4, 0)
+    flat = np.ascontiguousarray(grid.reshape(1, gh * gw, -1))
+    ys, xs = np.divmod(np.arange(gh * gw), gw)
+    positions = torch.from_numpy(np.stack([xs, ys], axis=-1)[None])
+    return torch.from_numpy(flat), positions
 
 
 def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:

@@ -251,7 +251,9 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # Gemma 4 text: per-type head sizes, proportional RoPE, per-layer embeddings, shared KV,
     # MoE beside a dense MLP (convert/families/gemma4.py)
     ArchRow("Gemma4ForCausalLM", _A.GEMMA4, "gemma4", "gemma4_text", tokenizer=GEMMA4_TOKENIZER),
-    # Gemma 4 as released (E2B/E4B/26B-A4B/31B): the language model converts (text only).
+    # Gemma 4 as released (E2B/E4B/26B-A4B/31B): the language model converts as Gemma 4 text,
+    # the vision tower and embedder as llama.cpp's clip `gemma4v` projector; E2B/E4B's audio
+    # tower is left out (the notes say so).
     ArchRow(
         "Gemma4ForConditionalGeneration",
         _A.GEMMA4,
@@ -260,6 +262,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         alias_of="Gemma4ForCausalLM",
         text_part=GEMMA4_TEXT,
         tokenizer=GEMMA4_TOKENIZER,
+        vision=VisionPart(gguf.VisionProjectorType.GEMMA4V, "gemma4_vision"),
     ),
     # Falcon-H1: attention and a Mamba-2 mixer in parallel in every layer (a KV cache and a
     # recurrent state per sequence); the muP multipliers are folded into the weights

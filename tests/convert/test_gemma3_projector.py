@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import gguf
 import numpy as np
@@ -26,7 +25,6 @@ import tiny_vlm
 from llorch.cli import main
 from llorch.convert import convert
 from llorch.convert.errors import OutputExistsError, UnmappedTensorError
-from tests.convert.parity_cases import CASES
 
 pytestmark = pytest.mark.slow
 
@@ -103,20 +101,6 @@ def test_no_mmproj_writes_the_text_part_only(
     # the tower's 32 tensors and the projector's 2
     note = "note: text part only: 34 tensors of the vision/audio parts left out (--no-mmproj)"
     assert note in capsys.readouterr().out
-
-
-def test_a_wrapper_whose_projector_llorch_does_not_write_says_so(
-    checkpoint: Any, tmp_path: Path
-) -> None:
-    """Gemma 4: the language model converts, and the report says the vision part was left
-    out and who writes it."""
-    case = CASES["gemma4-31b-multimodal-text-part"]
-    built = checkpoint(case.model_cls, case.config_cls, case.config, tokenizer=case.tokenizer)
-    report = convert(built.folder, tmp_path / "m.gguf", outtype="f32", verify=False)
-    assert report.mmproj is None
-    assert not list(tmp_path.glob("*mmproj*"))
-    (note,) = [n for n in report.notes if n.startswith("text part only")]
-    assert "llama.cpp's convert_hf_to_gguf.py --mmproj" in note
 
 
 def test_an_existing_projector_stops_the_conversion_first(
