@@ -126,7 +126,7 @@ def _left_out(model: ModelInput, vision: projector.ProjectorJob | None, asked: b
         return []
     why = (
         "--no-mmproj"
-        if not asked and lookup(model.hf_architecture).vision is not None
+        if not asked and lookup(model.hf_architecture).towers
         else "llorch does not write this family's projector; llama.cpp's "
         "convert_hf_to_gguf.py --mmproj does"
     )

@@ -1,13 +1,16 @@
-"""A multimodal checkpoint's projector file: its vision tower and projector written as llama.cpp's
-mtmd reads them (arch `clip`, general.type `mmproj`), beside the text GGUF as
+"""A multimodal checkpoint's projector file: its vision or audio tower and projector written as
+llama.cpp's mtmd reads them (arch `clip`, general.type `mmproj`), beside the text GGUF as
 `<text stem>-mmproj-<f16|f32>.gguf`.
 
-The table row's `vision` part names the projector type and the family module that maps it
-(`write_hparams` and `plan`, as the text families). The projector stays F16 (F32 when the text
-part is f32) whatever the text part's type, as llama.cpp recommends: its vision towers are
-small beside the language model, and mtmd's clip graph reads F16 and F32. The file is planned
-with the text part (every tensor mapped before anything is written) and written to a temp
-file by the text part's writer, renamed beside it on success.
+The table row's `vision` or `audio` part (a TowerPart) names the projector type and the family
+module that maps it (`write_hparams` and `plan`, as the text families), which reads the tower's
+section of config.json (`vision_config`, `audio_config`). The projector stays F16 (F32 when the
+text part is f32) whatever the text part's type, as llama.cpp recommends: its towers are small
+beside the language model, and mtmd's clip graph reads F16 and F32. The file is planned with
+the text part (every tensor mapped before anything is written) and written to a temp file by
+the text part's writer, renamed beside it on success. A checkpoint with both a vision and an
+audio tower (one file of two encoders, each with its own projector type key) is refused: no
+family that llorch converts has both yet.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import gguf
 
@@ -33,32 +36,70 @@ from llorch.convert.errors import (
 from llorch.convert.families.base import PlannedTensor
 from llorch.detector import Detection, lookup, read_json, row_for_config, text_config
 from llorch.detector.safetensors import Checkpoint
+from llorch.detector.table import ArchRow, TowerPart
 
 PROJECTOR_NAME = re.compile(r"-mmproj-(f16|f32)\.gguf$")
 MMPROJ = "mmproj"  # the projector among a batch job's outputs (its records' outtype)
 
 
 @dataclass(frozen=True)
-class VisionInput:
+class TowerInput:
+    """What a tower's family reads: the checkpoint, config.json and the tower's section of it."""
+
     folder: Path
     config: Mapping[str, Any]  # config.json as written
-    vision: Mapping[str, Any]  # its vision_config
+    tower: Mapping[str, Any]  # its vision_config or audio_config
     n_embd_text: int  # the language model's hidden size: the projection's output
     preprocessor: Mapping[str, Any]  # preprocessor_config.json, processor_config.json's image part
     ckpt: Checkpoint
+    modality: ClassVar[str] = "tower"
+    section: ClassVar[str] = "config"  # the tower's section's name in config.json
 
 
-class VisionFamily(Protocol):
-    def write_hparams(self, model: VisionInput, writer: gguf.GGUFWriter) -> None: ...
+class VisionInput(TowerInput):
+    modality = "vision"
+    section = "vision_config"
 
-    def plan(self, model: VisionInput) -> list[PlannedTensor]: ...
+    @property
+    def vision(self) -> Mapping[str, Any]:
+        return self.tower
+
+
+class AudioInput(TowerInput):
+    modality = "audio"
+    section = "audio_config"
+
+    @property
+    def audio(self) -> Mapping[str, Any]:
+        return self.tower
+
+
+INPUTS: Mapping[str, type[TowerInput]] = {"vision": VisionInput, "audio": AudioInput}
+M = TypeVar("M", bound=TowerInput, contravariant=True)
+
+
+class TowerFamily(Protocol[M]):
+    def write_hparams(self, model: M, writer: gguf.GGUFWriter) -> None: ...
+
+    def plan(self, model: M) -> list[PlannedTensor]: ...
+
+
+VisionFamily = TowerFamily[VisionInput]
+AudioFamily = TowerFamily[AudioInput]
+
+
+def tower_int(model: TowerInput, key: str, default: int) -> int:
+    """An integer of the tower's section of config.json, `default` where it has none."""
+    value = model.tower.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(
+            f"{model.folder / 'config.json'}: {model.section}.{key} is not an integer"
+        )
+    return value
 
 
 def vision_int(model: VisionInput, key: str, default: int) -> int:
-    value = model.vision.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{model.folder / 'config.json'}: vision_config.{key} is not an integer")
-    return value
+    return tower_int(model, key, default)
 
 
 @dataclass(frozen=True)
@@ -112,8 +153,42 @@ def write_tower(
     w.add_clip_projector_type(kind)
 
 
+@dataclass(frozen=True)
+class AudioShape:
+    """An audio encoder's shape as the projector file's first audio keys give it."""
+
+    width: int
+    ffn: int
+    blocks: int
+    heads: int
+
+    @classmethod
+    def whisper(cls, get: Callable[[str], int]) -> AudioShape:
+        """From a Whisper-style encoder config's keys (transformers' names, which its
+        attribute_map gives Whisper's d_model, encoder_ffn_dim, ...), read by `get`."""
+        return cls(
+            width=get("hidden_size"),
+            ffn=get("intermediate_size"),
+            blocks=get("num_hidden_layers"),
+            heads=get("num_attention_heads"),
+        )
+
+
+def write_audio_tower(w: gguf.GGUFWriter, model: AudioInput, kind: str, shape: AudioShape) -> None:
+    """The keys every audio projector file starts with, in the order llama.cpp's converter
+    writes them (MmprojModel.set_gguf_parameters, then the projector type): the encoder's
+    shape and the text model's width it projects to; `kind` is llama.cpp's projector type."""
+    w.add_clip_has_audio_encoder(True)
+    w.add_audio_projection_dim(model.n_embd_text)
+    w.add_audio_embedding_length(shape.width)
+    w.add_audio_feed_forward_length(shape.ffn)
+    w.add_audio_block_count(shape.blocks)
+    w.add_audio_head_count(shape.heads)
+    w.add_clip_projector_type(kind)
+
+
 def plan_tower(
-    model: VisionInput,
+    model: TowerInput,
     projector: str,
     n_block: int,
     source_name: Callable[[str], str | None],
@@ -123,10 +198,10 @@ def plan_tower(
         [str, str, gguf.MODEL_TENSOR, tuple[int, ...]], PlannedTensor | Sequence[PlannedTensor]
     ],
 ) -> list[PlannedTensor]:
-    """Every vision tensor of the checkpoint mapped to its GGUF name by gguf's MMPROJ map, or
-    an error naming the first that has none; shapes checked against `expected` (weights
-    only), and the `required` kinds present. `source_name` gives a checkpoint tensor's name
-    as the map knows it (None: not the vision part's, or left out); `planned` makes the
+    """Every tensor of the tower's part of the checkpoint mapped to its GGUF name by gguf's
+    MMPROJ map, or an error naming the first that has none; shapes checked against `expected`
+    (weights only), and the `required` kinds present. `source_name` gives a checkpoint tensor's
+    name as the map knows it (None: not the tower's part, or left out); `planned` makes the
     tensor's plan (its type, any transform) from (source, GGUF name, kind, shape), or the
     plans of the tensors it is split into."""
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, n_block)
@@ -155,7 +230,7 @@ def plan_tower(
     missing = [gguf.TENSOR_NAMES[k] for k in required if k not in found_kinds]
     if missing:
         raise MissingTensorError(
-            f"{model.folder}: the vision part lacks {', '.join(missing)} (llama.cpp's "
+            f"{model.folder}: the {model.modality} part lacks {', '.join(missing)} (llama.cpp's "
             f"{projector} projector needs them)"
         )
     return plans
@@ -197,8 +272,8 @@ def _preprocessor(folder: Path) -> dict[str, Any]:
 class ProjectorJob:
     """A planned projector file: where it goes, its type, its tensors."""
 
-    model: VisionInput
-    family: VisionFamily
+    model: TowerInput
+    family: TowerFamily[Any]
     projector: str  # llama.cpp's clip projector type
     out: Path
     outtype: str  # f16 or f32
@@ -215,32 +290,45 @@ class ProjectorJob:
         return total
 
 
+def _towers(row: ArchRow | None, config: Mapping[str, Any]) -> list[TowerPart]:
+    """The row's towers whose section config.json has."""
+    towers = row.towers if row is not None else ()
+    return [part for part in towers if isinstance(config.get(part.config_key), dict)]
+
+
 def has_projector(folder: Path) -> bool:
-    """Whether a checkpoint folder's architecture has a vision part llorch writes."""
+    """Whether a checkpoint folder's architecture has a vision or audio part llorch writes."""
     config = read_json(folder / "config.json")
-    row = row_for_config(config)
-    return (
-        row is not None and row.vision is not None and isinstance(config.get("vision_config"), dict)
-    )
+    return bool(_towers(row_for_config(config), config))
 
 
 def prepare(det: Detection, out: Path, outtype: str) -> ProjectorJob | None:
     """The projector (to be written at `out`) of a detected checkpoint whose row has a vision
-    part, planned; None for a text-only one."""
+    or audio part, planned; None for a text-only one."""
     if det.hf_architecture is None or det.checkpoint is None or det.config is None:
         return None
-    part = lookup(det.hf_architecture).vision
-    vision = det.config.get("vision_config")
-    if part is None or not isinstance(vision, dict):
+    towers = _towers(lookup(det.hf_architecture), det.config)
+    if not towers:
         return None
+    if len(towers) > 1:
+        raise ConfigError(
+            f"{det.path / 'config.json'}: {' and '.join(p.config_key for p in towers)}; llorch "
+            "writes a projector of one tower, not of several in one file"
+        )
+    (part,) = towers
     from llorch.convert.families import load_family
 
-    family = cast(VisionFamily, load_family(part.family))
+    family = cast(TowerFamily[Any], load_family(part.family))
     n_embd = text_config(det.config).get("hidden_size")
     if not isinstance(n_embd, int):
         raise ConfigError(f"{det.path / 'config.json'}: missing integer text hidden_size")
-    model = VisionInput(
-        det.path, det.config, vision, n_embd, _preprocessor(det.path), det.checkpoint
+    model = INPUTS[part.modality](
+        folder=det.path,
+        config=det.config,
+        tower=det.config[part.config_key],
+        n_embd_text=n_embd,
+        preprocessor=_preprocessor(det.path),
+        ckpt=det.checkpoint,
     )
     ptype = projector_type(outtype)
     plans = family.plan(model)

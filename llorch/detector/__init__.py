@@ -61,7 +61,7 @@ class Detection:
     # GGUF only: where the file came from (PROVENANCE_PREFIXES keys), when it says so
     provenance: Mapping[str, Any] | None = field(default=None, compare=False)
     # the multimodal projector (llama.cpp's clip projector type): the one an HF checkpoint's
-    # vision part converts to, or the one a projector GGUF (llama_arch "clip") holds
+    # vision or audio part converts to, or the one a projector GGUF (llama_arch "clip") holds
     projector: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def _detect_hf(source: str, folder: Path) -> Detection:
         reason=reason,
         config=config,
         checkpoint=ckpt,
-        projector=row.vision.projector_type if row is not None and row.vision else None,
+        projector=", ".join(t.projector_type for t in row.towers) if row and row.towers else None,
     )
 
 

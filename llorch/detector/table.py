@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gguf
 
@@ -22,7 +22,7 @@ class TextPart:
     """Where a multimodal wrapper's checkpoint keeps its language model: prefixes renamed to
     the names the text model's own checkpoints use, and the prefixes of the parts left out
     (vision and audio towers, projectors: llama.cpp reads them from an mmproj file, which
-    llorch writes where the row has a `vision` part)."""
+    llorch writes where the row has a `vision` or `audio` part)."""
 
     renamed: tuple[tuple[str, str], ...]  # (wrapper prefix, text model prefix), first match
     left_out: tuple[str, ...]
@@ -67,13 +67,35 @@ QWEN_VL_TEXT = TextPart(
 QWEN35_TEXT = TextPart(renamed=(("model.language_model.", "model."),), left_out=("model.visual.",))
 
 
+# Voxtral: a Llama language model saved as `language_model.*` beside the Whisper-style audio
+# tower and its projector (transformers 5 saves it in this layout too)
+VOXTRAL_TEXT = TextPart(
+    renamed=LLAVA_TEXT.renamed, left_out=("audio_tower.", "multi_modal_projector.")
+)
+
+
 @dataclass(frozen=True)
-class VisionPart:
-    """A multimodal wrapper's vision tower and projector, written as llama.cpp's mtmd
-    projector file (clip arch, `<text>-mmproj-<type>.gguf`) beside the text part."""
+class TowerPart:
+    """A multimodal wrapper's encoder tower (vision or audio) and its projector, written into
+    llama.cpp's mtmd projector file (clip arch, `<text>-mmproj-<type>.gguf`) beside the
+    text part; `config_key` names the tower's section of config.json."""
 
     projector_type: str  # llama.cpp's clip projector type (gguf.VisionProjectorType)
     family: str  # the module under convert.families that writes it
+    config_key: ClassVar[str]
+    modality: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class VisionPart(TowerPart):
+    config_key = "vision_config"
+    modality = "vision"
+
+
+@dataclass(frozen=True)
+class AudioPart(TowerPart):
+    config_key = "audio_config"
+    modality = "audio"
 
 
 # llama.cpp's converter reads Gemma 4's tokenizer.json only (an SPM-style BPE written as the
@@ -94,11 +116,18 @@ class ArchRow:
     # the llama.cpp tokenizer model the vocabulary is written as whatever tokenizer files lie
     # in the folder; None: the files decide (convert/tokenizer/)
     tokenizer: str | None = None
-    vision: VisionPart | None = None  # multimodal wrappers whose projector llorch writes
+    # multimodal wrappers whose projector llorch writes: the vision tower, the audio tower
+    vision: VisionPart | None = None
+    audio: AudioPart | None = None
 
     @property
     def llama_arch(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.arch]
+
+    @property
+    def towers(self) -> tuple[TowerPart, ...]:
+        """The encoder towers whose projector llorch writes, vision first."""
+        return tuple(part for part in (self.vision, self.audio) if part is not None)
 
 
 _A = gguf.MODEL_ARCH
@@ -207,6 +236,18 @@ SUPPORTED: tuple[ArchRow, ...] = (
         "qwen3_vl",
         text_part=QWEN_VL_TEXT,
         vision=VisionPart(gguf.VisionProjectorType.QWEN3VL, "qwen3vl_vision"),
+    ),
+    # Voxtral (Mini 3B, Small 24B): the language model converts as Llama, the Whisper-style
+    # audio encoder and its projector (4 frames stacked, two linear maps) as llama.cpp's clip
+    # `voxtral` projector.
+    ArchRow(
+        "VoxtralForConditionalGeneration",
+        _A.LLAMA,
+        "llama",
+        "voxtral",
+        alias_of="LlamaForCausalLM",
+        text_part=VOXTRAL_TEXT,
+        audio=AudioPart(gguf.VisionProjectorType.VOXTRAL, "voxtral_audio"),
     ),
     # State-space models: a recurrent state per sequence instead of a KV cache
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),

@@ -307,6 +307,28 @@ CASES["qwen3-vl-multimodal-text-part"] = Case(
     },
     tokenizer="qwen2",
 )
+# Voxtral: its Llama language model (rope base 1e8 as released); the Whisper-style audio tower
+# of the released shape's ratios (4 frames stacked: intermediate_size 4 x hidden_size) goes to
+# the projector (tests/tiny_alm.py builds the checkpoint with its audio tokens)
+CASES["voxtral-multimodal-text-part"] = Case(
+    "VoxtralForConditionalGeneration",
+    "VoxtralConfig",
+    {
+        "text_config": {
+            **SMALL,
+            "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e8},
+        },
+        "audio_config": {
+            "hidden_size": 32,
+            "intermediate_size": 128,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        "audio_token_id": 3,
+    },
+    tokenizer="gpt2",
+)
 CASES["idefics3-multimodal-text-part"] = Case(
     "Idefics3ForConditionalGeneration",
     "Idefics3Config",
