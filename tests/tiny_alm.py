@@ -1,0 +1,238 @@
+"""A tiny random Voxtral checkpoint (transformers' VoxtralForConditionalGeneration: a Whisper-style
+audio encoder, Voxtral's projector, a Llama language model), converted by llorch's converter to
+a text GGUF and its audio projector beside it, and the harness that runs mtmd on PCM samples.
+
+The audio config is Voxtral's at small width: 128 mel bins and 1500 positions (mtmd's 30 s
+chunks), so one chunk of audio is 375 rows for transformers. `stack` is the number of encoder
+frames the projector stacks per row (intermediate_size / hidden_size): 4 as released. The
+vendored mtmd avg-pools Voxtral's encoder output by 2 (clip-model.h `audio_has_avgpool`), which
+transformers' VoxtralEncoder does not (its `avg_pooler` is never called), and with 4 frames
+stacked its graph makes 188 rows where clip_encode expects 187: it aborts the process
+("Invalid number of output tokens"). With `stack=2` the counts agree (375 rows per chunk) and
+mtmd runs: its rows are transformers' encoder with that pooling added before the final
+LayerNorm (`reference_embeddings(..., pooled=True)`), not transformers' own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from support import THREADS
+
+SAMPLE_RATE = 16000  # mtmd's Whisper front-end and the feature extractor's
+CHUNK_ROWS = 375  # transformers' rows per 30 s chunk: 1500 positions / 4 frames
+# Voxtral's tokens: mtmd puts [BEGIN_AUDIO] before an audio's embeddings
+VOXTRAL_TOKENS = ["[INST]", "[/INST]", "[BEGIN_AUDIO]", "[AUDIO]"]
+# Voxtral's preprocessor_config.json (WhisperFeatureExtractor at 128 mel bins)
+PREPROCESSOR = {
+    "feature_extractor_type": "WhisperFeatureExtractor",
+    "feature_size": 128,
+    "sampling_rate": SAMPLE_RATE,
+    "hop_length": 160,
+    "chunk_length": 30,
+    "n_fft": 400,
+    "n_samples": 480000,
+    "nb_max_frames": 3000,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "return_attention_mask": False,
+    "dither": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class TinyAlm:
+    folder: Path  # the Hugging Face checkpoint
+    text: Path  # the text part, GGUF F32
+    mmproj: Path  # the projector llorch wrote beside it, GGUF F32 (clip `voxtral`)
+
+
+class MtmdAborted(RuntimeError):
+    """mtmd ended the process that ran it (GGML_ABORT); the message holds its last output."""
+
+
+def build_checkpoint(folder: Path, seed: int = 0, stack: int = 4) -> Path:
+    """VoxtralForConditionalGeneration with random weights: a three-layer audio encoder of
+    width 32 (the MMPROJ map numbers conv 2 and the projector's linear_2 as blocks, and
+    llama.cpp's converter maps them only for an encoder of three layers or more), `stack`
+    frames per projector row, the Llama text part of parity_cases'
+    `voxtral-multimodal-text-part`; a byte-level BPE with Voxtral's tokens, a template that
+    leaves an audio's place to the caller (mtmd's marker), Voxtral's preprocessor config."""
+    import torch
+    import transformers
+    from tiny_vlm import _bpe, _save
+
+    from tests.convert.parity_cases import CASES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _bpe(folder, VOXTRAL_TOKENS)
+    template = (
+        "{{ bos_token }}{% for m in messages %}[INST]{% if m['content'] is string %}"
+        "{{ m['content'] }}{% else %}{% for p in m['content'] %}{% if p['type'] == 'text' %}"
+        "{{ p['text'] }}{% endif %}{% endfor %}{% endif %}[/INST]{% endfor %}"
+    )
+    tokenizer_config = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|endoftext|>",
+        "chat_template": template,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
+    case = CASES["voxtral-multimodal-text-part"]
+    text = {
+        **case.config["text_config"],
+        "vocab_size": vocab["vocab_size"],
+        "bos_token_id": vocab["<|im_start|>"],
+        "eos_token_id": 0,  # <|endoftext|>
+    }
+    audio = {
+        "hidden_size": 32,
+        "intermediate_size": 32 * stack,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+    }
+    config = transformers.VoxtralConfig(
+        text_config=text, audio_config=audio, audio_token_id=vocab["[AUDIO]"]
+    )
+    torch.manual_seed(seed)
+    _save(transformers.VoxtralForConditionalGeneration(config), folder)
+    return folder
+
+
+def _built(base: Path) -> TinyAlm:
+    text = base / "tiny-voxtral-f32.gguf"
+    return TinyAlm(base / "hf", text, text.with_name(text.stem + "-mmproj-f32.gguf"))
+
+
+def build(base: Path, stack: int = 4) -> TinyAlm:
+    from llorch.convert import convert
+
+    built = _built(base)
+    build_checkpoint(built.folder, stack=stack)
+    report = convert(built.folder, built.text, outtype="f32")
+    assert report.mmproj is not None and Path(report.mmproj["output"]) == built.mmproj
+    return built
+
+
+def cached(base: Path, stack: int = 4) -> TinyAlm:
+    """The model built once under `base` (pytest's session folder, getbasetemp()) for each
+    `stack`: the test modules that use it share one build. stack=4 is Voxtral as released
+    (the vendored mtmd aborts on it, see above); stack=2 is the one mtmd runs."""
+    folder = base / ("tiny-alm" if stack == 4 else f"tiny-alm-stack{stack}")
+    done = folder / "built"
+    if not done.exists():
+        built = build(folder, stack)
+        done.touch()
+        return built
+    return _built(folder)
+
+
+def pcm(seed: int, seconds: float = 2.5) -> np.ndarray:
+    """Mono float32 samples at SAMPLE_RATE in -1..1: two tones and some noise."""
+    t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    tones = 0.3 * np.sin(2 * np.pi * (220 + 110 * seed) * t) + 0.2 * np.sin(2 * np.pi * 1234 * t)
+    return np.asarray(tones + 0.05 * noise, dtype=np.float32)
+
+
+def reference(folder: Path) -> Any:
+    import torch
+    import transformers
+
+    return transformers.VoxtralForConditionalGeneration.from_pretrained(
+        folder, dtype=torch.float32
+    ).eval()
+
+
+def features(folder: Path, samples: np.ndarray) -> Any:
+    """Voxtral's input features for `samples`: its WhisperFeatureExtractor (from the folder's
+    preprocessor_config.json), one 30 s chunk of log-mel frames."""
+    import transformers
+
+    extractor = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+    return extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+
+
+def reference_embeddings(model: Any, input_features: Any, pooled: bool = False) -> np.ndarray:
+    """transformers' audio tower + projector on `input_features`, one row per audio token;
+    `pooled`: with mtmd's average pooling of the encoder's frames by 2 before the final
+    LayerNorm (what the vendored mtmd computes for a Voxtral projector)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        if not pooled:
+            out = model.get_audio_features(input_features).pooler_output
+            return np.asarray(out.float().numpy())
+        tower = model.model.audio_tower
+        x = F.gelu(tower.conv1(input_features))
+        x = F.gelu(tower.conv2(x)).permute(0, 2, 1) + tower.embed_positions.weight
+        for layer in tower.layers:
+            x = layer(x, attention_mask=None)
+        x = F.avg_pool1d(x.transpose(1, 2), 2, 2).transpose(1, 2)
+        x = tower.layer_norm(x).reshape(-1, model.config.audio_config.intermediate_size)
+        return np.asarray(model.model.multi_modal_projector(x).float().numpy())
+
+
+def mtmd_embeddings(text: Path, mmproj: Path, samples: np.ndarray, work: Path) -> np.ndarray:
+    """mtmd's embeddings of `samples` (mtmd_bitmap_init_from_audio, mtmd_tokenize,
+    mtmd_encode_chunk): one array of rows per audio chunk, concatenated. Run in a child
+    process (mtmd aborts the process on a Voxtral projector it cannot run); MtmdAborted when
+    it ends that way."""
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "pcm.npy", samples)
+    code = "import sys, tiny_alm; tiny_alm._mtmd_main(*sys.argv[1:])"
+    args = [str(text), str(mmproj), str(work / "pcm.npy"), str(work / "rows.npy")]
+    tests = Path(__file__).parent  # tiny_alm and support, and the repository root for llorch
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise MtmdAborted(f"mtmd ended with {done.returncode}: {done.stderr[-2000:]}")
+    return np.load(work / "rows.npy")
+
+
+def _mtmd_main(text: str, mmproj: str, samples: str, out: str) -> None:
+    import ctypes
+
+    import llama_cpp as ll
+    from llama_cpp import mtmd_cpp as mt
+
+    pcm_in = np.load(samples).astype(np.float32)
+    model = ll.llama_model_load_from_file(text.encode(), ll.llama_model_default_params())
+    assert model
+    params = mt.mtmd_context_params_default()
+    params.use_gpu, params.n_threads, params.print_timings = False, THREADS, False
+    ctx = mt.mtmd_init_from_file(mmproj.encode(), model, params)
+    assert ctx and mt.mtmd_support_audio(ctx)
+    assert mt.mtmd_get_audio_sample_rate(ctx) == SAMPLE_RATE
+    data = (ctypes.c_float * len(pcm_in)).from_buffer_copy(pcm_in.tobytes())
+    bitmap = mt.mtmd_bitmap_init_from_audio(len(pcm_in), data)
+    chunks = mt.mtmd_input_chunks_init()
+    raw = mt.mtmd_default_marker()
+    text_in = mt.mtmd_input_text(raw, len(raw), False, True)
+    bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
+    assert mt.mtmd_tokenize(ctx, chunks, ctypes.byref(text_in), bitmaps, 1) == 0
+    n_embd = ll.llama_model_n_embd(model)
+    rows = []
+    for i in range(mt.mtmd_input_chunks_size(chunks)):
+        chunk = mt.mtmd_input_chunks_get(chunks, i)
+        if mt.mtmd_input_chunk_get_type(chunk) != mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
+            continue
+        n = mt.mtmd_input_chunk_get_n_tokens(chunk)
+        assert mt.mtmd_encode_chunk(ctx, chunk) == 0
+        got = np.ctypeslib.as_array(mt.mtmd_get_output_embd(ctx), shape=(n * n_embd,))
+        rows.append(got.reshape(n, n_embd).copy())
+    np.save(out, np.concatenate(rows))
+    mt.mtmd_input_chunks_free(chunks)
+    mt.mtmd_bitmap_free(bitmap)
+    mt.mtmd_free(ctx)
+    ll.llama_model_free(model)
