@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import ipaddress
@@ -25,16 +26,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING, Any
 
 from llorch.worker.backend.errors import InvalidRequestError
 from llorch.worker.backend.protocol import DecodedImage
 
-# Pillow's own bomb check raises from Image.open, before the size can be reported; ours
-# (--max-image-pixels, from the same header, before any decoding) replaces it.
-Image.MAX_IMAGE_PIXELS = None
+if TYPE_CHECKING:
+    from types import ModuleType
 
 # Formats read (Pillow's names), as llama.cpp's own loader (stb_image) reads them, WebP added.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -83,6 +81,18 @@ def check_count(refs: Sequence[MediaRef], limits: MediaLimits, param: str) -> No
         )
 
 
+@functools.cache
+def _pillow() -> ModuleType:
+    """Pillow's Image module, imported at the first image: a worker that is never sent one
+    does not hold it (2 MiB resident)."""
+    from PIL import Image
+
+    # Pillow's own bomb check raises from Image.open, before the size can be reported; ours
+    # (--max-image-pixels, from the same header, before any decoding) replaces it.
+    Image.MAX_IMAGE_PIXELS = None
+    return Image
+
+
 def load_image(ref: MediaRef, limits: MediaLimits) -> DecodedImage:
     """The image `ref` names, fetched if it is a URL, decoded and hashed (blocking)."""
     return decode_image(_bytes_of(ref, limits), limits, ref.param)
@@ -90,9 +100,10 @@ def load_image(ref: MediaRef, limits: MediaLimits) -> DecodedImage:
 
 def decode_image(data: bytes, limits: MediaLimits, param: str) -> DecodedImage:
     """RGB pixels of an encoded image; the format and size are checked from the header."""
+    pillow = _pillow()
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-    except UnidentifiedImageError:
+        image = pillow.open(io.BytesIO(data))  # reads the header only
+    except pillow.UnidentifiedImageError:
         raise MediaError(
             f"{param}: not an image llorch reads (a corrupt header, or a format other than "
             f"{', '.join(FORMATS)})",

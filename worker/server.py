@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -223,6 +222,9 @@ async def _send_ready_callback(
     if any(e.state is not State.READY for e in fleet.loaded().values()):
         log.error("not calling back %s: a model failed to load", settings.callback_url)
         return
+    # Imported here: a worker without --callback-url never needs the client (5 MiB resident).
+    import httpx
+
     payload = callback_payload(settings, fleet)
     delay = CALLBACK_FIRST_DELAY_S
     async with httpx.AsyncClient(timeout=10.0) as client:

@@ -15,12 +15,13 @@ the generation prompt and the answer after them) and every `--checkpoint-min-ste
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
 import llama_cpp as ll
 
-PARTIAL = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+from llorch.worker.backend import seq_state
+from llorch.worker.backend.seq_state import PARTIAL
+
 END_OFFSET = 4  # llama-server's checkpoint_offsets: 4 and 4 + n_ubatch before the end
 MIN_PROMPT = 64  # shorter prompts are cheap to read again (as prompt_cache.MIN_TOKENS)
 
@@ -28,7 +29,7 @@ MIN_PROMPT = 64  # shorter prompts are cheap to read again (as prompt_cache.MIN_
 @dataclass(frozen=True)
 class Checkpoint:
     n_tokens: int  # the state after this many tokens of the slot's cache
-    data: bytes
+    data: bytearray  # llama.cpp's partial sequence state (seq_state.py)
 
 
 class Checkpoints:
@@ -88,16 +89,12 @@ class Checkpoints:
         memory = ll.llama_get_memory(self._ctx)
         if ll.llama_memory_seq_pos_min(memory, seq_id) < 0:
             return  # nothing cached
-        size = ll.llama_state_seq_get_size_ext(self._ctx, seq_id, PARTIAL)
-        if size <= 0:
+        data = seq_state.copy_out(self._ctx, seq_id, PARTIAL)
+        if data is None:
             return
-        buffer = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data_ext(self._ctx, buffer, size, seq_id, PARTIAL)
-        if written <= 0:
-            return
-        mine.append(Checkpoint(n_tokens, bytes(buffer)[:written]))
+        mine.append(Checkpoint(n_tokens, data))
         mine.sort(key=lambda c: c.n_tokens)
-        self.bytes_used += written
+        self.bytes_used += len(data)
         self.taken += 1
         while len(mine) > self.per_slot:  # the oldest out first, as llama-server does
             self.bytes_used -= len(mine.pop(0).data)
@@ -115,9 +112,7 @@ class Checkpoints:
         result = 0
         if usable:
             best = usable[-1]
-            data = (ctypes.c_uint8 * len(best.data)).from_buffer_copy(best.data)
-            done = ll.llama_state_seq_set_data_ext(self._ctx, data, len(best.data), seq_id, PARTIAL)
-            if done:
+            if seq_state.copy_in(self._ctx, best.data, seq_id, PARTIAL):
                 result = best.n_tokens
                 self.restored += 1
         self.drop_after(seq_id, result)

@@ -18,7 +18,6 @@ the start of the sequence to the end of that block.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 import llama_cpp as ll
 import numpy as np
 
+from llorch.worker.backend import seq_state
 from llorch.worker.backend.checkpoints import Checkpoint
 from llorch.worker.backend.protocol import PREFIX_BLOCK, LoraKey
 from llorch.worker.backend.slots import common_prefix
@@ -47,7 +47,7 @@ def prefix_hashes(tokens: Sequence[int], block: int = PREFIX_BLOCK) -> list[str]
 class CachedState:
     tokens: tuple[int, ...]
     lora: LoraKey
-    state: bytes
+    state: bytearray  # llama.cpp's sequence state (seq_state.py)
     # The slot's context checkpoints (checkpoints.py): a prompt sharing only part of this
     # entry goes back to one of them, where the cache cannot be cut (windows, recurrent).
     checkpoints: tuple[Checkpoint, ...] = ()
@@ -83,17 +83,13 @@ class PromptCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
-        size = ll.llama_state_seq_get_size(self._ctx, seq_id)
-        if size <= 0 or size > self.budget_bytes:
-            return
-        buffer = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data(self._ctx, buffer, size, seq_id)
-        if written <= 0:
+        state = seq_state.copy_out(self._ctx, seq_id, seq_state.FULL, limit=self.budget_bytes)
+        if state is None:
             return
         # An entry this one extends is of no more use: the longer one serves its prefixes.
         for old in [k for k in self._entries if k[1] == lora and key[0][: len(k[0])] == k[0]]:
             self._drop(old)
-        entry = CachedState(key[0], lora, bytes(buffer)[:written], tuple(checkpoints))
+        entry = CachedState(key[0], lora, state, tuple(checkpoints))
         self._entries[key] = entry
         self.used_bytes += entry.size
         while self.used_bytes > self.budget_bytes and self._entries:
@@ -111,8 +107,7 @@ class PromptCache:
 
     def restore(self, entry: CachedState, seq_id: int) -> bool:
         """Copy `entry` into `seq_id` (which must be empty); False when llama.cpp refuses."""
-        data = (ctypes.c_uint8 * len(entry.state)).from_buffer_copy(entry.state)
-        if ll.llama_state_seq_set_data(self._ctx, data, len(entry.state), seq_id) == 0:
+        if not seq_state.copy_in(self._ctx, entry.state, seq_id, seq_state.FULL):
             return False
         self._entries.move_to_end((entry.tokens, entry.lora))
         return True
