@@ -186,10 +186,27 @@ def mtmd_embeddings(text: Path, mmproj: Path, samples: np.ndarray, work: Path) -
     mtmd_encode_chunk): one array of rows per audio chunk, concatenated. Run in a child
     process (mtmd aborts the process on a Voxtral projector it cannot run); MtmdAborted when
     it ends that way."""
+    return dict(_run_mtmd(text, mmproj, samples, work, "", 0))["rows"]
+
+
+def mtmd_greedy(
+    text: Path, mmproj: Path, samples: np.ndarray, work: Path, prompt: str, n: int
+) -> dict[str, np.ndarray]:
+    """llama.cpp's own path for `prompt` with one audio where mtmd's marker is: mtmd_tokenize,
+    mtmd_helper_eval_chunks from position 0, then `n` greedy tokens. `before` and `after`:
+    the prompt's text tokens either side of the audio (mtmd's [BEGIN_AUDIO] in `before`),
+    `rows` the audio's embeddings, `logits` the logits each greedy token was taken from,
+    `tokens` the tokens."""
+    return dict(_run_mtmd(text, mmproj, samples, work, prompt, n))
+
+
+def _run_mtmd(
+    text: Path, mmproj: Path, samples: np.ndarray, work: Path, prompt: str, n: int
+) -> Any:
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "pcm.npy", samples)
     code = "import sys, tiny_alm; tiny_alm._mtmd_main(*sys.argv[1:])"
-    args = [str(text), str(mmproj), str(work / "pcm.npy"), str(work / "rows.npy")]
+    args = [str(text), str(mmproj), str(work / "pcm.npy"), str(work / "out.npz"), prompt, str(n)]
     tests = Path(__file__).parent  # tiny_alm and support, and the repository root for llorch
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
     done = subprocess.run(
@@ -197,10 +214,10 @@ def mtmd_embeddings(text: Path, mmproj: Path, samples: np.ndarray, work: Path) -
     )
     if done.returncode != 0:
         raise MtmdAborted(f"mtmd ended with {done.returncode}: {done.stderr[-2000:]}")
-    return np.load(work / "rows.npy")
+    return np.load(work / "out.npz")
 
 
-def _mtmd_main(text: str, mmproj: str, samples: str, out: str) -> None:
+def _mtmd_main(text: str, mmproj: str, samples: str, out: str, prompt: str, n: str) -> None:
     import ctypes
 
     import llama_cpp as ll
@@ -217,22 +234,64 @@ def _mtmd_main(text: str, mmproj: str, samples: str, out: str) -> None:
     data = (ctypes.c_float * len(pcm_in)).from_buffer_copy(pcm_in.tobytes())
     bitmap = mt.mtmd_bitmap_init_from_audio(len(pcm_in), data)
     chunks = mt.mtmd_input_chunks_init()
-    raw = mt.mtmd_default_marker()
-    text_in = mt.mtmd_input_text(raw, len(raw), False, True)
+    raw = prompt.encode() or mt.mtmd_default_marker()
+    text_in = mt.mtmd_input_text(raw, len(raw), True, True)
     bitmaps = (mt.mtmd_bitmap_p_ctypes * 1)(bitmap)
     assert mt.mtmd_tokenize(ctx, chunks, ctypes.byref(text_in), bitmaps, 1) == 0
     n_embd = ll.llama_model_n_embd(model)
-    rows = []
+    rows, text_parts = [], [[], []]  # the text tokens before and after the audio
     for i in range(mt.mtmd_input_chunks_size(chunks)):
         chunk = mt.mtmd_input_chunks_get(chunks, i)
-        if mt.mtmd_input_chunk_get_type(chunk) != mt.MTMD_INPUT_CHUNK_TYPE_AUDIO:
+        if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+            count = ctypes.c_size_t(0)
+            ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+            text_parts[1 if rows else 0] += [ptr[k] for k in range(count.value)]
             continue
-        n = mt.mtmd_input_chunk_get_n_tokens(chunk)
+        n_rows = mt.mtmd_input_chunk_get_n_tokens(chunk)
         assert mt.mtmd_encode_chunk(ctx, chunk) == 0
-        got = np.ctypeslib.as_array(mt.mtmd_get_output_embd(ctx), shape=(n * n_embd,))
-        rows.append(got.reshape(n, n_embd).copy())
-    np.save(out, np.concatenate(rows))
+        got = np.ctypeslib.as_array(mt.mtmd_get_output_embd(ctx), shape=(n_rows * n_embd,))
+        rows.append(got.reshape(n_rows, n_embd).copy())
+    logits, tokens = _greedy(ll, mt, model, ctx, chunks, int(n)) if int(n) else ([], [])
+    np.savez(
+        out,
+        rows=np.concatenate(rows),
+        before=np.array(text_parts[0]),
+        after=np.array(text_parts[1]),
+        logits=np.array(logits),
+        tokens=np.array(tokens),
+    )
     mt.mtmd_input_chunks_free(chunks)
     mt.mtmd_bitmap_free(bitmap)
     mt.mtmd_free(ctx)
     ll.llama_model_free(model)
+
+
+def _greedy(ll: Any, mt: Any, model: Any, mctx: Any, chunks: Any, n: int) -> tuple[list, list]:
+    """mtmd_helper_eval_chunks from position 0 (llama-server's and mtmd-cli's way), then `n`
+    greedy tokens, each decoded at the position after the last; their logits and ids. The
+    KV cache F32, as the parity tests' (F16 cells round the keys and values)."""
+    import ctypes
+
+    params = ll.llama_context_default_params()
+    params.n_ctx = params.n_batch = 1024
+    params.n_threads = params.n_threads_batch = THREADS
+    params.type_k = params.type_v = ll.GGML_TYPE_F32  # F16 cells alone differ by 4e-3
+    lctx = ll.llama_init_from_model(model, params)
+    batch = ll.llama_batch_init(1, 0, 1)
+    n_past = ll.llama_pos(0)
+    rc = mt.mtmd_helper_eval_chunks(mctx, lctx, chunks, 0, 0, 1024, True, ctypes.byref(n_past))
+    assert rc == 0
+    n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+    logits, tokens, pos = [], [], n_past.value
+    for _ in range(n):
+        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(lctx, -1), shape=(n_vocab,)).copy()
+        logits.append(row)
+        tokens.append(int(np.argmax(row)))
+        batch.n_tokens = 1
+        batch.token[0], batch.pos[0], batch.n_seq_id[0] = tokens[-1], pos, 1
+        batch.seq_id[0][0], batch.logits[0] = 0, True
+        assert ll.llama_decode(lctx, batch) == 0
+        pos += 1
+    ll.llama_batch_free(batch)
+    ll.llama_free(lctx)
+    return logits, tokens

@@ -18,7 +18,9 @@ Whisper-style encoder and Voxtral's projector as clip `voxtral`), on the tiny ra
   frames stacked the counts agree and mtmd runs: its rows from the PCM samples equal
   transformers' encoder with that pooling added before the final LayerNorm, fed by Voxtral's
   WhisperFeatureExtractor on the same samples (so mtmd's log-mel front-end is the
-  extractor's), F32 and F16 projectors; transformers' own rows are twice as many;
+  extractor's), F32 and F16 projectors; transformers' own rows are twice as many; a text and
+  audio prompt run by llama.cpp (mtmd_helper_eval_chunks, greedy tokens) gives transformers'
+  greedy tokens with those rows in the prompt;
 - a checkpoint mtmd would run wrong is refused before anything is written.
 """
 
@@ -29,6 +31,7 @@ import shutil
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 import tiny_alm
 import tiny_vlm
@@ -170,3 +173,40 @@ def test_a_checkpoint_mtmd_would_run_wrong_is_refused_before_writing(
     with pytest.raises(ConfigError, match=match):
         convert(folder, out / "m.gguf", outtype="f16", verify=False)
     assert list(out.iterdir()) == []
+
+
+def test_a_text_and_audio_prompt_reads_as_transformers_with_mtmds_pooling(
+    alm2: tiny_alm.TinyAlm, tmp_path: Path
+) -> None:
+    """llama.cpp's own path (mtmd_helper_eval_chunks, then greedy tokens) on the converted
+    files against transformers' VoxtralForConditionalGeneration given the same prompt, its
+    audio rows those of transformers' encoder with mtmd's pooling: the logits each greedy
+    token is taken from and the tokens. Bound: 1e-2 of the largest logit. Measured: 3.8e-3
+    (0.0077 of 2.01) at the first step, the same with mtmd's own audio rows given to
+    transformers (0.0082), so the difference lies in the text part over this 390-position
+    prompt (longer than the tiny model's max_position_embeddings, 256), not in the audio rows;
+    its cause is not found (the parity case, on short text prompts, agrees within 1e-6)."""
+    import torch
+
+    samples = tiny_alm.pcm(2)
+    marker = "<__media__>"
+    got = tiny_alm.mtmd_greedy(
+        alm2.text, alm2.mmproj, samples, tmp_path, f"[INST]{marker}describe it[/INST]", 4
+    )
+    reference = tiny_alm.reference(alm2.folder)
+    feats = tiny_alm.features(alm2.folder, samples)
+    rows = torch.from_numpy(tiny_alm.reference_embeddings(reference, feats, pooled=True))
+    embed = reference.get_input_embeddings()
+    tokens: list[int] = []
+    with torch.no_grad():
+        for step in range(4):
+            after = torch.tensor([*got["after"].tolist(), *tokens])
+            inputs = torch.cat([embed(torch.from_numpy(got["before"])), rows, embed(after)])
+            logits = reference(inputs_embeds=inputs[None]).logits[0, -1].numpy()
+            scale = float(np.abs(logits).max())
+            diff = float(np.abs(logits - got["logits"][step]).max())
+            print(f"LOGITS voxtral stack 2 step {step}: max|diff| {diff:.3g} of {scale:.3g}")
+            assert diff <= 1e-2 * scale, (step, diff, scale)
+            tokens.append(int(np.argmax(logits)))
+    assert len(got["before"]) >= 2 and len(got["after"]) >= 2
+    assert tokens == got["tokens"].tolist()
