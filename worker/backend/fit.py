@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from llorch.worker.backend import offload
 from llorch.worker.backend.errors import OutOfMemoryError
@@ -35,6 +36,46 @@ def free_host_bytes() -> int | None:
     return host_memory_available()
 
 
+def layer_memory(
+    meta: Callable[[str], str], n_layer: int, memory: str
+) -> tuple[tuple[bool, ...], int]:
+    """(which layers keep a KV cache, the bytes of recurrent state a slot holds), as llama.cpp
+    decides when it builds a loaded model's memory (src/models/*.cpp `is_recr_impl`,
+    llama-hparams.cpp `n_embd_r`/`n_embd_s`). `memory`: "attention", "recurrent" (no KV
+    cache) or "hybrid": the attention layers are every `full_attention_interval`-th (Qwen 3.5,
+    Qwen3-Next, MiniMax-01), else those with KV heads in the per-layer `head_count_kv` array
+    (Granite 4, Jamba, LFM2, Nemotron-H), else all of them, each beside its recurrent mixer
+    (Falcon-H1). A recurrent layer's state is priced from the Mamba-style `ssm.*` keys (F32,
+    llama.cpp's default): (conv_kernel - 1) x (inner + 2 x groups x state) values of
+    convolution and state x inner of scan state; RWKV's, LFM2's and KDA's, read from other
+    keys, are not priced (0). `meta(key)` with "{arch}" filled in."""
+    if memory == "attention":
+        return (), 0
+    kv: tuple[bool, ...] = (False,) * n_layer
+    recurrent = n_layer
+    if memory == "hybrid":
+        kv = ()
+        interval = meta("{arch}.full_attention_interval")
+        heads = meta("{arch}.attention.head_count_kv")
+        counts = [item.strip() for item in heads.strip("[]").split(",")]
+        if interval.isdigit() and int(interval) > 0:
+            kv = tuple((i + 1) % int(interval) == 0 for i in range(n_layer))
+        elif heads.startswith("[") and len(counts) == n_layer and all(c.isdigit() for c in counts):
+            kv = tuple(int(c) > 0 for c in counts)  # an array, as llama.cpp shows one
+        if kv:
+            recurrent = kv.count(False)
+
+    def ssm(name: str) -> int:
+        value = meta("{arch}.ssm." + name)
+        return int(value) if value.isdigit() else 0
+
+    conv, inner, state, groups = (
+        ssm(k) for k in ("conv_kernel", "inner_size", "state_size", "group_count")
+    )
+    per_layer = max(conv - 1, 0) * (inner + 2 * groups * state) + state * inner
+    return kv, 4 * per_layer * recurrent
+
+
 def loaded_footprint(
     meta: Callable[[str], str],
     arch: str,
@@ -42,10 +83,12 @@ def loaded_footprint(
     n_vocab: int,
     weights_bytes: int,
     logged: Iterable[str],
+    memory: str = "attention",
 ) -> offload.ModelFootprint:
     """The footprint of a model llama.cpp has loaded: its hyperparameters from the GGUF's
-    metadata (`meta(key)`), its sliding-window layers from the loader's log lines. The
-    weights count as a whole (other_bytes): the host holds them all."""
+    metadata (`meta(key)`), its sliding-window layers from the loader's log lines, its KV
+    layers and recurrent state by `memory` (layer_memory). The weights count as a whole
+    (other_bytes): the host holds them all."""
     slides = {int(m[1]): m[2] == "1" for m in _IS_SWA.finditer("".join(logged))}
 
     def get(key: str, default: int) -> int:
@@ -55,7 +98,11 @@ def loaded_footprint(
             return default
 
     swa = tuple(slides.get(i, False) for i in range(n_layer))
-    return offload.shape(get, (0,) * n_layer, weights_bytes, n_vocab, swa)
+    kv, recurrent = layer_memory(lambda key: meta(key.format(arch=arch)), n_layer, memory)
+    return replace(
+        offload.shape(get, (0,) * n_layer, weights_bytes, n_vocab, swa, kv),
+        recurrent_bytes_per_slot=recurrent,
+    )
 
 
 def _gib(n: int) -> str:

@@ -324,7 +324,14 @@ class LlamaCppBackend:
         n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
         arch = meta(gguf.Keys.General.ARCHITECTURE)
         n_layer = ll.llama_model_n_layer(model)
-        return fit.loaded_footprint(meta, arch, n_layer, n_vocab, weights, loading)
+        memory = (
+            "recurrent"
+            if ll.llama_model_is_recurrent(model)
+            else "hybrid"
+            if ll.llama_model_is_hybrid(model)
+            else "attention"
+        )
+        return fit.loaded_footprint(meta, arch, n_layer, n_vocab, weights, loading, memory)
 
     def _fit_on_gpu(self, path: Path, options: LoadOptions) -> LoadOptions:
         """--fit on a GPU, before the load: every layer on the GPU with the context that

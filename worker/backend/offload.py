@@ -39,6 +39,14 @@ class ModelFootprint:
     n_swa: int = 0
     n_vocab: int = 0  # the logits' width: the compute buffer holds a batch of them
     n_embd: int = 0
+    # Which layers have a KV cache at all: a recurrent layer (Mamba-2; the recurrent layers
+    # of Qwen 3.5, Granite 4, LFM2) holds a small fixed state per slot instead. (): every
+    # layer (attention models, and an upper bound where it is not known).
+    kv_layers: tuple[bool, ...] = ()
+    recurrent_bytes_per_slot: int = 0  # the recurrent layers' states, whatever the context
+
+    def has_kv(self, layer: int) -> bool:
+        return layer >= len(self.kv_layers) or self.kv_layers[layer]
 
     def kv_bytes_per_token(self, type_k: str = "f16", type_v: str = "f16") -> float:
         """What one cell of one layer costs with these cache types (backend/kvcache.py)."""
@@ -55,6 +63,7 @@ def shape(
     other_bytes: int,
     n_vocab: int,
     swa_layers: tuple[bool, ...] = (),
+    kv_layers: tuple[bool, ...] = (),
 ) -> ModelFootprint:
     """A footprint from the model's hyperparameters, `get(gguf.Keys template, default)`
     (read from the GGUF header, or from a model llama.cpp has loaded)."""
@@ -74,6 +83,7 @@ def shape(
         get(Keys.Attention.SLIDING_WINDOW, 0) if any(swa_layers) else 0,
         n_vocab,
         n_embd,
+        kv_layers,
     )
 
 
@@ -120,13 +130,14 @@ def context_bytes(
     n_ubatch: int = 512,
 ) -> int:
     """The KV cache of `parallel` slots of `per_slot` tokens, each layer priced at the cells
-    it keeps (kv_cells_per_slot) and its cache types."""
+    it keeps (kv_cells_per_slot) and its cache types, and each slot's recurrent state."""
     per_token = model.kv_bytes_per_token(type_k, type_v)
     cells = sum(
         kv_cells_per_slot(model, layer, per_slot, swa_full, n_ubatch)
         for layer in range(len(model.layer_bytes))
+        if model.has_kv(layer)
     )
-    return round(per_token * cells * parallel)
+    return round(per_token * cells * parallel) + model.recurrent_bytes_per_slot * parallel
 
 
 def compute_bytes(model: ModelFootprint, parallel: int, n_ubatch: int = 512) -> int:
@@ -152,10 +163,11 @@ def fit_layers(
     kv_per_layer = round(model.kv_bytes_per_token(type_k, type_v) * n_ctx_total)
     used = 0
     fitted = 0
-    for layer in model.layer_bytes:
-        if used + layer + kv_per_layer > budget:
+    for i, layer in enumerate(model.layer_bytes):
+        cost = layer + (kv_per_layer if model.has_kv(i) else 0)
+        if used + cost > budget:
             return fitted
-        used += layer + kv_per_layer
+        used += cost
         fitted += 1
     if used + model.other_bytes <= budget:
         return fitted + 1

@@ -204,3 +204,25 @@ def test_on_a_gpu_where_the_floor_does_not_fit_fewer_layers(tiny, monkeypatch):
     assert chosen is not None and info.n_gpu_layers == 1 and chosen.ctx_per_slot == floor
     assert chosen.reason.startswith(f"not even {floor} tokens a slot fit")
     assert chosen.device == "gpu" and chosen.expected_bytes <= free
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", ["qwen35-hybrid", "falcon-h1-0.5b", "mamba2"])
+def test_recurrent_layers_are_priced_as_their_state(case_id, tmp_path, monkeypatch):
+    """Qwen 3.5's recurrent layers (3 of every 4) and Mamba-2's hold a fixed state per slot,
+    not a KV cache; Falcon-H1's layers have both. The fit prices exactly the memory llama.cpp
+    then allocates for them (its load lines: the KV cache and the recurrent states)."""
+    case = parity_cases.CASES[case_id]
+    built = build_checkpoint(
+        tmp_path / "hf", case.model_cls, case.config_cls, case.config, tokenizer="gpt2"
+    )
+    path = tmp_path / "m.gguf"
+    convert(built.folder, path, outtype="f32")
+    info = load(path, monkeypatch, 64 << 30, ctx_max=0)
+    assert info.fit is not None and info.kv_cache is not None
+    assert info.fit.kv_bytes == pytest.approx(info.kv_cache.size_bytes, abs=0.01 * MiB)
+    every_layer = offload.context_bytes(offload.footprint(path), info.fit.ctx_per_slot, 4)
+    if case_id == "qwen35-hybrid":  # the header's bound prices every layer as attention
+        assert info.fit.kv_bytes < every_layer
+    else:  # Falcon-H1: every layer attends and has a state; Mamba-2: no KV heads, a state
+        assert info.fit.kv_bytes > every_layer
