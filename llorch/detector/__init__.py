@@ -253,8 +253,23 @@ def _detect_gguf(source: str, path: Path) -> Detection:
         supported=True,  # llama.cpp decides at load time; it knows more arches than we convert
         reason=None,
         provenance=gguf_provenance(header.fields),
-        projector=value_of(gguf.Keys.Clip.PROJECTOR_TYPE),
+        projector=_projector_types(value_of),
     )
+
+
+def _projector_types(value_of: Any) -> str | None:
+    """A projector file's clip types: one key for a single tower, or one per tower
+    (`clip.vision.projector_type`, `clip.audio.projector_type`: Gemma 4's file, as llama.cpp
+    writes it even with the vision tower alone), joined as an HF checkpoint's row shows them."""
+    one = value_of(gguf.Keys.Clip.PROJECTOR_TYPE)
+    if isinstance(one, str):
+        return one
+    per_tower = [
+        value_of(key)
+        for key in (gguf.Keys.ClipVision.PROJECTOR_TYPE, gguf.Keys.ClipAudio.PROJECTOR_TYPE)
+    ]
+    found = [t for t in per_tower if isinstance(t, str)]
+    return ", ".join(found) or None
 
 
 __all__ = [

@@ -151,3 +151,12 @@ def test_a_setting_the_graph_does_not_compute_is_refused_before_writing(
     with pytest.raises(ConfigError, match=match):
         convert(folder, out / "m.gguf", outtype="f16", verify=False)
     assert list(out.iterdir()) == []
+
+
+def test_detect_names_the_projector_of_the_file_and_of_the_folder(vlm: tiny_vlm.TinyVlm) -> None:
+    """Gemma 4's file keeps its type under the vision tower's key (clip.vision.projector_type),
+    not the single-tower one the other families' files have."""
+    from llorch.detector import detect
+
+    assert detect(str(vlm.mmproj)).projector == "gemma4v"
+    assert detect(str(vlm.folder)).projector == "gemma4v"
