@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 from llorch import keys
 from llorch.convert.errors import ConversionError, QualityError
 from llorch.cpus import default_threads
+from llorch.hugepages import without_huge_page_advice
 
 DEFAULT_CHUNK = 512
 MIN_LOG_PROB = -16.0  # perplexity.cpp's log_softmax skips smaller reference terms
@@ -187,26 +188,6 @@ def _against(
     return kld, target_log_probs, top
 
 
-@contextlib.contextmanager
-def _without_huge_page_advice() -> Iterator[None]:
-    """numpy asks the kernel to back every array of 4 MiB or more with huge pages
-    (madvise(MADV_HUGEPAGE), numpy 1.20's release notes); under transparent huge pages'
-    default `defrag = madvise`, each first touch of such an array may then compact memory
-    synchronously. The reference's log-probabilities are hundreds of MiB of new arrays:
-    measured, the first measurement of a 76-chunk run (the reference's pass included) took
-    15-16 s with the advice, 9-10 s without."""
-    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
-    toggle = getattr(multiarray, "_set_madvise_hugepage", None)
-    if toggle is None:
-        yield
-        return
-    before = toggle(False)
-    try:
-        yield
-    finally:
-        toggle(before)
-
-
 def measure(
     reference: str | os.PathLike[str],
     candidate: str | os.PathLike[str],
@@ -229,7 +210,7 @@ def measure(
         raise QualityError(f"chunk {chunk}: must be at least 16 tokens")
     threads = n_threads or default_threads()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_without_huge_page_advice())
+        stack.enter_context(without_huge_page_advice())
         ref = _Evaluator(stack, Path(reference), chunk, threads)
         cand = _Evaluator(stack, Path(candidate), chunk, threads)
         if ref.vocab.n_tokens != cand.vocab.n_tokens:
