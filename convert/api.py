@@ -111,7 +111,7 @@ def _left_out(model: ModelInput, vision: projector.ProjectorJob | None, asked: b
     """A multimodal wrapper converted without its projector, or with one that does not hold
     every part beside the text part, says so: which parts are left out and why."""
     outside = [ref.name for ref in model.ckpt if model.text_name(ref.name) is None]
-    if vision is not None:  # the parts the projector does not hold either (Gemma 4's audio)
+    if vision is not None:  # the parts the projector does not hold either
         used = {source for plan in vision.plans for source in plan.sources}
         rest = [name for name in outside if name not in used]
         if not rest:

@@ -9,8 +9,10 @@ text part is f32) whatever the text part's type, as llama.cpp recommends: its to
 beside the language model, and mtmd's clip graph reads F16 and F32. The file is planned with
 the text part (every tensor mapped before anything is written) and written to a temp file by
 the text part's writer, renamed beside it on success. A checkpoint with both a vision and an
-audio tower (one file of two encoders, each with its own projector type key) is refused: no
-family that llorch converts has both yet.
+audio tower (Gemma 4 E2B / E4B) gets one file of both encoders, as llama.cpp writes it: each
+tower's keys and tensors, both planned before anything is written, and each tower's
+projector type under its own key (`clip.vision.projector_type`, `clip.audio.projector_type`),
+which mtmd reads to build one context per tower from the same file.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class AudioInput(TowerInput):
 
 
 INPUTS: Mapping[str, type[TowerInput]] = {"vision": VisionInput, "audio": AudioInput}
+# a tower's projector type key in a file of several towers
+TYPE_KEYS = {
+    "vision": gguf.Keys.ClipVision.PROJECTOR_TYPE,
+    "audio": gguf.Keys.ClipAudio.PROJECTOR_TYPE,
+}
 M = TypeVar("M", bound=TowerInput, contravariant=True)
 
 
@@ -269,15 +276,31 @@ def _preprocessor(folder: Path) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ProjectorJob:
-    """A planned projector file: where it goes, its type, its tensors."""
+class Tower:
+    """One encoder of a projector file, planned: its input, family, type and tensors."""
 
     model: TowerInput
     family: TowerFamily[Any]
     projector: str  # llama.cpp's clip projector type
+    plans: list[PlannedTensor]
+
+
+@dataclass(frozen=True)
+class ProjectorJob:
+    """A planned projector file: where it goes, its type, its towers (vision first)."""
+
+    towers: tuple[Tower, ...]
     out: Path
     outtype: str  # f16 or f32
-    plans: list[PlannedTensor]
+
+    @property
+    def projector(self) -> str:
+        """The towers' projector types, as `llorch detect` names them."""
+        return ", ".join(t.projector for t in self.towers)
+
+    @property
+    def plans(self) -> list[PlannedTensor]:
+        return [p for t in self.towers for p in t.plans]
 
     @property
     def parameters(self) -> int:
@@ -310,29 +333,33 @@ def prepare(det: Detection, out: Path, outtype: str) -> ProjectorJob | None:
     towers = _towers(lookup(det.hf_architecture), det.config)
     if not towers:
         return None
-    if len(towers) > 1:
-        raise ConfigError(
-            f"{det.path / 'config.json'}: {' and '.join(p.config_key for p in towers)}; llorch "
-            "writes a projector of one tower, not of several in one file"
-        )
-    (part,) = towers
     from llorch.convert.families import load_family
 
-    family = cast(TowerFamily[Any], load_family(part.family))
     n_embd = text_config(det.config).get("hidden_size")
     if not isinstance(n_embd, int):
         raise ConfigError(f"{det.path / 'config.json'}: missing integer text hidden_size")
-    model = INPUTS[part.modality](
-        folder=det.path,
-        config=det.config,
-        tower=det.config[part.config_key],
-        n_embd_text=n_embd,
-        preprocessor=_preprocessor(det.path),
-        ckpt=det.checkpoint,
-    )
-    ptype = projector_type(outtype)
-    plans = family.plan(model)
-    return ProjectorJob(model, family, part.projector_type, out, ptype, plans)
+    preprocessor = _preprocessor(det.path)
+    planned: list[Tower] = []
+    for part in towers:
+        family = cast(TowerFamily[Any], load_family(part.family))
+        model = INPUTS[part.modality](
+            folder=det.path,
+            config=det.config,
+            tower=det.config[part.config_key],
+            n_embd_text=n_embd,
+            preprocessor=preprocessor,
+            ckpt=det.checkpoint,
+        )
+        planned.append(Tower(model, family, part.projector_type, family.plan(model)))
+    job = ProjectorJob(tuple(planned), out, projector_type(outtype))
+    seen: set[str] = set()
+    for plan in job.plans:
+        if plan.name in seen:
+            raise ConfigError(
+                f"{det.path}: two towers write the tensor {plan.name!r} ({job.projector})"
+            )
+        seen.add(plan.name)
+    return job
 
 
 @contextlib.contextmanager
@@ -353,7 +380,14 @@ def write(
     w.add_name(name)
     w.add_size_label(gguf.size_label(job.parameters, 0, 0, 0))
     w.add_file_type(gw.DIRECT[job.outtype][1])
-    job.family.write_hparams(job.model, w)
+    for tower in job.towers:
+        tower.family.write_hparams(tower.model, w)
+        # a file of several towers names each one's type under its own key, as mtmd reads
+        # it there; a tower written alone keeps the key its family wrote
+        one = w.kv_data[0].get(gguf.Keys.Clip.PROJECTOR_TYPE)
+        if one is not None and len(job.towers) > 1:
+            del w.kv_data[0][gguf.Keys.Clip.PROJECTOR_TYPE]
+            w.add_string(TYPE_KEYS[tower.model.modality], one.value)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in (metadata or {}).items():
         w.kv_data[0].pop(key, None)

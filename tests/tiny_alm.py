@@ -134,6 +134,45 @@ def cached(base: Path, stack: int = 4) -> TinyAlm:
     return _built(folder)
 
 
+# Gemma 4 with an audio tower (E2B / E4B's layout): tests/tiny_vlm.py's "gemma4-audio", whose one
+# projector file holds the vision tower (clip gemma4v) and the audio tower (clip gemma4a).
+# Gemma 4's feature extractor pads the samples to a multiple of 128 and masks the padding, mtmd
+# pads nothing; both make the same rows: 2.56 s (40960 samples) 255 mel frames and 64 audio
+# tokens, 2.5 s (40000, padded to 40064) 249 unmasked frames and 63 tokens.
+GEMMA4_SECONDS = {2.56: 64, 2.5: 63}  # seconds: audio tokens
+
+
+def cached_gemma4(base: Path) -> TinyAlm:
+    """The tiny random Gemma 4 with an audio tower, built and converted by llorch once under
+    `base` (pytest's session folder, getbasetemp()): its folder, the text part (GGUF F32) and
+    the two-tower projector beside it (`<text>-mmproj-f32.gguf`)."""
+    from tiny_vlm import cached
+
+    built = cached(base, "gemma4-audio")
+    return TinyAlm(built.folder, built.text, built.mmproj)
+
+
+def gemma4_features(samples: np.ndarray) -> tuple[Any, Any]:
+    """Gemma 4's input features for `samples` and their mask: Gemma4AudioFeatureExtractor
+    with its defaults (128 mel bins, 20 ms windows, 10 ms hops), as released."""
+    import transformers
+
+    extractor = transformers.Gemma4AudioFeatureExtractor()
+    out = extractor([samples], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    return out["input_features"], out["input_features_mask"]
+
+
+def gemma4_reference(model: Any, features: Any, mask: Any) -> np.ndarray:
+    """transformers' audio tower + audio embedder (get_audio_features) on `features`, one row
+    per audio token the mask keeps."""
+    import torch
+
+    with torch.no_grad():
+        out = model.model.get_audio_features(features, mask)
+        rows = out.pooler_output[0][out.attention_mask[0]]
+    return np.asarray(rows.float().numpy())
+
+
 def pcm(seed: int, seconds: float = 2.5) -> np.ndarray:
     """Mono float32 samples at SAMPLE_RATE in -1..1: two tones and some noise."""
     t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE

@@ -19,7 +19,7 @@ in conversion/base.py) and mtmd (tools/mtmd/clip.cpp, models/gemma4v.cpp):
   and the norms' epsilon. mtmd hard-codes RoPE base 100, 3 x 3 pooling (read from
   `clip.vision.projector.scale_factor` where written, as here when pooling_kernel_size is not
   3) and 70 to 1120 tokens an image, aligned to patch_size x pooling.
-- The audio tower and its embedder (E2B / E4B) are not written: the notes say so.
+- E2B / E4B's audio tower and its embedder go into the same file (gemma4_audio.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ import numpy as np
 
 from llorch.convert.errors import ConfigError, UnmappedTensorError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
-from llorch.convert.projector import TowerShape, VisionInput, plan_tower, vision_int, write_tower
+from llorch.convert.projector import (
+    TowerInput,
+    TowerShape,
+    VisionInput,
+    plan_tower,
+    vision_int,
+    write_tower,
+)
 
 _T = gguf.MODEL_TENSOR
 
@@ -138,7 +145,7 @@ def _expected(model: VisionInput) -> dict[_T, tuple[int, ...]]:
     }
 
 
-def _loader(model: VisionInput, source: str, shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
+def _loader(model: TowerInput, source: str, shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
     return lambda: model.ckpt.load_f32(source).reshape(shape)
 
 
@@ -160,17 +167,27 @@ def plan(model: VisionInput) -> list[PlannedTensor]:
 
     n_block = _v(model, "num_hidden_layers")
     plans = plan_tower(model, "gemma4v", n_block, _source_name, _expected(model), REQUIRED, planned)
+    return plans + clamp_bounds(model, plans, _source_name)
+
+
+def clamp_bounds(
+    model: TowerInput, plans: list[PlannedTensor], source_name: Callable[[str], str | None]
+) -> list[PlannedTensor]:
+    """The clippable linears' bounds of the tower's part (`source_name` not None for the
+    linear), each a 1-D F32 tensor named after its linear's GGUF weight in `plans`; the
+    audio tower's (gemma4_audio.py) as the vision tower's."""
     weights = {p.sources[0]: p.name for p in plans}
-    for ref in ckpt:
-        if not ref.name.endswith(CLAMPS) or _source_name(ref.name.rsplit(".", 1)[0]) is None:
+    bounds = []
+    for ref in model.ckpt:
+        if not ref.name.endswith(CLAMPS) or source_name(ref.name.rsplit(".", 1)[0]) is None:
             continue
         stem, bound = ref.name.rsplit(".", 1)
         weight = weights.get(stem + ".linear.weight")
         if weight is None:
             raise UnmappedTensorError(
-                f"{ref.file}: tensor {ref.name!r} bounds a linear the vision part lacks "
-                f"({stem}.linear.weight)"
+                f"{ref.file}: tensor {ref.name!r} bounds a linear the {model.modality} part "
+                f"lacks ({stem}.linear.weight)"
             )
         name = weight.removesuffix(".weight") + "." + bound
-        plans.append(PlannedTensor(name, (1,), _loader(model, ref.name, (1,)), (ref.name,), True))
-    return plans
+        bounds.append(PlannedTensor(name, (1,), _loader(model, ref.name, (1,)), (ref.name,), True))
+    return bounds

@@ -203,7 +203,7 @@ def _detect_hf(source: str, folder: Path) -> Detection:
         reason=reason,
         config=config,
         checkpoint=ckpt,
-        projector=", ".join(t.projector_type for t in row.towers) if row and row.towers else None,
+        projector=_checkpoint_projector(row, config),
     )
 
 
@@ -255,6 +255,14 @@ def _detect_gguf(source: str, path: Path) -> Detection:
         provenance=gguf_provenance(header.fields),
         projector=_projector_types(value_of),
     )
+
+
+def _checkpoint_projector(row: ArchRow | None, config: Mapping[str, Any]) -> str | None:
+    """The projector types of the towers a checkpoint has (its config.json's vision_config,
+    audio_config), joined: Gemma 4 E2B's `gemma4v, gemma4a`, 31B's `gemma4v`."""
+    towers = row.towers if row is not None else ()
+    found = [t.projector_type for t in towers if isinstance(config.get(t.config_key), dict)]
+    return ", ".join(found) or None
 
 
 def _projector_types(value_of: Any) -> str | None:

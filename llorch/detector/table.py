@@ -293,8 +293,8 @@ SUPPORTED: tuple[ArchRow, ...] = (
     # MoE beside a dense MLP (convert/families/gemma4.py)
     ArchRow("Gemma4ForCausalLM", _A.GEMMA4, "gemma4", "gemma4_text", tokenizer=GEMMA4_TOKENIZER),
     # Gemma 4 as released (E2B/E4B/26B-A4B/31B): the language model converts as Gemma 4 text,
-    # the vision tower and embedder as llama.cpp's clip `gemma4v` projector; E2B/E4B's audio
-    # tower is left out (the notes say so).
+    # the vision tower and embedder as llama.cpp's clip `gemma4v` projector, E2B/E4B's audio
+    # tower and embedder as `gemma4a`, both in one projector file.
     ArchRow(
         "Gemma4ForConditionalGeneration",
         _A.GEMMA4,
@@ -304,6 +304,7 @@ SUPPORTED: tuple[ArchRow, ...] = (
         text_part=GEMMA4_TEXT,
         tokenizer=GEMMA4_TOKENIZER,
         vision=VisionPart(gguf.VisionProjectorType.GEMMA4V, "gemma4_vision"),
+        audio=AudioPart(gguf.VisionProjectorType.GEMMA4A, "gemma4_audio"),
     ),
     # Falcon-H1: attention and a Mamba-2 mixer in parallel in every layer (a KV cache and a
     # recurrent state per sequence); the muP multipliers are folded into the weights

@@ -10,9 +10,8 @@ pooler and embedder as clip `gemma4v`), on the tiny random Gemma 4 (tests/tiny_v
 - mtmd reads the F16 projector beside a Q8_0 text part, and the F32 one beside the F32 text
   part, and gives the reference's image embeddings (transformers' vision tower + embedder on
   the same pixels, 108 x 108: 81 tokens), row by row;
-- with an audio tower (E2B / E4B), the projector holds the vision part, the same as the
-  vision part of llama.cpp's file (which holds the audio tower too), and the notes say the
-  audio tower was left out;
+- with an audio tower (E2B / E4B), the projector holds both towers:
+  tests/convert/test_gemma4_audio_projector.py;
 - the parity case's Gemma 4 (31B's layout, no audio, no preprocessor config: Gemma 4's
   mean 0 and std 1) writes its projector and leaves nothing out;
 - a vision setting mtmd's graph does not compute is refused before anything is written.
@@ -21,7 +20,6 @@ pooler and embedder as clip `gemma4v`), on the tiny random Gemma 4 (tests/tiny_v
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -91,30 +89,6 @@ def test_mtmd_reads_the_projector_as_the_reference(vlm: tiny_vlm.TinyVlm, tmp_pa
     print(f"COSINE gemma4 f16 projector: min {lowest:.7f}")
     lowest = check(vlm.text, vlm.mmproj, reference, COS_MIN, rows=ROWS, size=SIZE)
     print(f"COSINE gemma4 f32 projector: min {lowest:.7f}")
-
-
-def test_with_an_audio_tower_the_vision_part_is_written_and_the_audio_left_out(
-    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
-) -> None:
-    built = tiny_vlm.cached(tmp_path_factory.getbasetemp(), "gemma4-audio")
-    report = convert(built.folder, tmp_path / "m.gguf", outtype="f16", verify=False)
-    assert report.mmproj is not None and report.mmproj["n_tensors"] == N_TENSORS
-    (note,) = [n for n in report.notes if "left out" in n]
-    assert "model.audio_tower.*, model.embed_audio.*" in note
-    assert not note.startswith("text part only")
-    theirs = tiny_vlm.convert_projector(built.folder, tmp_path / "theirs.gguf", _source(), "f16")
-    ours = gguf.GGUFReader(Path(report.mmproj["output"]))
-    size = gguf.size_label(sum(math.prod(t.shape) for t in ours.tensors), 0, 0, 0)
-    # llama.cpp's file: the audio tower's tensors (`a.*`) and keys beside the vision part
-    audio = ("a.", "mm.a.", "clip.audio.", "clip.has_audio_encoder", "general.size_label")
-    _, ta = tiny_vlm.assert_same_projector(
-        Path(report.mmproj["output"]),
-        theirs,
-        ours_keys={**OURS_KEYS, "general.size_label": size},
-        theirs_only=lambda name: name.startswith(audio),
-    )
-    assert not [name for name in ta if name.startswith("a.")]
-    assert any(t.name.startswith("a.") for t in gguf.GGUFReader(theirs).tensors)
 
 
 def test_the_31b_layout_writes_its_projector_and_leaves_nothing_out(
