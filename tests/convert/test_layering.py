@@ -16,6 +16,7 @@ SHARED = frozenset({"base", "rope", "moe", "sparse"})
 # A family built on another (its hyperparameters, plan or checks): the one it may import.
 EXTENDS = {
     "falcon_h1": "mamba2",  # Mamba-2's mixer beside attention
+    "gemma4_audio": "gemma4_vision",  # the clippable linears' bounds, as the vision tower's
     "gemma_embedding": "gemma",  # EmbeddingGemma: Gemma 3's text model, bidirectional
     "granite": "llama",
     "ministral3": "llama",
