@@ -284,11 +284,18 @@ class Engine:
         and bounded first (worker/media.py): a bad one is a 400 naming its field."""
         model = self.loaded()
         first = request.media[0].param
-        if "vision" not in model.media_inputs:
-            raise InvalidRequestError(
-                f"{first}: {model.name} takes no images; serve it with its projector (--mmproj)",
-                param=first,
-            )
+        for ref in request.media:
+            needs, what = ("audio", "audio") if ref.kind == "audio" else ("vision", "images")
+            if needs not in model.media_inputs:
+                with_projector = (
+                    "its projector reads " + " and ".join(model.media_inputs)
+                    if model.media_inputs
+                    else "serve it with its projector (--mmproj)"
+                )
+                raise InvalidRequestError(
+                    f"{ref.param}: {model.name} takes no {what}; {with_projector}",
+                    param=ref.param,
+                )
         media.check_count(request.media, self.media_limits, first.split("[")[0])
         if isinstance(request.prompt, str):
             tokens = await asyncio.to_thread(
@@ -304,20 +311,20 @@ class Engine:
         if markers != len(request.media):
             where = "prompt" if isinstance(request.prompt, str) else "the rendered chat"
             raise InvalidRequestError(
-                f"{where} has {markers} image markers ({media.EXECUTE_MARKER} in a prompt) "
-                f"for {len(request.media)} images",
+                f"{where} has {markers} media markers ({media.EXECUTE_MARKER} in a prompt) "
+                f"for {len(request.media)} media parts (images, then audio)",
                 param="prompt" if isinstance(request.prompt, str) else "messages",
             )
         limits = self.media_limits
-        images = await asyncio.gather(
-            *(asyncio.to_thread(media.load_image, ref, limits) for ref in request.media)
+        loaded = await asyncio.gather(
+            *(asyncio.to_thread(media.load_media, ref, limits) for ref in request.media)
         )
         full, spans = await asyncio.to_thread(
-            self.scheduler.media_prompt, tokens, images, media.MARKER_ID
+            self.scheduler.media_prompt, tokens, loaded, media.MARKER_ID
         )
         if full and full[-1] < 0:
             raise InvalidRequestError(
-                "the prompt ends with an image: text must follow it (the first token is "
+                "the prompt ends with an image or audio: text must follow it (the first token is "
                 "predicted from text)",
                 param="prompt",
             )

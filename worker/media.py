@@ -1,14 +1,17 @@
-"""Media a request carries (images), read and bounded before anything reaches the model.
+"""Media a request carries (images, audio), read and bounded before anything reaches the model.
 
 A surface finds a media part and names it (`MediaRef`: where it came from and which field it
 was); the engine loads and decodes it here, off the event loop: a `data:` URI, or an http(s)
 URL of a host the operator listed (`--allowed-media-hosts`). Every refusal is a 400 naming
 the field and why, decided as early as the bytes allow: the format and the pixel count come
 from the header, so a decompression bomb (a 50,000 x 50,000 PNG of a few kilobytes) is refused
-before a pixel is decoded.
+before a pixel is decoded; an audio clip's length comes from its container's header
+(worker/audio_header.py), so a clip longer than `--max-audio-seconds` is refused before a
+sample is decoded.
 
-Decoding is Pillow's; the RGB bytes and their hash go to the backend (worker/backend/mtmd.py),
-which keys the image by that hash in the prompt cache.
+An image is decoded by Pillow; the RGB bytes and their hash go to the backend
+(worker/backend/mtmd.py), which keys the image by that hash in the prompt cache. An audio clip
+goes as it came, with its checked length: mtmd decodes it to the model's sample rate there.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from llorch.worker import audio_header
 from llorch.worker.backend.errors import InvalidRequestError
-from llorch.worker.backend.protocol import DecodedImage
+from llorch.worker.backend.protocol import DecodedImage, EncodedAudio, Media
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -47,10 +51,11 @@ EXECUTE_MARKER = "<__media__>"  # mtmd_default_marker()
 @dataclass(frozen=True)
 class MediaLimits:
     """The bounds every request's media is held to (--max-media-per-request,
-    --max-image-pixels, --allowed-media-hosts)."""
+    --max-image-pixels, --max-audio-seconds, --allowed-media-hosts)."""
 
     max_per_request: int = 8
     max_image_pixels: int = 16_777_216  # 4096 x 4096
+    max_audio_seconds: float = 600.0
     allowed_hosts: tuple[str, ...] = ()  # "*": any host that is not loopback or private
     max_fetch_bytes: int = 20 * 2**20
     fetch_timeout_s: float = 10.0
@@ -59,11 +64,15 @@ class MediaLimits:
 @dataclass(frozen=True)
 class MediaRef:
     """A media part as a surface found it: a `data:` URI, an http(s) URL, or bare base64
-    (`/execute`), and the request field it came from (for errors)."""
+    (`/execute`, OpenAI's `input_audio`), and the request field it came from (for errors).
+    An audio part may name its container (`audio_format`: OpenAI's `input_audio.format`),
+    which the bytes must then be."""
 
     source: str
     param: str
     bare_base64: bool = False
+    kind: Literal["image", "audio"] = "image"
+    audio_format: str | None = None
 
 
 class MediaError(InvalidRequestError):
@@ -73,12 +82,42 @@ class MediaError(InvalidRequestError):
 def check_count(refs: Sequence[MediaRef], limits: MediaLimits, param: str) -> None:
     if len(refs) > limits.max_per_request:
         raise MediaError(
-            f"{param}: {len(refs)} images; a request takes at most {limits.max_per_request} "
-            "(--max-media-per-request)",
+            f"{param}: {len(refs)} media parts (images and audio); a request takes at most "
+            f"{limits.max_per_request} (--max-media-per-request)",
             param=param,
-            constraint=f"at most {limits.max_per_request} images",
+            constraint=f"at most {limits.max_per_request} media parts",
             value=len(refs),
         )
+
+
+def load_media(ref: MediaRef, limits: MediaLimits) -> Media:
+    """The image or audio clip `ref` names, loaded and bounded (blocking)."""
+    return load_audio(ref, limits) if ref.kind == "audio" else load_image(ref, limits)
+
+
+def load_audio(ref: MediaRef, limits: MediaLimits) -> EncodedAudio:
+    """The audio clip `ref` names, its container and length checked from its header."""
+    data = _bytes_of(ref, limits)
+    found = audio_header.sniff(data)
+    if ref.audio_format is not None and found is not None and found != ref.audio_format:
+        raise MediaError(
+            f"{ref.param}: the part says {ref.audio_format}, its data is {found}",
+            param=ref.param,
+            value=ref.audio_format,
+        )
+    try:
+        header = audio_header.read(data)
+    except audio_header.AudioHeaderError as exc:
+        raise MediaError(f"{ref.param}: {exc}", param=ref.param) from None
+    if header.seconds > limits.max_audio_seconds:
+        raise MediaError(
+            f"{ref.param}: the clip is {header.seconds:.1f} s long; at most "
+            f"{limits.max_audio_seconds:g} s (--max-audio-seconds)",
+            param=ref.param,
+            constraint=f"at most {limits.max_audio_seconds:g} seconds",
+            value=round(header.seconds, 1),
+        )
+    return EncodedAudio(data, header.format, header.seconds)
 
 
 @functools.cache
@@ -141,7 +180,7 @@ def decode_image(data: bytes, limits: MediaLimits, param: str) -> DecodedImage:
 def _bytes_of(ref: MediaRef, limits: MediaLimits) -> bytes:
     source = ref.source.strip()
     if ref.bare_base64:
-        return _base64(source, ref.param)
+        return _base64(source, ref.param, ref.kind)
     if source.startswith("data:"):
         head, sep, payload = source.partition(",")
         if not sep or not head.endswith(";base64"):
@@ -150,22 +189,23 @@ def _bytes_of(ref: MediaRef, limits: MediaLimits) -> bytes:
                 param=ref.param,
                 value=head[:64],
             )
-        return _base64(payload, ref.param)
+        return _base64(payload, ref.param, ref.kind)
     scheme = urllib.parse.urlsplit(source).scheme.lower()
     if scheme in ("http", "https"):
         return _fetch(source, ref.param, limits)
     raise MediaError(
-        f"{ref.param}: an image is a data: URI (base64) or an http(s) URL of an allowed host",
+        f"{ref.param}: {'an image' if ref.kind == 'image' else 'an audio clip'} is a data: "
+        "URI (base64) or an http(s) URL of an allowed host",
         param=ref.param,
         value=source[:64],
     )
 
 
-def _base64(text: str, param: str) -> bytes:
+def _base64(text: str, param: str, kind: str = "image") -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise MediaError(f"{param}: the image data is not valid base64", param=param) from None
+        raise MediaError(f"{param}: the {kind} data is not valid base64", param=param) from None
 
 
 def _private(host: str) -> bool:

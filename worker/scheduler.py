@@ -39,11 +39,11 @@ from llorch.worker.backend.protocol import (
     BatchDecoder,
     CacheSummary,
     ChatMessage,
-    DecodedImage,
     FinishEvent,
     GenerationEvent,
     GenerationRequest,
     LoadOptions,
+    Media,
     MediaSpan,
     ModelBackend,
     ModelInfo,
@@ -319,11 +319,11 @@ class Scheduler:
             return self._ranks.rank(backend.rank, inputs)
 
     def media_prompt(
-        self, tokens: Sequence[int], images: Sequence[DecodedImage], marker: int
+        self, tokens: Sequence[int], media: Sequence[Media], marker: int
     ) -> tuple[tuple[int, ...], tuple[MediaSpan, ...]]:
-        """The prompt with its images' pieces (ModelBackend.media_prompt), off the model thread."""
+        """The prompt with its media's pieces (ModelBackend.media_prompt), off the model thread."""
         with self._vocabulary() as backend:
-            return backend.media_prompt(tokens, images, marker)
+            return backend.media_prompt(tokens, media, marker)
 
     def check_grammar(self, grammar: str) -> None:
         with self._vocabulary() as backend:

@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from llorch.hugepages import set_huge_page_advice
 from llorch.worker.backend import grammar
 from llorch.worker.backend.protocol import LoadOptions, ModelBackend
 from llorch.worker.engine import Engine
@@ -277,6 +278,10 @@ def uvicorn_config(
 def serve(settings: WorkerSettings, backend: ModelBackend | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the exit status."""
     from llorch.worker.backend.llama import LlamaCppBackend
+
+    # A request's multi-MiB arrays (an MP3's frame headers, a batch of embeddings) would each
+    # compact memory on first touch (llorch/hugepages.py).
+    set_huge_page_advice(False)
 
     app = build_app(backend if backend is not None else lambda _: LlamaCppBackend(), settings)
     server = _Server(uvicorn_config(app, settings), app.state.fleet, settings.drain_timeout)

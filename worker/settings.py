@@ -272,11 +272,15 @@ class WorkerSettings(BaseSettings):
     mmproj: list[str] = Field(
         default_factory=list,
         description="a multimodal projector GGUF (llama.cpp's mtmd, mmproj-*.gguf): PATH for "
-        "the first model, or NAME=PATH for a named one; repeatable. The model then takes images. "
+        "the first model, or NAME=PATH for a named one; repeatable. The model then takes images "
+        "or audio, as its projector reads. "
         "An HF folder or repo id given to --model brings the projector its conversion wrote",
     )
     max_media_per_request: int = Field(
-        8, ge=0, le=1024, description="images one request may carry at most"
+        8,
+        ge=0,
+        le=1024,
+        description="media parts (images and audio clips) one request may carry at most",
     )
     max_image_pixels: int = Field(
         16_777_216,
@@ -284,6 +288,12 @@ class WorkerSettings(BaseSettings):
         le=1 << 32,
         description="an image's width x height at most, read from its header before it is "
         "decoded (a decompression bomb is refused undecoded)",
+    )
+    max_audio_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="an audio clip's length at most, read from its header before it is decoded",
     )
     allowed_media_hosts: str = Field(
         "",
@@ -335,6 +345,7 @@ class WorkerSettings(BaseSettings):
         return MediaLimits(
             max_per_request=self.max_media_per_request,
             max_image_pixels=self.max_image_pixels,
+            max_audio_seconds=self.max_audio_seconds,
             allowed_hosts=hosts,
         )
 

@@ -439,7 +439,7 @@ def test_markers_and_images_must_agree(served: dict) -> None:
     body = {"job_id": "markers", "prompt": "no marker here", "images": [_b64(_png(1))]}
     reply = httpx.post(f"{served['worker']}/execute", json=body | {"max_tokens": 4}, timeout=60)
     assert reply.status_code == 400, reply.text
-    assert "0 image markers" in reply.json()["errors"][0]["message"]
+    assert "0 media markers" in reply.json()["errors"][0]["message"]
 
 
 def test_models_and_capacity_say_the_model_reads_images(served: dict) -> None:

@@ -46,12 +46,12 @@ from llorch.worker.backend.offload import ModelFootprint
 from llorch.worker.backend.protocol import (
     BackendInfo,
     ChatMessage,
-    DecodedImage,
     Device,
     FimTokens,
     FitInfo,
     KvCacheInfo,
     LoadOptions,
+    Media,
     MediaSpan,
     ModelInfo,
     RankInput,
@@ -595,16 +595,15 @@ class LlamaCppBackend:
         return self._decoder
 
     def media_prompt(
-        self, tokens: Sequence[int], images: Sequence[DecodedImage], marker: int
+        self, tokens: Sequence[int], media: Sequence[Media], marker: int
     ) -> tuple[tuple[int, ...], tuple[MediaSpan, ...]]:
         if self._projector is None:
             raise InvalidRequestError(
-                f"{self.info().name} takes no images: it is served without a projector (--mmproj)",
+                f"{self.info().name} takes no images or audio: it is served without a projector "
+                "(--mmproj)",
                 param="messages",
             )
-        pieces = [
-            self._projector.media_pieces(image, f"image {i}") for i, image in enumerate(images)
-        ]
+        pieces = [self._projector.media_pieces(item, f"media {i}") for i, item in enumerate(media)]
         return expand(tokens, pieces, marker)
 
     # -- chat ------------------------------------------------------------------------------

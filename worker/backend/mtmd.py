@@ -1,4 +1,4 @@
-"""Images in, through llama.cpp's mtmd library (the projector file, `--mmproj`).
+"""Images and audio in, through llama.cpp's mtmd library (the projector file, `--mmproj`).
 
 A projector turns an image into embeddings of the text model's width; mtmd preprocesses the
 image as the model's own processor does (resize, normalise, tiles) and wraps it in the
@@ -24,13 +24,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import llama_cpp as ll
 import numpy as np
 from llama_cpp import mtmd_cpp as mt
 
 from llorch.worker.backend.errors import InvalidRequestError, ModelLoadError
-from llorch.worker.backend.protocol import DecodedImage, MediaSpan
+from llorch.worker.backend.protocol import DecodedImage, EncodedAudio, Media, MediaSpan
 
 log = logging.getLogger("llorch.mtmd")
 
@@ -123,8 +124,28 @@ class Projector:
         assert self._ctx is not None, "the projector is closed"
         return self._ctx
 
-    def media_pieces(self, image: DecodedImage, param: str) -> Pieces:
-        """The prompt pieces of one image (preprocessed here, encoded on the model thread)."""
+    def media_pieces(self, item: Media, param: str) -> Pieces:
+        """The prompt pieces of an image or an audio clip (preprocessed here, encoded on the
+        model thread)."""
+        if isinstance(item, EncodedAudio):
+            bitmap, digest = self._audio_bitmap(item, param)
+        else:
+            bitmap, digest = self._image_bitmap(item, param), item.sha256
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            part = mt.mtmd_input_part(text=None, bitmap=bitmap)
+            parts = (ctypes.POINTER(mt.mtmd_input_part) * 1)(ctypes.pointer(part))
+            rc = mt.mtmd_tokenize_from_parts(self._handle(), chunks, parts, 1, False)
+            if rc != 0:
+                raise InvalidRequestError(
+                    f"{param}: mtmd could not preprocess it (status {rc})", param=param
+                )
+            return self._pieces(chunks, digest, param)
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+            mt.mtmd_bitmap_free(bitmap)
+
+    def _image_bitmap(self, image: DecodedImage, param: str) -> int:
         if not self.vision:
             raise InvalidRequestError(
                 f"{param}: this model's projector takes no images", param=param
@@ -133,19 +154,33 @@ class Projector:
         bitmap = mt.mtmd_bitmap_init(image.width, image.height, data)
         if not bitmap:
             raise InvalidRequestError(f"{param}: mtmd refused the image", param=param)
-        chunks = mt.mtmd_input_chunks_init()
-        try:
-            part = mt.mtmd_input_part(text=None, bitmap=bitmap)
-            parts = (ctypes.POINTER(mt.mtmd_input_part) * 1)(ctypes.pointer(part))
-            rc = mt.mtmd_tokenize_from_parts(self._handle(), chunks, parts, 1, False)
-            if rc != 0:
-                raise InvalidRequestError(
-                    f"{param}: mtmd could not preprocess the image (status {rc})", param=param
-                )
-            return self._pieces(chunks, image.sha256, param)
-        finally:
-            mt.mtmd_input_chunks_free(chunks)
+        return int(bitmap)
+
+    def _audio_bitmap(self, audio: EncodedAudio, param: str) -> tuple[int, bytes]:
+        """The clip decoded by mtmd's helper (miniaudio: mono, float, resampled to the
+        model's rate), and the hash of those samples. Its length was checked from the
+        header (worker/audio_header.py), which bounds what the decoder allocates."""
+        if not self.audio:
+            raise InvalidRequestError(
+                f"{param}: this model's projector takes no audio", param=param
+            )
+        data = (ctypes.c_uint8 * len(audio.data)).from_buffer_copy(audio.data)
+        ctx = cast(mt.mtmd_context_p, self._handle())  # the bindings type it; _handle an int
+        bitmap = mt.mtmd_helper_bitmap_init_from_buf(ctx, data, len(data), False)
+        if not bitmap:
+            raise InvalidRequestError(
+                f"{param}: the {audio.format} clip could not be decoded (corrupt or truncated)",
+                param=param,
+            )
+        if not mt.mtmd_bitmap_is_audio(bitmap):  # the helper reads images too
             mt.mtmd_bitmap_free(bitmap)
+            raise InvalidRequestError(f"{param}: not an audio clip", param=param)
+        n_bytes = mt.mtmd_bitmap_get_n_bytes(bitmap)
+        samples = ctypes.string_at(mt.mtmd_bitmap_get_data(bitmap), n_bytes)
+        if n_bytes == 0:
+            mt.mtmd_bitmap_free(bitmap)
+            raise InvalidRequestError(f"{param}: the clip holds no samples", param=param)
+        return int(bitmap), hashlib.sha256(b"audio:" + samples).digest()
 
     def _pieces(self, chunks: int, digest: bytes, param: str) -> Pieces:
         items: list[tuple[int, ...] | Tile] = []

@@ -176,6 +176,21 @@ class DecodedImage:
 
 
 @dataclass(frozen=True)
+class EncodedAudio:
+    """An audio clip as the request carried it (wav, mp3 or flac), its length read from the
+    header and bounded (worker/audio_header.py); the projector decodes it to the model's
+    sample rate, and the prompt cache keys it by a hash of the decoded samples."""
+
+    data: bytes
+    format: str
+    seconds: float
+
+
+# What a request's media part is once loaded: an image's pixels or an audio clip.
+Media = DecodedImage | EncodedAudio
+
+
+@dataclass(frozen=True)
 class MediaSpan:
     """A media chunk in a prompt: `length` placeholder ids from `start`, which the decoder
     fills with the chunk's embeddings (`chunk` is the backend's, opaque here). `n_pos`: the
@@ -495,12 +510,12 @@ class ModelBackend(Protocol):
         ...
 
     def media_prompt(
-        self, tokens: Sequence[int], images: Sequence[DecodedImage], marker: int
+        self, tokens: Sequence[int], media: Sequence[Media], marker: int
     ) -> tuple[tuple[int, ...], tuple[MediaSpan, ...]]:
-        """`tokens` with each `marker` replaced by its image (in order): the family's markup
-        around it and placeholder ids for its embeddings, and where those are. Off the model
-        thread (it only preprocesses). Raises InvalidRequestError for an image the projector
-        refuses, or when the model takes none."""
+        """`tokens` with each `marker` replaced by its image or audio clip (in order): the
+        family's markup around it and placeholder ids for its embeddings, and where those are.
+        Off the model thread (it only preprocesses). Raises InvalidRequestError for media the
+        projector refuses, or when the model takes none."""
         ...
 
     def builtin_chat_template(

@@ -55,9 +55,15 @@ def build_router(fleet: Fleet) -> APIRouter:
             timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
             lora=body.lora_pairs(),
             json_format=json_format(body),
-            media=tuple(
-                MediaRef(image, f"images[{i}]", bare_base64=True)
-                for i, image in enumerate(body.images or ())
+            media=(
+                *(
+                    MediaRef(image, f"images[{i}]", bare_base64=True)
+                    for i, image in enumerate(body.images or ())
+                ),
+                *(
+                    MediaRef(clip, f"audio[{i}]", bare_base64=True, kind="audio")
+                    for i, clip in enumerate(body.audio or ())
+                ),
             ),
         )
         stream = await engine.generate(job)

@@ -117,6 +117,11 @@ def _content(message: ChatMessageIn, index: int, media: list[MediaRef]) -> str:
             param = f"messages[{index}].content[{j}].image_url.url"
             media.append(MediaRef(part.image_url.url, param))
             pieces.append(CHAT_MARKER)
+        elif part.input_audio is not None and part.type == "input_audio":
+            clip = part.input_audio
+            param = f"messages[{index}].content[{j}].input_audio.data"
+            media.append(MediaRef(clip.data, param, True, "audio", clip.format))
+            pieces.append(CHAT_MARKER)
         else:
             pieces.append(part.text or "")
     return "".join(pieces)

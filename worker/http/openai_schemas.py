@@ -55,7 +55,7 @@ MAX_NAME_CHARS = 256
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 # An image part's URL: a data: URI is as long as the image (the body limit bounds it first).
 MAX_IMAGE_URL_CHARS = 1 << 30
-CONTENT_PART_TYPES = ("text", "image_url")
+CONTENT_PART_TYPES = ("text", "image_url", "input_audio")
 TokenIds = Annotated[
     list[Annotated[int, Field(ge=0)]],
     Field(min_length=1, max_length=MAX_PROMPT_TOKENS, description="Token ids. " + IN_VOCABULARY),
@@ -267,21 +267,34 @@ class ImageUrlIn(StrictModel):
     detail: Literal["auto", "low", "high"] | None = None  # accepted; the projector decides
 
 
+class InputAudioIn(StrictModel):
+    data: str = Field(
+        min_length=1,
+        max_length=MAX_IMAGE_URL_CHARS,
+        description="The clip, base64. A model whose projector reads no audio, a corrupt, "
+        "truncated or unread clip, one longer than --max-audio-seconds, or more media parts "
+        "than --max-media-per-request is a 400 naming the part.",
+    )
+    format: Literal["wav", "mp3"]
+
+
 class ChatContentPart(StrictModel):
-    """Text and image parts are served; a part of another type (audio) is refused with a 400
-    that names its type."""
+    """Text, image and audio parts are served; a part of another type (a file) is refused
+    with a 400 that names its type."""
 
     model_config = ConfigDict(
         json_schema_extra=rules(
             {"required": ["type"], "properties": {"type": {"enum": list(CONTENT_PART_TYPES)}}},
             when(equals("type", "text"), given("text")),
             when(equals("type", "image_url"), given("image_url")),
+            when(equals("type", "input_audio"), given("input_audio")),
         )
     )
 
     type: str = Field(max_length=64)
     text: str | None = None
     image_url: ImageUrlIn | None = None
+    input_audio: InputAudioIn | None = None
 
 
 class FunctionCallIn(StrictModel):
@@ -339,6 +352,8 @@ class ChatMessageIn(StrictModel):
                 raise ValueError("a text content part needs its text")
             if part.type == "image_url" and part.image_url is None:
                 raise ValueError("an image_url content part needs its image_url")
+            if part.type == "input_audio" and part.input_audio is None:
+                raise ValueError("an input_audio content part needs its input_audio")
         text = "".join(part.text or "" for part in content)
         if len(text) > MAX_TEXT_CHARS:
             raise ValueError(f"a message is at most {MAX_TEXT_CHARS} characters")

@@ -56,6 +56,14 @@ class ExecuteRequest(SamplingBody):
         "truncated or unread image, more than --max-media-per-request or more pixels than "
         "--max-image-pixels is a 400 naming it.",
     )
+    audio: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        max_length=1024,
+        description="Audio clips (base64 WAV, MP3 or FLAC), for the <__media__> markers after "
+        "the images', in order; the model's projector must read audio. A corrupt, truncated "
+        "or unread clip, one longer than --max-audio-seconds, or more media parts than "
+        "--max-media-per-request is a 400 naming it.",
+    )
 
     @model_validator(mode="after")
     def _one_constraint(self) -> ExecuteRequest:

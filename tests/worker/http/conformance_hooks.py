@@ -34,8 +34,8 @@ MODEL_JUDGED = {
     "two tools of one name": r"repeats the function name",
     "an Anthropic conversation not ending with the user's turn": r"last message must be the user's",
     "arguments that are not a JSON object": r"arguments (is not JSON|must be a JSON object)",
-    # What kind of model is served: a projector for images, a reranker, declared prompts.
-    "an image for a model served without a projector": r"takes no images; serve it with",
+    # What kind of model is served: a projector for images or audio, a reranker, prompts.
+    "media for a model served without a projector": r"takes no (images|audio); serve it with",
     "documents for a model that is not a reranker": r"is not a reranker",
     "a prompt name the model does not declare": r"is not one of \S+'s prompts",
 }

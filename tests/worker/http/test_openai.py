@@ -249,10 +249,20 @@ def test_chat_validation(client):
     error = assert_error(client.post("/v1/chat/completions", json=body), 400)
     assert "--mmproj" in error["message"]
     assert error["param"] == "messages[0].content[0].image_url.url"
-    audio = [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]
+    audio = [{"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]
+    body = {"messages": [{"role": "user", "content": audio}]}
+    # nor audio: the part is named, before its data is read
+    error = assert_error(client.post("/v1/chat/completions", json=body), 400)
+    assert "takes no audio" in error["message"] and "--mmproj" in error["message"]
+    assert error["param"] == "messages[0].content[0].input_audio.data"
+    audio = [{"type": "input_audio", "input_audio": {"data": "x", "format": "ogg"}}]
     body = {"messages": [{"role": "user", "content": audio}]}
     error = assert_error(client.post("/v1/chat/completions", json=body), 400)
-    assert "input_audio" in error["message"] and "image_url" in error["message"]
+    assert "format" in error["message"] and "'wav' or 'mp3'" in error["message"]
+    a_file = [{"type": "file", "file": {"file_id": "f"}}]
+    body = {"messages": [{"role": "user", "content": a_file}]}
+    error = assert_error(client.post("/v1/chat/completions", json=body), 400)
+    assert "'file'" in error["message"] and "input_audio" in error["message"]
     body = {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}
     assert_error(client.post("/v1/chat/completions", json=body), 400)
 
