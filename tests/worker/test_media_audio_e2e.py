@@ -147,3 +147,23 @@ def test_an_image_for_an_audio_model_is_a_400(served) -> None:
     reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert reply.status_code == 400
     assert "takes no images; its projector reads audio" in reply.json()["error"]["message"]
+
+
+def test_a_voxtral_projector_mtmd_aborts_on_is_refused_at_load(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Voxtral as released (4 stacked frames): the vendored mtmd would abort the process at
+    the first clip (tests/convert/test_voxtral_projector.py shows it in a child process); the
+    load refuses the projector instead, saying why."""
+    from llorch.worker.backend.errors import ModelLoadError
+    from llorch.worker.backend.llama import LlamaCppBackend
+    from llorch.worker.backend.protocol import LoadOptions
+
+    alm = tiny_alm.cached(tmp_path_factory.getbasetemp(), stack=4)
+    backend = LlamaCppBackend()
+    try:
+        options = LoadOptions(ctx_size=512, parallel=1, threads=THREADS, mmproj=alm.mmproj)
+        with pytest.raises(ModelLoadError, match="stacking 4 frames.*issue 25496"):
+            backend.load(alm.text, options)
+    finally:
+        backend.close()

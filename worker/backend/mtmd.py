@@ -86,12 +86,38 @@ class Pieces:
     items: tuple[tuple[int, ...] | Tile, ...]
 
 
+# A Voxtral clip is 3,000 mel frames, 1,500 after the encoder's strided convolution. The
+# vendored mtmd pools those by 2 (clip.cpp, `audio_has_avgpool`) and then stacks
+# `stack_factor` frames a row, padding the last: 750 / 4 makes 188 rows where its count of
+# the output expects 187, and it aborts the process ("Invalid number of output tokens";
+# llama.cpp issue 25496). Released Voxtrals stack 4.
+VOXTRAL_POOLED_FRAMES = 750
+
+
+def _refuse_what_mtmd_aborts_on(path: Path) -> None:
+    from llorch.gguf_header import GGUFHeaderError, read_header
+
+    try:
+        fields = read_header(path).fields
+    except GGUFHeaderError:
+        return  # mtmd says what it cannot read
+    kind = fields.get("clip.audio.projector_type", fields.get("clip.projector_type"))
+    stack = fields.get("clip.audio.projector.stack_factor")
+    if kind == "voxtral" and isinstance(stack, int) and stack > 0 and VOXTRAL_POOLED_FRAMES % stack:
+        raise ModelLoadError(
+            f"{path}: a Voxtral projector stacking {stack} frames, on which this llama.cpp's "
+            "mtmd aborts (it pools the encoder's output, which Voxtral does not: llama.cpp "
+            "issue 25496); serve the model without --mmproj"
+        )
+
+
 class Projector:
     """An mtmd context over a loaded text model."""
 
     def __init__(self, path: Path, model: ll.llama_model_p, threads: int, use_gpu: bool) -> None:
         if not path.is_file():
             raise ModelLoadError(f"projector file not found: {path}")
+        _refuse_what_mtmd_aborts_on(path)
         params = mt.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.n_threads = threads
