@@ -163,7 +163,28 @@ def test_a_voxtral_projector_mtmd_aborts_on_is_refused_at_load(
     backend = LlamaCppBackend()
     try:
         options = LoadOptions(ctx_size=512, parallel=1, threads=THREADS, mmproj=alm.mmproj)
-        with pytest.raises(ModelLoadError, match="stacking 4 frames.*issue 25496"):
+        with pytest.raises(ModelLoadError, match=r"stacking 4 frames.*issue 25496"):
             backend.load(alm.text, options)
     finally:
         backend.close()
+
+
+def test_the_responses_api_takes_an_input_audio_part(served) -> None:
+    from openai import OpenAI
+
+    _, url = served
+    client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    clip = base64.b64encode(float_wav(tiny_alm.pcm(4))).decode()
+    content = [
+        {"type": "input_text", "text": "hear "},
+        {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
+    ]
+    response = client.responses.create(
+        model="voxtral",
+        input=[{"role": "user", "content": content}],  # type: ignore[list-item]
+        max_output_tokens=N,
+        temperature=0,
+    )
+    # the tiny random model writes on to max_output_tokens
+    assert response.status in ("completed", "incomplete") and response.usage is not None
+    assert response.usage.input_tokens > tiny_alm.CHUNK_ROWS

@@ -36,7 +36,7 @@ from llorch.worker.http.sampling import json_format, sampling_params
 from llorch.worker.media import CHAT_MARKER, MediaRef
 
 _TEXT_PARTS = frozenset(TEXT_PARTS)
-_NOT_SERVED = {"input_file": "files", "input_audio": "audio"}
+_NOT_SERVED = {"input_file": "files"}
 
 
 @dataclass(frozen=True)
@@ -158,11 +158,14 @@ def _text(
         if part.type == "input_image" and media is not None:
             texts.append(_image(part, f"{at}[{j}]", media))
             continue
-        if part.type in _NOT_SERVED or part.type == "input_image":
-            served = _NOT_SERVED.get(part.type, "images here")
+        if part.type == "input_audio" and media is not None:
+            texts.append(_audio(part, f"{at}[{j}]", media))
+            continue
+        if part.type in _NOT_SERVED or part.type in ("input_image", "input_audio"):
+            served = _NOT_SERVED.get(part.type, "media here")
             raise InvalidRequestError(
-                f"{at}[{j}] is an {part.type} part: {served} are not served yet (text and "
-                "image parts only)",
+                f"{at}[{j}] is an {part.type} part: {served} are not served yet (text, image "
+                "and audio parts only)",
                 param=f"{at}[{j}]",
                 value=part.type,
             )
@@ -189,6 +192,17 @@ def _image(part: ContentPart, at: str, media: list[MediaRef]) -> str:
             param=f"{at}.image_url",
         )
     media.append(MediaRef(url, f"{at}.image_url"))
+    return CHAT_MARKER
+
+
+def _audio(part: ContentPart, at: str, media: list[MediaRef]) -> str:
+    clip = part.input_audio
+    if clip is None:
+        raise InvalidRequestError(
+            f"{at}: an input_audio part needs its input_audio ({{data, format}})",
+            param=f"{at}.input_audio",
+        )
+    media.append(MediaRef(clip.data, f"{at}.input_audio.data", True, "audio", clip.format))
     return CHAT_MARKER
 
 

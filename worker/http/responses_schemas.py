@@ -20,6 +20,7 @@ from llorch.worker.http.openai_schemas import (
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
     MAX_TOOLS,
+    InputAudioIn,
     Text,
 )
 from llorch.worker.http.openapi import (
@@ -54,7 +55,8 @@ class ContentPart(StrictModel):
     function call's output."""
 
     model_config = ConfigDict(
-        extra="allow", json_schema_extra=rules(_of_types(*TEXT_PARTS, "refusal", "input_image"))
+        extra="allow",
+        json_schema_extra=rules(_of_types(*TEXT_PARTS, "refusal", "input_image", "input_audio")),
     )
 
     type: str = Field(max_length=64)
@@ -67,6 +69,7 @@ class ContentPart(StrictModel):
         "http(s) URL of a host in --allowed-media-hosts, in a message's content; a model "
         "served without a projector (--mmproj) or a bad image is a 400 naming the part.",
     )
+    input_audio: InputAudioIn | None = None  # input_audio: base64 WAV or MP3, as in a chat
 
 
 class InputItem(StrictModel):

@@ -334,6 +334,9 @@ def test_built_in_tools_are_refused_naming_them(kind):
     assert kind in error["message"]
 
 
+AUDIO_PART = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+
+
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
@@ -346,6 +349,16 @@ def test_built_in_tools_are_refused_naming_them(kind):
             {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
             "input[0].content[0].image_url",
             "file_id is not served",
+        ),
+        (
+            {"input": [{"role": "user", "content": [AUDIO_PART]}]},
+            "input[0].content[0].input_audio.data",
+            "takes no audio",  # nor audio
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            "input[0].content[0].input_audio",
+            "needs its input_audio",
         ),
         (
             {"input": [{"role": "user", "content": "x"}, {"type": "web_search_call", "id": "w"}]},
