@@ -7,7 +7,8 @@ whose input is F32 with at least 16 rows, the sum over rows of each input column
 for MUL_MAT_ID (mixture of experts) the sum per expert, over the tokens routed to it, with a
 count per expert. The text is cut into chunks of `chunk` tokens (the first token of each
 replaced by BOS when the vocabulary adds one), each evaluated from an empty cache with every
-position's logits requested (so the last layer runs on every token, as there).
+position's logits requested (so the last layer runs on every token, as there); but for the
+first chunk's, a decode stops once the last weight's input is read (_Collector).
 
 The file format is llama.cpp's GGUF imatrix (`general.type = imatrix`, `imatrix.datasets`,
 `imatrix.chunk_count`, `imatrix.chunk_size`; per weight `<name>.in_sum2` F32 [n, n_mat] and
@@ -250,7 +251,15 @@ def _weight_name(name: bytes) -> str:
 
 
 class _Collector:
-    """The evaluation callback's state: sums per weight, as IMatrixCollector keeps them."""
+    """The evaluation callback's state: sums per weight, as IMatrixCollector keeps them.
+
+    Every decode is the same graph (a whole chunk), so the first one, run to its end, counts
+    the inputs read; a later decode is stopped after as many (returning false from the
+    callback ends ggml_backend_sched's pass over the graph): what follows the last `blk.*`
+    weight, the output norm and the output matrix over every position's logits, is not
+    computed, as nothing is read from it. For a small model with a large vocabulary that is
+    most of the work (a 46M-parameter Llama with 32,000 tokens: 4.2 of 7.7 GFLOP a chunk of
+    128; measured, its 76 chunks 6.4 -> 3.1 s on two cores)."""
 
     GGML_TYPE_F32 = 0
 
@@ -259,6 +268,8 @@ class _Collector:
         self.ops: dict[int, str] = {}
         self.entries: dict[str, Entry] = {}
         self.error: BaseException | None = None
+        self.read_now = 0  # inputs read in the current decode
+        self.per_decode: int | None = None  # inputs the whole graph gives (the first decode)
 
     def op(self, t: _Tensor) -> str:
         name = self.ops.get(t.op)
@@ -280,7 +291,11 @@ class _Collector:
     def __call__(self, ptr: int, ask: bool, user_data: Any) -> bool:
         del user_data
         try:
-            return self._collect(ptr, ask)
+            needed = self._collect(ptr, ask)
+            if ask or not needed:
+                return needed
+            self.read_now += 1
+            return self.read_now != self.per_decode  # false: the rest is not computed
         except BaseException as exc:  # an exception cannot cross the C callback
             self.error = self.error or exc
             return False
@@ -401,6 +416,7 @@ def compute(
                 if bos is not None:
                     part[0] = bos
                 lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+                collector.read_now = 0
                 for i, tok in enumerate(part):
                     batch.token[i], batch.pos[i] = tok, i
                     batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = 1, 0, 1
@@ -410,6 +426,8 @@ def compute(
                     raise collector.error
                 if rc != 0:
                     raise ConversionError(f"{model_path}: llama_decode failed with {rc}")
+                if collector.per_decode is None:
+                    collector.per_decode = collector.read_now
                 if on_chunk is not None:
                     on_chunk(Progress(c + 1, n_chunks))
         finally:

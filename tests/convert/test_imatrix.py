@@ -120,6 +120,38 @@ def test_imatrix_equals_llama_imatrix(
         imatrix.compute(tiny["f16"], tiny["calib"], chunk=4096)
 
 
+def test_decodes_after_the_first_stop_at_the_last_weight(
+    tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the first decode, each is stopped once the last `blk.*` input is read: the output
+    matrix runs once, not per chunk, and the sums equal those of decodes run to the end."""
+    asked: list[str] = []
+    collect = imatrix._Collector._collect
+
+    def spy(self: imatrix._Collector, ptr: int, ask: bool) -> bool:
+        if ask:
+            t = imatrix._Tensor.from_address(ptr)
+            if self.op(t) == "MUL_MAT":
+                asked.append(imatrix._weight_name(imatrix._Tensor.from_address(t.src[0]).name))
+        return collect(self, ptr, ask)
+
+    monkeypatch.setattr(imatrix._Collector, "_collect", spy)
+    stopped = imatrix.compute(tiny["f16"], tiny["calib"], chunk=CHUNK, chunks=4)
+    # the output matrix (output.weight, or token_embd.weight when tied: the tiny model's)
+    heads = [name for name in asked if not name.startswith("blk.")]
+    assert stopped.chunk_count == 4 and len(heads) == 1
+    asked.clear()
+    # per_decode kept at None: every decode runs to the end
+    never = property(lambda _: None, lambda *_: None)
+    monkeypatch.setattr(imatrix._Collector, "per_decode", never, raising=False)
+    whole = imatrix.compute(tiny["f16"], tiny["calib"], chunk=CHUNK, chunks=4)
+    assert [name for name in asked if not name.startswith("blk.")] == heads * 4
+    assert sorted(stopped.entries) == sorted(whole.entries)
+    for name, e in whole.entries.items():
+        np.testing.assert_array_equal(stopped.entries[name].sums, e.sums, err_msg=name)
+        np.testing.assert_array_equal(stopped.entries[name].counts, e.counts, err_msg=name)
+
+
 def tiny_tokens(tiny: dict[str, Path]) -> list[int]:
     with llamacpp.load_model(tiny["f16"]) as model:
         return imatrix.tokenize_calibration(model, tiny["calib"].read_text())
