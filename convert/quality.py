@@ -19,11 +19,13 @@ llama-perplexity keeps them in its --kl-divergence-base file.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +36,7 @@ from llorch.hugepages import without_huge_page_advice
 
 DEFAULT_CHUNK = 512
 MIN_LOG_PROB = -16.0  # perplexity.cpp's log_softmax skips smaller reference terms
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,35 @@ class _Scratch:
         self.values = np.empty((rows, n_vocab), np.float32)
         self.mask = np.empty((rows, n_vocab), np.bool_)
 
+    def rows(self, block: slice) -> _Scratch:
+        """The same arrays' rows `block` (views)."""
+        part = object.__new__(_Scratch)
+        part.log_probs, part.values = self.log_probs[block], self.values[block]
+        part.mask = self.mask[block]
+        return part
+
+
+class _Blocks:
+    """A chunk's scored rows cut into one block of rows per thread, each block's numpy work
+    run on its own thread (numpy's element-wise loops release the GIL but use one core each,
+    and llama.cpp's threads are idle between two decodes). Every number is its own row's
+    arithmetic, so the results are those of one block of all the rows."""
+
+    def __init__(self, stack: contextlib.ExitStack, rows: int, n_threads: int) -> None:
+        n = max(1, min(n_threads, rows))
+        edges = [rows * i // n for i in range(n + 1)]
+        self.blocks = [slice(a, b) for a, b in itertools.pairwise(edges)]
+        self.pool = None
+        if n > 1:
+            self.pool = stack.enter_context(ThreadPoolExecutor(n - 1, "llorch-quality"))
+
+    def map(self, fn: Callable[[slice], _T]) -> list[_T]:
+        """`fn` of every block, in block order (the first on the calling thread)."""
+        if self.pool is None:
+            return [fn(self.blocks[0])]
+        rest = [self.pool.submit(fn, b) for b in self.blocks[1:]]
+        return [fn(self.blocks[0]), *(f.result() for f in rest)]
+
 
 def _log_softmax(
     logits: np.ndarray, values: np.ndarray, out: np.ndarray | None = None
@@ -164,15 +196,21 @@ class _Evaluator:
         return logits[:-1]
 
     def reference(
-        self, tokens: list[int], first: int, target: np.ndarray, scratch: _Scratch
+        self, tokens: list[int], first: int, target: np.ndarray, scratch: _Scratch, blocks: _Blocks
     ) -> _ReferenceChunk:
-        log_probs, top = _log_softmax(self.logits(tokens, first), scratch.values)
+        logits = self.logits(tokens, first)
+        log_probs = np.empty_like(logits)
+
+        def block(b: slice) -> np.ndarray:
+            return _log_softmax(logits[b], scratch.rows(b).values, out=log_probs[b])[1]
+
+        top = np.concatenate(blocks.map(block))
         rows = np.arange(len(target))
         return _ReferenceChunk(log_probs, top, log_probs[rows, target].copy())
 
 
 def _against(
-    logits: np.ndarray, ref: _ReferenceChunk, target: np.ndarray, scratch: _Scratch
+    logits: np.ndarray, ref_log_probs: np.ndarray, target: np.ndarray, scratch: _Scratch
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per scored row of a candidate's logits: the KL divergence from the reference (the sum
     of p_ref * (log p_ref - log p) over the kept terms), the log-probability of the actual next
@@ -180,11 +218,28 @@ def _against(
     before the sum, so agreeing models sum small terms rather than cancel two entropies."""
     log_probs, top = _log_softmax(logits, scratch.values, out=scratch.log_probs)
     target_log_probs = log_probs[np.arange(len(target)), target]
-    differences = np.subtract(ref.log_probs, log_probs, out=scratch.values)
-    kept = np.exp(ref.log_probs, out=scratch.log_probs)
-    np.less_equal(ref.log_probs, MIN_LOG_PROB, out=scratch.mask)
+    differences = np.subtract(ref_log_probs, log_probs, out=scratch.values)
+    kept = np.exp(ref_log_probs, out=scratch.log_probs)
+    np.less_equal(ref_log_probs, MIN_LOG_PROB, out=scratch.mask)
     kept[scratch.mask] = 0.0
     kld = np.einsum("ij,ij->i", kept, differences, dtype=np.float64)
+    return kld, target_log_probs, top
+
+
+def _against_blocks(
+    logits: np.ndarray,
+    ref: _ReferenceChunk,
+    target: np.ndarray,
+    scratch: _Scratch,
+    blocks: _Blocks,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """_against, a block of rows per thread, the blocks' rows put back in order."""
+
+    def block(b: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _against(logits[b], ref.log_probs[b], target[b], scratch.rows(b))
+
+    parts = blocks.map(block)
+    kld, target_log_probs, top = (np.concatenate(p) for p in zip(*parts, strict=True))
     return kld, target_log_probs, top
 
 
@@ -229,6 +284,7 @@ def measure(
         n_chunks = len(tokens) // chunk if chunks is None else min(chunks, len(tokens) // chunk)
         first = chunk // 2
         scratch = _Scratch(chunk - first - 1, ref.vocab.n_tokens)
+        blocks = _Blocks(stack, chunk - first - 1, threads)
         kld: list[np.ndarray] = []
         same = 0
         nll = nll_ref = 0.0
@@ -240,10 +296,11 @@ def measure(
             key = (str(reference), str(text), chunk, c)
             rc = cache.get(key) if cache is not None else None
             if rc is None:
-                rc = ref.reference(part, first, target, scratch)
+                rc = ref.reference(part, first, target, scratch, blocks)
                 if cache is not None:
                     cache.put(key, rc)
-            terms, target_lp, top = _against(cand.logits(part, first), rc, target, scratch)
+            logits = cand.logits(part, first)
+            terms, target_lp, top = _against_blocks(logits, rc, target, scratch, blocks)
             kld.append(terms)
             nll -= float(target_lp.sum(dtype=np.float64))
             nll_ref -= float(rc.target_log_probs.sum(dtype=np.float64))

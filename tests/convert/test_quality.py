@@ -132,6 +132,17 @@ def test_kl_divergence_orders_types_by_their_bits(model: dict[str, Path]) -> Non
     assert all(q.ppl_reference == found["q2_k"].ppl_reference for q in found.values())
 
 
+def test_numbers_do_not_depend_on_the_threads(model: dict[str, Path]) -> None:
+    """The numpy side runs a block of rows per thread: one block or three, the same numbers."""
+    out = model["base"] / "threads-q4_k_m.gguf"
+    llamacpp.quantize(model["f16"], out, gw.quantizer_types()["q4_k_m"], n_threads=THREADS)
+    found = [
+        quality.measure(model["f16"], out, model["eval"], chunk=CHUNK, chunks=4, n_threads=n)
+        for n in (1, 3)
+    ]
+    assert found[0] == found[1] and found[0].kld_mean > 0
+
+
 def test_quality_refusals(model: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(QualityError, match=r"at least 8192 are needed for chunks of 4096"):
         quality.measure(model["f16"], model["f16"], model["eval"], chunk=4096)
