@@ -368,6 +368,13 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
+def build_qwen2vl_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Qwen2VLForConditionalGeneration with random weights (parity_cases'
+    `qwen2-vl-multimodal-text-part`): a three-layer tower 32 wide (an MLP of 128), no windows,
+    the tokenizer and template as Qwen2.5-VL's."""
+    return _build_qwen_vl(folder, "qwen2-vl-multimodal-text-part", 14, CLIP_MEAN, CLIP_STD, seed)
+
+
 def build_qwen25vl_checkpoint(folder: Path, seed: int = 0) -> Path:
     """Qwen2_5_VLForConditionalGeneration with random weights (parity_cases'
     `qwen2.5-vl-multimodal-text-part`): a four-layer tower with windows in layers 0 and 2,
@@ -565,6 +572,7 @@ BUILDERS = {
     "gemma4-audio": partial(build_gemma4_checkpoint, audio=True),
     "smolvlm": build_smolvlm_checkpoint,
     "mistral3": build_mistral3_checkpoint,
+    "qwen2-vl": build_qwen2vl_checkpoint,
     "qwen2.5-vl": build_qwen25vl_checkpoint,
     "qwen3-vl": build_qwen3vl_checkpoint,
     "qwen3.5": build_qwen35_checkpoint,
@@ -575,6 +583,7 @@ TEXT_NAMES = {
     "gemma4-audio": "tiny-gemma4-audio-f32.gguf",
     "smolvlm": "tiny-smolvlm-f32.gguf",
     "mistral3": "tiny-mistral3-f32.gguf",
+    "qwen2-vl": "tiny-qwen2vl-f32.gguf",
     "qwen2.5-vl": "tiny-qwen25vl-f32.gguf",
     "qwen3-vl": "tiny-qwen3vl-f32.gguf",
     "qwen3.5": "tiny-qwen35-f32.gguf",
@@ -737,7 +746,7 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
     return np.concatenate([x for part in parts[:-1] for x in (part, brk)] + [parts[-1]])
 
 
-QWEN_VL_TYPES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
 
 
 def _qwen_patches(pixel_values: np.ndarray, vision: Any) -> tuple[Any, list[int]]:

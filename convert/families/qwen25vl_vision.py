@@ -54,8 +54,8 @@ MERGE = 2  # mtmd's merge for qwen2.5vl
 FRAMES = 2  # temporal_patch_size: mtmd's two Conv2D kernels
 RMS_EPS = 1e-6
 # Qwen2VLImageProcessor's defaults (OpenAI CLIP's)
-MEAN = [0.48145466, 0.4578275, 0.40821073]
-STD = [0.26862954, 0.26130258, 0.27577711]
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 REQUIRED = (_T.V_ENC_EMBD_PATCH, _T.V_MMPROJ, _T.V_POST_NORM)
 
 
@@ -81,19 +81,20 @@ def wa_pattern(model: VisionInput) -> int:
     return n
 
 
-def _check_fixed(model: VisionInput) -> None:
-    """What mtmd's qwen2.5vl graph hard-codes."""
-    fixed = {
-        "window_size": WINDOW,
-        "spatial_merge_size": MERGE,
-        "temporal_patch_size": FRAMES,
-    }
+def refuse_unlike(model: VisionInput, projector: str, fixed: dict[str, int]) -> None:
+    """A vision config whose values differ from what mtmd's graph hard-codes is refused."""
     for key, value in fixed.items():
         if vision_int(model, key, value) != value:
             raise ConfigError(
                 f"{_where(model)}: vision_config.{key} {model.vision[key]}; llama.cpp's "
-                f"qwen2.5vl projector runs {value} only"
+                f"{projector} projector runs {value} only"
             )
+
+
+def _check_fixed(model: VisionInput) -> None:
+    """What mtmd's qwen2.5vl graph hard-codes."""
+    fixed = {"window_size": WINDOW, "spatial_merge_size": MERGE, "temporal_patch_size": FRAMES}
+    refuse_unlike(model, "qwen2.5vl", fixed)
 
 
 def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
@@ -110,8 +111,8 @@ def write_hparams(model: VisionInput, w: gguf.GGUFWriter) -> None:
             blocks=_v(model, "depth"),
             heads=_v(model, "num_heads"),
         ),
-        mean=MEAN,
-        std=STD,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
     )
     w.add_vision_use_silu(True)
     w.add_vision_n_wa_pattern(wa_pattern(model))
@@ -139,7 +140,12 @@ def _part(model: VisionInput, source: str, index: Any) -> np.ndarray:
     return np.ascontiguousarray(model.ckpt.load_f32(source)[index])
 
 
-def plan(model: VisionInput) -> list[PlannedTensor]:
+def plan_split(
+    model: VisionInput, projector: str, n_block: int, expected: dict[_T, tuple[int, ...]]
+) -> list[PlannedTensor]:
+    """The `visual.*` tensors as llama.cpp's Qwen2VLVisionModel writes them (Qwen2-VL's too):
+    the fused qkv split into q, k and v, the Conv3D patch embedding into one Conv2D kernel per
+    frame, the rest as stored; `n_block` is raised to 3 for the merger's `mm.2`."""
     ckpt = model.ckpt
 
     def planned(
@@ -168,7 +174,9 @@ def plan(model: VisionInput) -> list[PlannedTensor]:
             ]
         return PlannedTensor(name, shape, StoredTensor(ckpt, source), (source,), keep)
 
-    n_block = max(_v(model, "depth"), 3)  # mm.2 needs block id 2
-    return plan_tower(
-        model, "qwen2.5vl", n_block, _source_name, _expected(model), REQUIRED, planned
-    )
+    n_block = max(n_block, 3)  # mm.2 needs block id 2
+    return plan_tower(model, projector, n_block, _source_name, expected, REQUIRED, planned)
+
+
+def plan(model: VisionInput) -> list[PlannedTensor]:
+    return plan_split(model, "qwen2.5vl", _v(model, "depth"), _expected(model))

@@ -216,6 +216,16 @@ SUPPORTED: tuple[ArchRow, ...] = (
         text_part=LLAVA_TEXT,
         vision=VisionPart(gguf.VisionProjectorType.PIXTRAL, "pixtral_vision"),
     ),
+    # Qwen2-VL: Qwen2.5-VL's language model (llama.cpp `qwen2vl`); its ViT (LayerNorm, quick-GELU
+    # MLP, no windows) and patch merger as llama.cpp's clip `qwen2vl_merger` projector.
+    ArchRow(
+        "Qwen2VLForConditionalGeneration",
+        _A.QWEN2VL,
+        "qwen2vl",
+        "qwen2_vl",
+        text_part=QWEN_VL_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.QWEN2VL, "qwen2vl_vision"),
+    ),
     # Qwen2.5-VL: Qwen2's decoder with M-RoPE sections (llama.cpp `qwen2vl`), its ViT and
     # patch merger as llama.cpp's clip `qwen2.5vl_merger` projector.
     ArchRow(

@@ -270,6 +270,37 @@ CASES["qwen2.5-vl-multimodal-text-part"] = Case(
     },
     tokenizer="qwen2",
 )
+# Qwen2-VL: Qwen2.5-VL's language model (M-RoPE sections, arch qwen2vl); its tower (LayerNorm,
+# quick-GELU MLP of mlp_ratio x embed_dim, no windows) is embed_dim wide, the vision config's
+# hidden_size being the merger's output (tests/tiny_vlm.py builds the same checkpoint with its
+# image tokens)
+CASES["qwen2-vl-multimodal-text-part"] = Case(
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2VLConfig",
+    {
+        "text_config": {
+            **SMALL,
+            "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [2, 3, 3],
+            },
+        },
+        "vision_config": {
+            "depth": 3,  # llama.cpp's converter maps the merger's mlp.2 as block 2
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "mlp_ratio": 4,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+    },
+    tokenizer="qwen2",
+)
 # Qwen3-VL (the 4B's ratios: head 128 with interleaved mrope_section [24, 20, 20] -> head 16
 # with [3, 3, 2]; deepstack from 3 of 24 tower layers into the first 3 of 36 text layers -> 2
 # of 4 (not the first) into 2 of 3); the tower is

@@ -22,6 +22,7 @@ EXTENDS = {
     "ministral3": "llama",
     "pixtral_vision": "llama",  # the rotate-half to interleaved q/k permutation
     "qwen2vl": "qwen",  # Qwen2's decoder with M-RoPE sections
+    "qwen2vl_vision": "qwen25vl_vision",  # the same tensors, split the same way
     "qwen3": "qwen",  # Qwen3-Reranker's rank head on the Qwen3 conversion
     "qwen3vl": "qwen2vl",  # Qwen2-VL's M-RoPE sections on Qwen3's decoder, deepstack
     "xlm_roberta": "bert",  # BERT's graph and checks, RoBERTa's positions

@@ -1,0 +1,62 @@
+"""Qwen2-VL served end to end: the tiny random Qwen2-VL (tests/tiny_vlm.py, family
+"qwen2-vl") served from its Hugging Face folder, whose projector (clip `qwen2vl_merger`) the
+conversion cache writes beside the text part, answers chat requests with an image in one
+worker over a real socket with llama.cpp's own greedy tokens for the same files, prompt and
+image (mtmd_tokenize, mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as
+llama-server lays them out), compared as text through the worker's /detokenize and by count,
+for two images; the prompt holds the image's 64 tokens. The requests and images are
+tests/worker/test_media_qwen25vl_e2e.py's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import tiny_vlm
+from support import THREADS, start_worker
+
+from tests.worker.test_media_qwen25vl_e2e import N, _chat, _png
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_a_qwen2_vl_folder_answers_as_llama_cpp_does(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size, n_image = tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS
+    vlm = tiny_vlm.cached(tmp_path_factory.getbasetemp(), "qwen2-vl")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLORCH_CACHE", str(cache))  # inherited by the worker
+    worker = start_worker(
+        tmp_path, "--model", f"qwen={vlm.folder}", "--ctx-size", "512", "--parallel", "1",
+        "--threads", str(THREADS),
+    )  # fmt: skip
+    try:
+        listed = httpx.get(f"{worker.url}/v1/models", timeout=30).json()["data"]
+        assert [m["inputs"] for m in listed] == [["text", "vision"]]
+        ggufs = sorted(cache.rglob("*.gguf"))
+        (mmproj,) = [p for p in ggufs if "-mmproj-" in p.name]
+        (text,) = [p for p in ggufs if p != mmproj]
+        eos = httpx.post(
+            f"{worker.url}/tokenize", json={"content": "<|im_end|>", "add_special": False}
+        ).json()["tokens"]
+        prompt = "<|im_start|>user\ndescribe <__media__><|im_end|>\n<|im_start|>assistant\n"
+        answers = []
+        for seed in (0, 1):
+            data = _chat(worker.url, _png(seed, size))
+            picture, _ = tiny_vlm.image(seed, size=size)
+            ref_prompt, expected = tiny_vlm.mtmd_greedy(text, mmproj, prompt, picture, N)
+            if eos[0] in expected:  # the worker stops there
+                expected = expected[: expected.index(eos[0])]
+            want = httpx.post(f"{worker.url}/detokenize", json={"tokens": expected}).json()
+            choice = data["choices"][0]  # type: ignore[index]
+            usage = data["usage"]  # type: ignore[index]
+            print(f"ANSWER seed {seed}: {choice['message']['content']!r} tokens {expected}")
+            assert choice["message"]["content"] == want["content"]
+            assert usage["completion_tokens"] == len(expected)
+            assert usage["prompt_tokens"] == len(ref_prompt) + n_image
+            answers.append(expected)
+        assert answers[0] != answers[1], "the answer does not depend on the image"
+    finally:
+        assert worker.stop() == 0
