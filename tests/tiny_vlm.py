@@ -391,6 +391,27 @@ def build_qwen3vl_checkpoint(folder: Path, seed: int = 0) -> Path:
     return _build_qwen_vl(folder, "qwen3-vl-multimodal-text-part", 16, half, half, seed)
 
 
+def build_qwen3vlmoe_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Qwen3VLMoeForConditionalGeneration with random weights (parity_cases'
+    `qwen3-vl-moe-multimodal-text-part`: Qwen3-VL's tower and decoder, 4 experts of 48 in every
+    layer, 2 used), its experts stored as released ([E, D, 2F], [E, F, D]: transformers saves
+    its own layout, and transposes the released one when it loads)."""
+    half = [0.5, 0.5, 0.5]
+    _build_qwen_vl(folder, "qwen3-vl-moe-multimodal-text-part", 16, half, half, seed)
+    _released_experts(folder / "model.safetensors")
+    return folder
+
+
+def _released_experts(path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    fused = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
+    released = {k: v.transpose(1, 2).contiguous() if k.endswith(fused) else v
+                for k, v in tensors.items()}  # fmt: skip
+    save_file(released, path, metadata={"format": "pt"})
+
+
 def build_qwen35_checkpoint(folder: Path, seed: int = 0) -> Path:
     """Qwen3_5ForConditionalGeneration with random weights (parity_cases'
     `qwen35-multimodal-text-part-tied`: the hybrid DeltaNet language model, a one-layer tower
@@ -575,6 +596,7 @@ BUILDERS = {
     "qwen2-vl": build_qwen2vl_checkpoint,
     "qwen2.5-vl": build_qwen25vl_checkpoint,
     "qwen3-vl": build_qwen3vl_checkpoint,
+    "qwen3-vl-moe": build_qwen3vlmoe_checkpoint,
     "qwen3.5": build_qwen35_checkpoint,
 }
 TEXT_NAMES = {
@@ -586,6 +608,7 @@ TEXT_NAMES = {
     "qwen2-vl": "tiny-qwen2vl-f32.gguf",
     "qwen2.5-vl": "tiny-qwen25vl-f32.gguf",
     "qwen3-vl": "tiny-qwen3vl-f32.gguf",
+    "qwen3-vl-moe": "tiny-qwen3vlmoe-f32.gguf",
     "qwen3.5": "tiny-qwen35-f32.gguf",
 }
 
@@ -746,7 +769,7 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
     return np.concatenate([x for part in parts[:-1] for x in (part, brk)] + [parts[-1]])
 
 
-QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe")
+QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 
 def _qwen_patches(pixel_values: np.ndarray, vision: Any) -> tuple[Any, list[int]]:

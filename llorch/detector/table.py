@@ -247,6 +247,16 @@ SUPPORTED: tuple[ArchRow, ...] = (
         text_part=QWEN_VL_TEXT,
         vision=VisionPart(gguf.VisionProjectorType.QWEN3VL, "qwen3vl_vision"),
     ),
+    # Qwen3-VL-MoE (30B-A3B, 235B-A22B): Qwen3-VL's decoder with a sparse MLP in every layer
+    # (llama.cpp `qwen3vlmoe`), its tower as Qwen3-VL's: clip `qwen3vl_merger`.
+    ArchRow(
+        "Qwen3VLMoeForConditionalGeneration",
+        _A.QWEN3VLMOE,
+        "qwen3vlmoe",
+        "qwen3_vl_moe",
+        text_part=QWEN_VL_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.QWEN3VL, "qwen3vl_vision"),
+    ),
     # Voxtral (Mini 3B, Small 24B): the language model converts as Llama, the Whisper-style
     # audio encoder and its projector (4 frames stacked, two linear maps) as llama.cpp's clip
     # `voxtral` projector.

@@ -338,6 +338,25 @@ CASES["qwen3-vl-multimodal-text-part"] = Case(
     },
     tokenizer="qwen2",
 )
+# Qwen3-VL-MoE (30B-A3B's ratios as Qwen3-VL's above; 128 experts, 8 used -> 4, 2): Qwen3-VL's
+# decoder with experts in every layer; moe_intermediate_size neither the hidden size nor half
+# of it, so the fused experts' layout (transformers' own, which it saves) shows in their
+# shapes. tests/tiny_vlm.py builds the same checkpoint in the released layout
+CASES["qwen3-vl-moe-multimodal-text-part"] = Case(
+    "Qwen3VLMoeForConditionalGeneration",
+    "Qwen3VLMoeConfig",
+    {
+        "text_config": {
+            **CASES["qwen3-vl-multimodal-text-part"].config["text_config"],
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 48,
+            "tie_word_embeddings": False,
+        },
+        "vision_config": CASES["qwen3-vl-multimodal-text-part"].config["vision_config"],
+    },
+    tokenizer="qwen2",
+)
 # Voxtral: its Llama language model (rope base 1e8 as released); the Whisper-style audio tower
 # of the released shape's ratios (4 frames stacked: intermediate_size 4 x hidden_size) goes to
 # the projector (tests/tiny_alm.py builds the checkpoint with its audio tokens)

@@ -25,6 +25,7 @@ EXTENDS = {
     "qwen2vl_vision": "qwen25vl_vision",  # the same tensors, split the same way
     "qwen3": "qwen",  # Qwen3-Reranker's rank head on the Qwen3 conversion
     "qwen3vl": "qwen2vl",  # Qwen2-VL's M-RoPE sections on Qwen3's decoder, deepstack
+    "qwen3vlmoe": "qwen3vl",  # Qwen3-VL's decoder, experts in every layer
     "xlm_roberta": "bert",  # BERT's graph and checks, RoBERTa's positions
     "modern_bert": "bert",  # the sentence-transformers pooling keys
     "smollm3": "llama",

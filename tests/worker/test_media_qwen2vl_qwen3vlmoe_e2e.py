@@ -1,11 +1,13 @@
-"""Qwen2-VL served end to end: the tiny random Qwen2-VL (tests/tiny_vlm.py, family
-"qwen2-vl") served from its Hugging Face folder, whose projector (clip `qwen2vl_merger`) the
-conversion cache writes beside the text part, answers chat requests with an image in one
-worker over a real socket with llama.cpp's own greedy tokens for the same files, prompt and
-image (mtmd_tokenize, mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as
-llama-server lays them out), compared as text through the worker's /detokenize and by count,
-for two images; the prompt holds the image's 64 tokens. The requests and images are
-tests/worker/test_media_qwen25vl_e2e.py's."""
+"""Qwen2-VL and Qwen3-VL-MoE served end to end: the tiny random Qwen2-VL and Qwen3-VL-MoE
+(tests/tiny_vlm.py, families "qwen2-vl" and "qwen3-vl-moe") served from their Hugging Face
+folders, whose projectors (clip `qwen2vl_merger`, `qwen3vl_merger` with two deepstack
+features) the conversion cache writes beside the text part (llama.cpp `qwen2vl`,
+`qwen3vlmoe`), answer chat requests with an image in one worker over a real socket with
+llama.cpp's own greedy tokens for the same files, prompt and image (mtmd_tokenize,
+mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as llama-server lays them
+out), compared as text through the worker's /detokenize and by count, for two images; the
+prompt holds the image's tokens (64 for Qwen2-VL, 16 for Qwen3-VL-MoE). The requests and
+images are tests/worker/test_media_qwen25vl_e2e.py's."""
 
 from __future__ import annotations
 
@@ -20,12 +22,22 @@ from tests.worker.test_media_qwen25vl_e2e import N, _chat, _png
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+# family: image size, image tokens
+FAMILIES = {
+    "qwen2-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS),
+    "qwen3-vl-moe": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS),
+}
 
-def test_a_qwen2_vl_folder_answers_as_llama_cpp_does(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_qwen_vl_folder_answers_as_llama_cpp_does(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    family: str,
 ) -> None:
-    size, n_image = tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS
-    vlm = tiny_vlm.cached(tmp_path_factory.getbasetemp(), "qwen2-vl")
+    size, n_image = FAMILIES[family]
+    vlm = tiny_vlm.cached(tmp_path_factory.getbasetemp(), family)
     cache = tmp_path / "cache"
     monkeypatch.setenv("LLORCH_CACHE", str(cache))  # inherited by the worker
     worker = start_worker(
