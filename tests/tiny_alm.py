@@ -334,3 +334,130 @@ def _greedy(ll: Any, mt: Any, model: Any, mctx: Any, chunks: Any, n: int) -> tup
     ll.llama_batch_free(batch)
     ll.llama_free(lctx)
     return logits, tokens
+
+
+# Qwen3-ASR as transformers' port saves it (Qwen3ASRForConditionalGeneration: the audio encoder,
+# its projector, a Qwen3 language model): parity_cases' `qwen3-asr-multimodal-text-part`. mtmd
+# puts <|audio_start|> and <|audio_end|> around an audio's rows; the processor's <|audio_pad|>
+# is the audio token transformers replaces.
+QWEN3ASR_TOKENS = ["<|audio_start|>", "<|audio_end|>", "<|audio_pad|>"]
+QWEN3ASR_FRAMES = 100  # mel frames per chunk of the encoder (n_window 50 x 2): 13 rows each
+QWEN3ASR_CHUNK_ROWS = 13
+
+
+def build_qwen3asr_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Qwen3ASRForConditionalGeneration with random weights, a byte-level BPE with its audio
+    tokens, a ChatML template that leaves an audio's place to the caller (mtmd's marker), and
+    Qwen3ASRFeatureExtractor's preprocessor_config.json with its defaults (as released)."""
+    import torch
+    import transformers
+    from tiny_vlm import _bpe, _save
+
+    from tests.convert.parity_cases import CASES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _bpe(folder, QWEN3ASR_TOKENS)
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+        "{{ m['content'] }}{% else %}{% for p in m['content'] %}{% if p['type'] == 'text' %}"
+        "{{ p['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer_config = {"eos_token": "<|im_end|>", "chat_template": template}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    transformers.Qwen3ASRFeatureExtractor().save_pretrained(folder)
+    case = CASES["qwen3-asr-multimodal-text-part"]
+    text = {**case.config["text_config"], "vocab_size": vocab["vocab_size"]}
+    config = transformers.Qwen3ASRConfig(
+        text_config=text,
+        audio_config=case.config["audio_config"],
+        audio_token_id=vocab["<|audio_pad|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=0,  # <|endoftext|>
+    )
+    torch.manual_seed(seed)
+    _save(transformers.Qwen3ASRForConditionalGeneration(config), folder)
+    return folder
+
+
+def qwen3asr_thinker_layout(folder: Path, dst: Path) -> Path:
+    """The checkpoint in the original Qwen3-ASR release's layout, the one llama.cpp's converter
+    reads: config.json's sections under `thinker_config`, the tensors under `thinker.`, the
+    projector's linear maps inside the audio tower as `proj1`, `proj2`. The same weights."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, dst)
+    config = json.loads((dst / "config.json").read_text())
+    sections = {k: config.pop(k) for k in ("audio_config", "text_config", "audio_token_id")}
+    (dst / "config.json").write_text(json.dumps({**config, "thinker_config": sections}))
+    renames = (
+        ("model.multi_modal_projector.linear_", "thinker.audio_tower.proj"),
+        ("model.audio_tower.", "thinker.audio_tower."),
+        ("model.language_model.", "thinker.model."),
+    )
+    tensors = load_file(dst / "model.safetensors")
+    out = {}
+    for name, value in tensors.items():
+        for old, new in renames:
+            if name.startswith(old):
+                name = new + name.removeprefix(old)
+                break
+        out[name] = value
+    save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def _qwen3asr_built(base: Path) -> TinyAlm:
+    text = base / "tiny-qwen3asr-f32.gguf"
+    return TinyAlm(base / "hf", text, text.with_name(text.stem + "-mmproj-f32.gguf"))
+
+
+def cached_qwen3asr(base: Path) -> TinyAlm:
+    """The tiny random Qwen3-ASR, built and converted by llorch once under `base` (pytest's
+    session folder, getbasetemp()): its folder, the text part (GGUF F32) and the projector
+    beside it (clip `qwen3a`, `<text>-mmproj-f32.gguf`)."""
+    from llorch.convert import convert
+
+    folder = base / "tiny-alm-qwen3asr"
+    built = _qwen3asr_built(folder)
+    done = folder / "built"
+    if not done.exists():
+        build_qwen3asr_checkpoint(built.folder)
+        report = convert(built.folder, built.text, outtype="f32")
+        assert report.mmproj is not None and Path(report.mmproj["output"]) == built.mmproj
+        done.touch()
+    return built
+
+
+def qwen3asr_features(folder: Path, samples: np.ndarray) -> tuple[Any, Any]:
+    """Qwen3-ASR's input features for `samples` and their mask: its Qwen3ASRFeatureExtractor
+    (from the folder's preprocessor_config.json) called as Qwen3ASRProcessor calls it (its
+    audio_kwargs: padded to the longest clip, not to 30 s, the mask asked for): the clip's
+    frames, but the last STFT frame, padded with zeros to whole chunks of 100."""
+    import transformers
+
+    extractor = transformers.Qwen3ASRFeatureExtractor.from_pretrained(folder)
+    kwargs = {"padding": True, "truncation": False, "return_attention_mask": True}
+    out = extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt", **kwargs)
+    return out["input_features"], out["attention_mask"]
+
+
+def qwen3asr_reference(folder: Path) -> Any:
+    import torch
+    import transformers
+
+    return transformers.Qwen3ASRForConditionalGeneration.from_pretrained(
+        folder, dtype=torch.float32
+    ).eval()
+
+
+def qwen3asr_embeddings(model: Any, features: Any, mask: Any) -> np.ndarray:
+    """transformers' audio encoder + projector (get_audio_features) on `features`, one row per
+    audio token the mask keeps."""
+    import torch
+
+    with torch.no_grad():
+        out = model.get_audio_features(features, mask).pooler_output
+    return np.asarray(out.float().numpy())

@@ -72,6 +72,12 @@ QWEN35_TEXT = TextPart(renamed=(("model.language_model.", "model."),), left_out=
 VOXTRAL_TEXT = TextPart(
     renamed=LLAVA_TEXT.renamed, left_out=("audio_tower.", "multi_modal_projector.")
 )
+# Qwen3-ASR as transformers' port saves it (Qwen/Qwen3-ASR-*-hf): a Qwen3 language model beside
+# the audio tower and its projector
+QWEN3ASR_TEXT = TextPart(
+    renamed=(("model.language_model.", "model."),),
+    left_out=("model.audio_tower.", "model.multi_modal_projector."),
+)
 
 
 @dataclass(frozen=True)
@@ -268,6 +274,18 @@ SUPPORTED: tuple[ArchRow, ...] = (
         alias_of="LlamaForCausalLM",
         text_part=VOXTRAL_TEXT,
         audio=AudioPart(gguf.VisionProjectorType.VOXTRAL, "voxtral_audio"),
+    ),
+    # Qwen3-ASR (0.6B, 1.7B) in transformers' layout: the language model converts as Qwen3, the
+    # audio encoder (convolutions over 100-frame chunks, windowed layers) and its projector as
+    # llama.cpp's clip `qwen3a` projector.
+    ArchRow(
+        "Qwen3ASRForConditionalGeneration",
+        _A.QWEN3,
+        "qwen3",
+        "qwen3_asr",
+        alias_of="Qwen3ForCausalLM",
+        text_part=QWEN3ASR_TEXT,
+        audio=AudioPart(gguf.VisionProjectorType.QWEN3A, "qwen3asr_audio"),
     ),
     # State-space models: a recurrent state per sequence instead of a KV cache
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),

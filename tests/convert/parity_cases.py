@@ -379,6 +379,29 @@ CASES["voxtral-multimodal-text-part"] = Case(
     },
     tokenizer="gpt2",
 )
+# Qwen3-ASR as transformers' port saves it: its Qwen3 language model (tied embeddings, as
+# released); the audio encoder (3 convolutions 8 channels wide over 128 mel bins, 4 layers 32
+# wide: llama.cpp's converter maps conv2d3 as block 3, so only for 4 layers or more) goes to
+# the projector (tests/tiny_alm.py builds the checkpoint with its audio tokens)
+CASES["qwen3-asr-multimodal-text-part"] = Case(
+    "Qwen3ASRForConditionalGeneration",
+    "Qwen3ASRConfig",
+    {
+        # tied in both places, as Qwen3ASRConfig's default text_config (transformers ties by the
+        # top-level flag; llorch reads the text_config's)
+        "text_config": {**SMALL, "head_dim": 16, "tie_word_embeddings": True},
+        "audio_config": {
+            "d_model": 32,
+            "encoder_ffn_dim": 64,
+            "encoder_layers": 4,
+            "encoder_attention_heads": 2,
+            "downsample_hidden_size": 8,
+            "output_dim": 64,
+        },
+        "audio_token_id": 3,
+    },
+    tokenizer="qwen2",
+)
 CASES["idefics3-multimodal-text-part"] = Case(
     "Idefics3ForConditionalGeneration",
     "Idefics3Config",
