@@ -16,6 +16,7 @@ from llorch.convert import llamacpp, projector, verify_logits
 from llorch.convert import quality as quality_mod
 from llorch.convert import writer as gw
 from llorch.convert.errors import (
+    ConfigError,
     ConversionError,
     ImatrixError,
     MissingTensorError,
@@ -84,6 +85,9 @@ def _model_input(det: Detection) -> ModelInput:
     if det.hf_architecture is None:
         raise InvalidFileError(f"{folder / 'config.json'}: no 'architectures' entry")
     row = lookup(det.hf_architecture)
+    for key, why in row.unread_layouts:
+        if key in raw:
+            raise ConfigError(f"{folder / 'config.json'}: {why}")
     # Without headers, detection met a weights problem: reading them again raises it, typed.
     ckpt = det.checkpoint if det.checkpoint is not None else Checkpoint(folder)
     if det.tokenizer is None:

@@ -186,6 +186,8 @@ def _detect_hf(source: str, folder: Path) -> Detection:
         reason = f"config.json has no 'architectures' (model_type={model_type!r})"
     elif row is None:
         reason = f"unsupported architecture {hf_arch!r}; supported: {', '.join(supported_names())}"
+    elif unread := [why for key, why in row.unread_layouts if key in config]:
+        reason = unread[0]
     elif tok is None:
         reason = "no tokenizer.model, tokenizer.json or sentencepiece.bpe.model in the folder"
     return Detection(

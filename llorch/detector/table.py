@@ -125,6 +125,9 @@ class ArchRow:
     # multimodal wrappers whose projector llorch writes: the vision tower, the audio tower
     vision: VisionPart | None = None
     audio: AudioPart | None = None
+    # config.json keys that mark a layout of the same architecture name llorch does not read,
+    # and what to convert instead: refused by name rather than by the first key missing
+    unread_layouts: tuple[tuple[str, str], ...] = ()
 
     @property
     def llama_arch(self) -> str:
@@ -286,6 +289,13 @@ SUPPORTED: tuple[ArchRow, ...] = (
         alias_of="Qwen3ForCausalLM",
         text_part=QWEN3ASR_TEXT,
         audio=AudioPart(gguf.VisionProjectorType.QWEN3A, "qwen3asr_audio"),
+        unread_layouts=(
+            (
+                "thinker_config",
+                "the original Qwen3-ASR release's layout (thinker_config, thinker.* tensors) "
+                "is not read; convert the transformers-layout repository (Qwen/Qwen3-ASR-*-hf)",
+            ),
+        ),
     ),
     # State-space models: a recurrent state per sequence instead of a KV cache
     ArchRow("Mamba2ForCausalLM", _A.MAMBA2, "mamba2", "mamba2"),

@@ -59,6 +59,20 @@ def test_unknown_architecture_is_reported_with_every_supported_name(tmp_path: Pa
         lookup("FooForCausalLM")
 
 
+def test_a_layout_not_read_is_refused_by_name(tmp_path: Path) -> None:
+    """Qwen3-ASR as first released (a `thinker_config`, `thinker.*` tensors) has the same
+    architecture name as transformers' layout, which is the one converted."""
+    arch = "Qwen3ASRForConditionalGeneration"
+    det = detect(_hf_folder(tmp_path / "m", arch=arch, thinker_config={"text_config": {}}))
+    assert not det.supported
+    assert det.reason is not None and "thinker_config" in det.reason and "-hf" in det.reason
+    from llorch.convert import convert
+    from llorch.convert.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="thinker_config"):
+        convert(tmp_path / "m", tmp_path / "m.gguf", verify=False)
+
+
 def test_model_type_when_architectures_is_absent(tmp_path: Path) -> None:
     folder = _hf_folder(tmp_path / "m")
     (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
