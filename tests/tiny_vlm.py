@@ -587,6 +587,66 @@ def build_gemma4_checkpoint(folder: Path, seed: int = 0, audio: bool = False) ->
     return folder
 
 
+# Llama 4's image markup, as its processor and mtmd write it (an image of one tile: start,
+# its tokens, end)
+LLAMA4_TOKENS = ["<|image_start|>", "<|image_end|>", "<|image|>", "<|patch|>", "<|eot|>"]
+LLAMA4_IMAGE_SIZE = 112  # 8 x 8 patches of 14, pixel-shuffled 2 x 2: 4 x 4 tokens
+LLAMA4_IMAGE_TOKENS = 16
+
+
+def build_llama4_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """Llama4ForConditionalGeneration with random weights (parity_cases'
+    `llama4-multimodal-text-part`: Scout's text model scaled down, a three-layer tower 32 wide
+    over 112-pixel tiles of 14-pixel patches, shuffled 2 x 2), its tokenizer with the image
+    tokens, Llama4ImageProcessor's normalisation (0.5)."""
+    import torch
+    import transformers
+
+    from tests.convert.parity_cases import CASES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _bpe(folder, LLAMA4_TOKENS)
+    template = (
+        "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] "
+        "is string %}{{ m['content'] }}{% endif %}<|eot|>{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer_config = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|eot|>",
+        "pad_token": "<|endoftext|>",
+        "chat_template": template,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    preprocessor = {
+        "image_processor_type": "Llama4ImageProcessorFast",
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "size": {"height": LLAMA4_IMAGE_SIZE, "width": LLAMA4_IMAGE_SIZE},
+        "max_patches": 16,
+        "resize_to_max_canvas": False,
+        "rescale_factor": 1 / 255,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    case = CASES["llama4-multimodal-text-part"]
+    text = {
+        **case.config["text_config"],
+        "vocab_size": vocab["vocab_size"],
+        "bos_token_id": vocab["<|im_start|>"],
+        "eos_token_id": vocab["<|eot|>"],
+        "pad_token_id": vocab["<|im_end|>"],
+    }
+    ids = {
+        "image_token_index": vocab["<|patch|>"],
+        "boi_token_index": vocab["<|image_start|>"],
+        "eoi_token_index": vocab["<|image_end|>"],
+    }
+    config = transformers.Llama4Config(**{**case.config, "text_config": text, **ids})
+    torch.manual_seed(seed)
+    _save(transformers.Llama4ForConditionalGeneration(config), folder)
+    return folder
+
+
 BUILDERS = {
     "gemma3": build_checkpoint,
     "gemma4": build_gemma4_checkpoint,
@@ -598,6 +658,7 @@ BUILDERS = {
     "qwen3-vl": build_qwen3vl_checkpoint,
     "qwen3-vl-moe": build_qwen3vlmoe_checkpoint,
     "qwen3.5": build_qwen35_checkpoint,
+    "llama4": build_llama4_checkpoint,
 }
 TEXT_NAMES = {
     "gemma3": "tiny-gemma3-vlm-f32.gguf",
@@ -610,6 +671,7 @@ TEXT_NAMES = {
     "qwen3-vl": "tiny-qwen3vl-f32.gguf",
     "qwen3-vl-moe": "tiny-qwen3vlmoe-f32.gguf",
     "qwen3.5": "tiny-qwen35-f32.gguf",
+    "llama4": "tiny-llama4-f32.gguf",
 }
 
 
@@ -747,6 +809,11 @@ def reference_embeddings(model: Any, pixel_values: np.ndarray, n_embd: int) -> n
         kwargs["image_grid_thw"] = torch.tensor([grid])
     elif kind == "gemma4":
         pixels, kwargs["image_position_ids"] = _gemma4_patches(pixel_values, model.config)
+    elif kind == "llama4":  # the tower and adapter, then the projector (its forward's steps)
+        with torch.no_grad():
+            tower = model.vision_model(pixels).last_hidden_state
+            rows = model.multi_modal_projector(tower.reshape(-1, tower.shape[-1]))
+        return np.asarray(rows.float().numpy())
     with torch.no_grad():
         features = model.model.get_image_features(pixel_values=pixels, **kwargs)
     out = getattr(features, "pooler_output", features)
@@ -816,6 +883,7 @@ def check_embeddings(
     chunks: int = 1,
     rows: int = IMAGE_TOKENS,
     size: int = IMAGE_SIZE,
+    order: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> float:
     """mtmd's image embeddings from `mmproj` beside `text` against `reference_model`'s vision
     tower + projector, for two images at the model's size: mtmd makes `chunks` chunks of each
@@ -823,7 +891,8 @@ def check_embeddings(
     chunk (`rows` of them: Mistral 3's with its [IMG_BREAK] rows) has a cosine >= cos_min.
     A row is the text model's input row (llama.cpp's n_embd_inp): for Qwen3-VL the merged
     embedding and the deepstack features after it, each of which is checked on its own too.
-    The smallest cosine measured."""
+    `order` puts the reference's rows in the order mtmd gives them, where its graph orders
+    them otherwise (Llama 4: `transposed`). The smallest cosine measured."""
     import llama_cpp as ll
 
     from llorch.worker.backend.mtmd import Projector
@@ -841,6 +910,7 @@ def check_embeddings(
             picture, pixel_values = image(seed, *normalisation, size=size)
             got = projector.embeddings(picture, width)
             ref = reference_embeddings(reference_model, pixel_values, width)
+            ref = ref if order is None else order(ref)
             assert len(got) == chunks
             for tile in got:
                 assert tile.shape == ref.shape == (rows, width)
@@ -853,6 +923,16 @@ def check_embeddings(
     finally:
         projector.close()
         ll.llama_model_free(model)
+
+
+def transposed(rows: np.ndarray) -> np.ndarray:
+    """A square grid of rows (row-major) in column-major order: mtmd's Llama 4 pixel shuffle
+    leaves out transformers' last permute (tools/mtmd/models/llama4.cpp, commented out), so
+    its image tokens come column by column."""
+    side = round(len(rows) ** 0.5)
+    assert side * side == len(rows)
+    grid = rows.reshape(side, side, -1).transpose(1, 0, 2)
+    return np.ascontiguousarray(grid.reshape(len(rows), -1))
 
 
 def mtmd_greedy(

@@ -15,6 +15,9 @@ src/models/llama4.cpp and conversion/llama.py (Llama4Model):
   expert of the experts' width (`intermediate_size`). Experts are stored transposed and fused:
   gate_up_proj [E, D, 2F] (gate columns first), down_proj [E, F, D]. Dense layers' MLPs are
   `intermediate_size_mlp` wide (llama.cpp's feed_forward_length).
+- Llama4ForConditionalGeneration (as released, and as transformers 5 saves it) keeps this
+  model as `language_model.model.*` / `language_model.lm_head.*` beside the vision part
+  (convert/families/llama4_vision.py); its tensors are matched by their text-model names.
 """
 
 from __future__ import annotations
@@ -102,7 +105,11 @@ def plan(model: ModelInput) -> list[PlannedTensor]:
     _check(model)
     d = dims(_mlp_width(model))
     n_expert, n_ff_exp = cfg_int(model, "num_local_experts"), cfg_int(model, "intermediate_size")
-    found = {(int(m[1]), m[2]): n for n in model.ckpt.names() if (m := EXPERTS.fullmatch(n))}
+    found = {
+        (int(m[1]), m[2]): n
+        for n in model.ckpt.names()
+        if (text := model.text_name(n)) is not None and (m := EXPERTS.fullmatch(text))
+    }
     stacked = []
     step = cfg_int(model, "interleave_moe_layer_step", default=1)
     for layer in range(step - 1, d.n_layer, step):

@@ -67,6 +67,12 @@ QWEN_VL_TEXT = TextPart(
 QWEN35_TEXT = TextPart(renamed=(("model.language_model.", "model."),), left_out=("model.visual.",))
 
 
+# Llama 4 (Scout, Maverick): `language_model.*` beside `vision_model.*` and its projector
+LLAMA4_TEXT = TextPart(
+    renamed=LLAVA_TEXT.renamed, left_out=("vision_model.", "multi_modal_projector.")
+)
+
+
 # Voxtral: a Llama language model saved as `language_model.*` beside the Whisper-style audio
 # tower and its projector (transformers 5 saves it in this layout too)
 VOXTRAL_TEXT = TextPart(
@@ -204,6 +210,17 @@ SUPPORTED: tuple[ArchRow, ...] = (
     ArchRow("DeepseekV2ForCausalLM", _A.DEEPSEEK2, "deepseek", "deepseek_v2"),
     # Llama 4 text: chunked attention, no-RoPE layers, MoE with a shared expert
     ArchRow("Llama4ForCausalLM", _A.LLAMA4, "llama4", "llama4_text"),
+    # Llama 4 as released: the language model converts as Llama 4 text, the vision tower, its
+    # pixel-shuffle adapter and the projector as llama.cpp's clip `llama4` projector.
+    ArchRow(
+        "Llama4ForConditionalGeneration",
+        _A.LLAMA4,
+        "llama4",
+        "llama4",
+        alias_of="Llama4ForCausalLM",
+        text_part=LLAMA4_TEXT,
+        vision=VisionPart(gguf.VisionProjectorType.LLAMA4, "llama4_vision"),
+    ),
     ArchRow("SmolLM3ForCausalLM", _A.SMOLLM3, "smollm3", "smollm3"),
     ArchRow("Olmo2ForCausalLM", _A.OLMO2, "olmo2", "olmo2"),
     # OLMo 3: the OLMo 2 graph plus sliding-window layers (convert/families/olmo2.py)

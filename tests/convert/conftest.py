@@ -351,6 +351,10 @@ def reference_logits(folder: Path, tokens: list[int]) -> np.ndarray:
     # the checkpoint's own class: AutoModelForCausalLM does not take every multimodal wrapper
     arch = json.loads((folder / "config.json").read_text())["architectures"][0]
     model = getattr(transformers, arch).from_pretrained(folder, dtype=torch.float32).eval()
+    if arch == "Llama4ForConditionalGeneration":
+        # its forward builds its output from the language model's, which lacks image_outputs
+        # (transformers 5.24); without images it is the language model's forward
+        model = model.language_model
     with torch.no_grad():
         return model(torch.tensor([tokens])).logits[0].float().numpy()
 

@@ -520,6 +520,21 @@ LLAMA4 = {
     "bos_token_id": 0,
     "eos_token_id": 1,
 }
+# Llama 4's tower scaled down (Scout: 34 layers 1408 wide, 336-pixel tiles of 14-pixel
+# patches, pixel shuffle 0.5, the adapter 4096 wide): intermediate_size is the MLP's width and
+# the adapter's input (width x 4 after the shuffle)
+LLAMA4_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "image_size": 112,
+    "patch_size": 14,
+    "pixel_shuffle_ratio": 0.5,
+    "projector_input_dim": 48,
+    "projector_output_dim": 48,
+    "vision_output_dim": 48,
+}
 CASES.update(
     {
         "qwen3moe": Case(
@@ -686,6 +701,24 @@ CASES.update(
             "Llama4ForCausalLM",
             "Llama4TextConfig",
             {**LLAMA4, "intermediate_size": 96, "num_local_experts": 16, "use_qk_norm": True},
+            tokenizer="llama3",
+        ),
+        # Llama 4 Scout as released (Llama4ForConditionalGeneration: `language_model.*` beside
+        # the vision part); the tower is 3 layers 32 wide over 8 x 8 patches of 14, shuffled
+        # 2 x 2 (llama.cpp's converter maps the adapter's mlp.2 for a tower of 3 or more);
+        # tests/tiny_vlm.py builds the same checkpoint with its image tokens
+        "llama4-multimodal-text-part": Case(
+            "Llama4ForConditionalGeneration",
+            "Llama4Config",
+            {
+                "text_config": {
+                    **LLAMA4,
+                    "intermediate_size": 96,
+                    "num_local_experts": 16,
+                    "use_qk_norm": True,
+                },
+                "vision_config": LLAMA4_VISION,
+            },
             tokenizer="llama3",
         ),
         # Llama 4 Maverick: 128 experts in every 2nd layer, dense MLPs between, no q/k norm
