@@ -94,13 +94,22 @@ class Pieces:
 VOXTRAL_POOLED_FRAMES = 750
 
 
-def _refuse_what_mtmd_aborts_on(path: Path) -> None:
+def _check_what_mtmd_runs_wrong(path: Path) -> None:
     from llorch.gguf_header import GGUFHeaderError, read_header
 
     try:
         fields = read_header(path).fields
     except GGUFHeaderError:
         return  # mtmd says what it cannot read
+    if fields.get("clip.projector_type", fields.get("clip.vision.projector_type")) == "llama4":
+        # tools/mtmd/models/llama4.cpp leaves out the pixel shuffle's last permute: a tile's
+        # tokens reach the model column by column, transformers gives them row by row
+        # (tests/convert/test_llama4_projector.py: the same rows, min cosine -0.33 in order)
+        log.warning(
+            "%s: llama.cpp's mtmd gives Llama 4's image tokens in another order than the "
+            "model was trained with; its answers about images may be worse than the model's",
+            path,
+        )
     kind = fields.get("clip.audio.projector_type", fields.get("clip.projector_type"))
     stack = fields.get("clip.audio.projector.stack_factor")
     if kind == "voxtral" and isinstance(stack, int) and stack > 0 and VOXTRAL_POOLED_FRAMES % stack:
@@ -117,7 +126,7 @@ class Projector:
     def __init__(self, path: Path, model: ll.llama_model_p, threads: int, use_gpu: bool) -> None:
         if not path.is_file():
             raise ModelLoadError(f"projector file not found: {path}")
-        _refuse_what_mtmd_aborts_on(path)
+        _check_what_mtmd_runs_wrong(path)
         params = mt.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.n_threads = threads
