@@ -1,6 +1,7 @@
 """A publisher's batch: llorch convert-batch against the chain of llama.cpp's tools.
 
     .venv/bin/python bench/publish.py [--anchor DIR] [--work DIR] [--chunk 128] [--threads N]
+                                      [--rounds N]
 
 One source (a random-weight Llama built by bench/convert.py's `build`, SMALL below) made into
 f16, q8_0, q4_k_m, iq4_xs and iq2_xxs with an importance matrix from a calibration text and
@@ -12,8 +13,9 @@ the quality of every quantized type measured on an evaluation text:
           per quantized type, run one after the other.
 The tools are built by bench/imatrix.py (--build-tools); DIR is llama.cpp's source tree as the
 llama-cpp-python sdist ships it (default: the one bench/serving.py unpacks). Wall time of each
-side, and the ratio (target: llorch <= 0.8x the anchor). Not a test: timings depend on the
-machine and its load.
+side, and the ratio (target: llorch <= 0.8x the anchor); with --rounds N the two sides alternate
+which goes first, every round is printed, and the medians are compared. Not a test: timings
+depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -82,6 +85,7 @@ def main() -> int:
     ap.add_argument("--text-bytes", type=int, default=12000, help="bytes of README per text")
     ap.add_argument("--hidden", type=int, default=SMALL["hidden_size"], help="model width")
     ap.add_argument("--layers", type=int, default=SMALL["num_hidden_layers"])
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each side, alternating")
     args = ap.parse_args()
     imatrix_bench = load("bench_imatrix", REPO / "bench" / "imatrix.py")
     convert_bench = load("bench_convert", REPO / "bench" / "convert.py")
@@ -104,20 +108,28 @@ def main() -> int:
     (texts / "calib.txt").write_text(readme[: args.text_bytes], encoding="utf-8")
     (texts / "eval.txt").write_text(readme[args.text_bytes : 2 * args.text_bytes], "utf-8")
     env_src = args.work / "src"
-    times: dict[str, float] = {}
-    for name, fn in (
-        ("anchor", lambda: anchor_chain(args, bins, src, args.work / "anchor", texts)),
-        ("llorch", lambda: llorch_batch(args, env_src, args.work / "llorch", texts)),
-    ):
-        t0 = time.perf_counter()
-        fn()
-        times[name] = time.perf_counter() - t0
-    load1 = os.getloadavg()[0]
+    sides = {
+        "anchor": lambda: anchor_chain(args, bins, src, args.work / "anchor", texts),
+        "llorch": lambda: llorch_batch(args, env_src, args.work / "llorch", texts),
+    }
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    load0 = os.getloadavg()
+    for r in range(args.rounds):
+        for name in sorted(sides, reverse=r % 2 == 1):  # anchor first in even rounds
+            t0 = time.perf_counter()
+            sides[name]()
+            times[name].append(time.perf_counter() - t0)
+        if args.rounds > 1:
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()))
+    load1 = os.getloadavg()
     print(f"1 source ({cfg}) x {', '.join(TYPES)}; imatrix and quality chunks of {args.chunk}")
-    print(f"threads {args.threads}, load average {load1:.1f} at the end")
-    for k, v in times.items():
-        print(f"  {k:7s} {v:.1f}s")
-    print(f"  ratio llorch / anchor chain: {times['llorch'] / times['anchor']:.2f}x")
+    loads = " ".join(f"{x:.2f}" for x in load0), " ".join(f"{x:.2f}" for x in load1)
+    print(f"threads {args.threads}, load average {loads[0]} before, {loads[1]} at the end")
+    median = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in median.items():
+        spread = f" [{min(times[k]):.1f}, {max(times[k]):.1f}]" if args.rounds > 1 else ""
+        print(f"  {k:7s} {v:.1f}s{spread}")
+    print(f"  ratio llorch / anchor chain: {median['llorch'] / median['anchor']:.2f}x")
     return 0
 
 
