@@ -118,7 +118,9 @@ class _Blocks:
     """A chunk's scored rows cut into one block of rows per thread, each block's numpy work
     run on its own thread (numpy's element-wise loops release the GIL but use one core each,
     and llama.cpp's threads are idle between two decodes). Every number is its own row's
-    arithmetic, so the results are those of one block of all the rows."""
+    arithmetic, so the results are those of one block of all the rows. Measured on
+    bench/publish.py's model (63 rows of 32,000 a chunk), a candidate's chunk 16-17 ms of
+    numpy on one core, 9 ms on two."""
 
     def __init__(self, stack: contextlib.ExitStack, rows: int, n_threads: int) -> None:
         n = max(1, min(n_threads, rows))
