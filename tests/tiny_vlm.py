@@ -94,9 +94,17 @@ def _spm(folder: Path) -> int:
     return int(spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
 
 
-def build_checkpoint(folder: Path, seed: int = 0) -> Path:
+def build_checkpoint(
+    folder: Path,
+    seed: int = 0,
+    vision: dict[str, int] | None = None,
+    image_size: int = IMAGE_SIZE,
+    image_tokens: int = IMAGE_TOKENS,
+) -> Path:
     """A two-layer Gemma3ForConditionalGeneration with random weights, its tokenizer and the
-    preprocessor config the projector's converter reads (image size, mean/std, tokens)."""
+    preprocessor config the projector's converter reads (image size, mean/std, tokens).
+    `vision`: the tower's sizes instead of the tiny one's (bench/media.py's `--tower base`);
+    `image_tokens` a square whose root divides the patches per side."""
     import torch
     import transformers
 
@@ -120,8 +128,8 @@ def build_checkpoint(folder: Path, seed: int = 0) -> Path:
         "image_processor_type": "Gemma3ImageProcessor",
         "image_mean": [0.5, 0.5, 0.5],
         "image_std": [0.5, 0.5, 0.5],
-        "image_seq_length": IMAGE_TOKENS,
-        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "image_seq_length": image_tokens,
+        "size": {"height": image_size, "width": image_size},
         "do_resize": True,
         "do_normalize": True,
         "do_rescale": True,
@@ -143,18 +151,17 @@ def build_checkpoint(folder: Path, seed: int = 0) -> Path:
         "layer_types": ["sliding_attention", "full_attention"],
         "vocab_size": n_vocab,
     }
-    vision = {
+    tower = vision or {
         "hidden_size": 32,
         "intermediate_size": 64,
         "num_hidden_layers": 1,
         "num_attention_heads": 2,
-        "image_size": IMAGE_SIZE,
         "patch_size": 8,
     }
     config = transformers.Gemma3Config(
         text_config=text,
-        vision_config=vision,
-        mm_tokens_per_image=IMAGE_TOKENS,
+        vision_config={**tower, "image_size": image_size},
+        mm_tokens_per_image=image_tokens,
         boi_token_index=5,
         eoi_token_index=6,
         image_token_index=3,
