@@ -461,3 +461,64 @@ def qwen3asr_embeddings(model: Any, features: Any, mask: Any) -> np.ndarray:
     with torch.no_grad():
         out = model.get_audio_features(features, mask).pooler_output
     return np.asarray(out.float().numpy())
+
+
+def float_wav(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    """A mono IEEE-float WAV (format tag 3), as miniaudio reads it without conversion: the
+    worker's decoder then sees exactly `samples`."""
+    import struct
+
+    data = samples.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a worker's /execute streamed for one clip: greedy tokens, their log-probabilities
+    and the prompt's length."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    prompt_tokens: int
+
+
+def execute(url: str, prompt: str, clip: bytes, n: int, job: str) -> Served:
+    """/execute of `prompt` with `clip` for its marker, `n` greedy tokens."""
+    import base64
+
+    import httpx
+    from support import sse_events
+
+    body = {
+        "job_id": job,
+        "prompt": prompt,
+        "audio": [base64.b64encode(clip).decode()],
+        "max_tokens": n,
+        "temperature": 0.0,
+        "top_logprobs": 1,
+    }
+    tokens, logprobs, prompt_tokens = [], [], 0
+    with httpx.stream("POST", f"{url}/execute", json=body, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        for event in sse_events(r):
+            assert event["type"] != "error", event
+            if event["type"] == "token":
+                tokens.append(event["id"])
+                logprobs.append(event["logprob"])
+            elif event["type"] == "metrics":
+                prompt_tokens = event["prompt_tokens"]
+    return Served(tokens, logprobs, prompt_tokens)
+
+
+def assert_answers_as(ours: Served, theirs: Any) -> None:
+    """The worker's greedy tokens are llama.cpp's (mtmd_greedy's), and their log-probabilities
+    those of the logits llama.cpp took each from, within 1e-3."""
+    assert ours.tokens == theirs["tokens"].tolist()
+    logits = theirs["logits"].astype(np.float64)
+    peak = logits.max(axis=1, keepdims=True)
+    log_softmax = logits - peak - np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+    expected = log_softmax[np.arange(len(ours.tokens)), ours.tokens]
+    np.testing.assert_allclose(ours.logprobs, expected, atol=1e-3)

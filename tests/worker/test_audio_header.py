@@ -14,6 +14,7 @@ import wave
 
 import numpy as np
 import pytest
+from tiny_alm import float_wav
 
 from llorch.worker import audio_header
 from llorch.worker.audio_header import AudioHeaderError
@@ -28,15 +29,6 @@ def pcm16_wav(seconds: float, rate: int = 16000, channels: int = 1) -> bytes:
         w.setframerate(rate)
         w.writeframes(b"\0\0" * channels * round(seconds * rate))
     return out.getvalue()
-
-
-def float_wav(samples: np.ndarray, rate: int = 16000) -> bytes:
-    """A mono IEEE-float WAV (format tag 3), as miniaudio reads it without conversion."""
-    data = samples.astype("<f4").tobytes()
-    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    body += b"data" + struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 # MPEG-1 Layer III, 128 kbit/s, 44.1 kHz, no CRC, stereo: 417 bytes a frame (418 padded)

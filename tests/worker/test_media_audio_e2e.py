@@ -19,12 +19,10 @@ import base64
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import tiny_alm
-from support import THREADS, sse_events, start_worker
-
-from tests.worker.test_audio_header import float_wav
+from support import THREADS, start_worker
+from tiny_alm import float_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -49,27 +47,6 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         worker.stop()
 
 
-def _execute(url: str, clip: bytes, job: str) -> tuple[list[int], list[float]]:
-    """The greedy tokens and their log-probabilities."""
-    body = {
-        "job_id": job,
-        "prompt": PROMPT,
-        "audio": [base64.b64encode(clip).decode()],
-        "max_tokens": N,
-        "temperature": 0.0,
-        "top_logprobs": 1,
-    }
-    tokens, logprobs = [], []
-    with httpx.stream("POST", f"{url}/execute", json=body, timeout=300) as r:
-        assert r.status_code == 200, r.read()
-        for event in sse_events(r):
-            assert event["type"] != "error", event
-            if event["type"] == "token":
-                tokens.append(event["id"])
-                logprobs.append(event["logprob"])
-    return tokens, logprobs
-
-
 def test_execute_answers_as_llama_cpps_own_path(served, tmp_path: Path) -> None:
     alm, url = served
     listed = httpx.get(f"{url}/v1/models", timeout=30).json()["data"]
@@ -80,14 +57,9 @@ def test_execute_answers_as_llama_cpps_own_path(served, tmp_path: Path) -> None:
         theirs = tiny_alm.mtmd_greedy(
             alm.text, alm.mmproj, samples, tmp_path / str(seed), PROMPT, N
         )
-        tokens, logprobs = _execute(url, float_wav(samples), f"audio-{seed}")
-        assert tokens == theirs["tokens"].tolist()
-        logits = theirs["logits"].astype(np.float64)
-        peak = logits.max(axis=1, keepdims=True)
-        log_softmax = logits - peak - np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
-        expected = log_softmax[np.arange(N), tokens]
-        np.testing.assert_allclose(logprobs, expected, atol=1e-3)
-        firsts.append(logprobs[0])
+        ours = tiny_alm.execute(url, PROMPT, float_wav(samples), N, f"audio-{seed}")
+        tiny_alm.assert_answers_as(ours, theirs)
+        firsts.append(ours.logprobs[0])
     # the random model's greedy tokens may agree for two clips; their probabilities do not
     assert abs(firsts[0] - firsts[1]) > 1e-4
 
