@@ -204,13 +204,15 @@ def plan_tower(
     planned: Callable[
         [str, str, gguf.MODEL_TENSOR, tuple[int, ...]], PlannedTensor | Sequence[PlannedTensor]
     ],
+    by_name: Mapping[str, tuple[int, ...]] | None = None,
 ) -> list[PlannedTensor]:
     """Every tensor of the tower's part of the checkpoint mapped to its GGUF name by gguf's
     MMPROJ map, or an error naming the first that has none; shapes checked against `expected`
-    (weights only), and the `required` kinds present. `source_name` gives a checkpoint tensor's
-    name as the map knows it (None: not the tower's part, or left out); `planned` makes the
-    tensor's plan (its type, any transform) from (source, GGUF name, kind, shape), or the
-    plans of the tensors it is split into."""
+    (weights only; `by_name` first, by GGUF name, where a kind has tensors of several shapes,
+    e.g. "a.conv1d.1.weight"), and the `required` kinds present. `source_name` gives
+    a checkpoint tensor's name as the map knows it (None: not the tower's part, or left out);
+    `planned` makes the tensor's plan (its type, any transform) from (source, GGUF name, kind,
+    shape), or the plans of the tensors it is split into."""
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, n_block)
     plans: list[PlannedTensor] = []
     found_kinds: set[gguf.MODEL_TENSOR] = set()
@@ -225,7 +227,7 @@ def plan_tower(
                 f"llama.cpp's clip {projector} projector"
             )
         kind, gguf_name = found
-        want = expected.get(kind)
+        want = (by_name or {}).get(gguf_name, expected.get(kind))
         if want is not None and not ref.name.endswith(".bias") and ref.shape != want:
             raise ShapeMismatchError(
                 f"{ref.file}: tensor {ref.name!r} has shape {list(ref.shape)}, config.json "

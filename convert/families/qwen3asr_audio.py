@@ -34,7 +34,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from llorch.convert.errors import ConfigError, ShapeMismatchError
+from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
 from llorch.convert.projector import (
     AudioInput,
@@ -163,7 +163,6 @@ def _expected(model: AudioInput) -> dict[str, tuple[int, ...]]:
 def plan(model: AudioInput) -> list[PlannedTensor]:
     _check(model)
     ckpt = model.ckpt
-    by_name = _expected(model)
     hidden, ffn = _a(model, "hidden_size"), _a(model, "intermediate_size")
     by_kind = {
         _T.A_ENC_ATTN_Q: (hidden, hidden),
@@ -175,12 +174,6 @@ def plan(model: AudioInput) -> list[PlannedTensor]:
     }
 
     def planned(source: str, name: str, kind: _T, shape: tuple[int, ...]) -> PlannedTensor:
-        want = by_name.get(name)
-        if want is not None and shape != want:
-            raise ShapeMismatchError(
-                f"{model.folder}: tensor {source!r} has shape {list(shape)}, config.json "
-                f"implies {list(want)}"
-            )
         if kind == _T.A_ENC_CONV2D and source.endswith(".bias"):  # one per output channel
             out = (shape[0], 1, 1)
             load = lambda: ckpt.load_f32(source).reshape(out)  # noqa: E731
@@ -192,7 +185,9 @@ def plan(model: AudioInput) -> list[PlannedTensor]:
         return PlannedTensor(name, shape, StoredTensor(ckpt, source), (source,), keep)
 
     n_block = max(_a(model, "num_hidden_layers"), 4)  # conv2d 3 is numbered as a block
-    plans = plan_tower(model, "qwen3a", n_block, _source_name, by_kind, REQUIRED, planned)
+    plans = plan_tower(
+        model, "qwen3a", n_block, _source_name, by_kind, REQUIRED, planned, _expected(model)
+    )
     pos_name = gguf.TENSOR_NAMES[_T.A_ENC_EMBD_POS] + ".weight"
     pos = PlannedTensor(
         pos_name, (POSITIONS, hidden), lambda: sinusoids(POSITIONS, hidden), (), True

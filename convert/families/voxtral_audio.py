@@ -31,7 +31,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from llorch.convert.errors import ConfigError, ShapeMismatchError
+from llorch.convert.errors import ConfigError
 from llorch.convert.families.base import PlannedTensor, StoredTensor
 from llorch.convert.projector import (
     AudioInput,
@@ -119,7 +119,7 @@ def write_hparams(model: AudioInput, w: gguf.GGUFWriter) -> None:
 
 def _expected(model: AudioInput) -> dict[str, tuple[int, ...]]:
     """Weight shapes by GGUF name where a kind has several (the two convolutions, the two
-    projector maps), then by kind."""
+    projector maps)."""
     hidden, text = _a(model, "hidden_size"), model.n_embd_text
     return {
         "a.conv1d.1.weight": (hidden, _a(model, "num_mel_bins"), 3),
@@ -140,7 +140,6 @@ def _source_name(name: str) -> str | None:
 def plan(model: AudioInput) -> list[PlannedTensor]:
     _check(model)
     ckpt = model.ckpt
-    by_name = _expected(model)
     hidden, ffn = _a(model, "hidden_size"), _a(model, "intermediate_size")
     by_kind = {
         _T.A_ENC_EMBD_POS: (POSITIONS, hidden),
@@ -153,12 +152,6 @@ def plan(model: AudioInput) -> list[PlannedTensor]:
     }
 
     def planned(source: str, name: str, kind: _T, shape: tuple[int, ...]) -> PlannedTensor:
-        want = by_name.get(name)
-        if want is not None and shape != want:
-            raise ShapeMismatchError(
-                f"{model.folder}: tensor {source!r} has shape {list(shape)}, config.json "
-                f"implies {list(want)}"
-            )
         if kind == _T.A_ENC_ATTN_K and source.endswith(".bias"):
             raise ConfigError(
                 f"{model.folder}: tensor {source!r}: llama.cpp's voxtral projector has no bias "
@@ -174,4 +167,6 @@ def plan(model: AudioInput) -> list[PlannedTensor]:
         return PlannedTensor(name, shape, StoredTensor(ckpt, source), (source,), keep)
 
     n_block = max(_a(model, "num_hidden_layers"), 3)  # conv 2 and mlp 2 need block id 2
-    return plan_tower(model, "voxtral", n_block, _source_name, by_kind, REQUIRED, planned)
+    return plan_tower(
+        model, "voxtral", n_block, _source_name, by_kind, REQUIRED, planned, _expected(model)
+    )
