@@ -28,6 +28,7 @@ from typing import cast
 
 import llama_cpp as ll
 import numpy as np
+from gguf import Keys
 from llama_cpp import mtmd_cpp as mt
 
 from llorch.worker.backend.errors import InvalidRequestError, ModelLoadError
@@ -101,7 +102,8 @@ def _check_what_mtmd_runs_wrong(path: Path) -> None:
         fields = read_header(path).fields
     except GGUFHeaderError:
         return  # mtmd says what it cannot read
-    if fields.get("clip.projector_type", fields.get("clip.vision.projector_type")) == "llama4":
+    clip, vision, audio = Keys.Clip, Keys.ClipVision, Keys.ClipAudio
+    if fields.get(clip.PROJECTOR_TYPE, fields.get(vision.PROJECTOR_TYPE)) == "llama4":
         # tools/mtmd/models/llama4.cpp leaves out the pixel shuffle's last permute: a tile's
         # tokens reach the model column by column, transformers gives them row by row
         # (tests/convert/test_llama4_projector.py: the same rows, min cosine -0.33 in order)
@@ -110,8 +112,8 @@ def _check_what_mtmd_runs_wrong(path: Path) -> None:
             "model was trained with; its answers about images may be worse than the model's",
             path,
         )
-    kind = fields.get("clip.audio.projector_type", fields.get("clip.projector_type"))
-    stack = fields.get("clip.audio.projector.stack_factor")
+    kind = fields.get(audio.PROJECTOR_TYPE, fields.get(clip.PROJECTOR_TYPE))
+    stack = fields.get(audio.Projector.STACK_FACTOR)
     if kind == "voxtral" and isinstance(stack, int) and stack > 0 and VOXTRAL_POOLED_FRAMES % stack:
         raise ModelLoadError(
             f"{path}: a Voxtral projector stacking {stack} frames, on which this llama.cpp's "
@@ -211,11 +213,12 @@ class Projector:
             mt.mtmd_bitmap_free(bitmap)
             raise InvalidRequestError(f"{param}: not an audio clip", param=param)
         n_bytes = mt.mtmd_bitmap_get_n_bytes(bitmap)
-        samples = ctypes.string_at(mt.mtmd_bitmap_get_data(bitmap), n_bytes)
         if n_bytes == 0:
             mt.mtmd_bitmap_free(bitmap)
             raise InvalidRequestError(f"{param}: the clip holds no samples", param=param)
-        return int(bitmap), hashlib.sha256(b"audio:" + samples).digest()
+        digest = hashlib.sha256(b"audio:")
+        digest.update(ctypes.string_at(mt.mtmd_bitmap_get_data(bitmap), n_bytes))
+        return int(bitmap), digest.digest()
 
     def _pieces(self, chunks: int, digest: bytes, param: str) -> Pieces:
         items: list[tuple[int, ...] | Tile] = []
