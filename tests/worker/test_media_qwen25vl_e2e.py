@@ -1,12 +1,14 @@
-"""Qwen2.5-VL and Qwen3-VL served end to end: the tiny random Qwen2.5-VL and Qwen3-VL
-(tests/tiny_vlm.py, families "qwen2.5-vl" and "qwen3-vl") served from their Hugging Face
-folders, whose projectors (clip `qwen2.5vl_merger`, `qwen3vl_merger`: Qwen3-VL's image rows
-carry its two deepstack features beside the merged embedding) the conversion cache writes
-beside the text part, answer chat requests with an image in one worker over a real socket;
+"""The Qwen VL families served end to end: the tiny random Qwen2-VL, Qwen2.5-VL, Qwen3-VL and
+Qwen3-VL-MoE (tests/tiny_vlm.py, families "qwen2-vl", "qwen2.5-vl", "qwen3-vl" and
+"qwen3-vl-moe") served from their Hugging Face folders, whose projectors (clip
+`qwen2vl_merger`, `qwen2.5vl_merger`, `qwen3vl_merger`: Qwen3-VL's image rows carry its two
+deepstack features beside the merged embedding) the conversion cache writes beside the text
+part, answer chat requests with an image in one worker over a real socket;
 the greedy answer is llama.cpp's own for the same files, prompt and image (mtmd_tokenize,
 mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as llama-server lays them
 out), token for token (compared as text through the worker's /detokenize, and by count), for
-two images; the prompt holds the image's tokens (64 for Qwen2.5-VL, 16 for Qwen3-VL)."""
+two images; the prompt holds the image's tokens (64 for Qwen2-VL and Qwen2.5-VL, 16 for
+Qwen3-VL and Qwen3-VL-MoE)."""
 
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 N = 10
 # family: image size, image tokens
 FAMILIES = {
+    "qwen2-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS),
     "qwen2.5-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS),
     "qwen3-vl": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS),
+    "qwen3-vl-moe": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS),
 }
 
 
