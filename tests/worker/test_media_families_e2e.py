@@ -1,14 +1,15 @@
-"""The Qwen VL families served end to end: the tiny random Qwen2-VL, Qwen2.5-VL, Qwen3-VL and
-Qwen3-VL-MoE (tests/tiny_vlm.py, families "qwen2-vl", "qwen2.5-vl", "qwen3-vl" and
-"qwen3-vl-moe") served from their Hugging Face folders, whose projectors (clip
+"""Vision families served end to end: the tiny random Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Qwen3-VL-MoE and Gemma 4 (tests/tiny_vlm.py, families "qwen2-vl", "qwen2.5-vl", "qwen3-vl",
+"qwen3-vl-moe", "gemma4") served from their Hugging Face folders, whose projectors (clip
 `qwen2vl_merger`, `qwen2.5vl_merger`, `qwen3vl_merger`: Qwen3-VL's image rows carry its two
-deepstack features beside the merged embedding) the conversion cache writes beside the text
-part, answer chat requests with an image in one worker over a real socket;
-the greedy answer is llama.cpp's own for the same files, prompt and image (mtmd_tokenize,
-mtmd_helper_eval_chunks, one token at a time: M-RoPE positions as llama-server lays them
-out), token for token (compared as text through the worker's /detokenize, and by count), for
-two images; the prompt holds the image's tokens (64 for Qwen2-VL and Qwen2.5-VL, 16 for
-Qwen3-VL and Qwen3-VL-MoE)."""
+deepstack features beside the merged embedding; `gemma4v`: an image of 81 tokens between
+<|image> and <image|>, decoded with non-causal attention, as mtmd asks for every Gemma 4 but
+E2B / E4B) the conversion cache writes beside the text part, answer chat requests with an
+image in one worker over a real socket; the greedy answer is llama.cpp's own for the same
+files, prompt and image (mtmd_tokenize, mtmd_helper_eval_chunks, one token at a time: M-RoPE
+positions as llama-server lays them out), token for token (compared as text through the
+worker's /detokenize, and by count), for two images; the prompt holds the image's tokens (64
+for Qwen2-VL and Qwen2.5-VL, 16 for Qwen3-VL and Qwen3-VL-MoE, 81 for Gemma 4)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,17 @@ from support import THREADS, start_worker
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 N = 10
-# family: image size, image tokens
+# The template's rendering of "describe <image>" and the end of a turn (the worker leaves
+# the template's BOS to the tokenizer, as mtmd's tokenizer adds it here)
+CHATML = ("<|im_start|>user\ndescribe <__media__><|im_end|>\n<|im_start|>assistant\n", "<|im_end|>")
+GEMMA4 = ("<|turn>user\ndescribe <__media__><turn|>\n<|turn>model\n", "<turn|>")
+# family: image size, image tokens, (prompt, end of turn)
 FAMILIES = {
-    "qwen2-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS),
-    "qwen2.5-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS),
-    "qwen3-vl": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS),
-    "qwen3-vl-moe": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS),
+    "qwen2-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS, CHATML),
+    "qwen2.5-vl": (tiny_vlm.QWEN_VL_IMAGE_SIZE, tiny_vlm.QWEN_VL_IMAGE_TOKENS, CHATML),
+    "qwen3-vl": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS, CHATML),
+    "qwen3-vl-moe": (tiny_vlm.QWEN3_VL_IMAGE_SIZE, tiny_vlm.QWEN3_VL_IMAGE_TOKENS, CHATML),
+    "gemma4": (tiny_vlm.GEMMA4_IMAGE_SIZE, tiny_vlm.GEMMA4_IMAGE_TOKENS, GEMMA4),
 }
 
 
@@ -51,7 +57,7 @@ def _chat(url: str, image: bytes) -> dict[str, object]:
         {"type": "image_url", "image_url": {"url": uri}},
     ]
     body = {
-        "model": "qwen",
+        "model": "vlm",
         "max_tokens": N,
         "temperature": 0,
         "messages": [{"role": "user", "content": content}],
@@ -63,18 +69,18 @@ def _chat(url: str, image: bytes) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_a_qwen_vl_folder_answers_as_llama_cpp_does(
+def test_a_folder_answers_as_llama_cpp_does(
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
     family: str,
 ) -> None:
-    size, n_image = FAMILIES[family]
+    size, n_image, (prompt, end_of_turn) = FAMILIES[family]
     vlm = tiny_vlm.cached(tmp_path_factory.getbasetemp(), family)
     cache = tmp_path / "cache"
     monkeypatch.setenv("LLORCH_CACHE", str(cache))  # inherited by the worker
     worker = start_worker(
-        tmp_path, "--model", f"qwen={vlm.folder}", "--ctx-size", "512", "--parallel", "1",
+        tmp_path, "--model", f"vlm={vlm.folder}", "--ctx-size", "512", "--parallel", "1",
         "--threads", str(THREADS),
     )  # fmt: skip
     try:
@@ -84,9 +90,8 @@ def test_a_qwen_vl_folder_answers_as_llama_cpp_does(
         (mmproj,) = [p for p in ggufs if "-mmproj-" in p.name]
         (text,) = [p for p in ggufs if p != mmproj]
         eos = httpx.post(
-            f"{worker.url}/tokenize", json={"content": "<|im_end|>", "add_special": False}
+            f"{worker.url}/tokenize", json={"content": end_of_turn, "add_special": False}
         ).json()["tokens"]
-        prompt = "<|im_start|>user\ndescribe <__media__><|im_end|>\n<|im_start|>assistant\n"
         answers = []
         for seed in (0, 1):
             data = _chat(worker.url, _png(seed, size))
