@@ -12,7 +12,7 @@ import tiny_vlm
 from support import THREADS
 
 from llorch.worker.backend.llama import LlamaCppBackend
-from llorch.worker.backend.protocol import GenerationRequest, LoadOptions
+from llorch.worker.backend.protocol import GenerationRequest, LoadOptions, SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -48,15 +48,24 @@ def test_logits_after_an_image_equal_the_references(vlm: tiny_vlm.TinyVlm) -> No
             tail = backend.tokenize(" brown fox", False, True)
             tokens, spans = backend.media_prompt([*head, -1, *tail], [image], -1)
             decoder = backend.decoder()
-            request = GenerationRequest(prompt_tokens=tokens, max_tokens=1, logprobs=5, media=spans)
+            request = GenerationRequest(
+                prompt_tokens=tokens,
+                max_tokens=1,
+                logprobs=5,
+                media=spans,
+                sampling=SamplingParams(temperature=0.0),  # no end of text drawn by chance
+            )
             decoder.add("k", request)
             first = None
-            while first is None:
+            for _ in range(100):  # a step at a time until the token, never forever
                 for _, event in decoder.step():
                     scored = getattr(event, "scored", None)
                     if scored is not None:
                         first = scored
                     assert not hasattr(event, "error"), event
+                if first is not None:
+                    break
+            assert first is not None, "no token came"
             # the reference: image token ids where mtmd put the embeddings
             ids = [t if t >= 0 else reference.config.image_token_id for t in tokens]  # type: ignore[attr-defined]
             # token type 1: image tokens, which attend to each other both ways (as mtmd
