@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,7 @@ def convert(
         if vision is not None and mm_tmp is not None:
             mm_tensors = projector.write(vision, mm_tmp, model_name(model), metadata)
         final = tmp
-        with gw.temp_path(out, ".quant.tmp") as qtmp, gw.temp_path(out, ".meta.tmp") as mtmp:
+        with gw.temp_path(out, ".quant.tmp") as qtmp:
             im_record = quality_record = None
             if not direct:
                 options = llamacpp.QuantizeOptions(tensor_types=overrides)
@@ -272,6 +272,9 @@ def convert(
                     options, im_record = quant_options(
                         imatrix, tmp, overrides, chunk=imatrix_chunk, chunks=imatrix_chunks
                     )
+                if quality is not None:  # its keys made now, their values written in place
+                    zeros = quality_mod.Quality.placeholder(stage_type).gguf_metadata().items()
+                    options = replace(options, metadata=tuple(zeros))
                 llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype], options=options)
                 final = qtmp
                 if quality is not None:
@@ -284,9 +287,7 @@ def convert(
                         chunks=quality_chunks,
                     )
                     quality_record = measured.to_json()
-                    # measured after quantizing: the keys go into a copy, tensors as they are
-                    llamacpp.copy_with_metadata(qtmp, mtmp, measured.gguf_metadata())
-                    final = mtmp
+                    llamacpp.patch_metadata(qtmp, measured.gguf_metadata())
             llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
             differences: tuple[TokenDifference, ...] = ()

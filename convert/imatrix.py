@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Callable
@@ -358,6 +359,50 @@ def tokenize_calibration(model: Any, text: str) -> list[int]:
 class Progress:
     chunk: int
     chunks: int
+    first: int = 0  # chunks taken from a progress file: this run started after them
+
+
+# --- progress kept across a kill ---------------------------------------------------------
+# compute(partial=...) saves the sums every `save_every` chunks (llama-imatrix's
+# --output-frequency is 10 too) in float64, so a rerun that finds them continues and ends
+# with the same sums, to the bit, as a run that was never stopped. The file names what it was
+# computed from; another model, text or chunking starts over.
+PARTIAL_SUFFIX = ".partial.npz"
+DEFAULT_SAVE_EVERY = 10
+
+
+def partial_path(output: str | os.PathLike[str]) -> Path:
+    """Where the progress towards `output` is kept."""
+    output = Path(output)
+    return output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def _save_partial(path: Path, entries: dict[str, Entry], done: int, identity: str) -> None:
+    names = sorted(entries)
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.array(json.dumps({"identity": identity, "done": done})),
+        "names": np.array(names, dtype=str),
+    }
+    for i, name in enumerate(names):
+        arrays[f"s{i}"], arrays[f"c{i}"] = entries[name].sums, entries[name].counts
+    with atomic.temp_path(path, ".tmp") as tmp:
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+
+
+def _load_partial(path: Path, identity: str) -> tuple[dict[str, Entry], int] | None:
+    """The sums and the chunks done, if `path` holds progress on the same inputs."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("identity") != identity:
+                return None
+            names = [str(n) for n in z["names"]]
+            entries = {n: Entry(z[f"s{i}"], z[f"c{i}"]) for i, n in enumerate(names)}
+            return entries, int(meta["done"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent, torn or not ours
+        return None
 
 
 def compute(
@@ -369,12 +414,17 @@ def compute(
     n_threads: int = 0,
     dataset: str | None = None,
     on_chunk: Callable[[Progress], None] | None = None,
+    partial: str | os.PathLike[str] | None = None,
+    save_every: int = DEFAULT_SAVE_EVERY,
 ) -> Imatrix:
     """The importance matrix of the GGUF at `model_path` on a calibration text file.
 
     `chunk` tokens per evaluation (llama-imatrix's --chunk/-c), at most `chunks` of them
     (default: every whole chunk of the text; at least two are needed, as there). `dataset`:
-    the name recorded for the text (default: the path as given)."""
+    the name recorded for the text (default: the path as given). `partial`: a progress file
+    (`partial_path(output)`): the sums are saved there every `save_every` chunks, and a run
+    that finds progress on the same model, text and chunking there continues from it; the
+    caller removes it once the output is written."""
     from llorch.convert import llamacpp
 
     calibration = Path(calibration)
@@ -386,6 +436,8 @@ def compute(
         raise ImatrixError(f"chunk {chunk}: must be at least {MIN_ROWS} tokens")
     if chunks is not None and chunks < 1:
         raise ImatrixError(f"chunks {chunks}: must be at least 1")
+    if save_every < 0:
+        raise ImatrixError(f"save every {save_every} chunks: must be 0 (never) or more")
     lib = llamacpp._lib()
     collector = _Collector()
     callback = lib.ggml_backend_sched_eval_callback(collector)
@@ -398,6 +450,19 @@ def compute(
                 f"chunks of {chunk} (give a longer text or a smaller --chunk)"
             )
         n_chunks = len(tokens) // chunk if chunks is None else min(chunks, len(tokens) // chunk)
+        first, identity = 0, ""
+        keep = Path(partial) if partial is not None else None
+        if keep is not None:
+            stat = Path(model_path).stat()
+            made_from = {
+                "model": [str(Path(model_path).resolve()), stat.st_size, stat.st_mtime_ns],
+                "text": hashlib.sha256(text.encode()).hexdigest(),
+                "chunks": [chunk, n_chunks],
+            }
+            identity = json.dumps(made_from, sort_keys=True)
+            kept = _load_partial(keep, identity)
+            if kept is not None and kept[1] <= n_chunks:
+                collector.entries, first = kept
         vocab = llamacpp.vocab(model)
         bos = vocab.bos() if lib.llama_vocab_get_add_bos(vocab.pointer) else None
         cparams = lib.llama_context_default_params()
@@ -411,7 +476,7 @@ def compute(
             raise ConversionError(f"{model_path}: llama.cpp could not create a context")
         batch = lib.llama_batch_init(chunk, 0, 1)
         try:
-            for c in range(n_chunks):
+            for c in range(first, n_chunks):
                 part = tokens[c * chunk : (c + 1) * chunk]
                 if bos is not None:
                     part[0] = bos
@@ -429,7 +494,9 @@ def compute(
                 if collector.per_decode is None:
                     collector.per_decode = collector.read_now
                 if on_chunk is not None:
-                    on_chunk(Progress(c + 1, n_chunks))
+                    on_chunk(Progress(c + 1, n_chunks, first))
+                if keep is not None and save_every > 0 and (c + 1) % save_every == 0:
+                    _save_partial(keep, collector.entries, c + 1, identity)
         finally:
             lib.llama_batch_free(batch)
             lib.llama_free(ctx)

@@ -2,7 +2,9 @@
 
 Exit codes as `llorch convert`: 0 success; 2 any error (one line on stderr naming the file and
 the problem, or a JSON object with --json), an existing output without --force included;
-130 Ctrl-C, 143 SIGTERM (no output and no temporary file left).
+130 Ctrl-C, 143 SIGTERM (no output and no temporary file left). The sums so far are kept in
+`OUT.partial.npz` every --save-every chunks: a run stopped in any way, kill -9 included,
+continues from there when run again with the same model, text and chunking.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from llorch.convert.errors import MODEL_ERRORS, OutputExistsError
 
 
 def register(subparsers: Any) -> None:
-    from llorch.convert.imatrix import DEFAULT_CHUNK
+    from llorch.convert.imatrix import DEFAULT_CHUNK, DEFAULT_SAVE_EVERY
 
     p = subparsers.add_parser(
         "imatrix",
@@ -39,6 +41,13 @@ def register(subparsers: Any) -> None:
         f"default {DEFAULT_CHUNK})",
     )
     p.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=DEFAULT_SAVE_EVERY,
+        help="keep the progress in OUT.partial.npz every N chunks, from which a stopped run "
+        f"continues (default {DEFAULT_SAVE_EVERY}; 0: never)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -53,8 +62,11 @@ def run_imatrix(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         return fail(command, OutputExistsError(out, "--force"), as_json=args.json)
     progress = sys.stderr.isatty() and not args.json
+    partial = imatrix.partial_path(out)
+    resumed = [0]
 
     def on_chunk(p: imatrix.Progress) -> None:
+        resumed[0] = p.first
         if progress:
             print(f"\rchunk {p.chunk}/{p.chunks}", end="", file=sys.stderr, flush=True)
 
@@ -68,12 +80,16 @@ def run_imatrix(args: argparse.Namespace) -> int:
                 chunks=args.chunks,
                 n_threads=args.threads,
                 on_chunk=on_chunk,
+                partial=partial,
+                save_every=args.save_every,
             )
             imatrix.save(matrix, out)
+            partial.unlink(missing_ok=True)
     except MODEL_ERRORS as exc:
         return fail(command, exc, as_json=args.json)
     except (KeyboardInterrupt, Terminated) as exc:
-        return interrupted(command, exc, "no output written")
+        kept = f"; the progress is kept in {partial}" if partial.exists() else ""
+        return interrupted(command, exc, f"no output written{kept}")
     finally:
         if progress:
             print(file=sys.stderr)
@@ -82,6 +98,7 @@ def run_imatrix(args: argparse.Namespace) -> int:
         "entries": len(matrix.entries),
         "chunks": matrix.chunk_count,
         "chunk_size": matrix.chunk_size,
+        "resumed_after": resumed[0],
         "datasets": matrix.datasets,
         "calibration_sha256": imatrix.sha256(args.calibration),
         "seconds": round(time.monotonic() - start, 3),
@@ -89,8 +106,9 @@ def run_imatrix(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        again = f" (continued after chunk {resumed[0]})" if resumed[0] else ""
         print(
             f"{out}: {report['entries']} entries over {report['chunks']} chunks of "
-            f"{report['chunk_size']} tokens in {report['seconds']:.1f}s"
+            f"{report['chunk_size']} tokens in {report['seconds']:.1f}s{again}"
         )
     return 0

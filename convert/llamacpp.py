@@ -176,6 +176,8 @@ class QuantizeOptions:
     imatrix_dataset: str | None = None
     imatrix_chunks: int = 0
     tensor_types: tuple[tuple[str, int], ...] = ()
+    # more keys for the output, written as copy_with_metadata writes them
+    metadata: tuple[tuple[str, str | int | float], ...] = ()
 
 
 # llama-quantize's metadata keys for the imatrix (tools/quantize/quantize.cpp, LLM_KV_QUANTIZE_*)
@@ -211,21 +213,17 @@ def quantize(
             entries[i].size = arr.size
         params.imatrix = entries
         keep.append(entries)
-        kvs: list[tuple[bytes, str | int]] = [(_KV_IMATRIX_FILE, opts.imatrix_file)]
+        kvs: list[tuple[bytes, str | int | float]] = [(_KV_IMATRIX_FILE, opts.imatrix_file)]
         if opts.imatrix_dataset is not None:
             kvs.append((_KV_IMATRIX_DATASET, opts.imatrix_dataset))
         kvs.append((_KV_IMATRIX_ENTRIES, len(opts.imatrix)))
         if opts.imatrix_chunks > 0:
             kvs.append((_KV_IMATRIX_CHUNKS, opts.imatrix_chunks))
-        overrides = (lib.llama_model_kv_override * (len(kvs) + 1))()  # zeroed terminator
-        for o, (key, value) in zip(overrides, kvs, strict=False):
-            o.key = key
-            if isinstance(value, str):
-                o.tag = lib.LLAMA_KV_OVERRIDE_TYPE_STR
-                o.value.val_str = value.encode()[:127]
-            else:
-                o.tag = lib.LLAMA_KV_OVERRIDE_TYPE_INT
-                o.value.val_i64 = value
+    else:
+        kvs = []
+    kvs += [(key.encode(), value) for key, value in opts.metadata]
+    if kvs:
+        overrides = _kv_overrides(lib, kvs)
         params.kv_overrides = overrides
         keep.append(overrides)
     if opts.tensor_types:
@@ -246,29 +244,43 @@ def quantize(
         )
 
 
-def copy_with_metadata(src: Path, dst: Path, metadata: Mapping[str, str | int | float]) -> None:
-    """`src` copied to `dst` with metadata keys added or replaced, its tensors as they are
-    (llama_model_quantize with only_copy: what `llama-quantize --override-kv ... COPY` does).
-    Integers are written as UINT32, floats as FLOAT32, as llama.cpp's quantizer writes them."""
-    lib = _lib()
-    params = lib.llama_model_quantize_default_params()
-    params.only_copy = True
-    overrides = (lib.llama_model_kv_override * (len(metadata) + 1))()
-    for o, (key, value) in zip(overrides, metadata.items(), strict=False):
-        o.key = key.encode()
+def _kv_overrides(lib: Any, items: Sequence[tuple[bytes, str | int | float]]) -> Any:
+    """llama_model_kv_override entries, zero-terminated. The quantizer writes an INT as
+    UINT32 and a FLOAT as FLOAT32 (src/llama-quant.cpp), a STR up to 127 bytes."""
+    overrides = (lib.llama_model_kv_override * (len(items) + 1))()
+    for o, (key, value) in zip(overrides, items, strict=False):
+        o.key = key
         if isinstance(value, str):
             o.tag, o.value.val_str = lib.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()[:127]
         elif isinstance(value, float):
             o.tag, o.value.val_f64 = lib.LLAMA_KV_OVERRIDE_TYPE_FLOAT, value
         else:
             o.tag, o.value.val_i64 = lib.LLAMA_KV_OVERRIDE_TYPE_INT, value
-    params.kv_overrides = overrides
-    native_log.clear()
-    rc = lib.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
-    if rc != 0:
-        detail = native_log.last_error()
-        why = f": {detail}" if detail else ""
-        raise QuantizeError(f"{src}: copying with new metadata failed{why}")
+    return overrides
+
+
+def patch_metadata(path: Path, metadata: Mapping[str, str | int | float]) -> None:
+    """Values of keys `path` already has rewritten in place, each the same size as before (a
+    number of the key's own type, a string of the same length): the header keeps its size, so
+    the tensors stay where they are and nothing else is written. For keys whose values are
+    known only after the file is made (placeholders given to `quantize`'s `metadata`)."""
+    import gguf
+
+    reader = gguf.GGUFReader(path, "r+")
+    for key, value in metadata.items():
+        field = reader.get_field(key)
+        if field is None or len(field.types) != 1:
+            raise QuantizeError(f"{path}: no scalar key {key} to rewrite")
+        part = field.parts[field.data[0]]
+        if isinstance(value, str):
+            raw = np.frombuffer(value.encode(), dtype=np.uint8)
+            if raw.size != part.size:
+                raise QuantizeError(f"{path}: {key} is {part.size} bytes, not {raw.size}")
+            part[:] = raw
+        else:
+            part[0] = value
+    reader.data.flush()
+    del reader
 
 
 def ggml_type_constants() -> dict[str, int]:

@@ -61,6 +61,12 @@ class Quality:
         """The GGUF keys (llorch.keys.QUALITY_PREFIX + field) `llorch detect` shows."""
         return {keys.QUALITY_PREFIX + k: v for k, v in asdict(self).items()}
 
+    @classmethod
+    def placeholder(cls, reference: str) -> Quality:
+        """Zeros of the right types: a file made with these keys gets the measured values in
+        place (convert.llamacpp.patch_metadata) instead of being copied to add them."""
+        return cls(reference, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
 
 @dataclass(frozen=True)
 class _ReferenceChunk:
@@ -71,6 +77,7 @@ class _ReferenceChunk:
     log_probs: np.ndarray
     top: np.ndarray
     target_log_probs: np.ndarray
+    tokens: tuple[int, ...]  # the chunk as the reference read it
 
     @property
     def nbytes(self) -> int:
@@ -180,22 +187,21 @@ class _Evaluator:
 
     def logits(self, tokens: list[int], first: int) -> np.ndarray:
         """A view of llama.cpp's logits for positions first .. len - 2 (the last position
-        predicts past the chunk), valid until the next call."""
+        predicts past the chunk: not asked for), valid until the next call."""
         lib, batch = self.lib, self.batch
         lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
         for i, tok in enumerate(tokens):
             batch.token[i], batch.pos[i] = tok, i
             batch.n_seq_id[i], batch.seq_id[i][0] = 1, 0
-            batch.logits[i] = 1 if i >= first else 0
+            batch.logits[i] = 1 if first <= i < len(tokens) - 1 else 0
         batch.n_tokens = len(tokens)
         rc = lib.llama_decode(self.ctx, batch)
         if rc != 0:
             raise ConversionError(f"{self.path}: llama_decode failed with {rc}")
         n_vocab = self.vocab.n_tokens
-        n_out = len(tokens) - first
+        n_out = len(tokens) - 1 - first
         ptr = lib.llama_get_logits(self.ctx)
-        logits = np.ctypeslib.as_array(ptr, shape=(n_out * n_vocab,)).reshape(n_out, n_vocab)
-        return logits[:-1]
+        return np.ctypeslib.as_array(ptr, shape=(n_out * n_vocab,)).reshape(n_out, n_vocab)
 
     def reference(
         self, tokens: list[int], first: int, target: np.ndarray, scratch: _Scratch, blocks: _Blocks
@@ -208,7 +214,7 @@ class _Evaluator:
 
         top = np.concatenate(blocks.map(block))
         rows = np.arange(len(target))
-        return _ReferenceChunk(log_probs, top, log_probs[rows, target].copy())
+        return _ReferenceChunk(log_probs, top, log_probs[rows, target].copy(), tuple(tokens))
 
 
 def _against(
@@ -268,24 +274,36 @@ def measure(
     threads = n_threads or default_threads()
     with contextlib.ExitStack() as stack:
         stack.enter_context(without_huge_page_advice())
-        ref = _Evaluator(stack, Path(reference), chunk, threads)
         cand = _Evaluator(stack, Path(candidate), chunk, threads)
-        if ref.vocab.n_tokens != cand.vocab.n_tokens:
-            raise QualityError(
-                f"{candidate}: {cand.vocab.n_tokens} tokens in its vocabulary, the reference "
-                f"{reference} has {ref.vocab.n_tokens}"
-            )
-        tokens = ref.vocab.tokenize(content, add_special=True, parse_special=False)
+        evaluators: list[_Evaluator] = []
+
+        def reference_model() -> _Evaluator:
+            """Loaded at the first chunk the cache does not have (none, measuring a second
+            type against it with every chunk kept)."""
+            if not evaluators:
+                ref = _Evaluator(stack, Path(reference), chunk, threads)
+                if ref.vocab.n_tokens != cand.vocab.n_tokens or tokens != ref.vocab.tokenize(
+                    content, add_special=True, parse_special=False
+                ):
+                    raise QualityError(
+                        f"{candidate}: its tokenizer ({cand.vocab.n_tokens} tokens) reads "
+                        f"{text} otherwise than the reference {reference}'s "
+                        f"({ref.vocab.n_tokens} tokens): they are not the same model's"
+                    )
+                evaluators.append(ref)
+            return evaluators[0]
+
+        tokens = cand.vocab.tokenize(content, add_special=True, parse_special=False)
         if len(tokens) < 2 * chunk:
             raise QualityError(
                 f"{text}: {len(tokens)} tokens; at least {2 * chunk} are needed for chunks of "
                 f"{chunk} (give a longer text or a smaller chunk)"
             )
-        lib = ref.lib
-        bos = ref.vocab.bos() if lib.llama_vocab_get_add_bos(ref.vocab.pointer) else None
+        lib = cand.lib
+        bos = cand.vocab.bos() if lib.llama_vocab_get_add_bos(cand.vocab.pointer) else None
         n_chunks = len(tokens) // chunk if chunks is None else min(chunks, len(tokens) // chunk)
         first = chunk // 2
-        scratch = _Scratch(chunk - first - 1, ref.vocab.n_tokens)
+        scratch = _Scratch(chunk - first - 1, cand.vocab.n_tokens)
         blocks = _Blocks(stack, chunk - first - 1, threads)
         kld: list[np.ndarray] = []
         same = 0
@@ -298,9 +316,14 @@ def measure(
             key = (str(reference), str(text), chunk, c)
             rc = cache.get(key) if cache is not None else None
             if rc is None:
-                rc = ref.reference(part, first, target, scratch, blocks)
+                rc = reference_model().reference(part, first, target, scratch, blocks)
                 if cache is not None:
                     cache.put(key, rc)
+            if rc.tokens != tuple(part):
+                raise QualityError(
+                    f"{candidate}: its tokenizer reads {text} otherwise than the reference "
+                    f"{reference}'s (chunk {c + 1}): they are not the same model's"
+                )
             logits = cand.logits(part, first)
             terms, target_lp, top = _against_blocks(logits, rc, target, scratch, blocks)
             kld.append(terms)

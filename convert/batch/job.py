@@ -16,6 +16,7 @@ temporaries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -111,10 +112,14 @@ def _imatrix(
         matrix = found if found.inputs == inputs else None
     if matrix is None:
         emit({"event": "stage", "job": spec["id"], "stage": "imatrix"})
-        matrix = imx.compute(base, path, chunk=chunk, n_threads=spec.get("threads", 0))
+        partial = imx.partial_path(kept)  # a kill -9 mid-way continues from its last save
+        matrix = imx.compute(
+            base, path, chunk=chunk, n_threads=spec.get("threads", 0), partial=partial
+        )
         matrix.datasets = [path.name]
         matrix.inputs = inputs
         imx.save(matrix, kept)
+        partial.unlink(missing_ok=True)
         emit({"event": "imatrix", "job": spec["id"], "file": kept.name})
     options, record = quant_options(kept, base)
     record.update(file=kept.name, computed=True, calibration_sha256=imx.sha256(path))
@@ -213,10 +218,14 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
             final = out_dir / names[outtype]
             with gw.temp_path(final, ".quant.tmp") as tmp:
                 ftype = llamacpp.ftype_constants()[outtype]
-                options = imatrix[0] if imatrix is not None else None
+                options = imatrix[0] if imatrix is not None else llamacpp.QuantizeOptions()
+                if spec.get("quality"):  # its keys made now, their values written in place
+                    zeros = quality.Quality.placeholder(base).gguf_metadata().items()
+                    options = dataclasses.replace(options, metadata=tuple(zeros))
                 threads = spec.get("threads", 0)
                 llamacpp.quantize(current, tmp, ftype, n_threads=threads, options=options)
-                llamacpp.check_loads(tmp)
+                if not spec.get("quality"):  # else measuring it loads it
+                    llamacpp.check_loads(tmp)
                 extra: dict[str, Any] = {}
                 if imatrix is not None:
                     extra["imatrix"] = imatrix[1]
@@ -232,10 +241,7 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
                         cache=references,
                     )
                     extra["quality"] = measured.to_json()
-                    # measured after quantizing: the keys go into a copy, tensors as they are
-                    copy = stack.enter_context(gw.temp_path(final, ".meta.tmp"))
-                    llamacpp.copy_with_metadata(tmp, copy, measured.gguf_metadata())
-                    os.replace(copy, tmp)
+                    llamacpp.patch_metadata(tmp, measured.gguf_metadata())
                 verified = {"tokenizer": False, "strings": 0, "notes": ["not verified"]}
                 if spec["verify"] and checked is not None:
                     first, record = checked

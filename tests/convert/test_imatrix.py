@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,52 @@ def test_decodes_after_the_first_stop_at_the_last_weight(
     for name, e in whole.entries.items():
         np.testing.assert_array_equal(stopped.entries[name].sums, e.sums, err_msg=name)
         np.testing.assert_array_equal(stopped.entries[name].counts, e.counts, err_msg=name)
+
+
+# Stopped the hardest way at a chosen point: SIGKILL from inside, after chunk 5 (saved at 4).
+_KILLED_AFTER_5 = """
+import os, signal, sys
+from llorch.convert import imatrix
+def on_chunk(p):
+    if p.chunk == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+imatrix.compute(sys.argv[1], sys.argv[2], chunk=int(sys.argv[3]), on_chunk=on_chunk,
+                partial=imatrix.partial_path(sys.argv[4]), save_every=2)
+"""
+
+
+def test_kill_9_then_rerun_continues_to_the_same_sums(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llorch imatrix` killed with SIGKILL after chunk 5 continues from the sums saved after
+    chunk 4 and ends with the sums, to the bit, of a run never stopped; the progress file is
+    gone once the output is written; progress on other inputs is not taken."""
+    out = tmp_path / "m.imatrix.gguf"
+    model, calib = str(tiny["f16"]), str(tiny["calib"])
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_5, model, calib, str(CHUNK), str(out)]
+    )
+    assert killed.returncode == -9
+    partial = imatrix.partial_path(out)
+    assert partial.exists() and not out.exists()
+    args = ["imatrix", model, calib, "-o", str(out), "--chunk", str(CHUNK), "--save-every", "2"]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_after"] == 4
+    assert not partial.exists()
+    whole = imatrix.compute(tiny["f16"], tiny["calib"], chunk=CHUNK)
+    resumed = imatrix.load(out)
+    assert resumed.chunk_count == whole.chunk_count > 5
+    for name, e in whole.entries.items():  # the file is float32: equal after that rounding
+        np.testing.assert_array_equal(resumed.entries[name].sums, e.sums.astype(np.float32))
+        np.testing.assert_array_equal(resumed.entries[name].counts, e.counts)
+    # progress made with another chunk size is not this run's: it starts over
+    subprocess.run([sys.executable, "-c", _KILLED_AFTER_5, model, calib, "32", str(out)])
+    assert partial.exists()
+    assert main([*args, "--force", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_after"] == 0
+    again = imatrix.load(out)
+    for name, e in resumed.entries.items():
+        np.testing.assert_array_equal(again.entries[name].sums, e.sums)
 
 
 def tiny_tokens(tiny: dict[str, Path]) -> list[int]:

@@ -3,8 +3,11 @@ built from the same llama.cpp (tests/convert/test_imatrix.py's `tool`)."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import gguf
@@ -13,6 +16,7 @@ import pytest
 from llama_tools import calibration_text, tool
 from support import THREADS
 from tiny_hf import tiny_llama
+from tokenizers import Tokenizer
 
 from llorch.cli import main
 from llorch.convert import convert, llamacpp, quality
@@ -149,3 +153,26 @@ def test_quality_refusals(model: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(OutTypeError, match="written directly"):
         convert(model["src"], tmp_path / "o.gguf", outtype="q8_0", quality=model["eval"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_with_another_tokenizer_is_refused(model: dict[str, Path], tmp_path: Path) -> None:
+    """The same weights with two tokens' ids swapped: read against the reference, whether the
+    reference is evaluated or its chunks come from the cache of an earlier measurement."""
+    other_src = tmp_path / "src"
+    shutil.copytree(model["src"], other_src)
+    tokenizer = json.loads((other_src / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    ids = Tokenizer.from_file(str(model["src"] / "tokenizer.json")).encode(
+        model["eval"].read_text()[:200]
+    )
+    a, b = (piece for piece, _ in Counter(ids.tokens).most_common(2))  # in the first chunk
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other_src / "tokenizer.json").write_text(json.dumps(tokenizer))
+    other = tmp_path / "other.gguf"
+    convert(other_src, other, outtype="f16", verify=False)
+    with pytest.raises(QualityError, match="otherwise than the reference"):
+        quality.measure(model["f16"], other, model["eval"], chunk=CHUNK, chunks=2)
+    cache = quality.ReferenceCache()
+    quality.measure(model["f16"], model["f16"], model["eval"], chunk=CHUNK, chunks=2, cache=cache)
+    with pytest.raises(QualityError, match=r"otherwise than the reference .*\(chunk 1\)"):
+        quality.measure(model["f16"], other, model["eval"], chunk=CHUNK, chunks=2, cache=cache)
