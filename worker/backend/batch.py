@@ -325,7 +325,7 @@ class LlamaBatchDecoder:
             started = time.perf_counter()
             rc = self._decode(self._ctx, self._batch)
             if rc == 0:
-                self._timed(outputs, n_tokens, time.perf_counter() - started)
+                self._counted(outputs, n_tokens)
                 break
             self._take_back(placed)
             if rc != 1:
@@ -361,14 +361,15 @@ class LlamaBatchDecoder:
                 self._speculation.verify(slot, index, functools.partial(self._sample, seq), emit)
             else:
                 self._sample_and_emit(slot, index, out)
+        self._speculation.stepped(time.perf_counter() - started)
         return out
 
-    def _timed(self, outputs: list[tuple[Slot, int]], n_tokens: int, seconds: float) -> None:
-        """The decode's time for speculation's cost model: per position with logits (one per
-        output, and the drafts), when the batch read no prompt chunk."""
+    def _counted(self, outputs: list[tuple[Slot, int]], n_tokens: int) -> None:
+        """The decode's positions for speculation's cost model: those with logits (one per
+        output, and the drafts), and whether the batch read no prompt chunk."""
         n_draft = sum(len(slot.seq.spec.verifying) for slot, _ in outputs if slot.seq is not None)
         n_logits = len(outputs) + n_draft
-        self._speculation.decoded(n_logits, n_draft, seconds, pure=n_logits == n_tokens)
+        self._speculation.decoded(n_logits, n_draft, pure=n_logits == n_tokens)
 
     def _ingest_media(self, out: Emitted) -> None:
         """Encode and decode one media chunk a sequence has reached, in a decode of its own

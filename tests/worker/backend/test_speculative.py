@@ -461,9 +461,9 @@ def test_auto_holds_drafts_back_while_the_batch_is_full_and_drafts_once_it_drain
     speculation.cost = FixedCost({1: 10.0, 2: 11.0, 4: 40.0, 8: 80.0})
     steps: list[tuple[int, int]] = []  # (positions with logits, of those drafts)
 
-    def record(n_logits: int, n_draft: int, seconds: float, pure: bool) -> None:
+    def record(n_logits: int, n_draft: int, pure: bool) -> None:
         steps.append((n_logits, n_draft))
-        decoded(n_logits, n_draft, seconds, pure)
+        decoded(n_logits, n_draft, pure)
 
     speculation.decoded = record  # type: ignore[method-assign]
     try:
@@ -482,6 +482,60 @@ def test_auto_holds_drafts_back_while_the_batch_is_full_and_drafts_once_it_drain
     assert all(results[k][2].drafted == 0 for k in "abc")
     # The estimate of time saved: positive for drafts taken on cheap extra positions.
     assert results["long"][2].draft_saved_ms > 0
+
+
+def test_auto_drafts_nothing_in_a_step_that_reads_a_prompt(auto_backend):
+    """While a prompt is read in chunks, the generating sequence beside it drafts nothing,
+    however cheap the cost model finds extra positions (it is timed on steps without a
+    prompt), and drafts again once the prompt is read. The drafter proposes at every step
+    (its last token four times), so only the rule decides."""
+    decoder = auto_backend.decoder()
+    speculation = decoder._speculation
+    saved = speculation.cost, speculation.decoded, speculation._drafter, decoder._n_batch
+    speculation.cost = FixedCost({1: 10.0, 1024: 12.0})  # extra positions nearly free
+
+    class Always:
+        adaptive = False
+
+        def reset(self, seq_id: int) -> None:
+            pass
+
+        def propose(self, wants):
+            return [[tokens[-1]] * min(4, k) for _, tokens, k in wants]
+
+        def close(self) -> None:
+            pass
+
+    speculation._drafter = Always()
+    decoder._n_batch = 48  # the second prompt is read over several steps
+    steps: list[tuple[int, int, bool]] = []  # (positions with logits, drafts, no prompt)
+
+    def record(n_logits: int, n_draft: int, pure: bool) -> None:
+        steps.append((n_logits, n_draft, pure))
+        saved[1](n_logits, n_draft, pure)
+
+    speculation.decoded = record  # type: ignore[method-assign]
+    first = tuple(auto_backend.tokenize(RENAMES[0]))
+    second = tuple(auto_backend.tokenize(TASKS["TASKS"]["quotes"]))  # no shared prefix
+    try:
+        decoder.add("first", GenerationRequest(first, 40, GREEDY))
+        ends: list[object] = []
+        for i in range(300):
+            if i == 6:  # the first prompt read, and a few tokens generated
+                decoder.add("second", GenerationRequest(second, 4, GREEDY))
+            ends += [k for k, e in decoder.step() if isinstance(e, FinishEvent)]
+            if len(ends) == 2:
+                break
+    finally:
+        speculation.cost, _, speculation._drafter, decoder._n_batch = saved
+        speculation.decoded = saved[1]  # type: ignore[method-assign]
+    generating = next(i for i, (_, _, pure) in enumerate(steps) if pure)  # the first's
+    read = [i for i, (_, _, pure) in enumerate(steps) if i > generating and not pure]
+    mixed = [steps[i] for i in read]
+    assert len(mixed) >= 3 and all(d == 0 for _, d, _ in mixed), steps
+    before = [d for _, d, _ in steps[generating : read[0]]]
+    after = [d for _, d, _ in steps[read[-1] + 1 :]]
+    assert any(before) and any(after), steps  # drafting before the prompt came and after
 
 
 def test_a_grammar_verifies_drafts(spec_backend, scorer):
