@@ -9,10 +9,12 @@ per second of the whole batch. While a step is memory-bound (few positions: the 
 read once whatever their number) extra positions are cheap and drafts pay; once it is
 compute-bound c grows linearly, c(n + k) / c(n) ~ 1 + k / n, and no draft with E < k pays.
 
-c is measured: every step that decodes only generating sequences (no prompt chunk) times its
-llama_decode, per position count. Counts never seen are estimated from the nearest ones seen,
-in the shape of the default model's curve (Gemma 3 270M on 2 CPU cores: 17, 35, 41, 60, 102
-ms for 1, 2, 4, 8, 16 positions: one position's row of 262,144 logits is most of a step).
+c is measured: every step that decodes only generating sequences (no prompt chunk) is timed,
+its llama_decode and the sampling of every position with logits, per position count. Counts
+never seen are estimated from the nearest ones seen, in the shape of the default model's curve
+(Gemma 3 270M on 2 CPU cores, llama_decode alone: 15, 27, 36, 58, 110, 201 ms for 1, 2, 4, 8,
+16, 32 positions: one position's row of 262,144 logits is most of a step, and past two
+positions each more costs about 6 ms, whichever sequences they belong to).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-# The default model's step cost in ms per position count (#23's measurement); only its shape
-# matters: the rule compares costs with each other.
-PRIOR_MS: dict[int, float] = {1: 17.0, 2: 35.0, 4: 41.0, 8: 60.0, 16: 102.0}
+# The default model's step cost in ms per position count (medians of 7 decodes after a
+# 200-token prompt, one sequence or several alike); only its shape matters: the rule compares
+# costs with each other.
+PRIOR_MS: dict[int, float] = {1: 15.0, 2: 27.0, 4: 36.0, 8: 58.0, 16: 110.0, 32: 201.0}
 # A step's timings vary with the machine's load: each new one moves the estimate by this.
 EMA_WEIGHT = 0.2
 # A draft is taken only if it raises the step's expected tokens per second by this much:
