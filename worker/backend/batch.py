@@ -370,6 +370,9 @@ class LlamaBatchDecoder:
         n_draft = sum(len(slot.seq.spec.verifying) for slot, _ in outputs if slot.seq is not None)
         n_logits = len(outputs) + n_draft
         self._speculation.decoded(n_logits, n_draft, pure=n_logits == n_tokens)
+        drafting = [s.seq_id for s, _ in outputs if s.seq is not None and s.seq.spec.verifying]
+        plain = [s.seq_id for s, _ in outputs if s.seq is not None and not s.seq.spec.verifying]
+        self._speculation.waited(plain, drafting)
 
     def _ingest_media(self, out: Emitted) -> None:
         """Encode and decode one media chunk a sequence has reached, in a decode of its own

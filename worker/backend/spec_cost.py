@@ -33,9 +33,10 @@ EMA_WEIGHT = 0.2
 # A draft is taken only if it raises the step's expected tokens per second by this much:
 # the estimates are noisy, and a draft that only breaks even is not worth the risk.
 MARGIN = 0.03
-# How much slower a step may get for a sequence that has no draft in it (or whose draft takes
-# fewer tokens than the step slows down): about the spread of a step's time on a busy machine.
-# Without this a copying sequence would buy its speed with its neighbours' time.
+# How much longer a sequence may wait for other sequences' drafts, as a share of the time its
+# steps would take without them (and a drafting one: how much more the step may slow down than
+# its draft yields): about the spread of a step's time on a busy machine. Without this a
+# copying sequence would buy its speed with its neighbours' time.
 SLACK = 0.10
 
 
@@ -119,6 +120,24 @@ class Acceptance:
         self.missed *= self.IDLE_DECAY
 
 
+@dataclass
+class Wait:
+    """A sequence's account of waiting for its neighbours' drafts: `elapsed`, what its steps
+    would have taken without any draft (ms); `lost`, what the drafts beside it added to them.
+    It may wait longer by SLACK of its time, and by what its own drafts saved it (a sequence
+    that drafts in turn with the others gains more than it waits): so a draft that slows one
+    step a lot is let through now and then, where a bound per step would never allow it, and
+    over a request the wait stays within the bound."""
+
+    elapsed: float = 0.0
+    lost: float = 0.0
+
+    def budget(self, step_ms: float, saved_ms: float) -> float:
+        """The extra time (ms) this step may add for it: `step_ms` the step without drafts,
+        `saved_ms` what its own drafts saved it so far."""
+        return SLACK * (self.elapsed + step_ms) + max(0.0, saved_ms) - self.lost
+
+
 def expected_taken(p: float, k: int) -> float:
     """E(k) = p + p^2 + ... + p^k: draft tokens taken, each only after all before it."""
     if p >= 1.0:
@@ -131,19 +150,22 @@ def plan(
     base: int,
     candidates: Sequence[tuple[float, int]],
     expected: float | None = None,
-    bystanders: int = 0,
+    bystanders: Sequence[float] = (),
+    budgets: Sequence[float] | None = None,
 ) -> list[int]:
     """How many tokens of each candidate draft to verify this step (0: none).
 
     `base`: the positions the step has without these drafts (one per generating sequence and
     any draft that is not up to the rule); `expected`: the tokens those yield (default
-    `base`); `candidates`: (acceptance p, the draft's length) per sequence; `bystanders`:
-    generating sequences that are not candidates. The most likely drafts go first; each gets
-    the length that most raises the step's expected tokens per second, by at least MARGIN,
-    or none. Then no sequence may lose: while a drafting sequence would get fewer tokens
-    than the step slows down, its draft goes; while a sequence without a draft would wait
-    more than SLACK longer for its token, the least likely draft goes (the last one left is
-    shortened instead); what is left must still pay."""
+    `base`); `candidates`: (acceptance p, the draft's length) per sequence; `bystanders`: for
+    each generating sequence that is not a candidate, the extra time (ms) it may wait in this
+    step (Wait.budget); `budgets`: the same for each candidate, should its draft go (default
+    SLACK of the step). The most likely drafts go first; each gets the length that most
+    raises the step's expected tokens per second, by at least MARGIN, or none. Then no
+    sequence may lose: while a drafting sequence would get fewer tokens than the step slows
+    down (by SLACK), its draft goes; while the drafts add more time than a sequence without
+    one may wait, the least likely draft goes (the last one left is shortened instead); what
+    is left must still pay."""
     memo: dict[int, float] = {}
 
     def c(m: int) -> float:
@@ -153,15 +175,16 @@ def plan(
 
     lengths = _fastest(c, base, candidates, expected)
     plain = c(base)
+    own = list(budgets) if budgets is not None else [SLACK * plain] * len(candidates)
     while any(lengths):
         drafting = [i for i, k in enumerate(lengths) if k]
         slower = c(base + sum(lengths)) / plain
-        idle = bystanders + len(candidates) - len(drafting)
+        idle = [*bystanders, *(own[i] for i, k in enumerate(lengths) if not k)]
         gains = {i: 1.0 + expected_taken(candidates[i][0], lengths[i]) for i in drafting}
         worst = min(drafting, key=lambda i: gains[i])
         if gains[worst] * (1.0 + SLACK) < slower:  # it would wait longer per token
             lengths[worst] = 0
-        elif idle and slower > 1.0 + SLACK:  # a sequence without a draft would
+        elif idle and (slower - 1.0) * plain > min(idle):  # one without a draft would
             least = min(drafting, key=lambda i: candidates[i][0])
             if len(drafting) > 1:
                 lengths[least] = 0

@@ -27,7 +27,7 @@ import llama_cpp as ll
 from llorch.worker.backend.drafters import Drafter, NgramDrafter, Want
 from llorch.worker.backend.protocol import LoraKey, SpecOptions, position
 from llorch.worker.backend.slots import SeqState, Slot
-from llorch.worker.backend.spec_cost import Acceptance, StepCost, expected_taken, plan
+from llorch.worker.backend.spec_cost import Acceptance, StepCost, Wait, expected_taken, plan
 
 
 class Speculation:
@@ -53,6 +53,9 @@ class Speculation:
         self._acceptance: dict[int, Acceptance] = {}
         self._gated: set[int] = set()
         self._saved_ms: dict[int, float] = {}
+        # Per slot of every generating sequence (speculating or not): its wait for the others'
+        # drafts.
+        self._waits: dict[int, Wait] = {}
         # The last decode: positions with logits, and of those, draft positions; and whether
         # it read no prompt (then its time goes into the cost model).
         self._step = (0, 0)
@@ -76,6 +79,7 @@ class Speculation:
         )
         self._acceptance[slot.seq_id] = Acceptance()
         self._saved_ms[slot.seq_id] = 0.0
+        self._waits[slot.seq_id] = Wait()
         self._gated.discard(slot.seq_id)
         if seq.spec.on:
             adaptive = self._drafter.adaptive
@@ -100,6 +104,7 @@ class Speculation:
         wants: list[Want] = []
         seqs: list[tuple[int, SeqState]] = []
         generating = 0
+        waiting: list[int] = []  # the generating sequences' slots
         reading = False  # a prompt of this group waits: its next chunk fills this step
         for slot in slots:
             seq = slot.seq
@@ -108,6 +113,7 @@ class Speculation:
             if seq is None or seq.next_token is None or seq.request.lora != group:
                 continue
             generating += 1
+            waiting.append(slot.seq_id)
             if not seq.spec.on:
                 continue
             if seq.spec.pause > 0:
@@ -122,16 +128,16 @@ class Speculation:
         drafts = self._drafter.propose(wants)
         base, expected = generating, float(generating)
         gated: list[tuple[int, SeqState, list[int]]] = []
-        bystanders = generating  # sequences without a draft in this step
+        with_draft: set[int] = set()
         for (seq_id, seq), draft in zip(seqs, drafts, strict=True):
             if seq_id in self._gated and draft:
                 gated.append((seq_id, seq, draft))
-                bystanders -= 1
+                with_draft.add(seq_id)
             elif draft:  # asked for, or a draft model's (adaptive): drafts regardless
                 seq.spec.proposed = draft
                 base += len(draft)
                 expected += expected_taken(self._acceptance[seq_id].p, len(draft))
-                bystanders -= 1
+                with_draft.add(seq_id)
         if gated and reading:
             # A step that reads a prompt chunk is compute-bound by its prompt tokens, which
             # the cost model (timed on steps without one) does not see: a draft there would
@@ -141,8 +147,16 @@ class Speculation:
             for _, seq, _ in gated:
                 seq.spec.proposed = []
         elif gated:
+            step = self.cost(base)
+
+            def budget(seq_id: int) -> float:
+                wait = self._waits.setdefault(seq_id, Wait())
+                return wait.budget(step, self._saved_ms.get(seq_id, 0.0))
+
             candidates = [(self._acceptance[i].p, len(d)) for i, _, d in gated]
-            lengths = plan(self.cost, base, candidates, expected, bystanders)
+            bystanders = [budget(i) for i in waiting if i not in with_draft]
+            budgets = [budget(i) for i, _, _ in gated]
+            lengths = plan(self.cost, base, candidates, expected, bystanders, budgets)
             for (seq_id, seq, draft), k in zip(gated, lengths, strict=True):
                 seq.spec.proposed = draft[:k]
                 if not k:
@@ -153,6 +167,17 @@ class Speculation:
         `pure`: the step read no prompt."""
         self._step = (n_logits, n_draft)
         self._pure = pure
+
+    def waited(self, without_draft: list[int], with_draft: list[int]) -> None:
+        """After the decode: each generating sequence's steps went on for the step's cost
+        without drafts, and those without a draft waited for the drafts beside them."""
+        n, n_draft = self._step
+        plain = self.cost(max(1, n - n_draft))
+        extra = self.cost(n) - plain if n_draft else 0.0
+        for seq_id in (*without_draft, *with_draft):
+            self._waits.setdefault(seq_id, Wait()).elapsed += plain
+        for seq_id in without_draft:
+            self._waits[seq_id].lost += extra
 
     def stepped(self, seconds: float) -> None:
         """The step's time, its decode and the sampling of every position with logits (a

@@ -33,7 +33,14 @@ from llorch.worker.backend.protocol import (
     StopReason,
     TokenEvent,
 )
-from llorch.worker.backend.spec_cost import SLACK, Acceptance, StepCost, expected_taken, plan
+from llorch.worker.backend.spec_cost import (
+    SLACK,
+    Acceptance,
+    StepCost,
+    Wait,
+    expected_taken,
+    plan,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 MAX_GAP = 0.5
@@ -343,22 +350,43 @@ def test_drafting_stops_in_a_compute_bound_batch_and_resumes_when_it_drains():
 def test_no_sequence_waits_much_longer_for_its_neighbours_drafts():
     cpu = StepCost()  # 4 positions: 36 ms, and about 6 more per extra position
     flat = FixedCost({1: 10.0, 64: 12.0})  # a GPU-like step: positions nearly free
-    assert plan(cpu, 4, [(0.95, 48)], bystanders=3) == [0]
-    assert plan(flat, 4, [(0.95, 48)], bystanders=3)[0] > 0
-    # Whatever the mix, a sequence without a draft waits at most SLACK longer for its
-    # token, and a drafting one expects at least as many tokens as the step slows down.
+    # Three sequences without a draft, at their first step: each may wait SLACK longer.
+    assert plan(cpu, 4, [(0.95, 48)], bystanders=[SLACK * cpu(4)] * 3) == [0]
+    assert plan(flat, 4, [(0.95, 48)], bystanders=[SLACK * flat(4)] * 3)[0] > 0
+    # The same three after some steps (or drafts of their own) may wait 60 ms more: now the
+    # draft goes, as long as it still pays.
+    assert plan(cpu, 4, [(0.95, 48)], bystanders=[60.0] * 3)[0] > 0
+    assert plan(cpu, 4, [(0.5, 48)], bystanders=[60.0] * 3) == [0]
+    # Whatever the mix, the drafts add at most what each sequence without one may wait, and
+    # a drafting one expects at least as many tokens as the step slows down.
     for cost in (cpu, flat):
         for base in (1, 2, 3, 4, 8):
             for ps in ((0.95,), (0.3, 0.9), (0.5, 0.95, 0.99), (0.99,) * 4):
-                candidates = [(p, 48) for p in ps][:base]
-                idle = base - len(candidates)
-                lengths = plan(cost, base, candidates, bystanders=idle)
-                slower = cost(base + sum(lengths)) / cost(base)
-                if idle + lengths.count(0) and any(lengths):
-                    assert slower <= 1 + SLACK + 1e-9, (base, ps, lengths)
-                for (p, _), k in zip(candidates, lengths, strict=True):
-                    if k:
-                        assert (1 + expected_taken(p, k)) * (1 + SLACK) >= slower
+                for allowed in (SLACK * cost(base), 25.0, 100.0):
+                    candidates = [(p, 48) for p in ps][:base]
+                    idle = [allowed] * (base - len(candidates))
+                    own = [allowed / 2] * len(candidates)
+                    lengths = plan(cost, base, candidates, bystanders=idle, budgets=own)
+                    extra = cost(base + sum(lengths)) - cost(base)
+                    waits = idle + [b for b, k in zip(own, lengths, strict=True) if not k]
+                    if waits and any(lengths):
+                        assert extra <= min(waits) + 1e-9, (base, ps, lengths)
+                    slower = cost(base + sum(lengths)) / cost(base)
+                    for (p, _), k in zip(candidates, lengths, strict=True):
+                        if k:
+                            assert (1 + expected_taken(p, k)) * (1 + SLACK) >= slower
+
+
+def test_a_wait_is_bounded_over_the_request_not_per_step():
+    wait = Wait()
+    assert wait.budget(40.0, 0.0) == pytest.approx(4.0)  # a first step: SLACK of it
+    for _ in range(10):
+        wait.elapsed += 40.0
+    assert wait.budget(40.0, 0.0) == pytest.approx(44.0)  # ten steps waited up
+    wait.lost += 30.0  # a draft beside it took 30 ms
+    assert wait.budget(40.0, 0.0) == pytest.approx(14.0)
+    assert wait.budget(40.0, 50.0) == pytest.approx(64.0)  # its own drafts saved it 50 ms
+    assert wait.budget(40.0, -50.0) == pytest.approx(14.0)  # (and lost drafts are its own)
 
 
 def test_the_draft_length_follows_the_acceptance():
@@ -536,6 +564,37 @@ def test_auto_drafts_nothing_in_a_step_that_reads_a_prompt(auto_backend):
     before = [d for _, d, _ in steps[generating : read[0]]]
     after = [d for _, d, _ in steps[read[-1] + 1 :]]
     assert any(before) and any(after), steps  # drafting before the prompt came and after
+
+
+def test_in_a_mixed_batch_no_sequence_waits_more_than_its_share(auto_backend):
+    """Four sequences on the default model's CPU curve, one rewriting code (it copies) and
+    three telling a story: drafts go through now and then, and at the end each sequence has
+    waited for the others' drafts at most SLACK of its time plus what its own drafts saved."""
+    decoder = auto_backend.decoder()
+    speculation = decoder._speculation
+    measured, decide = speculation.cost, speculation.decide
+    speculation.cost = FixedCost()  # the prior: the default model on 2 CPU cores
+    slots: dict[object, int] = {}
+
+    def remember(slot) -> None:
+        decide(slot)
+        slots[slot.seq.key] = slot.seq_id
+
+    speculation.decide = remember  # type: ignore[method-assign]
+    story = tuple(auto_backend.tokenize(TASKS["TASKS"]["free"]))
+    requests = {"copy": GenerationRequest(tuple(auto_backend.tokenize(RENAMES[0])), 96, GREEDY)}
+    requests |= {f"story{i}": GenerationRequest(story, 96, GREEDY) for i in range(3)}
+    try:
+        results = drive(decoder, requests)
+        waits = {k: speculation._waits[slots[k]] for k in requests}
+        saved = {k: speculation._saved_ms[slots[k]] for k in requests}
+    finally:
+        speculation.cost = measured
+        speculation.decide = decide  # type: ignore[method-assign]
+    assert results["copy"][2].accepted > 0  # the copying sequence drafted
+    assert any(w.lost > 0 for k, w in waits.items() if k != "copy")  # and the others waited
+    for key, wait in waits.items():
+        assert wait.lost <= SLACK * wait.elapsed + max(0.0, saved[key]) + 1e-6, key
 
 
 def test_a_grammar_verifies_drafts(spec_backend, scorer):
