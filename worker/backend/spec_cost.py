@@ -20,6 +20,7 @@ positions each more costs about 6 ms, whichever sequences they belong to).
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ MARGIN = 0.03
 # its draft yields): about the spread of a step's time on a busy machine. Without this a
 # copying sequence would buy its speed with its neighbours' time.
 SLACK = 0.10
+# Positions added to the drafts without a better rate before the search for lengths stops.
+PATIENCE = 24
 
 
 class StepCost:
@@ -205,22 +208,30 @@ def _fastest(
     candidates: Sequence[tuple[float, int]],
     expected: float | None,
 ) -> list[int]:
-    """The draft lengths that most raise the step's expected tokens per second, greedily."""
+    """The draft lengths that most raise the step's expected tokens per second: one position
+    at a time, always the one worth most (the next token of candidate i is taken with
+    probability p_i^(k_i + 1)), and among equals the shortest draft's, so that drafts of
+    sequences alike grow side by side rather than one long draft making the others wait;
+    the best rate seen along the way wins (by at least MARGIN over no draft). Past PATIENCE
+    positions without a better rate it stops: c grows about linearly there and each next
+    position is worth less."""
     n, tokens = base, float(base if expected is None else expected)
     lengths = [0] * len(candidates)
-    for i in sorted(range(len(candidates)), key=lambda j: -candidates[j][0]):
+    best, best_rate = list(lengths), (tokens / c(n) if n else 0.0) * (1.0 + MARGIN)
+    heap = [(-p, 0, i) for i, (p, longest) in enumerate(candidates) if longest > 0 and p > 0]
+    heapq.heapify(heap)
+    since = 0
+    while heap and since < PATIENCE:
+        worth, k, i = heapq.heappop(heap)
+        lengths[i] = k + 1
+        tokens -= worth
+        n += 1
         p, longest = candidates[i]
-        rate = tokens / c(n) if n else 0.0
-        best, best_rate, best_gain = 0, rate * (1.0 + MARGIN), 0.0
-        gain, power = 0.0, 1.0
-        for k in range(1, longest + 1):
-            power *= p
-            gain += power
-            r = (tokens + gain) / c(n + k)
-            if r > best_rate:
-                best, best_rate, best_gain = k, r, gain
-        if best:
-            lengths[i] = best
-            n += best
-            tokens += best_gain
-    return lengths
+        if k + 1 < longest:
+            heapq.heappush(heap, (worth * p, k + 1, i))
+        rate = tokens / c(n)
+        if rate > best_rate:
+            best, best_rate, since = list(lengths), rate, 0
+        else:
+            since += 1
+    return best
