@@ -39,6 +39,7 @@ from llorch.worker.backend.protocol import (
     position,
 )
 from llorch.worker.backend.slots import SeqState, Slot, common_prefix
+from llorch.worker.backend.spec_cost import ubatch_sizes
 from llorch.worker.backend.speculative import Speculation
 from llorch.worker.backend.text import Emitted
 
@@ -369,7 +370,10 @@ class LlamaBatchDecoder:
         output, and the drafts), and whether the batch read no prompt chunk."""
         n_draft = sum(len(slot.seq.spec.verifying) for slot, _ in outputs if slot.seq is not None)
         n_logits = len(outputs) + n_draft
-        self._speculation.decoded(n_logits, n_draft, pure=n_logits == n_tokens)
+        # timed as c(n) only when llama.cpp ran it as one ubatch (spec_cost.ubatch_sizes)
+        counts = [(s.seq_id, 1 + len(s.seq.spec.verifying)) for s, _ in outputs if s.seq]
+        one = len(ubatch_sizes(counts)) == 1
+        self._speculation.decoded(n_logits, n_draft, pure=n_logits == n_tokens and one)
         drafting = [s.seq_id for s, _ in outputs if s.seq is not None and s.seq.spec.verifying]
         plain = [s.seq_id for s, _ in outputs if s.seq is not None and not s.seq.spec.verifying]
         self._speculation.waited(plain, drafting)

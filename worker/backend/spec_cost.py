@@ -148,6 +148,29 @@ def expected_taken(p: float, k: int) -> float:
     return p * (1.0 - p**k) / (1.0 - p)
 
 
+def ubatch_sizes(counts: Sequence[tuple[int, int]]) -> list[int]:
+    """How llama.cpp splits a step with a KV stream per sequence (`kv_unified` off, as the
+    worker runs it): `counts` is (sequence id, tokens) in batch order; each ubatch takes a run
+    of sequences whose ids follow each other by one, and from each as many tokens as the one
+    with fewest has left (src/llama-batch.cpp, split_equal with `sequential`). Each ubatch is
+    a graph computation of its own, which reads every weight again: so a draft of k tokens
+    beside sequences with one costs c(n) + c(k), not c(n + k), and a step whose sequences'
+    ids have a gap costs one computation per run."""
+    left = [[seq_id, n] for seq_id, n in counts if n > 0]
+    sizes: list[int] = []
+    while left:
+        run = [left[0]]
+        for item in left[1:]:
+            if item[0] == run[-1][0] + 1:
+                run.append(item)
+        per = min(n for _, n in run)
+        sizes.append(per * len(run))
+        for item in run:
+            item[1] -= per
+        left = [item for item in left if item[1] > 0]
+    return sizes
+
+
 def plan(
     cost: Callable[[int], float],
     base: int,
@@ -155,6 +178,8 @@ def plan(
     expected: float | None = None,
     bystanders: Sequence[float] = (),
     budgets: Sequence[float] | None = None,
+    layout: Sequence[tuple[int, int]] | None = None,
+    at: Sequence[int] = (),
 ) -> list[int]:
     """How many tokens of each candidate draft to verify this step (0: none).
 
@@ -168,7 +193,10 @@ def plan(
     sequence may lose: while a drafting sequence would get fewer tokens than the step slows
     down (by SLACK), its draft goes; while the drafts add more time than a sequence without
     one may wait, the least likely draft goes (the last one left is shortened instead); what
-    is left must still pay."""
+    is left must still pay. `layout`: (sequence id, tokens) of every generating sequence in
+    batch order without these drafts, and `at` each candidate's place in it: the step is then
+    priced as the ubatches llama.cpp splits it into (ubatch_sizes), each at c; without it, as
+    one ubatch of all positions."""
     memo: dict[int, float] = {}
 
     def c(m: int) -> float:
@@ -176,12 +204,20 @@ def plan(
             memo[m] = cost(m)
         return memo[m]
 
-    lengths = _fastest(c, base, candidates, expected)
-    plain = c(base)
+    def step(lengths: Sequence[int]) -> float:
+        if layout is None:
+            return c(base + sum(lengths))
+        counts = [list(item) for item in layout]
+        for i, k in zip(at, lengths, strict=True):
+            counts[i][1] += k
+        return sum(c(n) for n in ubatch_sizes([(seq_id, n) for seq_id, n in counts]))
+
+    lengths = _fastest(step, base, candidates, expected)
+    plain = step([0] * len(candidates))
     own = list(budgets) if budgets is not None else [SLACK * plain] * len(candidates)
     while any(lengths):
         drafting = [i for i, k in enumerate(lengths) if k]
-        slower = c(base + sum(lengths)) / plain
+        slower = step(lengths) / plain
         idle = [*bystanders, *(own[i] for i, k in enumerate(lengths) if not k)]
         gains = {i: 1.0 + expected_taken(candidates[i][0], lengths[i]) for i in drafting}
         worst = min(drafting, key=lambda i: gains[i])
@@ -197,13 +233,13 @@ def plan(
             break
     tokens = float(base if expected is None else expected)
     gain = sum(expected_taken(p, k) for (p, _), k in zip(candidates, lengths, strict=True))
-    if (tokens + gain) / c(base + sum(lengths)) < tokens / plain * (1.0 + MARGIN):
+    if (tokens + gain) / step(lengths) < tokens / plain * (1.0 + MARGIN):
         return [0] * len(candidates)  # what is left of the drafts no longer pays
     return lengths
 
 
 def _fastest(
-    c: Callable[[int], float],
+    step: Callable[[Sequence[int]], float],
     base: int,
     candidates: Sequence[tuple[float, int]],
     expected: float | None,
@@ -215,9 +251,9 @@ def _fastest(
     the best rate seen along the way wins (by at least MARGIN over no draft). Past PATIENCE
     positions without a better rate it stops: c grows about linearly there and each next
     position is worth less."""
-    n, tokens = base, float(base if expected is None else expected)
+    tokens = float(base if expected is None else expected)
     lengths = [0] * len(candidates)
-    best, best_rate = list(lengths), (tokens / c(n) if n else 0.0) * (1.0 + MARGIN)
+    best, best_rate = list(lengths), (tokens / step(lengths) if base else 0.0) * (1.0 + MARGIN)
     heap = [(-p, 0, i) for i, (p, longest) in enumerate(candidates) if longest > 0 and p > 0]
     heapq.heapify(heap)
     since = 0
@@ -225,11 +261,10 @@ def _fastest(
         worth, k, i = heapq.heappop(heap)
         lengths[i] = k + 1
         tokens -= worth
-        n += 1
         p, longest = candidates[i]
         if k + 1 < longest:
             heapq.heappush(heap, (worth * p, k + 1, i))
-        rate = tokens / c(n)
+        rate = tokens / step(lengths)
         if rate > best_rate:
             best, best_rate, since = list(lengths), rate, 0
         else:

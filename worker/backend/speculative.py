@@ -27,7 +27,13 @@ import llama_cpp as ll
 from llorch.worker.backend.drafters import Drafter, NgramDrafter, Want
 from llorch.worker.backend.protocol import LoraKey, SpecOptions, position
 from llorch.worker.backend.slots import SeqState, Slot
-from llorch.worker.backend.spec_cost import Acceptance, StepCost, Wait, expected_taken, plan
+from llorch.worker.backend.spec_cost import (
+    Acceptance,
+    StepCost,
+    Wait,
+    expected_taken,
+    plan,
+)
 
 
 class Speculation:
@@ -156,7 +162,11 @@ class Speculation:
             candidates = [(self._acceptance[i].p, len(d)) for i, _, d in gated]
             bystanders = [budget(i) for i in waiting if i not in with_draft]
             budgets = [budget(i) for i, _, _ in gated]
-            lengths = plan(self.cost, base, candidates, expected, bystanders, budgets)
+            # the batch's sequences in order, each with its token and any draft already in
+            given = {i: len(seq.spec.proposed) for i, seq in seqs if i not in self._gated}
+            layout = [(i, 1 + given.get(i, 0)) for i in waiting]
+            at = [waiting.index(i) for i, _, _ in gated]
+            lengths = plan(self.cost, base, candidates, expected, bystanders, budgets, layout, at)
             for (seq_id, seq, draft), k in zip(gated, lengths, strict=True):
                 seq.spec.proposed = draft[:k]
                 if not k:

@@ -40,6 +40,7 @@ from llorch.worker.backend.spec_cost import (
     Wait,
     expected_taken,
     plan,
+    ubatch_sizes,
 )
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -347,6 +348,21 @@ def test_drafting_stops_in_a_compute_bound_batch_and_resumes_when_it_drains():
     assert first >= second > 0
 
 
+def test_a_draft_beside_one_token_sequences_is_priced_as_a_second_ubatch():
+    """llama.cpp splits a step with a KV stream per sequence into ubatches of equal tokens per
+    sequence over runs of consecutive ids: on the CPU curve one sequence's draft among four
+    costs a second computation and does not pay; the same draft for all four is one ubatch
+    and does; alone, as before."""
+    assert ubatch_sizes([(0, 1), (1, 1), (2, 1), (3, 1)]) == [4]
+    assert ubatch_sizes([(0, 5), (1, 1), (2, 1), (3, 1)]) == [4, 4]
+    assert ubatch_sizes([(0, 1), (2, 1), (3, 1)]) == [1, 2]  # a gap in the ids
+    cpu, four = StepCost(), [(0, 1), (1, 1), (2, 1), (3, 1)]
+    assert plan(cpu, 4, [(0.95, 48)], bystanders=[1e9] * 3, layout=four, at=[0]) == [0]
+    alike = plan(cpu, 4, [(0.99, 48)] * 4, layout=four, at=[0, 1, 2, 3])
+    assert len(set(alike)) == 1 and alike[0] > 0
+    assert plan(cpu, 1, [(0.9, 48)], layout=[(0, 1)], at=[0]) == plan(cpu, 1, [(0.9, 48)])
+
+
 def test_no_sequence_waits_much_longer_for_its_neighbours_drafts():
     cpu = StepCost()  # 4 positions: 36 ms, and about 6 more per extra position
     flat = FixedCost({1: 10.0, 64: 12.0})  # a GPU-like step: positions nearly free
@@ -567,13 +583,15 @@ def test_auto_drafts_nothing_in_a_step_that_reads_a_prompt(auto_backend):
 
 
 def test_in_a_mixed_batch_no_sequence_waits_more_than_its_share(auto_backend):
-    """Four sequences on the default model's CPU curve, one rewriting code (it copies) and
-    three telling a story: drafts go through now and then, and at the end each sequence has
-    waited for the others' drafts at most SLACK of its time plus what its own drafts saved."""
+    """Four sequences, one rewriting code (it copies) and three telling a story, with a
+    GPU-like step cost (positions nearly free, but a draft beside sequences of one token is
+    a second ubatch, which doubles the step): drafts go through now and then, and at the end
+    each sequence has waited for the others' drafts at most SLACK of its time plus what its
+    own drafts saved."""
     decoder = auto_backend.decoder()
     speculation = decoder._speculation
     measured, decide = speculation.cost, speculation.decide
-    speculation.cost = FixedCost()  # the prior: the default model on 2 CPU cores
+    speculation.cost = FixedCost({1: 10.0, 64: 12.0})
     slots: dict[object, int] = {}
 
     def remember(slot) -> None:
