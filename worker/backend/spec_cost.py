@@ -12,9 +12,9 @@ compute-bound c grows linearly, c(n + k) / c(n) ~ 1 + k / n, and no draft with E
 c is measured: every step that decodes only generating sequences (no prompt chunk) is timed,
 its llama_decode and the sampling of every position with logits, per position count. Counts
 never seen are estimated from the nearest ones seen, in the shape of the default model's curve
-(Gemma 3 270M on 2 CPU cores, llama_decode alone: 15, 27, 36, 58, 110, 201 ms for 1, 2, 4, 8,
-16, 32 positions: one position's row of 262,144 logits is most of a step, and past two
-positions each more costs about 6 ms, whichever sequences they belong to).
+(Gemma 3 270M on 2 CPU cores, llama_decode alone: 15, 27, 40, 65, 119, 242, 432 ms for 1, 2,
+4, 8, 16, 32, 64 positions in one ubatch: one position's row of 262,144 logits is most of a
+step, and past two positions each more costs 6-7 ms).
 """
 
 from __future__ import annotations
@@ -26,9 +26,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # The default model's step cost in ms per position count (medians of 7 decodes after a
-# 200-token prompt, one sequence or several alike); only its shape matters: the rule compares
-# costs with each other.
-PRIOR_MS: dict[int, float] = {1: 15.0, 2: 27.0, 4: 36.0, 8: 58.0, 16: 110.0, 32: 201.0}
+# 200-token prompt; of one sequence's positions or of 4 or 16 sequences with as many each,
+# the dearer: 16 sequences of 2 take 242 ms where one of 32 takes 201); only its shape matters
+# once steps are timed: the rule compares costs with each other.
+PRIOR_MS: dict[int, float] = {
+    1: 15.0,
+    2: 27.0,
+    4: 40.0,
+    8: 65.0,
+    16: 119.0,
+    32: 242.0,
+    64: 432.0,
+}
 # A step's timings vary with the machine's load: each new one moves the estimate by this.
 EMA_WEIGHT = 0.2
 # A draft is taken only if it raises the step's expected tokens per second by this much:

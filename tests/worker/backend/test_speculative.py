@@ -364,7 +364,7 @@ def test_a_draft_beside_one_token_sequences_is_priced_as_a_second_ubatch():
 
 
 def test_no_sequence_waits_much_longer_for_its_neighbours_drafts():
-    cpu = StepCost()  # 4 positions: 36 ms, and about 6 more per extra position
+    cpu = StepCost()  # 4 positions: 40 ms, and about 6 more per extra position
     flat = FixedCost({1: 10.0, 64: 12.0})  # a GPU-like step: positions nearly free
     # Three sequences without a draft, at their first step: each may wait SLACK longer.
     assert plan(cpu, 4, [(0.95, 48)], bystanders=[SLACK * cpu(4)] * 3) == [0]
@@ -428,7 +428,7 @@ def test_the_step_cost_is_measured_and_estimated_between_and_beyond():
     cost.observe(4, 0.040)
     assert cost(1) == pytest.approx(10.0) and cost(4) == pytest.approx(40.0)
     assert cost(2) == pytest.approx(20.0)  # between two measured counts: interpolated
-    assert cost(8) == pytest.approx(40.0 * 58 / 36)  # beyond: scaled by the prior's shape
+    assert cost(8) == pytest.approx(40.0 * 65 / 40)  # beyond: scaled by the prior's shape
     cost.observe(4, 0.020)  # a quicker step moves the estimate part of the way
     assert 20.0 < cost(4) < 40.0
     cost.observe(6, 0.001)  # timing noise never makes more positions cheaper than fewer
@@ -553,12 +553,14 @@ def test_auto_drafts_nothing_in_a_step_that_reads_a_prompt(auto_backend):
     speculation._drafter = Always()
     decoder._n_batch = 48  # the second prompt is read over several steps
     steps: list[tuple[int, int, bool]] = []  # (positions with logits, drafts, no prompt)
+    counted = decoder._counted
 
-    def record(n_logits: int, n_draft: int, pure: bool) -> None:
-        steps.append((n_logits, n_draft, pure))
-        saved[1](n_logits, n_draft, pure)
+    def record(outputs, n_tokens: int) -> None:
+        drafts = sum(len(s.seq.spec.verifying) for s, _ in outputs if s.seq is not None)
+        steps.append((len(outputs) + drafts, drafts, len(outputs) + drafts == n_tokens))
+        counted(outputs, n_tokens)
 
-    speculation.decoded = record  # type: ignore[method-assign]
+    decoder._counted = record  # type: ignore[method-assign]
     first = tuple(auto_backend.tokenize(RENAMES[0]))
     second = tuple(auto_backend.tokenize(TASKS["TASKS"]["quotes"]))  # no shared prefix
     try:
@@ -572,7 +574,7 @@ def test_auto_drafts_nothing_in_a_step_that_reads_a_prompt(auto_backend):
                 break
     finally:
         speculation.cost, _, speculation._drafter, decoder._n_batch = saved
-        speculation.decoded = saved[1]  # type: ignore[method-assign]
+        decoder._counted = counted  # type: ignore[method-assign]
     generating = next(i for i, (_, _, pure) in enumerate(steps) if pure)  # the first's
     read = [i for i, (_, _, pure) in enumerate(steps) if i > generating and not pure]
     mixed = [steps[i] for i in read]
