@@ -39,7 +39,6 @@ from llorch.worker.backend.protocol import (
     position,
 )
 from llorch.worker.backend.slots import SeqState, Slot, common_prefix
-from llorch.worker.backend.spec_cost import ubatch_sizes
 from llorch.worker.backend.speculative import Speculation
 from llorch.worker.backend.text import Emitted
 
@@ -366,17 +365,10 @@ class LlamaBatchDecoder:
         return out
 
     def _counted(self, outputs: list[tuple[Slot, int]], n_tokens: int) -> None:
-        """The decode's positions for speculation's cost model: those with logits (one per
-        output, and the drafts), and whether the batch read no prompt chunk."""
-        n_draft = sum(len(slot.seq.spec.verifying) for slot, _ in outputs if slot.seq is not None)
-        n_logits = len(outputs) + n_draft
-        # timed as c(n) only when llama.cpp ran it as one ubatch (spec_cost.ubatch_sizes)
+        """The decode's positions with logits per sequence (its token and any draft), and
+        whether the batch read no prompt chunk, for speculation's cost model."""
         counts = [(s.seq_id, 1 + len(s.seq.spec.verifying)) for s, _ in outputs if s.seq]
-        one = len(ubatch_sizes(counts)) == 1
-        self._speculation.decoded(n_logits, n_draft, pure=n_logits == n_tokens and one)
-        drafting = [s.seq_id for s, _ in outputs if s.seq is not None and s.seq.spec.verifying]
-        plain = [s.seq_id for s, _ in outputs if s.seq is not None and not s.seq.spec.verifying]
-        self._speculation.waited(plain, drafting)
+        self._speculation.decoded(counts, pure=sum(n for _, n in counts) == n_tokens)
 
     def _ingest_media(self, out: Emitted) -> None:
         """Encode and decode one media chunk a sequence has reached, in a decode of its own

@@ -180,6 +180,11 @@ def ubatch_sizes(counts: Sequence[tuple[int, int]]) -> list[int]:
     return sizes
 
 
+def step_cost(cost: Callable[[int], float], counts: Sequence[tuple[int, int]]) -> float:
+    """A step's cost as llama.cpp runs it: each of its ubatches (ubatch_sizes) at c."""
+    return sum(cost(n) for n in ubatch_sizes(counts))
+
+
 def plan(
     cost: Callable[[int], float],
     base: int,
@@ -219,7 +224,7 @@ def plan(
         counts = [list(item) for item in layout]
         for i, k in zip(at, lengths, strict=True):
             counts[i][1] += k
-        return sum(c(n) for n in ubatch_sizes([(seq_id, n) for seq_id, n in counts]))
+        return step_cost(c, [(seq_id, n) for seq_id, n in counts])
 
     lengths = _fastest(step, base, candidates, expected)
     plain = step([0] * len(candidates))

@@ -33,6 +33,8 @@ from llorch.worker.backend.spec_cost import (
     Wait,
     expected_taken,
     plan,
+    step_cost,
+    ubatch_sizes,
 )
 
 
@@ -62,10 +64,11 @@ class Speculation:
         # Per slot of every generating sequence (speculating or not): its wait for the others'
         # drafts.
         self._waits: dict[int, Wait] = {}
-        # The last decode: positions with logits, and of those, draft positions; and whether
-        # it read no prompt (then its time goes into the cost model).
-        self._step = (0, 0)
-        self._pure = False
+        # The last decode: positions with logits; its cost with and without its drafts (ms,
+        # priced as llama.cpp splits it); and whether its time goes into the cost model.
+        self._n_logits = 0
+        self._step_ms = self._plain_ms = 0.0
+        self._timed = False
 
     def decide(self, slot: Slot) -> None:
         """Speculation where it keeps the output exactly as without it and simple: not with
@@ -153,7 +156,11 @@ class Speculation:
             for _, seq, _ in gated:
                 seq.spec.proposed = []
         elif gated:
-            step = self.cost(base)
+            # the batch's sequences in order, each with its token and any draft already in
+            given = {i: len(seq.spec.proposed) for i, seq in seqs if i not in self._gated}
+            layout = [(i, 1 + given.get(i, 0)) for i in waiting]
+            at = [waiting.index(i) for i, _, _ in gated]
+            step = step_cost(self.cost, layout)
 
             def budget(seq_id: int) -> float:
                 wait = self._waits.setdefault(seq_id, Wait())
@@ -162,39 +169,36 @@ class Speculation:
             candidates = [(self._acceptance[i].p, len(d)) for i, _, d in gated]
             bystanders = [budget(i) for i in waiting if i not in with_draft]
             budgets = [budget(i) for i, _, _ in gated]
-            # the batch's sequences in order, each with its token and any draft already in
-            given = {i: len(seq.spec.proposed) for i, seq in seqs if i not in self._gated}
-            layout = [(i, 1 + given.get(i, 0)) for i in waiting]
-            at = [waiting.index(i) for i, _, _ in gated]
             lengths = plan(self.cost, base, candidates, expected, bystanders, budgets, layout, at)
             for (seq_id, seq, draft), k in zip(gated, lengths, strict=True):
                 seq.spec.proposed = draft[:k]
                 if not k:
                     self._acceptance[seq_id].held_back()
 
-    def decoded(self, n_logits: int, n_draft: int, pure: bool) -> None:
-        """After a decode of `n_logits` positions with logits, `n_draft` of them drafts;
-        `pure`: the step read no prompt."""
-        self._step = (n_logits, n_draft)
-        self._pure = pure
-
-    def waited(self, without_draft: list[int], with_draft: list[int]) -> None:
-        """After the decode: each generating sequence's steps went on for the step's cost
-        without drafts, and those without a draft waited for the drafts beside them."""
-        n, n_draft = self._step
-        plain = self.cost(max(1, n - n_draft))
-        extra = self.cost(n) - plain if n_draft else 0.0
-        for seq_id in (*without_draft, *with_draft):
-            self._waits.setdefault(seq_id, Wait()).elapsed += plain
-        for seq_id in without_draft:
-            self._waits[seq_id].lost += extra
+    def decoded(self, counts: list[tuple[int, int]], pure: bool) -> None:
+        """After a decode: `counts`, (sequence id, positions with logits) of each sequence with
+        an output, in batch order (more than one: its draft); `pure`, the step read no prompt.
+        The step is priced with and without its drafts as llama.cpp split it; each of these
+        sequences' steps went on for the cost without drafts, and those without a draft waited
+        for the drafts beside them. Its time goes into the cost model (stepped) when it read
+        no prompt and ran as one ubatch."""
+        self._n_logits = sum(n for _, n in counts)
+        self._plain_ms = step_cost(self.cost, [(seq_id, 1) for seq_id, _ in counts])
+        self._step_ms = step_cost(self.cost, counts)
+        self._timed = pure and len(ubatch_sizes(counts)) == 1
+        extra = self._step_ms - self._plain_ms
+        for seq_id, n in counts:
+            wait = self._waits.setdefault(seq_id, Wait())
+            wait.elapsed += self._plain_ms
+            if n == 1:
+                wait.lost += extra
 
     def stepped(self, seconds: float) -> None:
         """The step's time, its decode and the sampling of every position with logits (a
         draft position is sampled too: ~0.5 ms a row of Gemma 3's 262,144 logits, against
-        ~7 ms of decode), into the cost model when it read no prompt."""
-        if self._pure:
-            self.cost.observe(self._step[0], seconds)
+        ~7 ms of decode), into the cost model (see decoded)."""
+        if self._timed:
+            self.cost.observe(self._n_logits, seconds)
 
     def verify(
         self,
@@ -210,9 +214,8 @@ class Speculation:
         assert seq is not None
         draft, seq.spec.verifying = seq.spec.verifying, []
         seq.spec.drafted += len(draft)
-        n, n_draft = self._step
-        plain = self.cost(max(1, n - n_draft))  # the step without any drafts
-        self._saved_ms[slot.seq_id] -= self.cost(n) - plain
+        plain = self._plain_ms  # the step without any drafts
+        self._saved_ms[slot.seq_id] -= self._step_ms - plain
         taken = 0
         for i in range(len(draft) + 1):
             token = sample(index + i)

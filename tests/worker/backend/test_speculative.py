@@ -505,9 +505,9 @@ def test_auto_holds_drafts_back_while_the_batch_is_full_and_drafts_once_it_drain
     speculation.cost = FixedCost({1: 10.0, 2: 11.0, 4: 40.0, 8: 80.0})
     steps: list[tuple[int, int]] = []  # (positions with logits, of those drafts)
 
-    def record(n_logits: int, n_draft: int, pure: bool) -> None:
-        steps.append((n_logits, n_draft))
-        decoded(n_logits, n_draft, pure)
+    def record(counts: list[tuple[int, int]], pure: bool) -> None:
+        steps.append((sum(n for _, n in counts), sum(n - 1 for _, n in counts)))
+        decoded(counts, pure)
 
     speculation.decoded = record  # type: ignore[method-assign]
     try:
@@ -535,7 +535,7 @@ def test_auto_drafts_nothing_in_a_step_that_reads_a_prompt(auto_backend):
     (its last token four times), so only the rule decides."""
     decoder = auto_backend.decoder()
     speculation = decoder._speculation
-    saved = speculation.cost, speculation.decoded, speculation._drafter, decoder._n_batch
+    saved = speculation.cost, speculation._drafter, decoder._n_batch
     speculation.cost = FixedCost({1: 10.0, 1024: 12.0})  # extra positions nearly free
 
     class Always:
@@ -573,7 +573,7 @@ def test_auto_drafts_nothing_in_a_step_that_reads_a_prompt(auto_backend):
             if len(ends) == 2:
                 break
     finally:
-        speculation.cost, _, speculation._drafter, decoder._n_batch = saved
+        speculation.cost, speculation._drafter, decoder._n_batch = saved
         decoder._counted = counted  # type: ignore[method-assign]
     generating = next(i for i, (_, _, pure) in enumerate(steps) if pure)  # the first's
     read = [i for i, (_, _, pure) in enumerate(steps) if i > generating and not pure]
@@ -602,8 +602,8 @@ def test_in_a_mixed_batch_no_sequence_waits_more_than_its_share(auto_backend):
 
     speculation.decide = remember  # type: ignore[method-assign]
     story = tuple(auto_backend.tokenize(TASKS["TASKS"]["free"]))
-    requests = {"copy": GenerationRequest(tuple(auto_backend.tokenize(RENAMES[0])), 96, GREEDY)}
-    requests |= {f"story{i}": GenerationRequest(story, 96, GREEDY) for i in range(3)}
+    requests = {"copy": GenerationRequest(tuple(auto_backend.tokenize(RENAMES[0])), 160, GREEDY)}
+    requests |= {f"story{i}": GenerationRequest(story, 32, GREEDY) for i in range(3)}
     try:
         results = drive(decoder, requests)
         waits = {k: speculation._waits[slots[k]] for k in requests}
