@@ -15,7 +15,8 @@ Both servers get 4 slots, the same threads and context, and raw prompts with one
              per second of wall time
   2nd turn   the same prompt and image again: its time to first token over the first's
              (the image's KV cache reused, not encoded again)
-Rounds alternate which server goes first; medians.
+The time-to-first-token requests alternate between the servers one by one; rounds alternate
+which server goes first; medians.
 """
 
 from __future__ import annotations
@@ -189,13 +190,17 @@ def main() -> None:
             ask(name, server.url, image)
         for r in range(ns.rounds):
             order = list(servers) if r % 2 == 0 else list(reversed(servers))
-            for name in order:
-                url, got = servers[name].url, results[name]
-                for _ in range(EACH):  # milliseconds each: one is mostly noise
+            # one request of each server in turn, which goes first alternating: this
+            # machine's speed drifts within seconds, by more than the difference measured
+            for i in range(EACH):
+                for name in order if i % 2 == 0 else reversed(order):
+                    url, got = servers[name].url, results[name]
                     first, prompt = ask(name, url, image)
                     second, _ = ask(name, url, image, prompt)
                     got.setdefault("ttft", []).append(first)
                     got.setdefault("second/first", []).append(second / first)
+            for name in order:
+                url, got = servers[name].url, results[name]
                 for n in (1, 4):
                     got.setdefault(f"images/s x{n}", []).append(
                         images_per_second(name, url, image, n)

@@ -29,6 +29,7 @@ from llorch.convert.families.base import (
     dims,
     expected_shapes,
     map_tensors,
+    rope_params,
     write_common,
 )
 
@@ -81,7 +82,8 @@ def write_hparams(model: ModelInput, w: gguf.GGUFWriter) -> None:
     _check_query_scale(model)
     d = write_common(model, w)
     glob, local = _rope(model)
-    w.add_rope_freq_base(float(glob.get("rope_theta", 10000.0)))
+    if "rope_theta" not in rope_params(model):  # else write_common wrote the same value
+        w.add_rope_freq_base(float(glob.get("rope_theta", 10000.0)))
     kind = glob.get("rope_type", glob.get("type", "default"))
     if kind == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
