@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -272,23 +272,23 @@ def convert(
                     options, im_record = quant_options(
                         imatrix, tmp, overrides, chunk=imatrix_chunk, chunks=imatrix_chunks
                     )
-                if quality is not None:  # its keys made now, their values written in place
-                    zeros = quality_mod.Quality.placeholder(stage_type).gguf_metadata().items()
-                    options = replace(options, metadata=tuple(zeros))
-                llamacpp.quantize(tmp, qtmp, gw.quantizer_types()[outtype], options=options)
-                final = qtmp
-                if quality is not None:
-                    measured = quality_mod.measure(
+                ftype = gw.quantizer_types()[outtype]
+                if quality is None:
+                    llamacpp.quantize(tmp, qtmp, ftype, options=options)
+                else:
+                    quality_record = quality_mod.quantize_measured(
                         tmp,
                         qtmp,
+                        ftype,
+                        options,
                         quality,
                         reference_name=stage_type,
                         chunk=quality_chunk,
                         chunks=quality_chunks,
-                    )
-                    quality_record = measured.to_json()
-                    llamacpp.patch_metadata(qtmp, measured.gguf_metadata())
-            llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
+                    ).to_json()
+                final = qtmp
+            if quality_record is None:  # else measuring it loaded it
+                llamacpp.check_loads(final)  # cheap: metadata and tensor shapes, no weights read
             checked = 0
             differences: tuple[TokenDifference, ...] = ()
             if verify:

@@ -23,13 +23,14 @@ import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from llorch import keys
+from llorch.convert import llamacpp
 from llorch.convert.errors import ConversionError, QualityError
 from llorch.cpus import default_threads
 from llorch.hugepages import without_huge_page_advice
@@ -249,6 +250,43 @@ def _against_blocks(
     parts = blocks.map(block)
     kld, target_log_probs, top = (np.concatenate(p) for p in zip(*parts, strict=True))
     return kld, target_log_probs, top
+
+
+def quantize_measured(
+    src: Path,
+    dst: Path,
+    ftype: int,
+    options: llamacpp.QuantizeOptions,
+    text: str | os.PathLike[str],
+    *,
+    reference_name: str,
+    chunk: int = DEFAULT_CHUNK,
+    chunks: int | None = None,
+    n_threads: int = 0,
+    cache: ReferenceCache | None = None,
+    on_measure: Callable[[], None] | None = None,
+) -> Quality:
+    """`src` quantized into `dst` (llamacpp.quantize) and measured against `src` on `text`
+    (`on_measure` called in between), the measurement in `dst`'s metadata: the quantizer
+    writes its keys with zeros and they are filled in place once known
+    (llamacpp.patch_metadata), so the file is not copied again."""
+    zeros = tuple(Quality.placeholder(reference_name).gguf_metadata().items())
+    options = replace(options, metadata=zeros)
+    llamacpp.quantize(src, dst, ftype, n_threads=n_threads, options=options)
+    if on_measure is not None:
+        on_measure()
+    measured = measure(
+        src,
+        dst,
+        text,
+        reference_name=reference_name,
+        chunk=chunk,
+        chunks=chunks,
+        n_threads=n_threads,
+        cache=cache,
+    )
+    llamacpp.patch_metadata(dst, measured.gguf_metadata())
+    return measured
 
 
 def measure(

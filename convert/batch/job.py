@@ -16,7 +16,7 @@ temporaries.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import json
 import os
 import signal
@@ -219,29 +219,27 @@ def run(spec: dict[str, Any], emit: Emit) -> None:
             with gw.temp_path(final, ".quant.tmp") as tmp:
                 ftype = llamacpp.ftype_constants()[outtype]
                 options = imatrix[0] if imatrix is not None else llamacpp.QuantizeOptions()
-                if spec.get("quality"):  # its keys made now, their values written in place
-                    zeros = quality.Quality.placeholder(base).gguf_metadata().items()
-                    options = dataclasses.replace(options, metadata=tuple(zeros))
                 threads = spec.get("threads", 0)
-                llamacpp.quantize(current, tmp, ftype, n_threads=threads, options=options)
-                if not spec.get("quality"):  # else measuring it loads it
-                    llamacpp.check_loads(tmp)
                 extra: dict[str, Any] = {}
                 if imatrix is not None:
                     extra["imatrix"] = imatrix[1]
                 if spec.get("quality"):
-                    emit({"event": "stage", "job": job, "stage": f"quality {outtype}"})
-                    measured = quality.measure(
+                    stage = {"event": "stage", "job": job, "stage": f"quality {outtype}"}
+                    extra["quality"] = quality.quantize_measured(
                         current,
                         tmp,
+                        ftype,
+                        options,
                         spec["quality"],
                         reference_name=base,
                         chunk=int(spec.get("quality_chunk") or quality.DEFAULT_CHUNK),
                         n_threads=threads,
                         cache=references,
-                    )
-                    extra["quality"] = measured.to_json()
-                    llamacpp.patch_metadata(tmp, measured.gguf_metadata())
+                        on_measure=functools.partial(emit, stage),
+                    ).to_json()
+                else:
+                    llamacpp.quantize(current, tmp, ftype, n_threads=threads, options=options)
+                    llamacpp.check_loads(tmp)  # measuring it would have loaded it
                 verified = {"tokenizer": False, "strings": 0, "notes": ["not verified"]}
                 if spec["verify"] and checked is not None:
                     first, record = checked
