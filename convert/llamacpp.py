@@ -264,23 +264,12 @@ def patch_metadata(path: Path, metadata: Mapping[str, str | int | float]) -> Non
     number of the key's own type, a string of the same length): the header keeps its size, so
     the tensors stay where they are and nothing else is written. For keys whose values are
     known only after the file is made (placeholders given to `quantize`'s `metadata`)."""
-    import gguf
+    from llorch.gguf_header import GGUFHeaderError, rewrite_values
 
-    reader = gguf.GGUFReader(path, "r+")
-    for key, value in metadata.items():
-        field = reader.get_field(key)
-        if field is None or len(field.types) != 1:
-            raise QuantizeError(f"{path}: no scalar key {key} to rewrite")
-        part = field.parts[field.data[0]]
-        if isinstance(value, str):
-            raw = np.frombuffer(value.encode(), dtype=np.uint8)
-            if raw.size != part.size:
-                raise QuantizeError(f"{path}: {key} is {part.size} bytes, not {raw.size}")
-            part[:] = raw
-        else:
-            part[0] = value
-    reader.data.flush()
-    del reader
+    try:
+        rewrite_values(path, metadata)
+    except GGUFHeaderError as exc:
+        raise QuantizeError(str(exc)) from exc
 
 
 def ggml_type_constants() -> dict[str, int]:

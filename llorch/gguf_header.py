@@ -5,14 +5,17 @@ gguf's GGUFReader builds numpy views of every item of every array as it opens a 
 from its header before each load of a several-models set-up. This reads the same header
 (GGUF v2/v3, little-endian: what llama.cpp writes; gguf-py's docs/gguf.md for the layout) and
 skips string arrays, keeping only their length: Gemma 3's header in well under a second.
+It also says where each scalar or string value lies, so that `rewrite_values` can change one
+in place (the quality of a quantized file, known only after it is written) without gguf's
+reader (1.5 s for a 32,000-token vocabulary, for four numbers).
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -51,11 +54,22 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class ValueSpan:
+    """Where a scalar or string value lies in the file: its type, first byte and length (a
+    string's bytes, after its length)."""
+
+    kind: GGUFValueType
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
 class GGUFHeader:
     # Scalars as Python values, numeric and boolean arrays as tuples, string arrays as
     # StringArray.
     fields: dict[str, Any]
     tensors: tuple[TensorInfo, ...]
+    spans: dict[str, ValueSpan] = field(default_factory=dict)  # scalar and string keys
 
     def int_field(self, key: str, default: int = 0) -> int:
         """An integer key's value; an array's last item (as gguf's reader reads a per-layer
@@ -110,12 +124,18 @@ class _Parser:
         if version not in (2, 3):
             raise ValueError(f"GGUF version {version} (2 and 3 are read)")
         n_tensors, n_fields = self._take("Q"), self._take("Q")
-        fields = {}
+        fields, spans = {}, {}
         for _ in range(n_fields):
             key = self._string()
-            fields[key] = self._value(GGUFValueType(self._take("I")), self._strings(key))
+            kind = GGUFValueType(self._take("I"))
+            start = self._at
+            fields[key] = self._value(kind, self._strings(key))
+            if kind == GGUFValueType.STRING:  # its length (8 bytes), then its bytes
+                spans[key] = ValueSpan(kind, start + 8, self._at - start - 8)
+            elif kind in _SCALARS:
+                spans[key] = ValueSpan(kind, start, self._at - start)
         tensors = tuple(self._tensor() for _ in range(n_tensors))
-        return GGUFHeader(fields, tensors)
+        return GGUFHeader(fields, tensors, spans)
 
     def _value(self, kind: GGUFValueType, whole: bool = True) -> Any:
         if kind == GGUFValueType.STRING:
@@ -149,3 +169,31 @@ class _Parser:
         self._take("Q")  # offset in the data section
         block, size = GGML_QUANT_SIZES[kind]
         return TensorInfo(name, shape, kind, prod(shape) * size // block)
+
+
+def rewrite_values(path: Path | str, values: Mapping[str, str | int | float]) -> None:
+    """The values of scalar or string keys `path` already has, written over in place: a
+    number in the key's own type, a string of the same length in bytes (so the header keeps
+    its size and the tensors their place). Raises GGUFHeaderError, writing nothing, when a
+    key is missing, an array, or a string of another length."""
+    spans = read_header(path).spans
+    patches = []
+    for key, value in values.items():
+        span = spans.get(key)
+        if span is None:
+            raise GGUFHeaderError(f"{path}: no scalar or string key {key} to rewrite")
+        if span.kind == GGUFValueType.STRING:
+            raw = value.encode() if isinstance(value, str) else b""
+            if not isinstance(value, str) or len(raw) != span.size:
+                raise GGUFHeaderError(
+                    f"{path}: {key} is a string of {span.size} bytes, not {value!r}"
+                )
+        elif isinstance(value, str):
+            raise GGUFHeaderError(f"{path}: {key} is a number, not {value!r}")
+        else:
+            raw = struct.pack("<" + _SCALARS[span.kind], value)
+        patches.append((span.offset, raw))
+    with open(path, "r+b") as file, mmap.mmap(file.fileno(), 0) as data:
+        for offset, raw in patches:
+            data[offset : offset + len(raw)] = raw
+        data.flush()

@@ -1,5 +1,6 @@
 """The header reader against gguf's own GGUFReader: every field and tensor of a file with every
-value type, and of the real SmolLM2 GGUF (a 49,152-token vocabulary)."""
+value type, and of the real SmolLM2 GGUF (a 49,152-token vocabulary); values rewritten in
+place, read back by GGUFReader."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 
-from llorch.gguf_header import GGUFHeaderError, StringArray, read_header
+from llorch.gguf_header import GGUFHeaderError, StringArray, read_header, rewrite_values
 
 
 def reference(path: Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], int, int]]]:
@@ -43,8 +44,7 @@ def check(path: Path) -> None:
     assert got == tensors
 
 
-def test_every_value_type_and_tensor_type(tmp_path: Path) -> None:
-    path = tmp_path / "all.gguf"
+def every_type(path: Path) -> Path:
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_uint8("t.u8", 250)
     writer.add_int8("t.i8", -100)
@@ -74,6 +74,11 @@ def test_every_value_type_and_tensor_type(tmp_path: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_every_value_type_and_tensor_type(tmp_path: Path) -> None:
+    path = every_type(tmp_path / "all.gguf")
     check(path)
     header = read_header(path)
     assert header.fields["t.strings"] == StringArray(4)
@@ -106,3 +111,36 @@ def test_a_cut_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(chat_model_path().read_bytes()[:100_000])  # inside the vocabulary
     with pytest.raises(GGUFHeaderError):
         read_header(path)
+
+
+def test_values_rewritten_in_place(tmp_path: Path) -> None:
+    path = every_type(tmp_path / "all.gguf")
+    before = path.read_bytes()
+    new = {"t.u32": 7, "t.i64": -5, "t.f32": 0.125, "t.f64": 2.5, "t.str": "Grüße ✗"}
+    rewrite_values(path, new)
+    after = path.read_bytes()
+    assert len(after) == len(before)
+    fields, tensors = reference(path)
+    for key, value in new.items():
+        assert fields[key] == (pytest.approx(value) if isinstance(value, float) else value)
+    # nothing else moved: every other field as it was, the tensor bytes untouched
+    path.write_bytes(before)
+    was, was_tensors = reference(path)
+    assert {k: v for k, v in fields.items() if k not in new} == {
+        k: v for k, v in was.items() if k not in new
+    }
+    assert tensors == was_tensors
+    changed = sum(a != b for a, b in zip(before, after, strict=True))
+    assert 0 < changed <= sum(len(str(v).encode()) + 8 for v in new.values())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"absent": 1}, {"t.ints": 1}, {"t.str": "shorter"}, {"t.u32": "x"}, {"t.u8": 1, "t.str": 2}],
+)
+def test_a_value_that_does_not_fit_writes_nothing(tmp_path: Path, values: dict) -> None:
+    path = every_type(tmp_path / "all.gguf")
+    before = path.read_bytes()
+    with pytest.raises(GGUFHeaderError):
+        rewrite_values(path, values)
+    assert path.read_bytes() == before
