@@ -15,7 +15,7 @@ from __future__ import annotations
 import mmap
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class TensorInfo:
     shape: tuple[int, ...]  # GGUF's order: the row length first
     type: GGMLQuantizationType
     n_bytes: int
+    offset: int = 0  # of its first byte in the file
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,10 @@ class _Parser:
             elif kind in _SCALARS:
                 spans[key] = ValueSpan(kind, start, self._at - start)
         tensors = tuple(self._tensor() for _ in range(n_tensors))
+        # the data section starts at the next multiple of the alignment (gguf-py's docs)
+        align = int(fields.get("general.alignment", 32))
+        start = -(-self._at // align) * align
+        tensors = tuple(replace(t, offset=start + t.offset) for t in tensors)
         return GGUFHeader(fields, tensors, spans)
 
     def _value(self, kind: GGUFValueType, whole: bool = True) -> Any:
@@ -166,9 +171,9 @@ class _Parser:
         n_dims = self._take("I")
         shape = tuple(self._take("Q") for _ in range(n_dims))
         kind = GGMLQuantizationType(self._take("I"))
-        self._take("Q")  # offset in the data section
+        offset = self._take("Q")  # in the data section
         block, size = GGML_QUANT_SIZES[kind]
-        return TensorInfo(name, shape, kind, prod(shape) * size // block)
+        return TensorInfo(name, shape, kind, prod(shape) * size // block, offset)
 
 
 def rewrite_values(path: Path | str, values: Mapping[str, str | int | float]) -> None:

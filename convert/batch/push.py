@@ -23,6 +23,7 @@ import gguf
 from llorch.convert.batch import provenance
 from llorch.convert.batch.errors import BatchError
 from llorch.convert.imatrix import GGUF_SUFFIX
+from llorch.gguf_header import read_header
 
 Event = dict[str, Any]
 
@@ -66,13 +67,10 @@ def _sha256(path: Path) -> str:
 
 
 def _gguf_facts(path: Path) -> dict[str, Any]:
-    """The metadata llama.cpp and Ollama read first: architecture, name, context length."""
-    reader = gguf.GGUFReader(path)
-
-    def value(key: str) -> Any:
-        f = reader.get_field(key)
-        return None if f is None else f.contents()
-
+    """The metadata llama.cpp and Ollama read first: architecture, name, context length (read
+    without the vocabulary: gguf's reader takes seconds over a large one)."""
+    fields = read_header(path).fields
+    value = fields.get
     arch = value(gguf.Keys.General.ARCHITECTURE)
     return {
         "architecture": arch,

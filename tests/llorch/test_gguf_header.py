@@ -30,7 +30,7 @@ def reference(path: Path) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ..
         else:
             fields[name] = field.contents()
     tensors = [
-        (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), int(t.n_bytes))
+        (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), int(t.n_bytes), t.data_offset)
         for t in reader.tensors
     ]
     return fields, tensors
@@ -40,7 +40,7 @@ def check(path: Path) -> None:
     header = read_header(path)
     fields, tensors = reference(path)
     assert header.fields == fields
-    got = [(t.name, t.shape, int(t.type), t.n_bytes) for t in header.tensors]
+    got = [(t.name, t.shape, int(t.type), t.n_bytes, t.offset) for t in header.tensors]
     assert got == tensors
 
 

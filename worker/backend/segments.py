@@ -12,22 +12,35 @@ the GGUF; llama.cpp then computes exactly what transformers does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import gguf
 import numpy as np
 
+from llorch.gguf_header import TensorInfo, read_header
+
 _TOKEN_EMBD = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
 _TOKEN_TYPES = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_TYPES] + ".weight"
+_FLOATS = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A tensor's rows in the memory-mapped file: floats, or each row's quantized bytes."""
+
+    rows: np.ndarray
+    type: gguf.GGMLQuantizationType
 
 
 class SegmentEmbeddings:
     """The token embedding table and the token-type rows of one GGUF, memory-mapped; rows
     are dequantized only for the tokens asked for."""
 
-    def __init__(self, embd: gguf.ReaderTensor, types: gguf.ReaderTensor) -> None:
+    def __init__(self, embd: _Table, types: _Table) -> None:
         self._embd = embd
-        rows = _rows(types, np.arange(int(types.shape[-1])))
+        rows = _rows(types, np.arange(len(types.rows)))
         # what the second segment adds beyond the row llama.cpp adds to every token
         self._shift = rows - rows[0]
 
@@ -38,16 +51,29 @@ class SegmentEmbeddings:
 
 
 def open_segments(path: Path) -> SegmentEmbeddings | None:
-    """The GGUF's segment rows, or None where it has one token type (nothing to mark)."""
-    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    """The GGUF's segment rows, or None where it has one token type (nothing to mark). Its
+    header is read without the vocabulary (gguf's reader takes seconds over XLM-R's 250,002
+    tokens, and this runs before a reranker's first request)."""
+    tensors = {t.name: t for t in read_header(path).tensors}
     types = tensors.get(_TOKEN_TYPES)
-    if types is None or int(types.shape[-1]) < 2:
+    if types is None or types.shape[-1] < 2:
         return None
-    return SegmentEmbeddings(tensors[_TOKEN_EMBD], types)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    return SegmentEmbeddings(_table(data, tensors[_TOKEN_EMBD]), _table(data, types))
 
 
-def _rows(tensor: gguf.ReaderTensor, ids: np.ndarray) -> np.ndarray:
-    data = np.asarray(tensor.data)[ids]
-    if tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+def _table(data: np.ndarray, tensor: TensorInfo) -> _Table:
+    raw = data[tensor.offset : tensor.offset + tensor.n_bytes]
+    n_rows = prod(tensor.shape[1:])
+    if tensor.type in _FLOATS:
+        rows = raw.view(_FLOATS[tensor.type]).reshape(n_rows, tensor.shape[0])
+    else:
+        rows = raw.reshape(n_rows, tensor.n_bytes // n_rows)
+    return _Table(rows, tensor.type)
+
+
+def _rows(table: _Table, ids: np.ndarray) -> np.ndarray:
+    data = np.asarray(table.rows[ids])
+    if table.type in _FLOATS:
         return data.astype(np.float32)
-    return np.asarray(gguf.quants.dequantize(data, tensor.tensor_type), dtype=np.float32)
+    return np.asarray(gguf.quants.dequantize(data, table.type), dtype=np.float32)
