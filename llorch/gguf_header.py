@@ -188,8 +188,7 @@ def rewrite_values(path: Path | str, values: Mapping[str, str | int | float]) ->
         if span is None:
             raise GGUFHeaderError(f"{path}: no scalar or string key {key} to rewrite")
         if span.kind == GGUFValueType.STRING:
-            raw = value.encode() if isinstance(value, str) else b""
-            if not isinstance(value, str) or len(raw) != span.size:
+            if not isinstance(value, str) or len(raw := value.encode()) != span.size:
                 raise GGUFHeaderError(
                     f"{path}: {key} is a string of {span.size} bytes, not {value!r}"
                 )

@@ -197,6 +197,13 @@ class Engine:
     ) -> list[int]:
         return await asyncio.to_thread(self.scheduler.tokenize, text, add_special, parse_special)
 
+    async def tokenize_all(self, texts: Sequence[str], add_special: bool = True) -> list[list[int]]:
+        """Each text tokenized, in one hop to a thread: an await a text was ~0.4 ms of event
+        loop and thread handoffs each, a tenth of a batch of 32 short texts' time."""
+        return await asyncio.to_thread(
+            lambda: [self.scheduler.tokenize(text, add_special) for text in texts]
+        )
+
     async def detokenize(self, tokens: Sequence[int], param: str = "tokens") -> str:
         self.check_token_ids(tokens, param)
         return await asyncio.to_thread(self.scheduler.detokenize, tokens)
@@ -466,12 +473,7 @@ class Engine:
             )
         prompt = _embedding_prompt(model, prompt_name)
         inputs = [prompt + item if isinstance(item, str) else item for item in inputs]
-        texts = [item for item in inputs if isinstance(item, str)]
-        # every text in one hop to a thread: one await each was ~0.4 ms a text of event loop
-        # and thread handoffs, a tenth of a batch of 32 short texts' time
-        tokenized = iter(
-            await asyncio.to_thread(lambda: [self.scheduler.tokenize(text) for text in texts])
-        )
+        tokenized = iter(await self.tokenize_all([i for i in inputs if isinstance(i, str)]))
         token_lists: list[list[int]] = []
         for i, item in enumerate(inputs):
             tokens = next(tokenized) if isinstance(item, str) else list(item)
@@ -551,11 +553,7 @@ class Engine:
         model = self.loaded()
         form = rerank.PairForm.from_single(await self.tokenize(""), model.pair_separator)
         query_tokens = await self.tokenize(query, add_special=False)
-
-        def tokenize_all() -> list[list[int]]:  # one trip off the event loop, not one a text
-            return [self.scheduler.tokenize(d, False) for d in documents]
-
-        document_tokens = await asyncio.to_thread(tokenize_all)
+        document_tokens = await self.tokenize_all(documents, add_special=False)
         return rerank.pairs(
             form, query_tokens, document_tokens, limit=model.n_ctx_embed, truncate=truncate
         )

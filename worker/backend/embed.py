@@ -197,18 +197,17 @@ class LlamaEmbedder:
     def _hold(self, prefix: Sequence[int]) -> None:
         """Sequence 0's cells hold `prefix` and nothing else is in the cache (decoded unless
         the last call left it there)."""
-        memory = ll.llama_get_memory(self._ctx)
-        if tuple(prefix) == self._held:
-            ll.llama_memory_seq_rm(memory, -1, len(prefix), -1)  # every sequence's own tokens
+        if tuple(prefix) == self._held:  # every sequence's own tokens go
+            ll.llama_memory_seq_rm(ll.llama_get_memory(self._ctx), -1, len(prefix), -1)
             return
-        ll.llama_memory_clear(memory, True)
-        self._held = ()
-        batch = self._batch
-        self._place(batch, [prefix])
-        for i, token in enumerate(prefix):
-            batch.token[i] = token
-        self._run(batch, 0)
+        self._clear()
+        self._run(self._token_batch([prefix]), 0)
         self._held = tuple(prefix)
+
+    def _clear(self) -> None:
+        """Nothing in the cache, no prefix held."""
+        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+        self._held = ()
 
     def _place(self, batch: Any, group: Sequence[Sequence[int]], start: int = 0) -> int:
         """Sequence i's tokens from position `start` on (its tokens before it are in the
@@ -223,23 +222,26 @@ class LlamaEmbedder:
         batch.n_tokens = n
         return n
 
+    def _token_batch(self, group: Sequence[Sequence[int]], start: int = 0) -> Any:
+        """The token batch of each input's tokens from position `start` on."""
+        batch = self._batch
+        self._place(batch, group, start)
+        n = 0
+        for tokens in group:
+            for token in tokens[start:]:
+                batch.token[n] = token
+                n += 1
+        return batch
+
     def _decode(self, group: Sequence[Sequence[int]], shared: int = 0) -> list[np.ndarray]:
-        memory = ll.llama_get_memory(self._ctx)
         if shared:
             self._hold(group[0][:shared])
+            memory = ll.llama_get_memory(self._ctx)
             for seq_id in range(1, len(group)):
                 ll.llama_memory_seq_cp(memory, 0, seq_id, -1, -1)
         else:
-            ll.llama_memory_clear(memory, True)
-            self._held = ()
-        batch = self._batch
-        self._place(batch, group, shared)
-        n = 0
-        for tokens in group:
-            for token in tokens[shared:]:
-                batch.token[n] = token
-                n += 1
-        return self._run(batch, len(group))
+            self._clear()
+        return self._run(self._token_batch(group, shared), len(group))
 
     def _decode_segments(self, group: Sequence[RankInput]) -> list[np.ndarray]:
         assert self._segments is not None
@@ -253,16 +255,14 @@ class LlamaEmbedder:
         )
         rows = self._segments.rows(tokens, types)
         ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
-        ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
-        self._held = ()
+        self._clear()
         return self._run(batch, len(group))
 
     def _run(self, batch: Any, n_seqs: int) -> list[np.ndarray]:
         """Decode `batch` over what the cache holds; the pooled rows of sequences 0..n_seqs-1."""
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
-            self._held = ()
-            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+            self._clear()
             raise InferenceError(f"llama_decode of {n_seqs} inputs failed with status {rc}")
         out = []
         for seq_id in range(n_seqs):
