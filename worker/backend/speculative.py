@@ -184,8 +184,9 @@ class Speculation:
         no prompt and ran as one ubatch."""
         self._n_logits = sum(n for _, n in counts)
         self._plain_ms = step_cost(self.cost, [(seq_id, 1) for seq_id, _ in counts])
-        self._step_ms = step_cost(self.cost, counts)
-        self._timed = pure and len(ubatch_sizes(counts)) == 1
+        sizes = ubatch_sizes(counts)  # split once: priced, and whether it ran as one
+        self._step_ms = sum(self.cost(n) for n in sizes)
+        self._timed = pure and len(sizes) == 1
         extra = self._step_ms - self._plain_ms
         for seq_id, n in counts:
             wait = self._waits.setdefault(seq_id, Wait())
